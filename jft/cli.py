@@ -1,0 +1,142 @@
+"""The `jft` command: parses arguments and dispatches to one function per subcommand.
+
+A subcommand is a `Command`: a name, a one-line help, a function that adds its arguments, and a
+function that runs it. Commands that take a run config get --config FILE[:ARG] and any number of
+--config.KEY=VALUE overrides, parsed and validated in one place (jft.config).
+"""
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable, Sequence
+
+from ml_collections import ConfigDict
+
+from jft import __version__
+from jft.errors import JftError
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, ConfigDict | None], None]
+    takes_config: bool = False
+
+
+def _init_arguments(parser):
+    parser.add_argument("--out", required=True, help="directory to write config.json and the weights to")
+
+
+def _run_init(args, config):
+    import jax
+
+    from jft import hf
+    from jft.config import bert_config
+    from jft.models import BertForPreTraining, BertModel, init_params
+
+    model_cfg = bert_config(config.model)
+    heads = {"pretraining": True, "mlm": False}
+    if config.heads not in (*heads, "encoder"):
+        raise JftError(f"heads '{config.heads}' is not one of pretraining, mlm, encoder.")
+    rng = jax.random.key(config.seed)
+    if config.heads == "encoder":
+        params = {"bert": init_params(BertModel(model_cfg), rng)}
+    else:
+        params = init_params(BertForPreTraining(model_cfg, nsp=heads[config.heads]), rng)
+    out = hf.save(args.out, model_cfg, params, format=config.format)
+    print(f"wrote a randomly initialised BERT ({config.heads}, {_count(params):,} parameters) to {out}")
+
+
+def _convert_arguments(parser):
+    parser.add_argument("src", help="Hugging Face BERT directory (or weights file) to read")
+    parser.add_argument("dst", help="directory to write")
+    parser.add_argument("--format", choices=("safetensors", "msgpack"), default="safetensors")
+    parser.add_argument("--max-shard-size", default=None, help="split the weights into shards, e.g. 2GB")
+
+
+def _run_convert(args, _):
+    from jft import hf
+
+    config, params = hf.load(args.src)
+    hf.save(args.dst, config, params, format=args.format, max_shard_size=args.max_shard_size)
+    print(f"wrote {args.dst} ({args.format}, {_count(params):,} parameters)")
+
+
+def _inspect_arguments(parser):
+    parser.add_argument("path", help="Hugging Face BERT directory (or weights file)")
+
+
+def _run_inspect(args, _):
+    import dataclasses as dc
+
+    from jft import hf
+    from jft.params import flatten
+
+    config, params = hf.load(args.path)
+    module, _ = hf.model_for(config, params)
+    print(f"{args.path}: {type(module).__name__}, {_count(params):,} parameters")
+    for name, value in dc.asdict(config).items():
+        print(f"  {name} = {value}")
+    groups: dict[str, int] = {}
+    for path, array in flatten(params).items():
+        group = "/".join(path.split("/")[:2])
+        groups[group] = groups.get(group, 0) + array.size
+    for group, size in groups.items():
+        print(f"  {group:<24} {size:>14,}")
+
+
+def _count(params) -> int:
+    import jax
+
+    return sum(x.size for x in jax.tree.leaves(params))
+
+
+COMMANDS = (
+    Command("init", "write a randomly initialised BERT in Hugging Face format", _init_arguments, _run_init, True),
+    Command("convert", "convert a Hugging Face BERT between safetensors and msgpack", _convert_arguments, _run_convert),
+    Command("inspect", "show the config and parameter counts of a Hugging Face BERT", _inspect_arguments, _run_inspect),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one sub-parser per command."""
+    parser = argparse.ArgumentParser(
+        prog="jft", description="Pretrain BERT encoders and fine-tune them with an L2-regularized objective."
+    )
+    parser.add_argument("--version", action="version", version=f"jft {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        if command.takes_config:
+            sub.add_argument(
+                "--config",
+                required=True,
+                metavar="FILE[:ARG]",
+                help="config file (configs/...py); override keys with --config.KEY=VALUE",
+            )
+        command.add_arguments(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `jft` console script; returns the exit status."""
+    from jft.config import load_config, split_overrides
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    command = next(c for c in COMMANDS if c.name == args.command)
+    try:
+        if extra and not command.takes_config:
+            raise JftError(f"unrecognized arguments: {' '.join(extra)}")
+        config = load_config(args.config, split_overrides(extra)) if command.takes_config else None
+        command.run(args, config)
+    except JftError as error:
+        print(f"jft {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

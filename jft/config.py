@@ -1,0 +1,129 @@
+"""Run configs: Python files under configs/ whose get_config() returns an ml_collections ConfigDict.
+
+Every key can be overridden from the command line as --config.a.b=value; an unknown key is an
+error that names the closest valid key. Configs are locked after loading, so a typo in code fails too.
+"""
+
+import ast
+import dataclasses
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ml_collections import ConfigDict
+
+from jft.errors import JftError, did_you_mean
+from jft.models.config import BertConfig
+
+OVERRIDE_PREFIX = "--config."
+
+
+def model_config(size: str, **overrides: Any) -> ConfigDict:
+    """All BertConfig fields of a named size ('tiny', 'mini', 'base', 'large') as a ConfigDict."""
+    return ConfigDict(dataclasses.asdict(BertConfig.preset(size, **overrides)))
+
+
+def bert_config(config: ConfigDict) -> BertConfig:
+    """The validated BertConfig of a run config's `model` group."""
+    return BertConfig.from_dict(config.to_dict() if isinstance(config, ConfigDict) else dict(config))
+
+
+def load_config(spec: str | Path, overrides: Sequence[str] = ()) -> ConfigDict:
+    """Runs get_config() from a config file, locks the result, and applies 'a.b=value' overrides.
+
+    spec: 'path/to/config.py', or 'path/to/config.py:ARG' to call get_config('ARG').
+    """
+    path_text, _, arg = str(spec).partition(":")
+    path = Path(path_text)
+    if not path.is_file():
+        raise JftError(f"config file not found: {path}")
+    module_spec = importlib.util.spec_from_file_location(f"jft_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise JftError(f"{path} has no get_config(); a config file defines get_config() returning a ConfigDict.")
+    config = module.get_config(arg) if arg else module.get_config()
+    if not isinstance(config, ConfigDict):
+        raise JftError(f"get_config() in {path} returned {type(config).__name__}, not an ml_collections ConfigDict.")
+    config.lock()
+    apply_overrides(config, overrides)
+    return config
+
+
+def split_overrides(args: Sequence[str]) -> list[str]:
+    """['--config.a.b=1', '--config.c', '2'] -> ['a.b=1', 'c=2']; anything else is an error."""
+    overrides, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith(OVERRIDE_PREFIX):
+            raise JftError(f"unrecognized argument '{arg}'; config keys are set as {OVERRIDE_PREFIX}KEY=VALUE.")
+        body = arg.removeprefix(OVERRIDE_PREFIX)
+        if "=" not in body:
+            if i + 1 >= len(args):
+                raise JftError(f"'{arg}' has no value; write {arg}=VALUE.")
+            body, i = f"{body}={args[i + 1]}", i + 1
+        overrides.append(body)
+        i += 1
+    return overrides
+
+
+def apply_overrides(config: ConfigDict, overrides: Sequence[str]) -> None:
+    """Sets each 'a.b=value', parsing the value to the type of the key's current value."""
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep:
+            raise JftError(f"override '{override}' is not of the form KEY=VALUE.")
+        *parents, leaf = key.split(".")
+        node = config
+        for depth, name in enumerate(parents):
+            node = _child(node, name, ".".join(parents[: depth + 1]), config)
+        current = _child(node, leaf, key, config)
+        if isinstance(current, ConfigDict):
+            raise JftError(f"'{key}' is a group of keys ({', '.join(current)}); set one of them, e.g. {key}.KEY=VALUE.")
+        try:
+            setattr(node, leaf, _parse(text, current, key))
+        except TypeError as error:
+            raise JftError(f"cannot set '{key}' to {text!r}: {error}") from error
+
+
+def leaf_keys(config: ConfigDict, prefix: str = "") -> list[str]:
+    """Every dotted key of the config that holds a value (not a group)."""
+    keys = []
+    for name, value in config.items():
+        if isinstance(value, ConfigDict):
+            keys += leaf_keys(value, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _child(node: ConfigDict, name: str, key: str, root: ConfigDict) -> Any:
+    if not isinstance(node, ConfigDict) or name not in node:
+        raise JftError(f"unknown config key '{key}'.{did_you_mean(key, leaf_keys(root))}")
+    return node[name]
+
+
+def _parse(text: str, current: Any, key: str) -> Any:
+    """Reads a command-line value as the type of the key's current value."""
+    try:
+        if isinstance(current, bool):
+            lowered = text.lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return lowered in ("true", "1", "yes")
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+        if isinstance(current, str):
+            return text
+    except ValueError:
+        kind = {bool: "true or false", int: "an integer", float: "a number"}[type(current)]
+        raise JftError(f"'{key}' takes {kind}; {text!r} is not one.") from None
+    if text.lower() == "none":
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text

@@ -1,0 +1,348 @@
+"""BERT in Flax linen: embeddings, a scanned encoder, pooler, and the pretraining and task heads.
+
+Sub-module names follow Hugging Face's modeling_flax_bert so weights map one to one; the one
+difference is that the encoder's layers run under `nn.scan`, so each layer parameter is stored
+once with a leading [num_hidden_layers] axis (jft.hf stacks and unstacks at the boundary).
+"""
+
+import math
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jft.errors import JftError
+from jft.models.config import BertConfig
+
+ACTIVATION_FNS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: nn.gelu(x, approximate=True),
+    "relu": nn.relu,
+    "silu": nn.silu,
+    "swish": nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+def _dense(config: BertConfig, features: int, name: str) -> nn.Dense:
+    return nn.Dense(
+        features,
+        dtype=config.compute_dtype,
+        param_dtype=config.params_dtype,
+        kernel_init=nn.initializers.normal(config.initializer_range),
+        name=name,
+    )
+
+
+def _layer_norm(config: BertConfig, name: str = "LayerNorm") -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps, dtype=config.compute_dtype, param_dtype=config.params_dtype, name=name
+    )
+
+
+def attention_mask_4d(attention_mask: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    """Boolean [batch, 1, q, k] (or [batch, 1, 1, k]) mask: keys that are real tokens, same segment.
+
+    attention_mask: [batch, seq], 1 for tokens and 0 for padding.
+    segment_ids: optional [batch, seq] ids of packed examples; tokens attend within their own.
+    """
+    keys = attention_mask.astype(bool)[:, None, None, :]
+    if segment_ids is None:
+        return keys
+    same_segment = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+    return keys & same_segment
+
+
+def attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    mask: jax.Array,
+    *,
+    implementation: str,
+    dropout_rate: float,
+    dropout_rng: jax.Array | None,
+) -> jax.Array:
+    """Scaled dot-product attention over [batch, seq, heads, head_dim] with a boolean mask.
+
+    Without dropout (inference, or a rate of 0) this is jax.nn.dot_product_attention with the
+    chosen implementation. With dropout (XLA only; BertConfig forbids it with cuDNN) it spells out
+    the same computation with the dropout applied to the probabilities, as BERT does.
+    Logits and softmax are float32 whatever the compute dtype.
+    """
+    if dropout_rng is None or dropout_rate == 0.0:
+        return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=implementation)
+    logits = jnp.einsum("btnh,bsnh->bnts", query, key, preferred_element_type=jnp.float32)
+    logits = logits / math.sqrt(query.shape[-1])
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    return jnp.einsum("bnts,bsnh->btnh", probs.astype(value.dtype), value)
+
+
+class BertEmbeddings(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool):
+        cfg = self.config
+
+        def embed(num, name):
+            return nn.Embed(
+                num,
+                cfg.hidden_size,
+                embedding_init=nn.initializers.normal(cfg.initializer_range),
+                dtype=cfg.compute_dtype,
+                param_dtype=cfg.params_dtype,
+                name=name,
+            )
+
+        x = (
+            embed(cfg.vocab_size, "word_embeddings")(input_ids)
+            + embed(cfg.max_position_embeddings, "position_embeddings")(position_ids)
+            + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
+        )
+        x = _layer_norm(cfg)(x)
+        return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+
+
+class BertSelfAttention(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic: bool):
+        cfg = self.config
+        split = (*x.shape[:-1], cfg.num_attention_heads, cfg.head_dim)
+        q, k, v = (_dense(cfg, cfg.hidden_size, name)(x).reshape(split) for name in ("query", "key", "value"))
+        rate = cfg.attention_probs_dropout_prob
+        dropout_rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
+        out = attention(q, k, v, mask, implementation=cfg.attention_impl, dropout_rate=rate, dropout_rng=dropout_rng)
+        return out.reshape(x.shape)
+
+
+class BertResidualOutput(nn.Module):
+    """Dense, dropout, then LayerNorm of the sum with the residual (HF's *Output blocks)."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x, residual, deterministic: bool):
+        cfg = self.config
+        x = _dense(cfg, cfg.hidden_size, "dense")(x)
+        x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        return _layer_norm(cfg)(x + residual)
+
+
+class BertAttention(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic: bool):
+        attended = BertSelfAttention(self.config, name="self")(x, mask, deterministic)
+        return BertResidualOutput(self.config, name="output")(attended, x, deterministic)
+
+
+class BertIntermediate(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        return ACTIVATION_FNS[cfg.hidden_act](_dense(cfg, cfg.intermediate_size, "dense")(x))
+
+
+class BertLayer(nn.Module):
+    """One transformer block, written as an nn.scan body: (carry, broadcast args) -> (carry, None)."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic: bool):
+        x = BertAttention(self.config, name="attention")(x, mask, deterministic)
+        hidden = BertIntermediate(self.config, name="intermediate")(x)
+        return BertResidualOutput(self.config, name="output")(hidden, x, deterministic), None
+
+
+class BertEncoder(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic: bool):
+        # One traced layer instead of num_hidden_layers copies: compile time stays flat with depth.
+        layers = nn.scan(
+            BertLayer,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast, nn.broadcast),
+            length=self.config.num_hidden_layers,
+        )
+        x, _ = layers(self.config, name="layer")(x, mask, deterministic)
+        return x
+
+
+class BertPooler(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x):
+        return jnp.tanh(_dense(self.config, self.config.hidden_size, "dense")(x[:, 0]))
+
+
+class BertModel(nn.Module):
+    """The encoder: token ids to hidden states [batch, seq, hidden] and pooled output [batch, hidden]."""
+
+    config: BertConfig
+    add_pooling_layer: bool = True
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        deterministic: bool = True,
+    ) -> tuple[jax.Array, jax.Array | None]:
+        """input_ids, attention_mask (1 = token), token_type_ids, position_ids, segment_ids: [batch, seq]."""
+        cfg = self.config
+        seq_len = input_ids.shape[-1]
+        if seq_len > cfg.max_position_embeddings:
+            raise JftError(
+                f"sequences of {seq_len} tokens are longer than the position table "
+                f"(max_position_embeddings={cfg.max_position_embeddings}); truncate them to "
+                f"{cfg.max_position_embeddings} tokens or use a model with a larger position table."
+            )
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        if position_ids is None:
+            position_ids = jnp.broadcast_to(jnp.arange(seq_len), input_ids.shape)
+        x = BertEmbeddings(cfg, name="embeddings")(input_ids, token_type_ids, position_ids, deterministic)
+        mask = attention_mask_4d(attention_mask, segment_ids)
+        x = BertEncoder(cfg, name="encoder")(x, mask, deterministic)
+        pooled = BertPooler(cfg, name="pooler")(x) if self.add_pooling_layer else None
+        return x, pooled
+
+
+def gather_positions(hidden: jax.Array, positions: jax.Array) -> jax.Array:
+    """hidden: [batch, seq, hidden], positions: [batch, n] int -> [batch, n, hidden]."""
+    return jnp.take_along_axis(hidden, positions[..., None], axis=1)
+
+
+class BertPredictionHeadTransform(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        return _layer_norm(cfg)(ACTIVATION_FNS[cfg.hidden_act](_dense(cfg, cfg.hidden_size, "dense")(x)))
+
+
+class BertLMPredictionHead(nn.Module):
+    """Transform (dense, activation, LayerNorm), then the decoder tied to the word embeddings."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x, word_embeddings: jax.Array):
+        cfg = self.config
+        x = BertPredictionHeadTransform(cfg, name="transform")(x)
+        bias = self.param("bias", nn.initializers.zeros, (cfg.vocab_size,), cfg.params_dtype)
+        # float32 logits: the softmax over the vocabulary must not run in bf16.
+        logits = jnp.einsum("...h,vh->...v", x, word_embeddings.astype(x.dtype), preferred_element_type=jnp.float32)
+        return logits + bias.astype(jnp.float32)
+
+
+class BertPreTrainingHeads(nn.Module):
+    """HF's `cls` block: the masked-LM head and, when `nsp`, the next-sentence head."""
+
+    config: BertConfig
+    nsp: bool
+
+    @nn.compact
+    def __call__(self, hidden, pooled, word_embeddings) -> dict[str, jax.Array]:
+        out = {"mlm_logits": BertLMPredictionHead(self.config, name="predictions")(hidden, word_embeddings)}
+        if self.nsp:
+            out["nsp_logits"] = _dense(self.config, 2, "seq_relationship")(pooled).astype(jnp.float32)
+        return out
+
+
+class BertForPreTraining(nn.Module):
+    """Encoder + masked-LM head (+ next-sentence head when `nsp`).
+
+    masked_positions: [batch, max_predictions] int; MLM logits are computed only there
+    ([batch, max_predictions, vocab]). Without it, at every position ([batch, seq, vocab]).
+    Returns {"mlm_logits", "nsp_logits" (when nsp): [batch, 2]}, float32.
+    """
+
+    config: BertConfig
+    nsp: bool = True
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        masked_positions=None,
+        deterministic: bool = True,
+    ) -> dict[str, jax.Array]:
+        bert = BertModel(self.config, name="bert")
+        hidden, pooled = bert(input_ids, attention_mask, token_type_ids, position_ids, None, deterministic)
+        word_embeddings = bert.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
+        if masked_positions is not None:
+            hidden = gather_positions(hidden, masked_positions)
+        return BertPreTrainingHeads(self.config, self.nsp, name="cls")(hidden, pooled, word_embeddings)
+
+
+class BertForSequenceClassification(nn.Module):
+    """Encoder + dropout + linear classifier on the pooled output: [batch, num_labels] float32 logits.
+
+    num_labels=1 gives a regression head.
+    """
+
+    config: BertConfig
+    num_labels: int
+
+    @nn.compact
+    def __call__(
+        self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, deterministic: bool = True
+    ) -> jax.Array:
+        _, pooled = BertModel(self.config, name="bert")(
+            input_ids, attention_mask, token_type_ids, position_ids, None, deterministic
+        )
+        return _classifier(self.config, self.num_labels, pooled, deterministic)
+
+
+class BertForTokenClassification(nn.Module):
+    """Encoder + dropout + linear classifier per token: [batch, seq, num_labels] float32 logits."""
+
+    config: BertConfig
+    num_labels: int
+
+    @nn.compact
+    def __call__(
+        self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, deterministic: bool = True
+    ) -> jax.Array:
+        hidden, _ = BertModel(self.config, add_pooling_layer=False, name="bert")(
+            input_ids, attention_mask, token_type_ids, position_ids, None, deterministic
+        )
+        return _classifier(self.config, self.num_labels, hidden, deterministic)
+
+
+def _classifier(config: BertConfig, num_labels: int, x: jax.Array, deterministic: bool) -> jax.Array:
+    rate = config.hidden_dropout_prob if config.classifier_dropout is None else config.classifier_dropout
+    x = nn.Dropout(rate)(x, deterministic=deterministic)
+    return _dense(config, num_labels, "classifier")(x).astype(jnp.float32)
+
+
+def init_params(module: nn.Module, rng: jax.Array) -> dict:
+    """Fresh parameters of any jft BERT module (the 'params' collection)."""
+    return module.init(rng, jnp.zeros((1, 1), jnp.int32))["params"]

@@ -1,0 +1,139 @@
+"""BertConfig: the fields of Hugging Face's BertConfig plus jft's precision and attention choices."""
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jft.errors import JftError, did_you_mean
+
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+ATTENTION_IMPLS = ("xla", "cudnn")
+
+# Sizes by name; every other field keeps its default. "tiny" is for tests and CPU runs.
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256),
+    "mini": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Model hyper-parameters. Field names and defaults follow transformers.BertConfig (BERT-base)."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    classifier_dropout: float | None = None
+    # jft's own fields.
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 | float16 | auto (bf16 on GPU/TPU)
+    param_dtype: str = "float32"  # master weights; keep float32 when training in bf16
+    # "xla": jax.nn.dot_product_attention's XLA path, with attention dropout when training.
+    # "cudnn": cuDNN's fused kernel (GPU, bf16/fp16). It has no dropout, so it requires
+    # attention_probs_dropout_prob == 0: jft never drops the dropout silently.
+    attention_impl: str = "xla"
+
+    def __post_init__(self):
+        problems = []
+        if self.hidden_size % self.num_attention_heads:
+            problems.append(
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
+            )
+        if self.hidden_act not in ACTIVATIONS:
+            problems.append(f"hidden_act '{self.hidden_act}' is not one of {ACTIVATIONS}")
+        for field in ("dtype", "param_dtype"):
+            value = getattr(self, field)
+            allowed = (*DTYPES, "auto") if field == "dtype" else tuple(DTYPES)
+            if value not in allowed:
+                problems.append(f"{field} '{value}' is not one of {allowed}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            problems.append(f"attention_impl '{self.attention_impl}' is not one of {ATTENTION_IMPLS}")
+        if self.attention_impl == "cudnn":
+            if self.attention_probs_dropout_prob != 0:
+                problems.append(
+                    "attention_impl 'cudnn' has no attention dropout: set attention_probs_dropout_prob=0 "
+                    "to use it, or attention_impl='xla' to keep the dropout"
+                )
+            if self.dtype == "float32":
+                problems.append("attention_impl 'cudnn' needs dtype 'bfloat16' or 'float16' (or 'auto' on a GPU)")
+        for field in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+        ):
+            if getattr(self, field) < 1:
+                problems.append(f"{field} must be at least 1, got {getattr(self, field)}")
+        if problems:
+            raise JftError("invalid model config: " + "; ".join(problems))
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        """The dtype activations are computed in; 'auto' is bfloat16 on GPU/TPU, float32 on CPU."""
+        if self.dtype == "auto":
+            return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
+        return DTYPES[self.dtype]
+
+    @property
+    def params_dtype(self) -> jnp.dtype:
+        return DTYPES[self.param_dtype]
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "BertConfig":
+        """Builds a config from a mapping; an unknown key is an error naming the closest field."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in values:
+            if key not in names:
+                raise JftError(f"unknown model config key '{key}'.{did_you_mean(key, names)}")
+        return cls(**dict(values))
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "BertConfig":
+        """A named size ('tiny', 'mini', 'base', 'large') with optional field overrides."""
+        if name not in PRESETS:
+            raise JftError(f"unknown model size '{name}'; choose one of {sorted(PRESETS)}.")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_hf(cls, hf_config: Mapping[str, Any]) -> "BertConfig":
+        """Reads the fields jft uses from a Hugging Face config.json mapping."""
+        model_type = hf_config.get("model_type", "bert")
+        if model_type != "bert":
+            raise JftError(f"config.json describes a '{model_type}' model; jft loads BERT ('bert') models only.")
+        position_type = hf_config.get("position_embedding_type", "absolute")
+        if position_type != "absolute":
+            raise JftError(
+                f"position_embedding_type '{position_type}' is not supported; jft implements 'absolute' only."
+            )
+        hf_names = [f.name for f in dataclasses.fields(cls)][:_FIRST_JFT_FIELD]
+        return cls(**{name: hf_config[name] for name in hf_names if name in hf_config})
+
+    def to_hf(self) -> dict[str, Any]:
+        """The Hugging Face config.json fields of this config (jft's own fields left out)."""
+        values = dataclasses.asdict(self)
+        hf = {name: values[name] for name in list(values)[:_FIRST_JFT_FIELD]}
+        return {"model_type": "bert", "position_embedding_type": "absolute", **hf}
+
+
+_FIRST_JFT_FIELD = [f.name for f in dataclasses.fields(BertConfig)].index("dtype")

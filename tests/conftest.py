@@ -1,0 +1,48 @@
+"""Shared test helpers: tiny random BERT configs and batches with padding."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import transformers  # noqa: E402
+
+
+def tiny_hf_config(**overrides) -> transformers.BertConfig:
+    """A small random BERT in Hugging Face's config class."""
+    values = dict(
+        vocab_size=101,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=48,
+        type_vocab_size=2,
+    )
+    values.update(overrides)
+    return transformers.BertConfig(**values)
+
+
+def make_batch(seed: int, batch: int = 3, seq: int = 12, vocab: int = 101, padded: bool = True) -> dict:
+    """input_ids, attention_mask (right padding of varying length when padded), token_type_ids."""
+    rng = np.random.default_rng(seed)
+    input_ids = rng.integers(1, vocab, (batch, seq)).astype(np.int32)
+    lengths = rng.integers(seq // 3, seq, batch) if padded else np.full(batch, seq)
+    attention_mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int32)
+    input_ids = np.where(attention_mask == 1, input_ids, 0).astype(np.int32)
+    token_type_ids = (np.arange(seq)[None, :] >= (lengths // 2)[:, None]).astype(np.int32) * attention_mask
+    return dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+
+
+def masked_positions(seed: int, batch: int, seq: int, count: int) -> np.ndarray:
+    """[batch, count] distinct positions per row."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.choice(seq, count, replace=False) for _ in range(batch)]).astype(np.int32)
+
+
+@pytest.fixture
+def max_abs_diff():
+    return lambda a, b: float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))

@@ -1,0 +1,111 @@
+"""Config files with command-line overrides, and the `jft` command."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jft import cli
+from jft.config import bert_config, load_config, split_overrides
+from jft.errors import JftError
+
+REPO = Path(__file__).resolve().parents[1]
+INIT_CONFIG = REPO / "configs" / "init.py"
+
+
+def test_overrides_are_parsed_to_each_key_type():
+    config = load_config(
+        f"{INIT_CONFIG}:base",
+        [
+            "model.num_hidden_layers=6",
+            "model.hidden_dropout_prob=0",
+            "model.hidden_act=gelu_new",
+            "model.classifier_dropout=0.2",
+            "seed=7",
+        ],
+    )
+    assert config.model.num_hidden_layers == 6 and config.model.hidden_size == 768
+    assert config.model.hidden_dropout_prob == 0.0 and isinstance(config.model.hidden_dropout_prob, float)
+    assert config.model.hidden_act == "gelu_new" and config.model.classifier_dropout == 0.2
+    assert config.seed == 7
+    assert bert_config(config.model).num_hidden_layers == 6
+
+
+def test_split_overrides_accepts_both_spellings():
+    assert split_overrides(["--config.a.b=1", "--config.c", "x y"]) == ["a.b=1", "c=x y"]
+    with pytest.raises(JftError, match="unrecognized argument '--lr=1'"):
+        split_overrides(["--lr=1"])
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.hiden_size=3", "unknown config key 'model.hiden_size'. Did you mean 'model.hidden_size'"),
+        ("sed=1", "unknown config key 'sed'. Did you mean 'seed'"),
+        ("model=3", "'model' is a group of keys"),
+        ("model.num_hidden_layers=six", "'model.num_hidden_layers' takes an integer; 'six' is not one"),
+        ("model.hidden_size", "not of the form KEY=VALUE"),
+    ],
+)
+def test_bad_overrides(override, message):
+    with pytest.raises(JftError, match=message):
+        load_config(INIT_CONFIG, [override])
+
+
+def test_config_file_problems(tmp_path):
+    with pytest.raises(JftError, match="config file not found"):
+        load_config(tmp_path / "missing.py")
+    (tmp_path / "empty.py").write_text("x = 1\n")
+    with pytest.raises(JftError, match="has no get_config"):
+        load_config(tmp_path / "empty.py")
+
+
+def test_locked_config_rejects_new_keys_in_code():
+    config = load_config(INIT_CONFIG)
+    with pytest.raises(AttributeError):
+        config.sede = 1
+
+
+def test_init_convert_inspect(tmp_path, capsys):
+    out = tmp_path / "tiny"
+    argv = [
+        "init",
+        "--config",
+        str(INIT_CONFIG),
+        "--out",
+        str(out),
+        "--config.model.num_hidden_layers=1",
+        "--config.model.vocab_size",
+        "500",
+        "--config.heads=mlm",
+    ]
+    assert cli.main(argv) == 0
+    hf_config = json.loads((out / "config.json").read_text())
+    assert hf_config["num_hidden_layers"] == 1 and hf_config["vocab_size"] == 500
+    assert hf_config["architectures"] == ["BertForMaskedLM"]
+    assert cli.main(["convert", str(out), str(tmp_path / "mp"), "--format", "msgpack"]) == 0
+    assert (tmp_path / "mp" / "flax_model.msgpack").is_file()
+    capsys.readouterr()
+    assert cli.main(["inspect", str(tmp_path / "mp")]) == 0
+    shown = capsys.readouterr().out
+    assert "BertForPreTraining" in shown and "num_hidden_layers = 1" in shown and "cls/predictions" in shown
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):
+    assert cli.main(["inspect", str(tmp_path / "nothing")]) == 2
+    assert cli.main(["init", "--config", str(INIT_CONFIG), "--out", str(tmp_path), "--config.modle.x=1"]) == 2
+    assert cli.main(["convert", str(tmp_path), str(tmp_path / "b"), "--config.x=1"]) == 2
+    err = capsys.readouterr().err
+    assert "jft inspect: error: no such file or directory" in err
+    assert "Did you mean 'model." in err
+    assert "unrecognized arguments: --config.x=1" in err
+    assert "Traceback" not in err
+
+
+def test_console_script_lists_subcommands():
+    jft = Path(sys.executable).with_name("jft")
+    result = subprocess.run([str(jft), "--help"], capture_output=True, text=True, check=True)
+    for name in ("init", "convert", "inspect"):
+        assert name in result.stdout

@@ -1,0 +1,116 @@
+"""The model's own behaviour: attention paths, dropout, bf16 compute, sparse MLM logits."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import make_batch, masked_positions, tiny_hf_config
+from jft.models import BertConfig, BertForPreTraining, BertModel, init_params
+from jft.models.bert import attention, attention_mask_4d
+
+
+def _config(**overrides):
+    return BertConfig.from_hf(tiny_hf_config(**overrides).to_dict())
+
+
+def test_attention_with_dropout_path_equals_fused_path_when_nothing_is_dropped():
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, 7, 4, 8)), jnp.float32) for _ in range(3))
+    mask = attention_mask_4d(jnp.asarray(make_batch(0, batch=2, seq=7)["attention_mask"]))
+    fused = attention(q, k, v, mask, implementation="xla", dropout_rate=0.0, dropout_rng=None)
+    spelled_out = attention(q, k, v, mask, implementation="xla", dropout_rate=1e-9, dropout_rng=jax.random.key(0))
+    assert np.max(np.abs(fused - spelled_out)) < 1e-6
+
+
+def test_attention_dropout_rescales_kept_probabilities():
+    q, k = jnp.zeros((1, 1, 1, 4)), jnp.zeros((1, 64, 1, 4))
+    v = jnp.ones((1, 64, 1, 4))
+    mask = jnp.ones((1, 1, 1, 64), bool)
+    out = attention(q, k, v, mask, implementation="xla", dropout_rate=0.5, dropout_rng=jax.random.key(3))
+    # Uniform attention over 64 ones: each kept weight becomes 2/64, so the output is 2 * kept / 64.
+    kept = jax.random.bernoulli(jax.random.key(3), 0.5, (1, 1, 1, 64)).sum()
+    assert np.allclose(out, 2 * kept / 64)
+
+
+def test_padding_does_not_change_real_tokens():
+    config = _config(hidden_dropout_prob=0.0)
+    model = BertModel(config)
+    params = init_params(model, jax.random.key(0))
+    batch = make_batch(1, batch=1, seq=10, padded=False)
+    short = {k: v[:, :6] for k, v in batch.items()}
+    padded = {k: np.concatenate([v[:, :6], np.zeros((1, 4), np.int32)], 1) for k, v in batch.items()}
+    hidden_short, pooled_short = model.apply({"params": params}, **short)
+    hidden_padded, pooled_padded = model.apply({"params": params}, **padded)
+    assert np.max(np.abs(hidden_short - hidden_padded[:, :6])) < 1e-5
+    assert np.max(np.abs(pooled_short - pooled_padded)) < 1e-5
+
+
+def test_segment_ids_keep_packed_examples_apart():
+    config = _config()
+    model = BertModel(config, add_pooling_layer=False)
+    params = init_params(model, jax.random.key(0))
+    ids = jnp.asarray(make_batch(2, batch=1, seq=10, padded=False)["input_ids"])
+    segments = jnp.asarray([[1] * 4 + [2] * 6])
+    positions = jnp.asarray([list(range(4)) + list(range(6))])
+    packed, _ = model.apply({"params": params}, ids, segment_ids=segments, position_ids=positions)
+    second, _ = model.apply({"params": params}, ids[:, 4:])
+    assert np.max(np.abs(packed[:, 4:] - second)) < 1e-5
+
+
+def test_dropout_is_on_only_when_not_deterministic():
+    config = _config()
+    model = BertForPreTraining(config)
+    params = init_params(model, jax.random.key(0))
+    batch = make_batch(3)
+
+    def run(seed, deterministic):
+        return model.apply(
+            {"params": params}, **batch, deterministic=deterministic, rngs={"dropout": jax.random.key(seed)}
+        )["nsp_logits"]
+
+    assert np.array_equal(run(0, True), run(1, True))
+    assert np.array_equal(run(0, False), run(0, False))
+    assert not np.allclose(run(0, False), run(1, False))
+
+
+def test_sparse_mlm_logits_equal_dense_logits_gathered():
+    config = _config()
+    model = BertForPreTraining(config)
+    params = init_params(model, jax.random.key(0))
+    batch = make_batch(4)
+    positions = masked_positions(4, 3, 12, 6)
+    sparse = model.apply({"params": params}, **batch, masked_positions=positions)["mlm_logits"]
+    dense = model.apply({"params": params}, **batch)["mlm_logits"]
+    assert sparse.shape == (3, 6, config.vocab_size)
+    assert np.max(np.abs(sparse - np.take_along_axis(np.asarray(dense), positions[..., None], 1))) < 1e-5
+
+
+def test_layers_are_scanned_with_a_leading_layer_axis():
+    config = _config(num_hidden_layers=5)
+    params = init_params(BertModel(config), jax.random.key(0))
+    assert params["encoder"]["layer"]["attention"]["self"]["query"]["kernel"].shape == (5, 32, 32)
+    layer0, layer1 = (params["encoder"]["layer"]["output"]["dense"]["kernel"][i] for i in (0, 1))
+    assert not np.allclose(layer0, layer1)  # each layer initialised on its own
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16"])  # float16 attention runs on GPUs only
+def test_half_precision_compute_keeps_float32_params_and_logits(dtype):
+    config32 = _config()
+    config16 = dataclasses.replace(config32, dtype=dtype)
+    params = init_params(BertForPreTraining(config16), jax.random.key(0))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+    batch = make_batch(5)
+    out16 = BertForPreTraining(config16).apply({"params": params}, **batch)
+    out32 = BertForPreTraining(config32).apply({"params": params}, **batch)
+    hidden16, _ = BertModel(config16).apply({"params": params["bert"]}, **batch)
+    assert hidden16.dtype == jnp.dtype(dtype)
+    assert out16["mlm_logits"].dtype == jnp.float32 and out16["nsp_logits"].dtype == jnp.float32
+    assert np.max(np.abs(out16["mlm_logits"] - out32["mlm_logits"])) < 0.1
+
+
+def test_auto_dtype_is_float32_on_cpu():
+    expected = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    assert dataclasses.replace(_config(), dtype="auto").compute_dtype == expected

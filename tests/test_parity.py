@@ -1,0 +1,77 @@
+"""jft's BERT against Hugging Face's own implementations, float32, max |difference| <= 1e-5."""
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from conftest import make_batch, masked_positions, tiny_hf_config
+from jft import hf
+from jft.models import BertForPreTraining, BertForSequenceClassification, BertForTokenClassification, BertModel
+
+TOL = 1e-5
+
+
+def _hf_flax_pretraining(tmp_path, seed, **config):
+    """A random FlaxBertForPreTraining, saved by transformers and read back by jft."""
+    ref = transformers.FlaxBertForPreTraining(tiny_hf_config(**config), seed=seed)
+    ref.save_pretrained(tmp_path)
+    return ref, *hf.load(tmp_path)
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
+@pytest.mark.parametrize("hidden_act,seed", [("gelu", 0), ("gelu_new", 1)])
+def test_pretraining_matches_hf_flax(tmp_path, max_abs_diff, padded, hidden_act, seed):
+    ref, config, params = _hf_flax_pretraining(tmp_path, seed, hidden_act=hidden_act)
+    batch = make_batch(seed, padded=padded)
+    positions = masked_positions(seed, 3, 12, 5)
+
+    base = transformers.FlaxBertModel(tiny_hf_config(hidden_act=hidden_act), seed=seed)
+    ref_base = base(**batch, params=ref.params["bert"])
+    hidden, pooled = BertModel(config).apply({"params": params["bert"]}, **batch)
+    assert max_abs_diff(hidden, ref_base.last_hidden_state) <= TOL
+    assert max_abs_diff(pooled, ref_base.pooler_output) <= TOL
+
+    ref_out = ref(**batch)
+    out = BertForPreTraining(config).apply({"params": params}, **batch, masked_positions=positions)
+    ref_mlm_at_positions = np.take_along_axis(np.asarray(ref_out.prediction_logits), positions[..., None], axis=1)
+    assert out["mlm_logits"].shape == (3, 5, 101)
+    assert max_abs_diff(out["mlm_logits"], ref_mlm_at_positions) <= TOL
+    assert max_abs_diff(out["nsp_logits"], ref_out.seq_relationship_logits) <= TOL
+    dense = BertForPreTraining(config).apply({"params": params}, **batch)
+    assert max_abs_diff(dense["mlm_logits"], ref_out.prediction_logits) <= TOL
+
+
+def test_pretraining_matches_hf_pytorch(tmp_path, max_abs_diff):
+    torch.manual_seed(0)
+    ref = transformers.BertForPreTraining(tiny_hf_config(hidden_act="gelu")).eval()
+    ref.save_pretrained(tmp_path)
+    config, params = hf.load(tmp_path)
+    batch = make_batch(3)
+    positions = masked_positions(3, 3, 12, 4)
+    with torch.no_grad():
+        ref_out = ref(**{k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}, output_hidden_states=True)
+    out = BertForPreTraining(config).apply({"params": params}, **batch, masked_positions=positions)
+    ref_logits = np.take_along_axis(ref_out.prediction_logits.numpy(), positions[..., None], axis=1)
+    assert max_abs_diff(out["mlm_logits"], ref_logits) <= TOL
+    assert max_abs_diff(out["nsp_logits"], ref_out.seq_relationship_logits.numpy()) <= TOL
+    hidden, _ = BertModel(config).apply({"params": params["bert"]}, **batch)
+    assert max_abs_diff(hidden, ref_out.hidden_states[-1].numpy()) <= TOL
+
+
+@pytest.mark.parametrize(
+    "ref_cls,jft_cls",
+    [
+        (transformers.FlaxBertForSequenceClassification, BertForSequenceClassification),
+        (transformers.FlaxBertForTokenClassification, BertForTokenClassification),
+    ],
+)
+def test_task_heads_match_hf_flax(tmp_path, max_abs_diff, ref_cls, jft_cls):
+    ref = ref_cls(tiny_hf_config(num_labels=5), seed=4)
+    ref.save_pretrained(tmp_path)
+    config, params = hf.load(tmp_path)
+    module, module_params = hf.model_for(config, params)
+    assert type(module) is jft_cls and module.num_labels == 5
+    batch = make_batch(4)
+    logits = module.apply({"params": module_params}, **batch)
+    assert max_abs_diff(logits, ref(**batch).logits) <= TOL
