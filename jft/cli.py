@@ -87,6 +87,76 @@ def _run_inspect(args, _):
         print(f"  {group:<24} {size:>14,}")
 
 
+def _vocab_arguments(parser):
+    parser.add_argument("corpus", help="text file(s) (comma-separated), JSONL, or tfds:NAME[:SPLIT]")
+    parser.add_argument("--out", required=True, help="directory for vocab.txt and tokenizer.json")
+    parser.add_argument("--vocab-size", type=int, default=30522)
+    parser.add_argument("--min-frequency", type=int, default=2)
+    parser.add_argument("--cased", action="store_true", help="keep case (default: lowercase)")
+    parser.add_argument("--text-field", default="text", help="the text field of JSONL and TFDS records")
+
+
+def _run_vocab(args, _):
+    from jft.data.corpus import read_documents
+    from jft.data.tokenizer import train_vocab
+
+    lines = (line for doc in read_documents(args.corpus, text_field=args.text_field) for line in doc)
+    out = train_vocab(
+        lines, args.out, vocab_size=args.vocab_size, lowercase=not args.cased, min_frequency=args.min_frequency
+    )
+    print(f"wrote {out / 'vocab.txt'} and {out / 'tokenizer.json'}")
+
+
+def _prepare_arguments(parser):
+    parser.add_argument("corpus", help="text file(s) (comma-separated), JSONL, or tfds:NAME[:SPLIT]")
+    parser.add_argument("--vocab", required=True, help="vocab.txt, tokenizer.json, or a directory with one")
+    parser.add_argument("--out", required=True, help="directory to write the row shards to")
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument(
+        "--mode",
+        choices=("pairs", "packed"),
+        default="pairs",
+        help="pairs: sentence pairs with next-sentence labels; packed: full rows, no NSP",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-fraction", type=float, default=0.01, help="documents held out for evaluation")
+    parser.add_argument("--cased", action="store_true", help="keep case when reading vocab.txt")
+    parser.add_argument("--text-field", default="text", help="the text field of JSONL and TFDS records")
+
+
+def _run_prepare(args, _):
+    from jft.data.prepare import prepare
+
+    meta = prepare(
+        args.corpus,
+        args.vocab,
+        args.out,
+        seq_len=args.seq_len,
+        mode=args.mode,
+        seed=args.seed,
+        eval_fraction=args.eval_fraction,
+        text_field=args.text_field,
+        lowercase=not args.cased,
+    )
+    rows = ", ".join(f"{split} {info['rows']:,}" for split, info in meta["splits"].items())
+    print(
+        f"wrote {args.out}: {meta['documents']:,} documents, {meta['tokens']:,} tokens, rows: {rows}; "
+        f"{meta['tokens'] / meta['seconds']:,.0f} tokens/s"
+    )
+
+
+def _pretrain_arguments(parser):
+    parser.add_argument("--workdir", required=True, help="checkpoints, metrics and prepared data go here")
+
+
+def _run_pretrain(args, config):
+    from jft.pretrain import train_and_evaluate
+
+    metrics = train_and_evaluate(config, args.workdir)
+    shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("eval_") or k == "train_loss"}
+    print(f"finished at step {metrics['step']}: {shown}")
+
+
 def _count(params) -> int:
     import jax
 
@@ -94,6 +164,9 @@ def _count(params) -> int:
 
 
 COMMANDS = (
+    Command("vocab", "train a WordPiece vocabulary on a corpus", _vocab_arguments, _run_vocab),
+    Command("prepare", "tokenize a corpus into fixed-length pretraining rows", _prepare_arguments, _run_prepare),
+    Command("pretrain", "pretrain BERT with masked-LM (+ next-sentence)", _pretrain_arguments, _run_pretrain, True),
     Command("init", "write a randomly initialised BERT in Hugging Face format", _init_arguments, _run_init, True),
     Command("convert", "convert a Hugging Face BERT between safetensors and msgpack", _convert_arguments, _run_convert),
     Command("inspect", "show the config and parameter counts of a Hugging Face BERT", _inspect_arguments, _run_inspect),

@@ -20,13 +20,19 @@ OVERRIDE_PREFIX = "--config."
 
 
 def model_config(size: str, **overrides: Any) -> ConfigDict:
-    """All BertConfig fields of a named size ('tiny', 'mini', 'base', 'large') as a ConfigDict."""
-    return ConfigDict(dataclasses.asdict(BertConfig.preset(size, **overrides)))
+    """All BertConfig fields of a named size ('tiny', 'mini', 'base', 'large') as a ConfigDict.
+
+    The values are checked when the run builds its model (bert_config), so a config may hold a
+    placeholder that the run fills in, such as vocab_size=0 for "the vocabulary's size".
+    """
+    return ConfigDict({**dataclasses.asdict(BertConfig.preset(size)), **overrides})
 
 
-def bert_config(config: ConfigDict) -> BertConfig:
-    """The validated BertConfig of a run config's `model` group."""
-    return BertConfig.from_dict(config.to_dict() if isinstance(config, ConfigDict) else dict(config))
+def bert_config(config: ConfigDict, **fill_in: Any) -> BertConfig:
+    """The validated BertConfig of a run config's `model` group, with fill_in values for zero fields."""
+    values = config.to_dict() if isinstance(config, ConfigDict) else dict(config)
+    values.update({name: value for name, value in fill_in.items() if not values.get(name)})
+    return BertConfig.from_dict(values)
 
 
 def load_config(spec: str | Path, overrides: Sequence[str] = ()) -> ConfigDict:

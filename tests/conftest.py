@@ -2,6 +2,8 @@
 
 import os
 
+# Eight CPU devices for the multi-device tests; single-device code uses the first one.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -46,3 +48,30 @@ def masked_positions(seed: int, batch: int, seq: int, count: int) -> np.ndarray:
 @pytest.fixture
 def max_abs_diff():
     return lambda a, b: float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+_TOPICS = {
+    "sea": ["ship", "wave", "harbor", "sailor", "anchor", "tide", "storm", "fish"],
+    "farm": ["cow", "field", "barn", "tractor", "wheat", "farmer", "fence", "harvest"],
+    "city": ["street", "tower", "train", "market", "bridge", "crowd", "office", "taxi"],
+    "space": ["rocket", "planet", "orbit", "star", "comet", "astronaut", "moon", "galaxy"],
+}
+_VERBS = ["sees", "likes", "follows", "finds", "builds", "watches", "paints", "remembers"]
+_ADJECTIVES = ["old", "bright", "quiet", "large", "small", "strange", "distant", "famous"]
+
+
+def write_corpus(path, documents: int = 40, seed: int = 0, sentences: tuple[int, int] = (3, 9)):
+    """A small text corpus in BERT's format: topic-flavoured sentences, blank line between documents."""
+    rng = np.random.default_rng(seed)
+    topics = list(_TOPICS)
+    lines = []
+    for _ in range(documents):
+        words = _TOPICS[topics[rng.integers(len(topics))]]
+        for _ in range(rng.integers(*sentences)):
+            a, b = rng.choice(words, 2, replace=False)
+            lines.append(
+                f"the {rng.choice(_ADJECTIVES)} {a} {rng.choice(_VERBS)} the {b} near the {rng.choice(words)}."
+            )
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n")
+    return path

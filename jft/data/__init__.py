@@ -1,0 +1,1 @@
+"""Data: text in (corpus), tokens (tokenizer), prepared shards (prepare), batches (loader)."""

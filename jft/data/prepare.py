@@ -1,0 +1,227 @@
+"""`jft prepare`: tokenize a corpus once into shards of fixed-length rows for pretraining.
+
+Two modes:
+- "pairs": [CLS] A [SEP] B [SEP] with next-sentence labels; half the B segments come from another
+  document (label 1), as in the original BERT's create_pretraining_data.
+- "packed": [CLS] tokens [SEP], a document's tokens cut into full rows, no NSP.
+
+Output directory: metadata.json, tokenizer.json, and per split (train, eval) and shard the
+arrays {split}-{k:05d}.{field}.npy: input_ids [rows, seq_len], token_type_ids, word_start
+(first piece of a word; for whole-word masking), lengths [rows], nsp_labels [rows] (-1 in
+packed mode). Deterministic for a seed; written to a temporary directory and renamed at the end.
+"""
+
+import json
+import random
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import tokenizers
+from tqdm import tqdm
+
+from jft.data.corpus import read_documents
+from jft.data.tokenizer import SpecialIds, load_tokenizer, special_ids
+from jft.errors import JftError
+
+FORMAT = "jft-pretraining-rows/1"
+MODES = ("pairs", "packed")
+FIELDS = ("input_ids", "token_type_ids", "word_start", "lengths", "nsp_labels")
+Segment = tuple[np.ndarray, np.ndarray]  # token ids, word-start flags
+
+
+def prepare(
+    sources: str | Sequence[str],
+    vocab: str | Path,
+    out_dir: str | Path,
+    *,
+    seq_len: int = 128,
+    mode: str = "pairs",
+    seed: int = 0,
+    eval_fraction: float = 0.01,
+    short_seq_prob: float = 0.1,
+    rows_per_shard: int = 65536,
+    text_field: str = "text",
+    lowercase: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Tokenizes `sources` with `vocab` into row shards in `out_dir`; returns the metadata written."""
+    if mode not in MODES:
+        raise JftError(f"mode '{mode}' is not one of {MODES}.")
+    if seq_len < 8:
+        raise JftError(f"seq_len {seq_len} is too short for BERT rows; use 128 or 512.")
+    out_dir = Path(out_dir)
+    tokenizer = load_tokenizer(vocab, lowercase=lowercase)
+    ids = special_ids(tokenizer)
+    start = time.perf_counter()
+    documents = list(_tokenized_documents(tokenizer, read_documents(sources, text_field=text_field), progress))
+    num_tokens = sum(len(seg[0]) for doc in documents for seg in doc)
+    if num_tokens == 0:
+        raise JftError(f"the corpus {sources} holds no text; give a file with at least one non-empty line.")
+    rng = random.Random(seed)
+    splits = _split_documents(documents, eval_fraction, rng)
+
+    tmp_dir = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+    split_meta = {}
+    for split, docs in splits.items():
+        if mode == "pairs":
+            rows = _pair_rows(docs, seq_len, short_seq_prob, ids, rng)
+        else:
+            rows = _packed_rows(docs, seq_len, ids)
+        split_meta[split] = _write_split(tmp_dir, split, rows, seq_len, tokenizer.get_vocab_size(), rows_per_shard)
+    seconds = time.perf_counter() - start
+    metadata = {
+        "format": FORMAT,
+        "mode": mode,
+        "seq_len": seq_len,
+        "vocab_size": tokenizer.get_vocab_size(),
+        "special_ids": vars(ids),
+        "seed": seed,
+        "sources": [sources] if isinstance(sources, str) else list(sources),
+        "documents": len(documents),
+        "tokens": num_tokens,
+        "seconds": round(seconds, 3),
+        "splits": split_meta,
+    }
+    tokenizer.save(str(tmp_dir / "tokenizer.json"))
+    (tmp_dir / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp_dir.rename(out_dir)
+    return metadata
+
+
+def _tokenized_documents(tokenizer: tokenizers.Tokenizer, documents, progress: bool) -> Iterator[list[Segment]]:
+    bar = tqdm(documents, desc="tokenizing", unit=" docs", disable=not progress)
+    for document in bar:
+        segments = []
+        for encoding in tokenizer.encode_batch(document, add_special_tokens=False):
+            if encoding.ids:
+                word_start = np.array([not t.startswith("##") for t in encoding.tokens], bool)
+                segments.append((np.array(encoding.ids, np.int32), word_start))
+        if segments:
+            yield segments
+
+
+def _split_documents(documents, eval_fraction: float, rng: random.Random) -> dict[str, list]:
+    """Holds out whole documents for evaluation (at least one when eval_fraction > 0 and there are two)."""
+    if eval_fraction <= 0 or len(documents) < 2:
+        return {"train": documents, "eval": []}
+    held = {i for i in range(len(documents)) if rng.random() < eval_fraction}
+    if not held:
+        held = {rng.randrange(len(documents))}
+    return {
+        "train": [d for i, d in enumerate(documents) if i not in held],
+        "eval": [d for i, d in enumerate(documents) if i in held],
+    }
+
+
+def _concat(segments: Sequence[Segment]) -> Segment:
+    return np.concatenate([s[0] for s in segments]), np.concatenate([s[1] for s in segments])
+
+
+def _row(parts: Sequence[tuple[Segment, int]], ids: SpecialIds, nsp_label: int) -> tuple:
+    """[CLS] part [SEP] (part [SEP]) with token types; special tokens count as word starts."""
+    tokens, types, starts = [np.array([ids.cls], np.int32)], [np.zeros(1, np.int32)], [np.ones(1, bool)]
+    for (segment_ids, segment_starts), token_type in parts:
+        tokens += [segment_ids, np.array([ids.sep], np.int32)]
+        types += [np.full(len(segment_ids) + 1, token_type, np.int32)]
+        starts += [segment_starts, np.ones(1, bool)]
+    return np.concatenate(tokens), np.concatenate(types), np.concatenate(starts), nsp_label
+
+
+def _truncate_pair(a: Segment, b: Segment, max_tokens: int, rng: random.Random) -> tuple[Segment, Segment]:
+    """Trims the longer segment, one token at a time from a random end, until both fit."""
+    a_ids, a_ws, b_ids, b_ws = list(a[0]), list(a[1]), list(b[0]), list(b[1])
+    while len(a_ids) + len(b_ids) > max_tokens:
+        ids, ws = (a_ids, a_ws) if len(a_ids) > len(b_ids) else (b_ids, b_ws)
+        index = 0 if rng.random() < 0.5 else -1
+        del ids[index], ws[index]
+    return (np.array(a_ids, np.int32), np.array(a_ws, bool)), (np.array(b_ids, np.int32), np.array(b_ws, bool))
+
+
+def _pair_rows(documents, seq_len: int, short_seq_prob: float, ids: SpecialIds, rng: random.Random):
+    """Sentence pairs with NSP labels (0: B follows A, 1: B is from another document)."""
+    max_tokens = seq_len - 3
+    for doc_index, document in enumerate(documents):
+        target = rng.randint(2, max_tokens) if rng.random() < short_seq_prob else max_tokens
+        chunk: list[Segment] = []
+        length, i = 0, 0
+        while i < len(document):
+            chunk.append(document[i])
+            length += len(document[i][0])
+            if i == len(document) - 1 or length >= target:
+                a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
+                a = _concat(chunk[:a_end])
+                if len(chunk) == 1 or rng.random() < 0.5:
+                    label, b = 1, _random_continuation(documents, doc_index, target - len(a[0]), rng)
+                    i -= len(chunk) - a_end  # the unused sentences start the next chunk
+                else:
+                    label, b = 0, _concat(chunk[a_end:])
+                a, b = _truncate_pair(a, b, max_tokens, rng)
+                if len(a[0]) and len(b[0]):
+                    yield _row([(a, 0), (b, 1)], ids, label)
+                chunk, length = [], 0
+            i += 1
+
+
+def _random_continuation(documents, doc_index: int, target: int, rng: random.Random) -> Segment:
+    """Sentences from a random other document (the same one only if there is no other)."""
+    other = doc_index
+    for _ in range(10):
+        other = rng.randrange(len(documents))
+        if other != doc_index:
+            break
+    document = documents[other]
+    segments, length = [], 0
+    for segment in document[rng.randrange(len(document)) :]:
+        segments.append(segment)
+        length += len(segment[0])
+        if length >= target:
+            break
+    return _concat(segments)
+
+
+def _packed_rows(documents, seq_len: int, ids: SpecialIds):
+    """Each document's tokens cut into rows of seq_len - 2, framed by [CLS] and [SEP]."""
+    width = seq_len - 2
+    for document in documents:
+        tokens, starts = _concat(document)
+        for begin in range(0, len(tokens), width):
+            yield _row([((tokens[begin : begin + width], starts[begin : begin + width]), 0)], ids, -1)
+
+
+def _write_split(out_dir: Path, split: str, rows, seq_len: int, vocab_size: int, rows_per_shard: int) -> dict:
+    id_dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max else np.int32
+    shards, buffer = [], []
+
+    def flush():
+        if not buffer:
+            return
+        n = len(buffer)
+        arrays = {
+            "input_ids": np.zeros((n, seq_len), id_dtype),
+            "token_type_ids": np.zeros((n, seq_len), np.int8),
+            "word_start": np.zeros((n, seq_len), bool),
+            "lengths": np.array([len(r[0]) for r in buffer], np.int32),
+            "nsp_labels": np.array([r[3] for r in buffer], np.int8),
+        }
+        for k, (tokens, types, starts, _) in enumerate(buffer):
+            arrays["input_ids"][k, : len(tokens)] = tokens
+            arrays["token_type_ids"][k, : len(tokens)] = types
+            arrays["word_start"][k, : len(tokens)] = starts
+        prefix = f"{split}-{len(shards):05d}"
+        for field in FIELDS:
+            np.save(out_dir / f"{prefix}.{field}.npy", arrays[field])
+        shards.append({"prefix": prefix, "rows": n})
+        buffer.clear()
+
+    for row in rows:
+        buffer.append(row)
+        if len(buffer) == rows_per_shard:
+            flush()
+    flush()
+    return {"rows": sum(s["rows"] for s in shards), "shards": shards}

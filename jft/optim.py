@@ -1,0 +1,42 @@
+"""Optimizers from optax: warmup then linear or cosine decay, AdamW or LAMB, clipping, decay masks."""
+
+import optax
+from ml_collections import ConfigDict
+
+from jft.errors import JftError
+from jft.params import flatten, unflatten
+
+OPTIMIZERS = ("adamw", "lamb")
+DECAYS = ("linear", "cosine", "constant")
+
+
+def learning_rate_schedule(config: ConfigDict, total_steps: int) -> optax.Schedule:
+    """Linear warmup to config.lr over config.warmup_steps, then config.decay down to 0 at total_steps."""
+    if config.decay not in DECAYS:
+        raise JftError(f"optim.decay '{config.decay}' is not one of {DECAYS}.")
+    warmup = min(config.warmup_steps, total_steps)
+    rest = max(total_steps - warmup, 1)
+    decay = {
+        "linear": optax.linear_schedule(config.lr, 0.0, rest),
+        "cosine": optax.cosine_decay_schedule(config.lr, rest),
+        "constant": optax.constant_schedule(config.lr),
+    }[config.decay]
+    return optax.join_schedules([optax.linear_schedule(0.0, config.lr, warmup), decay], [warmup])
+
+
+def weight_decay_mask(params) -> dict:
+    """True for weights that decay: kernels and embeddings. Biases and LayerNorm never decay."""
+    return unflatten({path: not (path.endswith("/bias") or "/LayerNorm/" in path) for path in flatten(params)})
+
+
+def make_optimizer(config: ConfigDict, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optax chain a run uses: global-norm clipping, then AdamW or LAMB with masked weight decay."""
+    if config.name not in OPTIMIZERS:
+        raise JftError(f"optim.name '{config.name}' is not one of {OPTIMIZERS}.")
+    schedule = learning_rate_schedule(config, total_steps)
+    make = {"adamw": optax.adamw, "lamb": optax.lamb}[config.name]
+    optimizer = make(
+        schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay, mask=weight_decay_mask
+    )
+    chain = [optax.clip_by_global_norm(config.max_grad_norm)] if config.max_grad_norm > 0 else []
+    return optax.chain(*chain, optimizer), schedule

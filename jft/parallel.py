@@ -1,0 +1,112 @@
+"""Where a per-device step runs: jax.pmap, jax.jit(jax.shard_map(...)) over a mesh, or plain jit.
+
+The step is written once, in the pmap style, with collectives over the axis 'batch'. A `Runner`
+compiles it for one backend and moves state and batches to where that backend wants them:
+- "shard_map": state is one global, replicated array per leaf; the batch is split over a 1-D
+  mesh of all devices (of all processes). check_vma=False keeps pmap's semantics: with the
+  default check_vma=True, the gradient of a replicated input arrives already summed over the
+  devices and the step's pmean would make the update n times too large.
+- "pmap": state and rng carry a leading device axis (replicated); the batch is split over local devices.
+- "jit": one device, no collectives.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.jax_utils
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jft.errors import JftError
+from jft.steps import AXIS
+
+BACKENDS = ("shard_map", "pmap", "jit")
+
+
+def initialize_distributed(coordinator_address: str, num_processes: int, process_id: int) -> None:
+    """Starts jax.distributed for a multi-process run (no-op for one process); call before any JAX work.
+
+    On CPU, cross-process collectives go through gloo.
+    """
+    if num_processes <= 1:
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
+
+
+@dataclasses.dataclass
+class Runner:
+    """Compiles per-device steps for a backend and places state and batches for it."""
+
+    backend: str = "shard_map"
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise JftError(f"parallel backend '{self.backend}' is not one of {BACKENDS}.")
+        self.devices = jax.devices() if self.backend == "shard_map" else jax.local_devices()
+        if self.backend == "jit":
+            self.devices = self.devices[:1]
+        self.mesh = Mesh(np.array(self.devices), (AXIS,))
+        local = [d for d in self.devices if d.process_index == jax.process_index()]
+        self.local_mesh = Mesh(np.array(local), (AXIS,))
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.devices)
+
+    def check_batch(self, global_batch: int, accum_steps: int = 1) -> None:
+        """A clear error when the global batch does not split evenly over devices and micro-batches."""
+        devices = self.num_devices * (jax.process_count() if self.backend == "pmap" else 1)
+        if global_batch % (devices * accum_steps):
+            raise JftError(
+                f"the global batch of {global_batch} rows does not divide over {devices} devices × "
+                f"{accum_steps} accumulation steps; use a multiple of {devices * accum_steps}."
+            )
+
+    def compile(self, step: Callable, *, state_argnum: int | None = 0) -> Callable:
+        """step(state, batch, rng, axis_name=...) -> compiled fn(state, batch, rng); state donated."""
+        donate = () if state_argnum is None else (state_argnum,)
+        if self.backend == "jit":
+            return jax.jit(functools.partial(step, axis_name=None), donate_argnums=donate)
+        if self.backend == "pmap":
+            return jax.pmap(functools.partial(step, axis_name=AXIS), axis_name=AXIS, donate_argnums=donate)
+        sharded = jax.shard_map(
+            functools.partial(step, axis_name=AXIS),
+            mesh=self.mesh,
+            in_specs=(P(), P(AXIS), P()),
+            out_specs=P(),
+            check_vma=False,
+        )
+        return jax.jit(sharded, donate_argnums=donate)
+
+    def put_replicated(self, tree: Any) -> Any:
+        """State (or params) to where the compiled step reads it."""
+        if self.backend == "pmap":
+            return flax.jax_utils.replicate(tree, self.local_mesh.devices.tolist())
+        sharding = NamedSharding(self.mesh, P())
+        return jax.tree.map(lambda x: _global_array(np.asarray(x), sharding), tree)
+
+    def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """This process's rows to its devices, split along the rows."""
+        if self.backend == "pmap":
+            n = len(self.local_mesh.devices)
+            sharding = NamedSharding(self.local_mesh, P(AXIS))
+            return {k: jax.device_put(v.reshape(n, -1, *v.shape[1:]), sharding) for k, v in local_batch.items()}
+        sharding = NamedSharding(self.mesh, P(AXIS))
+        return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+    def get(self, tree: Any) -> Any:
+        """One copy of replicated device values, as host NumPy arrays (a device-to-host sync)."""
+        if self.backend == "pmap":
+            tree = flax.jax_utils.unreplicate(tree)
+        return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
+
+
+def _global_array(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])

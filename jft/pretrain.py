@@ -1,0 +1,265 @@
+"""Pretraining: `train_and_evaluate(config, workdir)` wires data, step, checkpoints and metrics.
+
+Order of a (re)start, the same for a fresh run and a resumed one:
+1. start jax.distributed when the config asks for several processes;
+2. find the prepared rows (preparing them from data.corpus into <workdir>/data on first use);
+3. build model, optimizer and the compiled step;
+4. if <workdir>/checkpoints has a complete step: check it is the same model, restore state,
+   rng and loader position from it; else initialise from config.seed;
+5. train to total_steps, logging every log_every steps, evaluating every eval_every steps,
+   saving every checkpoint_every steps and on SIGTERM/SIGINT, and always at the last step.
+"""
+
+import dataclasses
+import functools
+import math
+import signal
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+from tqdm import tqdm
+
+from jft.checkpoint import Checkpoints, check_same_model
+from jft.config import bert_config, model_config
+from jft.data.corpus import read_documents
+from jft.data.loader import Loader, PretrainRows
+from jft.data.prepare import prepare
+from jft.data.tokenizer import train_vocab
+from jft.errors import JftError
+from jft.masking import MaskingConfig
+from jft.metric_writer import MetricWriter
+from jft.models import BertForPreTraining, init_params
+from jft.optim import make_optimizer
+from jft.parallel import Runner, initialize_distributed
+from jft.steps import PretrainSetup, create_state, pretrain_eval_step, pretrain_step
+
+
+def default_config() -> ConfigDict:
+    """Every key a pretraining config has; configs/pretrain/*.py start from this and change sizes."""
+    config = ConfigDict()
+    config.model = model_config("tiny", vocab_size=0)  # vocab_size 0: the vocabulary's size
+    config.data = ConfigDict(
+        dict(
+            corpus="",  # text file(s), JSONL or tfds:NAME[:SPLIT]; prepared into <workdir>/data
+            vocab="",  # vocab.txt or tokenizer.json; empty: train a WordPiece vocabulary on the corpus
+            vocab_size=8000,  # when training the vocabulary
+            lowercase=True,
+            text_field="text",  # JSONL and TFDS
+            prepared="",  # a `jft prepare` directory; takes the place of corpus
+            seq_len=128,
+            mode="pairs",  # pairs (MLM + NSP) | packed (MLM only)
+            eval_fraction=0.02,  # documents held out for evaluation
+        )
+    )
+    config.masking = ConfigDict(dict(rate=0.15, max_predictions=20, whole_word=False))
+    config.optim = ConfigDict(
+        dict(
+            name="adamw",  # adamw | lamb
+            lr=1e-4,
+            warmup_steps=100,
+            decay="linear",  # linear | cosine | constant
+            b1=0.9,
+            b2=0.999,
+            eps=1e-6,
+            weight_decay=0.01,  # decoupled; biases and LayerNorm never decay
+            max_grad_norm=1.0,  # 0 turns clipping off
+        )
+    )
+    config.batch_size = 256  # global: over all devices and processes
+    config.accum_steps = 1
+    config.total_steps = 1000
+    config.seed = 0
+    config.parallel = ConfigDict(dict(backend="shard_map", coordinator_address="", num_processes=1, process_id=0))
+    config.log_every = 50
+    config.eval_every = 500
+    config.eval_batches = 10
+    config.checkpoint_every = 500
+    config.keep_checkpoints = 3
+    config.async_checkpoints = True
+    config.progress = True
+    return config
+
+
+def prepared_data(config: ConfigDict, workdir: Path) -> Path:
+    """The prepared rows of a run: data.prepared, or data.corpus prepared once into <workdir>/data."""
+    data = config.data
+    if data.prepared:
+        return Path(data.prepared)
+    if not data.corpus:
+        raise JftError("no data: set data.corpus (your text file) or data.prepared (a `jft prepare` directory).")
+    out = workdir / "data"
+    if (out / "metadata.json").is_file():
+        return out
+    if jax.process_count() > 1:
+        raise JftError("with several processes, run `jft prepare` first and set data.prepared.")
+    vocab = data.vocab
+    if not vocab:
+        texts = (line for doc in read_documents(data.corpus, text_field=data.text_field) for line in doc)
+        vocab = train_vocab(texts, workdir / "vocab", vocab_size=data.vocab_size, lowercase=data.lowercase)
+    prepare(
+        data.corpus,
+        vocab,
+        out,
+        seq_len=data.seq_len,
+        mode=data.mode,
+        seed=config.seed,
+        eval_fraction=data.eval_fraction,
+        text_field=data.text_field,
+        lowercase=data.lowercase,
+        progress=config.progress,
+    )
+    return out
+
+
+class _StopRequest:
+    """Turns SIGTERM and SIGINT into a flag the loop checks after each step (then it saves and exits)."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self.previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, float]:
+    """Pretrains per config in workdir (resuming if it holds a checkpoint); returns the last metrics."""
+    p = config.parallel
+    initialize_distributed(p.coordinator_address, p.num_processes, p.process_id)
+    workdir = Path(workdir)
+    data_dir = prepared_data(config, workdir)
+    train_rows = PretrainRows(data_dir, "train")
+    meta = train_rows.metadata
+    model_cfg = bert_config(config.model, vocab_size=meta["vocab_size"])
+    if meta["vocab_size"] > model_cfg.vocab_size:
+        raise JftError(
+            f"the data's vocabulary has {meta['vocab_size']} tokens, more than model.vocab_size "
+            f"{model_cfg.vocab_size}; set model.vocab_size={meta['vocab_size']} (or 0 to follow the data)."
+        )
+    if meta["seq_len"] > model_cfg.max_position_embeddings:
+        raise JftError(
+            f"the prepared rows have {meta['seq_len']} tokens, more than the position table "
+            f"(model.max_position_embeddings={model_cfg.max_position_embeddings}); prepare with "
+            f"seq_len <= {model_cfg.max_position_embeddings} or enlarge the table."
+        )
+
+    runner = Runner(p.backend)
+    runner.check_batch(config.batch_size, config.accum_steps)
+    special = meta["special_ids"]
+    masking = MaskingConfig(
+        mask_id=special["mask"],
+        vocab_size=meta["vocab_size"],
+        special_ids=(special["pad"], special["cls"], special["sep"], special["mask"], special["unk"]),
+        max_predictions=config.masking.max_predictions,
+        rate=config.masking.rate,
+        whole_word=config.masking.whole_word,
+    )
+    model = BertForPreTraining(model_cfg, nsp=meta["mode"] == "pairs")
+    tx, schedule = make_optimizer(config.optim, config.total_steps)
+    setup = PretrainSetup(model, tx, schedule, masking, config.accum_steps)
+    train_step = runner.compile(functools.partial(pretrain_step, setup=setup))
+    eval_step = runner.compile(functools.partial(pretrain_eval_step, setup=setup), state_argnum=None)
+
+    rng = jax.random.PRNGKey(config.seed)
+    host_state = {"train": create_state(init_params(model, jax.random.fold_in(rng, 0)), tx), "rng": rng}
+    host_state = jax.tree.map(np.asarray, host_state)
+    checkpoints = Checkpoints(
+        workdir,
+        every_steps=config.checkpoint_every,
+        keep=config.keep_checkpoints,
+        asynchronous=config.async_checkpoints,
+    )
+    run_meta = {"model": dataclasses.asdict(model_cfg), "config": config.to_dict(), "data": str(data_dir)}
+    if checkpoints.latest_step() is not None:
+        check_same_model(checkpoints.restore_meta(), model_cfg, workdir)
+        host_state, _ = checkpoints.restore(host_state)
+    state, rng = runner.put_replicated(host_state["train"]), runner.put_replicated(host_state["rng"])
+    start = int(host_state["train"].step)
+
+    loader = Loader(
+        train_rows, config.batch_size, config.seed, process_index=jax.process_index(), process_count=jax.process_count()
+    )
+    evaluate = _evaluator(config, data_dir, runner, eval_step)
+    writer = MetricWriter(workdir)
+    bar = tqdm(
+        total=config.total_steps,
+        initial=start,
+        desc="pretraining",
+        unit=" steps",
+        disable=not config.progress or jax.process_index() != 0,
+    )
+    batches = loader.iterate(start, runner.put_batch)
+    mark_time, mark_step = time.perf_counter(), start
+    last: dict[str, float] = {"step": start}
+    with _StopRequest() as stop:
+        for step in range(start + 1, config.total_steps + 1):
+            state, metrics = train_step(state, next(batches), rng)
+            if step % config.log_every == 0 or step == config.total_steps or stop.requested:
+                metrics = {k: float(v) for k, v in runner.get(metrics).items()}  # the one host sync per log step
+                now = time.perf_counter()
+                metrics["sequences_per_second"] = (step - mark_step) * config.batch_size / (now - mark_time)
+                mark_time, mark_step = now, step
+                writer.write(step, "train", metrics)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}", seq_s=f"{metrics['sequences_per_second']:.0f}")
+                last.update({f"train_{k}": v for k, v in metrics.items()})
+            if evaluate and (step % config.eval_every == 0 or step == config.total_steps):
+                eval_metrics = evaluate(state.params)
+                writer.write(step, "eval", eval_metrics)
+                last.update({f"eval_{k}": v for k, v in eval_metrics.items()})
+            bar.update(1)
+            last["step"] = step
+            done = step == config.total_steps or stop.requested
+            if done or step % config.checkpoint_every == 0:
+                saved = {"train": runner.get(state), "rng": host_state["rng"]}
+                checkpoints.save(step, saved, {**run_meta, "loader_position": step * config.batch_size}, force=done)
+            if stop.requested:
+                bar.write(f"stopped at step {step}; saved a checkpoint; run the same command to resume")
+                break
+    checkpoints.wait()
+    checkpoints.close()
+    writer.close()
+    bar.close()
+    return last
+
+
+def _evaluator(config: ConfigDict, data_dir: Path, runner: Runner, eval_step):
+    """evaluate(params) -> MLM accuracy, loss, perplexity (and NSP accuracy) on the held-out rows."""
+    eval_rows = PretrainRows(data_dir, "eval")
+    if len(eval_rows) == 0 or config.eval_batches <= 0:
+        return None
+    loader = Loader(
+        eval_rows,
+        config.batch_size,
+        config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        shuffle=False,
+    )
+    num_batches = min(config.eval_batches, math.ceil(len(eval_rows) / config.batch_size))
+    eval_key = runner.put_replicated(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
+
+    def evaluate(params):
+        totals = None
+        for index in range(num_batches):
+            sums = runner.get(eval_step(params, runner.put_batch(loader.batch(index)), eval_key))
+            totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+        metrics = {"mlm_loss": float(totals["mlm"]["loss_sum"] / totals["mlm"]["count"])}
+        metrics["mlm_accuracy"] = float(totals["mlm"]["correct"] / totals["mlm"]["count"])
+        metrics["perplexity"] = float(np.exp(metrics["mlm_loss"]))
+        if "nsp" in totals:
+            metrics["nsp_accuracy"] = float(totals["nsp"]["correct"] / totals["nsp"]["count"])
+        return metrics
+
+    return evaluate

@@ -1,0 +1,160 @@
+"""Training and evaluation steps: pure functions `(state, batch, rng) -> (state, metrics)`.
+
+A step is written once, per device: it sees its own share of the batch and averages with
+collectives over the axis 'batch' (jft.parallel runs it under pmap, shard_map or plain jit,
+where axis_name=None turns the collectives off). Losses are normalised by the count over all
+devices, so n devices compute the same update as one device with the whole batch.
+"""
+
+import dataclasses
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from jft.masking import MaskingConfig, mask_batch
+from jft.models import BertForPreTraining
+from jft.objectives import weighted_cross_entropy
+
+AXIS = "batch"
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer steps taken
+    params: Any
+    opt_state: Any
+    skipped: jax.Array  # int32 scalar: updates skipped because the gradients were not finite
+
+
+def create_state(params, tx: optax.GradientTransformation) -> TrainState:
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), skipped=jnp.zeros((), jnp.int32)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainSetup:
+    """The static parts of a pretraining step, bound with functools.partial before compiling."""
+
+    model: BertForPreTraining
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    masking: MaskingConfig
+    accum_steps: int = 1
+
+
+def _psum(x, axis_name):
+    return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def _pmean(x, axis_name):
+    return x if axis_name is None else jax.lax.pmean(x, axis_name)
+
+
+def _device_index(axis_name):
+    return 0 if axis_name is None else jax.lax.axis_index(axis_name)
+
+
+def _masked_inputs(setup: PretrainSetup, batch: dict, key: jax.Array) -> dict:
+    masked = mask_batch(
+        setup.masking, key, batch["input_ids"], batch["attention_mask"], batch["word_start"], batch["row_ids"]
+    )
+    return {**batch, **masked}
+
+
+def _pretraining_stats(setup: PretrainSetup, params, inputs: dict, dropout_key) -> dict:
+    """Sums for the MLM (and NSP) losses and accuracies of one (micro-)batch."""
+    out = setup.model.apply(
+        {"params": params},
+        inputs["input_ids"],
+        inputs["attention_mask"],
+        inputs["token_type_ids"],
+        masked_positions=inputs["masked_positions"],
+        deterministic=dropout_key is None,
+        rngs={} if dropout_key is None else {"dropout": dropout_key},
+    )
+    stats = {"mlm": weighted_cross_entropy(out["mlm_logits"], inputs["masked_labels"], inputs["masked_weights"])}
+    if setup.model.nsp:
+        labels = inputs["nsp_labels"]
+        stats["nsp"] = weighted_cross_entropy(out["nsp_logits"], jnp.maximum(labels, 0), (labels >= 0))
+    return stats
+
+
+def _summarise(stats: dict) -> dict:
+    metrics = {"mlm_loss": stats["mlm"]["loss_sum"] / jnp.maximum(stats["mlm"]["count"], 1)}
+    metrics["mlm_accuracy"] = stats["mlm"]["correct"] / jnp.maximum(stats["mlm"]["count"], 1)
+    metrics["loss"] = metrics["mlm_loss"]
+    if "nsp" in stats:
+        metrics["nsp_loss"] = stats["nsp"]["loss_sum"] / jnp.maximum(stats["nsp"]["count"], 1)
+        metrics["nsp_accuracy"] = stats["nsp"]["correct"] / jnp.maximum(stats["nsp"]["count"], 1)
+        metrics["loss"] = metrics["loss"] + metrics["nsp_loss"]
+    return metrics
+
+
+def pretrain_step(
+    state: TrainState, batch: dict, rng: jax.Array, *, setup: PretrainSetup, axis_name: str | None = AXIS
+) -> tuple[TrainState, dict]:
+    """One optimizer step of masked-LM (+ NSP) pretraining on this device's rows.
+
+    batch: input_ids, token_type_ids, attention_mask, word_start [rows, seq]; nsp_labels,
+    row_ids [rows]. rng: the run's key; the step folds in state.step (masking) and the device
+    index (dropout). Gradient accumulation splits the rows into setup.accum_steps micro-batches.
+    """
+    step_key = jax.random.fold_in(rng, state.step)
+    mask_key, dropout_key = jax.random.split(step_key)
+    inputs = _masked_inputs(setup, batch, mask_key)
+    num_devices = _psum(1, axis_name)
+    # Mean counts per device: each device divides its sums by these, and pmean of the gradients
+    # then equals the gradient of the loss over the global batch.
+    norms = {"mlm": _psum(inputs["masked_weights"].sum(), axis_name) / num_devices}
+    if setup.model.nsp:
+        norms["nsp"] = _psum((inputs["nsp_labels"] >= 0).sum(), axis_name) / num_devices
+    dropout_key = jax.random.fold_in(dropout_key, _device_index(axis_name))
+
+    def loss_fn(params, micro, key):
+        stats = _pretraining_stats(setup, params, micro, key)
+        loss = sum(stats[name]["loss_sum"] / jnp.maximum(norms[name], 1e-9) for name in stats)
+        return loss, stats
+
+    def micro_step(grads, micro_and_index):
+        micro, index = micro_and_index
+        (_, stats), micro_grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, micro, jax.random.fold_in(dropout_key, index)
+        )
+        return jax.tree.map(jnp.add, grads, micro_grads), stats
+
+    micro_batches = jax.tree.map(lambda x: x.reshape(setup.accum_steps, -1, *x.shape[1:]), inputs)
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    grads, stats = jax.lax.scan(micro_step, zeros, (micro_batches, jnp.arange(setup.accum_steps)))
+    grads = _pmean(grads, axis_name)
+    stats = _psum(jax.tree.map(lambda x: x.sum(0), stats), axis_name)
+
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(grad_norm)
+    updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep_if_finite(params, state.params),
+        opt_state=keep_if_finite(opt_state, state.opt_state),
+        skipped=state.skipped + (~finite).astype(jnp.int32),
+    )
+    metrics = {
+        **_summarise(stats),
+        "learning_rate": setup.schedule(state.step),
+        "grad_norm": grad_norm,
+        "skipped_updates": new_state.skipped,
+    }
+    return new_state, metrics
+
+
+def pretrain_eval_step(
+    params, batch: dict, rng: jax.Array, *, setup: PretrainSetup, axis_name: str | None = AXIS
+) -> dict:
+    """Sums of MLM (and NSP) losses and hits on held-out rows, masked with a fixed key, no dropout."""
+    inputs = _masked_inputs(setup, batch, rng)
+    return _psum(_pretraining_stats(setup, params, inputs, None), axis_name)

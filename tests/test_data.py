@@ -1,0 +1,143 @@
+"""Corpus readers, vocabulary training, `prepare` (deterministic, both modes) and the loader."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import write_corpus
+from jft.data.corpus import read_documents
+from jft.data.loader import Loader, PretrainRows
+from jft.data.prepare import prepare
+from jft.data.tokenizer import load_tokenizer, special_ids, train_vocab
+from jft.errors import JftError
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    text = write_corpus(root / "corpus.txt", documents=60)
+    vocab = train_vocab((line for doc in read_documents(str(text)) for line in doc), root / "vocab", vocab_size=200)
+    return text, vocab
+
+
+def test_text_and_jsonl_readers(tmp_path):
+    (tmp_path / "a.txt").write_text("First one.\nSecond one.\n\n\nOther doc.\n")
+    (tmp_path / "b.jsonl").write_text('{"text": "One. Two! Three?"}\n\n{"text": "line a\\nline b", "id": 3}\n')
+    assert list(read_documents(str(tmp_path / "a.txt"))) == [["First one.", "Second one."], ["Other doc."]]
+    assert list(read_documents(str(tmp_path / "b.jsonl"))) == [["One.", "Two!", "Three?"], ["line a", "line b"]]
+    (tmp_path / "c.jsonl").write_text('{"body": "x"}\n')
+    with pytest.raises(JftError, match="c.jsonl:1 has no field 'text' \\(fields: \\['body'\\]\\)"):
+        list(read_documents(str(tmp_path / "c.jsonl")))
+    with pytest.raises(JftError, match="corpus file not found"):
+        list(read_documents(str(tmp_path / "missing.txt")))
+
+
+def test_trained_vocab_has_bert_special_tokens(corpus):
+    _, vocab = corpus
+    for source in (vocab, vocab / "vocab.txt", vocab / "tokenizer.json"):
+        tokenizer = load_tokenizer(source)
+        ids = special_ids(tokenizer)
+        assert len({ids.pad, ids.cls, ids.sep, ids.mask, ids.unk}) == 5
+        assert tokenizer.encode("the harbor", add_special_tokens=False).tokens[0] == "the"
+
+
+def test_pairs_rows_have_bert_structure(tmp_path, corpus):
+    text, vocab = corpus
+    meta = prepare(
+        str(text), vocab, tmp_path / "rows", seq_len=32, mode="pairs", seed=1, eval_fraction=0.1, progress=False
+    )
+    rows = PretrainRows(tmp_path / "rows")
+    assert len(rows) == meta["splits"]["train"]["rows"] > 50 and meta["splits"]["eval"]["rows"] > 0
+    ids = special_ids(load_tokenizer(vocab))
+    batch = rows.rows(np.arange(len(rows)))
+    for input_ids, types, mask in zip(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]):
+        n = mask.sum()
+        assert input_ids[0] == ids.cls and input_ids[n - 1] == ids.sep and (input_ids[n:] == ids.pad).all()
+        seps = np.flatnonzero(input_ids[:n] == ids.sep)
+        assert len(seps) == 2  # [CLS] A [SEP] B [SEP]
+        assert (types[: seps[0] + 1] == 0).all() and (types[seps[0] + 1 : n] == 1).all()
+    assert 0.3 < batch["nsp_labels"].mean() < 0.7  # about half the B segments are random
+
+
+def test_packed_rows_fill_the_sequence(tmp_path, corpus):
+    text, vocab = corpus
+    prepare(str(text), vocab, tmp_path / "rows", seq_len=32, mode="packed", eval_fraction=0, progress=False)
+    batch = PretrainRows(tmp_path / "rows").rows(np.arange(10))
+    assert (batch["nsp_labels"] == -1).all() and (batch["token_type_ids"] == 0).all()
+    assert np.mean(batch["attention_mask"].sum(1) == 32) > 0.5
+
+
+def test_prepare_is_deterministic_for_a_seed(tmp_path, corpus):
+    text, vocab = corpus
+
+    def arrays(seed, name):
+        prepare(str(text), vocab, tmp_path / name, seq_len=32, seed=seed, progress=False)
+        rows = PretrainRows(tmp_path / name)
+        return rows.rows(np.arange(len(rows)))
+
+    first, again, other = arrays(3, "a"), arrays(3, "b"), arrays(4, "c")
+    assert all(np.array_equal(first[k], again[k]) for k in first)
+    assert not all(first[k].shape == other[k].shape and np.array_equal(first[k], other[k]) for k in first)
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "b").iterdir()) and "metadata.json" in files
+
+
+def test_word_start_marks_word_pieces(tmp_path, corpus):
+    text, vocab = corpus
+    prepare(str(text), vocab, tmp_path / "rows", seq_len=32, progress=False)
+    rows = PretrainRows(tmp_path / "rows")
+    tokenizer = load_tokenizer(vocab)
+    batch = rows.rows(np.arange(len(rows)))
+    tokens = [tokenizer.id_to_token(int(i)) for i in batch["input_ids"][batch["attention_mask"] == 1]]
+    starts = batch["word_start"][batch["attention_mask"] == 1]
+    assert all(start == (not token.startswith("##")) for token, start in zip(tokens, starts))
+
+
+def test_prepare_bad_input(tmp_path, corpus):
+    _, vocab = corpus
+    (tmp_path / "empty.txt").write_text("\n\n  \n")
+    with pytest.raises(JftError, match="holds no text"):
+        prepare(str(tmp_path / "empty.txt"), vocab, tmp_path / "out", progress=False)
+    with pytest.raises(JftError, match="vocabulary not found"):
+        prepare(str(tmp_path / "empty.txt"), tmp_path / "nowhere.txt", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # nothing half-written
+    with pytest.raises(JftError, match="not a prepared corpus"):
+        PretrainRows(tmp_path)
+
+
+def test_loader_is_a_function_of_step_and_splits_over_processes(tmp_path, corpus):
+    text, vocab = corpus
+    prepare(str(text), vocab, tmp_path / "rows", seq_len=32, progress=False)
+    rows = PretrainRows(tmp_path / "rows")
+    loader = Loader(rows, global_batch=8, seed=0)
+    assert all(np.array_equal(loader.batch(5)[k], Loader(rows, 8, 0).batch(5)[k]) for k in loader.batch(5))
+    halves = [Loader(rows, 8, 0, process_index=i, process_count=2).batch(5) for i in range(2)]
+    whole = loader.batch(5)
+    for key in whole:
+        assert np.array_equal(np.concatenate([h[key] for h in halves]), whole[key])
+    # One epoch visits every row once.
+    steps = len(rows) // 8
+    seen = np.concatenate([loader.batch(s)["row_ids"] for s in range(steps)])
+    assert np.array_equal(seen, np.arange(steps * 8))
+    ids = np.concatenate([loader.batch(s)["input_ids"] for s in range(steps)])
+    assert len({tuple(r) for r in ids}) == len({tuple(r) for r in rows.rows(np.arange(len(rows)))["input_ids"]})
+    with pytest.raises(JftError, match="global batch 9 does not divide over 2 processes"):
+        Loader(rows, 9, 0, process_index=0, process_count=2)
+
+
+def test_loader_prefetches_in_order(tmp_path, corpus):
+    text, vocab = corpus
+    prepare(str(text), vocab, tmp_path / "rows", seq_len=32, progress=False)
+    loader = Loader(PretrainRows(tmp_path / "rows"), 4, 0)
+    batches = loader.iterate(3, put=lambda b: b)
+    for step in (3, 4, 5):
+        assert np.array_equal(next(batches)["input_ids"], loader.batch(step)["input_ids"])
+
+
+def test_metadata_records_the_run(tmp_path, corpus):
+    text, vocab = corpus
+    prepare(str(text), vocab, tmp_path / "rows", seq_len=32, seed=9, progress=False)
+    meta = json.loads((tmp_path / "rows" / "metadata.json").read_text())
+    assert meta["seed"] == 9 and meta["seq_len"] == 32 and meta["tokens"] > 0
+    assert (tmp_path / "rows" / "tokenizer.json").is_file()

@@ -1,0 +1,275 @@
+"""The pretraining stage: step, backends, accumulation, skipping, the loop, resume, bad input."""
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import write_corpus
+from jft.data.corpus import read_documents
+from jft.data.loader import Loader, PretrainRows
+from jft.data.prepare import prepare
+from jft.data.tokenizer import train_vocab
+from jft.errors import JftError
+from jft.masking import MaskingConfig
+from jft.models import BertConfig, BertForPreTraining, init_params
+from jft.optim import make_optimizer, weight_decay_mask
+from jft.parallel import Runner
+from jft.params import flatten
+from jft.pretrain import default_config, train_and_evaluate
+from jft.steps import PretrainSetup, create_state, pretrain_step
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "configs" / "pretrain" / "tiny.py"
+# A model small enough for a few seconds of CPU training, as command-line overrides.
+SMALL = {
+    "model.hidden_size": 32,
+    "model.num_hidden_layers": 2,
+    "model.num_attention_heads": 2,
+    "model.intermediate_size": 64,
+    "model.max_position_embeddings": 64,
+    "data.seq_len": 32,
+    "masking.max_predictions": 5,
+    "batch_size": 16,
+    "eval_batches": 2,
+    "progress": False,
+}
+
+
+def small_config(**overrides):
+    config = default_config()
+    for key, value in {**SMALL, **overrides}.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain")
+    text = write_corpus(root / "corpus.txt", documents=120)
+    vocab = train_vocab((line for d in read_documents(str(text)) for line in d), root / "vocab", vocab_size=200)
+    prepare(str(text), vocab, root / "rows", seq_len=32, seed=0, eval_fraction=0.1, progress=False)
+    return text, root / "rows"
+
+
+def _setup(rows: PretrainRows, accum_steps=1, **model_overrides):
+    meta = rows.metadata
+    fields = dict(
+        vocab_size=meta["vocab_size"],
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    model = BertForPreTraining(BertConfig(**{**fields, **model_overrides}))
+    tx, schedule = make_optimizer(default_config().optim, 10)
+    ids = meta["special_ids"]
+    masking = MaskingConfig(ids["mask"], meta["vocab_size"], (ids["pad"], ids["cls"], ids["sep"]), max_predictions=5)
+    return PretrainSetup(model, tx, schedule, masking, accum_steps)
+
+
+def _run_steps(setup, rows, backend, steps=3, params=None):
+    runner = Runner(backend)
+    step = runner.compile(functools.partial(pretrain_step, setup=setup))
+    params = init_params(setup.model, jax.random.PRNGKey(0)) if params is None else params
+    state = runner.put_replicated(create_state(params, setup.tx))
+    rng = runner.put_replicated(jax.random.PRNGKey(1))
+    loader = Loader(rows, 16, seed=0)
+    for index in range(steps):
+        state, metrics = step(state, runner.put_batch(loader.batch(index)), rng)
+    return runner.get(state), runner.get(metrics)
+
+
+def _max_diff(a, b):
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.mark.parametrize("backend", ["shard_map", "pmap"])
+def test_eight_devices_give_the_one_device_update(corpus, backend):
+    rows = PretrainRows(corpus[1])
+    setup = _setup(rows)
+    one, one_metrics = _run_steps(setup, rows, "jit")
+    eight, eight_metrics = _run_steps(setup, rows, backend)
+    assert Runner(backend).num_devices == 8
+    # Same rows, same masks (keyed by row), dropout off: only the order of float sums differs.
+    assert _max_diff(one.params, eight.params) < 1e-6
+    assert abs(one_metrics["loss"] - eight_metrics["loss"]) < 1e-5
+
+
+def test_gradient_accumulation_equals_one_big_batch(corpus):
+    rows = PretrainRows(corpus[1])
+    whole, _ = _run_steps(_setup(rows, accum_steps=1), rows, "jit")
+    accumulated, _ = _run_steps(_setup(rows, accum_steps=4), rows, "jit")
+    assert _max_diff(whole.params, accumulated.params) < 1e-6
+
+
+def test_non_finite_gradients_skip_the_update_and_are_counted(corpus):
+    rows = PretrainRows(corpus[1])
+    setup = _setup(rows)
+    params = init_params(setup.model, jax.random.PRNGKey(0))
+    params["bert"]["embeddings"]["word_embeddings"]["embedding"] *= 1e38  # overflows to inf
+    state, metrics = _run_steps(setup, rows, "jit", steps=2, params=params)
+    assert int(state.step) == 2 and int(state.skipped) == 2 and metrics["skipped_updates"] == 2
+    assert not np.isfinite(metrics["grad_norm"])
+    np.testing.assert_array_equal(state.params["cls"]["predictions"]["bias"], params["cls"]["predictions"]["bias"])
+
+
+def test_weight_decay_skips_biases_and_layer_norm():
+    params = init_params(BertForPreTraining(BertConfig.preset("tiny", vocab_size=50)), jax.random.PRNGKey(0))
+    mask = flatten(weight_decay_mask(params))
+    assert mask["bert/encoder/layer/attention/self/query/kernel"] and mask["bert/embeddings/word_embeddings/embedding"]
+    assert not mask["bert/encoder/layer/attention/self/query/bias"]
+    assert not mask["bert/embeddings/LayerNorm/scale"] and not mask["cls/predictions/transform/LayerNorm/bias"]
+    assert not mask["cls/predictions/bias"]
+
+
+def test_training_learns_and_writes_metrics(corpus, tmp_path):
+    config = small_config(total_steps=40, log_every=10, eval_every=20, checkpoint_every=20)
+    config.data.prepared = str(corpus[1])
+    config.optim.lr, config.optim.warmup_steps = 2e-3, 5
+    final = train_and_evaluate(config, tmp_path)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [m for m in lines if m["split"] == "train"]
+    assert [m["step"] for m in train] == [10, 20, 30, 40]
+    for key in (
+        "loss",
+        "mlm_loss",
+        "mlm_accuracy",
+        "nsp_loss",
+        "nsp_accuracy",
+        "learning_rate",
+        "grad_norm",
+        "sequences_per_second",
+        "skipped_updates",
+    ):
+        assert key in train[-1]
+    assert train[-1]["mlm_loss"] < train[0]["mlm_loss"] - 0.5
+    evals = [m for m in lines if m["split"] == "eval"]
+    assert [m["step"] for m in evals] == [20, 40] and evals[-1]["perplexity"] < evals[0]["perplexity"]
+    assert final["eval_mlm_accuracy"] > 0.2 and final["step"] == 40
+    assert any((tmp_path / "tensorboard").iterdir())
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [20, 40]
+
+
+def test_lamb_cosine_packed_whole_word(corpus, tmp_path):
+    text, _ = corpus
+    config = small_config(total_steps=4, log_every=2, eval_every=4, checkpoint_every=4)
+    config.data.corpus, config.data.vocab, config.data.mode = str(text), str(corpus[1] / "tokenizer.json"), "packed"
+    config.optim.name, config.optim.decay, config.masking.whole_word = "lamb", "cosine", True
+    final = train_and_evaluate(config, tmp_path)
+    assert np.isfinite(final["train_loss"]) and "train_nsp_loss" not in final  # packed rows: MLM only
+    assert (tmp_path / "data" / "metadata.json").is_file()
+
+
+def test_bad_setups_fail_clearly(corpus, tmp_path):
+    config = small_config(total_steps=2, batch_size=12)
+    config.data.prepared = str(corpus[1])
+    with pytest.raises(JftError, match="global batch of 12 rows does not divide over 8 devices"):
+        train_and_evaluate(config, tmp_path / "a")
+    config = small_config(total_steps=2)
+    config.data.prepared = str(corpus[1])
+    config.model.max_position_embeddings = 16
+    with pytest.raises(JftError, match="rows have 32 tokens, more than the position table"):
+        train_and_evaluate(config, tmp_path / "b")
+    config = small_config(total_steps=2)
+    with pytest.raises(JftError, match="no data: set data.corpus"):
+        train_and_evaluate(config, tmp_path / "c")
+    config.data.prepared = str(corpus[1])
+    config.model.vocab_size = 50
+    with pytest.raises(JftError, match="vocabulary has .* tokens, more than model.vocab_size 50"):
+        train_and_evaluate(config, tmp_path / "d")
+
+
+def test_workdir_with_another_models_checkpoint(corpus, tmp_path):
+    config = small_config(total_steps=2, log_every=1, checkpoint_every=2)
+    config.data.prepared = str(corpus[1])
+    train_and_evaluate(config, tmp_path)
+    config.model.hidden_size = 48
+    with pytest.raises(JftError, match="holds a checkpoint of another model \\(hidden_size: checkpoint 32, config 48"):
+        train_and_evaluate(config, tmp_path)
+
+
+def _pretrain_command(workdir, corpus_file, vocab):
+    """`jft pretrain` on a text file, as the README shows it, with a shared vocabulary (the
+    tokenizers trainer breaks ties by hash order, so two trainings may differ in a few tokens)."""
+    overrides = [f"--config.{k}={v}" for k, v in SMALL.items()]
+    return [
+        sys.executable,
+        "-m",
+        "jft.cli",
+        "pretrain",
+        "--config",
+        str(TINY_CONFIG),
+        "--workdir",
+        str(workdir),
+        f"--config.data.corpus={corpus_file}",
+        f"--config.data.vocab={vocab}",
+        "--config.total_steps=150",
+        "--config.checkpoint_every=10",
+        "--config.log_every=10",
+        "--config.eval_every=1000",
+        *overrides,
+    ]
+
+
+def _start_and_signal(command, checkpoint_dir, after_step, sig):
+    """Starts a run, waits for a complete checkpoint of after_step, then sends sig; returns the exit status."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not (checkpoint_dir / str(after_step)).is_dir():
+        assert process.poll() is None, process.stdout.read()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    process.send_signal(sig)
+    output, _ = process.communicate(timeout=120)
+    return process.returncode, output
+
+
+def _final_state(workdir, step=150):
+    from jft.checkpoint import Checkpoints
+
+    checkpoints = Checkpoints(workdir)
+    assert checkpoints.latest_step() == step
+    state, meta = checkpoints.restore()
+    checkpoints.close()
+    return state, meta
+
+
+def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(corpus, tmp_path):
+    text, rows = corpus
+    vocab = rows / "tokenizer.json"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    subprocess.run(_pretrain_command(tmp_path / "straight", text, vocab), env=env, check=True, capture_output=True)
+
+    interrupted = tmp_path / "interrupted"
+    command = _pretrain_command(interrupted, text, vocab)
+    code, output = _start_and_signal(command, interrupted / "checkpoints", 20, signal.SIGTERM)
+    assert code == 0 and "saved a checkpoint; run the same command to resume" in output
+    code, _ = _start_and_signal(command, interrupted / "checkpoints", 60, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    latest = max(int(p.name) for p in (interrupted / "checkpoints").iterdir() if p.name.isdigit())
+    assert 60 <= latest < 150
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+
+    straight, _ = _final_state(tmp_path / "straight")
+    state, meta = _final_state(interrupted)
+    assert meta["loader_position"] == 150 * 16
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(a, b)  # bitwise: same device count, CPU
