@@ -94,13 +94,15 @@ def _vocab_arguments(parser):
     parser.add_argument("--min-frequency", type=int, default=2)
     parser.add_argument("--cased", action="store_true", help="keep case (default: lowercase)")
     parser.add_argument("--text-field", default="text", help="the text field of JSONL and TFDS records")
+    parser.add_argument("--tfds-data-dir", default=None, help="where TFDS datasets are prepared")
 
 
 def _run_vocab(args, _):
     from jft.data.corpus import read_documents
     from jft.data.tokenizer import train_vocab
 
-    lines = (line for doc in read_documents(args.corpus, text_field=args.text_field) for line in doc)
+    documents = read_documents(args.corpus, text_field=args.text_field, tfds_data_dir=args.tfds_data_dir)
+    lines = (line for doc in documents for line in doc)
     out = train_vocab(
         lines, args.out, vocab_size=args.vocab_size, lowercase=not args.cased, min_frequency=args.min_frequency
     )
@@ -122,6 +124,7 @@ def _prepare_arguments(parser):
     parser.add_argument("--eval-fraction", type=float, default=0.01, help="documents held out for evaluation")
     parser.add_argument("--cased", action="store_true", help="keep case when reading vocab.txt")
     parser.add_argument("--text-field", default="text", help="the text field of JSONL and TFDS records")
+    parser.add_argument("--tfds-data-dir", default=None, help="where TFDS datasets are prepared")
 
 
 def _run_prepare(args, _):
@@ -136,6 +139,7 @@ def _run_prepare(args, _):
         seed=args.seed,
         eval_fraction=args.eval_fraction,
         text_field=args.text_field,
+        tfds_data_dir=args.tfds_data_dir,
         lowercase=not args.cased,
     )
     rows = ", ".join(f"{split} {info['rows']:,}" for split, info in meta["splits"].items())

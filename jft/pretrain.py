@@ -48,6 +48,7 @@ def default_config() -> ConfigDict:
             vocab_size=8000,  # when training the vocabulary
             lowercase=True,
             text_field="text",  # JSONL and TFDS
+            tfds_data_dir="",  # where TFDS datasets are prepared; empty: TFDS's default
             prepared="",  # a `jft prepare` directory; takes the place of corpus
             seq_len=128,
             mode="pairs",  # pairs (MLM + NSP) | packed (MLM only)
@@ -97,7 +98,8 @@ def prepared_data(config: ConfigDict, workdir: Path) -> Path:
         raise JftError("with several processes, run `jft prepare` first and set data.prepared.")
     vocab = data.vocab
     if not vocab:
-        texts = (line for doc in read_documents(data.corpus, text_field=data.text_field) for line in doc)
+        documents = read_documents(data.corpus, text_field=data.text_field, tfds_data_dir=data.tfds_data_dir or None)
+        texts = (line for doc in documents for line in doc)
         vocab = train_vocab(texts, workdir / "vocab", vocab_size=data.vocab_size, lowercase=data.lowercase)
     prepare(
         data.corpus,
@@ -108,6 +110,7 @@ def prepared_data(config: ConfigDict, workdir: Path) -> Path:
         seed=config.seed,
         eval_fraction=data.eval_fraction,
         text_field=data.text_field,
+        tfds_data_dir=data.tfds_data_dir or None,
         lowercase=data.lowercase,
         progress=config.progress,
     )

@@ -1,6 +1,8 @@
 """Shared test helpers: tiny random BERT configs and batches with padding."""
 
 import os
+import sys
+from pathlib import Path
 
 # Eight CPU devices for the multi-device tests; single-device code uses the first one.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -11,6 +13,30 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import transformers  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+# configs/pretrain/tiny.py made small enough for a few seconds of CPU training.
+SMALL_PRETRAIN = {
+    "model.hidden_size": 32,
+    "model.num_hidden_layers": 2,
+    "model.num_attention_heads": 2,
+    "model.intermediate_size": 64,
+    "model.max_position_embeddings": 64,
+    "data.seq_len": 32,
+    "masking.max_predictions": 5,
+    "batch_size": 16,
+    "eval_batches": 2,
+    "progress": False,
+}
+
+
+def pretrain_command(workdir, **overrides) -> list[str]:
+    """`jft pretrain` with the tiny config, SMALL_PRETRAIN and `overrides` as --config.KEY=VALUE."""
+    settings = {**SMALL_PRETRAIN, **overrides}
+    config = str(REPO / "configs" / "pretrain" / "tiny.py")
+    return [sys.executable, "-m", "jft.cli", "pretrain", "--config", config, "--workdir", str(workdir)] + [
+        f"--config.{key}={value}" for key, value in settings.items()
+    ]
 
 
 def tiny_hf_config(**overrides) -> transformers.BertConfig:

@@ -4,8 +4,10 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from conftest import write_corpus
+from jft import cli
 from jft.data.corpus import read_documents
 from jft.data.loader import Loader, PretrainRows
 from jft.data.prepare import prepare
@@ -141,3 +143,48 @@ def test_metadata_records_the_run(tmp_path, corpus):
     meta = json.loads((tmp_path / "rows" / "metadata.json").read_text())
     assert meta["seed"] == 9 and meta["seq_len"] == 32 and meta["tokens"] > 0
     assert (tmp_path / "rows" / "tokenizer.json").is_file()
+
+
+class JftTinyText(tfds.core.GeneratorBasedBuilder):
+    """A TFDS dataset built here, in array_record format, with no download and no TensorFlow."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        for i in range(4):
+            yield i, {"text": f"Document {i} starts here. It ends here."}
+
+
+def test_tfds_dataset_by_name(tmp_path):
+    JftTinyText(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+    documents = list(read_documents("tfds:jft_tiny_text:train", tfds_data_dir=str(tmp_path)))
+    assert sorted(documents) == [[f"Document {i} starts here.", "It ends here."] for i in range(4)]
+    with pytest.raises(JftError, match="cannot open TFDS dataset 'jft_tiny_text' split 'test'"):
+        list(read_documents("tfds:jft_tiny_text:test", tfds_data_dir=str(tmp_path)))
+
+
+def test_vocab_and_prepare_commands(tmp_path, capsys):
+    text = write_corpus(tmp_path / "corpus.txt", documents=30)
+    assert cli.main(["vocab", str(text), "--out", str(tmp_path / "vocab"), "--vocab-size", "150"]) == 0
+    assert (tmp_path / "vocab" / "vocab.txt").is_file()
+    argv = [
+        "prepare",
+        str(text),
+        "--vocab",
+        str(tmp_path / "vocab"),
+        "--out",
+        str(tmp_path / "rows"),
+        "--seq-len",
+        "64",
+    ]
+    assert cli.main(argv) == 0
+    assert "tokens/s" in capsys.readouterr().out
+    assert PretrainRows(tmp_path / "rows").seq_len == 64
+    assert cli.main(["prepare", str(tmp_path / "nothing.txt"), "--vocab", "x", "--out", str(tmp_path / "o")]) == 2
+    assert "vocabulary not found" in capsys.readouterr().err

@@ -4,54 +4,30 @@ update of one process with one device on the same global batch."""
 import os
 import socket
 import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import write_corpus
+from conftest import pretrain_command, write_corpus
 from jft.checkpoint import Checkpoints
 from jft.data.corpus import read_documents
 from jft.data.prepare import prepare
 from jft.data.tokenizer import train_vocab
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 6
-OVERRIDES = {
-    "model.hidden_size": 32,
-    "model.num_hidden_layers": 2,
-    "model.num_attention_heads": 2,
-    "model.intermediate_size": 64,
-    "model.max_position_embeddings": 64,
-    "model.hidden_dropout_prob": 0.0,
-    "model.attention_probs_dropout_prob": 0.0,
-    "masking.max_predictions": 5,
-    "batch_size": 16,
+NO_DROPOUT = {"model.hidden_dropout_prob": 0.0, "model.attention_probs_dropout_prob": 0.0}
+RUN = {
     "total_steps": STEPS,
     "checkpoint_every": STEPS,
     "log_every": STEPS,
     "eval_every": STEPS,
-    "progress": False,
     "async_checkpoints": False,
 }
 
 
-def _command(workdir, rows, **extra):
-    overrides = [f"--config.{k}={v}" for k, v in {**OVERRIDES, **extra}.items()]
-    return [
-        sys.executable,
-        "-m",
-        "jft.cli",
-        "pretrain",
-        "--config",
-        str(REPO / "configs/pretrain/tiny.py"),
-        "--workdir",
-        str(workdir),
-        f"--config.data.prepared={rows}",
-        *overrides,
-    ]
+def _command(workdir, rows, **parallel):
+    return pretrain_command(workdir, **NO_DROPOUT, **RUN, **{"data.prepared": rows}, **parallel)
 
 
 def _free_port() -> int:

@@ -5,15 +5,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import write_corpus
+from conftest import SMALL_PRETRAIN, pretrain_command, write_corpus
 from jft.data.corpus import read_documents
 from jft.data.loader import Loader, PretrainRows
 from jft.data.prepare import prepare
@@ -27,26 +25,10 @@ from jft.params import flatten
 from jft.pretrain import default_config, train_and_evaluate
 from jft.steps import PretrainSetup, create_state, pretrain_step
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO / "configs" / "pretrain" / "tiny.py"
-# A model small enough for a few seconds of CPU training, as command-line overrides.
-SMALL = {
-    "model.hidden_size": 32,
-    "model.num_hidden_layers": 2,
-    "model.num_attention_heads": 2,
-    "model.intermediate_size": 64,
-    "model.max_position_embeddings": 64,
-    "data.seq_len": 32,
-    "masking.max_predictions": 5,
-    "batch_size": 16,
-    "eval_batches": 2,
-    "progress": False,
-}
-
 
 def small_config(**overrides):
     config = default_config()
-    for key, value in {**SMALL, **overrides}.items():
+    for key, value in {**SMALL_PRETRAIN, **overrides}.items():
         node = config
         *parents, leaf = key.split(".")
         for name in parents:
@@ -207,24 +189,17 @@ def test_workdir_with_another_models_checkpoint(corpus, tmp_path):
 def _pretrain_command(workdir, corpus_file, vocab):
     """`jft pretrain` on a text file, as the README shows it, with a shared vocabulary (the
     tokenizers trainer breaks ties by hash order, so two trainings may differ in a few tokens)."""
-    overrides = [f"--config.{k}={v}" for k, v in SMALL.items()]
-    return [
-        sys.executable,
-        "-m",
-        "jft.cli",
-        "pretrain",
-        "--config",
-        str(TINY_CONFIG),
-        "--workdir",
-        str(workdir),
-        f"--config.data.corpus={corpus_file}",
-        f"--config.data.vocab={vocab}",
-        "--config.total_steps=150",
-        "--config.checkpoint_every=10",
-        "--config.log_every=10",
-        "--config.eval_every=1000",
-        *overrides,
-    ]
+    return pretrain_command(
+        workdir,
+        **{
+            "data.corpus": corpus_file,
+            "data.vocab": vocab,
+            "total_steps": 150,
+            "checkpoint_every": 10,
+            "log_every": 10,
+            "eval_every": 1000,
+        },
+    )
 
 
 def _start_and_signal(command, checkpoint_dir, after_step, sig):

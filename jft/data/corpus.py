@@ -17,15 +17,20 @@ Document = list[str]
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
-def read_documents(sources: str | Sequence[str], *, text_field: str = "text") -> Iterator[Document]:
-    """Documents from one or more sources (comma-separated in a string), in order."""
+def read_documents(
+    sources: str | Sequence[str], *, text_field: str = "text", tfds_data_dir: str | None = None
+) -> Iterator[Document]:
+    """Documents from one or more sources (comma-separated in a string), in order.
+
+    tfds_data_dir: where TFDS datasets are prepared (default: TFDS's own, ~/tensorflow_datasets).
+    """
     if isinstance(sources, str):
         sources = [s for s in sources.split(",") if s]
     if not sources:
         raise JftError("no corpus given; name a .txt or .jsonl file, or tfds:NAME[:SPLIT].")
     for source in sources:
         if source.startswith("tfds:"):
-            yield from _tfds_documents(source.removeprefix("tfds:"), text_field)
+            yield from _tfds_documents(source.removeprefix("tfds:"), text_field, tfds_data_dir)
             continue
         path = Path(source)
         if not path.is_file():
@@ -73,19 +78,32 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[Document]:
                 yield document
 
 
-def _tfds_documents(spec: str, text_field: str) -> Iterator[Document]:
-    import tensorflow_datasets as tfds
-
-    name, _, split = spec.partition(":")
-    try:
-        source = tfds.data_source(name, split=split or "train", download=False)
-    except Exception as error:  # tfds raises several types for a dataset that is not prepared
-        raise JftError(
-            f"cannot open TFDS dataset '{name}' ({error}). Prepare it first with `tfds build {name}` "
-            "(array_record format) where the network is reachable, or point TFDS_DATA_DIR at it."
-        ) from error
-    for record in source:
+def _tfds_documents(spec: str, text_field: str, data_dir: str | None) -> Iterator[Document]:
+    for record in _tfds_records(spec, data_dir):
+        if text_field not in record:
+            raise JftError(f"TFDS dataset '{spec}' has no field '{text_field}' (fields: {sorted(record)}).")
         text = record[text_field]
         document = split_sentences(text.decode("utf-8") if isinstance(text, bytes) else str(text))
         if document:
             yield document
+
+
+def _tfds_records(spec: str, data_dir: str | None) -> Iterator[dict]:
+    """Records of a prepared TFDS dataset: tfds.data_source (array_record, no TensorFlow needed),
+    or tfds.load for other file formats when TensorFlow is installed."""
+    import importlib.util
+
+    import tensorflow_datasets as tfds
+
+    name, _, split = spec.partition(":")
+    split = split or "train"
+    try:
+        return iter(tfds.data_source(name, split=split, data_dir=data_dir, download=False))
+    except Exception as error:  # tfds raises several types for a dataset it cannot open this way
+        if importlib.util.find_spec("tensorflow") is not None:
+            return iter(tfds.as_numpy(tfds.load(name, split=split, data_dir=data_dir, download=False)))
+        raise JftError(
+            f"cannot open TFDS dataset '{name}' split '{split}' ({error}). Build it first, in array_record "
+            f"format, where the network is reachable (`tfds build {name} --file_format=array_record`), and "
+            "give its data_dir; or install TensorFlow to read tfrecord datasets."
+        ) from error

@@ -44,6 +44,7 @@ def prepare(
     short_seq_prob: float = 0.1,
     rows_per_shard: int = 65536,
     text_field: str = "text",
+    tfds_data_dir: str | None = None,
     lowercase: bool = True,
     progress: bool = True,
 ) -> dict:
@@ -56,7 +57,11 @@ def prepare(
     tokenizer = load_tokenizer(vocab, lowercase=lowercase)
     ids = special_ids(tokenizer)
     start = time.perf_counter()
-    documents = list(_tokenized_documents(tokenizer, read_documents(sources, text_field=text_field), progress))
+    documents = list(
+        _tokenized_documents(
+            tokenizer, read_documents(sources, text_field=text_field, tfds_data_dir=tfds_data_dir), progress
+        )
+    )
     num_tokens = sum(len(seg[0]) for doc in documents for seg in doc)
     if num_tokens == 0:
         raise JftError(f"the corpus {sources} holds no text; give a file with at least one non-empty line.")
