@@ -157,8 +157,9 @@ def _run_pretrain(args, config):
     from jft.pretrain import train_and_evaluate
 
     metrics = train_and_evaluate(config, args.workdir)
-    shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("eval_") or k == "train_loss"}
-    print(f"finished at step {metrics['step']}: {shown}")
+    if metrics["step"] == config.total_steps:
+        shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("eval_") or k == "train_loss"}
+        print(f"finished at step {metrics['step']}: {shown}")
 
 
 def _count(params) -> int:

@@ -190,6 +190,14 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
         host_state, _ = checkpoints.restore(host_state)
     state, rng = runner.put_replicated(host_state["train"]), runner.put_replicated(host_state["rng"])
     start = int(host_state["train"].step)
+    if jax.process_index() == 0:
+        num_params = sum(x.size for x in jax.tree.leaves(host_state["train"].params))
+        where = f"resuming at step {start} from {checkpoints.directory}" if start else "starting at step 0"
+        print(
+            f"pretraining {num_params:,} parameters on {runner.num_devices} {jax.default_backend()} device(s) "
+            f"({runner.backend}); {len(train_rows):,} rows of {meta['seq_len']} tokens; {where}",
+            flush=True,
+        )
 
     loader = Loader(
         train_rows, config.batch_size, config.seed, process_index=jax.process_index(), process_count=jax.process_count()

@@ -11,6 +11,7 @@ arrays {split}-{k:05d}.{field}.npy: input_ids [rows, seq_len], token_type_ids, w
 packed mode). Deterministic for a seed; written to a temporary directory and renamed at the end.
 """
 
+import itertools
 import json
 import random
 import shutil
@@ -99,16 +100,27 @@ def prepare(
     return metadata
 
 
-def _tokenized_documents(tokenizer: tokenizers.Tokenizer, documents, progress: bool) -> Iterator[list[Segment]]:
-    bar = tqdm(documents, desc="tokenizing", unit=" docs", disable=not progress)
-    for document in bar:
-        segments = []
-        for encoding in tokenizer.encode_batch(document, add_special_tokens=False):
-            if encoding.ids:
-                word_start = np.array([not t.startswith("##") for t in encoding.tokens], bool)
-                segments.append((np.array(encoding.ids, np.int32), word_start))
-        if segments:
-            yield segments
+def _tokenized_documents(
+    tokenizer: tokenizers.Tokenizer, documents, progress: bool, docs_per_batch: int = 512
+) -> Iterator[list[Segment]]:
+    """Documents as lists of (token ids, word-start flags), encoded many documents at a time."""
+    vocab = tokenizer.get_vocab()
+    continuation = np.zeros(tokenizer.get_vocab_size(), bool)
+    continuation[[i for token, i in vocab.items() if token.startswith("##")]] = True
+    bar = tqdm(desc="tokenizing", unit=" docs", disable=not progress)
+    documents = iter(documents)
+    while batch := list(itertools.islice(documents, docs_per_batch)):
+        encodings = iter(tokenizer.encode_batch([s for doc in batch for s in doc], add_special_tokens=False))
+        for document in batch:
+            segments = []
+            for _ in document:
+                ids = np.array(next(encodings).ids, np.int32)
+                if len(ids):
+                    segments.append((ids, ~continuation[ids]))
+            if segments:
+                yield segments
+        bar.update(len(batch))
+    bar.close()
 
 
 def _split_documents(documents, eval_fraction: float, rng: random.Random) -> dict[str, list]:
