@@ -9,7 +9,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _ruff(*args):
     return subprocess.run(
-        [sys.executable, "-m", "ruff", *args, "jft", "tests", "configs"], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "ruff", *args, "jft", "tests", "configs", "benchmarks"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
 
 
