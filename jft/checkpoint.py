@@ -9,6 +9,7 @@ step that exists is always a complete one, even after SIGKILL.
 """
 
 import dataclasses
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +87,23 @@ def check_same_model(meta: dict, config: BertConfig, workdir: str | Path) -> Non
             f"{workdir} holds a checkpoint of another model ({'; '.join(differences)}). "
             "Use a new --workdir, or the config that made the checkpoint."
         )
+
+
+class StopRequest:
+    """Turns SIGTERM and SIGINT into a flag the loop checks after each step (then it saves and exits)."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self.previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)

@@ -7,8 +7,10 @@ function that runs it. Commands that take a run config get --config FILE[:ARG] a
 
 import argparse
 import dataclasses
+import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from ml_collections import ConfigDict
 
@@ -162,6 +164,60 @@ def _run_pretrain(args, config):
         print(f"finished at step {metrics['step']}: {shown}")
 
 
+def _finetune_arguments(parser):
+    parser.add_argument("--workdir", required=True, help="checkpoints, the best model, metrics and task.json go here")
+
+
+def _run_finetune(args, config):
+    from jft.finetune import train_and_evaluate
+
+    metrics = train_and_evaluate(config, args.workdir)
+    shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("eval_") or k == "train_loss"}
+    print(f"step {metrics['step']}: {shown}")
+
+
+def _workdir_argument(parser):
+    parser.add_argument("--workdir", required=True, help="a `jft finetune` workdir")
+
+
+def _eval_arguments(parser):
+    _workdir_argument(parser)
+    parser.add_argument("--data", required=True, help="CSV/TSV/JSONL file with the training run's columns")
+
+
+def _run_eval(args, _):
+    from jft.finetune import FinetunedModel
+
+    print(json.dumps(FinetunedModel(args.workdir).evaluate(args.data), indent=2))
+
+
+def _predict_arguments(parser):
+    _workdir_argument(parser)
+    parser.add_argument("--input", required=True, help="CSV/TSV/JSONL file with the text column(s)")
+    parser.add_argument("--output", required=True, help="JSONL file to write, one line a record")
+
+
+def _run_predict(args, _):
+    from jft.finetune import FinetunedModel
+
+    predictions = FinetunedModel(args.workdir).predict(args.input)
+    Path(args.output).write_text("".join(json.dumps(p) + "\n" for p in predictions))
+    print(f"wrote {len(predictions)} predictions to {args.output}")
+
+
+def _export_arguments(parser):
+    _workdir_argument(parser)
+    parser.add_argument("--out", required=True, help="directory for config.json and the weights")
+    parser.add_argument("--format", choices=("safetensors", "msgpack"), default="safetensors")
+
+
+def _run_export(args, _):
+    from jft.finetune import FinetunedModel
+
+    out = FinetunedModel(args.workdir).export(args.out, format=args.format)
+    print(f"wrote {out} ({args.format}); transformers loads it with from_pretrained")
+
+
 def _count(params) -> int:
     import jax
 
@@ -172,6 +228,16 @@ COMMANDS = (
     Command("vocab", "train a WordPiece vocabulary on a corpus", _vocab_arguments, _run_vocab),
     Command("prepare", "tokenize a corpus into fixed-length pretraining rows", _prepare_arguments, _run_prepare),
     Command("pretrain", "pretrain BERT with masked-LM (+ next-sentence)", _pretrain_arguments, _run_pretrain, True),
+    Command(
+        "finetune",
+        "fine-tune on a labeled task with the L2-regularized objective",
+        _finetune_arguments,
+        _run_finetune,
+        True,
+    ),
+    Command("eval", "evaluate a fine-tuned workdir on a data file", _eval_arguments, _run_eval),
+    Command("predict", "write predictions of a fine-tuned workdir as JSONL", _predict_arguments, _run_predict),
+    Command("export", "write a fine-tuned model in Hugging Face format", _export_arguments, _run_export),
     Command("init", "write a randomly initialised BERT in Hugging Face format", _init_arguments, _run_init, True),
     Command("convert", "convert a Hugging Face BERT between safetensors and msgpack", _convert_arguments, _run_convert),
     Command("inspect", "show the config and parameter counts of a Hugging Face BERT", _inspect_arguments, _run_inspect),

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jft.params import flatten
+
 
 def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> dict[str, jax.Array]:
     """logits: [..., classes], labels: [...] int, weights: [...] -> {loss_sum, correct, count}, float32."""
@@ -16,3 +18,26 @@ def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Ar
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
     return {"loss_sum": (losses * weights).sum(), "correct": (correct * weights).sum(), "count": weights.sum()}
+
+
+def squared_error(predictions: jax.Array, targets: jax.Array, weights: jax.Array) -> dict[str, jax.Array]:
+    """predictions, targets, weights: [...] -> {loss_sum, count}, float32 (regression)."""
+    errors = (predictions.astype(jnp.float32) - targets.astype(jnp.float32)) ** 2
+    weights = weights.astype(jnp.float32)
+    return {"loss_sum": (errors * weights).sum(), "count": weights.sum()}
+
+
+def l2_penalty(params, reference, mask) -> jax.Array:
+    """Σ ‖θ − θ_ref‖² over the leaves where mask is True; reference None means θ_ref = 0.
+
+    reference may hold only some of the leaves (the ones loaded from a checkpoint); the others
+    are pulled toward 0.
+    """
+    theta, where = flatten(params), flatten(mask)
+    ref = flatten(reference) if reference is not None else {}
+    total = jnp.zeros((), jnp.float32)
+    for path, value in theta.items():
+        if where[path]:
+            difference = value.astype(jnp.float32) - (ref[path].astype(jnp.float32) if path in ref else 0.0)
+            total = total + jnp.sum(difference * difference)
+    return total

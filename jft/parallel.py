@@ -18,6 +18,7 @@ from typing import Any
 import flax.jax_utils
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -84,6 +85,30 @@ class Runner:
             check_vma=False,
         )
         return jax.jit(sharded, donate_argnums=donate)
+
+    def compile_rows(self, fn: Callable) -> Callable:
+        """fn(params, batch, rng, axis_name=...) -> per-row outputs, compiled; fetch them with get_rows."""
+        if self.backend == "jit":
+            return jax.jit(functools.partial(fn, axis_name=None))
+        if self.backend == "pmap":
+            return jax.pmap(functools.partial(fn, axis_name=AXIS), axis_name=AXIS)
+        sharded = jax.shard_map(
+            functools.partial(fn, axis_name=AXIS),
+            mesh=self.mesh,
+            in_specs=(P(), P(AXIS), P()),
+            out_specs=P(AXIS),
+            check_vma=False,
+        )
+        return jax.jit(sharded)
+
+    def get_rows(self, tree: Any) -> Any:
+        """Per-row outputs as host NumPy arrays, rows in batch order (all processes' rows)."""
+        if self.backend == "pmap":
+            tree = jax.tree.map(lambda x: np.asarray(x).reshape(-1, *x.shape[2:]), tree)
+            return multihost_utils.process_allgather(tree, tiled=True) if jax.process_count() > 1 else tree
+        if jax.process_count() > 1:
+            return multihost_utils.process_allgather(tree, tiled=True)
+        return jax.tree.map(np.asarray, tree)
 
     def put_replicated(self, tree: Any) -> Any:
         """State (or params) to where the compiled step reads it."""

@@ -13,7 +13,6 @@ Order of a (re)start, the same for a fresh run and a resumed one:
 import dataclasses
 import functools
 import math
-import signal
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from jft.checkpoint import Checkpoints, check_same_model
+from jft.checkpoint import Checkpoints, StopRequest, check_same_model
 from jft.config import bert_config, model_config
 from jft.data.corpus import read_documents
 from jft.data.loader import Loader, PretrainRows
@@ -117,26 +116,6 @@ def prepared_data(config: ConfigDict, workdir: Path) -> Path:
     return out
 
 
-class _StopRequest:
-    """Turns SIGTERM and SIGINT into a flag the loop checks after each step (then it saves and exits)."""
-
-    def __init__(self):
-        self.requested = False
-
-    def __enter__(self):
-        self.previous = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
 def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, float]:
     """Pretrains per config in workdir (resuming if it holds a checkpoint); returns the last metrics."""
     p = config.parallel
@@ -214,7 +193,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
     batches = loader.iterate(start, runner.put_batch)
     mark_time, mark_step = time.perf_counter(), start
     last: dict[str, float] = {"step": start}
-    with _StopRequest() as stop:
+    with StopRequest() as stop:
         for step in range(start + 1, config.total_steps + 1):
             state, metrics = train_step(state, next(batches), rng)
             if step % config.log_every == 0 or step == config.total_steps or stop.requested:

@@ -16,7 +16,7 @@ import optax
 
 from jft.masking import MaskingConfig, mask_batch
 from jft.models import BertForPreTraining
-from jft.objectives import weighted_cross_entropy
+from jft.objectives import l2_penalty, squared_error, weighted_cross_entropy
 
 AXIS = "batch"
 
@@ -132,17 +132,7 @@ def pretrain_step(
     grads = _pmean(grads, axis_name)
     stats = _psum(jax.tree.map(lambda x: x.sum(0), stats), axis_name)
 
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(grad_norm)
-    updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-    new_state = state.replace(
-        step=state.step + 1,
-        params=keep_if_finite(params, state.params),
-        opt_state=keep_if_finite(opt_state, state.opt_state),
-        skipped=state.skipped + (~finite).astype(jnp.int32),
-    )
+    new_state, grad_norm = _apply_gradients(setup.tx, state, grads)
     metrics = {
         **_summarise(stats),
         "learning_rate": setup.schedule(state.step),
@@ -152,9 +142,113 @@ def pretrain_step(
     return new_state, metrics
 
 
+def _apply_gradients(tx: optax.GradientTransformation, state: TrainState, grads) -> tuple[TrainState, jax.Array]:
+    """The optimizer update, skipped (and counted) when the gradients are not finite."""
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+
+    def keep_if_finite(new, old):
+        return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep_if_finite(params, state.params),
+        opt_state=keep_if_finite(opt_state, state.opt_state),
+        skipped=state.skipped + (~finite).astype(jnp.int32),
+    )
+    return new_state, grad_norm
+
+
 def pretrain_eval_step(
     params, batch: dict, rng: jax.Array, *, setup: PretrainSetup, axis_name: str | None = AXIS
 ) -> dict:
     """Sums of MLM (and NSP) losses and hits on held-out rows, masked with a fixed key, no dropout."""
     inputs = _masked_inputs(setup, batch, rng)
     return _psum(_pretraining_stats(setup, params, inputs, None), axis_name)
+
+
+@flax.struct.dataclass
+class FinetuneState(TrainState):
+    reference: Any = None  # θ_ref of the L2 penalty: the starting weights (L2-SP), or None for θ_ref = 0
+
+
+def create_finetune_state(params, tx: optax.GradientTransformation, reference=None) -> FinetuneState:
+    base = create_state(params, tx)
+    return FinetuneState(base.step, base.params, base.opt_state, base.skipped, reference)
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneSetup:
+    """The static parts of a fine-tuning step.
+
+    l2: λ of the coupled penalty λ·Σ‖θ − θ_ref‖², part of the loss (its gradient goes through the
+    optimizer); penalty_mask: a tree of bools, True where the penalty applies.
+    """
+
+    model: Any  # BertForSequenceClassification | BertForTokenClassification
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    kind: str
+    l2: float
+    penalty_mask: Any
+
+
+def task_stats(kind: str, logits: jax.Array, batch: dict) -> dict:
+    """Sums of the task loss (and hits) of one batch; rows and tokens of weight 0 do not count."""
+    if kind == "regression":
+        return squared_error(logits[..., 0], batch["labels"], batch["weights"])
+    return weighted_cross_entropy(logits, jnp.maximum(batch["labels"], 0), batch["weights"])
+
+
+def _logits(setup, params, batch, dropout_key):
+    return setup.model.apply(
+        {"params": params},
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["token_type_ids"],
+        deterministic=dropout_key is None,
+        rngs={} if dropout_key is None else {"dropout": dropout_key},
+    )
+
+
+def finetune_step(
+    state: FinetuneState, batch: dict, rng: jax.Array, *, setup: FinetuneSetup, axis_name: str | None = AXIS
+) -> tuple[FinetuneState, dict]:
+    """One optimizer step on task loss + λ·Σ‖θ − θ_ref‖² (coupled L2; see FinetuneSetup).
+
+    batch: input_ids, token_type_ids, attention_mask [rows, seq]; labels, weights [rows] (or
+    [rows, seq] for token classification).
+    """
+    dropout_key = jax.random.fold_in(jax.random.fold_in(rng, state.step), _device_index(axis_name))
+    count = _psum(batch["weights"].sum(), axis_name) / _psum(1, axis_name)
+
+    def loss_fn(params):
+        stats = task_stats(setup.kind, _logits(setup, params, batch, dropout_key), batch)
+        task_loss = stats["loss_sum"] / jnp.maximum(count, 1e-9)
+        penalty = setup.l2 * l2_penalty(params, state.reference, setup.penalty_mask) if setup.l2 else 0.0
+        return task_loss + penalty, (stats, penalty)
+
+    (_, (stats, penalty)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = _pmean(grads, axis_name)
+    stats = _psum(stats, axis_name)
+    new_state, grad_norm = _apply_gradients(setup.tx, state, grads)
+    task_loss = stats["loss_sum"] / jnp.maximum(stats["count"], 1)
+    metrics = {
+        "loss": task_loss + penalty,
+        "task_loss": task_loss,
+        "l2_penalty": jnp.asarray(penalty, jnp.float32),
+        "learning_rate": setup.schedule(state.step),
+        "grad_norm": grad_norm,
+        "skipped_updates": new_state.skipped,
+    }
+    if "correct" in stats:
+        metrics["accuracy"] = stats["correct"] / jnp.maximum(stats["count"], 1)
+    return new_state, metrics
+
+
+def predict_step(params, batch: dict, rng: jax.Array, *, setup: FinetuneSetup, axis_name: str | None = AXIS):
+    """Logits of this device's rows, no dropout: [rows, labels] or [rows, seq, labels]."""
+    del rng, axis_name  # inference is per row: no randomness, no collectives
+    return _logits(setup, params, batch, None)

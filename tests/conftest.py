@@ -101,3 +101,20 @@ def write_corpus(path, documents: int = 40, seed: int = 0, sentences: tuple[int,
         lines.append("")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def write_topic_task(path, examples: int = 64, seed: int = 0, delimiter: str = ","):
+    """A labeled CSV (text, label): a sentence of the corpus generator and its topic."""
+    import csv
+
+    rng = np.random.default_rng(seed)
+    topics = list(_TOPICS)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f, delimiter=delimiter)
+        writer.writerow(["text", "label"])
+        for _ in range(examples):
+            topic = topics[rng.integers(len(topics))]
+            words = _TOPICS[topic]
+            a, b = rng.choice(words, 2, replace=False)
+            writer.writerow([f"the {rng.choice(_ADJECTIVES)} {a} {rng.choice(_VERBS)} the {b}.", topic])
+    return path

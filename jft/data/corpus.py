@@ -79,7 +79,7 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[Document]:
 
 
 def _tfds_documents(spec: str, text_field: str, data_dir: str | None) -> Iterator[Document]:
-    for record in _tfds_records(spec, data_dir):
+    for record in tfds_records(spec, data_dir):
         if text_field not in record:
             raise JftError(f"TFDS dataset '{spec}' has no field '{text_field}' (fields: {sorted(record)}).")
         text = record[text_field]
@@ -88,7 +88,7 @@ def _tfds_documents(spec: str, text_field: str, data_dir: str | None) -> Iterato
             yield document
 
 
-def _tfds_records(spec: str, data_dir: str | None) -> Iterator[dict]:
+def tfds_records(spec: str, data_dir: str | None) -> Iterator[dict]:
     """Records of a prepared TFDS dataset: tfds.data_source (array_record, no TensorFlow needed),
     or tfds.load for other file formats when TensorFlow is installed."""
     import importlib.util

@@ -1,0 +1,22 @@
+"""A tiny task from scratch or from a tiny pretraining run: fine-tune on your own CSV.
+
+    jft finetune --config configs/finetune/tiny.py --workdir runs/tiny-task \\
+        --config.init_from=runs/tiny --config.data.train=train.csv --config.data.eval=dev.csv
+
+The CSV has a `text` and a `label` column (map others with --config.data.text_column=...,
+text_pair_column=..., label_column=...). Without init_from the model starts from scratch, with
+the sizes below and data.vocab as its vocabulary.
+"""
+
+from jft.config import model_config
+from jft.finetune import default_config
+
+
+def get_config():
+    config = default_config()
+    config.model = model_config("tiny", **dict.fromkeys(("vocab_size",), 0))
+    config.optim.lr = 1e-3
+    config.epochs = 3
+    config.batch_size = 16
+    config.log_every = 10
+    return config

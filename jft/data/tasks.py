@@ -1,0 +1,228 @@
+"""Labeled data for fine-tuning: records in, token arrays out, batches bucketed by length.
+
+Sources: CSV, TSV or JSONL files with a column mapping (text, text_pair, label), or a TFDS
+dataset by name (tfds:glue/sst2:train, ...). Token classification reads a list of words and a
+list of tags per record; the tag goes on the first word-piece of each word, the other pieces
+are ignored by the loss.
+"""
+
+import csv
+import dataclasses
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import tokenizers
+
+from jft.data.corpus import tfds_records
+from jft.errors import JftError
+
+KINDS = ("classification", "regression", "token_classification")
+IGNORE = -1  # label of word-pieces and padding that the token loss skips
+
+# Columns of the TFDS datasets jft knows by name: (text, text_pair, label).
+TFDS_COLUMNS = {
+    "glue/cola": ("sentence", None, "label"),
+    "glue/sst2": ("sentence", None, "label"),
+    "glue/mrpc": ("sentence1", "sentence2", "label"),
+    "glue/qqp": ("question1", "question2", "label"),
+    "glue/stsb": ("sentence1", "sentence2", "label"),
+    "glue/mnli": ("premise", "hypothesis", "label"),
+    "glue/qnli": ("question", "sentence", "label"),
+    "glue/rte": ("sentence1", "sentence2", "label"),
+    "glue/wnli": ("sentence1", "sentence2", "label"),
+    "imdb_reviews": ("text", None, "label"),
+    "conll2003": ("tokens", None, "ner"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Columns:
+    text: str = "text"
+    text_pair: str | None = None
+    label: str = "label"
+
+
+def read_records(source: str, columns: Columns, *, tfds_data_dir: str | None = None) -> list[dict]:
+    """Records with the mapped columns, from a CSV/TSV/JSONL file or tfds:NAME[:SPLIT]."""
+    if source.startswith("tfds:"):
+        records = [_decode(r) for r in tfds_records(source.removeprefix("tfds:"), tfds_data_dir)]
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise JftError(f"data file not found: {path}")
+        if path.suffix == ".jsonl":
+            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        elif path.suffix in (".csv", ".tsv"):
+            with path.open(encoding="utf-8", newline="") as f:
+                records = list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
+        else:
+            raise JftError(f"cannot read {path}: use .csv, .tsv or .jsonl (or tfds:NAME[:SPLIT]).")
+    if not records:
+        raise JftError(f"{source} holds no records.")
+    wanted = [c for c in (columns.text, columns.text_pair, columns.label) if c]
+    missing = [c for c in wanted if c not in records[0]]
+    if missing:
+        raise JftError(
+            f"{source} has no column {missing[0]!r} (columns: {sorted(records[0])}); map yours with "
+            "--config.data.text_column, text_pair_column and label_column."
+        )
+    return records
+
+
+def _decode(record: dict) -> dict:
+    def value(v):
+        if isinstance(v, bytes):
+            return v.decode("utf-8")
+        if isinstance(v, np.ndarray) and v.dtype == object:
+            return [value(x) for x in v]
+        return v.tolist() if isinstance(v, np.ndarray | np.generic) else v
+
+    return {k: value(v) for k, v in record.items()}
+
+
+def label_vocabulary(records: Sequence[dict], kind: str, label_column: str) -> list[str]:
+    """The sorted label names of a classification task (tags, for token classification)."""
+    if kind == "regression":
+        return []
+    if kind == "token_classification":
+        names = {str(tag) for r in records for tag in r[label_column]}
+    else:
+        names = {str(r[label_column]) for r in records}
+    return sorted(names)
+
+
+@dataclasses.dataclass
+class Encoded:
+    """Token arrays of a task's examples (lists, one entry an example, of varying length)."""
+
+    input_ids: list[np.ndarray]
+    token_type_ids: list[np.ndarray]
+    labels: list  # int class, float score, or int array per token (IGNORE where no label)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def encode(
+    records: Sequence[dict],
+    tokenizer: tokenizers.Tokenizer,
+    kind: str,
+    columns: Columns,
+    labels: Sequence[str],
+    seq_len: int,
+    *,
+    with_labels: bool = True,
+) -> Encoded:
+    """Tokenizes records, truncated to seq_len tokens; labels mapped to ids (checked against `labels`)."""
+    if kind not in KINDS:
+        raise JftError(f"task kind '{kind}' is not one of {KINDS}.")
+    tokenizer = tokenizers.Tokenizer.from_str(tokenizer.to_str())  # truncation without touching the caller's
+    tokenizer.enable_truncation(seq_len)
+    tokenizer.no_padding()
+    label_ids = {name: i for i, name in enumerate(labels)}
+
+    def label_id(name) -> int:
+        if str(name) not in label_ids:
+            raise JftError(
+                f"label {str(name)!r} is not in the task's label set {list(labels)}; fix the data, or fine-tune "
+                "again with this label in the training data."
+            )
+        return label_ids[str(name)]
+
+    if kind == "token_classification":
+        encodings = tokenizer.encode_batch([r[columns.text] for r in records], is_pretokenized=True)
+    elif columns.text_pair:
+        encodings = tokenizer.encode_batch([(str(r[columns.text]), str(r[columns.text_pair])) for r in records])
+    else:
+        encodings = tokenizer.encode_batch([str(r[columns.text]) for r in records])
+    out = Encoded([], [], [])
+    for record, encoding in zip(records, encodings):
+        out.input_ids.append(np.array(encoding.ids, np.int32))
+        out.token_type_ids.append(np.array(encoding.type_ids, np.int32))
+        if not with_labels:
+            out.labels.append(None)
+        elif kind == "classification":
+            out.labels.append(label_id(record[columns.label]))
+        elif kind == "regression":
+            out.labels.append(float(record[columns.label]))
+        else:
+            tags = record[columns.label]
+            token_labels, previous = np.full(len(encoding.ids), IGNORE, np.int32), None
+            for position, word in enumerate(encoding.word_ids):
+                if word is not None and word != previous:
+                    token_labels[position] = label_id(tags[word])
+                previous = word
+            out.labels.append(token_labels)
+    return out
+
+
+@dataclasses.dataclass
+class TaskBatches:
+    """Fixed-size batches, each padded to its longest example (rounded up to pad_multiple).
+
+    With bucketing, examples of similar length share a batch, so short texts do not pay for the
+    longest. Rows that fill the last batch have weight 0 and example_id -1.
+    """
+
+    data: Encoded
+    kind: str
+    batch_size: int
+    seed: int = 0
+    shuffle: bool = True
+    bucket: bool = True
+    pad_multiple: int = 16
+
+    def __len__(self) -> int:
+        return -(-len(self.data) // self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.data)) if self.shuffle else np.arange(len(self.data))
+        if self.bucket:
+            lengths = np.array([len(ids) for ids in self.data.input_ids])
+            chunk = self.batch_size * 64
+            order = np.concatenate(
+                [c[np.argsort(lengths[c], kind="stable")] for c in np.split(order, range(chunk, len(order), chunk))]
+            )
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.shuffle and self.bucket:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        for indices in batches:
+            yield self.batch(indices)
+
+    def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """The padded arrays of the examples at `indices`."""
+        longest = max(len(self.data.input_ids[i]) for i in indices)
+        width = -(-longest // self.pad_multiple) * self.pad_multiple
+        rows = self.batch_size
+        out = {
+            "input_ids": np.zeros((rows, width), np.int32),
+            "token_type_ids": np.zeros((rows, width), np.int32),
+            "attention_mask": np.zeros((rows, width), np.int32),
+            "example_ids": np.full(rows, -1, np.int32),
+        }
+        if self.kind == "token_classification":
+            out["labels"], out["weights"] = (
+                np.full((rows, width), IGNORE, np.int32),
+                np.zeros((rows, width), np.float32),
+            )
+        else:
+            out["labels"] = np.zeros(rows, np.float32 if self.kind == "regression" else np.int32)
+            out["weights"] = np.zeros(rows, np.float32)
+        for row, index in enumerate(indices):
+            n = len(self.data.input_ids[index])
+            out["input_ids"][row, :n] = self.data.input_ids[index]
+            out["token_type_ids"][row, :n] = self.data.token_type_ids[index]
+            out["attention_mask"][row, :n] = 1
+            out["example_ids"][row] = index
+            label = self.data.labels[index]
+            if label is None:
+                continue
+            if self.kind == "token_classification":
+                out["labels"][row, :n] = label
+                out["weights"][row, :n] = label != IGNORE
+            else:
+                out["labels"][row], out["weights"][row] = label, 1.0
+        return out

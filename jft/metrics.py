@@ -1,0 +1,87 @@
+"""Evaluation metrics on host NumPy arrays: accuracy, F1, Matthews correlation, Pearson and
+Spearman correlation, and entity-level F1 for BIO tags (CoNLL's definition)."""
+
+import numpy as np
+
+
+def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
+    return float(np.mean(labels == predictions))
+
+
+def f1(labels: np.ndarray, predictions: np.ndarray, *, positive: int = 1) -> float:
+    """F1 of the positive class (binary tasks such as MRPC and QQP)."""
+    tp = np.sum((predictions == positive) & (labels == positive))
+    fp = np.sum((predictions == positive) & (labels != positive))
+    fn = np.sum((predictions != positive) & (labels == positive))
+    return float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 0.0
+
+
+def macro_f1(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Unweighted mean of the per-class F1 over the classes present in labels or predictions."""
+    classes = np.union1d(labels, predictions)
+    return float(np.mean([f1(labels, predictions, positive=c) for c in classes]))
+
+
+def matthews_corrcoef(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Matthews correlation (CoLA's metric), multiclass form; 0 when undefined."""
+    classes = np.union1d(labels, predictions)
+    index = {c: i for i, c in enumerate(classes)}
+    confusion = np.zeros((len(classes), len(classes)))
+    np.add.at(confusion, ([index[c] for c in labels], [index[c] for c in predictions]), 1)
+    t, p = confusion.sum(1), confusion.sum(0)
+    c, s = np.trace(confusion), confusion.sum()
+    denominator = np.sqrt((s * s - p @ p) * (s * s - t @ t))
+    return float((c * s - t @ p) / denominator) if denominator else 0.0
+
+
+def pearson(labels: np.ndarray, predictions: np.ndarray) -> float:
+    x, y = labels - labels.mean(), predictions - predictions.mean()
+    denominator = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / denominator) if denominator else 0.0
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks with ties given their average rank."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values))
+    unique, inverse = np.unique(values, return_inverse=True)
+    sums = np.bincount(inverse, weights=ranks)
+    counts = np.bincount(inverse)
+    return (sums / counts)[inverse]
+
+
+def spearman(labels: np.ndarray, predictions: np.ndarray) -> float:
+    return pearson(_ranks(labels), _ranks(predictions))
+
+
+def entities(tags: list[str]) -> set[tuple[str, int, int]]:
+    """(type, start, end) spans of BIO (or IOB1) tags; an I- that does not continue starts an entity."""
+    spans, current = set(), None
+    for position, tag in enumerate([*tags, "O"]):
+        prefix, _, kind = tag.partition("-")
+        continues = prefix == "I" and current is not None and current[0] == kind
+        if current is not None and not continues:
+            spans.add((current[0], current[1], position))
+            current = None
+        if prefix == "B" or (prefix == "I" and not continues):
+            current = (kind, position)
+    return spans
+
+
+def entity_f1(label_sequences: list[list[str]], predicted_sequences: list[list[str]]) -> dict[str, float]:
+    """Entity-level precision, recall and F1: an entity counts when its type and span both match."""
+    gold = predicted = correct = 0
+    for labels, predictions in zip(label_sequences, predicted_sequences):
+        true_spans, predicted_spans = entities(labels), entities(predictions)
+        gold += len(true_spans)
+        predicted += len(predicted_spans)
+        correct += len(true_spans & predicted_spans)
+    precision = correct / predicted if predicted else 0.0
+    recall = correct / gold if gold else 0.0
+    f1_score = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"entity_precision": precision, "entity_recall": recall, "entity_f1": f1_score}
+
+
+CLASSIFICATION_METRICS = {"accuracy": accuracy, "f1": f1, "macro_f1": macro_f1, "mcc": matthews_corrcoef}
+REGRESSION_METRICS = {"pearson": pearson, "spearman": spearman}
