@@ -13,7 +13,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from jft.errors import JftError
 from jft.models import BertConfig
@@ -103,6 +106,15 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         self.requested = True
+
+    def agreed(self, sync_point: bool) -> bool:
+        """Whether every process should stop now. One process decides at once; several processes
+        agree at sync points only (a collective over hosts), so that all stop after the same step."""
+        if jax.process_count() == 1:
+            return self.requested
+        if not sync_point:
+            return False
+        return bool(multihost_utils.process_allgather(np.array(self.requested)).any())
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():

@@ -247,6 +247,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
             if index == 0 or epoch_batches is None:
                 epoch_batches = list(batches.epoch(epoch))
             state, step_metrics = train_step(state, runner.put_batch(epoch_batches[index]), rng)
+            stopping = stop.agreed(step % config.log_every == 0)
             if step % config.log_every == 0 or step == total_steps:
                 step_metrics = {k: float(v) for k, v in runner.get(step_metrics).items()}  # host sync, log steps only
                 now = time.perf_counter()
@@ -266,10 +267,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
                     )
             bar.update(1)
             last["step"] = step
-            if step == total_steps or stop.requested or step % len(batches) == 0:
+            if step == total_steps or stopping or step % len(batches) == 0:
                 saved = {"train": runner.get(state.replace(reference=None)), "rng": host_state["rng"]}
                 checkpoints.save(step, saved, {**run_meta, "best_value": float(best_value)}, force=True)
-            if stop.requested:
+            if stopping:
                 bar.write(f"stopped at step {step}; saved a checkpoint; run the same command to resume")
                 break
     if eval_data is None and last["step"] == total_steps:  # no evaluation data: the last weights count as best

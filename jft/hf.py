@@ -101,6 +101,16 @@ def save(
             raise JftError(f"{len(labels)} label names given for a classifier with {num_labels} outputs.")
         hf_config["id2label"] = dict(enumerate(labels))
         hf_config["label2id"] = {name: i for i, name in enumerate(labels)}
+    for stale in (
+        SAFETENSORS,
+        SAFETENSORS_INDEX,
+        MSGPACK,
+        MSGPACK_INDEX,
+        "model-*-of-*.safetensors",
+        "flax_model-*-of-*.msgpack",
+    ):
+        for file in path.glob(stale):  # a previous save in either format would shadow this one
+            file.unlink()
     flat = {k: np.asarray(v) for k, v in _unstack_layers(params).items()}
     encoder_only = set(params) == {"bert"}
     if format == "safetensors":
@@ -291,8 +301,6 @@ def _write_shards(
     path: Path, name: str, index_name: str, flat: Mapping[str, np.ndarray], max_shard_size: int | str | None, write
 ) -> None:
     """Writes `flat` to `name`, or to numbered shards plus `index_name` when over max_shard_size."""
-    for stale in [path / name, path / index_name, *path.glob(name.replace(".", "-*-of-*.", 1))]:
-        stale.unlink(missing_ok=True)
     limit = _parse_size(max_shard_size) if max_shard_size is not None else None
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0

@@ -48,16 +48,20 @@ def mask_row(
     budget = jnp.clip(budget, jnp.minimum(num_maskable, 1), config.max_predictions)
 
     if config.whole_word:
-        # One score per word, so the pieces of a word sort next to each other; a word is taken
-        # only if all its pieces fit within the budget.
-        word_id = jnp.cumsum(word_start.astype(jnp.int32)) - 1
-        word_id = jnp.maximum(word_id, 0)
-        scores = jax.random.uniform(select_key, (seq_len,))[word_id]
-        scores = jnp.where(maskable, scores, -1.0)
-        order = jnp.argsort(-scores, stable=True)
-        rank = jnp.zeros(seq_len, jnp.int32).at[order].set(jnp.arange(seq_len, dtype=jnp.int32))
-        word_end_rank = jax.ops.segment_max(rank, word_id, num_segments=seq_len)
-        chosen = maskable & (word_end_rank[word_id] < budget)
+        # Words in random order; a word is taken whole if its maskable pieces still fit in the
+        # budget, else skipped (as in BERT's create_pretraining_data), and the scan goes on.
+        word_id = jnp.maximum(jnp.cumsum(word_start.astype(jnp.int32)) - 1, 0)
+        word_size = jax.ops.segment_sum(maskable.astype(jnp.int32), word_id, num_segments=seq_len)
+        word_order = jnp.argsort(jax.random.uniform(select_key, (seq_len,)))
+
+        def take_word(count, word):
+            take = (word_size[word] > 0) & (count + word_size[word] <= budget)
+            return count + jnp.where(take, word_size[word], 0), take
+
+        _, taken_in_order = jax.lax.scan(take_word, jnp.zeros((), jnp.int32), word_order)
+        taken = jnp.zeros(seq_len, bool).at[word_order].set(taken_in_order)
+        chosen = maskable & taken[word_id]
+        scores = jnp.where(chosen, jax.random.uniform(select_key, (seq_len,)), -1.0)
     else:
         scores = jnp.where(maskable, jax.random.uniform(select_key, (seq_len,)), -1.0)
         chosen = maskable & (jnp.argsort(jnp.argsort(-scores)) < budget)

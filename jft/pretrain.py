@@ -12,6 +12,7 @@ Order of a (re)start, the same for a fresh run and a resumed one:
 
 import dataclasses
 import functools
+import json
 import math
 import time
 from pathlib import Path
@@ -33,12 +34,14 @@ from jft.metric_writer import MetricWriter
 from jft.models import BertForPreTraining, init_params
 from jft.optim import make_optimizer
 from jft.parallel import Runner, initialize_distributed
+from jft.params import merge
 from jft.steps import PretrainSetup, create_state, pretrain_eval_step, pretrain_step
 
 
 def default_config() -> ConfigDict:
     """Every key a pretraining config has; configs/pretrain/*.py start from this and change sizes."""
     config = ConfigDict()
+    config.init_from = ""  # another pretraining workdir to start from (weights only), e.g. for a 512-token phase
     config.model = model_config("tiny", vocab_size=0)  # vocab_size 0: the vocabulary's size
     config.data = ConfigDict(
         dict(
@@ -92,6 +95,14 @@ def prepared_data(config: ConfigDict, workdir: Path) -> Path:
         raise JftError("no data: set data.corpus (your text file) or data.prepared (a `jft prepare` directory).")
     out = workdir / "data"
     if (out / "metadata.json").is_file():
+        meta = json.loads((out / "metadata.json").read_text())
+        wanted = {"seq_len": data.seq_len, "mode": data.mode, "sources": [data.corpus], "seed": config.seed}
+        changed = [f"{k}: prepared {meta.get(k)!r}, config {v!r}" for k, v in wanted.items() if meta.get(k) != v]
+        if changed:
+            raise JftError(
+                f"{out} was prepared with other data settings ({'; '.join(changed)}). Use a new --workdir "
+                "(with --config.init_from=<this workdir> to continue from its weights, e.g. for a 512-token phase)."
+            )
         return out
     if jax.process_count() > 1:
         raise JftError("with several processes, run `jft prepare` first and set data.prepared.")
@@ -118,6 +129,9 @@ def prepared_data(config: ConfigDict, workdir: Path) -> Path:
 
 def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, float]:
     """Pretrains per config in workdir (resuming if it holds a checkpoint); returns the last metrics."""
+    for key in ("total_steps", "batch_size", "accum_steps", "log_every", "eval_every", "checkpoint_every"):
+        if config[key] < 1:
+            raise JftError(f"{key} must be at least 1, got {config[key]}.")
     p = config.parallel
     initialize_distributed(p.coordinator_address, p.num_processes, p.process_id)
     workdir = Path(workdir)
@@ -143,7 +157,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
     masking = MaskingConfig(
         mask_id=special["mask"],
         vocab_size=meta["vocab_size"],
-        special_ids=(special["pad"], special["cls"], special["sep"], special["mask"], special["unk"]),
+        special_ids=(special["pad"], special["cls"], special["sep"], special["mask"]),
         max_predictions=config.masking.max_predictions,
         rate=config.masking.rate,
         whole_word=config.masking.whole_word,
@@ -165,8 +179,14 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
     )
     run_meta = {"model": dataclasses.asdict(model_cfg), "config": config.to_dict(), "data": str(data_dir)}
     if checkpoints.latest_step() is not None:
-        check_same_model(checkpoints.restore_meta(), model_cfg, workdir)
+        saved_meta = checkpoints.restore_meta()
+        check_same_model(saved_meta, model_cfg, workdir)
+        _check_same_stream(saved_meta, run_meta, workdir)
         host_state, _ = checkpoints.restore(host_state)
+    elif config.init_from:
+        host_state["train"] = host_state["train"].replace(
+            params=_params_from_run(config.init_from, model_cfg, host_state["train"].params)
+        )
     state, rng = runner.put_replicated(host_state["train"]), runner.put_replicated(host_state["rng"])
     start = int(host_state["train"].step)
     if jax.process_index() == 0:
@@ -196,7 +216,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
     with StopRequest() as stop:
         for step in range(start + 1, config.total_steps + 1):
             state, metrics = train_step(state, next(batches), rng)
-            if step % config.log_every == 0 or step == config.total_steps or stop.requested:
+            stopping = stop.agreed(step % config.log_every == 0)
+            if step % config.log_every == 0 or step == config.total_steps or stopping:
                 metrics = {k: float(v) for k, v in runner.get(metrics).items()}  # the one host sync per log step
                 now = time.perf_counter()
                 metrics["sequences_per_second"] = (step - mark_step) * config.batch_size / (now - mark_time)
@@ -210,18 +231,52 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
                 last.update({f"eval_{k}": v for k, v in eval_metrics.items()})
             bar.update(1)
             last["step"] = step
-            done = step == config.total_steps or stop.requested
+            done = step == config.total_steps or stopping
             if done or step % config.checkpoint_every == 0:
                 saved = {"train": runner.get(state), "rng": host_state["rng"]}
                 checkpoints.save(step, saved, {**run_meta, "loader_position": step * config.batch_size}, force=done)
-            if stop.requested:
+            if stopping:
                 bar.write(f"stopped at step {step}; saved a checkpoint; run the same command to resume")
                 break
+    batches.close()  # stops the prefetching thread
     checkpoints.wait()
     checkpoints.close()
     writer.close()
     bar.close()
     return last
+
+
+def _check_same_stream(saved: dict, current: dict, workdir: Path) -> None:
+    """A resumed run must read the same batches: same data, global batch size, seed and mode."""
+    keys = {
+        "data": lambda m: m["data"],
+        "batch_size": lambda m: m["config"]["batch_size"],
+        "seed": lambda m: m["config"]["seed"],
+        "mode": lambda m: m["config"]["data"]["mode"],
+    }
+    changed = [
+        f"{k}: checkpoint {get(saved)!r}, now {get(current)!r}" for k, get in keys.items() if get(saved) != get(current)
+    ]
+    if changed:
+        raise JftError(
+            f"{workdir} holds a run with other settings ({'; '.join(changed)}); resuming would skip or repeat data. "
+            "Resume with the same settings, or start a new --workdir (--config.init_from keeps the weights)."
+        )
+
+
+def _params_from_run(init_from: str, model_cfg, target):
+    """The parameters of another pretraining workdir's latest checkpoint (same model), to continue from."""
+    checkpoints = Checkpoints(init_from)
+    if checkpoints.latest_step() is None:
+        raise JftError(f"init_from {init_from} has no checkpoint.")
+    state, meta = checkpoints.restore()
+    checkpoints.close()
+    check_same_model(meta, model_cfg, init_from)
+    merged, report = merge(target, state["train"]["params"])
+    if report.created:
+        raise JftError(f"init_from {init_from} lacks {', '.join(report.created)} (another pretraining mode?).")
+    print(f"init from {init_from} (step {int(state['train']['step'])}): {report.summary()}", flush=True)
+    return jax.tree.map(np.asarray, merged)
 
 
 def _evaluator(config: ConfigDict, data_dir: Path, runner: Runner, eval_step):
@@ -235,7 +290,7 @@ def _evaluator(config: ConfigDict, data_dir: Path, runner: Runner, eval_step):
         config.seed,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
-        shuffle=False,
+        single_pass=True,
     )
     num_batches = min(config.eval_batches, math.ceil(len(eval_rows) / config.batch_size))
     eval_key = runner.put_replicated(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))

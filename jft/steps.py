@@ -135,7 +135,7 @@ def pretrain_step(
     new_state, grad_norm = _apply_gradients(setup.tx, state, grads)
     metrics = {
         **_summarise(stats),
-        "learning_rate": setup.schedule(state.step),
+        "learning_rate": setup.schedule(state.step - state.skipped),  # skipped steps do not advance optax
         "grad_norm": grad_norm,
         "skipped_updates": new_state.skipped,
     }
@@ -239,7 +239,7 @@ def finetune_step(
         "loss": task_loss + penalty,
         "task_loss": task_loss,
         "l2_penalty": jnp.asarray(penalty, jnp.float32),
-        "learning_rate": setup.schedule(state.step),
+        "learning_rate": setup.schedule(state.step - state.skipped),  # skipped steps do not advance optax
         "grad_norm": grad_norm,
         "skipped_updates": new_state.skipped,
     }

@@ -137,3 +137,26 @@ def test_convert_between_formats_keeps_weights(tmp_path):
     config2, params2 = hf.load(tmp_path / "mp" / "flax_model.msgpack")  # a weights file works as a path too
     assert config2 == config
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), params, params2))
+
+
+def test_pytorch_masked_lm_without_pooler_loads_in_jft(tmp_path, max_abs_diff):
+    torch.manual_seed(2)
+    ref = transformers.BertForMaskedLM(tiny_hf_config()).eval()
+    ref.save_pretrained(tmp_path)
+    config, params = hf.load(tmp_path)
+    assert "pooler" not in params["bert"] and "seq_relationship" not in params["cls"]
+    batch = make_batch(8)
+    with torch.no_grad():
+        ref_logits = ref(**_torch_batch(batch)).logits.numpy()
+    out = BertForPreTraining(config, nsp=False).apply({"params": params}, **batch)
+    assert max_abs_diff(out["mlm_logits"], ref_logits) <= TOL
+
+
+def test_saving_in_one_format_replaces_the_other(tmp_path):
+    config, params = _jft_pretraining(seed=8)
+    hf.save(tmp_path, config, params, format="safetensors")
+    newer = jax.tree.map(lambda x: x + 1.0, params)
+    hf.save(tmp_path, config, newer, format="msgpack", max_shard_size=20_000)
+    assert not (tmp_path / "model.safetensors").exists()
+    _, loaded = hf.load(tmp_path)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), newer, loaded))

@@ -106,8 +106,9 @@ def test_whole_word_masking_takes_every_piece_of_a_word():
         pieces = {i for i in range(ids.shape[1]) if word_id[row, i] in words and maskable[row, i]}
         assert set(chosen.tolist()) == pieces  # whole words only
         assert len(chosen) <= max(1, round(maskable[row].sum() * 0.15))
-    total = out["masked_weights"].sum() / maskable.sum()
-    assert 0.11 < total <= 0.15  # whole words fill the budget nearly
+    budgets = np.clip(np.round(maskable.sum(1) * 0.15), 1, 40)
+    # A word that does not fit is skipped and smaller ones after it still come in: budgets fill up.
+    assert out["masked_weights"].sum() / budgets.sum() > 0.97
 
 
 def test_more_predictions_than_tokens_is_an_error():

@@ -184,6 +184,30 @@ def test_workdir_with_another_models_checkpoint(corpus, tmp_path):
     config.model.hidden_size = 48
     with pytest.raises(JftError, match="holds a checkpoint of another model \\(hidden_size: checkpoint 32, config 48"):
         train_and_evaluate(config, tmp_path)
+    config.model.hidden_size, config.batch_size = 32, 8
+    with pytest.raises(JftError, match="batch_size: checkpoint 16, now 8\\); resuming would skip or repeat data"):
+        train_and_evaluate(config, tmp_path)
+
+
+def test_prepared_data_in_a_workdir_must_match_the_config(corpus, tmp_path):
+    text, rows = corpus
+    config = small_config(total_steps=2, log_every=1, checkpoint_every=2)
+    config.data.corpus, config.data.vocab = str(text), str(rows / "tokenizer.json")
+    train_and_evaluate(config, tmp_path / "phase1")
+    config.data.seq_len, config.model.max_position_embeddings = 48, 64
+    with pytest.raises(JftError, match="prepared with other data settings \\(seq_len: prepared 32, config 48\\)"):
+        train_and_evaluate(config, tmp_path / "phase1")
+    config.init_from, config.total_steps = str(tmp_path / "phase1"), 1  # a longer-sequence phase in a new workdir
+    final = train_and_evaluate(config, tmp_path / "phase2")
+    assert final["step"] == 1 and (tmp_path / "phase2" / "data" / "metadata.json").is_file()
+
+
+def test_single_pass_loader_pads_instead_of_wrapping(corpus):
+    rows = PretrainRows(corpus[1], "eval")
+    loader = Loader(rows, global_batch=len(rows) + 3, seed=0, single_pass=True)
+    batch = loader.batch(0)
+    assert (batch["attention_mask"][len(rows) :] == 0).all() and (batch["nsp_labels"][len(rows) :] == -1).all()
+    assert (batch["attention_mask"][: len(rows)].sum(1) > 0).all()
 
 
 def _pretrain_command(workdir, corpus_file, vocab):

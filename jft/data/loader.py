@@ -75,12 +75,16 @@ class Loader:
         process_index: int = 0,
         process_count: int = 1,
         shuffle: bool = True,
+        single_pass: bool = False,
     ):
+        """single_pass: one pass over the rows, in order; positions past the end are padding rows
+        (no attention, no NSP label), so that an evaluation counts every row exactly once."""
         if len(data) == 0:
             raise JftError(f"the '{data.split}' split of {data.directory} has no rows; use a larger corpus.")
         if global_batch % process_count:
             raise JftError(f"global batch {global_batch} does not divide over {process_count} processes.")
-        self.data, self.global_batch, self.seed, self.shuffle = data, global_batch, seed, shuffle
+        self.data, self.global_batch, self.seed = data, global_batch, seed
+        self.shuffle, self.single_pass = shuffle and not single_pass, single_pass
         self.local_batch = global_batch // process_count
         self.local_start = process_index * self.local_batch
         self._epoch, self._order = -1, None
@@ -102,6 +106,10 @@ class Loader:
             indices[here] = self._row_order(int(epoch))[positions[here] % n]
         batch = self.data.rows(indices)
         batch["row_ids"] = (positions % np.iinfo(np.int32).max).astype(np.int32)
+        if self.single_pass:
+            padding = positions >= n
+            batch["attention_mask"][padding] = 0
+            batch["nsp_labels"][padding] = -1
         return batch
 
     def iterate(self, start_step: int, put: Callable[[dict], dict], prefetch: int = 2) -> Iterator[dict]:
@@ -110,21 +118,32 @@ class Loader:
 
 
 def _prefetch(items: Iterator, size: int) -> Iterator:
-    """Runs `items` in a daemon thread, at most `size` ahead of the consumer."""
+    """Runs `items` in a daemon thread, at most `size` ahead; the thread ends when the consumer closes."""
     buffer: queue.Queue = queue.Queue(maxsize=size)
+    closed = threading.Event()
     failure = []
 
     def produce():
         try:
             for item in items:
-                buffer.put(item)
+                while not closed.is_set():
+                    try:
+                        buffer.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if closed.is_set():
+                    return
         except Exception as error:  # handed to the consumer, which raises it
             failure.append(error)
             buffer.put(None)
 
     threading.Thread(target=produce, daemon=True).start()
-    while True:
-        item = buffer.get()
-        if item is None and failure:
-            raise failure[0]
-        yield item
+    try:
+        while True:
+            item = buffer.get()
+            if item is None and failure:
+                raise failure[0]
+            yield item
+    finally:
+        closed.set()

@@ -294,7 +294,8 @@ class BertForPreTraining(nn.Module):
         masked_positions=None,
         deterministic: bool = True,
     ) -> dict[str, jax.Array]:
-        bert = BertModel(self.config, name="bert")
+        # The pooler serves only the NSP head (as in HF's BertForMaskedLM, an MLM-only model has none).
+        bert = BertModel(self.config, add_pooling_layer=self.nsp, name="bert")
         hidden, pooled = bert(input_ids, attention_mask, token_type_ids, position_ids, None, deterministic)
         word_embeddings = bert.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
         if masked_positions is not None:

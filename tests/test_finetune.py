@@ -1,0 +1,274 @@
+"""The fine-tuning stage: the L2 objective by hand, its pull, devices, the loop, eval/predict/export, errors."""
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+import transformers
+
+from conftest import write_corpus, write_topic_task
+from jft import cli, hf
+from jft.data.corpus import read_documents
+from jft.data.tokenizer import train_vocab
+from jft.errors import JftError
+from jft.finetune import FinetunedModel, default_config, train_and_evaluate
+from jft.models import BertConfig, BertForPreTraining, BertForSequenceClassification, init_params
+from jft.objectives import l2_penalty
+from jft.optim import weight_decay_mask
+from jft.parallel import Runner
+from jft.params import flatten
+from jft.steps import FinetuneSetup, create_finetune_state, finetune_step, task_stats
+
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
+
+
+def _batch(seed=0, rows=16, seq=12, vocab=120, classes=3):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, vocab, (rows, seq)).astype(np.int32)
+    mask = (np.arange(seq)[None] < rng.integers(4, seq + 1, rows)[:, None]).astype(np.int32)
+    return {
+        "input_ids": ids * mask,
+        "token_type_ids": np.zeros_like(ids),
+        "attention_mask": mask,
+        "labels": rng.integers(0, classes, rows).astype(np.int32),
+        "weights": np.ones(rows, np.float32),
+    }
+
+
+def _model(classes=3):
+    return BertForSequenceClassification(BertConfig(vocab_size=120, **TINY), num_labels=classes)
+
+
+def test_l2_penalty_by_hand_for_both_references():
+    params = {
+        "dense": {"kernel": jnp.array([[1.0, -2.0]]), "bias": jnp.array([3.0])},
+        "LayerNorm": {"scale": jnp.array([2.0])},
+    }
+    mask = {"dense": {"kernel": True, "bias": False}, "LayerNorm": {"scale": False}}
+    assert float(l2_penalty(params, None, mask)) == pytest.approx(1 + 4)
+    reference = {"dense": {"kernel": jnp.array([[0.5, -1.0]])}}
+    assert float(l2_penalty(params, reference, mask)) == pytest.approx(0.25 + 1)
+    grad = jax.grad(lambda p: 0.1 * l2_penalty(p, reference, mask))(params)
+    np.testing.assert_allclose(
+        grad["dense"]["kernel"], 2 * 0.1 * (params["dense"]["kernel"] - reference["dense"]["kernel"])
+    )
+    assert float(grad["dense"]["bias"][0]) == 0.0 and float(grad["LayerNorm"]["scale"][0]) == 0.0
+
+
+@pytest.mark.parametrize("reference_kind", ["zero", "init"])
+def test_penalty_gradient_goes_through_the_optimizer_with_the_task_gradient(reference_kind):
+    model, batch, lam = _model(), _batch(), 0.05
+    params = init_params(model, jax.random.PRNGKey(0))
+    reference = None
+    if reference_kind == "init":
+        reference = jax.tree.map(lambda x: x + 0.3, params)
+    mask = weight_decay_mask(params)
+    setup = FinetuneSetup(model, optax.sgd(1.0), optax.constant_schedule(1.0), "classification", lam, mask)
+    state = create_finetune_state(params, setup.tx, reference)
+    new_state, metrics = jax.jit(functools.partial(finetune_step, setup=setup, axis_name=None))(
+        state, batch, jax.random.PRNGKey(1)
+    )
+
+    def task_loss(p):
+        logits = model.apply({"params": p}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        stats = task_stats("classification", logits, batch)
+        return stats["loss_sum"] / stats["count"]
+
+    task_grad = flatten(jax.grad(task_loss)(params))
+    ref = flatten(reference) if reference is not None else {}
+    for path, value in flatten(params).items():
+        penalty_grad = 2 * lam * (value - ref.get(path, 0.0)) if flatten(mask)[path] else 0.0
+        expected = value - (task_grad[path] + penalty_grad)  # SGD with learning rate 1
+        np.testing.assert_allclose(flatten(new_state.params)[path], expected, atol=2e-6, err_msg=path)
+    expected_penalty = lam * float(l2_penalty(params, reference, mask))
+    assert float(metrics["l2_penalty"]) == pytest.approx(expected_penalty, rel=1e-5)
+    assert float(metrics["loss"]) == pytest.approx(float(metrics["task_loss"]) + expected_penalty, rel=1e-5)
+
+
+@pytest.mark.parametrize("reference_kind", ["zero", "init"])
+def test_penalty_alone_pulls_toward_its_reference(reference_kind):
+    model, batch = _model(), {**_batch(), "weights": np.zeros(16, np.float32)}  # no task signal
+    params = init_params(model, jax.random.PRNGKey(0))
+    start = jax.tree.map(lambda x: x + 0.1, params)
+    reference = params if reference_kind == "init" else None
+    mask = weight_decay_mask(params)
+    setup = FinetuneSetup(model, optax.adam(1e-2), optax.constant_schedule(1e-2), "classification", 1.0, mask)
+    state = create_finetune_state(start, setup.tx, reference)
+    step = jax.jit(functools.partial(finetune_step, setup=setup, axis_name=None))
+    for _ in range(20):
+        state, _ = step(state, batch, jax.random.PRNGKey(0))
+    kernel = ("bert", "encoder", "layer", "intermediate", "dense", "kernel")
+
+    def pick(tree):
+        for key in kernel:
+            tree = tree[key]
+        return np.asarray(tree)
+
+    target = pick(params) if reference_kind == "init" else 0.0
+    assert np.linalg.norm(pick(state.params) - target) < 0.6 * np.linalg.norm(pick(start) - target)
+    bias = state.params["bert"]["pooler"]["dense"]["bias"]
+    np.testing.assert_array_equal(bias, start["bert"]["pooler"]["dense"]["bias"])  # biases are not penalised
+
+
+def test_eight_devices_give_the_one_device_update():
+    model, batch = _model(), _batch(rows=16)
+    params = init_params(model, jax.random.PRNGKey(0))
+    batch["weights"][3] = 0.0  # a padding row: counts are global, not per device
+    setup = FinetuneSetup(
+        model, optax.adam(1e-3), optax.constant_schedule(1e-3), "classification", 0.01, weight_decay_mask(params)
+    )
+    results = {}
+    for backend in ("jit", "shard_map", "pmap"):
+        runner = Runner(backend)
+        step = runner.compile(functools.partial(finetune_step, setup=setup))
+        state = runner.put_replicated(create_finetune_state(params, setup.tx, params))
+        state, _ = step(state, runner.put_batch(batch), runner.put_replicated(jax.random.PRNGKey(0)))
+        results[backend] = runner.get(state.params)
+    for backend in ("shard_map", "pmap"):
+        diff = max(
+            float(np.max(np.abs(a - b)))
+            for a, b in zip(jax.tree.leaves(results["jit"]), jax.tree.leaves(results[backend]))
+        )
+        assert diff < 1e-6, backend
+
+
+@pytest.fixture(scope="module")
+def tiny_hf_dir(tmp_path_factory):
+    """A small random BERT in Hugging Face format with a vocabulary trained on the test corpus."""
+    root = tmp_path_factory.mktemp("hfbert")
+    text = write_corpus(root / "corpus.txt", documents=40)
+    train_vocab((line for d in read_documents(str(text)) for line in d), root / "bert", vocab_size=200)
+    config = BertConfig(vocab_size=200, **TINY)
+    hf.save(root / "bert", config, init_params(BertForPreTraining(config), jax.random.PRNGKey(0)))
+    return root / "bert"
+
+
+def _config(train, eval_file=None, **changes):
+    config = default_config()
+    config.data.train, config.data.eval = str(train), str(eval_file or "")
+    config.batch_size, config.epochs, config.log_every, config.progress = 8, 2, 2, False
+    config.optim.lr, config.data.seq_len = 1e-3, 32
+    for key, value in changes.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return config
+
+
+def test_finetune_eval_predict_export_from_a_hugging_face_directory(tmp_path, tiny_hf_dir, capsys):
+    train = write_topic_task(tmp_path / "train.csv", 48, seed=0)
+    dev = write_topic_task(tmp_path / "dev.tsv", 24, seed=1, delimiter="\t")
+    final = train_and_evaluate(_config(train, dev, init_from=str(tiny_hf_dir)), tmp_path / "run")
+    assert "init from" in capsys.readouterr().out
+    assert final["step"] == 2 * 6 and 0.0 <= final["eval_accuracy"] <= 1.0 and "eval_mcc" in final
+    task = json.loads((tmp_path / "run" / "task.json").read_text())
+    assert task["labels"] == ["city", "farm", "sea", "space"]
+
+    assert cli.main(["eval", "--workdir", str(tmp_path / "run"), "--data", str(dev)]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(final["eval_accuracy"])
+    assert (
+        cli.main(
+            [
+                "predict",
+                "--workdir",
+                str(tmp_path / "run"),
+                "--input",
+                str(dev),
+                "--output",
+                str(tmp_path / "pred.jsonl"),
+            ]
+        )
+        == 0
+    )
+    predictions = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
+    assert len(predictions) == 24 and set(predictions[0]["probabilities"]) == set(task["labels"])
+    assert sum(predictions[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+    assert cli.main(["export", "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
+    exported = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    assert exported.config.id2label[2] == "sea"
+    model = FinetunedModel(tmp_path / "run")
+    batch = {
+        k: torch.tensor(v, dtype=torch.long)
+        for k, v in {
+            "input_ids": [[2, 50, 60, 70, 3]],
+            "attention_mask": [[1] * 5],
+            "token_type_ids": [[0] * 5],
+        }.items()
+    }
+    with torch.no_grad():
+        torch_logits = exported(**batch).logits.numpy()
+    jft_logits = BertForSequenceClassification(model.model_config, 4).apply(
+        {"params": model.params}, *(np.asarray(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
+    )
+    np.testing.assert_allclose(jft_logits, torch_logits, atol=1e-5)
+
+
+def test_regression_and_token_classification(tmp_path, tiny_hf_dir):
+    rng = np.random.default_rng(0)
+    rows = [
+        {"a": f"the ship {w}", "b": f"the wave {w}", "score": float(rng.uniform(0, 5))}
+        for w in ["sees", "finds", "likes", "paints"] * 4
+    ]
+    (tmp_path / "sts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = _config(tmp_path / "sts.jsonl", tmp_path / "sts.jsonl", init_from=str(tiny_hf_dir), task="regression")
+    config.data.text_column, config.data.text_pair_column, config.data.label_column = "a", "b", "score"
+    final = train_and_evaluate(config, tmp_path / "sts")
+    assert {"eval_pearson", "eval_spearman", "eval_mse"} <= set(final)
+
+    tagged = [
+        {
+            "tokens": ["the", "harbor", "sailor", "sees", "the", "moon"],
+            "tags": ["O", "B-LOC", "B-PER", "O", "O", "B-LOC"],
+        }
+    ] * 16
+    (tmp_path / "ner.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tagged))
+    config = _config(
+        tmp_path / "ner.jsonl",
+        tmp_path / "ner.jsonl",
+        init_from=str(tiny_hf_dir),
+        task="token_classification",
+        epochs=6,
+    )
+    config.data.text_column, config.data.label_column = "tokens", "tags"
+    final = train_and_evaluate(config, tmp_path / "ner")
+    assert final["eval_token_accuracy"] > 0.6 and "eval_entity_f1" in final
+    predicted = FinetunedModel(tmp_path / "ner").predict(str(tmp_path / "ner.jsonl"))
+    assert len(predicted[0]["tags"]) == 6  # one tag a word, whatever the word-pieces
+
+
+def test_bad_input_is_reported_and_nothing_is_written(tmp_path, tiny_hf_dir):
+    train = write_topic_task(tmp_path / "train.csv", 16)
+    (tmp_path / "odd.csv").write_text("text,label\nthe ship sails,ocean\n")
+    (tmp_path / "empty.csv").write_text("text,label\n")
+    (tmp_path / "nocol.csv").write_text("sentence,label\nthe ship,sea\n")
+    cases = [
+        (_config(train, tmp_path / "odd.csv", init_from=str(tiny_hf_dir)), "label 'ocean' is not in the task's label"),
+        (_config(tmp_path / "empty.csv", init_from=str(tiny_hf_dir)), "holds no records"),
+        (_config(tmp_path / "nocol.csv", init_from=str(tiny_hf_dir)), "has no column 'text'"),
+        (
+            _config(train, init_from=str(tiny_hf_dir), **{"model.hidden_size": 48}),
+            "model.hidden_size=48, but the checkpoint .* has 32",
+        ),
+        (_config(train, init_from=str(tmp_path / "nowhere")), "no such file or directory"),
+        (_config(train), "no vocabulary"),
+    ]
+    for index, (config, message) in enumerate(cases):
+        with pytest.raises(JftError, match=message):
+            train_and_evaluate(config, tmp_path / f"run{index}")
+        assert not (tmp_path / f"run{index}").exists()
