@@ -177,7 +177,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
     tfds_dir = config.data.tfds_data_dir or None
     train_records = read_records(config.data.train, columns, tfds_data_dir=tfds_dir)
     eval_records = read_records(config.data.eval, columns, tfds_data_dir=tfds_dir) if config.data.eval else []
-    task = Task(config.task, label_vocabulary(train_records, config.task, columns.label), columns, config.data.seq_len)
+    labels = label_vocabulary(
+        train_records, config.task, columns.label, source=config.data.train, tfds_data_dir=tfds_dir
+    )
+    task = Task(config.task, labels, columns, config.data.seq_len)
 
     loaded_cfg, loaded, tokenizer_path = load_init(config.init_from) if config.init_from else (None, None, None)
     tokenizer_path = config.data.vocab or tokenizer_path

@@ -109,3 +109,21 @@ def test_console_script_lists_subcommands():
     result = subprocess.run([str(jft), "--help"], capture_output=True, text=True, check=True)
     for name in ("init", "convert", "inspect"):
         assert name in result.stdout
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["finetune/glue.py:" + t for t in ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")]
+    + [
+        "finetune/imdb.py",
+        "finetune/conll2003.py",
+        "finetune/tiny.py",
+        "pretrain/tiny.py",
+        "pretrain/base.py",
+        "pretrain/large.py",
+    ],
+)
+def test_every_shipped_config_loads(spec):
+    path, _, arg = spec.partition(":")
+    config = load_config(f"{REPO / 'configs' / path}{':' + arg if arg else ''}", ["seed=3"])
+    assert config.seed == 3

@@ -188,3 +188,44 @@ def test_vocab_and_prepare_commands(tmp_path, capsys):
     assert PretrainRows(tmp_path / "rows").seq_len == 64
     assert cli.main(["prepare", str(tmp_path / "nothing.txt"), "--vocab", "x", "--out", str(tmp_path / "o")]) == 2
     assert "vocabulary not found" in capsys.readouterr().err
+
+
+class JftTinyNer(tfds.core.GeneratorBasedBuilder):
+    """A CoNLL-2003-shaped TFDS dataset: words and class-labelled NER tags."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    TAGS = ["O", "B-PER", "I-PER", "B-LOC"]
+
+    def _info(self):
+        features = tfds.features.FeaturesDict(
+            {
+                "tokens": tfds.features.Sequence(tfds.features.Text()),
+                "ner": tfds.features.Sequence(tfds.features.ClassLabel(names=self.TAGS)),
+                "label": tfds.features.ClassLabel(names=["neg", "pos"]),
+            }
+        )
+        return tfds.core.DatasetInfo(builder=self, features=features)
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        yield 0, {"tokens": ["Ada", "Lovelace", "visits", "Paris"], "ner": [1, 2, 0, 3], "label": 1}
+
+
+def test_tfds_task_records_use_class_names(tmp_path):
+    from jft.data.tasks import Columns, read_records
+
+    JftTinyNer(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+    ner = read_records("tfds:jft_tiny_ner", Columns("tokens", None, "ner"), tfds_data_dir=str(tmp_path))
+    assert ner == [
+        {"tokens": ["Ada", "Lovelace", "visits", "Paris"], "ner": ["B-PER", "I-PER", "O", "B-LOC"], "label": 1}
+    ]
+    labeled = read_records("tfds:jft_tiny_ner", Columns("tokens", None, "label"), tfds_data_dir=str(tmp_path))
+    assert labeled[0]["label"] == "pos"
+    from jft.data.tasks import label_vocabulary
+
+    names = label_vocabulary(
+        ner, "token_classification", "ner", source="tfds:jft_tiny_ner", tfds_data_dir=str(tmp_path)
+    )
+    assert names == JftTinyNer.TAGS  # the dataset's order, not sorted

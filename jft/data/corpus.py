@@ -79,7 +79,8 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[Document]:
 
 
 def _tfds_documents(spec: str, text_field: str, data_dir: str | None) -> Iterator[Document]:
-    for record in tfds_records(spec, data_dir):
+    records, _ = tfds_records(spec, data_dir)
+    for record in records:
         if text_field not in record:
             raise JftError(f"TFDS dataset '{spec}' has no field '{text_field}' (fields: {sorted(record)}).")
         text = record[text_field]
@@ -88,9 +89,9 @@ def _tfds_documents(spec: str, text_field: str, data_dir: str | None) -> Iterato
             yield document
 
 
-def tfds_records(spec: str, data_dir: str | None) -> Iterator[dict]:
-    """Records of a prepared TFDS dataset: tfds.data_source (array_record, no TensorFlow needed),
-    or tfds.load for other file formats when TensorFlow is installed."""
+def tfds_records(spec: str, data_dir: str | None) -> tuple[Iterator[dict], object]:
+    """Records of a prepared TFDS dataset and its features: tfds.data_source (array_record, no
+    TensorFlow needed), or tfds.load for other file formats when TensorFlow is installed."""
     import importlib.util
 
     import tensorflow_datasets as tfds
@@ -98,10 +99,12 @@ def tfds_records(spec: str, data_dir: str | None) -> Iterator[dict]:
     name, _, split = spec.partition(":")
     split = split or "train"
     try:
-        return iter(tfds.data_source(name, split=split, data_dir=data_dir, download=False))
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        return iter(source), source.dataset_info.features
     except Exception as error:  # tfds raises several types for a dataset it cannot open this way
         if importlib.util.find_spec("tensorflow") is not None:
-            return iter(tfds.as_numpy(tfds.load(name, split=split, data_dir=data_dir, download=False)))
+            dataset, info = tfds.load(name, split=split, data_dir=data_dir, download=False, with_info=True)
+            return iter(tfds.as_numpy(dataset)), info.features
         raise JftError(
             f"cannot open TFDS dataset '{name}' split '{split}' ({error}). Build it first, in array_record "
             f"format, where the network is reachable (`tfds build {name} --file_format=array_record`), and "

@@ -21,21 +21,6 @@ from jft.errors import JftError
 KINDS = ("classification", "regression", "token_classification")
 IGNORE = -1  # label of word-pieces and padding that the token loss skips
 
-# Columns of the TFDS datasets jft knows by name: (text, text_pair, label).
-TFDS_COLUMNS = {
-    "glue/cola": ("sentence", None, "label"),
-    "glue/sst2": ("sentence", None, "label"),
-    "glue/mrpc": ("sentence1", "sentence2", "label"),
-    "glue/qqp": ("question1", "question2", "label"),
-    "glue/stsb": ("sentence1", "sentence2", "label"),
-    "glue/mnli": ("premise", "hypothesis", "label"),
-    "glue/qnli": ("question", "sentence", "label"),
-    "glue/rte": ("sentence1", "sentence2", "label"),
-    "glue/wnli": ("sentence1", "sentence2", "label"),
-    "imdb_reviews": ("text", None, "label"),
-    "conll2003": ("tokens", None, "ner"),
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class Columns:
@@ -47,7 +32,9 @@ class Columns:
 def read_records(source: str, columns: Columns, *, tfds_data_dir: str | None = None) -> list[dict]:
     """Records with the mapped columns, from a CSV/TSV/JSONL file or tfds:NAME[:SPLIT]."""
     if source.startswith("tfds:"):
-        records = [_decode(r) for r in tfds_records(source.removeprefix("tfds:"), tfds_data_dir)]
+        raw, features = tfds_records(source.removeprefix("tfds:"), tfds_data_dir)
+        names = _class_names(features, columns.label)
+        records = [_decode(r, columns.label, names) for r in raw]
     else:
         path = Path(source)
         if not path.is_file():
@@ -71,21 +58,46 @@ def read_records(source: str, columns: Columns, *, tfds_data_dir: str | None = N
     return records
 
 
-def _decode(record: dict) -> dict:
+def _class_names(features, column: str | None) -> list[str] | None:
+    """The names of a TFDS ClassLabel column (or of a sequence of them, as NER tags), if it is one."""
+    feature = features[column] if column and column in features else None
+    feature = getattr(feature, "feature", feature)  # Sequence(ClassLabel) -> ClassLabel
+    return list(feature.names) if hasattr(feature, "names") else None
+
+
+def _decode(record: dict, label_column: str | None, names: list[str] | None) -> dict:
+    """A TFDS record as plain Python values, with class ids turned into their names."""
+
     def value(v):
-        if isinstance(v, bytes):
-            return v.decode("utf-8")
-        if isinstance(v, np.ndarray) and v.dtype == object:
+        if isinstance(v, np.ndarray | np.generic):
+            v = v.tolist()
+        if isinstance(v, list):
             return [value(x) for x in v]
-        return v.tolist() if isinstance(v, np.ndarray | np.generic) else v
+        return v.decode("utf-8") if isinstance(v, bytes) else v
 
-    return {k: value(v) for k, v in record.items()}
+    out = {k: value(v) for k, v in record.items()}
+    if names is not None and label_column in out:
+        label = out[label_column]
+        # A label of -1 marks an unlabeled split (GLUE's test sets): no name.
+        out[label_column] = (
+            [names[i] for i in label] if isinstance(label, list) else (names[label] if label >= 0 else None)
+        )
+    return out
 
 
-def label_vocabulary(records: Sequence[dict], kind: str, label_column: str) -> list[str]:
-    """The sorted label names of a classification task (tags, for token classification)."""
+def label_vocabulary(
+    records: Sequence[dict], kind: str, label_column: str, *, source: str = "", tfds_data_dir: str | None = None
+) -> list[str]:
+    """The label names of a classification task (tags, for token classification): a TFDS
+    dataset's own class names in its order (so class 1 stays the positive class of F1), else
+    the sorted names found in the records."""
     if kind == "regression":
         return []
+    if source.startswith("tfds:"):
+        _, features = tfds_records(source.removeprefix("tfds:"), tfds_data_dir)
+        names = _class_names(features, label_column)
+        if names:
+            return names
     if kind == "token_classification":
         names = {str(tag) for r in records for tag in r[label_column]}
     else:

@@ -1,0 +1,17 @@
+"""IMDb sentiment (TFDS imdb_reviews, prepared beforehand), long reviews truncated to 512 tokens.
+
+jft finetune --config configs/finetune/imdb.py --workdir runs/imdb --config.init_from=runs/base
+"""
+
+from jft.finetune import default_config
+
+
+def get_config():
+    config = default_config()
+    config.task = "classification"
+    config.data.train, config.data.eval = "tfds:imdb_reviews:train", "tfds:imdb_reviews:test"
+    config.data.seq_len = 512
+    config.batch_size = 16
+    config.epochs = 2
+    config.optim.lr = 2e-5
+    return config
