@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 
 from jft.errors import JftError
 from jft.models import BertConfig
+from jft.models.config import ARCHITECTURE_FIELDS
 
 
 class Checkpoints:
@@ -71,18 +72,9 @@ def check_same_model(meta: dict, config: BertConfig, workdir: str | Path) -> Non
     """A clear error when a workdir's checkpoint was made for another model."""
     saved = meta.get("model", {})
     current = dataclasses.asdict(config)
-    shape_fields = (
-        "vocab_size",
-        "hidden_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "intermediate_size",
-        "max_position_embeddings",
-        "type_vocab_size",
-    )
     differences = [
         f"{name}: checkpoint {saved.get(name)}, config {current[name]}"
-        for name in shape_fields
+        for name in ARCHITECTURE_FIELDS
         if saved.get(name) != current[name]
     ]
     if differences:

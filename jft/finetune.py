@@ -31,20 +31,12 @@ from jft.data.tokenizer import load_tokenizer
 from jft.errors import JftError
 from jft.metric_writer import MetricWriter
 from jft.models import BertConfig, BertForSequenceClassification, BertForTokenClassification, init_params
+from jft.models.config import ARCHITECTURE_FIELDS
 from jft.optim import make_optimizer, weight_decay_mask
 from jft.parallel import Runner
 from jft.params import flatten, merge, unflatten
 from jft.steps import FinetuneSetup, create_finetune_state, finetune_step, predict_step
 
-ARCHITECTURE = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "max_position_embeddings",
-    "type_vocab_size",
-)
 REFERENCES = ("zero", "init")
 
 
@@ -53,7 +45,7 @@ def default_config() -> ConfigDict:
     config = ConfigDict()
     config.init_from = ""  # a jft pretraining workdir, a Hugging Face BERT directory, or "" (from scratch)
     # Sizes of 0 follow init_from's checkpoint; a run from scratch sets them (e.g. model_config("tiny")).
-    config.model = model_config("tiny", **dict.fromkeys(ARCHITECTURE, 0))
+    config.model = model_config("tiny", **dict.fromkeys(ARCHITECTURE_FIELDS, 0))
     config.task = "classification"  # classification | regression | token_classification
     config.data = ConfigDict(
         dict(
@@ -144,12 +136,12 @@ def _model_config(config: ConfigDict, loaded: BertConfig | None, vocab_size: int
     values = config.model.to_dict()
     if loaded is None:
         values["vocab_size"] = values["vocab_size"] or vocab_size
-        unset = [name for name in ARCHITECTURE if not values[name]]
+        unset = [name for name in ARCHITECTURE_FIELDS if not values[name]]
         if unset:
             raise JftError(f"a run from scratch needs model sizes: set model.{unset[0]} (or use init_from).")
         return BertConfig.from_dict(values)
     checkpoint = dataclasses.asdict(loaded)
-    for name in ARCHITECTURE:
+    for name in ARCHITECTURE_FIELDS:
         if values[name] and values[name] != checkpoint[name]:
             raise JftError(
                 f"model.{name}={values[name]}, but the checkpoint in {config.init_from} has {checkpoint[name]}; "

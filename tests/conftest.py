@@ -15,6 +15,16 @@ import pytest  # noqa: E402
 import transformers  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+# A model small enough for seconds of CPU training, without dropout (so device counts compare exactly).
+TINY_MODEL = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
 # configs/pretrain/tiny.py made small enough for a few seconds of CPU training.
 SMALL_PRETRAIN = {
     "model.hidden_size": 32,
@@ -103,8 +113,12 @@ def write_corpus(path, documents: int = 40, seed: int = 0, sentences: tuple[int,
     return path
 
 
-def write_topic_task(path, examples: int = 64, seed: int = 0, delimiter: str = ","):
-    """A labeled CSV (text, label): a sentence of the corpus generator and its topic."""
+def write_topic_task(path, examples: int = 64, seed: int = 0, delimiter: str = ",", nouns: slice = slice(None)):
+    """A labeled CSV (text, label): a sentence of the corpus generator and its topic.
+
+    nouns: which of each topic's nouns the sentences use (e.g. the first half for training and
+    the second half for evaluation, so that only a model that knows the words can generalise).
+    """
     import csv
 
     rng = np.random.default_rng(seed)
@@ -114,7 +128,15 @@ def write_topic_task(path, examples: int = 64, seed: int = 0, delimiter: str = "
         writer.writerow(["text", "label"])
         for _ in range(examples):
             topic = topics[rng.integers(len(topics))]
-            words = _TOPICS[topic]
+            words = _TOPICS[topic][nouns]
             a, b = rng.choice(words, 2, replace=False)
             writer.writerow([f"the {rng.choice(_ADJECTIVES)} {a} {rng.choice(_VERBS)} the {b}.", topic])
+    return path
+
+
+def write_vocab(path):
+    """A fixed WordPiece vocabulary (every word of the generator whole), for runs that must repeat
+    exactly: a trained vocabulary can differ in a few tokens between trainings."""
+    words = sorted({w for ws in _TOPICS.values() for w in ws} | set(_VERBS) | set(_ADJECTIVES) | {"the", "near"})
+    path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *words]) + "\n")
     return path

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import SMALL_PRETRAIN, pretrain_command, write_corpus
+from conftest import SMALL_PRETRAIN, TINY_MODEL, pretrain_command, write_corpus
 from jft.data.corpus import read_documents
 from jft.data.loader import Loader, PretrainRows
 from jft.data.prepare import prepare
@@ -48,16 +48,7 @@ def corpus(tmp_path_factory):
 
 def _setup(rows: PretrainRows, accum_steps=1, **model_overrides):
     meta = rows.metadata
-    fields = dict(
-        vocab_size=meta["vocab_size"],
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
+    fields = dict(vocab_size=meta["vocab_size"], **TINY_MODEL)
     model = BertForPreTraining(BertConfig(**{**fields, **model_overrides}))
     tx, schedule = make_optimizer(default_config().optim, 10)
     ids = meta["special_ids"]

@@ -12,6 +12,16 @@ from jft.errors import JftError, did_you_mean
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ATTENTION_IMPLS = ("xla", "cudnn")
+# The fields that set parameter shapes: two configs that differ here cannot share weights.
+ARCHITECTURE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+)
 
 # Sizes by name; every other field keeps its default. "tiny" is for tests and CPU runs.
 PRESETS: dict[str, dict[str, int]] = {
