@@ -14,6 +14,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import transformers  # noqa: E402
 
+from jft.data.synthetic import write_corpus, write_topic_task, write_vocab  # noqa: E402, F401
+
 REPO = Path(__file__).resolve().parents[1]
 # A model small enough for seconds of CPU training, without dropout (so device counts compare exactly).
 TINY_MODEL = dict(
@@ -84,59 +86,3 @@ def masked_positions(seed: int, batch: int, seq: int, count: int) -> np.ndarray:
 @pytest.fixture
 def max_abs_diff():
     return lambda a, b: float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-
-
-_TOPICS = {
-    "sea": ["ship", "wave", "harbor", "sailor", "anchor", "tide", "storm", "fish"],
-    "farm": ["cow", "field", "barn", "tractor", "wheat", "farmer", "fence", "harvest"],
-    "city": ["street", "tower", "train", "market", "bridge", "crowd", "office", "taxi"],
-    "space": ["rocket", "planet", "orbit", "star", "comet", "astronaut", "moon", "galaxy"],
-}
-_VERBS = ["sees", "likes", "follows", "finds", "builds", "watches", "paints", "remembers"]
-_ADJECTIVES = ["old", "bright", "quiet", "large", "small", "strange", "distant", "famous"]
-
-
-def write_corpus(path, documents: int = 40, seed: int = 0, sentences: tuple[int, int] = (3, 9)):
-    """A small text corpus in BERT's format: topic-flavoured sentences, blank line between documents."""
-    rng = np.random.default_rng(seed)
-    topics = list(_TOPICS)
-    lines = []
-    for _ in range(documents):
-        words = _TOPICS[topics[rng.integers(len(topics))]]
-        for _ in range(rng.integers(*sentences)):
-            a, b = rng.choice(words, 2, replace=False)
-            lines.append(
-                f"the {rng.choice(_ADJECTIVES)} {a} {rng.choice(_VERBS)} the {b} near the {rng.choice(words)}."
-            )
-        lines.append("")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def write_topic_task(path, examples: int = 64, seed: int = 0, delimiter: str = ",", nouns: slice = slice(None)):
-    """A labeled CSV (text, label): a sentence of the corpus generator and its topic.
-
-    nouns: which of each topic's nouns the sentences use (e.g. the first half for training and
-    the second half for evaluation, so that only a model that knows the words can generalise).
-    """
-    import csv
-
-    rng = np.random.default_rng(seed)
-    topics = list(_TOPICS)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f, delimiter=delimiter)
-        writer.writerow(["text", "label"])
-        for _ in range(examples):
-            topic = topics[rng.integers(len(topics))]
-            words = _TOPICS[topic][nouns]
-            a, b = rng.choice(words, 2, replace=False)
-            writer.writerow([f"the {rng.choice(_ADJECTIVES)} {a} {rng.choice(_VERBS)} the {b}.", topic])
-    return path
-
-
-def write_vocab(path):
-    """A fixed WordPiece vocabulary (every word of the generator whole), for runs that must repeat
-    exactly: a trained vocabulary can differ in a few tokens between trainings."""
-    words = sorted({w for ws in _TOPICS.values() for w in ws} | set(_VERBS) | set(_ADJECTIVES) | {"the", "near"})
-    path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *words]) + "\n")
-    return path
