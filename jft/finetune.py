@@ -240,8 +240,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
         for step in range(start + 1, total_steps + 1):
             epoch, index = divmod(step - 1, len(batches))
             if index == 0 or epoch_batches is None:
-                epoch_batches = list(batches.epoch(epoch))
-            state, step_metrics = train_step(state, runner.put_batch(epoch_batches[index]), rng)
+                epoch_batches = batches.epoch_indices(epoch)
+            state, step_metrics = train_step(state, runner.put_batch(batches.batch(epoch_batches[index])), rng)
             stopping = stop.agreed(step % config.log_every == 0)
             if step % config.log_every == 0 or step == total_steps:
                 step_metrics = {k: float(v) for k, v in runner.get(step_metrics).items()}  # host sync, log steps only

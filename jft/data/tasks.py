@@ -190,6 +190,12 @@ class TaskBatches:
         return -(-len(self.data) // self.batch_size)
 
     def epoch(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+        """The batches of one epoch, made one at a time."""
+        for indices in self.epoch_indices(epoch):
+            yield self.batch(indices)
+
+    def epoch_indices(self, epoch: int) -> list[np.ndarray]:
+        """The example indices of each batch of one epoch: a function of (seed, epoch)."""
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self.data)) if self.shuffle else np.arange(len(self.data))
         if self.bucket:
@@ -201,8 +207,7 @@ class TaskBatches:
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.shuffle and self.bucket:
             batches = [batches[i] for i in rng.permutation(len(batches))]
-        for indices in batches:
-            yield self.batch(indices)
+        return batches
 
     def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """The padded arrays of the examples at `indices`."""
