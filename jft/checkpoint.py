@@ -68,6 +68,20 @@ class Checkpoints:
         self.manager.close()
 
 
+def restore_latest(workdir: str | Path, missing: str) -> tuple[Any, dict]:
+    """The state (as saved, nested dicts) and meta of a workdir's latest checkpoint.
+
+    missing: the error message when the workdir holds no complete checkpoint.
+    """
+    checkpoints = Checkpoints(workdir, asynchronous=False)
+    try:
+        if checkpoints.latest_step() is None:
+            raise JftError(missing)
+        return checkpoints.restore()
+    finally:
+        checkpoints.close()
+
+
 def check_same_model(meta: dict, config: BertConfig, workdir: str | Path) -> None:
     """A clear error when a workdir's checkpoint was made for another model."""
     saved = meta.get("model", {})

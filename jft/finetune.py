@@ -24,7 +24,7 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from jft import hf, metrics
-from jft.checkpoint import Checkpoints, StopRequest, check_same_model
+from jft.checkpoint import Checkpoints, StopRequest, check_same_model, restore_latest
 from jft.config import model_config
 from jft.data.tasks import IGNORE, Columns, TaskBatches, encode, label_vocabulary, read_records
 from jft.data.tokenizer import load_tokenizer
@@ -121,11 +121,7 @@ def load_init(init_from: str) -> tuple[BertConfig, dict, Path]:
     """(model config, params, tokenizer path) of a jft pretraining workdir or a Hugging Face directory."""
     path = Path(init_from)
     if (path / "checkpoints").is_dir():
-        checkpoints = Checkpoints(path)
-        if checkpoints.latest_step() is None:
-            raise JftError(f"{path} has no complete checkpoint to start from.")
-        state, meta = checkpoints.restore()
-        checkpoints.close()
+        state, meta = restore_latest(path, f"{path} has no complete checkpoint to start from.")
         tokenizer = Path(meta["data"]) / "tokenizer.json"
         return BertConfig.from_dict(meta["model"]), state["train"]["params"], tokenizer
     config, params = hf.load(path)
@@ -196,7 +192,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
         params, report = merge(params, loaded)
         print(f"init from {config.init_from}: {report.summary()}", flush=True)
         if config.l2.reference == "init":
-            reference = unflatten({path: flatten(params)[path] for path in report.loaded})
+            flat = flatten(params)
+            reference = unflatten({path: flat[path] for path in report.loaded})
 
     runner = Runner(config.parallel.backend)
     runner.check_batch(config.batch_size)
@@ -331,11 +328,9 @@ class FinetunedModel:
         if not (workdir / "task.json").is_file():
             raise JftError(f"{workdir} is not a fine-tuning workdir (no task.json); run `jft finetune` first.")
         self.task = Task.from_json(json.loads((workdir / "task.json").read_text()))
-        best = Checkpoints(workdir / "best", asynchronous=False)
-        if best.latest_step() is None:
-            raise JftError(f"{workdir} has no saved model yet (best/ is empty); let `jft finetune` finish.")
-        state, meta = best.restore()
-        best.close()
+        state, meta = restore_latest(
+            workdir / "best", f"{workdir} has no saved model yet (best/ is empty); let `jft finetune` finish."
+        )
         self.model_config = BertConfig.from_dict(meta["model"])
         self.params = state["params"]
         self.tokenizer = load_tokenizer(workdir / "tokenizer.json")

@@ -22,7 +22,7 @@ import numpy as np
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from jft.checkpoint import Checkpoints, StopRequest, check_same_model
+from jft.checkpoint import Checkpoints, StopRequest, check_same_model, restore_latest
 from jft.config import bert_config, model_config
 from jft.data.corpus import read_documents
 from jft.data.loader import Loader, PretrainRows
@@ -266,11 +266,7 @@ def _check_same_stream(saved: dict, current: dict, workdir: Path) -> None:
 
 def _params_from_run(init_from: str, model_cfg, target):
     """The parameters of another pretraining workdir's latest checkpoint (same model), to continue from."""
-    checkpoints = Checkpoints(init_from)
-    if checkpoints.latest_step() is None:
-        raise JftError(f"init_from {init_from} has no checkpoint.")
-    state, meta = checkpoints.restore()
-    checkpoints.close()
+    state, meta = restore_latest(init_from, f"init_from {init_from} has no checkpoint.")
     check_same_model(meta, model_cfg, init_from)
     merged, report = merge(target, state["train"]["params"])
     if report.created:
