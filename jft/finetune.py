@@ -1,10 +1,12 @@
-"""Fine-tuning: `train_and_evaluate(config, workdir)` on task loss + λ·Σ‖θ − θ_ref‖², then
+"""Fine-tuning: `train_and_evaluate(config, workdir)` on task loss + λ·Σ‖θ − θ_ref‖² (+ μ·MLM
+loss on the task's text, the optional joint objective), then
 `evaluate`, `predict` and `export` from the workdir it leaves.
 
 Order of a (re)start:
 1. read the task data; the label set comes from the training data (saved in <workdir>/task.json);
 2. build the model: sizes from init_from's checkpoint (a jft pretraining workdir or a Hugging Face
-   directory; its MLM/NSP heads dropped, the task head created), or from config.model for a run
+   directory; its NSP head dropped, its MLM head kept only for the joint objective, the task
+   head created), or from config.model for a run
    from scratch; print what was loaded and what was created;
 3. θ_ref: None (plain L2, θ_ref = 0) or the loaded weights (L2-SP; created weights go toward 0);
 4. restore <workdir>/checkpoints if present (same model checked), else start at step 0;
@@ -27,8 +29,9 @@ from jft import hf, metrics
 from jft.checkpoint import Checkpoints, StopRequest, check_same_model, restore_latest
 from jft.config import model_config
 from jft.data.tasks import IGNORE, Columns, TaskBatches, encode, label_vocabulary, read_records
-from jft.data.tokenizer import load_tokenizer
+from jft.data.tokenizer import load_tokenizer, special_ids
 from jft.errors import JftError
+from jft.masking import MaskingConfig
 from jft.metric_writer import MetricWriter
 from jft.models import BertConfig, BertForSequenceClassification, BertForTokenClassification, init_params
 from jft.models.config import ARCHITECTURE_FIELDS
@@ -78,6 +81,9 @@ def default_config() -> ConfigDict:
             max_grad_norm=1.0,
         )
     )
+    # The optional joint objective L_task + μ·L_MLM: the masked-LM loss on the task's own text, masked
+    # as in pretraining (the pretrained MLM head is kept when init_from has one). 0: off.
+    config.joint_mlm = ConfigDict(dict(weight=0.0, rate=0.15, max_predictions=20))
     config.warmup_fraction = 0.1  # of all steps, when optim.warmup_steps is 0
     config.epochs = 3
     config.batch_size = 32
@@ -147,11 +153,12 @@ def _model_config(config: ConfigDict, loaded: BertConfig | None, vocab_size: int
     return BertConfig.from_dict(values)
 
 
-def build_model(model_cfg: BertConfig, task: Task):
+def build_model(model_cfg: BertConfig, task: Task, mlm: bool = False):
+    """The task's model; with `mlm`, with the masked-LM head of the joint objective as well."""
     num_labels = max(len(task.labels), 1)
     if task.kind == "token_classification":
-        return BertForTokenClassification(model_cfg, num_labels)
-    return BertForSequenceClassification(model_cfg, num_labels)
+        return BertForTokenClassification(model_cfg, num_labels, mlm=mlm)
+    return BertForSequenceClassification(model_cfg, num_labels, mlm=mlm)
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, float]:
@@ -184,7 +191,13 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
     train_data = encode(train_records, tokenizer, task.kind, columns, task.labels, task.seq_len)
     eval_data = encode(eval_records, tokenizer, task.kind, columns, task.labels, task.seq_len) if eval_records else None
 
-    model = build_model(model_cfg, task)
+    joint = config.joint_mlm
+    masking = None
+    if joint.weight:
+        options = dict(rate=joint.rate, max_predictions=joint.max_predictions)
+        special = dataclasses.asdict(special_ids(tokenizer))
+        masking = MaskingConfig.for_vocabulary(special, model_cfg.vocab_size, **options)
+    model = build_model(model_cfg, task, mlm=masking is not None)
     rng = jax.random.PRNGKey(config.seed)
     params = init_params(model, jax.random.fold_in(rng, 0))
     reference = None
@@ -204,7 +217,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
         config.optim.warmup_steps = int(config.warmup_fraction * total_steps)
     tx, schedule = make_optimizer(config.optim, total_steps)
     mask = weight_decay_mask(params) if config.l2.exclude_bias_and_layer_norm else jax.tree.map(lambda _: True, params)
-    setup = FinetuneSetup(model, tx, schedule, task.kind, config.l2.weight, mask)
+    setup = FinetuneSetup(model, tx, schedule, task.kind, config.l2.weight, mask, joint.weight, masking)
     train_step = runner.compile(functools.partial(finetune_step, setup=setup))
     predict = runner.compile_rows(functools.partial(predict_step, setup=setup))
 
@@ -255,7 +268,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
                 if scores[best_metric] > best_value:
                     best_value = scores[best_metric]
                     best.save(
-                        step, {"params": runner.get(state.params)}, {**run_meta, best_metric: best_value}, force=True
+                        step, {"params": _task_params(runner, state)}, {**run_meta, best_metric: best_value}, force=True
                     )
             bar.update(1)
             last["step"] = step
@@ -266,13 +279,18 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
                 bar.write(f"stopped at step {step}; saved a checkpoint; run the same command to resume")
                 break
     if eval_data is None and last["step"] == total_steps:  # no evaluation data: the last weights count as best
-        best.save(total_steps, {"params": runner.get(state.params)}, run_meta, force=True)
+        best.save(total_steps, {"params": _task_params(runner, state)}, run_meta, force=True)
     for manager in (checkpoints, best):
         manager.wait()
         manager.close()
     writer.close()
     bar.close()
     return last
+
+
+def _task_params(runner: Runner, state) -> dict:
+    """The parameters a fine-tuned model keeps: without the joint objective's masked-LM head."""
+    return {name: tree for name, tree in runner.get(state.params).items() if name != "cls"}
 
 
 def evaluate_data(runner: Runner, predict, params, data, task: Task, batch_size: int) -> dict[str, float]:

@@ -25,6 +25,12 @@ class MaskingConfig:
     random_fraction: float = 0.1
     whole_word: bool = False
 
+    @classmethod
+    def for_vocabulary(cls, special_ids: dict[str, int], vocab_size: int, **options) -> "MaskingConfig":
+        """BERT's masking for a vocabulary with special_ids {pad, cls, sep, mask, ...}; options: the other fields."""
+        never = tuple(special_ids[name] for name in ("pad", "cls", "sep", "mask"))
+        return cls(mask_id=special_ids["mask"], vocab_size=vocab_size, special_ids=never, **options)
+
 
 def mask_row(
     config: MaskingConfig, key: jax.Array, input_ids: jax.Array, attention_mask: jax.Array, word_start: jax.Array

@@ -153,11 +153,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
 
     runner = Runner(p.backend)
     runner.check_batch(config.batch_size, config.accum_steps)
-    special = meta["special_ids"]
-    masking = MaskingConfig(
-        mask_id=special["mask"],
-        vocab_size=meta["vocab_size"],
-        special_ids=(special["pad"], special["cls"], special["sep"], special["mask"]),
+    masking = MaskingConfig.for_vocabulary(
+        meta["special_ids"],
+        meta["vocab_size"],
         max_predictions=config.masking.max_predictions,
         rate=config.masking.rate,
         whole_word=config.masking.whole_word,

@@ -193,6 +193,10 @@ class FinetuneSetup:
     kind: str
     l2: float
     penalty_mask: Any
+    # The optional joint objective: + mlm_weight (μ) · the masked-LM loss on the batch's own text,
+    # masked as in pretraining (the model needs mlm=True).
+    mlm_weight: float = 0.0
+    masking: MaskingConfig | None = None
 
 
 def task_stats(kind: str, logits: jax.Array, batch: dict) -> dict:
@@ -213,28 +217,57 @@ def _logits(setup, params, batch, dropout_key):
     )
 
 
+def _task_mlm_stats(setup: FinetuneSetup, params, batch: dict, key: jax.Array, dropout_key, axis_name) -> dict:
+    """Sums of the masked-LM loss on this device's rows of a task batch (the joint objective)."""
+    rows, width = batch["input_ids"].shape
+    masking = dataclasses.replace(setup.masking, max_predictions=min(setup.masking.max_predictions, width))
+    row_ids = _device_index(axis_name) * rows + jnp.arange(rows)  # global rows: masks do not depend on devices
+    word_start = jnp.ones_like(batch["input_ids"], bool)
+    masked = mask_batch(masking, key, batch["input_ids"], batch["attention_mask"], word_start, row_ids)
+    _, mlm_logits = setup.model.apply(
+        {"params": params},
+        masked["input_ids"],
+        batch["attention_mask"],
+        batch["token_type_ids"],
+        masked_positions=masked["masked_positions"],
+        deterministic=dropout_key is None,
+        rngs={} if dropout_key is None else {"dropout": dropout_key},
+    )
+    return weighted_cross_entropy(mlm_logits, masked["masked_labels"], masked["masked_weights"])
+
+
 def finetune_step(
     state: FinetuneState, batch: dict, rng: jax.Array, *, setup: FinetuneSetup, axis_name: str | None = AXIS
 ) -> tuple[FinetuneState, dict]:
-    """One optimizer step on task loss + λ·Σ‖θ − θ_ref‖² (coupled L2; see FinetuneSetup).
+    """One optimizer step on task loss + λ·Σ‖θ − θ_ref‖² (coupled L2; see FinetuneSetup), plus
+    μ·(masked-LM loss) when setup.mlm_weight is set.
 
     batch: input_ids, token_type_ids, attention_mask [rows, seq]; labels, weights [rows] (or
     [rows, seq] for token classification).
     """
-    dropout_key = jax.random.fold_in(jax.random.fold_in(rng, state.step), _device_index(axis_name))
-    count = _psum(batch["weights"].sum(), axis_name) / _psum(1, axis_name)
+    step_key = jax.random.fold_in(rng, state.step)
+    mask_key, dropout_key, mlm_dropout_key = jax.random.split(step_key, 3)
+    dropout_key, mlm_dropout_key = (
+        jax.random.fold_in(k, _device_index(axis_name)) for k in (dropout_key, mlm_dropout_key)
+    )
+    num_devices = _psum(1, axis_name)
+    count = _psum(batch["weights"].sum(), axis_name) / num_devices
 
     def loss_fn(params):
-        stats = task_stats(setup.kind, _logits(setup, params, batch, dropout_key), batch)
-        task_loss = stats["loss_sum"] / jnp.maximum(count, 1e-9)
+        stats = {"task": task_stats(setup.kind, _logits(setup, params, batch, dropout_key), batch)}
+        loss = stats["task"]["loss_sum"] / jnp.maximum(count, 1e-9)
+        if setup.mlm_weight:
+            stats["mlm"] = _task_mlm_stats(setup, params, batch, mask_key, mlm_dropout_key, axis_name)
+            mlm_count = _psum(stats["mlm"]["count"], axis_name) / num_devices
+            loss = loss + setup.mlm_weight * stats["mlm"]["loss_sum"] / jnp.maximum(mlm_count, 1e-9)
         penalty = setup.l2 * l2_penalty(params, state.reference, setup.penalty_mask) if setup.l2 else 0.0
-        return task_loss + penalty, (stats, penalty)
+        return loss + penalty, (stats, penalty)
 
     (_, (stats, penalty)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads = _pmean(grads, axis_name)
     stats = _psum(stats, axis_name)
     new_state, grad_norm = _apply_gradients(setup.tx, state, grads)
-    task_loss = stats["loss_sum"] / jnp.maximum(stats["count"], 1)
+    task_loss = stats["task"]["loss_sum"] / jnp.maximum(stats["task"]["count"], 1)
     metrics = {
         "loss": task_loss + penalty,
         "task_loss": task_loss,
@@ -243,8 +276,12 @@ def finetune_step(
         "grad_norm": grad_norm,
         "skipped_updates": new_state.skipped,
     }
-    if "correct" in stats:
-        metrics["accuracy"] = stats["correct"] / jnp.maximum(stats["count"], 1)
+    if "correct" in stats["task"]:
+        metrics["accuracy"] = stats["task"]["correct"] / jnp.maximum(stats["task"]["count"], 1)
+    if "mlm" in stats:
+        metrics["mlm_loss"] = stats["mlm"]["loss_sum"] / jnp.maximum(stats["mlm"]["count"], 1)
+        metrics["mlm_accuracy"] = stats["mlm"]["correct"] / jnp.maximum(stats["mlm"]["count"], 1)
+        metrics["loss"] = metrics["loss"] + setup.mlm_weight * metrics["mlm_loss"]
     return new_state, metrics
 
 

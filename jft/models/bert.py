@@ -306,36 +306,67 @@ class BertForPreTraining(nn.Module):
 class BertForSequenceClassification(nn.Module):
     """Encoder + dropout + linear classifier on the pooled output: [batch, num_labels] float32 logits.
 
-    num_labels=1 gives a regression head.
+    num_labels=1 gives a regression head. With `mlm`, the model also has the masked-LM head (for
+    fine-tuning jointly on the task's own text) and, given masked_positions, returns
+    (logits, mlm_logits at those positions).
     """
 
     config: BertConfig
     num_labels: int
+    mlm: bool = False
 
     @nn.compact
     def __call__(
-        self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, deterministic: bool = True
-    ) -> jax.Array:
-        _, pooled = BertModel(self.config, name="bert")(
-            input_ids, attention_mask, token_type_ids, position_ids, None, deterministic
-        )
-        return _classifier(self.config, self.num_labels, pooled, deterministic)
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        masked_positions=None,
+        deterministic: bool = True,
+    ):
+        bert = BertModel(self.config, name="bert")
+        hidden, pooled = bert(input_ids, attention_mask, token_type_ids, position_ids, None, deterministic)
+        logits = _classifier(self.config, self.num_labels, pooled, deterministic)
+        return _with_mlm(self, bert, hidden, masked_positions, logits)
 
 
 class BertForTokenClassification(nn.Module):
-    """Encoder + dropout + linear classifier per token: [batch, seq, num_labels] float32 logits."""
+    """Encoder + dropout + linear classifier per token: [batch, seq, num_labels] float32 logits.
+
+    `mlm` as in BertForSequenceClassification.
+    """
 
     config: BertConfig
     num_labels: int
+    mlm: bool = False
 
     @nn.compact
     def __call__(
-        self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, deterministic: bool = True
-    ) -> jax.Array:
-        hidden, _ = BertModel(self.config, add_pooling_layer=False, name="bert")(
-            input_ids, attention_mask, token_type_ids, position_ids, None, deterministic
-        )
-        return _classifier(self.config, self.num_labels, hidden, deterministic)
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        masked_positions=None,
+        deterministic: bool = True,
+    ):
+        bert = BertModel(self.config, add_pooling_layer=False, name="bert")
+        hidden, _ = bert(input_ids, attention_mask, token_type_ids, position_ids, None, deterministic)
+        logits = _classifier(self.config, self.num_labels, hidden, deterministic)
+        return _with_mlm(self, bert, hidden, masked_positions, logits)
+
+
+def _with_mlm(model: nn.Module, bert: BertModel, hidden, masked_positions, logits):
+    """A task model's output: its logits, or (logits, mlm_logits) when it has the masked-LM head
+    and is given masked_positions. The head is HF's `cls`, so a pretrained one loads into it."""
+    if not model.mlm:
+        return logits
+    word_embeddings = bert.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
+    if masked_positions is not None:
+        hidden = gather_positions(hidden, masked_positions)
+    mlm_logits = BertPreTrainingHeads(model.config, nsp=False, name="cls")(hidden, None, word_embeddings)["mlm_logits"]
+    return logits if masked_positions is None else (logits, mlm_logits)
 
 
 def _classifier(config: BertConfig, num_labels: int, x: jax.Array, deterministic: bool) -> jax.Array:
