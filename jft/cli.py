@@ -25,6 +25,8 @@ class Command:
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace, ConfigDict | None], None]
     takes_config: bool = False
+    # For a command whose --config is optional: the config it runs with when none is given.
+    default_config: Callable[[], ConfigDict] | None = None
 
 
 def _init_arguments(parser):
@@ -218,6 +220,24 @@ def _run_export(args, _):
     print(f"wrote {out} ({args.format}); transformers loads it with from_pretrained")
 
 
+def _quickstart_arguments(parser):
+    parser.add_argument("--workdir", required=True, help="where the corpus, runs, summary and picture go")
+
+
+def _run_quickstart(args, config):
+    from jft import quickstart
+
+    summary = quickstart.run(config, args.workdir)
+    print("\n" + quickstart.table(summary))
+    print(f"\npicture: {summary['figure']}\nsummary: {Path(args.workdir) / 'summary.json'}")
+
+
+def _quickstart_config() -> ConfigDict:
+    from jft.quickstart import default_config
+
+    return default_config()
+
+
 def _count(params) -> int:
     import jax
 
@@ -225,6 +245,14 @@ def _count(params) -> int:
 
 
 COMMANDS = (
+    Command(
+        "quickstart",
+        "pretrain and fine-tune a tiny BERT on synthetic data: pretrained against scratch, in minutes",
+        _quickstart_arguments,
+        _run_quickstart,
+        True,
+        _quickstart_config,
+    ),
     Command("vocab", "train a WordPiece vocabulary on a corpus", _vocab_arguments, _run_vocab),
     Command("prepare", "tokenize a corpus into fixed-length pretraining rows", _prepare_arguments, _run_prepare),
     Command("pretrain", "pretrain BERT with masked-LM (+ next-sentence)", _pretrain_arguments, _run_pretrain, True),
@@ -256,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         if command.takes_config:
             sub.add_argument(
                 "--config",
-                required=True,
+                required=command.default_config is None,
                 metavar="FILE[:ARG]",
                 help="config file (configs/...py); override keys with --config.KEY=VALUE",
             )
@@ -266,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `jft` console script; returns the exit status."""
-    from jft.config import load_config, split_overrides
+    from jft.config import load_config, split_overrides, with_overrides
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -274,7 +302,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if extra and not command.takes_config:
             raise JftError(f"unrecognized arguments: {' '.join(extra)}")
-        config = load_config(args.config, split_overrides(extra)) if command.takes_config else None
+        config = None
+        if command.takes_config:
+            overrides = split_overrides(extra)
+            if args.config:
+                config = load_config(args.config, overrides)
+            else:
+                config = with_overrides(command.default_config(), overrides)
         command.run(args, config)
     except JftError as error:
         print(f"jft {args.command}: error: {error}", file=sys.stderr)

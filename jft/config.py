@@ -52,6 +52,11 @@ def load_config(spec: str | Path, overrides: Sequence[str] = ()) -> ConfigDict:
     config = module.get_config(arg) if arg else module.get_config()
     if not isinstance(config, ConfigDict):
         raise JftError(f"get_config() in {path} returned {type(config).__name__}, not an ml_collections ConfigDict.")
+    return with_overrides(config, overrides)
+
+
+def with_overrides(config: ConfigDict, overrides: Sequence[str] = ()) -> ConfigDict:
+    """Locks config (no new keys) and applies 'a.b=value' overrides to it."""
     config.lock()
     apply_overrides(config, overrides)
     return config

@@ -97,7 +97,11 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert cli.main(["inspect", str(tmp_path / "nothing")]) == 2
     assert cli.main(["init", "--config", str(INIT_CONFIG), "--out", str(tmp_path), "--config.modle.x=1"]) == 2
     assert cli.main(["convert", str(tmp_path), str(tmp_path / "b"), "--config.x=1"]) == 2
+    # quickstart's config is built in; its keys are checked the same way, before anything is written
+    assert cli.main(["quickstart", "--workdir", str(tmp_path / "qs"), "--config.finetune.sedes=2"]) == 2
+    assert not (tmp_path / "qs").exists()
     err = capsys.readouterr().err
+    assert "Did you mean 'finetune.seeds'?" in err
     assert "jft inspect: error: no such file or directory" in err
     assert "Did you mean 'model." in err
     assert "unrecognized arguments: --config.x=1" in err
@@ -107,7 +111,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):
 def test_console_script_lists_subcommands():
     jft = Path(sys.executable).with_name("jft")
     result = subprocess.run([str(jft), "--help"], capture_output=True, text=True, check=True)
-    for name in ("init", "convert", "inspect"):
+    for name in ("quickstart", "pretrain", "finetune", "init", "convert", "inspect"):
         assert name in result.stdout
 
 

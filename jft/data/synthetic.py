@@ -8,7 +8,7 @@ import csv
 
 import numpy as np
 
-_TOPICS = {
+TOPICS = {
     "sea": ["ship", "wave", "harbor", "sailor", "anchor", "tide", "storm", "fish"],
     "farm": ["cow", "field", "barn", "tractor", "wheat", "farmer", "fence", "harvest"],
     "city": ["street", "tower", "train", "market", "bridge", "crowd", "office", "taxi"],
@@ -21,10 +21,10 @@ _ADJECTIVES = ["old", "bright", "quiet", "large", "small", "strange", "distant",
 def write_corpus(path, documents: int = 40, seed: int = 0, sentences: tuple[int, int] = (3, 9)):
     """A small text corpus in BERT's format: topic-flavoured sentences, blank line between documents."""
     rng = np.random.default_rng(seed)
-    topics = list(_TOPICS)
+    topics = list(TOPICS)
     lines = []
     for _ in range(documents):
-        words = _TOPICS[topics[rng.integers(len(topics))]]
+        words = TOPICS[topics[rng.integers(len(topics))]]
         for _ in range(rng.integers(*sentences)):
             a, b = rng.choice(words, 2, replace=False)
             lines.append(
@@ -42,13 +42,13 @@ def write_topic_task(path, examples: int = 64, seed: int = 0, delimiter: str = "
     the second half for evaluation, so that only a model that knows the words can generalise).
     """
     rng = np.random.default_rng(seed)
-    topics = list(_TOPICS)
+    topics = list(TOPICS)
     with path.open("w", newline="") as f:
         writer = csv.writer(f, delimiter=delimiter)
         writer.writerow(["text", "label"])
         for _ in range(examples):
             topic = topics[rng.integers(len(topics))]
-            words = _TOPICS[topic][nouns]
+            words = TOPICS[topic][nouns]
             a, b = rng.choice(words, 2, replace=False)
             writer.writerow([f"the {rng.choice(_ADJECTIVES)} {a} {rng.choice(_VERBS)} the {b}.", topic])
     return path
@@ -57,6 +57,6 @@ def write_topic_task(path, examples: int = 64, seed: int = 0, delimiter: str = "
 def write_vocab(path):
     """A fixed WordPiece vocabulary (every word of the generator whole), for runs that must repeat
     exactly: a trained vocabulary can differ in a few tokens between trainings."""
-    words = sorted({w for ws in _TOPICS.values() for w in ws} | set(_VERBS) | set(_ADJECTIVES) | {"the", "near"})
+    words = sorted({w for ws in TOPICS.values() for w in ws} | set(_VERBS) | set(_ADJECTIVES) | {"the", "near"})
     path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *words]) + "\n")
     return path
