@@ -238,6 +238,26 @@ def _quickstart_config() -> ConfigDict:
     return default_config()
 
 
+def _bench_arguments(parser):
+    parser.add_argument("--out", default="", help="also write the results as JSON here")
+
+
+def _run_bench(args, config):
+    from jft import bench
+
+    report = bench.run(config)
+    print(bench.table(report))
+    if args.out:
+        bench.write(report, args.out)
+        print(f"wrote {args.out}")
+
+
+def _bench_config() -> ConfigDict:
+    from jft.bench import default_config
+
+    return default_config()
+
+
 def _count(params) -> int:
     import jax
 
@@ -262,6 +282,14 @@ COMMANDS = (
         _finetune_arguments,
         _run_finetune,
         True,
+    ),
+    Command(
+        "bench",
+        "time the pretraining and fine-tuning steps: sequences/s, TFLOP/s, MFU, memory",
+        _bench_arguments,
+        _run_bench,
+        True,
+        _bench_config,
     ),
     Command("eval", "evaluate a fine-tuned workdir on a data file", _eval_arguments, _run_eval),
     Command("predict", "write predictions of a fine-tuned workdir as JSONL", _predict_arguments, _run_predict),

@@ -210,7 +210,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
 
     runner = Runner(config.parallel.backend)
     runner.check_batch(config.batch_size)
-    batches = TaskBatches(train_data, task.kind, config.batch_size, config.seed, bucket=config.data.bucket)
+    batches = TaskBatches(
+        train_data, task.kind, config.batch_size, config.seed, bucket=config.data.bucket, max_len=task.seq_len
+    )
     total_steps = config.epochs * len(batches)
     if not config.optim.warmup_steps:
         config = config.copy_and_resolve_references()
@@ -321,7 +323,7 @@ def evaluate_data(runner: Runner, predict, params, data, task: Task, batch_size:
 
 def _predict_all(runner: Runner, predict, params, data, task: Task, batch_size: int):
     """Logits and labels of every example of data, in the data's order."""
-    batches = TaskBatches(data, task.kind, batch_size, shuffle=False)
+    batches = TaskBatches(data, task.kind, batch_size, shuffle=False, max_len=task.seq_len)
     logits, labels = [None] * len(data), [None] * len(data)
     no_key = runner.put_replicated(jax.random.PRNGKey(0))
     for batch in batches.epoch(0):

@@ -2,10 +2,14 @@
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 # Eight CPU devices for the multi-device tests; single-device code uses the first one.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# XLA's compiled programs cached on disk: tests (and the runs they start as subprocesses) compile
+# the same steps many times. The key is the program itself, so a code change cannot hit a stale entry.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / "jft-tests-jax-cache"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

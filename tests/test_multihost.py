@@ -43,21 +43,29 @@ def _final_params(workdir):
     return state["train"]["params"]
 
 
-@pytest.mark.parametrize("backend", ["shard_map", "pmap"])
-def test_two_processes_four_devices_each_match_one_device(tmp_path, backend):
-    text = write_corpus(tmp_path / "corpus.txt", documents=60)
-    vocab = train_vocab((line for d in read_documents(str(text)) for line in d), tmp_path / "vocab", vocab_size=200)
-    rows = tmp_path / "rows"
+@pytest.fixture(scope="module")
+def one_device_run(tmp_path_factory):
+    """Prepared rows, and the parameters after STEPS steps on them with one process and one device."""
+    root = tmp_path_factory.mktemp("multihost")
+    text = write_corpus(root / "corpus.txt", documents=60)
+    vocab = train_vocab((line for d in read_documents(str(text)) for line in d), root / "vocab", vocab_size=200)
+    rows = root / "rows"
     prepare(str(text), vocab, rows, seq_len=32, progress=False)
-
     single_env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     subprocess.run(
-        _command(tmp_path / "single", rows, **{"parallel.backend": "jit"}),
+        _command(root / "single", rows, **{"parallel.backend": "jit"}),
         env=single_env,
         check=True,
         capture_output=True,
         timeout=300,
     )
+    return rows, _final_params(root / "single")
+
+
+@pytest.mark.xdist_group("multihost")  # one worker, so both share one_device_run
+@pytest.mark.parametrize("backend", ["shard_map", "pmap"])
+def test_two_processes_four_devices_each_match_one_device(tmp_path, one_device_run, backend):
+    rows, single = one_device_run
 
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     address = f"127.0.0.1:{_free_port()}"
@@ -83,7 +91,7 @@ def test_two_processes_four_devices_each_match_one_device(tmp_path, backend):
     outputs = [p.communicate(timeout=300)[0] for p in processes]
     assert all(p.returncode == 0 for p in processes), "\n".join(outputs)
 
-    single, multi = _final_params(tmp_path / "single"), _final_params(tmp_path / "multi")
+    multi = _final_params(tmp_path / "multi")
     # 8 devices against 1: the same sums in another order, so float32 rounding apart.
     differences = [float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(multi))]
     assert max(differences) < 1e-6

@@ -185,6 +185,7 @@ class TaskBatches:
     shuffle: bool = True
     bucket: bool = True
     pad_multiple: int = 16
+    max_len: int = 0  # widths never exceed this (the task's seq_len); 0: no limit
 
     def __len__(self) -> int:
         return -(-len(self.data) // self.batch_size)
@@ -213,6 +214,7 @@ class TaskBatches:
         """The padded arrays of the examples at `indices`."""
         longest = max(len(self.data.input_ids[i]) for i in indices)
         width = -(-longest // self.pad_multiple) * self.pad_multiple
+        width = max(min(width, self.max_len), longest) if self.max_len else width
         rows = self.batch_size
         out = {
             "input_ids": np.zeros((rows, width), np.int32),

@@ -1,0 +1,271 @@
+"""`jft bench`: times the trainer's own pretraining and fine-tuning steps on synthetic batches.
+
+The steps are the ones `jft pretrain` and `jft finetune` compile (jft.steps under jft.parallel),
+with the same optimizer and state donation. Batches are put on the devices before timing, as the
+trainers' prefetch does. A measurement: warm-up steps (the first one compiles), then `windows`
+windows of at least `window_steps` steps, each closed by a block_until_ready; the step time is
+the median over windows. Reported per workload: sequences/s, tokens/s (real tokens, not padding),
+model TFLOP/s and MFU (`model_flops` below), compile time, peak device memory.
+"""
+
+import functools
+import json
+import platform
+import time
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from jft import finetune, pretrain
+from jft.config import bert_config, model_config
+from jft.data.tasks import Encoded, TaskBatches
+from jft.errors import JftError
+from jft.masking import MaskingConfig
+from jft.models import BertConfig, BertForPreTraining, BertForSequenceClassification, init_params
+from jft.optim import make_optimizer, weight_decay_mask
+from jft.parallel import Runner
+from jft.steps import FinetuneSetup, PretrainSetup, create_finetune_state, create_state, finetune_step, pretrain_step
+
+WORKLOADS = ("pretrain", "finetune")
+LAYOUTS = ("padded", "bucketed")
+# Dense bf16 tensor-core peaks (FLOP/s) by device kind, for MFU; other devices report no MFU.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L4": 121e12}
+
+
+def default_config() -> ConfigDict:
+    """What `jft bench` measures when given no --config; configs/bench.py:SIZE for real sizes."""
+    config = ConfigDict()
+    config.model = model_config("tiny", vocab_size=30522)
+    config.workloads = "pretrain,finetune"
+    config.batch_size = 32  # global, over all devices
+    config.seq_len = 128
+    config.max_predictions = 20  # masked positions a pretraining row (MLM logits only there)
+    config.nsp = True
+    config.finetune = ConfigDict(
+        dict(
+            num_labels=2,
+            # 0: every example is seq_len tokens long. >0: lengths drawn with this mean (SST-2's is
+            # about 25 tokens), batched per `layout`.
+            mean_length=0,
+            layout="padded",  # padded (to seq_len) | bucketed (as jft finetune batches)
+            batches=16,  # distinct batches in the timed stream
+        )
+    )
+    config.backend = "shard_map"  # shard_map | pmap | jit
+    config.warmup_steps = 3
+    config.windows = 10
+    config.window_steps = 5
+    config.seed = 0
+    return config
+
+
+def model_flops(cfg: BertConfig, batch: int, seq: int, *, predictions: int = 0, num_labels: int = 0) -> float:
+    """Training FLOPs of one step: 3 × the forward matmul FLOPs (backward = 2 × forward).
+
+    Forward, per token and layer: 2·(4h² + 2hi) for the projections and the MLP, plus 4·s·h for
+    QKᵀ and AV over a row of s tokens. Pretraining adds 2·(h² + hV) per masked prediction (transform
+    and tied decoder) and the pooler + NSP head per row; fine-tuning the pooler and the classifier
+    per row. Counted on the shapes the step computes, padding included; embedding lookups,
+    softmax, LayerNorm and the optimizer are left out (a few percent).
+    """
+    h, i, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    per_token = layers * (2 * (4 * h * h + 2 * h * i) + 4 * seq * h)
+    forward = batch * seq * per_token
+    if predictions:
+        forward += batch * predictions * 2 * (h * h + h * cfg.vocab_size) + batch * 2 * (h * h + 2 * h)
+    if num_labels:
+        forward += batch * 2 * (h * h + h * num_labels)
+    return 3.0 * forward
+
+
+def run(config: ConfigDict) -> dict:
+    """Measures each workload of config; returns {"environment": ..., "results": [...]}."""
+    workloads = [w.strip() for w in config.workloads.split(",") if w.strip()]
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown or not workloads:
+        raise JftError(f"workloads '{config.workloads}': choose from {WORKLOADS}, comma-separated.")
+    if config.finetune.layout not in LAYOUTS:
+        raise JftError(f"finetune.layout '{config.finetune.layout}' is not one of {LAYOUTS}.")
+    cfg = bert_config(config.model)
+    if config.seq_len > cfg.max_position_embeddings:
+        raise JftError(
+            f"seq_len {config.seq_len} is longer than the position table ({cfg.max_position_embeddings}); "
+            f"use seq_len <= {cfg.max_position_embeddings}."
+        )
+    runner = Runner(config.backend)
+    runner.check_batch(config.batch_size)
+    measure = {"pretrain": _pretrain, "finetune": _finetune}
+    results = [measure[w](config, cfg, runner) for w in workloads]
+    return {"environment": environment(), "config": config.to_dict(), "results": results}
+
+
+def environment() -> dict:
+    import flax
+    import jaxlib
+    import optax
+
+    device = jax.devices()[0]
+    return {
+        "device": device.device_kind,
+        "platform": device.platform,
+        "device_count": jax.device_count(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def _pretrain(config: ConfigDict, cfg: BertConfig, runner: Runner) -> dict:
+    batch, seq = config.batch_size, config.seq_len
+    model = BertForPreTraining(cfg, nsp=config.nsp)
+    tx, schedule = make_optimizer(pretrain.default_config().optim, 10_000)
+    masking = MaskingConfig(
+        mask_id=103, vocab_size=cfg.vocab_size, special_ids=(0, 101, 102, 103), max_predictions=config.max_predictions
+    )
+    setup = PretrainSetup(model, tx, schedule, masking)
+    rng = np.random.default_rng(config.seed)
+    ids = rng.integers(cfg.vocab_size // 2, cfg.vocab_size, (batch, seq)).astype(np.int32)
+    host = {
+        "input_ids": ids,
+        "token_type_ids": (np.arange(seq)[None] >= seq // 2).astype(np.int32).repeat(batch, 0),
+        "attention_mask": np.ones_like(ids),
+        "word_start": np.ones_like(ids, bool),
+        "nsp_labels": rng.integers(0, 2, batch).astype(np.int32),
+        "row_ids": np.arange(batch, dtype=np.int32),
+    }
+    params = init_params(model, jax.random.key(config.seed))
+    step = runner.compile(functools.partial(pretrain_step, setup=setup))
+    state = runner.put_replicated(create_state(params, tx))
+    flops = model_flops(cfg, batch, seq, predictions=config.max_predictions)
+    timing = _time_steps(config, runner, step, state, [runner.put_batch(host)])
+    return _report("pretrain", config, timing, [batch], [batch * seq], [flops], f"seq {seq}")
+
+
+def _finetune(config: ConfigDict, cfg: BertConfig, runner: Runner) -> dict:
+    f, batch, seq = config.finetune, config.batch_size, config.seq_len
+    model = BertForSequenceClassification(cfg, f.num_labels)
+    ft = finetune.default_config()
+    tx, schedule = make_optimizer(ft.optim, 10_000)
+    params = init_params(model, jax.random.key(config.seed))
+    setup = FinetuneSetup(model, tx, schedule, "classification", ft.l2.weight, weight_decay_mask(params))
+    step = runner.compile(functools.partial(finetune_step, setup=setup))
+    state = runner.put_replicated(create_finetune_state(params, tx))
+
+    data = _task_data(config, cfg)
+    batches = TaskBatches(data, "classification", batch, config.seed, bucket=f.layout == "bucketed", max_len=seq)
+    host_batches = [batches.batch(indices) for indices in batches.epoch_indices(0)]
+    if f.layout == "padded":
+        host_batches = [_pad_to(b, seq) for b in host_batches]
+    examples = [int((b["example_ids"] >= 0).sum()) for b in host_batches]
+    tokens = [int(b["attention_mask"].sum()) for b in host_batches]
+    flops = [model_flops(cfg, batch, b["input_ids"].shape[1], num_labels=f.num_labels) for b in host_batches]
+    device_batches = [runner.put_batch({k: v for k, v in b.items() if k != "example_ids"}) for b in host_batches]
+    timing = _time_steps(config, runner, step, state, device_batches)
+    lengths = "full rows" if not f.mean_length else f"mean length {np.mean([len(x) for x in data.input_ids]):.1f}"
+    return _report("finetune", config, timing, examples, tokens, flops, f"seq {seq}, {lengths}, {f.layout}")
+
+
+def _task_data(config: ConfigDict, cfg: BertConfig) -> Encoded:
+    """Random classification examples: all seq_len long, or with lengths of mean finetune.mean_length."""
+    f, seq = config.finetune, config.seq_len
+    rng = np.random.default_rng(config.seed)
+    count = f.batches * config.batch_size
+    if f.mean_length:
+        # a gamma of shape 2.5: skewed like sentence lengths, with a tail toward seq_len
+        lengths = np.clip(np.round(rng.gamma(2.5, f.mean_length / 2.5, count)), 3, seq).astype(int)
+    else:
+        lengths = np.full(count, seq)
+    ids = [rng.integers(cfg.vocab_size // 2, cfg.vocab_size, n).astype(np.int32) for n in lengths]
+    labels = rng.integers(0, f.num_labels, count).tolist()
+    return Encoded(ids, [np.zeros(n, np.int32) for n in lengths], labels)
+
+
+def _pad_to(batch: dict, width: int) -> dict:
+    """A batch padded with zeros to `width` tokens."""
+    extra = width - batch["input_ids"].shape[1]
+    return {k: np.pad(v, ((0, 0), (0, extra))) if v.ndim == 2 else v for k, v in batch.items()}
+
+
+def _time_steps(config: ConfigDict, runner: Runner, step, state, batches: list) -> dict:
+    """Runs the step over `batches` in turn; returns compile seconds and per-pass seconds."""
+    key = runner.put_replicated(jax.random.PRNGKey(config.seed))
+    start = time.perf_counter()
+    state, _ = step(state, batches[0], key)
+    jax.block_until_ready(state)
+    first = time.perf_counter() - start
+    for batch in batches[1:] * max(config.warmup_steps, 1):  # every batch shape compiles before timing
+        state, _ = step(state, batch, key)
+    for _ in range(config.warmup_steps):
+        state, _ = step(state, batches[0], key)
+    jax.block_until_ready(state)
+    passes = max(-(-config.window_steps // len(batches)), 1)  # passes over the stream in a window
+    seconds = []
+    for _ in range(config.windows):
+        start = time.perf_counter()
+        for _ in range(passes):
+            for batch in batches:
+                state, _ = step(state, batch, key)
+        jax.block_until_ready(state)
+        seconds.append((time.perf_counter() - start) / passes)
+    return {"first_step_seconds": first, "pass_seconds": seconds, "steps_per_pass": len(batches)}
+
+
+def _report(workload, config, timing, examples, tokens, flops, shape) -> dict:
+    """The measurements of one workload; per-pass figures divided by the pass's median time."""
+    median = float(np.median(timing["pass_seconds"]))
+    step_seconds = median / timing["steps_per_pass"]
+    tflops = sum(flops) / median / 1e12
+    device = jax.devices()[0]
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in device.device_kind), None)
+    bf16 = config.model.dtype == "bfloat16"
+    stats = device.memory_stats() or {}
+    return {
+        "workload": workload,
+        "shape": shape,
+        "batch_size": config.batch_size,
+        "backend": config.backend,
+        "dtype": config.model.dtype,
+        "attention_impl": config.model.attention_impl,
+        "step_ms": 1e3 * step_seconds,
+        "step_ms_spread": [1e3 * s / timing["steps_per_pass"] for s in np.percentile(timing["pass_seconds"], [10, 90])],
+        "sequences_per_second": sum(examples) / median,
+        "tokens_per_second": sum(tokens) / median,
+        "model_tflops_per_second": tflops,
+        "mfu": tflops * 1e12 / (peak * jax.device_count()) if peak and bf16 else None,
+        "compile_seconds": max(timing["first_step_seconds"] - step_seconds, 0.0),
+        "peak_memory_gib": stats["peak_bytes_in_use"] / 2**30 if "peak_bytes_in_use" in stats else None,
+    }
+
+
+def table(report: dict) -> str:
+    """The results as a Markdown table."""
+    env = report["environment"]
+    head = (
+        f"{env['device']} × {env['device_count']} ({env['platform']}), jax {env['jax']}, flax {env['flax']}, "
+        f"{env['date']}\n\n"
+        "| workload | shape | batch | backend | dtype | step ms | seq/s | tokens/s | TFLOP/s | MFU "
+        "| compile s | peak GiB |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+
+    def cell(value, spec):
+        return "—" if value is None else format(value, spec)
+
+    rows = [
+        f"| {r['workload']} | {r['shape']} | {r['batch_size']} | {r['backend']} | {r['dtype']} | "
+        f"{r['step_ms']:.2f} | {r['sequences_per_second']:,.0f} | {r['tokens_per_second']:,.0f} | "
+        f"{r['model_tflops_per_second']:.3g} | {cell(r['mfu'], '.1%')} | {r['compile_seconds']:.1f} | "
+        f"{cell(r['peak_memory_gib'], '.2f')} |"
+        for r in report["results"]
+    ]
+    return head + "\n".join(rows)
+
+
+def write(report: dict, path) -> None:
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")

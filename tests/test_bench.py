@@ -1,0 +1,100 @@
+"""`jft bench` on CPU: it runs the real steps and reports consistent figures (not speed)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jft import bench, cli
+from jft.config import apply_overrides
+from jft.errors import JftError
+from jft.models import BertConfig, BertForPreTraining, BertForSequenceClassification, init_params
+
+QUICK = [
+    "--config.windows=2",
+    "--config.window_steps=2",
+    "--config.warmup_steps=1",
+    "--config.seq_len=32",
+    "--config.model.vocab_size=1000",
+    "--config.finetune.batches=4",
+]
+
+
+def test_bench_command_times_both_steps_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "--out", str(out), "--config.batch_size=16", "--config.backend=jit", *QUICK]) == 0
+    printed = capsys.readouterr().out
+    assert "| pretrain |" in printed and "| finetune |" in printed
+    report = json.loads(out.read_text())
+    assert report["environment"]["device_count"] == 8 and report["config"]["batch_size"] == 16
+    for result in report["results"]:
+        step_seconds = result["step_ms"] / 1e3
+        assert result["sequences_per_second"] == pytest.approx(16 / step_seconds)
+        assert result["tokens_per_second"] == pytest.approx(16 * 32 / step_seconds)  # full rows: no padding
+        assert result["model_tflops_per_second"] > 0 and result["compile_seconds"] > 0
+        assert result["step_ms_spread"][0] <= result["step_ms"] <= result["step_ms_spread"][1]
+        assert result["mfu"] is None  # no known peak for a CPU
+
+
+def test_short_texts_bucketed_count_real_tokens_and_fewer_flops():
+    config = bench.default_config()
+    quick = [o.removeprefix("--config.") for o in QUICK]
+    apply_overrides(config, [*quick, "workloads=finetune", "backend=jit", "batch_size=8", "finetune.mean_length=8"])
+    results = {}
+    for layout in ("padded", "bucketed"):
+        config.finetune.layout = layout
+        results[layout] = bench.run(config)["results"][0]
+    padded, bucketed = results["padded"], results["bucketed"]
+    # The same examples either way: tokens per example is the same, FLOPs per example are not.
+    tokens_per_example = [r["tokens_per_second"] / r["sequences_per_second"] for r in (padded, bucketed)]
+    assert tokens_per_example[0] == pytest.approx(tokens_per_example[1]) and tokens_per_example[0] < 16
+    flops_per_example = [r["model_tflops_per_second"] / r["sequences_per_second"] for r in (padded, bucketed)]
+    assert flops_per_example[1] < 0.8 * flops_per_example[0]
+
+
+@pytest.mark.parametrize("workload", ["pretrain", "finetune"])
+def test_flop_formula_agrees_with_xla_cost_analysis(workload):
+    """The forward FLOPs of model_flops (÷ 3) against XLA's own count of the compiled forward pass.
+
+    One layer: the encoder is a scan, and XLA counts a loop's body once, whatever its trip count.
+    """
+    cfg = BertConfig(
+        vocab_size=2000,
+        hidden_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=512,
+        max_position_embeddings=128,
+    )
+    batch, seq, predictions = 4, 128, 20
+    ids = jnp.ones((batch, seq), jnp.int32)
+    if workload == "pretrain":
+        model = BertForPreTraining(cfg)
+        positions = jnp.zeros((batch, predictions), jnp.int32)
+        forward = lambda p: model.apply({"params": p}, ids, masked_positions=positions)  # noqa: E731
+        formula = bench.model_flops(cfg, batch, seq, predictions=predictions)
+    else:
+        model = BertForSequenceClassification(cfg, 2)
+        forward = lambda p: model.apply({"params": p}, ids)  # noqa: E731
+        formula = bench.model_flops(cfg, batch, seq, num_labels=2)
+    params = init_params(model, jax.random.key(0))
+    xla = jax.jit(forward).lower(params).compile().cost_analysis()
+    xla = xla[0] if isinstance(xla, list) else xla
+    assert formula / 3 == pytest.approx(xla["flops"], rel=0.1)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("workloads=pretrian", "choose from"),
+        ("seq_len=1024", "longer than the position table"),
+        ("batch_size=12", "does not divide over 8 devices"),
+        ("finetune.layout=packd", "is not one of"),
+    ],
+)
+def test_bench_bad_input(override, message):
+    config = bench.default_config()
+    apply_overrides(config, [override])
+    with pytest.raises(JftError, match=message):
+        bench.run(config)
