@@ -58,24 +58,30 @@ def _device_index(axis_name):
     return 0 if axis_name is None else jax.lax.axis_index(axis_name)
 
 
-def _masked_inputs(setup: PretrainSetup, batch: dict, key: jax.Array) -> dict:
+def _masked_inputs(masking: MaskingConfig, batch: dict, key: jax.Array) -> dict:
+    """batch with its input_ids masked, and masked_positions, masked_labels, masked_weights added."""
     masked = mask_batch(
-        setup.masking, key, batch["input_ids"], batch["attention_mask"], batch["word_start"], batch["row_ids"]
+        masking, key, batch["input_ids"], batch["attention_mask"], batch["word_start"], batch["row_ids"]
     )
     return {**batch, **masked}
 
 
-def _pretraining_stats(setup: PretrainSetup, params, inputs: dict, dropout_key) -> dict:
-    """Sums for the MLM (and NSP) losses and accuracies of one (micro-)batch."""
-    out = setup.model.apply(
+def _apply(model, params, inputs: dict, dropout_key, **kwargs):
+    """model on inputs' input_ids, attention_mask and token_type_ids; dropout only with a key."""
+    return model.apply(
         {"params": params},
         inputs["input_ids"],
         inputs["attention_mask"],
         inputs["token_type_ids"],
-        masked_positions=inputs["masked_positions"],
         deterministic=dropout_key is None,
         rngs={} if dropout_key is None else {"dropout": dropout_key},
+        **kwargs,
     )
+
+
+def _pretraining_stats(setup: PretrainSetup, params, inputs: dict, dropout_key) -> dict:
+    """Sums for the MLM (and NSP) losses and accuracies of one (micro-)batch."""
+    out = _apply(setup.model, params, inputs, dropout_key, masked_positions=inputs["masked_positions"])
     stats = {"mlm": weighted_cross_entropy(out["mlm_logits"], inputs["masked_labels"], inputs["masked_weights"])}
     if setup.model.nsp:
         labels = inputs["nsp_labels"]
@@ -105,7 +111,7 @@ def pretrain_step(
     """
     step_key = jax.random.fold_in(rng, state.step)
     mask_key, dropout_key = jax.random.split(step_key)
-    inputs = _masked_inputs(setup, batch, mask_key)
+    inputs = _masked_inputs(setup.masking, batch, mask_key)
     num_devices = _psum(1, axis_name)
     # Mean counts per device: each device divides its sums by these, and pmean of the gradients
     # then equals the gradient of the loss over the global batch.
@@ -165,7 +171,7 @@ def pretrain_eval_step(
     params, batch: dict, rng: jax.Array, *, setup: PretrainSetup, axis_name: str | None = AXIS
 ) -> dict:
     """Sums of MLM (and NSP) losses and hits on held-out rows, masked with a fixed key, no dropout."""
-    inputs = _masked_inputs(setup, batch, rng)
+    inputs = _masked_inputs(setup.masking, batch, rng)
     return _psum(_pretraining_stats(setup, params, inputs, None), axis_name)
 
 
@@ -206,33 +212,14 @@ def task_stats(kind: str, logits: jax.Array, batch: dict) -> dict:
     return weighted_cross_entropy(logits, jnp.maximum(batch["labels"], 0), batch["weights"])
 
 
-def _logits(setup, params, batch, dropout_key):
-    return setup.model.apply(
-        {"params": params},
-        batch["input_ids"],
-        batch["attention_mask"],
-        batch["token_type_ids"],
-        deterministic=dropout_key is None,
-        rngs={} if dropout_key is None else {"dropout": dropout_key},
-    )
-
-
 def _task_mlm_stats(setup: FinetuneSetup, params, batch: dict, key: jax.Array, dropout_key, axis_name) -> dict:
     """Sums of the masked-LM loss on this device's rows of a task batch (the joint objective)."""
     rows, width = batch["input_ids"].shape
     masking = dataclasses.replace(setup.masking, max_predictions=min(setup.masking.max_predictions, width))
     row_ids = _device_index(axis_name) * rows + jnp.arange(rows)  # global rows: masks do not depend on devices
     word_start = jnp.ones_like(batch["input_ids"], bool)
-    masked = mask_batch(masking, key, batch["input_ids"], batch["attention_mask"], word_start, row_ids)
-    _, mlm_logits = setup.model.apply(
-        {"params": params},
-        masked["input_ids"],
-        batch["attention_mask"],
-        batch["token_type_ids"],
-        masked_positions=masked["masked_positions"],
-        deterministic=dropout_key is None,
-        rngs={} if dropout_key is None else {"dropout": dropout_key},
-    )
+    masked = _masked_inputs(masking, {**batch, "word_start": word_start, "row_ids": row_ids}, key)
+    _, mlm_logits = _apply(setup.model, params, masked, dropout_key, masked_positions=masked["masked_positions"])
     return weighted_cross_entropy(mlm_logits, masked["masked_labels"], masked["masked_weights"])
 
 
@@ -254,7 +241,7 @@ def finetune_step(
     count = _psum(batch["weights"].sum(), axis_name) / num_devices
 
     def loss_fn(params):
-        stats = {"task": task_stats(setup.kind, _logits(setup, params, batch, dropout_key), batch)}
+        stats = {"task": task_stats(setup.kind, _apply(setup.model, params, batch, dropout_key), batch)}
         loss = stats["task"]["loss_sum"] / jnp.maximum(count, 1e-9)
         if setup.mlm_weight:
             stats["mlm"] = _task_mlm_stats(setup, params, batch, mask_key, mlm_dropout_key, axis_name)
@@ -288,4 +275,4 @@ def finetune_step(
 def predict_step(params, batch: dict, rng: jax.Array, *, setup: FinetuneSetup, axis_name: str | None = AXIS):
     """Logits of this device's rows, no dropout: [rows, labels] or [rows, seq, labels]."""
     del rng, axis_name  # inference is per row: no randomness, no collectives
-    return _logits(setup, params, batch, None)
+    return _apply(setup.model, params, batch, None)
