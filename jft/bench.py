@@ -2,10 +2,11 @@
 
 The steps are the ones `jft pretrain` and `jft finetune` compile (jft.steps under jft.parallel),
 with the same optimizer and state donation. Batches are put on the devices before timing, as the
-trainers' prefetch does. A measurement: warm-up steps (the first one compiles), then `windows`
-windows of at least `window_steps` steps, each closed by a block_until_ready; the step time is
-the median over windows. Reported per workload: sequences/s, tokens/s (real tokens, not padding),
-model TFLOP/s and MFU (`model_flops` below), compile time, peak device memory.
+trainers' prefetch does. A measurement: each batch shape compiled ahead of time (timed), warm-up
+steps, then `windows` windows of at least `window_steps` steps, each closed by a
+block_until_ready; the step time is the median over windows. Reported per workload:
+sequences/s, tokens/s (real tokens, not padding), model TFLOP/s and MFU (`model_flops` below),
+compile time, XLA's memory count of the step's program, and the device's peak memory.
 """
 
 import functools
@@ -19,7 +20,8 @@ from ml_collections import ConfigDict
 
 from jft import finetune, pretrain
 from jft.config import bert_config, model_config
-from jft.data.tasks import Encoded, TaskBatches
+from jft.data.synthetic import sentence_lengths
+from jft.data.tasks import LAYOUTS, Encoded, TaskBatches
 from jft.errors import JftError
 from jft.masking import MaskingConfig
 from jft.models import BertConfig, BertForPreTraining, BertForSequenceClassification, init_params
@@ -28,7 +30,6 @@ from jft.parallel import Runner
 from jft.steps import FinetuneSetup, PretrainSetup, create_finetune_state, create_state, finetune_step, pretrain_step
 
 WORKLOADS = ("pretrain", "finetune")
-LAYOUTS = ("padded", "bucketed")
 # Dense bf16 tensor-core peaks (FLOP/s) by device kind, for MFU; other devices report no MFU.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L4": 121e12}
 
@@ -48,7 +49,8 @@ def default_config() -> ConfigDict:
             # 0: every example is seq_len tokens long. >0: lengths drawn with this mean (SST-2's is
             # about 25 tokens), batched per `layout`.
             mean_length=0,
-            layout="padded",  # padded (to seq_len) | bucketed (as jft finetune batches)
+            layout="padded",  # padded (to seq_len) | bucketed | packed, as jft finetune's data.layout
+            max_segments=16,  # packed: at most this many examples a row
             batches=16,  # distinct batches in the timed stream
         )
     )
@@ -60,14 +62,17 @@ def default_config() -> ConfigDict:
     return config
 
 
-def model_flops(cfg: BertConfig, batch: int, seq: int, *, predictions: int = 0, num_labels: int = 0) -> float:
+def model_flops(
+    cfg: BertConfig, batch: int, seq: int, *, predictions: int = 0, num_labels: int = 0, pooled_per_row: int = 1
+) -> float:
     """Training FLOPs of one step: 3 × the forward matmul FLOPs (backward = 2 × forward).
 
     Forward, per token and layer: 2·(4h² + 2hi) for the projections and the MLP, plus 4·s·h for
     QKᵀ and AV over a row of s tokens. Pretraining adds 2·(h² + hV) per masked prediction (transform
     and tied decoder) and the pooler + NSP head per row; fine-tuning the pooler and the classifier
-    per row. Counted on the shapes the step computes, padding included; embedding lookups,
-    softmax, LayerNorm and the optimizer are left out (a few percent).
+    per pooled output (one a row, or max_segments a packed row). Counted on the shapes the step
+    computes, padding included; embedding lookups, softmax, LayerNorm and the optimizer are left
+    out (a few percent).
     """
     h, i, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     per_token = layers * (2 * (4 * h * h + 2 * h * i) + 4 * seq * h)
@@ -75,7 +80,7 @@ def model_flops(cfg: BertConfig, batch: int, seq: int, *, predictions: int = 0, 
     if predictions:
         forward += batch * predictions * 2 * (h * h + h * cfg.vocab_size) + batch * 2 * (h * h + 2 * h)
     if num_labels:
-        forward += batch * 2 * (h * h + h * num_labels)
+        forward += batch * pooled_per_row * 2 * (h * h + h * num_labels)
     return 3.0 * forward
 
 
@@ -95,7 +100,7 @@ def run(config: ConfigDict) -> dict:
         )
     runner = Runner(config.backend)
     runner.check_batch(config.batch_size)
-    measure = {"pretrain": _pretrain, "finetune": _finetune}
+    measure = {"pretrain": pretrain_workload, "finetune": finetune_workload}
     results = [measure[w](config, cfg, runner) for w in workloads]
     return {"environment": environment(), "config": config.to_dict(), "results": results}
 
@@ -119,9 +124,10 @@ def environment() -> dict:
     }
 
 
-def _pretrain(config: ConfigDict, cfg: BertConfig, runner: Runner) -> dict:
+def pretrain_workload(config: ConfigDict, cfg: BertConfig, runner: Runner, model=None) -> dict:
+    """Measures pretrain_step (of `model`, by default BertForPreTraining(cfg)) on one batch."""
     batch, seq = config.batch_size, config.seq_len
-    model = BertForPreTraining(cfg, nsp=config.nsp)
+    model = model or BertForPreTraining(cfg, nsp=config.nsp)
     tx, schedule = make_optimizer(pretrain.default_config().optim, 10_000)
     masking = MaskingConfig(
         mask_id=103, vocab_size=cfg.vocab_size, special_ids=(0, 101, 102, 103), max_predictions=config.max_predictions
@@ -141,11 +147,12 @@ def _pretrain(config: ConfigDict, cfg: BertConfig, runner: Runner) -> dict:
     step = runner.compile(functools.partial(pretrain_step, setup=setup))
     state = runner.put_replicated(create_state(params, tx))
     flops = model_flops(cfg, batch, seq, predictions=config.max_predictions)
-    timing = _time_steps(config, runner, step, state, [runner.put_batch(host)])
+    timing = time_steps(config, runner, step, state, [runner.put_batch(host)])
     return _report("pretrain", config, timing, [batch], [batch * seq], [flops], f"seq {seq}")
 
 
-def _finetune(config: ConfigDict, cfg: BertConfig, runner: Runner) -> dict:
+def finetune_workload(config: ConfigDict, cfg: BertConfig, runner: Runner) -> dict:
+    """Measures finetune_step on config.finetune.batches batches laid out per finetune.layout."""
     f, batch, seq = config.finetune, config.batch_size, config.seq_len
     model = BertForSequenceClassification(cfg, f.num_labels)
     ft = finetune.default_config()
@@ -156,17 +163,28 @@ def _finetune(config: ConfigDict, cfg: BertConfig, runner: Runner) -> dict:
     state = runner.put_replicated(create_finetune_state(params, tx))
 
     data = _task_data(config, cfg)
-    batches = TaskBatches(data, "classification", batch, config.seed, bucket=f.layout == "bucketed", max_len=seq)
+    batches = TaskBatches(
+        data,
+        "classification",
+        batch,
+        config.seed,
+        layout=f.layout,
+        max_len=seq,
+        max_segments=f.max_segments,
+        row_multiple=runner.batch_multiple(),
+    )
     host_batches = [batches.batch(indices) for indices in batches.epoch_indices(0)]
-    if f.layout == "padded":
-        host_batches = [_pad_to(b, seq) for b in host_batches]
     examples = [int((b["example_ids"] >= 0).sum()) for b in host_batches]
     tokens = [int(b["attention_mask"].sum()) for b in host_batches]
-    flops = [model_flops(cfg, batch, b["input_ids"].shape[1], num_labels=f.num_labels) for b in host_batches]
+    pooled = f.max_segments if f.layout == "packed" else 1
+    flops = [
+        model_flops(cfg, *b["input_ids"].shape, num_labels=f.num_labels, pooled_per_row=pooled) for b in host_batches
+    ]
     device_batches = [runner.put_batch({k: v for k, v in b.items() if k != "example_ids"}) for b in host_batches]
-    timing = _time_steps(config, runner, step, state, device_batches)
+    timing = time_steps(config, runner, step, state, device_batches)
     lengths = "full rows" if not f.mean_length else f"mean length {np.mean([len(x) for x in data.input_ids]):.1f}"
-    return _report("finetune", config, timing, examples, tokens, flops, f"seq {seq}, {lengths}, {f.layout}")
+    shape = f"seq {seq}, {lengths}, {f.layout}" + (f", {batches.rows} rows" if f.layout == "packed" else "")
+    return _report("finetune", config, timing, examples, tokens, flops, shape)
 
 
 def _task_data(config: ConfigDict, cfg: BertConfig) -> Encoded:
@@ -175,8 +193,7 @@ def _task_data(config: ConfigDict, cfg: BertConfig) -> Encoded:
     rng = np.random.default_rng(config.seed)
     count = f.batches * config.batch_size
     if f.mean_length:
-        # a gamma of shape 2.5: skewed like sentence lengths, with a tail toward seq_len
-        lengths = np.clip(np.round(rng.gamma(2.5, f.mean_length / 2.5, count)), 3, seq).astype(int)
+        lengths = sentence_lengths(rng, count, f.mean_length, seq)
     else:
         lengths = np.full(count, seq)
     ids = [rng.integers(cfg.vocab_size // 2, cfg.vocab_size, n).astype(np.int32) for n in lengths]
@@ -184,23 +201,29 @@ def _task_data(config: ConfigDict, cfg: BertConfig) -> Encoded:
     return Encoded(ids, [np.zeros(n, np.int32) for n in lengths], labels)
 
 
-def _pad_to(batch: dict, width: int) -> dict:
-    """A batch padded with zeros to `width` tokens."""
-    extra = width - batch["input_ids"].shape[1]
-    return {k: np.pad(v, ((0, 0), (0, extra))) if v.ndim == 2 else v for k, v in batch.items()}
-
-
-def _time_steps(config: ConfigDict, runner: Runner, step, state, batches: list) -> dict:
-    """Runs the step over `batches` in turn; returns compile seconds and per-pass seconds."""
+def time_steps(config: ConfigDict, runner: Runner, step, state, batches: list) -> dict:
+    """Runs the step over `batches` in turn, each batch shape compiled ahead of time; returns the
+    compile seconds, XLA's memory estimate of the largest program, and per-pass seconds."""
     key = runner.put_replicated(jax.random.PRNGKey(config.seed))
-    start = time.perf_counter()
-    state, _ = step(state, batches[0], key)
-    jax.block_until_ready(state)
-    first = time.perf_counter() - start
-    for batch in batches[1:] * max(config.warmup_steps, 1):  # every batch shape compiles before timing
-        state, _ = step(state, batch, key)
-    for _ in range(config.warmup_steps):
-        state, _ = step(state, batches[0], key)
+    compiled, compile_seconds, memory = {}, 0.0, 0
+
+    def shape_of(batch):
+        return tuple((name, value.shape) for name, value in sorted(batch.items()))
+
+    for batch in batches:
+        if shape_of(batch) not in compiled:
+            start = time.perf_counter()
+            program = step.lower(state, batch, key).compile()
+            compile_seconds += time.perf_counter() - start
+            compiled[shape_of(batch)] = program
+            memory = max(memory, _program_bytes(program))
+
+    def run(state, batch):
+        return compiled[shape_of(batch)](state, batch, key)[0]
+
+    for _ in range(max(config.warmup_steps, 1)):
+        for batch in batches:
+            state = run(state, batch)
     jax.block_until_ready(state)
     passes = max(-(-config.window_steps // len(batches)), 1)  # passes over the stream in a window
     seconds = []
@@ -208,10 +231,29 @@ def _time_steps(config: ConfigDict, runner: Runner, step, state, batches: list) 
         start = time.perf_counter()
         for _ in range(passes):
             for batch in batches:
-                state, _ = step(state, batch, key)
+                state = run(state, batch)
         jax.block_until_ready(state)
         seconds.append((time.perf_counter() - start) / passes)
-    return {"first_step_seconds": first, "pass_seconds": seconds, "steps_per_pass": len(batches)}
+    return {
+        "compile_seconds": compile_seconds,
+        "program_bytes": memory,
+        "pass_seconds": seconds,
+        "steps_per_pass": len(batches),
+    }
+
+
+def _program_bytes(program) -> int:
+    """XLA's count of one device's memory for a compiled step: arguments + outputs − donated
+    (aliased) buffers + temporaries; 0 where the backend gives no analysis."""
+    analysis = program.memory_analysis()
+    if analysis is None:
+        return 0
+    return (
+        analysis.argument_size_in_bytes
+        + analysis.output_size_in_bytes
+        - analysis.alias_size_in_bytes
+        + analysis.temp_size_in_bytes
+    )
 
 
 def _report(workload, config, timing, examples, tokens, flops, shape) -> dict:
@@ -236,7 +278,8 @@ def _report(workload, config, timing, examples, tokens, flops, shape) -> dict:
         "tokens_per_second": sum(tokens) / median,
         "model_tflops_per_second": tflops,
         "mfu": tflops * 1e12 / (peak * jax.device_count()) if peak and bf16 else None,
-        "compile_seconds": max(timing["first_step_seconds"] - step_seconds, 0.0),
+        "compile_seconds": timing["compile_seconds"],
+        "xla_memory_gib": timing["program_bytes"] / 2**30 or None,
         "peak_memory_gib": stats["peak_bytes_in_use"] / 2**30 if "peak_bytes_in_use" in stats else None,
     }
 
@@ -248,8 +291,8 @@ def table(report: dict) -> str:
         f"{env['device']} × {env['device_count']} ({env['platform']}), jax {env['jax']}, flax {env['flax']}, "
         f"{env['date']}\n\n"
         "| workload | shape | batch | backend | dtype | step ms | seq/s | tokens/s | TFLOP/s | MFU "
-        "| compile s | peak GiB |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| compile s | XLA GiB | peak GiB |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
 
     def cell(value, spec):
@@ -259,7 +302,7 @@ def table(report: dict) -> str:
         f"| {r['workload']} | {r['shape']} | {r['batch_size']} | {r['backend']} | {r['dtype']} | "
         f"{r['step_ms']:.2f} | {r['sequences_per_second']:,.0f} | {r['tokens_per_second']:,.0f} | "
         f"{r['model_tflops_per_second']:.3g} | {cell(r['mfu'], '.1%')} | {r['compile_seconds']:.1f} | "
-        f"{cell(r['peak_memory_gib'], '.2f')} |"
+        f"{cell(r['xla_memory_gib'], '.3f')} | {cell(r['peak_memory_gib'], '.2f')} |"
         for r in report["results"]
     ]
     return head + "\n".join(rows)

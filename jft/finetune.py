@@ -28,7 +28,8 @@ from tqdm import tqdm
 from jft import hf, metrics
 from jft.checkpoint import Checkpoints, StopRequest, check_same_model, restore_latest
 from jft.config import model_config
-from jft.data.tasks import IGNORE, Columns, TaskBatches, encode, label_vocabulary, read_records
+from jft.data.loader import prefetch
+from jft.data.tasks import IGNORE, LAYOUTS, Columns, TaskBatches, encode, label_vocabulary, read_records
 from jft.data.tokenizer import load_tokenizer, special_ids
 from jft.errors import JftError
 from jft.masking import MaskingConfig
@@ -60,7 +61,10 @@ def default_config() -> ConfigDict:
             seq_len=128,  # longer texts are truncated
             vocab="",  # vocab.txt or tokenizer.json; empty: the one that came with init_from
             lowercase=True,
-            bucket=True,  # batch examples of similar length together
+            # padded (every batch seq_len wide) | bucketed (similar lengths share a batch) |
+            # packed (several short examples a row, kept apart by the attention mask; for short texts)
+            layout="bucketed",
+            max_segments=16,  # packed: at most this many examples a row
             tfds_data_dir="",
         )
     )
@@ -166,6 +170,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
     workdir = Path(workdir)
     if config.l2.reference not in REFERENCES:
         raise JftError(f"l2.reference '{config.l2.reference}' is not one of {REFERENCES}.")
+    if config.data.layout not in LAYOUTS:
+        raise JftError(f"data.layout '{config.data.layout}' is not one of {LAYOUTS}.")
     columns = _columns(config)
     if not config.data.train:
         raise JftError("no training data: set data.train (a CSV, TSV or JSONL file, or tfds:NAME:SPLIT).")
@@ -211,8 +217,21 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
     runner = Runner(config.parallel.backend)
     runner.check_batch(config.batch_size)
     batches = TaskBatches(
-        train_data, task.kind, config.batch_size, config.seed, bucket=config.data.bucket, max_len=task.seq_len
+        train_data,
+        task.kind,
+        config.batch_size,
+        config.seed,
+        layout=config.data.layout,
+        max_len=task.seq_len,
+        max_segments=config.data.max_segments,
+        row_multiple=runner.batch_multiple(),
     )
+    if config.data.layout == "packed":
+        print(
+            f"packed {len(train_data)} examples into {len(batches.packed_rows)} rows of {task.seq_len} tokens; "
+            f"{batches.rows} rows a step",
+            flush=True,
+        )
     total_steps = config.epochs * len(batches)
     if not config.optim.warmup_steps:
         config = config.copy_and_resolve_references()
@@ -247,13 +266,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
     eval_every = config.eval_every or len(batches)
     last: dict[str, float] = {"step": start}
     bar = tqdm(total=total_steps, initial=start, desc="fine-tuning", unit=" steps", disable=not config.progress)
-    epoch_batches, mark = None, (time.perf_counter(), start)
+    mark = (time.perf_counter(), start)
+    device_batches = prefetch((runner.put_batch(batch) for batch in batches.stream(start)), ahead=2)
     with StopRequest() as stop:
         for step in range(start + 1, total_steps + 1):
-            epoch, index = divmod(step - 1, len(batches))
-            if index == 0 or epoch_batches is None:
-                epoch_batches = batches.epoch_indices(epoch)
-            state, step_metrics = train_step(state, runner.put_batch(batches.batch(epoch_batches[index])), rng)
+            state, step_metrics = train_step(state, next(device_batches), rng)
             stopping = stop.agreed(step % config.log_every == 0)
             if step % config.log_every == 0 or step == total_steps:
                 step_metrics = {k: float(v) for k, v in runner.get(step_metrics).items()}  # host sync, log steps only
@@ -282,6 +299,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
                 break
     if eval_data is None and last["step"] == total_steps:  # no evaluation data: the last weights count as best
         best.save(total_steps, {"params": _task_params(runner, state)}, run_meta, force=True)
+    device_batches.close()  # stops the prefetching thread
     for manager in (checkpoints, best):
         manager.wait()
         manager.close()

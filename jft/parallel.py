@@ -61,9 +61,13 @@ class Runner:
     def num_devices(self) -> int:
         return len(self.devices)
 
+    def batch_multiple(self) -> int:
+        """The devices a global batch splits over: its row count must be a multiple of this."""
+        return self.num_devices * (jax.process_count() if self.backend == "pmap" else 1)
+
     def check_batch(self, global_batch: int, accum_steps: int = 1) -> None:
         """A clear error when the global batch does not split evenly over devices and micro-batches."""
-        devices = self.num_devices * (jax.process_count() if self.backend == "pmap" else 1)
+        devices = self.batch_multiple()
         if global_batch % (devices * accum_steps):
             raise JftError(
                 f"the global batch of {global_batch} rows does not divide over {devices} devices × "

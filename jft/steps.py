@@ -66,8 +66,13 @@ def _masked_inputs(masking: MaskingConfig, batch: dict, key: jax.Array) -> dict:
     return {**batch, **masked}
 
 
+PACKING_INPUTS = ("segment_ids", "position_ids", "cls_positions")  # in packed batches (jft.data.tasks)
+
+
 def _apply(model, params, inputs: dict, dropout_key, **kwargs):
-    """model on inputs' input_ids, attention_mask and token_type_ids; dropout only with a key."""
+    """model on inputs' input_ids, attention_mask and token_type_ids (and packing arrays, when the
+    batch is packed); dropout only with a key."""
+    kwargs.update({name: inputs[name] for name in PACKING_INPUTS if name in inputs})
     return model.apply(
         {"params": params},
         inputs["input_ids"],
@@ -230,7 +235,8 @@ def finetune_step(
     μ·(masked-LM loss) when setup.mlm_weight is set.
 
     batch: input_ids, token_type_ids, attention_mask [rows, seq]; labels, weights [rows] (or
-    [rows, seq] for token classification).
+    [rows, seq] for token classification). Packed batches add segment_ids, position_ids [rows, seq]
+    and cls_positions [rows, examples], with labels and weights [rows, examples].
     """
     step_key = jax.random.fold_in(rng, state.step)
     mask_key, dropout_key, mlm_dropout_key = jax.random.split(step_key, 3)

@@ -37,20 +37,22 @@ def test_bench_command_times_both_steps_and_writes_json(tmp_path, capsys):
         assert result["mfu"] is None  # no known peak for a CPU
 
 
-def test_short_texts_bucketed_count_real_tokens_and_fewer_flops():
+def test_short_texts_bucketed_and_packed_count_real_tokens_and_fewer_flops():
     config = bench.default_config()
     quick = [o.removeprefix("--config.") for o in QUICK]
     apply_overrides(config, [*quick, "workloads=finetune", "backend=jit", "batch_size=8", "finetune.mean_length=8"])
     results = {}
-    for layout in ("padded", "bucketed"):
+    for layout in ("padded", "bucketed", "packed"):
         config.finetune.layout = layout
         results[layout] = bench.run(config)["results"][0]
-    padded, bucketed = results["padded"], results["bucketed"]
-    # The same examples either way: tokens per example is the same, FLOPs per example are not.
-    tokens_per_example = [r["tokens_per_second"] / r["sequences_per_second"] for r in (padded, bucketed)]
-    assert tokens_per_example[0] == pytest.approx(tokens_per_example[1]) and tokens_per_example[0] < 16
-    flops_per_example = [r["model_tflops_per_second"] / r["sequences_per_second"] for r in (padded, bucketed)]
+    padded, bucketed, packed = (results[layout] for layout in ("padded", "bucketed", "packed"))
+    # The same examples each way: tokens per example is the same, FLOPs per example are not.
+    tokens_per_example = [r["tokens_per_second"] / r["sequences_per_second"] for r in (padded, bucketed, packed)]
+    assert tokens_per_example == pytest.approx([tokens_per_example[0]] * 3) and tokens_per_example[0] < 16
+    flops_per_example = [r["model_tflops_per_second"] / r["sequences_per_second"] for r in (padded, bucketed, packed)]
     assert flops_per_example[1] < 0.8 * flops_per_example[0]
+    assert flops_per_example[2] < 0.5 * flops_per_example[0]
+    assert "rows" in packed["shape"]
 
 
 @pytest.mark.parametrize("workload", ["pretrain", "finetune"])

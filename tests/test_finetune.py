@@ -262,6 +262,9 @@ def test_finetune_eval_predict_export_from_a_hugging_face_directory(tmp_path, ti
     np.testing.assert_allclose(jft_logits, torch_logits, atol=1e-5)
 
 
+PACKED = {"data.layout": "packed"}
+
+
 def test_regression_and_token_classification(tmp_path, tiny_hf_dir):
     rng = np.random.default_rng(0)
     rows = [
@@ -269,7 +272,10 @@ def test_regression_and_token_classification(tmp_path, tiny_hf_dir):
         for w in ["sees", "finds", "likes", "paints"] * 4
     ]
     (tmp_path / "sts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = _config(tmp_path / "sts.jsonl", tmp_path / "sts.jsonl", init_from=str(tiny_hf_dir), task="regression")
+    # Both runs pack their short examples several a row (per-example pooling, per-token labels).
+    config = _config(
+        tmp_path / "sts.jsonl", tmp_path / "sts.jsonl", init_from=str(tiny_hf_dir), task="regression", **PACKED
+    )
     config.data.text_column, config.data.text_pair_column, config.data.label_column = "a", "b", "score"
     final = train_and_evaluate(config, tmp_path / "sts")
     assert {"eval_pearson", "eval_spearman", "eval_mse"} <= set(final)
@@ -287,6 +293,7 @@ def test_regression_and_token_classification(tmp_path, tiny_hf_dir):
         init_from=str(tiny_hf_dir),
         task="token_classification",
         epochs=6,
+        **PACKED,
     )
     config.data.text_column, config.data.label_column = "tokens", "tags"
     config.joint_mlm.weight = 0.3  # and the joint objective: + μ·(masked-LM loss on the task's text)
@@ -314,6 +321,7 @@ def test_bad_input_is_reported_and_nothing_is_written(tmp_path, tiny_hf_dir):
         ),
         (_config(train, init_from=str(tmp_path / "nowhere")), "no such file or directory"),
         (_config(train), "no vocabulary"),
+        (_config(train, init_from=str(tiny_hf_dir), **{"data.layout": "packd"}), "data.layout 'packd' is not one of"),
     ]
     for index, (config, message) in enumerate(cases):
         with pytest.raises(JftError, match=message):

@@ -112,14 +112,14 @@ class Loader:
             batch["nsp_labels"][padding] = -1
         return batch
 
-    def iterate(self, start_step: int, put: Callable[[dict], dict], prefetch: int = 2) -> Iterator[dict]:
+    def iterate(self, start_step: int, put: Callable[[dict], dict], ahead: int = 2) -> Iterator[dict]:
         """Batches from start_step on, made and put on the devices by a background thread."""
-        return _prefetch((put(self.batch(step)) for step in itertools.count(start_step)), prefetch)
+        return prefetch((put(self.batch(step)) for step in itertools.count(start_step)), ahead)
 
 
-def _prefetch(items: Iterator, size: int) -> Iterator:
-    """Runs `items` in a daemon thread, at most `size` ahead; the thread ends when the consumer closes."""
-    buffer: queue.Queue = queue.Queue(maxsize=size)
+def prefetch(items: Iterator, ahead: int) -> Iterator:
+    """Runs `items` in a daemon thread, at most `ahead` items ahead; the thread ends when the consumer closes."""
+    buffer: queue.Queue = queue.Queue(maxsize=ahead)
     closed = threading.Event()
     failure = []
 

@@ -60,3 +60,9 @@ def write_vocab(path):
     words = sorted({w for ws in TOPICS.values() for w in ws} | set(_VERBS) | set(_ADJECTIVES) | {"the", "near"})
     path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *words]) + "\n")
     return path
+
+
+def sentence_lengths(rng: np.random.Generator, count: int, mean: float, longest: int) -> np.ndarray:
+    """Token counts skewed like sentences' (a gamma of shape 2.5, tail toward `longest`), 3 to
+    `longest` tokens: SST-2's texts average about 25 tokens."""
+    return np.clip(np.round(rng.gamma(2.5, mean / 2.5, count)), 3, longest).astype(int)

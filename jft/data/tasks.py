@@ -1,4 +1,4 @@
-"""Labeled data for fine-tuning: records in, token arrays out, batches bucketed by length.
+"""Labeled data for fine-tuning: records in, token arrays out, batches padded, bucketed or packed.
 
 Sources: CSV, TSV or JSONL files with a column mapping (text, text_pair, label), or a TFDS
 dataset by name (tfds:glue/sst2:train, ...). Token classification reads a list of words and a
@@ -19,6 +19,7 @@ from jft.data.corpus import tfds_records
 from jft.errors import JftError
 
 KINDS = ("classification", "regression", "token_classification")
+LAYOUTS = ("padded", "bucketed", "packed")
 IGNORE = -1  # label of word-pieces and padding that the token loss skips
 
 
@@ -172,10 +173,19 @@ def encode(
 
 @dataclasses.dataclass
 class TaskBatches:
-    """Fixed-size batches, each padded to its longest example (rounded up to pad_multiple).
+    """Fixed-size batches of a task's examples, in one of three layouts:
 
-    With bucketing, examples of similar length share a batch, so short texts do not pay for the
-    longest. Rows that fill the last batch have weight 0 and example_id -1.
+    - "padded": batch_size examples a batch, each batch padded to max_len (one shape);
+    - "bucketed": examples of similar length share a batch, padded to its longest (rounded up to
+      pad_multiple), so short texts do not pay for the longest;
+    - "packed": several examples a row of max_len tokens (at most max_segments), kept apart by
+      segment_ids, with position_ids restarting at each example and (sequence tasks) cls_positions
+      where each starts; labels and weights per example [rows, max_segments], or per token. Rows are packed
+      once (best fit, longest first) and shuffled each epoch; a batch holds as many rows as hold
+      batch_size examples on average (rounded up to row_multiple, e.g. the device count), so
+      batch_size keeps its meaning and the learning rate its value.
+
+    Rows (or example slots) that fill a batch have weight 0 and example_id -1.
     """
 
     data: Encoded
@@ -183,65 +193,146 @@ class TaskBatches:
     batch_size: int
     seed: int = 0
     shuffle: bool = True
-    bucket: bool = True
+    layout: str = "bucketed"
     pad_multiple: int = 16
     max_len: int = 0  # widths never exceed this (the task's seq_len); 0: no limit
+    max_segments: int = 16
+    row_multiple: int = 1
+
+    def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise JftError(f"data layout '{self.layout}' is not one of {LAYOUTS}.")
+        if self.layout in ("padded", "packed") and not self.max_len:
+            raise JftError(f"the {self.layout} layout needs max_len (the task's seq_len).")
+        self.rows = self.batch_size
+        if self.layout == "packed":
+            order = np.random.default_rng([self.seed, 0]).permutation(len(self.data))
+            lengths = np.array([len(ids) for ids in self.data.input_ids])
+            self.packed_rows = pack(lengths, order, self.max_len, self.max_segments)
+            per_row = len(self.data) / len(self.packed_rows)
+            rows = -(-self.batch_size // per_row)
+            self.rows = int(-(-rows // self.row_multiple) * self.row_multiple)
 
     def __len__(self) -> int:
-        return -(-len(self.data) // self.batch_size)
+        units = len(self.packed_rows) if self.layout == "packed" else len(self.data)
+        return -(-units // self.rows)
 
     def epoch(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
         """The batches of one epoch, made one at a time."""
         for indices in self.epoch_indices(epoch):
             yield self.batch(indices)
 
-    def epoch_indices(self, epoch: int) -> list[np.ndarray]:
-        """The example indices of each batch of one epoch: a function of (seed, epoch)."""
+    def stream(self, start: int) -> Iterator[dict[str, np.ndarray]]:
+        """The batches from step `start` (counted from 0 over all epochs) on, epoch after epoch."""
+        epoch, index = divmod(start, len(self))
+        while True:
+            for indices in self.epoch_indices(epoch)[index:]:
+                yield self.batch(indices)
+            epoch, index = epoch + 1, 0
+
+    def epoch_indices(self, epoch: int) -> list:
+        """What each batch of one epoch holds, a function of (seed, epoch): example indices, or
+        (packed) a list of rows, each an array of example indices."""
         rng = np.random.default_rng([self.seed, epoch])
+        if self.layout == "packed":
+            order = rng.permutation(len(self.packed_rows)) if self.shuffle else np.arange(len(self.packed_rows))
+            rows = [self.packed_rows[i] for i in order]
+            return [rows[i : i + self.rows] for i in range(0, len(rows), self.rows)]
         order = rng.permutation(len(self.data)) if self.shuffle else np.arange(len(self.data))
-        if self.bucket:
+        if self.layout == "bucketed":
             lengths = np.array([len(ids) for ids in self.data.input_ids])
             chunk = self.batch_size * 64
             order = np.concatenate(
                 [c[np.argsort(lengths[c], kind="stable")] for c in np.split(order, range(chunk, len(order), chunk))]
             )
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        if self.shuffle and self.bucket:
+        if self.shuffle and self.layout == "bucketed":
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
 
-    def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        """The padded arrays of the examples at `indices`."""
-        longest = max(len(self.data.input_ids[i]) for i in indices)
-        width = -(-longest // self.pad_multiple) * self.pad_multiple
-        width = max(min(width, self.max_len), longest) if self.max_len else width
-        rows = self.batch_size
+    def batch(self, indices) -> dict[str, np.ndarray]:
+        """The arrays of one batch of epoch_indices."""
+        if self.layout == "packed":
+            return self._packed_batch(indices)
+        if self.layout == "padded":
+            width = self.max_len
+        else:
+            longest = max(len(self.data.input_ids[i]) for i in indices)
+            width = -(-longest // self.pad_multiple) * self.pad_multiple
+            width = max(min(width, self.max_len), longest) if self.max_len else width
+        out = self._empty(self.rows, width, slots=0)
+        for row, index in enumerate(indices):
+            self._place(out, row, 0, index, None)
+        return out
+
+    def _packed_batch(self, rows: list[np.ndarray]) -> dict[str, np.ndarray]:
+        out = self._empty(self.rows, self.max_len, slots=self.max_segments)
+        out["segment_ids"] = np.zeros((self.rows, self.max_len), np.int32)
+        out["position_ids"] = np.zeros((self.rows, self.max_len), np.int32)
+        for row, examples in enumerate(rows):
+            start = 0
+            for slot, index in enumerate(examples):
+                start = self._place(out, row, start, index, slot)
+        return out
+
+    def _empty(self, rows: int, width: int, slots: int) -> dict[str, np.ndarray]:
+        """Zero-weight arrays of a batch; slots > 0: per-example arrays are [rows, slots] (packed)."""
+        per_example = (rows, slots) if slots else (rows,)
         out = {
             "input_ids": np.zeros((rows, width), np.int32),
             "token_type_ids": np.zeros((rows, width), np.int32),
             "attention_mask": np.zeros((rows, width), np.int32),
-            "example_ids": np.full(rows, -1, np.int32),
+            "example_ids": np.full(per_example, -1, np.int32),
         }
+        if slots and self.kind != "token_classification":
+            out["cls_positions"] = np.zeros(per_example, np.int32)
         if self.kind == "token_classification":
-            out["labels"], out["weights"] = (
-                np.full((rows, width), IGNORE, np.int32),
-                np.zeros((rows, width), np.float32),
-            )
+            out["labels"] = np.full((rows, width), IGNORE, np.int32)
+            out["weights"] = np.zeros((rows, width), np.float32)
         else:
-            out["labels"] = np.zeros(rows, np.float32 if self.kind == "regression" else np.int32)
-            out["weights"] = np.zeros(rows, np.float32)
-        for row, index in enumerate(indices):
-            n = len(self.data.input_ids[index])
-            out["input_ids"][row, :n] = self.data.input_ids[index]
-            out["token_type_ids"][row, :n] = self.data.token_type_ids[index]
-            out["attention_mask"][row, :n] = 1
-            out["example_ids"][row] = index
-            label = self.data.labels[index]
-            if label is None:
-                continue
-            if self.kind == "token_classification":
-                out["labels"][row, :n] = label
-                out["weights"][row, :n] = label != IGNORE
-            else:
-                out["labels"][row], out["weights"][row] = label, 1.0
+            out["labels"] = np.zeros(per_example, np.float32 if self.kind == "regression" else np.int32)
+            out["weights"] = np.zeros(per_example, np.float32)
         return out
+
+    def _place(self, out: dict, row: int, start: int, index: int, slot: int | None) -> int:
+        """Writes example `index` into `row` from token `start` (packed: as example `slot`); returns
+        where the next example starts."""
+        n = len(self.data.input_ids[index])
+        tokens = slice(start, start + n)
+        example = (row,) if slot is None else (row, slot)
+        out["input_ids"][row, tokens] = self.data.input_ids[index]
+        out["token_type_ids"][row, tokens] = self.data.token_type_ids[index]
+        out["attention_mask"][row, tokens] = 1
+        out["example_ids"][example] = index
+        if slot is not None:
+            out["segment_ids"][row, tokens] = slot + 1
+            out["position_ids"][row, tokens] = np.arange(n)
+            if "cls_positions" in out:
+                out["cls_positions"][example] = start
+        label = self.data.labels[index]
+        if label is not None:
+            if self.kind == "token_classification":
+                out["labels"][row, tokens] = label
+                out["weights"][row, tokens] = label != IGNORE
+            else:
+                out["labels"][example], out["weights"][example] = label, 1.0
+        return start + n
+
+
+def pack(lengths: np.ndarray, order: np.ndarray, width: int, max_segments: int) -> list[np.ndarray]:
+    """Rows of example indices, each row's lengths summing to at most `width`, at most max_segments
+    a row: best fit decreasing (longest first, ties in `order`; each into the fullest row it fits)."""
+    by_room: list[list[int]] = [[] for _ in range(width + 1)]  # open rows by tokens still free
+    rows: list[list[int]] = []
+    for index in order[np.argsort(-lengths[order], kind="stable")]:
+        n = int(lengths[index])
+        room = next((r for r in range(n, width + 1) if by_room[r]), None)
+        if room is None:
+            rows.append([])
+            row, room = len(rows) - 1, width
+        else:
+            row = by_room[room].pop()
+        rows[row].append(int(index))
+        if len(rows[row]) < max_segments and room - n > 0:
+            by_room[room - n].append(row)
+    return [np.array(row) for row in rows]

@@ -173,8 +173,12 @@ class BertEncoder(nn.Module):
     @nn.compact
     def __call__(self, x, mask, deterministic: bool):
         # One traced layer instead of num_hidden_layers copies: compile time stays flat with depth.
+        layer = BertLayer
+        if self.config.remat != "none":
+            policy = None if self.config.remat == "full" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+            layer = nn.remat(BertLayer, policy=policy, prevent_cse=False, static_argnums=(3,))
         layers = nn.scan(
-            BertLayer,
+            layer,
             variable_axes={"params": 0},
             split_rngs={"params": True, "dropout": True},
             in_axes=(nn.broadcast, nn.broadcast),
@@ -185,15 +189,24 @@ class BertEncoder(nn.Module):
 
 
 class BertPooler(nn.Module):
+    """tanh(dense) of the first token of each row, or of each packed example (at cls_positions)."""
+
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x):
-        return jnp.tanh(_dense(self.config, self.config.hidden_size, "dense")(x[:, 0]))
+    def __call__(self, x, cls_positions=None):
+        first = x[:, 0] if cls_positions is None else gather_positions(x, cls_positions)
+        return jnp.tanh(_dense(self.config, self.config.hidden_size, "dense")(first))
 
 
 class BertModel(nn.Module):
-    """The encoder: token ids to hidden states [batch, seq, hidden] and pooled output [batch, hidden]."""
+    """The encoder: token ids to hidden states [batch, seq, hidden] and pooled output [batch, hidden].
+
+    Packed rows (several examples a row) give segment_ids (1, 2, ... per example, 0 for padding:
+    tokens attend within their own example), position_ids restarting at each example, and
+    cls_positions [batch, examples], where each example starts: the pooled output is then one
+    per example, [batch, examples, hidden].
+    """
 
     config: BertConfig
     add_pooling_layer: bool = True
@@ -206,6 +219,7 @@ class BertModel(nn.Module):
         token_type_ids: jax.Array | None = None,
         position_ids: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
+        cls_positions: jax.Array | None = None,
         deterministic: bool = True,
     ) -> tuple[jax.Array, jax.Array | None]:
         """input_ids, attention_mask (1 = token), token_type_ids, position_ids, segment_ids: [batch, seq]."""
@@ -226,7 +240,7 @@ class BertModel(nn.Module):
         x = BertEmbeddings(cfg, name="embeddings")(input_ids, token_type_ids, position_ids, deterministic)
         mask = attention_mask_4d(attention_mask, segment_ids)
         x = BertEncoder(cfg, name="encoder")(x, mask, deterministic)
-        pooled = BertPooler(cfg, name="pooler")(x) if self.add_pooling_layer else None
+        pooled = BertPooler(cfg, name="pooler")(x, cls_positions) if self.add_pooling_layer else None
         return x, pooled
 
 
@@ -296,7 +310,7 @@ class BertForPreTraining(nn.Module):
     ) -> dict[str, jax.Array]:
         # The pooler serves only the NSP head (as in HF's BertForMaskedLM, an MLM-only model has none).
         bert = BertModel(self.config, add_pooling_layer=self.nsp, name="bert")
-        hidden, pooled = bert(input_ids, attention_mask, token_type_ids, position_ids, None, deterministic)
+        hidden, pooled = bert(input_ids, attention_mask, token_type_ids, position_ids, deterministic=deterministic)
         word_embeddings = bert.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
         if masked_positions is not None:
             hidden = gather_positions(hidden, masked_positions)
@@ -306,7 +320,8 @@ class BertForPreTraining(nn.Module):
 class BertForSequenceClassification(nn.Module):
     """Encoder + dropout + linear classifier on the pooled output: [batch, num_labels] float32 logits.
 
-    num_labels=1 gives a regression head. With `mlm`, the model also has the masked-LM head (for
+    num_labels=1 gives a regression head. Packed rows (segment_ids, position_ids and cls_positions
+    as in BertModel) give [batch, examples, num_labels]. With `mlm`, the model also has the masked-LM head (for
     fine-tuning jointly on the task's own text) and, given masked_positions, returns
     (logits, mlm_logits at those positions).
     """
@@ -324,9 +339,13 @@ class BertForSequenceClassification(nn.Module):
         position_ids=None,
         masked_positions=None,
         deterministic: bool = True,
+        segment_ids=None,
+        cls_positions=None,
     ):
         bert = BertModel(self.config, name="bert")
-        hidden, pooled = bert(input_ids, attention_mask, token_type_ids, position_ids, None, deterministic)
+        hidden, pooled = bert(
+            input_ids, attention_mask, token_type_ids, position_ids, segment_ids, cls_positions, deterministic
+        )
         logits = _classifier(self.config, self.num_labels, pooled, deterministic)
         return _with_mlm(self, bert, hidden, masked_positions, logits)
 
@@ -334,7 +353,7 @@ class BertForSequenceClassification(nn.Module):
 class BertForTokenClassification(nn.Module):
     """Encoder + dropout + linear classifier per token: [batch, seq, num_labels] float32 logits.
 
-    `mlm` as in BertForSequenceClassification.
+    `mlm` as in BertForSequenceClassification; packed rows give segment_ids and position_ids.
     """
 
     config: BertConfig
@@ -350,9 +369,10 @@ class BertForTokenClassification(nn.Module):
         position_ids=None,
         masked_positions=None,
         deterministic: bool = True,
+        segment_ids=None,
     ):
         bert = BertModel(self.config, add_pooling_layer=False, name="bert")
-        hidden, _ = bert(input_ids, attention_mask, token_type_ids, position_ids, None, deterministic)
+        hidden, _ = bert(input_ids, attention_mask, token_type_ids, position_ids, segment_ids, None, deterministic)
         logits = _classifier(self.config, self.num_labels, hidden, deterministic)
         return _with_mlm(self, bert, hidden, masked_positions, logits)
 

@@ -12,6 +12,7 @@ from jft.errors import JftError, did_you_mean
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ATTENTION_IMPLS = ("xla", "cudnn")
+REMAT = ("none", "dots", "full")
 # The fields that set parameter shapes: two configs that differ here cannot share weights.
 ARCHITECTURE_FIELDS = (
     "vocab_size",
@@ -57,6 +58,11 @@ class BertConfig:
     # "cudnn": cuDNN's fused kernel (GPU, bf16/fp16). It has no dropout, so it requires
     # attention_probs_dropout_prob == 0: jft never drops the dropout silently.
     attention_impl: str = "xla"
+    # Rematerialisation of each encoder layer in the backward pass, for memory: "none" keeps every
+    # activation; "dots" keeps the matmul outputs and recomputes the rest (GELU, softmax,
+    # LayerNorm, dropout masks); "full" keeps only each layer's input. Use it when a batch does
+    # not fit otherwise: it costs up to one more forward pass.
+    remat: str = "none"
 
     def __post_init__(self):
         problems = []
@@ -73,6 +79,8 @@ class BertConfig:
                 problems.append(f"{field} '{value}' is not one of {allowed}")
         if self.attention_impl not in ATTENTION_IMPLS:
             problems.append(f"attention_impl '{self.attention_impl}' is not one of {ATTENTION_IMPLS}")
+        if self.remat not in REMAT:
+            problems.append(f"remat '{self.remat}' is not one of {REMAT}")
         if self.attention_impl == "cudnn":
             if self.attention_probs_dropout_prob != 0:
                 problems.append(
