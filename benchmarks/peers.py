@@ -6,7 +6,8 @@
 Each (case, implementation) runs in its own child process (`--child`), so JAX and PyTorch never
 share a device's memory. Implementations:
 - jft: `jft.bench` (the trainer's own steps: bf16, cuDNN attention, MLM logits at masked
-  positions only, donated state), backends shard_map and pmap;
+  positions only, donated state), backends shard_map and pmap; on short texts, packed and
+  bucketed batches (the peers pad to seq);
 - hf-torch-eager / hf-torch-compile: transformers' PyTorch BertForPreTraining /
   BertForSequenceClassification, SDPA attention, bf16 autocast, fused AdamW, eager and
   torch.compile;
@@ -26,15 +27,19 @@ import time
 
 import numpy as np
 
-# (name, workload, seq, batch): the cases of the targets table.
+# (name, workload, seq, batch, mean length): the cases of the targets table. A mean length > 0:
+# texts of that mean length (as SST-2's), which the peers pad to seq and jft packs or buckets.
 CASES = [
-    ("MLM pretraining", "pretrain", 128, 256),
-    ("classification fine-tuning", "finetune", 128, 256),
-    ("MLM pretraining", "pretrain", 512, 32),
-    ("classification fine-tuning", "finetune", 128, 32),
+    ("MLM pretraining", "pretrain", 128, 256, 0),
+    ("classification fine-tuning", "finetune", 128, 256, 0),
+    ("MLM pretraining", "pretrain", 512, 32, 0),
+    ("classification fine-tuning", "finetune", 128, 32, 0),
+    ("short-text fine-tuning", "finetune", 128, 32, 25),
 ]
 IMPLEMENTATIONS = ("jft", "hf-torch-eager", "hf-torch-compile", "hf-flax")
+JFT_RUNS = {False: ("jft:shard_map", "jft:pmap"), True: ("jft:shard_map:packed", "jft:shard_map:bucketed")}
 MAX_PREDICTIONS = {128: 20, 512: 80}
+NOTES_HEADING = "## Notes"  # RESULTS.md from here on is written by hand and kept by each run
 
 
 def _size(smoke: bool) -> dict:
@@ -58,10 +63,15 @@ def _timed(step, warmup: int, windows: int, window_steps: int, sync) -> float:
     return float(np.median(seconds))
 
 
-def _random_batch(workload: str, seq: int, batch: int, vocab: int, predictions: int) -> dict:
+def _random_batch(workload: str, seq: int, batch: int, vocab: int, predictions: int, mean_length: int) -> dict:
+    """Random tokens: full rows, or (mean_length > 0) texts of jft.bench's lengths padded to seq."""
+    from jft.data.synthetic import sentence_lengths  # numpy only: no JAX in a PyTorch child
+
     rng = np.random.default_rng(0)
-    out = {"input_ids": rng.integers(1000 % vocab, vocab, (batch, seq)), "attention_mask": np.ones((batch, seq))}
-    out["token_type_ids"] = (np.arange(seq)[None] >= seq // 2).repeat(batch, 0)
+    lengths = sentence_lengths(rng, batch, mean_length, seq) if mean_length else np.full(batch, seq)
+    mask = np.arange(seq)[None] < lengths[:, None]
+    out = {"input_ids": rng.integers(1000 % vocab, vocab, (batch, seq)) * mask, "attention_mask": mask}
+    out["token_type_ids"] = (np.arange(seq)[None] >= seq // 2).repeat(batch, 0) * mask
     if workload == "pretrain":
         labels = np.full((batch, seq), -100)
         for row in range(batch):
@@ -73,7 +83,7 @@ def _random_batch(workload: str, seq: int, batch: int, vocab: int, predictions: 
     return {k: v.astype(np.int64) for k, v in out.items()}
 
 
-def child_jft(workload, seq, batch, size, smoke, backend) -> dict:
+def child_jft(workload, seq, batch, size, smoke, mean_length, backend, layout) -> dict:
     from jft import bench
     from jft.config import model_config
 
@@ -88,11 +98,16 @@ def child_jft(workload, seq, batch, size, smoke, backend) -> dict:
     )
     config.workloads, config.seq_len, config.batch_size, config.backend = workload, seq, batch, backend
     config.max_predictions = MAX_PREDICTIONS.get(seq, 5)
+    config.finetune.mean_length, config.finetune.layout = mean_length, layout or "padded"
     result = bench.run(config)["results"][0]
-    return {"step_seconds": result["step_ms"] / 1e3, "peak_memory_gib": result["peak_memory_gib"]}
+    return {
+        "step_seconds": result["step_ms"] / 1e3,
+        "examples_per_second": result["sequences_per_second"],
+        "peak_memory_gib": result["peak_memory_gib"],
+    }
 
 
-def child_torch(workload, seq, batch, size, smoke, compiled) -> dict:
+def child_torch(workload, seq, batch, size, smoke, mean_length, compiled) -> dict:
     import torch
     import transformers
 
@@ -101,7 +116,7 @@ def child_torch(workload, seq, batch, size, smoke, compiled) -> dict:
     cls = transformers.BertForPreTraining if workload == "pretrain" else transformers.BertForSequenceClassification
     model = cls._from_config(config, attn_implementation="sdpa").to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
-    data = _random_batch(workload, seq, batch, size["vocab_size"], MAX_PREDICTIONS.get(seq, 5))
+    data = _random_batch(workload, seq, batch, size["vocab_size"], MAX_PREDICTIONS.get(seq, 5), mean_length)
     inputs = {k: torch.tensor(v, device=device) for k, v in data.items()}
     forward = torch.compile(model) if compiled else model
 
@@ -117,10 +132,10 @@ def child_torch(workload, seq, batch, size, smoke, compiled) -> dict:
         torch.cuda.reset_peak_memory_stats()
     seconds = _timed(step, 3, 10, 5, sync)
     memory = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-    return {"step_seconds": seconds, "peak_memory_gib": memory}
+    return {"step_seconds": seconds, "examples_per_second": batch / seconds, "peak_memory_gib": memory}
 
 
-def child_flax(workload, seq, batch, size, smoke) -> dict:
+def child_flax(workload, seq, batch, size, smoke, mean_length) -> dict:
     import jax
     import jax.numpy as jnp
     import optax
@@ -132,7 +147,7 @@ def child_flax(workload, seq, batch, size, smoke) -> dict:
         model = transformers.FlaxBertForPreTraining(config, dtype=dtype, seed=0)
     else:
         model = transformers.FlaxBertForSequenceClassification(config, dtype=dtype, seed=0)
-    data = _random_batch(workload, seq, batch, size["vocab_size"], MAX_PREDICTIONS.get(seq, 5))
+    data = _random_batch(workload, seq, batch, size["vocab_size"], MAX_PREDICTIONS.get(seq, 5), mean_length)
     inputs = {k: jnp.asarray(data[k], jnp.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
     tx = optax.adamw(1e-4)
 
@@ -164,17 +179,18 @@ def child_flax(workload, seq, batch, size, smoke) -> dict:
 
     seconds = _timed(step, 3, 10, 5, lambda: jax.block_until_ready(state))
     stats = jax.devices()[0].memory_stats() or {}
-    return {"step_seconds": seconds, "peak_memory_gib": stats.get("peak_bytes_in_use", 0) / 2**30 or None}
+    memory = stats.get("peak_bytes_in_use", 0) / 2**30 or None
+    return {"step_seconds": seconds, "examples_per_second": batch / seconds, "peak_memory_gib": memory}
 
 
 def run_child(args) -> dict:
-    workload, seq, batch = args.workload, args.seq, args.batch
-    size = _size(args.smoke)
+    shape = (args.workload, args.seq, args.batch, _size(args.smoke), args.smoke, args.mean_length)
     if args.child.startswith("jft"):
-        return child_jft(workload, seq, batch, size, args.smoke, args.child.split(":")[1])
+        _, backend, *layout = args.child.split(":")
+        return child_jft(*shape, backend, layout[0] if layout else "")
     if args.child.startswith("hf-torch"):
-        return child_torch(workload, seq, batch, size, args.smoke, compiled=args.child == "hf-torch-compile")
-    return child_flax(workload, seq, batch, size, args.smoke)
+        return child_torch(*shape, compiled=args.child == "hf-torch-compile")
+    return child_flax(*shape)
 
 
 def _versions() -> dict:
@@ -205,22 +221,22 @@ def main() -> None:
     parser.add_argument("--workload", help=argparse.SUPPRESS)
     parser.add_argument("--seq", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--mean-length", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print("RESULT " + json.dumps(run_child(args)))
         return
 
     implementations = [i.strip() for i in args.implementations.split(",")]
-    runs = [impl for impl in implementations if impl != "jft"]
-    if "jft" in implementations:
-        runs = ["jft:shard_map", "jft:pmap", *runs]
+    peers = [impl for impl in implementations if impl != "jft"]
     rows = []
-    for name, workload, seq, batch in CASES:
+    for name, workload, seq, batch, mean_length in CASES:
         if args.smoke:
-            seq, batch = seq // 8, max(batch // 32, 2)
+            seq, batch, mean_length = seq // 8, max(batch // 32, 2), mean_length // 8
+        runs = [*(JFT_RUNS[bool(mean_length)] if "jft" in implementations else ()), *peers]
         for impl in runs:
-            command = [sys.executable, __file__, "--child", impl, "--workload", workload]
-            command += ["--seq", str(seq), "--batch", str(batch)] + (["--smoke"] if args.smoke else [])
+            command = [sys.executable, __file__, "--child", impl, "--workload", workload, "--seq", str(seq)]
+            command += ["--batch", str(batch), "--mean-length", str(mean_length)] + (["--smoke"] if args.smoke else [])
             done = subprocess.run(command, capture_output=True, text=True, env=os.environ)
             lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
             if done.returncode or not lines:
@@ -230,9 +246,19 @@ def main() -> None:
                 result = json.loads(lines[-1].removeprefix("RESULT "))
                 rows.append({"case": name, "seq": seq, "batch": batch, "impl": impl, **result})
             print(json.dumps(rows[-1]), flush=True)
+    notes = _notes_section(args.out)
     with open(args.out, "w") as f:
-        f.write(results_markdown(rows, _versions(), " ".join(sys.argv)))
+        f.write(results_markdown(rows, _versions(), " ".join(sys.argv)) + notes)
     print(f"wrote {args.out}")
+
+
+def _notes_section(path: str) -> str:
+    """The hand-kept notes of an existing RESULTS.md (from its NOTES_HEADING on), kept across runs."""
+    try:
+        text = open(path).read()
+    except FileNotFoundError:
+        return ""
+    return "\n" + text[text.index(NOTES_HEADING) :] if NOTES_HEADING in text else ""
 
 
 def results_markdown(rows: list[dict], versions: dict, command: str) -> str:
@@ -243,6 +269,9 @@ def results_markdown(rows: list[dict], versions: dict, command: str) -> str:
         f"- command: `{command}`",
         f"- device and driver: {versions.pop('gpu')}",
         f"- versions: {', '.join(f'{k} {v}' for k, v in versions.items())}",
+        "",
+        "Short-text fine-tuning: texts of mean length 25 tokens; the peers pad them to seq, jft packs",
+        "them (several a row) or buckets them (batches of similar lengths); its seq/s counts examples.",
         "",
         "| case | seq | batch | implementation | step ms | seq/s | × torch.compile | peak GiB |",
         "|---|---|---|---|---|---|---|---|",
@@ -255,11 +284,11 @@ def results_markdown(rows: list[dict], versions: dict, command: str) -> str:
             continue
         same = [r for r in rows if (r["case"], r["seq"], r["batch"]) == (row["case"], row["seq"], row["batch"])]
         reference = next((r for r in same if r["impl"] == "hf-torch-compile" and "error" not in r), None)
-        ratio = f"{reference['step_seconds'] / row['step_seconds']:.2f}" if reference else "—"
+        ratio = f"{row['examples_per_second'] / reference['examples_per_second']:.2f}" if reference else "—"
         memory = "—" if row["peak_memory_gib"] is None else f"{row['peak_memory_gib']:.1f}"
         lines.append(
             f"| {row['case']} | {row['seq']} | {row['batch']} | {row['impl']} | {1e3 * row['step_seconds']:.1f} | "
-            f"{row['batch'] / row['step_seconds']:,.0f} | {ratio} | {memory} |"
+            f"{row['examples_per_second']:,.0f} | {ratio} | {memory} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,146 @@
+"""What each of jft's speed choices is worth: the trainer's step with one choice switched, here.
+
+    python benchmarks/ablations.py --size mini --out /tmp/ablations.md      # CPU: float32, XLA attention
+    python benchmarks/ablations.py --size base --out $OUT/ablations.md      # GPU: bf16, cuDNN attention
+
+Every figure comes from jft.bench (the same steps, compile-ahead timing and XLA memory count as
+`jft bench`), one device (plain jit). The ablations, each against its group's first row:
+- MLM logits at the masked positions only (jft) against logits at every position, then gathered;
+- fine-tuning on texts of mean length 25: padded to seq, bucketed, packed;
+- remat none / dots / full (pretraining);
+- on a GPU: bf16 against float32 compute, cuDNN against XLA attention, shard_map against pmap;
+- the host's time to make and place one fine-tuning batch, which the prefetch thread hides.
+"""
+
+import argparse
+import time
+
+import jax
+import numpy as np
+
+from jft import bench
+from jft.config import bert_config, model_config
+from jft.data.synthetic import sentence_lengths
+from jft.data.tasks import Encoded, TaskBatches
+from jft.models import BertForPreTraining
+from jft.models.bert import gather_positions
+from jft.parallel import Runner
+
+
+class DenseLogitsBert(BertForPreTraining):
+    """BertForPreTraining computing MLM logits at every position, then keeping the masked ones:
+    what an implementation without sparse logits computes."""
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 masked_positions=None, deterministic=True):  # fmt: skip
+        out = super().__call__(input_ids, attention_mask, token_type_ids, position_ids, None, deterministic)
+        if masked_positions is None:  # init
+            return out
+        return {**out, "mlm_logits": gather_positions(out["mlm_logits"], masked_positions)}
+
+
+def _config(size: str, gpu: bool, batch: int, seq: int):
+    config = bench.default_config()
+    config.model = model_config(
+        size,
+        dtype="bfloat16" if gpu else "float32",
+        attention_impl="cudnn" if gpu else "xla",
+        attention_probs_dropout_prob=0.0,
+    )
+    config.batch_size, config.seq_len, config.backend = batch, seq, "jit"
+    config.windows, config.window_steps = (10, 5) if gpu else (3, 2)
+    return config
+
+
+def _measure(config, model=None) -> dict:
+    runner = Runner(config.backend)
+    cfg = bert_config(config.model)
+    if config.workloads == "pretrain":
+        return bench.pretrain_workload(config, cfg, runner, model(cfg) if model else None)
+    return bench.finetune_workload(config, cfg, runner)
+
+
+def _host_batch_ms(config, layout: str) -> float:
+    """Milliseconds to make one fine-tuning batch of short texts and put it on the device."""
+    rng = np.random.default_rng(0)
+    lengths = sentence_lengths(rng, 64 * config.batch_size, 25, config.seq_len)
+    data = Encoded([rng.integers(1000, 30000, n).astype(np.int32) for n in lengths],
+                   [np.zeros(n, np.int32) for n in lengths], rng.integers(0, 2, len(lengths)).tolist())  # fmt: skip
+    batches = TaskBatches(data, "classification", config.batch_size, layout=layout, max_len=config.seq_len)
+    runner = Runner("jit")
+    indices = batches.epoch_indices(0)
+    start = time.perf_counter()
+    for index in indices:
+        jax.block_until_ready(runner.put_batch(batches.batch(index)))
+    return 1e3 * (time.perf_counter() - start) / len(indices)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="mini", help="tiny, mini, base or large")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--out", default="")
+    args = parser.parse_args()
+    gpu = jax.default_backend() == "gpu"
+    rows = []
+
+    def add(ablation, variant, result, baseline=None):
+        ratio = baseline["step_ms"] / result["step_ms"] if baseline else 1.0
+        rows.append((ablation, variant, result, ratio))
+        print(ablation, variant, f"{result['step_ms']:.2f} ms", f"{ratio:.2f}x", flush=True)
+
+    pretrain = _config(args.size, gpu, args.batch, 128)
+    pretrain.workloads = "pretrain"
+    sparse = _measure(pretrain)
+    add("MLM logits", "at masked positions (jft)", sparse)
+    add("MLM logits", "at every position", _measure(pretrain, lambda cfg: DenseLogitsBert(cfg)), sparse)
+    for remat in ("dots", "full"):
+        pretrain.model.remat = remat
+        add("remat", remat, _measure(pretrain), sparse)
+    pretrain.model.remat = "none"
+
+    short = _config(args.size, gpu, args.batch, 128)
+    short.workloads, short.finetune.mean_length, short.finetune.batches = "finetune", 25, 8
+    results = {}
+    for layout in ("padded", "bucketed", "packed"):
+        short.finetune.layout = layout
+        results[layout] = _measure(short)
+        add("short texts (mean 25)", layout, results[layout], results["padded"])
+
+    if gpu:
+        add("precision, attention", "bf16, cuDNN (jft)", sparse)
+        pretrain.model.attention_impl = "xla"
+        add("precision, attention", "bf16, XLA", _measure(pretrain), sparse)
+        pretrain.model.dtype = "float32"
+        add("precision, attention", "float32, XLA", _measure(pretrain), sparse)
+        pretrain.model.dtype, pretrain.model.attention_impl = "bfloat16", "cudnn"
+        pretrain.backend = "shard_map"
+        shard_map = _measure(pretrain)
+        add("backend", "shard_map", shard_map)
+        pretrain.backend = "pmap"
+        add("backend", "pmap", _measure(pretrain), shard_map)
+
+    lines = [
+        f"{jax.devices()[0].device_kind}, jax {jax.__version__}, {args.size}, batch {args.batch}, seq 128, "
+        f"{time.strftime('%Y-%m-%d')}",
+        "",
+        "| ablation | variant | step ms | seq/s | XLA GiB | speed × the group's first row |",
+        "|---|---|---|---|---|---|",
+    ]
+    for ablation, variant, result, ratio in rows:
+        memory = "—" if result["xla_memory_gib"] is None else f"{result['xla_memory_gib']:.3f}"
+        lines.append(
+            f"| {ablation} | {variant} | {result['step_ms']:.2f} | {result['sequences_per_second']:,.0f} | "
+            f"{memory} | {ratio:.2f}× |"
+        )
+    for layout in ("bucketed", "packed"):
+        lines.append(f"\nhost time to make and place one {layout} batch: {_host_batch_ms(short, layout):.2f} ms")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Every GPU measurement jft reports, run in the background on the device machine (one H100/H200;
+# 10 minutes a call, 30 a session), in order of need: the cuDNN attention check, the peers
+# (benchmarks/RESULTS.md), BERT-large, the ablations.
+#
+#   here, once:  bash benchmarks/gpu_session.sh wheels     # what that machine lacks, into .whl/
+#   there:       bash benchmarks/gpu_session.sh start      # carry .whl; installs, starts the jobs, waits
+#                bash benchmarks/gpu_session.sh wait       # again, back to back, until "all done"
+#
+# Results land in $OUT (RESULTS.md, gpu_checks.json, large.md, ablations.md, log.txt).
+# SMOKE=1 runs tiny shapes, to check this script on any machine.
+set -u
+mode=${1:?"wheels, start or wait"}
+work=/tmp/jft-gpu
+smoke=${SMOKE:+--smoke}
+# sizes, and for a smoke run on a CPU: float32 and XLA attention, tiny shapes
+base=base large=large shrink=1 cpu=()
+if [ -n "$smoke" ]; then
+    base=tiny large=tiny shrink=8 cpu=(--config.model.dtype=float32 --config.model.attention_impl=xla)
+fi
+
+jobs() {
+    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+    [ -z "$smoke" ] && python3 benchmarks/gpu_checks.py --out $work/gpu_checks.json
+    python3 benchmarks/peers.py --out benchmarks/RESULTS.md $smoke && cp benchmarks/RESULTS.md $work/
+    # BERT-large: the largest batch of these that fits, at each length.
+    for seq_batches in "128 512 256 128" "512 128 64 32"; do
+        set -- $seq_batches
+        seq=$(($1 / shrink))
+        shift
+        for batch in "$@"; do
+            batch=$((batch / shrink / shrink))
+            if python3 -m jft.cli bench --config configs/bench.py:$large --config.seq_len=$seq \
+                --config.batch_size=$batch "${cpu[@]}" --out $work/large-$seq-$batch.json >> $work/large.md; then
+                break
+            fi
+            echo "BERT-large seq $seq batch $batch did not run (out of memory?)" >> $work/large.md
+        done
+    done
+    python3 benchmarks/ablations.py --size $base --out $work/ablations.md
+    touch $work/done
+}
+
+case $mode in
+wheels)
+    grep -qx '/.whl/' .git/info/exclude || echo /.whl/ >> .git/info/exclude
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+        transformers==4.57.6 tokenizers==0.22.1 huggingface_hub==0.36.0 ml_collections==1.1.0 tensorboardX==2.6.4
+    ;;
+start)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl ||
+        exit 1
+    rm -rf $work && mkdir -p $work
+    (setsid nohup bash benchmarks/gpu_session.sh jobs > $work/log.txt 2>&1 < /dev/null &)
+    bash benchmarks/gpu_session.sh wait
+    ;;
+jobs)
+    jobs
+    ;;
+wait)
+    for _ in $(seq 110); do
+        [ -e $work/done ] && break
+        sleep 5
+    done
+    cp $work/*.md $work/gpu_checks.json $work/log.txt "${OUT:-/tmp}/" 2> /dev/null
+    tail -n 5 $work/log.txt
+    if [ -e $work/done ]; then echo "all done"; else echo "still running: call wait again"; fi
+    ;;
+*)
+    echo "unknown mode $mode: wheels, start or wait" >&2
+    exit 2
+    ;;
+esac
