@@ -229,6 +229,7 @@ def main() -> None:
 
     implementations = [i.strip() for i in args.implementations.split(",")]
     peers = [impl for impl in implementations if impl != "jft"]
+    notes, versions = _notes_section(args.out), _versions()
     rows = []
     for name, workload, seq, batch, mean_length in CASES:
         if args.smoke:
@@ -246,9 +247,8 @@ def main() -> None:
                 result = json.loads(lines[-1].removeprefix("RESULT "))
                 rows.append({"case": name, "seq": seq, "batch": batch, "impl": impl, **result})
             print(json.dumps(rows[-1]), flush=True)
-    notes = _notes_section(args.out)
-    with open(args.out, "w") as f:
-        f.write(results_markdown(rows, _versions(), " ".join(sys.argv)) + notes)
+            with open(args.out, "w") as f:  # after every row: a run cut short keeps what it measured
+                f.write(results_markdown(rows, versions, " ".join(sys.argv)) + notes)
     print(f"wrote {args.out}")
 
 
@@ -267,8 +267,8 @@ def results_markdown(rows: list[dict], versions: dict, command: str) -> str:
         "# jft against its peers",
         "",
         f"- command: `{command}`",
-        f"- device and driver: {versions.pop('gpu')}",
-        f"- versions: {', '.join(f'{k} {v}' for k, v in versions.items())}",
+        f"- device and driver: {versions['gpu']}",
+        f"- versions: {', '.join(f'{k} {v}' for k, v in versions.items() if k != 'gpu')}",
         "",
         "Short-text fine-tuning: texts of mean length 25 tokens; the peers pad them to seq, jft packs",
         "them (several a row) or buckets them (batches of similar lengths); its seq/s counts examples.",
