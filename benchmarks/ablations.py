@@ -16,12 +16,10 @@ import argparse
 import time
 
 import jax
-import numpy as np
 
 from jft import bench
 from jft.config import bert_config, model_config
-from jft.data.synthetic import sentence_lengths
-from jft.data.tasks import Encoded, TaskBatches
+from jft.data.tasks import TaskBatches
 from jft.models import BertForPreTraining
 from jft.models.bert import gather_positions
 from jft.parallel import Runner
@@ -61,11 +59,8 @@ def _measure(config, model=None) -> dict:
 
 
 def _host_batch_ms(config, layout: str) -> float:
-    """Milliseconds to make one fine-tuning batch of short texts and put it on the device."""
-    rng = np.random.default_rng(0)
-    lengths = sentence_lengths(rng, 64 * config.batch_size, 25, config.seq_len)
-    data = Encoded([rng.integers(1000, 30000, n).astype(np.int32) for n in lengths],
-                   [np.zeros(n, np.int32) for n in lengths], rng.integers(0, 2, len(lengths)).tolist())  # fmt: skip
+    """Milliseconds to make one fine-tuning batch of config's texts and put it on the device."""
+    data = bench.task_data(config, bert_config(config.model))
     batches = TaskBatches(data, "classification", config.batch_size, layout=layout, max_len=config.seq_len)
     runner = Runner("jit")
     indices = batches.epoch_indices(0)

@@ -162,7 +162,7 @@ def finetune_workload(config: ConfigDict, cfg: BertConfig, runner: Runner) -> di
     step = runner.compile(functools.partial(finetune_step, setup=setup))
     state = runner.put_replicated(create_finetune_state(params, tx))
 
-    data = _task_data(config, cfg)
+    data = task_data(config, cfg)
     batches = TaskBatches(
         data,
         "classification",
@@ -187,7 +187,7 @@ def finetune_workload(config: ConfigDict, cfg: BertConfig, runner: Runner) -> di
     return _report("finetune", config, timing, examples, tokens, flops, shape)
 
 
-def _task_data(config: ConfigDict, cfg: BertConfig) -> Encoded:
+def task_data(config: ConfigDict, cfg: BertConfig) -> Encoded:
     """Random classification examples: all seq_len long, or with lengths of mean finetune.mean_length."""
     f, seq = config.finetune, config.seq_len
     rng = np.random.default_rng(config.seed)

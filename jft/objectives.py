@@ -27,6 +27,15 @@ def squared_error(predictions: jax.Array, targets: jax.Array, weights: jax.Array
     return {"loss_sum": (errors * weights).sum(), "count": weights.sum()}
 
 
+def means(sums: dict) -> dict:
+    """Mean loss (and accuracy, where there are hits) of the sums above: {loss[, accuracy]}."""
+    count = jnp.maximum(sums["count"], 1)
+    out = {"loss": sums["loss_sum"] / count}
+    if "correct" in sums:
+        out["accuracy"] = sums["correct"] / count
+    return out
+
+
 def l2_penalty(params, reference, mask) -> jax.Array:
     """Σ ‖θ − θ_ref‖² over the leaves where mask is True; reference None means θ_ref = 0.
 

@@ -32,6 +32,7 @@ from jft.errors import JftError
 from jft.masking import MaskingConfig
 from jft.metric_writer import MetricWriter
 from jft.models import BertForPreTraining, init_params
+from jft.objectives import means
 from jft.optim import make_optimizer
 from jft.parallel import Runner, initialize_distributed
 from jft.params import merge
@@ -294,11 +295,11 @@ def _evaluator(config: ConfigDict, data_dir: Path, runner: Runner, eval_step):
         for index in range(num_batches):
             sums = runner.get(eval_step(params, runner.put_batch(loader.batch(index)), eval_key))
             totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
-        metrics = {"mlm_loss": float(totals["mlm"]["loss_sum"] / totals["mlm"]["count"])}
-        metrics["mlm_accuracy"] = float(totals["mlm"]["correct"] / totals["mlm"]["count"])
+        mlm = means(totals["mlm"])
+        metrics = {"mlm_loss": float(mlm["loss"]), "mlm_accuracy": float(mlm["accuracy"])}
         metrics["perplexity"] = float(np.exp(metrics["mlm_loss"]))
         if "nsp" in totals:
-            metrics["nsp_accuracy"] = float(totals["nsp"]["correct"] / totals["nsp"]["count"])
+            metrics["nsp_accuracy"] = float(means(totals["nsp"])["accuracy"])
         return metrics
 
     return evaluate

@@ -16,7 +16,7 @@ import optax
 
 from jft.masking import MaskingConfig, mask_batch
 from jft.models import BertForPreTraining
-from jft.objectives import l2_penalty, squared_error, weighted_cross_entropy
+from jft.objectives import l2_penalty, means, squared_error, weighted_cross_entropy
 
 AXIS = "batch"
 
@@ -95,13 +95,9 @@ def _pretraining_stats(setup: PretrainSetup, params, inputs: dict, dropout_key) 
 
 
 def _summarise(stats: dict) -> dict:
-    metrics = {"mlm_loss": stats["mlm"]["loss_sum"] / jnp.maximum(stats["mlm"]["count"], 1)}
-    metrics["mlm_accuracy"] = stats["mlm"]["correct"] / jnp.maximum(stats["mlm"]["count"], 1)
-    metrics["loss"] = metrics["mlm_loss"]
-    if "nsp" in stats:
-        metrics["nsp_loss"] = stats["nsp"]["loss_sum"] / jnp.maximum(stats["nsp"]["count"], 1)
-        metrics["nsp_accuracy"] = stats["nsp"]["correct"] / jnp.maximum(stats["nsp"]["count"], 1)
-        metrics["loss"] = metrics["loss"] + metrics["nsp_loss"]
+    """mlm_loss, mlm_accuracy (nsp_loss, nsp_accuracy) and their total loss, from the sums."""
+    metrics = {f"{name}_{k}": v for name, sums in stats.items() for k, v in means(sums).items()}
+    metrics["loss"] = sum(metrics[f"{name}_loss"] for name in stats)
     return metrics
 
 
@@ -260,20 +256,19 @@ def finetune_step(
     grads = _pmean(grads, axis_name)
     stats = _psum(stats, axis_name)
     new_state, grad_norm = _apply_gradients(setup.tx, state, grads)
-    task_loss = stats["task"]["loss_sum"] / jnp.maximum(stats["task"]["count"], 1)
+    task = means(stats["task"])
     metrics = {
-        "loss": task_loss + penalty,
-        "task_loss": task_loss,
+        "loss": task["loss"] + penalty,
+        "task_loss": task["loss"],
         "l2_penalty": jnp.asarray(penalty, jnp.float32),
         "learning_rate": setup.schedule(state.step - state.skipped),  # skipped steps do not advance optax
         "grad_norm": grad_norm,
         "skipped_updates": new_state.skipped,
     }
-    if "correct" in stats["task"]:
-        metrics["accuracy"] = stats["task"]["correct"] / jnp.maximum(stats["task"]["count"], 1)
+    if "accuracy" in task:
+        metrics["accuracy"] = task["accuracy"]
     if "mlm" in stats:
-        metrics["mlm_loss"] = stats["mlm"]["loss_sum"] / jnp.maximum(stats["mlm"]["count"], 1)
-        metrics["mlm_accuracy"] = stats["mlm"]["correct"] / jnp.maximum(stats["mlm"]["count"], 1)
+        metrics.update({f"mlm_{k}": v for k, v in means(stats["mlm"]).items()})
         metrics["loss"] = metrics["loss"] + setup.mlm_weight * metrics["mlm_loss"]
     return new_state, metrics
 

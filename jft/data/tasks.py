@@ -204,11 +204,11 @@ class TaskBatches:
             raise JftError(f"data layout '{self.layout}' is not one of {LAYOUTS}.")
         if self.layout in ("padded", "packed") and not self.max_len:
             raise JftError(f"the {self.layout} layout needs max_len (the task's seq_len).")
+        self.lengths = np.array([len(ids) for ids in self.data.input_ids])
         self.rows = self.batch_size
         if self.layout == "packed":
             order = np.random.default_rng([self.seed, 0]).permutation(len(self.data))
-            lengths = np.array([len(ids) for ids in self.data.input_ids])
-            self.packed_rows = pack(lengths, order, self.max_len, self.max_segments)
+            self.packed_rows = pack(self.lengths, order, self.max_len, self.max_segments)
             per_row = len(self.data) / len(self.packed_rows)
             rows = -(-self.batch_size // per_row)
             self.rows = int(-(-rows // self.row_multiple) * self.row_multiple)
@@ -240,11 +240,8 @@ class TaskBatches:
             return [rows[i : i + self.rows] for i in range(0, len(rows), self.rows)]
         order = rng.permutation(len(self.data)) if self.shuffle else np.arange(len(self.data))
         if self.layout == "bucketed":
-            lengths = np.array([len(ids) for ids in self.data.input_ids])
-            chunk = self.batch_size * 64
-            order = np.concatenate(
-                [c[np.argsort(lengths[c], kind="stable")] for c in np.split(order, range(chunk, len(order), chunk))]
-            )
+            chunks = np.split(order, range(self.batch_size * 64, len(order), self.batch_size * 64))
+            order = np.concatenate([c[np.argsort(self.lengths[c], kind="stable")] for c in chunks])
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.shuffle and self.layout == "bucketed":
             batches = [batches[i] for i in rng.permutation(len(batches))]
@@ -257,7 +254,7 @@ class TaskBatches:
         if self.layout == "padded":
             width = self.max_len
         else:
-            longest = max(len(self.data.input_ids[i]) for i in indices)
+            longest = int(self.lengths[indices].max())
             width = -(-longest // self.pad_multiple) * self.pad_multiple
             width = max(min(width, self.max_len), longest) if self.max_len else width
         out = self._empty(self.rows, width, slots=0)
