@@ -21,7 +21,7 @@ from ml_collections import ConfigDict
 from jft import finetune, pretrain
 from jft.config import bert_config, model_config
 from jft.data.synthetic import sentence_lengths
-from jft.data.tasks import LAYOUTS, Encoded, TaskBatches
+from jft.data.tasks import LAYOUTS, Encoded, TaskBatches, step_inputs
 from jft.errors import JftError
 from jft.masking import MaskingConfig
 from jft.models import BertConfig, BertForPreTraining, BertForSequenceClassification, init_params
@@ -173,14 +173,13 @@ def finetune_workload(config: ConfigDict, cfg: BertConfig, runner: Runner) -> di
         max_segments=f.max_segments,
         row_multiple=runner.batch_multiple(),
     )
-    host_batches = [batches.batch(indices) for indices in batches.epoch_indices(0)]
-    examples = [int((b["example_ids"] >= 0).sum()) for b in host_batches]
+    examples, host_batches = zip(*(step_inputs(batches.batch(indices)) for indices in batches.epoch_indices(0)))
     tokens = [int(b["attention_mask"].sum()) for b in host_batches]
     pooled = f.max_segments if f.layout == "packed" else 1
     flops = [
         model_flops(cfg, *b["input_ids"].shape, num_labels=f.num_labels, pooled_per_row=pooled) for b in host_batches
     ]
-    device_batches = [runner.put_batch({k: v for k, v in b.items() if k != "example_ids"}) for b in host_batches]
+    device_batches = [runner.put_batch(b) for b in host_batches]
     timing = time_steps(config, runner, step, state, device_batches)
     lengths = "full rows" if not f.mean_length else f"mean length {np.mean([len(x) for x in data.input_ids]):.1f}"
     shape = f"seq {seq}, {lengths}, {f.layout}" + (f", {batches.rows} rows" if f.layout == "packed" else "")

@@ -29,7 +29,16 @@ from jft import hf, metrics
 from jft.checkpoint import Checkpoints, StopRequest, check_same_model, restore_latest
 from jft.config import model_config
 from jft.data.loader import prefetch
-from jft.data.tasks import IGNORE, LAYOUTS, Columns, TaskBatches, encode, label_vocabulary, read_records
+from jft.data.tasks import (
+    IGNORE,
+    LAYOUTS,
+    Columns,
+    TaskBatches,
+    encode,
+    label_vocabulary,
+    read_records,
+    step_inputs,
+)
 from jft.data.tokenizer import load_tokenizer, special_ids
 from jft.errors import JftError
 from jft.masking import MaskingConfig
@@ -266,17 +275,21 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
     eval_every = config.eval_every or len(batches)
     last: dict[str, float] = {"step": start}
     bar = tqdm(total=total_steps, initial=start, desc="fine-tuning", unit=" steps", disable=not config.progress)
-    mark = (time.perf_counter(), start)
-    device_batches = prefetch((runner.put_batch(batch) for batch in batches.stream(start)), ahead=2)
+    mark, examples_seen = time.perf_counter(), 0
+    device_batches = prefetch(
+        ((n, runner.put_batch(batch)) for n, batch in map(step_inputs, batches.stream(start))), ahead=2
+    )
     with StopRequest() as stop:
         for step in range(start + 1, total_steps + 1):
-            state, step_metrics = train_step(state, next(device_batches), rng)
+            examples, batch = next(device_batches)
+            state, step_metrics = train_step(state, batch, rng)
+            examples_seen += examples
             stopping = stop.agreed(step % config.log_every == 0)
             if step % config.log_every == 0 or step == total_steps:
                 step_metrics = {k: float(v) for k, v in runner.get(step_metrics).items()}  # host sync, log steps only
                 now = time.perf_counter()
-                step_metrics["examples_per_second"] = (step - mark[1]) * config.batch_size / (now - mark[0])
-                mark = (now, step)
+                step_metrics["examples_per_second"] = examples_seen / (now - mark)
+                mark, examples_seen = now, 0
                 writer.write(step, "train", step_metrics)
                 bar.set_postfix(loss=f"{step_metrics['loss']:.3f}")
                 last.update({f"train_{k}": v for k, v in step_metrics.items()})

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from conftest import TINY_MODEL
-from jft.data.tasks import IGNORE, Encoded, TaskBatches, pack
+from jft.data.tasks import IGNORE, Encoded, TaskBatches, pack, step_inputs
 from jft.errors import JftError
 from jft.models import BertConfig, BertForSequenceClassification, BertForTokenClassification, init_params
 from jft.optim import weight_decay_mask
@@ -56,7 +56,9 @@ def test_packed_batches_hold_each_example_intact_once_an_epoch():
     epoch_examples = []
     for batch in batches.epoch(0):
         assert batch["input_ids"].shape == (batches.rows, 32) and batch["labels"].shape == (batches.rows, 16)
-        epoch_examples.append(int((batch["example_ids"] >= 0).sum()))
+        examples, inputs = step_inputs(batch)  # what the step gets and its examples/s counts
+        assert "example_ids" not in inputs and set(inputs) | {"example_ids"} == set(batch)
+        epoch_examples.append(examples)
         for row, slot in zip(*np.nonzero(batch["example_ids"] >= 0)):
             example = batch["example_ids"][row, slot]
             start, n = batch["cls_positions"][row, slot], len(data.input_ids[example])
@@ -70,7 +72,7 @@ def test_packed_batches_hold_each_example_intact_once_an_epoch():
         # Tokens outside every example are padding: segment 0, mask 0.
         assert ((batch["segment_ids"] > 0) == (batch["attention_mask"] == 1)).all()
         assert (batch["weights"] == (batch["example_ids"] >= 0)).all()
-    assert sorted(seen) == list(range(len(data)))
+    assert sorted(seen) == list(range(len(data))) and sum(epoch_examples) == len(data)
     assert np.mean(epoch_examples) >= 16 * (len(batches) - 1) / len(batches)  # batch_size examples a step on average
     # A function of (seed, epoch): the same again, the rows shuffled in another epoch.
     again = [b["example_ids"] for b in TaskBatches(data, "classification", 16, 3, layout="packed", max_len=32).epoch(0)]

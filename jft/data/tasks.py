@@ -316,6 +316,13 @@ class TaskBatches:
         return start + n
 
 
+def step_inputs(batch: dict[str, np.ndarray]) -> tuple[int, dict[str, np.ndarray]]:
+    """(how many examples the batch holds, the batch without example_ids): what a training step
+    takes, and what its examples/s counts. example_ids serve the host alone (evaluation's order)."""
+    examples = int((batch["example_ids"] >= 0).sum())
+    return examples, {name: array for name, array in batch.items() if name != "example_ids"}
+
+
 def pack(lengths: np.ndarray, order: np.ndarray, width: int, max_segments: int) -> list[np.ndarray]:
     """Rows of example indices, each row's lengths summing to at most `width`, at most max_segments
     a row: best fit decreasing (longest first, ties in `order`; each into the fullest row it fits)."""
