@@ -3,6 +3,8 @@ loss on the task's text, the optional joint objective), then
 `evaluate`, `predict` and `export` from the workdir it leaves.
 
 Order of a (re)start:
+0. start jax.distributed when the config asks for several processes (each reads all the task data
+   and makes the same global batches, and puts its share of the rows on its devices);
 1. read the task data; the label set comes from the training data (saved in <workdir>/task.json);
 2. build the model: sizes from init_from's checkpoint (a jft pretraining workdir or a Hugging Face
    directory; its NSP head dropped, its MLM head kept only for the joint objective, the task
@@ -46,7 +48,7 @@ from jft.metric_writer import MetricWriter
 from jft.models import BertConfig, BertForSequenceClassification, BertForTokenClassification, init_params
 from jft.models.config import ARCHITECTURE_FIELDS
 from jft.optim import make_optimizer, weight_decay_mask
-from jft.parallel import Runner
+from jft.parallel import Runner, initialize_distributed, parallel_config
 from jft.params import flatten, merge, unflatten
 from jft.steps import FinetuneSetup, create_finetune_state, finetune_step, predict_step
 
@@ -104,7 +106,7 @@ def default_config() -> ConfigDict:
     config.eval_every = 0  # steps; 0: at the end of each epoch
     config.best_metric = ""  # empty: accuracy, pearson or entity_f1 by task
     config.log_every = 50
-    config.parallel = ConfigDict(dict(backend="shard_map"))
+    config.parallel = parallel_config()
     config.progress = True
     return config
 
@@ -177,6 +179,9 @@ def build_model(model_cfg: BertConfig, task: Task, mlm: bool = False):
 def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, float]:
     """Fine-tunes per config in workdir (resuming if it holds a checkpoint); returns the last metrics."""
     workdir = Path(workdir)
+    p = config.parallel
+    initialize_distributed(p.coordinator_address, p.num_processes, p.process_id)
+    main_process = jax.process_index() == 0  # prints and writes the workdir's own files
     if config.l2.reference not in REFERENCES:
         raise JftError(f"l2.reference '{config.l2.reference}' is not one of {REFERENCES}.")
     if config.data.layout not in LAYOUTS:
@@ -218,7 +223,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
     reference = None
     if loaded is not None:
         params, report = merge(params, loaded)
-        print(f"init from {config.init_from}: {report.summary()}", flush=True)
+        if main_process:
+            print(f"init from {config.init_from}: {report.summary()}", flush=True)
         if config.l2.reference == "init":
             flat = flatten(params)
             reference = unflatten({path: flat[path] for path in report.loaded})
@@ -235,7 +241,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
         max_segments=config.data.max_segments,
         row_multiple=runner.batch_multiple(),
     )
-    if config.data.layout == "packed":
+    if config.data.layout == "packed" and main_process:
         print(
             f"packed {len(train_data)} examples into {len(batches.packed_rows)} rows of {task.seq_len} tokens; "
             f"{batches.rows} rows a step",
@@ -251,9 +257,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
     train_step = runner.compile(functools.partial(finetune_step, setup=setup))
     predict = runner.compile_rows(functools.partial(predict_step, setup=setup))
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "task.json").write_text(json.dumps(task.to_json(), indent=2) + "\n")
-    tokenizer.save(str(workdir / "tokenizer.json"))
+    if main_process:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "task.json").write_text(json.dumps(task.to_json(), indent=2) + "\n")
+        tokenizer.save(str(workdir / "tokenizer.json"))
     checkpoints = Checkpoints(workdir, every_steps=max(len(batches), 1), keep=1)
     best = Checkpoints(workdir / "best", every_steps=1, keep=1, asynchronous=False)
     host_state = {"train": jax.tree.map(np.asarray, create_finetune_state(params, tx)), "rng": np.asarray(rng)}
@@ -274,10 +281,16 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
     writer = MetricWriter(workdir)
     eval_every = config.eval_every or len(batches)
     last: dict[str, float] = {"step": start}
-    bar = tqdm(total=total_steps, initial=start, desc="fine-tuning", unit=" steps", disable=not config.progress)
+    bar = tqdm(
+        total=total_steps,
+        initial=start,
+        desc="fine-tuning",
+        unit=" steps",
+        disable=not config.progress or not main_process,
+    )
     mark, examples_seen = time.perf_counter(), 0
     device_batches = prefetch(
-        ((n, runner.put_batch(batch)) for n, batch in map(step_inputs, batches.stream(start))), ahead=2
+        ((n, runner.put_global_batch(batch)) for n, batch in map(step_inputs, batches.stream(start))), ahead=2
     )
     with StopRequest() as stop:
         for step in range(start + 1, total_steps + 1):
@@ -358,7 +371,7 @@ def _predict_all(runner: Runner, predict, params, data, task: Task, batch_size: 
     logits, labels = [None] * len(data), [None] * len(data)
     no_key = runner.put_replicated(jax.random.PRNGKey(0))
     for batch in batches.epoch(0):
-        out = runner.get_rows(predict(params, runner.put_batch(batch), no_key))
+        out = runner.get_rows(predict(params, runner.put_global_batch(step_inputs(batch)[1]), no_key))
         for row, example in enumerate(batch["example_ids"]):
             if example >= 0:
                 n = len(data.input_ids[example])

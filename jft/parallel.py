@@ -21,11 +21,18 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from ml_collections import ConfigDict
 
 from jft.errors import JftError
 from jft.steps import AXIS
 
 BACKENDS = ("shard_map", "pmap", "jit")
+
+
+def parallel_config() -> ConfigDict:
+    """The `parallel` keys of the training configs: the backend, and jax.distributed's settings
+    for a run over several processes (hosts), each started with its own process_id."""
+    return ConfigDict(dict(backend="shard_map", coordinator_address="", num_processes=1, process_id=0))
 
 
 def initialize_distributed(coordinator_address: str, num_processes: int, process_id: int) -> None:
@@ -129,6 +136,14 @@ class Runner:
             return {k: jax.device_put(v.reshape(n, -1, *v.shape[1:]), sharding) for k, v in local_batch.items()}
         sharding = NamedSharding(self.mesh, P(AXIS))
         return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+    def put_global_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """A global batch that every process made alike to the devices: each process puts its own
+        contiguous share of the rows (the rows divide over the processes, see batch_multiple)."""
+        count = jax.process_count()
+        if count > 1:
+            batch = {name: np.split(array, count)[jax.process_index()] for name, array in batch.items()}
+        return self.put_batch(batch)
 
     def get(self, tree: Any) -> Any:
         """One copy of replicated device values, as host NumPy arrays (a device-to-host sync)."""

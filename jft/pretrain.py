@@ -34,7 +34,7 @@ from jft.metric_writer import MetricWriter
 from jft.models import BertForPreTraining, init_params
 from jft.objectives import means
 from jft.optim import make_optimizer
-from jft.parallel import Runner, initialize_distributed
+from jft.parallel import Runner, initialize_distributed, parallel_config
 from jft.params import merge
 from jft.steps import PretrainSetup, create_state, pretrain_eval_step, pretrain_step
 
@@ -76,7 +76,7 @@ def default_config() -> ConfigDict:
     config.accum_steps = 1
     config.total_steps = 1000
     config.seed = 0
-    config.parallel = ConfigDict(dict(backend="shard_map", coordinator_address="", num_processes=1, process_id=0))
+    config.parallel = parallel_config()
     config.log_every = 50
     config.eval_every = 500
     config.eval_batches = 10
