@@ -19,13 +19,11 @@ Order of a (re)start:
 import dataclasses
 import functools
 import json
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
 from ml_collections import ConfigDict
-from tqdm import tqdm
 
 from jft import hf, metrics
 from jft.checkpoint import Checkpoints, StopRequest, check_same_model, restore_latest
@@ -44,13 +42,13 @@ from jft.data.tasks import (
 from jft.data.tokenizer import load_tokenizer, special_ids
 from jft.errors import JftError
 from jft.masking import MaskingConfig
-from jft.metric_writer import MetricWriter
 from jft.models import BertConfig, BertForSequenceClassification, BertForTokenClassification, init_params
 from jft.models.config import ARCHITECTURE_FIELDS
 from jft.optim import make_optimizer, weight_decay_mask
 from jft.parallel import Runner, initialize_distributed, parallel_config
 from jft.params import flatten, merge, unflatten
 from jft.steps import FinetuneSetup, create_finetune_state, finetune_step, predict_step
+from jft.training_log import TrainingLog
 
 REFERENCES = ("zero", "init")
 
@@ -278,17 +276,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
     rng = runner.put_replicated(host_state["rng"])
     start = int(host_state["train"].step)
 
-    writer = MetricWriter(workdir)
     eval_every = config.eval_every or len(batches)
-    last: dict[str, float] = {"step": start}
-    bar = tqdm(
-        total=total_steps,
-        initial=start,
-        desc="fine-tuning",
-        unit=" steps",
-        disable=not config.progress or not main_process,
-    )
-    mark, examples_seen = time.perf_counter(), 0
+    log = TrainingLog(workdir, total_steps, start, "fine-tuning", "examples", config.progress)
     device_batches = prefetch(
         ((n, runner.put_global_batch(batch)) for n, batch in map(step_inputs, batches.stream(start))), ahead=2
     )
@@ -296,42 +285,32 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
         for step in range(start + 1, total_steps + 1):
             examples, batch = next(device_batches)
             state, step_metrics = train_step(state, batch, rng)
-            examples_seen += examples
+            log.step(step, examples)
             stopping = stop.agreed(step % config.log_every == 0)
-            if step % config.log_every == 0 or step == total_steps:
-                step_metrics = {k: float(v) for k, v in runner.get(step_metrics).items()}  # host sync, log steps only
-                now = time.perf_counter()
-                step_metrics["examples_per_second"] = examples_seen / (now - mark)
-                mark, examples_seen = now, 0
-                writer.write(step, "train", step_metrics)
-                bar.set_postfix(loss=f"{step_metrics['loss']:.3f}")
-                last.update({f"train_{k}": v for k, v in step_metrics.items()})
+            if step % config.log_every == 0 or step == total_steps or stopping:
+                log.train(step, {k: float(v) for k, v in runner.get(step_metrics).items()})  # host sync, log steps only
             if eval_data is not None and (step % eval_every == 0 or step == total_steps):
                 scores = evaluate_data(runner, predict, state.params, eval_data, task, config.batch_size)
-                writer.write(step, "eval", scores)
-                last.update({f"eval_{k}": v for k, v in scores.items()})
+                log.write(step, "eval", scores)
                 if scores[best_metric] > best_value:
                     best_value = scores[best_metric]
                     best.save(
                         step, {"params": _task_params(runner, state)}, {**run_meta, best_metric: best_value}, force=True
                     )
-            bar.update(1)
-            last["step"] = step
             if step == total_steps or stopping or step % len(batches) == 0:
                 saved = {"train": runner.get(state.replace(reference=None)), "rng": host_state["rng"]}
                 checkpoints.save(step, saved, {**run_meta, "best_value": float(best_value)}, force=True)
             if stopping:
-                bar.write(f"stopped at step {step}; saved a checkpoint; run the same command to resume")
+                log.stopped(step)
                 break
-    if eval_data is None and last["step"] == total_steps:  # no evaluation data: the last weights count as best
+    if eval_data is None and log.last["step"] == total_steps:  # no evaluation data: the last weights count as best
         best.save(total_steps, {"params": _task_params(runner, state)}, run_meta, force=True)
     device_batches.close()  # stops the prefetching thread
     for manager in (checkpoints, best):
         manager.wait()
         manager.close()
-    writer.close()
-    bar.close()
-    return last
+    log.close()
+    return log.last
 
 
 def _task_params(runner: Runner, state) -> dict:

@@ -14,13 +14,11 @@ import dataclasses
 import functools
 import json
 import math
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
 from ml_collections import ConfigDict
-from tqdm import tqdm
 
 from jft.checkpoint import Checkpoints, StopRequest, check_same_model, restore_latest
 from jft.config import bert_config, model_config
@@ -30,13 +28,13 @@ from jft.data.prepare import prepare
 from jft.data.tokenizer import train_vocab
 from jft.errors import JftError
 from jft.masking import MaskingConfig
-from jft.metric_writer import MetricWriter
 from jft.models import BertForPreTraining, init_params
 from jft.objectives import means
 from jft.optim import make_optimizer
 from jft.parallel import Runner, initialize_distributed, parallel_config
 from jft.params import merge
 from jft.steps import PretrainSetup, create_state, pretrain_eval_step, pretrain_step
+from jft.training_log import TrainingLog
 
 
 def default_config() -> ConfigDict:
@@ -201,48 +199,29 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
         train_rows, config.batch_size, config.seed, process_index=jax.process_index(), process_count=jax.process_count()
     )
     evaluate = _evaluator(config, data_dir, runner, eval_step)
-    writer = MetricWriter(workdir)
-    bar = tqdm(
-        total=config.total_steps,
-        initial=start,
-        desc="pretraining",
-        unit=" steps",
-        disable=not config.progress or jax.process_index() != 0,
-    )
+    log = TrainingLog(workdir, config.total_steps, start, "pretraining", "sequences", config.progress)
     batches = loader.iterate(start, runner.put_batch)
-    mark_time, mark_step = time.perf_counter(), start
-    last: dict[str, float] = {"step": start}
     with StopRequest() as stop:
         for step in range(start + 1, config.total_steps + 1):
             state, metrics = train_step(state, next(batches), rng)
+            log.step(step, config.batch_size)
             stopping = stop.agreed(step % config.log_every == 0)
             if step % config.log_every == 0 or step == config.total_steps or stopping:
-                metrics = {k: float(v) for k, v in runner.get(metrics).items()}  # the one host sync per log step
-                now = time.perf_counter()
-                metrics["sequences_per_second"] = (step - mark_step) * config.batch_size / (now - mark_time)
-                mark_time, mark_step = now, step
-                writer.write(step, "train", metrics)
-                bar.set_postfix(loss=f"{metrics['loss']:.3f}", seq_s=f"{metrics['sequences_per_second']:.0f}")
-                last.update({f"train_{k}": v for k, v in metrics.items()})
+                log.train(step, {k: float(v) for k, v in runner.get(metrics).items()})  # the one host sync per log step
             if evaluate and (step % config.eval_every == 0 or step == config.total_steps):
-                eval_metrics = evaluate(state.params)
-                writer.write(step, "eval", eval_metrics)
-                last.update({f"eval_{k}": v for k, v in eval_metrics.items()})
-            bar.update(1)
-            last["step"] = step
+                log.write(step, "eval", evaluate(state.params))
             done = step == config.total_steps or stopping
             if done or step % config.checkpoint_every == 0:
                 saved = {"train": runner.get(state), "rng": host_state["rng"]}
                 checkpoints.save(step, saved, {**run_meta, "loader_position": step * config.batch_size}, force=done)
             if stopping:
-                bar.write(f"stopped at step {step}; saved a checkpoint; run the same command to resume")
+                log.stopped(step)
                 break
     batches.close()  # stops the prefetching thread
     checkpoints.wait()
     checkpoints.close()
-    writer.close()
-    bar.close()
-    return last
+    log.close()
+    return log.last
 
 
 def _check_same_stream(saved: dict, current: dict, workdir: Path) -> None:

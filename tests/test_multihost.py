@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, pretrain_command, write_corpus, write_topic_task, write_vocab
+from jft import cli
 from jft.checkpoint import Checkpoints
 from jft.data.corpus import read_documents
 from jft.data.prepare import prepare
@@ -63,6 +64,11 @@ def _run_two_processes(command) -> None:
     assert all(p.returncode == 0 for p in processes), "\n".join(outputs)
 
 
+def _run_here(command: list[str]) -> None:
+    """A `python -m jft.cli ...` command run in this process (backend jit: one device)."""
+    assert command[1:3] == ["-m", "jft.cli"] and cli.main(command[3:]) == 0
+
+
 def _final_params(workdir, step=STEPS):
     checkpoints = Checkpoints(workdir)
     state, _ = checkpoints.restore(step=step)
@@ -78,14 +84,7 @@ def one_device_run(tmp_path_factory):
     vocab = train_vocab((line for d in read_documents(str(text)) for line in d), root / "vocab", vocab_size=200)
     rows = root / "rows"
     prepare(str(text), vocab, rows, seq_len=32, progress=False)
-    single_env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    subprocess.run(
-        _command(root / "single", rows, **{"parallel.backend": "jit"}),
-        env=single_env,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    _run_here(_command(root / "single", rows, **{"parallel.backend": "jit"}))
     return rows, _final_params(root / "single")
 
 
@@ -136,9 +135,7 @@ def one_device_finetune(tmp_path_factory):
     write_topic_task(data / "train.csv", 32, seed=0)
     write_topic_task(data / "dev.csv", 24, seed=1)
     write_vocab(data / "vocab.txt")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    command = _finetune_command(data / "single", data, **{"parallel.backend": "jit"})
-    subprocess.run(command, env=env, check=True, capture_output=True, timeout=300)
+    _run_here(_finetune_command(data / "single", data, **{"parallel.backend": "jit"}))
     return data, _final_params(data / "single", FINETUNE_STEPS), _evaluations(data / "single")
 
 
