@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jft.config import model_config
+from jft.config import model_group
 from jft.data.synthetic import write_corpus, write_topic_task, write_vocab
 from jft.finetune import default_config as finetune_config
 from jft.finetune import train_and_evaluate as finetune
@@ -42,7 +42,7 @@ def main():
     root.mkdir(parents=True, exist_ok=True)
 
     config = pretrain_config()
-    config.model = model_config("tiny", vocab_size=0, **SIZE)
+    config.model = model_group("tiny", **SIZE)
     config.data.corpus = str(write_corpus(root / "corpus.txt", documents=300))
     config.data.vocab, config.data.seq_len = str(write_vocab(root / "vocab.txt")), 64
     config.masking.max_predictions, config.batch_size, config.total_steps = 10, 32, 1000

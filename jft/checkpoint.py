@@ -2,13 +2,12 @@
 
 A checkpoint at step s holds two items:
 - "state": the TrainState (params, optimizer state, step, skipped count) and the run's rng key;
-- "meta": JSON with the loader position, the model config and the run config, so that a restart
-  can check it is the same model and a later stage can rebuild the model from it.
-Orbax writes each step to a temporary directory and renames it when complete, so the latest
-step that exists is always a complete one, even after SIGKILL.
+- "meta": JSON: the loader position (pretraining), or the metric, score and step (best/).
+What the run is (config, model, data) lives in the run directory's run.json (jft.rundir).
+Orbax writes each step to a temporary directory and renames it to the step's number when
+complete, so the latest step that exists is always a complete one, even after SIGKILL.
 """
 
-import dataclasses
 import signal
 from pathlib import Path
 from typing import Any
@@ -18,16 +17,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from jft.errors import JftError
-from jft.models import BertConfig
-from jft.models.config import ARCHITECTURE_FIELDS
+from jft.errors import JftError, RunStopped
 
 
 class Checkpoints:
-    """The checkpoints of one workdir: <workdir>/checkpoints/<step>/{state, meta}."""
+    """The checkpoints in one directory (a run's checkpoints/ or best/): <directory>/<step>/{state, meta}."""
 
-    def __init__(self, workdir: str | Path, *, every_steps: int = 1000, keep: int = 3, asynchronous: bool = True):
-        self.directory = Path(workdir).absolute() / "checkpoints"
+    def __init__(self, directory: str | Path, *, every_steps: int = 1000, keep: int = 3, asynchronous: bool = True):
+        self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=every_steps,
             max_to_keep=keep,
@@ -68,41 +65,33 @@ class Checkpoints:
         self.manager.close()
 
 
-def restore_latest(workdir: str | Path, missing: str) -> tuple[Any, dict]:
-    """The state (as saved, nested dicts) and meta of a workdir's latest checkpoint.
+def saved_steps(directory: str | Path) -> list[int]:
+    """The steps of the complete checkpoints in directory, read from the file system only."""
+    directory = Path(directory)
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
 
-    missing: the error message when the workdir holds no complete checkpoint.
+
+def restore_latest(directory: str | Path, missing: str) -> tuple[Any, dict]:
+    """The state (as saved, nested dicts) and meta of the latest checkpoint in directory.
+
+    missing: the error message when it holds no complete checkpoint (nothing is created then).
     """
-    checkpoints = Checkpoints(workdir, asynchronous=False)
+    if not saved_steps(directory):
+        raise JftError(missing)
+    checkpoints = Checkpoints(directory, asynchronous=False)
     try:
-        if checkpoints.latest_step() is None:
-            raise JftError(missing)
         return checkpoints.restore()
     finally:
         checkpoints.close()
 
 
-def check_same_model(meta: dict, config: BertConfig, workdir: str | Path) -> None:
-    """A clear error when a workdir's checkpoint was made for another model."""
-    saved = meta.get("model", {})
-    current = dataclasses.asdict(config)
-    differences = [
-        f"{name}: checkpoint {saved.get(name)}, config {current[name]}"
-        for name in ARCHITECTURE_FIELDS
-        if saved.get(name) != current[name]
-    ]
-    if differences:
-        raise JftError(
-            f"{workdir} holds a checkpoint of another model ({'; '.join(differences)}). "
-            "Use a new --workdir, or the config that made the checkpoint."
-        )
-
-
 class StopRequest:
-    """Turns SIGTERM and SIGINT into a flag the loop checks after each step (then it saves and exits)."""
+    """Turns SIGTERM and SIGINT into a flag the loop checks after each step (then it saves, and
+    `stopped` gives the RunStopped to raise)."""
 
     def __init__(self):
         self.requested = False
+        self.signal = signal.SIGTERM  # what a process reports when another process of the run was signalled
 
     def __enter__(self):
         self.previous = {}
@@ -112,6 +101,10 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         self.requested = True
+        self.signal = signal.Signals(signum)
+
+    def stopped(self, step: int) -> RunStopped:
+        return RunStopped(self.signal, step)
 
     def agreed(self, sync_point: bool) -> bool:
         """Whether every process should stop now. One process decides at once; several processes

@@ -15,7 +15,7 @@ from pathlib import Path
 from ml_collections import ConfigDict
 
 from jft import __version__
-from jft.errors import JftError
+from jft.errors import JftError, RunStopped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,18 +105,21 @@ def _run_vocab(args, _):
     from jft.data.corpus import read_documents
     from jft.data.tokenizer import train_vocab
 
-    documents = read_documents(args.corpus, text_field=args.text_field, tfds_data_dir=args.tfds_data_dir)
-    lines = (line for doc in documents for line in doc)
-    out = train_vocab(
+    def lines():
+        documents = read_documents(args.corpus, text_field=args.text_field, tfds_data_dir=args.tfds_data_dir)
+        return (line for doc in documents for line in doc)
+
+    tokenizer = train_vocab(
         lines, args.out, vocab_size=args.vocab_size, lowercase=not args.cased, min_frequency=args.min_frequency
     )
-    print(f"wrote {out / 'vocab.txt'} and {out / 'tokenizer.json'}")
+    out = Path(args.out)
+    print(f"wrote {out / 'vocab.txt'} and {out / 'tokenizer.json'} ({tokenizer.get_vocab_size():,} tokens)")
 
 
 def _prepare_arguments(parser):
     parser.add_argument("corpus", help="text file(s) (comma-separated), JSONL, or tfds:NAME[:SPLIT]")
     parser.add_argument("--vocab", required=True, help="vocab.txt, tokenizer.json, or a directory with one")
-    parser.add_argument("--out", required=True, help="directory to write the row shards to")
+    parser.add_argument("--out", required=True, help="a new or empty directory for the row shards")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument(
         "--mode",
@@ -154,32 +157,56 @@ def _run_prepare(args, _):
 
 
 def _pretrain_arguments(parser):
-    parser.add_argument("--workdir", required=True, help="checkpoints, metrics and prepared data go here")
+    parser.add_argument("--workdir", required=True, help="the run directory: its files, checkpoints and metrics")
 
 
 def _run_pretrain(args, config):
     from jft.pretrain import train_and_evaluate
 
-    metrics = train_and_evaluate(config, args.workdir)
-    if metrics["step"] == config.total_steps:
-        shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("eval_") or k == "train_loss"}
-        print(f"finished at step {metrics['step']}: {shown}")
+    _print_finished(train_and_evaluate(config, args.workdir))
 
 
 def _finetune_arguments(parser):
-    parser.add_argument("--workdir", required=True, help="checkpoints, the best model, metrics and task.json go here")
+    parser.add_argument(
+        "--workdir", required=True, help="the run directory: its files, checkpoints, best model and metrics"
+    )
 
 
 def _run_finetune(args, config):
     from jft.finetune import train_and_evaluate
 
-    metrics = train_and_evaluate(config, args.workdir)
-    shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("eval_") or k == "train_loss"}
-    print(f"step {metrics['step']}: {shown}")
+    _print_finished(train_and_evaluate(config, args.workdir))
+
+
+def _print_finished(metrics: dict) -> None:
+    shown = {
+        k: round(v, 4) for k, v in metrics.items() if k.startswith("eval_") or k in ("train_loss", "train_task_loss")
+    }
+    print(f"finished at step {metrics['step']}: {shown}")
+
+
+def _config_arguments(parser):
+    parser.add_argument("source", help="a run directory (its run.json), or a config file FILE[:ARG]")
+
+
+def _run_config(args, overrides):
+    from jft import rundir
+    from jft.config import load_config
+
+    path = Path(args.source)
+    if path.is_dir():
+        if overrides:
+            raise JftError(f"{path} is a run directory; its config is fixed, so --config.KEY=VALUE does not apply.")
+        run = rundir.read_run(path.absolute())
+        if run is None:
+            raise JftError(f"{path} holds no jft run (no run.json); give a run directory or a config file.")
+        print(json.dumps({"stage": run["stage"], "config": run["config"], "model": run["model"]}, indent=2))
+    else:
+        print(json.dumps(load_config(args.source, overrides).to_dict(), indent=2))
 
 
 def _workdir_argument(parser):
-    parser.add_argument("--workdir", required=True, help="a `jft finetune` workdir")
+    parser.add_argument("--workdir", required=True, help="a `jft finetune` run directory")
 
 
 def _eval_arguments(parser):
@@ -188,7 +215,7 @@ def _eval_arguments(parser):
 
 
 def _run_eval(args, _):
-    from jft.finetune import FinetunedModel
+    from jft.inference import FinetunedModel
 
     print(json.dumps(FinetunedModel(args.workdir).evaluate(args.data), indent=2))
 
@@ -200,7 +227,7 @@ def _predict_arguments(parser):
 
 
 def _run_predict(args, _):
-    from jft.finetune import FinetunedModel
+    from jft.inference import FinetunedModel
 
     predictions = FinetunedModel(args.workdir).predict(args.input)
     Path(args.output).write_text("".join(json.dumps(p) + "\n" for p in predictions))
@@ -214,7 +241,7 @@ def _export_arguments(parser):
 
 
 def _run_export(args, _):
-    from jft.finetune import FinetunedModel
+    from jft.inference import FinetunedModel
 
     out = FinetunedModel(args.workdir).export(args.out, format=args.format)
     print(f"wrote {out} ({args.format}); transformers loads it with from_pretrained")
@@ -292,6 +319,12 @@ COMMANDS = (
         _bench_config,
     ),
     Command("eval", "evaluate a fine-tuned workdir on a data file", _eval_arguments, _run_eval),
+    Command(
+        "config",
+        "print the settings of a run directory, or of a config file with its --config.KEY=VALUE overrides",
+        _config_arguments,
+        _run_config,
+    ),
     Command("predict", "write predictions of a fine-tuned workdir as JSONL", _predict_arguments, _run_predict),
     Command("export", "write a fine-tuned model in Hugging Face format", _export_arguments, _run_export),
     Command("init", "write a randomly initialised BERT in Hugging Face format", _init_arguments, _run_init, True),
@@ -328,6 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     command = next(c for c in COMMANDS if c.name == args.command)
     try:
+        if command.name == "config":  # its overrides apply to the config file it prints
+            command.run(args, split_overrides(extra))
+            return 0
         if extra and not command.takes_config:
             raise JftError(f"unrecognized arguments: {' '.join(extra)}")
         config = None
@@ -341,6 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JftError as error:
         print(f"jft {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except RunStopped as stop:
+        print(f"jft {args.command}: {stop}", file=sys.stderr)
+        return stop.exit_code
     return 0
 
 

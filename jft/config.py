@@ -7,14 +7,15 @@ error that names the closest valid key. Configs are locked after loading, so a t
 import ast
 import dataclasses
 import importlib.util
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, config_dict
 
 from jft.errors import JftError, did_you_mean
-from jft.models.config import BertConfig
+from jft.models.config import CHANGEABLE_FIELDS, PRESETS, SIZE_FIELDS, BertConfig
 
 OVERRIDE_PREFIX = "--config."
 
@@ -26,6 +27,57 @@ def model_config(size: str, **overrides: Any) -> ConfigDict:
     placeholder that the run fills in, such as vocab_size=0 for "the vocabulary's size".
     """
     return ConfigDict({**dataclasses.asdict(BertConfig.preset(size)), **overrides})
+
+
+def model_group(preset: str = "", **fields: Any) -> ConfigDict:
+    """The `model` group of a training config: a preset and every BertConfig field, unset (None)
+    unless given. How a run turns it into its model is `resolve_model`."""
+    group = ConfigDict({"preset": preset})
+    for field in dataclasses.fields(BertConfig):
+        kind = field.type if isinstance(field.type, type) else typing.get_args(field.type)[0]  # float | None: float
+        group[field.name] = fields.pop(field.name) if field.name in fields else config_dict.placeholder(kind)
+    if fields:
+        raise JftError(f"unknown model fields {sorted(fields)}.")
+    return group
+
+
+def resolve_model(
+    group: ConfigDict, *, checkpoint: BertConfig | None = None, source: str = "", vocab_size: int | None = None
+) -> BertConfig:
+    """The model of a run from its `model` group.
+
+    Starting from a checkpoint (source names it), the checkpoint's architecture is used as is: a
+    field the config sets must agree with it, except the CHANGEABLE_FIELDS (dropout, dtype,
+    attention, remat, new heads' initialisation); every contradiction is listed in one error.
+    From scratch: the preset's sizes, then the fields the config sets; vocab_size defaults to
+    the vocabulary's.
+    """
+    values = {name: value for name, value in group.items() if name != "preset" and value is not None}
+    if checkpoint is not None:
+        theirs = dataclasses.asdict(checkpoint)
+        clashes = [
+            f"model.{name}={value!r} (it has {theirs[name]!r})"
+            for name, value in values.items()
+            if name not in CHANGEABLE_FIELDS and value != theirs[name]
+        ]
+        if clashes:
+            raise JftError(
+                f"the config contradicts the architecture of {source}: {'; '.join(clashes)}. A run keeps its "
+                f"checkpoint's architecture; remove these settings (only {', '.join(CHANGEABLE_FIELDS)} may differ)."
+            )
+        return BertConfig.from_dict({**theirs, **values})
+    if group.preset and group.preset not in PRESETS:
+        raise JftError(f"unknown model.preset '{group.preset}'; choose one of {sorted(PRESETS)}.")
+    values = {**PRESETS.get(group.preset, {}), **values}
+    if vocab_size and "vocab_size" not in values:
+        values["vocab_size"] = vocab_size
+    missing = [name for name in SIZE_FIELDS if name not in values]
+    if missing:
+        raise JftError(
+            f"a model from scratch needs its sizes: set model.preset ({', '.join(PRESETS)}) or "
+            f"{', '.join(f'model.{name}' for name in missing)}; or start from a checkpoint with init_from."
+        )
+    return BertConfig.from_dict(values)
 
 
 def bert_config(config: ConfigDict, **fill_in: Any) -> BertConfig:
@@ -92,8 +144,10 @@ def apply_overrides(config: ConfigDict, overrides: Sequence[str]) -> None:
         current = _child(node, leaf, key, config)
         if isinstance(current, ConfigDict):
             raise JftError(f"'{key}' is a group of keys ({', '.join(current)}); set one of them, e.g. {key}.KEY=VALUE.")
+        if current is None and node.get_type(leaf) in (bool, int, float, str):  # an unset placeholder
+            current = node.get_type(leaf)()
         try:
-            setattr(node, leaf, _parse(text, current, key))
+            setattr(node, leaf, None if text.lower() == "none" else _parse(text, current, key))
         except TypeError as error:
             raise JftError(f"cannot set '{key}' to {text!r}: {error}") from error
 

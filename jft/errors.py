@@ -1,6 +1,7 @@
 """The error type for bad input: a message that says what was wrong and how to fix it."""
 
 import difflib
+import signal
 from collections.abc import Iterable
 
 
@@ -12,3 +13,16 @@ def did_you_mean(name: str, valid: Iterable[str]) -> str:
     """' Did you mean 'x'?' for the closest valid name, or '' when nothing is close."""
     close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
     return f" Did you mean '{close[0]}'?" if close else ""
+
+
+class RunStopped(Exception):
+    """A run stopped by a signal after saving a checkpoint; the CLI exits with 128 + the signal
+    (130 for SIGINT, 143 for SIGTERM), as shells expect, so that `a && b` does not go on."""
+
+    def __init__(self, signum: signal.Signals, step: int):
+        super().__init__(f"stopped by {signum.name} at step {step}; saved a checkpoint; run the same command to resume")
+        self.signal, self.step = signum, step
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signal)

@@ -64,6 +64,13 @@ class Runner:
         local = [d for d in self.devices if d.process_index == jax.process_index()]
         self.local_mesh = Mesh(np.array(local), (AXIS,))
 
+    @classmethod
+    def start(cls, parallel: ConfigDict) -> "Runner":
+        """The Runner of a training config's `parallel` group, after starting jax.distributed when
+        it asks for several processes (before any other JAX work)."""
+        initialize_distributed(parallel.coordinator_address, parallel.num_processes, parallel.process_id)
+        return cls(parallel.backend)
+
     @property
     def num_devices(self) -> int:
         return len(self.devices)

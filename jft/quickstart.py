@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from ml_collections import ConfigDict
 
-from jft import finetune, pretrain
-from jft.config import model_config
+from jft import finetune, pretrain, rundir
+from jft.config import model_group
 from jft.data.synthetic import TOPICS, write_corpus, write_topic_task
 
 # Half of each topic's nouns for the labeled sentences, the other half for the held-out ones.
@@ -28,9 +28,7 @@ SEEN_NOUNS, UNSEEN_NOUNS = slice(0, 4), slice(4, None)
 def default_config() -> ConfigDict:
     """Sizes and budgets of the quickstart; a few minutes on two CPU cores."""
     config = ConfigDict()
-    config.model = model_config(
-        "tiny",
-        vocab_size=0,
+    config.model = model_group(
         hidden_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
@@ -39,9 +37,8 @@ def default_config() -> ConfigDict:
     )
     config.corpus = ConfigDict(dict(documents=300, seed=0))
     config.pretrain = ConfigDict(
-        # vocab_size 200 splits a few nouns into word-pieces; which ones depends on the trainer's tie-breaking,
-        # so results vary a little between runs. (400 keeps every word whole, and pretraining then helps
-        # less in 1000 steps: 0.50 against 0.29 held-out accuracy, instead of 0.96 against 0.31.)
+        # vocab_size 200 splits a few nouns into word-pieces. (400 keeps every word whole, and pretraining
+        # then helped less in 1000 steps: 0.50 against 0.29 held-out accuracy, instead of 0.96 against 0.31.)
         dict(steps=1000, batch_size=32, seq_len=64, lr=2e-3, warmup_steps=20, max_predictions=10, vocab_size=200)
     )
     config.finetune = ConfigDict(
@@ -63,15 +60,19 @@ def default_config() -> ConfigDict:
 
 def run(config: ConfigDict, workdir: str | Path) -> dict:
     """Runs the quickstart in workdir; returns the summary (also in <workdir>/summary.json)."""
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(workdir).absolute()
+    with rundir.hold(workdir):
+        return _run(config, workdir)
+
+
+def _run(config: ConfigDict, workdir: Path) -> dict:
     start = time.perf_counter()
     corpus = write_corpus(workdir / "corpus.txt", documents=config.corpus.documents, seed=config.corpus.seed)
     _stage(f"1/2 pretraining a tiny BERT on {corpus} ({config.corpus.documents} synthetic documents)")
     pretrained_dir = workdir / "pretrain"
     pretrain.train_and_evaluate(_pretrain_config(config, corpus), pretrained_dir)
     pretrain_seconds = time.perf_counter() - start
-    tokenizer = pretrained_dir / "data" / "tokenizer.json"
+    tokenizer = pretrained_dir / rundir.TOKENIZER
 
     data_dir = workdir / "task"
     data_dir.mkdir(exist_ok=True)

@@ -69,9 +69,17 @@ class TrainingLog:
         self.writer.write(step, split, metrics)
         self.last.update({f"{split}_{name}": value for name, value in metrics.items()})
 
-    def stopped(self, step: int) -> None:
-        self.bar.write(f"stopped at step {step}; saved a checkpoint; run the same command to resume")
-
     def close(self) -> None:
         self.writer.close()
         self.bar.close()
+
+
+def last_metrics(workdir: str | Path) -> dict[str, float]:
+    """The latest value of every metric in <workdir>/metrics.jsonl, named as TrainingLog.last names them."""
+    last: dict[str, float] = {}
+    file = Path(workdir) / "metrics.jsonl"
+    lines = file.read_text(encoding="utf-8").splitlines() if file.is_file() else []
+    for row in map(json.loads, lines):
+        step, split = row.pop("step"), row.pop("split")
+        last.update({"step": step, **{f"{split}_{name}": value for name, value in row.items()}})
+    return last

@@ -55,6 +55,15 @@ def pretrain_command(workdir, **overrides) -> list[str]:
     ]
 
 
+def corpus_vocab(text, out_dir, vocab_size: int = 200):
+    """A WordPiece vocabulary trained on a corpus file, written to out_dir (returned)."""
+    from jft.data.corpus import read_documents
+    from jft.data.tokenizer import train_vocab
+
+    train_vocab(lambda: (line for d in read_documents(str(text)) for line in d), out_dir, vocab_size=vocab_size)
+    return out_dir
+
+
 def tiny_hf_config(**overrides) -> transformers.BertConfig:
     """A small random BERT in Hugging Face's config class."""
     values = dict(

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import write_corpus
+from conftest import corpus_vocab, write_corpus
 from jft import cli
 from jft.data.corpus import read_documents
 from jft.data.loader import Loader, PretrainRows
 from jft.data.prepare import prepare
-from jft.data.tokenizer import load_tokenizer, special_ids, train_vocab
+from jft.data.tokenizer import load_tokenizer, special_ids
 from jft.errors import JftError
 
 
@@ -19,7 +19,7 @@ from jft.errors import JftError
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     text = write_corpus(root / "corpus.txt", documents=60)
-    vocab = train_vocab((line for doc in read_documents(str(text)) for line in doc), root / "vocab", vocab_size=200)
+    vocab = corpus_vocab(text, root / "vocab")
     return text, vocab
 
 
@@ -123,7 +123,8 @@ def test_loader_is_a_function_of_step_and_splits_over_processes(tmp_path, corpus
     seen = np.concatenate([loader.batch(s)["row_ids"] for s in range(steps)])
     assert np.array_equal(seen, np.arange(steps * 8))
     ids = np.concatenate([loader.batch(s)["input_ids"] for s in range(steps)])
-    assert len({tuple(r) for r in ids}) == len({tuple(r) for r in rows.rows(np.arange(len(rows)))["input_ids"]})
+    visited, every = ({tuple(r) for r in a} for a in (ids, rows.rows(np.arange(len(rows)))["input_ids"]))
+    assert visited <= every and len(visited) >= len(every) - (len(rows) - steps * 8)  # rows past the last batch
     with pytest.raises(JftError, match="global batch 9 does not divide over 2 processes"):
         Loader(rows, 9, 0, process_index=0, process_count=2)
 

@@ -12,12 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, pretrain_command, write_corpus, write_topic_task, write_vocab
+from conftest import REPO, corpus_vocab, pretrain_command, write_corpus, write_topic_task, write_vocab
 from jft import cli
 from jft.checkpoint import Checkpoints
-from jft.data.corpus import read_documents
 from jft.data.prepare import prepare
-from jft.data.tokenizer import train_vocab
 
 STEPS = 6
 NO_DROPOUT = {"model.hidden_dropout_prob": 0.0, "model.attention_probs_dropout_prob": 0.0}
@@ -70,7 +68,7 @@ def _run_here(command: list[str]) -> None:
 
 
 def _final_params(workdir, step=STEPS):
-    checkpoints = Checkpoints(workdir)
+    checkpoints = Checkpoints(workdir / "checkpoints")
     state, _ = checkpoints.restore(step=step)
     checkpoints.close()
     return state["train"]["params"]
@@ -81,7 +79,7 @@ def one_device_run(tmp_path_factory):
     """Prepared rows, and the parameters after STEPS steps on them with one process and one device."""
     root = tmp_path_factory.mktemp("multihost")
     text = write_corpus(root / "corpus.txt", documents=60)
-    vocab = train_vocab((line for d in read_documents(str(text)) for line in d), root / "vocab", vocab_size=200)
+    vocab = corpus_vocab(text, root / "vocab")
     rows = root / "rows"
     prepare(str(text), vocab, rows, seq_len=32, progress=False)
     _run_here(_command(root / "single", rows, **{"parallel.backend": "jit"}))

@@ -11,11 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import SMALL_PRETRAIN, TINY_MODEL, pretrain_command, write_corpus
-from jft.data.corpus import read_documents
+from conftest import SMALL_PRETRAIN, TINY_MODEL, corpus_vocab, pretrain_command, write_corpus
 from jft.data.loader import Loader, PretrainRows
 from jft.data.prepare import prepare
-from jft.data.tokenizer import train_vocab
 from jft.errors import JftError
 from jft.masking import MaskingConfig
 from jft.models import BertConfig, BertForPreTraining, init_params
@@ -41,7 +39,7 @@ def small_config(**overrides):
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrain")
     text = write_corpus(root / "corpus.txt", documents=120)
-    vocab = train_vocab((line for d in read_documents(str(text)) for line in d), root / "vocab", vocab_size=200)
+    vocab = corpus_vocab(text, root / "vocab")
     prepare(str(text), vocab, root / "rows", seq_len=32, seed=0, eval_fraction=0.1, progress=False)
     return text, root / "rows"
 
@@ -157,14 +155,16 @@ def test_bad_setups_fail_clearly(corpus, tmp_path):
     config = small_config(total_steps=2)
     config.data.prepared = str(corpus[1])
     config.model.max_position_embeddings = 16
-    with pytest.raises(JftError, match="rows have 32 tokens, more than the position table"):
+    with pytest.raises(
+        JftError, match="rows of 32 tokens are longer than the position table \\(max_position_embeddings=16\\)"
+    ):
         train_and_evaluate(config, tmp_path / "b")
     config = small_config(total_steps=2)
     with pytest.raises(JftError, match="no data: set data.corpus"):
         train_and_evaluate(config, tmp_path / "c")
     config.data.prepared = str(corpus[1])
     config.model.vocab_size = 50
-    with pytest.raises(JftError, match="vocabulary has .* tokens, more than model.vocab_size 50"):
+    with pytest.raises(JftError, match="the vocabulary has 200 tokens, more than the model's vocab_size 50"):
         train_and_evaluate(config, tmp_path / "d")
 
 
@@ -172,11 +172,11 @@ def test_workdir_with_another_models_checkpoint(corpus, tmp_path):
     config = small_config(total_steps=2, log_every=1, checkpoint_every=2)
     config.data.prepared = str(corpus[1])
     train_and_evaluate(config, tmp_path)
-    config.model.hidden_size = 48
-    with pytest.raises(JftError, match="holds a checkpoint of another model \\(hidden_size: checkpoint 32, config 48"):
-        train_and_evaluate(config, tmp_path)
-    config.model.hidden_size, config.batch_size = 32, 8
-    with pytest.raises(JftError, match="batch_size: checkpoint 16, now 8\\); resuming would skip or repeat data"):
+    config.model.hidden_size, config.batch_size = 48, 8
+    with pytest.raises(
+        JftError,
+        match="other settings \\(model.hidden_size: run 32, now 48; batch_size: run 16, now 8\\)",
+    ):
         train_and_evaluate(config, tmp_path)
 
 
@@ -186,7 +186,9 @@ def test_prepared_data_in_a_workdir_must_match_the_config(corpus, tmp_path):
     config.data.corpus, config.data.vocab = str(text), str(rows / "tokenizer.json")
     train_and_evaluate(config, tmp_path / "phase1")
     config.data.seq_len, config.model.max_position_embeddings = 48, 64
-    with pytest.raises(JftError, match="prepared with other data settings \\(seq_len: prepared 32, config 48\\)"):
+    with pytest.raises(
+        JftError, match="holds a pretraining run with other settings \\(data.seq_len: run 32, now 48\\)"
+    ):
         train_and_evaluate(config, tmp_path / "phase1")
     config.init_from, config.total_steps = str(tmp_path / "phase1"), 1  # a longer-sequence phase in a new workdir
     final = train_and_evaluate(config, tmp_path / "phase2")
@@ -234,7 +236,7 @@ def _start_and_signal(command, checkpoint_dir, after_step, sig):
 def _final_state(workdir, step=150):
     from jft.checkpoint import Checkpoints
 
-    checkpoints = Checkpoints(workdir)
+    checkpoints = Checkpoints(workdir / "checkpoints")
     assert checkpoints.latest_step() == step
     state, meta = checkpoints.restore()
     checkpoints.close()
@@ -250,7 +252,7 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(corpus, tmp_path)
     interrupted = tmp_path / "interrupted"
     command = _pretrain_command(interrupted, text, vocab)
     code, output = _start_and_signal(command, interrupted / "checkpoints", 20, signal.SIGTERM)
-    assert code == 0 and "saved a checkpoint; run the same command to resume" in output
+    assert code == 143 and "stopped by SIGTERM at step" in output and "run the same command to resume" in output
     code, _ = _start_and_signal(command, interrupted / "checkpoints", 60, signal.SIGKILL)
     assert code == -signal.SIGKILL
     latest = max(int(p.name) for p in (interrupted / "checkpoints").iterdir() if p.name.isdigit())

@@ -13,8 +13,8 @@ def test_shortened_quickstart_shows_pretraining_helps(tmp_path, capsys):
     Each seed must win by 0.1 (one accuracy on 200 sentences has a standard error of at most
     0.035), and the 95% interval of the difference, pooled over the 2 × 200 held-out predictions
     (half-width about 0.08), must lie above 0.2: a margin of that size is not luck of one seed
-    or of the sample. Full runs give about +0.65 (see the README). Runs differ a little, because
-    the trained vocabulary does; the smallest win of a seed seen in 12 was 0.185 (0.65 against 0.465).
+    or of the sample. The full run gives +0.62 (see the README); its smallest win of a seed is
+    0.52 (0.983 against 0.468 held-out accuracy).
     """
     overrides = [
         "--config.finetune.seeds=2",

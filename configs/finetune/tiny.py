@@ -4,17 +4,17 @@
         --config.init_from=runs/tiny --config.data.train=train.csv --config.data.eval=dev.csv
 
 The CSV has a `text` and a `label` column (map others with --config.data.text_column=...,
-text_pair_column=..., label_column=...). Without init_from the model starts from scratch, with
-the sizes below and data.vocab as its vocabulary.
+text_pair_column=..., label_column=...). init_from may be a pretraining run, a fine-tuning run or a
+Hugging Face directory: its architecture and vocabulary are used. Without init_from the model
+starts from scratch, a tiny preset with data.vocab as its vocabulary.
 """
 
-from jft.config import model_config
 from jft.finetune import default_config
 
 
 def get_config():
     config = default_config()
-    config.model = model_config("tiny", **dict.fromkeys(("vocab_size",), 0))
+    config.model.preset = "tiny"  # from scratch; with init_from, its architecture
     config.optim.lr = 1e-3
     config.epochs = 3
     config.batch_size = 16

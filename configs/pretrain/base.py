@@ -7,13 +7,13 @@ bf16 compute on GPU/TPU (dtype 'auto'), float32 master weights. For the original
 phase at 512 tokens: --config.data.seq_len=512 --config.masking.max_predictions=80.
 """
 
-from jft.config import model_config
+from jft.config import model_group
 from jft.pretrain import default_config
 
 
 def get_config():
     config = default_config()
-    config.model = model_config("base", vocab_size=0, dtype="auto")
+    config.model = model_group("base", dtype="auto")
     config.data.vocab_size = 30522
     config.data.eval_fraction = 0.001
     config.batch_size = 256

@@ -9,10 +9,10 @@ For LAMB at batch 4096 (You et al., 2019): --config.optim.name=lamb --config.opt
 
 from pathlib import Path
 
-from jft.config import load_config, model_config
+from jft.config import load_config, model_group
 
 
 def get_config():
     config = load_config(Path(__file__).with_name("base.py"))
-    config.model = model_config("large", vocab_size=0, dtype="auto")
+    config.model = model_group("large", dtype="auto")
     return config

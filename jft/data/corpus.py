@@ -6,6 +6,7 @@
 - tfds:NAME[:SPLIT]: a TFDS dataset read with tfds.data_source (array_record, no TensorFlow needed).
 """
 
+import hashlib
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -24,8 +25,7 @@ def read_documents(
 
     tfds_data_dir: where TFDS datasets are prepared (default: TFDS's own, ~/tensorflow_datasets).
     """
-    if isinstance(sources, str):
-        sources = [s for s in sources.split(",") if s]
+    sources = sources_of(sources)
     if not sources:
         raise JftError("no corpus given; name a .txt or .jsonl file, or tfds:NAME[:SPLIT].")
     for source in sources:
@@ -39,6 +39,26 @@ def read_documents(
             yield from _jsonl_documents(path, text_field)
         else:
             yield from _text_documents(path)
+
+
+def sources_of(sources: str | Sequence[str]) -> list[str]:
+    """The list of sources named by a comma-separated string or a sequence."""
+    return [s for s in sources.split(",") if s] if isinstance(sources, str) else list(sources)
+
+
+def source_identity(source: str) -> dict:
+    """What a data source is, by content, not by the path it was typed as: a file's size and
+    SHA-256; a TFDS dataset's name and split (TFDS names a dataset by content and version)."""
+    if source.startswith("tfds:"):
+        return {"tfds": source.removeprefix("tfds:")}
+    path = Path(source)
+    if not path.is_file():
+        raise JftError(f"data file not found: {path}")
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(1 << 22):
+            digest.update(chunk)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
 def split_sentences(text: str) -> Document:

@@ -9,8 +9,12 @@ Output directory: metadata.json, tokenizer.json, and per split (train, eval) and
 arrays {split}-{k:05d}.{field}.npy: input_ids [rows, seq_len], token_type_ids, word_start
 (first piece of a word; for whole-word masking), lengths [rows], nsp_labels [rows] (-1 in
 packed mode). Deterministic for a seed; written to a temporary directory and renamed at the end.
+metadata.json names the data by content: each source's size and SHA-256, and a fingerprint of
+the rows (SHA-256 of every array and of the vocabulary), so that a run can tell the same data
+wherever it lies.
 """
 
+import hashlib
 import itertools
 import json
 import random
@@ -23,11 +27,11 @@ import numpy as np
 import tokenizers
 from tqdm import tqdm
 
-from jft.data.corpus import read_documents
-from jft.data.tokenizer import SpecialIds, load_tokenizer, special_ids
+from jft.data.corpus import read_documents, source_identity, sources_of
+from jft.data.tokenizer import SpecialIds, load_tokenizer, special_ids, vocabulary_fingerprint
 from jft.errors import JftError
 
-FORMAT = "jft-pretraining-rows/1"
+FORMAT = "jft-pretraining-rows/2"
 MODES = ("pairs", "packed")
 FIELDS = ("input_ids", "token_type_ids", "word_start", "lengths", "nsp_labels")
 Segment = tuple[np.ndarray, np.ndarray]  # token ids, word-start flags
@@ -35,7 +39,7 @@ Segment = tuple[np.ndarray, np.ndarray]  # token ids, word-start flags
 
 def prepare(
     sources: str | Sequence[str],
-    vocab: str | Path,
+    vocab: str | Path | tokenizers.Tokenizer,
     out_dir: str | Path,
     *,
     seq_len: int = 128,
@@ -49,14 +53,18 @@ def prepare(
     lowercase: bool = True,
     progress: bool = True,
 ) -> dict:
-    """Tokenizes `sources` with `vocab` into row shards in `out_dir`; returns the metadata written."""
+    """Tokenizes `sources` with `vocab` (a file, directory or tokenizer) into row shards in
+    `out_dir`; returns the metadata written. out_dir must be new, empty, or earlier output of prepare."""
     if mode not in MODES:
         raise JftError(f"mode '{mode}' is not one of {MODES}.")
     if seq_len < 8:
         raise JftError(f"seq_len {seq_len} is too short for BERT rows; use 128 or 512.")
     out_dir = Path(out_dir)
-    tokenizer = load_tokenizer(vocab, lowercase=lowercase)
+    check_output_directory(out_dir)
+    tokenizer = vocab if isinstance(vocab, tokenizers.Tokenizer) else load_tokenizer(vocab, lowercase=lowercase)
     ids = special_ids(tokenizer)
+    sources = sources_of(sources)
+    identities = [{"source": source, **source_identity(source)} for source in sources]
     start = time.perf_counter()
     documents = list(
         _tokenized_documents(
@@ -65,7 +73,7 @@ def prepare(
     )
     num_tokens = sum(len(seg[0]) for doc in documents for seg in doc)
     if num_tokens == 0:
-        raise JftError(f"the corpus {sources} holds no text; give a file with at least one non-empty line.")
+        raise JftError(f"the corpus {', '.join(sources)} holds no text; give a file with at least one non-empty line.")
     rng = random.Random(seed)
     splits = _split_documents(documents, eval_fraction, rng)
 
@@ -73,12 +81,15 @@ def prepare(
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
     split_meta = {}
+    fingerprint = hashlib.sha256(f"{FORMAT} {mode} {seq_len} {vocabulary_fingerprint(tokenizer)}".encode())
     for split, docs in splits.items():
         if mode == "pairs":
             rows = _pair_rows(docs, seq_len, short_seq_prob, ids, rng)
         else:
             rows = _packed_rows(docs, seq_len, ids)
-        split_meta[split] = _write_split(tmp_dir, split, rows, seq_len, tokenizer.get_vocab_size(), rows_per_shard)
+        split_meta[split] = _write_split(
+            tmp_dir, split, rows, seq_len, tokenizer.get_vocab_size(), rows_per_shard, fingerprint
+        )
     seconds = time.perf_counter() - start
     metadata = {
         "format": FORMAT,
@@ -87,7 +98,8 @@ def prepare(
         "vocab_size": tokenizer.get_vocab_size(),
         "special_ids": vars(ids),
         "seed": seed,
-        "sources": [sources] if isinstance(sources, str) else list(sources),
+        "sources": identities,
+        "fingerprint": fingerprint.hexdigest(),
         "documents": len(documents),
         "tokens": num_tokens,
         "seconds": round(seconds, 3),
@@ -98,6 +110,25 @@ def prepare(
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp_dir.rename(out_dir)
     return metadata
+
+
+def check_output_directory(out_dir: Path) -> None:
+    """prepare writes only into a new or empty directory, or over its own earlier output."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise JftError(f"--out {out_dir} is a file; give a directory for the prepared rows.")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not is_prepared(out_dir):
+        raise JftError(
+            f"--out {out_dir} is a directory that holds other files; prepare writes only into a new or "
+            "empty directory (or over its own earlier output), so nothing of yours is replaced."
+        )
+
+
+def is_prepared(directory: Path) -> bool:
+    """Whether directory holds the output of `jft prepare` (of any version)."""
+    try:
+        return json.loads((directory / "metadata.json").read_text())["format"].startswith("jft-pretraining-rows/")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def _tokenized_documents(
@@ -211,7 +242,10 @@ def _packed_rows(documents, seq_len: int, ids: SpecialIds):
             yield _row([((tokens[begin : begin + width], starts[begin : begin + width]), 0)], ids, -1)
 
 
-def _write_split(out_dir: Path, split: str, rows, seq_len: int, vocab_size: int, rows_per_shard: int) -> dict:
+def _write_split(
+    out_dir: Path, split: str, rows, seq_len: int, vocab_size: int, rows_per_shard: int, fingerprint
+) -> dict:
+    """Writes a split's rows as shards; adds every array written to `fingerprint` (a hashlib hash)."""
     id_dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max else np.int32
     shards, buffer = [], []
 
@@ -233,6 +267,8 @@ def _write_split(out_dir: Path, split: str, rows, seq_len: int, vocab_size: int,
         prefix = f"{split}-{len(shards):05d}"
         for field in FIELDS:
             np.save(out_dir / f"{prefix}.{field}.npy", arrays[field])
+            fingerprint.update(f"{prefix}.{field} {arrays[field].dtype} {arrays[field].shape}".encode())
+            fingerprint.update(arrays[field].tobytes())
         shards.append({"prefix": prefix, "rows": n})
         buffer.clear()
 

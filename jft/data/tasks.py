@@ -30,6 +30,36 @@ class Columns:
     label: str = "label"
 
 
+@dataclasses.dataclass
+class Task:
+    """What a fine-tuned model needs to read new data and name its outputs (kept in run.json)."""
+
+    kind: str
+    labels: list[str]
+    columns: Columns
+    seq_len: int
+
+    def to_json(self) -> dict:
+        return {
+            "kind": self.kind,
+            "labels": self.labels,
+            "columns": dataclasses.asdict(self.columns),
+            "seq_len": self.seq_len,
+        }
+
+    @classmethod
+    def from_json(cls, values: dict) -> "Task":
+        return cls(values["kind"], values["labels"], Columns(**values["columns"]), values["seq_len"])
+
+    def metrics(self) -> tuple[str, ...]:
+        """The names of the evaluation metrics of this task (all: higher is better, but mse)."""
+        if self.kind == "regression":
+            return ("pearson", "spearman", "mse")
+        if self.kind == "classification":
+            return ("accuracy", "mcc", "f1" if len(self.labels) == 2 else "macro_f1")
+        return ("entity_f1", "entity_precision", "entity_recall", "token_accuracy")
+
+
 def read_records(source: str, columns: Columns, *, tfds_data_dir: str | None = None) -> list[dict]:
     """Records with the mapped columns, from a CSV/TSV/JSONL file or tfds:NAME[:SPLIT]."""
     if source.startswith("tfds:"):

@@ -13,16 +13,22 @@ ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "si
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ATTENTION_IMPLS = ("xla", "cudnn")
 REMAT = ("none", "dots", "full")
-# The fields that set parameter shapes: two configs that differ here cannot share weights.
-ARCHITECTURE_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "max_position_embeddings",
-    "type_vocab_size",
+# What a run may set differently from the checkpoint it starts from: regularisation, the new
+# heads' initialisation, and how the same function is computed. Every other field is the
+# checkpoint's architecture (sizes, activation, LayerNorm eps, vocabulary, ...) and comes with it.
+CHANGEABLE_FIELDS = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "classifier_dropout",
+    "initializer_range",
+    "dtype",
+    "attention_impl",
+    "remat",
 )
+# How the same function is computed: may change even when a run resumes.
+COMPUTE_FIELDS = ("dtype", "attention_impl", "remat")
+# What a run from scratch must know: a preset names them all.
+SIZE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
 # Sizes by name; every other field keeps its default. "tiny" is for tests and CPU runs.
 PRESETS: dict[str, dict[str, int]] = {

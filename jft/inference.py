@@ -1,0 +1,152 @@
+"""Using a fine-tuned run directory: evaluate, predict and export its best model.
+
+`FinetunedModel(workdir)` reads the run directory through jft.rundir: the task and the model
+from run.json, the tokenizer from tokenizer.json, the weights from best/. The same
+`evaluate_data` scores evaluations during training.
+"""
+
+import dataclasses
+import functools
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jft import hf, metrics, rundir
+from jft.checkpoint import restore_latest
+from jft.data.tasks import IGNORE, Task, TaskBatches, encode, read_records, step_inputs
+from jft.models import BertConfig, BertForSequenceClassification, BertForTokenClassification
+from jft.parallel import Runner
+from jft.steps import FinetuneSetup, predict_step
+
+
+def build_model(model_cfg: BertConfig, task: Task, mlm: bool = False):
+    """The task's model; with `mlm`, with the masked-LM head of the joint objective as well."""
+    num_labels = max(len(task.labels), 1)
+    if task.kind == "token_classification":
+        return BertForTokenClassification(model_cfg, num_labels, mlm=mlm)
+    return BertForSequenceClassification(model_cfg, num_labels, mlm=mlm)
+
+
+def evaluate_data(runner: Runner, predict, params, data, task: Task, batch_size: int) -> dict[str, float]:
+    """Task metrics of params on encoded data (every example once, in order)."""
+    logits, labels = _predict_all(runner, predict, params, data, task, batch_size)
+    if task.kind == "regression":
+        scores = logits[:, 0]
+        return {
+            "pearson": metrics.pearson(labels, scores),
+            "spearman": metrics.spearman(labels, scores),
+            "mse": float(np.mean((scores - labels) ** 2)),
+        }
+    if task.kind == "classification":
+        predicted = logits.argmax(-1)
+        out = {"accuracy": metrics.accuracy(labels, predicted), "mcc": metrics.matthews_corrcoef(labels, predicted)}
+        out["f1" if len(task.labels) == 2 else "macro_f1"] = (
+            metrics.f1(labels, predicted) if len(task.labels) == 2 else metrics.macro_f1(labels, predicted)
+        )
+        return out
+    gold, predicted = [], []
+    for token_logits, token_labels in zip(logits, labels):
+        keep = token_labels != IGNORE
+        gold.append([task.labels[i] for i in token_labels[keep]])
+        predicted.append([task.labels[i] for i in token_logits[keep].argmax(-1)])
+    hits = sum(np.sum(np.array(g) == np.array(p)) for g, p in zip(gold, predicted))
+    return {**metrics.entity_f1(gold, predicted), "token_accuracy": float(hits / max(sum(map(len, gold)), 1))}
+
+
+def _predict_all(runner: Runner, predict, params, data, task: Task, batch_size: int):
+    """Logits and labels of every example of data, in the data's order."""
+    batches = TaskBatches(data, task.kind, batch_size, shuffle=False, max_len=task.seq_len)
+    logits, labels = [None] * len(data), [None] * len(data)
+    no_key = runner.put_replicated(jax.random.PRNGKey(0))
+    for batch in batches.epoch(0):
+        out = runner.get_rows(predict(params, runner.put_global_batch(step_inputs(batch)[1]), no_key))
+        for row, example in enumerate(batch["example_ids"]):
+            if example >= 0:
+                n = len(data.input_ids[example])
+                logits[example] = out[row, :n] if task.kind == "token_classification" else out[row]
+                labels[example] = (
+                    batch["labels"][row, :n] if task.kind == "token_classification" else batch["labels"][row]
+                )
+    if task.kind == "token_classification":
+        return logits, labels
+    return np.stack(logits), np.stack(labels)
+
+
+class FinetunedModel:
+    """A fine-tuned workdir, ready to evaluate, predict and export (its best checkpoint)."""
+
+    def __init__(self, workdir: str | Path, backend: str = "jit"):
+        workdir = Path(workdir).absolute()
+        run = rundir.read_run(workdir) if workdir.is_dir() else None
+        rundir.require_stage(workdir, run, "finetuning", "give the --workdir of a `jft finetune` run")
+        self.task = Task.from_json(run["task"])
+        self.model_config = BertConfig.from_dict(run["model"])
+        state, self.best = restore_latest(
+            workdir / rundir.BEST, f"{workdir} has no saved model yet (best/ is empty); let `jft finetune` finish."
+        )
+        self.params = state["params"]
+        self.tokenizer = rundir.run_tokenizer(workdir)
+        self.runner = Runner(backend)
+        model = build_model(self.model_config, self.task)
+        setup = FinetuneSetup(model, None, None, self.task.kind, 0.0, None)
+        self.predict_fn = self.runner.compile_rows(functools.partial(predict_step, setup=setup))
+
+    def _encode(self, source: str, with_labels: bool):
+        records = read_records(
+            source, self.task.columns if with_labels else dataclasses.replace(self.task.columns, label=None)
+        )
+        return records, encode(
+            records,
+            self.tokenizer,
+            self.task.kind,
+            self.task.columns,
+            self.task.labels,
+            self.task.seq_len,
+            with_labels=with_labels,
+        )
+
+    def evaluate(self, source: str, batch_size: int = 32) -> dict[str, float]:
+        _, data = self._encode(source, with_labels=True)
+        params = self.runner.put_replicated(self.params)
+        return evaluate_data(self.runner, self.predict_fn, params, data, self.task, batch_size)
+
+    def predict(self, source: str, batch_size: int = 32) -> list[dict]:
+        """One dict a record: label and probabilities (classification), score (regression), or
+        one tag a word (token classification)."""
+        records, data = self._encode(source, with_labels=False)
+        params = self.runner.put_replicated(self.params)
+        logits, _ = _predict_all(self.runner, self.predict_fn, params, data, self.task, batch_size)
+        out = []
+        for record, example_logits in zip(records, logits):
+            if self.task.kind == "regression":
+                out.append({"score": float(example_logits[0])})
+                continue
+            probs = np.exp(example_logits - example_logits.max(-1, keepdims=True))
+            probs /= probs.sum(-1, keepdims=True)
+            if self.task.kind == "classification":
+                out.append(
+                    {
+                        "label": self.task.labels[int(probs.argmax())],
+                        "probabilities": {name: float(p) for name, p in zip(self.task.labels, probs)},
+                    }
+                )
+            else:
+                words = _first_pieces(self.tokenizer, record[self.task.columns.text], self.task.seq_len)
+                out.append({"tags": [self.task.labels[int(probs[i].argmax())] for i in words]})
+        return out
+
+    def export(self, out_dir: str | Path, format: str = "safetensors") -> Path:
+        labels = self.task.labels if self.task.labels else None
+        return hf.save(out_dir, self.model_config, self.params, format=format, labels=labels)
+
+
+def _first_pieces(tokenizer, words: list[str], seq_len: int) -> list[int]:
+    """Token positions of the first word-piece of each word that fits in seq_len tokens."""
+    encoding = tokenizer.encode(words, is_pretokenized=True)
+    positions, previous = [], None
+    for position, word in enumerate(encoding.word_ids[:seq_len]):
+        if word is not None and word != previous:
+            positions.append(position)
+        previous = word
+    return positions
