@@ -194,6 +194,8 @@ def _run_config(args, overrides):
     from jft.config import load_config
 
     path = Path(args.source)
+    if not path.exists() and not Path(args.source.partition(":")[0]).is_file():
+        raise JftError(f"{path} is neither a run directory nor a config file.")
     if path.is_dir():
         if overrides:
             raise JftError(f"{path} is a run directory; its config is fixed, so --config.KEY=VALUE does not apply.")

@@ -82,7 +82,8 @@ def read_run(workdir: Path) -> dict | None:
 def require_stage(workdir: Path, run: dict | None, stage: str, action: str) -> None:
     """A clear error when a workdir holds no run, or a run of the other stage."""
     if run is None:
-        raise JftError(f"{workdir} holds no jft run ({RUN_FILE} is missing); {action}.")
+        missing = "does not exist" if not workdir.exists() else f"holds no jft run ({RUN_FILE} is missing)"
+        raise JftError(f"{workdir} {missing}; {action}.")
     if run["stage"] != stage:
         raise JftError(f"{workdir} holds a {run['stage']} run, not a {stage} run; {action}.")
 

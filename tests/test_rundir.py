@@ -408,3 +408,21 @@ mv runs/pre pre-moved
     done = subprocess.run(["bash", "-c", script], cwd=tmp_path / "work", env=ONE_DEVICE, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert len((tmp_path / "work" / "predictions.jsonl").read_text().splitlines()) == 24
+
+
+def test_readers_say_what_a_directory_is(pretrained, tmp_path, capsys):
+    root = pretrained
+    (tmp_path / "empty").mkdir()
+    dev = str(root / "dev.csv")
+    cases = [
+        (["eval", "--workdir", str(root / "moved"), "--data", dev], "holds a pretraining run, not a finetuning run"),
+        (["predict", "--workdir", str(tmp_path / "gone"), "--input", dev, "--output", "x"], "gone does not exist"),
+        (["export", "--workdir", str(tmp_path / "empty"), "--out", "x"], "holds no jft run \\(run.json is missing\\)"),
+        (["config", str(tmp_path / "gone")], "is neither a run directory nor a config file"),
+        (_finetune(tmp_path / "run", init_from=str(tmp_path / "empty"), **{"data.train": dev}), "is neither a jft"),
+    ]
+    for command, message in cases:
+        assert cli.main(command) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+    assert sorted(os.listdir(tmp_path)) == ["empty"]
