@@ -1,14 +1,20 @@
 """Orbax checkpoints of a run: periodic asynchronous saves, keep-N, atomic, resumable.
 
 A checkpoint at step s holds two items:
-- "state": the TrainState (params, optimizer state, step, skipped count) and the run's rng key;
-- "meta": JSON: the loader position (pretraining), or the metric, score and step (best/).
+- "state": the TrainState (params, optimizer state, step, skipped counts) and the run's rng key;
+- "meta": JSON: the loader position (pretraining), or the metric, score and step (best/), and a
+  SHA-256 of every array of the state.
 What the run is (config, model, data) lives in the run directory's run.json (jft.rundir).
 Orbax writes each step to a temporary directory and renames it to the step's number when
-complete, so the latest step that exists is always a complete one, even after SIGKILL.
+complete, so the latest step that exists is always a complete one, even after SIGKILL. A state
+with a non-finite value is never saved; a restore checks every array against its checksum and
+falls back to the newest checkpoint that passes, setting the damaged ones aside (heal).
 """
 
+import hashlib
+import shutil
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +24,26 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from jft.errors import JftError, RunStopped
+from jft.params import check_finite
+
+
+class DamagedCheckpoint(Exception):
+    """A checkpoint that cannot be read, or whose arrays do not match their checksums."""
+
+
+def _path(keys) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keys)
+
+
+def checksums(tree: Any) -> dict[str, str]:
+    """SHA-256 of every array of a (host) tree, by path: 'train/params/bert/...'."""
+    out = {}
+    for keys, value in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        value = np.ascontiguousarray(value)
+        digest = hashlib.sha256(f"{value.dtype} {value.shape} ".encode())
+        digest.update(value.tobytes())
+        out[_path(keys)] = digest.hexdigest()
+    return out
 
 
 class Checkpoints:
@@ -36,26 +62,66 @@ class Checkpoints:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, meta: dict, *, force: bool = False) -> bool:
-        """Starts saving (in the background when asynchronous) if `step` is due, or if forced."""
+        """Starts saving a host state (in the background when asynchronous) if `step` is due, or if
+        forced; a state with a non-finite value is refused. meta gains the arrays' checksums."""
+        if not force and not self.manager.should_save(step):
+            return False
+        check_finite(state, f"the state to save at step {step} in {self.directory}")
+        meta = {**meta, "checksums": checksums(state)}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         return self.manager.save(step, args=args, force=force)
 
-    def restore_meta(self, step: int | None = None) -> dict:
-        step = self.latest_step() if step is None else step
-        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-
     def restore(self, abstract_state: Any = None, step: int | None = None) -> tuple[Any, dict]:
-        """The state and meta of a step, by default the latest.
+        """The state and meta of a step (by default the latest), checked against its checksums;
+        DamagedCheckpoint when it cannot be read or does not match.
 
         abstract_state: a tree like the saved state (its arrays set the restored types); None
         restores the saved tree as nested dicts.
         """
         step = self.latest_step() if step is None else step
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
+        try:
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
+            )
+            state, meta = restored["state"], restored["meta"]
+        except Exception as error:  # Orbax, tensorstore and json raise many types for damaged files
+            raise DamagedCheckpoint(f"cannot be read ({type(error).__name__}: {_first_line(error)})") from None
+        if not isinstance(meta, dict) or "checksums" not in meta:
+            raise DamagedCheckpoint("has no checksums in its meta")
+        found = checksums(state)
+        wrong = sorted(
+            path for path in set(found) | set(meta["checksums"]) if found.get(path) != meta["checksums"].get(path)
         )
-        return restored["state"], restored["meta"]
+        if wrong:
+            raise DamagedCheckpoint(f"does not match its checksums ({len(wrong)} arrays, e.g. {wrong[0]})")
+        return state, meta
+
+    def restore_newest_good(self, abstract_state: Any = None, *, set_aside: Path | None = None):
+        """(state, meta, step) of the newest checkpoint that restores and matches its checksums, or
+        None when there is none. Each damaged one is reported on stderr and, with set_aside (a
+        directory outside this one), moved there; else left where it is."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state, meta = self.restore(abstract_state, step)
+                return state, meta, step
+            except DamagedCheckpoint as damage:
+                where = "left as it is"
+                if set_aside is not None:
+                    target = _free_name(set_aside / f"{self.directory.name}-{step}")
+                    _sync("jft: checked a damaged checkpoint")  # every process has tried to read it
+                    if jax.process_index() == 0:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.move(self.directory / str(step), target)
+                    _sync("jft: set a damaged checkpoint aside")
+                    self.manager.reload()
+                    where = f"set aside as {target}"
+                print(
+                    f"warning: the checkpoint {self.directory / str(step)} {damage}; {where}; trying an earlier one",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        return None
 
     def wait(self) -> None:
         """Blocks until a save in flight is on disk."""
@@ -72,7 +138,8 @@ def saved_steps(directory: str | Path) -> list[int]:
 
 
 def restore_latest(directory: str | Path, missing: str) -> tuple[Any, dict]:
-    """The state (as saved, nested dicts) and meta of the latest checkpoint in directory.
+    """The state (as saved, nested dicts) and meta of the newest good checkpoint in directory (a
+    damaged newer one is reported and left as it is: this reads another run's directory).
 
     missing: the error message when it holds no complete checkpoint (nothing is created then).
     """
@@ -80,9 +147,31 @@ def restore_latest(directory: str | Path, missing: str) -> tuple[Any, dict]:
         raise JftError(missing)
     checkpoints = Checkpoints(directory, asynchronous=False)
     try:
-        return checkpoints.restore()
+        restored = checkpoints.restore_newest_good()
     finally:
         checkpoints.close()
+    if restored is None:
+        raise JftError(f"every checkpoint in {directory} is damaged (see the warnings above); nothing can be read.")
+    return restored[:2]
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else ""
+
+
+def _free_name(path: Path) -> Path:
+    """path, or path-2, path-3, ... whichever does not exist yet."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
 
 
 class StopRequest:

@@ -378,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command.run(args, config)
     except JftError as error:
         print(f"jft {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
     except RunStopped as stop:
         print(f"jft {args.command}: {stop}", file=sys.stderr)
         return stop.exit_code

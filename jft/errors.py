@@ -6,7 +6,16 @@ from collections.abc import Iterable
 
 
 class JftError(ValueError):
-    """Bad input from the user (config, files, shapes). The CLI prints it without a traceback."""
+    """Bad input from the user (config, files, shapes). The CLI prints it without a traceback and
+    exits with exit_code."""
+
+    exit_code = 2
+
+
+class RunDiverged(JftError):
+    """A run stopped because its updates kept failing (non-finite results); the CLI exits with 1."""
+
+    exit_code = 1
 
 
 def did_you_mean(name: str, valid: Iterable[str]) -> str:

@@ -51,11 +51,11 @@ from jft.errors import JftError
 from jft.inference import build_model, evaluate_data
 from jft.masking import MaskingConfig
 from jft.models import init_params
-from jft.optim import make_optimizer, weight_decay_mask
+from jft.optim import check_optim, make_optimizer, weight_decay_mask
 from jft.parallel import Runner, parallel_config
 from jft.params import flatten, merge, unflatten
 from jft.steps import FinetuneSetup, create_finetune_state, finetune_step, predict_step
-from jft.training_log import TrainingLog, last_metrics
+from jft.training_log import TrainingLog, check_guard, guard_config
 
 REFERENCES = ("zero", "init")
 REFERENCE_FILE = "reference.safetensors"
@@ -73,6 +73,7 @@ MAY_CHANGE_ON_RESUME = (
     "eval_every",
     "progress",
     "parallel",
+    "guard",
 )
 
 
@@ -132,6 +133,7 @@ def default_config() -> ConfigDict:
     config.best_metric = ""  # empty: accuracy, pearson or entity_f1 by task; higher is better
     config.log_every = 50
     config.parallel = parallel_config()
+    config.guard = guard_config()
     config.progress = True
     return config
 
@@ -149,9 +151,20 @@ def _check_settings(config: ConfigDict) -> None:
         raise JftError(f"l2.reference '{config.l2.reference}' is not one of {REFERENCES}.")
     if config.data.layout not in LAYOUTS:
         raise JftError(f"data.layout '{config.data.layout}' is not one of {LAYOUTS}.")
-    for key in ("epochs", "batch_size", "log_every"):
+    for key in ("epochs", "batch_size", "log_every", "data.seq_len", "data.max_segments"):
         if config[key] < 1:
             raise JftError(f"{key} must be at least 1, got {config[key]}.")
+    check_optim(config.optim)
+    check_guard(config.guard)
+    if config.eval_every < 0 or not 0 <= config.warmup_fraction < 1:
+        raise JftError(
+            f"eval_every must be 0 (each epoch's end) or more and warmup_fraction in [0, 1), got "
+            f"{config.eval_every} and {config.warmup_fraction}."
+        )
+    if config.l2.weight < 0 or config.joint_mlm.weight < 0:
+        raise JftError(
+            f"l2.weight and joint_mlm.weight must be 0 or more, got {config.l2.weight}, {config.joint_mlm.weight}."
+        )
     if not config.data.train:
         raise JftError("no training data: set data.train (a CSV, TSV or JSONL file, or tfds:NAME:SPLIT).")
 
@@ -229,9 +242,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
         return _train(config, workdir, runner, model_cfg, task, tokenizer, train_data, eval_data, init, best_metric)
 
 
-def _initial_params(model, config: ConfigDict, init, task: Task) -> tuple[dict, dict | None]:
-    """The parameters a new run starts from, and θ_ref for L2-SP (None: θ_ref = 0)."""
-    params = init_params(model, jax.random.fold_in(jax.random.PRNGKey(config.seed), 0))
+def _initial_params(params: dict, config: ConfigDict, init, task: Task) -> tuple[dict, dict | None]:
+    """The parameters a new run starts from (params, fresh, with init_from's merged in), and θ_ref
+    for L2-SP (None: θ_ref = 0)."""
     if init is None:
         return params, None
     loaded = dict(init.params)
@@ -271,36 +284,38 @@ def _train(
     total_steps = config.epochs * len(batches)
     checkpoints = Checkpoints(workdir / rundir.CHECKPOINTS, every_steps=max(len(batches), 1), keep=1)
     best = Checkpoints(workdir / rundir.BEST, every_steps=1, keep=1, asynchronous=False)
-    if checkpoints.latest_step() == total_steps:
-        for manager in (checkpoints, best):
-            manager.close()
-        print(f"{workdir}: this run finished at step {total_steps}; nothing to do.", flush=True)
-        return last_metrics(workdir)
-
-    resuming = checkpoints.latest_step() is not None
-    params, reference = _initial_params(model, config, None if resuming else init, task)
-    if resuming and (workdir / REFERENCE_FILE).is_file():
-        reference = unflatten(safetensors.numpy.load_file(workdir / REFERENCE_FILE))
-    elif reference is not None and jax.process_index() == 0:
-        temporary = workdir / f".{REFERENCE_FILE}.tmp"
-        safetensors.numpy.save_file(flatten(reference), temporary)
-        temporary.replace(workdir / REFERENCE_FILE)
     if not config.optim.warmup_steps:
         config = config.copy_and_resolve_references()
         config.optim.warmup_steps = int(config.warmup_fraction * total_steps)
     tx, schedule = make_optimizer(config.optim, total_steps)
-    mask = weight_decay_mask(params) if config.l2.exclude_bias_and_layer_norm else jax.tree.map(lambda _: True, params)
-    setup = FinetuneSetup(model, tx, schedule, task.kind, config.l2.weight, mask, joint.weight, masking)
+    params = init_params(model, jax.random.fold_in(jax.random.PRNGKey(config.seed), 0))
     host_state = {
         "train": jax.tree.map(np.asarray, create_finetune_state(params, tx)),
         "rng": np.asarray(jax.random.PRNGKey(config.seed)),
     }
+    restored = rundir.restore_run(checkpoints, host_state, workdir)
+    if restored is not None and restored[2] == total_steps:
+        for manager in (checkpoints, best):
+            manager.close()
+        return rundir.finished(workdir, total_steps)
+    reference = None
+    if restored is not None:
+        host_state = restored[0]
+        if (workdir / REFERENCE_FILE).is_file():
+            reference = unflatten(safetensors.numpy.load_file(workdir / REFERENCE_FILE))
+    else:
+        params, reference = _initial_params(params, config, init, task)
+        host_state["train"] = jax.tree.map(np.asarray, create_finetune_state(params, tx))
+        if reference is not None and jax.process_index() == 0:
+            temporary = workdir / f".{REFERENCE_FILE}.tmp"
+            safetensors.numpy.save_file(flatten(reference), temporary)
+            temporary.replace(workdir / REFERENCE_FILE)
+    mask = weight_decay_mask(params) if config.l2.exclude_bias_and_layer_norm else jax.tree.map(lambda _: True, params)
+    setup = FinetuneSetup(model, tx, schedule, task.kind, config.l2.weight, mask, joint.weight, masking)
     best_value = -np.inf
-    if resuming:
-        host_state, _ = checkpoints.restore(host_state)
-    saved_best = best.restore_meta().get("value") if best.latest_step() is not None else None
-    if saved_best is not None:
-        best_value = saved_best  # the best model's own score: a replayed evaluation must beat it
+    saved_best = best.restore_newest_good(set_aside=workdir / rundir.DAMAGED)
+    if saved_best is not None and saved_best[1].get("value") is not None:
+        best_value = saved_best[1]["value"]  # the best model's own score: a replayed evaluation must beat it
     train_step = runner.compile(functools.partial(finetune_step, setup=setup))
     predict = runner.compile_rows(functools.partial(predict_step, setup=setup))
     state = runner.put_replicated(host_state["train"]).replace(reference=runner.put_replicated(reference))
@@ -321,7 +336,7 @@ def _train(
             )
 
     eval_every = config.eval_every or len(batches)
-    log = TrainingLog(workdir, total_steps, start, "fine-tuning", "examples", config.progress)
+    log = TrainingLog(workdir, total_steps, start, "fine-tuning", "examples", config.progress, config.guard)
     device_batches = prefetch(
         ((n, runner.put_global_batch(batch)) for n, batch in map(step_inputs, batches.stream(start))), ahead=2
     )

@@ -68,6 +68,7 @@ def load(path: str | Path, *, format: str | None = None) -> tuple[BertConfig, di
     module, module_params = model_for(config, params)
     expected = jax.eval_shape(functools.partial(init_params, module), jax.random.key(0))
     ptree.check_shapes(expected, module_params, what=f"the weights in {weights_file}")
+    ptree.check_finite(params, f"{weights_file}")
     dtype = config.params_dtype
     return config, jax.tree.map(lambda x: jnp.asarray(x, dtype=dtype), params)
 

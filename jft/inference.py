@@ -17,6 +17,7 @@ from jft.checkpoint import restore_latest
 from jft.data.tasks import IGNORE, Task, TaskBatches, encode, read_records, step_inputs
 from jft.models import BertConfig, BertForSequenceClassification, BertForTokenClassification
 from jft.parallel import Runner
+from jft.params import check_finite
 from jft.steps import FinetuneSetup, predict_step
 
 
@@ -86,6 +87,7 @@ class FinetunedModel:
             workdir / rundir.BEST, f"{workdir} has no saved model yet (best/ is empty); let `jft finetune` finish."
         )
         self.params = state["params"]
+        check_finite(self.params, f"the best model in {workdir / rundir.BEST}")
         self.tokenizer = rundir.run_tokenizer(workdir)
         self.runner = Runner(backend)
         model = build_model(self.model_config, self.task)

@@ -1,5 +1,7 @@
 """Optimizers from optax: warmup then linear or cosine decay, AdamW or LAMB, clipping, decay masks."""
 
+import math
+
 import optax
 from ml_collections import ConfigDict
 
@@ -8,6 +10,27 @@ from jft.params import flatten, unflatten
 
 OPTIMIZERS = ("adamw", "lamb")
 DECAYS = ("linear", "cosine", "constant")
+
+
+def check_optim(config: ConfigDict) -> None:
+    """One error listing every setting of an `optim` group that cannot train."""
+    problems = []
+    if config.name not in OPTIMIZERS:
+        problems.append(f"optim.name '{config.name}' is not one of {OPTIMIZERS}")
+    if config.decay not in DECAYS:
+        problems.append(f"optim.decay '{config.decay}' is not one of {DECAYS}")
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        problems.append(f"optim.lr must be a positive number, got {config.lr}")
+    for key in ("b1", "b2"):
+        if not 0 <= config[key] < 1:
+            problems.append(f"optim.{key} must be in [0, 1), got {config[key]}")
+    if not (math.isfinite(config.eps) and config.eps > 0):
+        problems.append(f"optim.eps must be a positive number, got {config.eps}")
+    for key in ("weight_decay", "max_grad_norm", "warmup_steps"):
+        if not (math.isfinite(config[key]) and config[key] >= 0):
+            problems.append(f"optim.{key} must be 0 or more, got {config[key]}")
+    if problems:
+        raise JftError("; ".join(problems) + ".")
 
 
 def learning_rate_schedule(config: ConfigDict, total_steps: int) -> optax.Schedule:

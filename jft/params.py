@@ -4,6 +4,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import jax
+import numpy as np
 from flax import traverse_util
 
 from jft.errors import JftError
@@ -74,3 +76,19 @@ def merge(target: Params, loaded: Params) -> tuple[dict[str, Any], MergeReport]:
         unused=[p for p in have if p not in want],
     )
     return unflatten(merged), report
+
+
+def check_finite(tree: Params, what: str) -> None:
+    """A JftError naming each array of tree (up to 5) that holds NaN or infinity."""
+    bad = []
+    for keys, value in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        path = "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keys)
+        value = np.asarray(value)
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            bad.append(f"{path} ({np.size(value) - int(np.isfinite(value).sum()):,} of {np.size(value):,} values)")
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise JftError(
+            f"{what} holds weights that are not finite (NaN or infinity): {', '.join(bad[:5])}{more}; "
+            "such a model computes nothing useful. Use an earlier checkpoint or other weights."
+        )

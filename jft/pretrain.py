@@ -36,11 +36,11 @@ from jft.errors import JftError
 from jft.masking import MaskingConfig
 from jft.models import BertConfig, BertForPreTraining, init_params
 from jft.objectives import means
-from jft.optim import make_optimizer
+from jft.optim import check_optim, make_optimizer
 from jft.parallel import Runner, parallel_config
 from jft.params import merge
 from jft.steps import PretrainSetup, create_state, pretrain_eval_step, pretrain_step
-from jft.training_log import TrainingLog, last_metrics
+from jft.training_log import TrainingLog, check_guard, guard_config
 
 # Settings a resumed run may change: where things are (data is compared by content instead),
 # logging, saving, devices. The model is compared field by field (rundir.resume_model).
@@ -59,6 +59,7 @@ MAY_CHANGE_ON_RESUME = (
     "async_checkpoints",
     "progress",
     "parallel",
+    "guard",
 )
 
 
@@ -106,6 +107,7 @@ def default_config() -> ConfigDict:
     config.total_steps = 1000
     config.seed = 0
     config.parallel = parallel_config()
+    config.guard = guard_config()
     config.log_every = 50
     config.eval_every = 500
     config.eval_batches = 10
@@ -121,6 +123,15 @@ def _check_settings(config: ConfigDict) -> None:
     for key in ("total_steps", "batch_size", "accum_steps", "log_every", "eval_every", "checkpoint_every"):
         if config[key] < 1:
             raise JftError(f"{key} must be at least 1, got {config[key]}.")
+    check_optim(config.optim)
+    check_guard(config.guard)
+    if not 0 < config.masking.rate < 1 or config.masking.max_predictions < 1:
+        raise JftError(
+            f"masking.rate must be between 0 and 1 and masking.max_predictions at least 1, got "
+            f"{config.masking.rate} and {config.masking.max_predictions}."
+        )
+    if config.eval_batches < 0:
+        raise JftError(f"eval_batches must be 0 (no evaluation) or more, got {config.eval_batches}.")
     if config.keep_checkpoints < 1:
         raise JftError(
             f"keep_checkpoints must be at least 1, got {config.keep_checkpoints}: the newest checkpoint is the run."
@@ -289,12 +300,12 @@ def _train(config: ConfigDict, workdir: Path, runner: Runner, model_cfg: BertCon
         keep=config.keep_checkpoints,
         asynchronous=config.async_checkpoints,
     )
-    if checkpoints.latest_step() == config.total_steps:
+    restored = rundir.restore_run(checkpoints, host_state, workdir)
+    if restored is not None and restored[2] == config.total_steps:
         checkpoints.close()
-        print(f"{workdir}: this run finished at step {config.total_steps}; nothing to do.", flush=True)
-        return last_metrics(workdir)
-    if checkpoints.latest_step() is not None:
-        host_state, _ = checkpoints.restore(host_state)
+        return rundir.finished(workdir, config.total_steps)
+    if restored is not None:
+        host_state = restored[0]
     elif init is not None:
         merged, report = merge(host_state["train"].params, init.params)
         host_state["train"] = host_state["train"].replace(params=jax.tree.map(np.asarray, merged))
@@ -317,7 +328,7 @@ def _train(config: ConfigDict, workdir: Path, runner: Runner, model_cfg: BertCon
         train_rows, config.batch_size, config.seed, process_index=jax.process_index(), process_count=jax.process_count()
     )
     evaluate = _evaluator(config, train_rows.directory, runner, eval_step)
-    log = TrainingLog(workdir, config.total_steps, start, "pretraining", "sequences", config.progress)
+    log = TrainingLog(workdir, config.total_steps, start, "pretraining", "sequences", config.progress, config.guard)
     batches = loader.iterate(start, runner.put_batch)
     stopped = None
     try:

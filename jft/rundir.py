@@ -11,6 +11,7 @@ the path it was made under:
     best/<step>/            fine-tuning: the parameters of the best evaluation, its score and step
     reference.safetensors   fine-tuning with l2.reference=init: θ_ref, the weights it started from
     data/                   pretraining from data.corpus: the prepared rows
+    damaged/                checkpoints that failed their checksums or could not be read, set aside
     metrics.jsonl, tensorboard/
     run.lock                while a run holds the directory: pid, host, start time, command
 
@@ -35,18 +36,21 @@ import tokenizers
 from jax.experimental import multihost_utils
 
 from jft import __version__, hf
-from jft.checkpoint import restore_latest, saved_steps
+from jft.checkpoint import Checkpoints, restore_latest, saved_steps
 from jft.config import resolve_model
 from jft.data.tokenizer import load_tokenizer, save_tokenizer, vocabulary_fingerprint
 from jft.errors import JftError
 from jft.models import BertConfig
 from jft.models.config import COMPUTE_FIELDS
+from jft.params import check_finite
+from jft.training_log import last_metrics
 
 FORMAT = "jft-run/1"
 RUN_FILE = "run.json"
 TOKENIZER = "tokenizer.json"
 CHECKPOINTS = "checkpoints"
 BEST = "best"
+DAMAGED = "damaged"  # checkpoints that failed their checks, set aside (never deleted)
 LOCK = "run.lock"
 STAGES = ("pretraining", "finetuning")
 
@@ -200,9 +204,15 @@ class InitSource:
 
 
 def open_init(path: str | Path) -> InitSource:
-    """A pretraining workdir (its latest checkpoint), a fine-tuning workdir or its best/ (the best
-    model), or a Hugging Face BERT directory (config.json and weights)."""
-    path = Path(path).absolute()
+    """A pretraining workdir (its newest good checkpoint), a fine-tuning workdir or its best/ (the
+    best model), or a Hugging Face BERT directory (config.json and weights). Weights that are not
+    finite are refused, naming the tensor."""
+    source = _open_init(Path(path).absolute())
+    check_finite(source.params, f"init_from {source.path}")
+    return source
+
+
+def _open_init(path: Path) -> InitSource:
     if not path.exists():
         raise JftError(f"init_from {path} does not exist; give a jft workdir or a Hugging Face BERT directory.")
     if path.name == "best" and (path.parent / RUN_FILE).is_file():
@@ -249,12 +259,37 @@ def run_model(group: Mapping, run: dict | None, init: InitSource | None, vocab_s
         model = resolve_model(group, checkpoint=init.model, source=f"init_from {init.path}")
     else:
         model = resolve_model(group, vocab_size=vocab_size)
+    if model.dtype == "float16":
+        raise JftError(
+            "model.dtype float16 cannot train: jft has no loss scaling, so small gradients would vanish; "
+            "use bfloat16 (the same speed on GPUs and TPUs, float32's range) or float32."
+        )
     if vocab_size > model.vocab_size:
         raise JftError(
             f"the vocabulary has {vocab_size} tokens, more than the model's vocab_size {model.vocab_size}; "
             "use the vocabulary the model was made with, or a model with a larger embedding table."
         )
     return model, differences
+
+
+def restore_run(checkpoints: Checkpoints, template: Any, workdir: Path) -> tuple[Any, dict, int] | None:
+    """(state, meta, step) of the run's newest good checkpoint, damaged newer ones set aside in
+    <workdir>/damaged; None for a run without checkpoints. When every checkpoint is damaged, they
+    are all set aside and the error says so (the next start begins the run again)."""
+    had = checkpoints.latest_step() is not None
+    restored = checkpoints.restore_newest_good(template, set_aside=workdir / DAMAGED)
+    if restored is None and had:
+        raise JftError(
+            f"every checkpoint in {checkpoints.directory} is damaged; they are set aside in {workdir / DAMAGED}. "
+            "Run the same command again to start this run over from step 0."
+        )
+    return restored
+
+
+def finished(workdir: Path, step: int) -> dict[str, float]:
+    """What a run that finished before says, and its last metrics."""
+    print(f"{workdir}: this run finished at step {step}; nothing to do.", flush=True)
+    return last_metrics(workdir)
 
 
 class Lock:

@@ -26,13 +26,13 @@ class TrainState:
     step: jax.Array  # int32 scalar: optimizer steps taken
     params: Any
     opt_state: Any
-    skipped: jax.Array  # int32 scalar: updates skipped because the gradients were not finite
+    skipped: jax.Array  # int32 scalar: updates skipped because their results were not finite
+    skipped_in_a_row: jax.Array  # int32 scalar: of those, the consecutive ones up to now
 
 
 def create_state(params, tx: optax.GradientTransformation) -> TrainState:
-    return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), skipped=jnp.zeros((), jnp.int32)
-    )
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(step=zero, params=params, opt_state=tx.init(params), skipped=zero, skipped_in_a_row=zero)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,27 +145,38 @@ def pretrain_step(
         "learning_rate": setup.schedule(state.step - state.skipped),  # skipped steps do not advance optax
         "grad_norm": grad_norm,
         "skipped_updates": new_state.skipped,
+        "skipped_in_a_row": new_state.skipped_in_a_row,
     }
     return new_state, metrics
 
 
 def _apply_gradients(tx: optax.GradientTransformation, state: TrainState, grads) -> tuple[TrainState, jax.Array]:
-    """The optimizer update, skipped (and counted) when the gradients are not finite."""
+    """The optimizer update, applied only when the gradients, the new parameters and the new
+    optimizer state are all finite (a finite gradient times a NaN learning rate is not); else
+    skipped and counted, so that a non-finite weight is never kept."""
     grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(grad_norm) & _all_finite((params, opt_state))
 
     def keep_if_finite(new, old):
         return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
 
+    skipped = (~finite).astype(jnp.int32)
     new_state = state.replace(
         step=state.step + 1,
         params=keep_if_finite(params, state.params),
         opt_state=keep_if_finite(opt_state, state.opt_state),
-        skipped=state.skipped + (~finite).astype(jnp.int32),
+        skipped=state.skipped + skipped,
+        skipped_in_a_row=(state.skipped_in_a_row + 1) * skipped,
     )
     return new_state, grad_norm
+
+
+def _all_finite(tree) -> jax.Array:
+    """Whether every float in tree is finite (a bool scalar)."""
+    leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.stack(leaves).all()
 
 
 def pretrain_eval_step(
@@ -183,7 +194,7 @@ class FinetuneState(TrainState):
 
 def create_finetune_state(params, tx: optax.GradientTransformation, reference=None) -> FinetuneState:
     base = create_state(params, tx)
-    return FinetuneState(base.step, base.params, base.opt_state, base.skipped, reference)
+    return FinetuneState(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)}, reference=reference)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,6 +275,7 @@ def finetune_step(
         "learning_rate": setup.schedule(state.step - state.skipped),  # skipped steps do not advance optax
         "grad_norm": grad_norm,
         "skipped_updates": new_state.skipped,
+        "skipped_in_a_row": new_state.skipped_in_a_row,
     }
     if "accuracy" in task:
         metrics["accuracy"] = task["accuracy"]

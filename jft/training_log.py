@@ -1,13 +1,85 @@
 """What a training run reports: metrics to <workdir>/metrics.jsonl (one JSON object a line) and
-TensorBoard, the rate of work between log steps, and a progress bar; from process 0 only."""
+TensorBoard, the rate of work between log steps, and a progress bar, from process 0 only; and
+what it does when it diverges (DivergenceGuard), on every process alike."""
 
 import json
+import math
+import sys
 import time
 from pathlib import Path
 
 import jax
+from ml_collections import ConfigDict
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
+
+from jft.errors import JftError, RunDiverged
+
+
+def guard_config() -> ConfigDict:
+    """The `guard` keys of the training configs: when a diverging run warns, and when it stops."""
+    return ConfigDict(
+        dict(
+            # A run stops (exit 1) when this many updates in a row were skipped because their results
+            # were not finite; seen at log steps. Skipped updates change nothing, so the saved weights
+            # stay the last good ones.
+            max_skipped_in_a_row=10,
+            warn_loss_above=1e4,  # a training loss above this (or not finite) is reported
+            warn_rising_evals=3,  # an evaluation loss that rose this many times in a row is reported; 0: never
+        )
+    )
+
+
+def check_guard(guard: ConfigDict) -> None:
+    if guard.max_skipped_in_a_row < 1:
+        raise JftError(f"guard.max_skipped_in_a_row must be at least 1, got {guard.max_skipped_in_a_row}.")
+    if guard.warn_rising_evals < 0 or not guard.warn_loss_above > 0:
+        raise JftError("guard.warn_rising_evals must be at least 0 and guard.warn_loss_above above 0.")
+
+
+class DivergenceGuard:
+    """Stops a run whose updates keep failing (RunDiverged), and warns about a loss that is huge or
+    keeps rising. Every process sees the same global metrics, so all stop at the same step."""
+
+    def __init__(self, guard: ConfigDict, workdir: Path):
+        self.guard, self.workdir = guard, workdir
+        self.warned_loss = False
+        self.rises: dict[str, tuple[float, int]] = {}  # eval loss name: (last value, rises in a row)
+
+    def train(self, step: int, metrics: dict[str, float]) -> None:
+        if metrics.get("skipped_in_a_row", 0) >= self.guard.max_skipped_in_a_row:
+            raise RunDiverged(
+                f"stopped at step {step}: the last {int(metrics['skipped_in_a_row'])} updates were skipped because "
+                f"their results were not finite (loss {metrics['loss']:.4g}); the run diverged. Its checkpoints hold "
+                f"only finite weights from before. Lower optim.lr (or raise optim.warmup_steps) in a new --workdir, "
+                f"with --config.init_from={self.workdir} to keep its weights."
+            )
+        loss = metrics["loss"]
+        huge = not math.isfinite(loss) or loss > self.guard.warn_loss_above
+        if huge and not self.warned_loss:
+            _warn(f"step {step}: the training loss is {loss:.4g} (guard.warn_loss_above {self.guard.warn_loss_above})")
+        self.warned_loss = huge
+
+    def eval(self, step: int, metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            if not name.endswith("loss") or not self.guard.warn_rising_evals:
+                continue
+            last, rises = self.rises.get(name, (math.inf, 0))
+            rises = rises + 1 if value > last else 0
+            self.rises[name] = (value, rises)
+            if rises == self.guard.warn_rising_evals:
+                _warn(f"step {step}: the evaluation {name} rose {rises} times in a row (now {value:.4g})")
+
+
+def _warn(text: str) -> None:
+    if jax.process_index() == 0:
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
+def json_line(record: dict) -> str:
+    """One JSON line; floats that are not finite are written as null (JSON has no NaN)."""
+    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+    return json.dumps(clean, allow_nan=False) + "\n"
 
 
 class MetricWriter:
@@ -24,7 +96,7 @@ class MetricWriter:
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self.jsonl.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
+        self.jsonl.write(json_line({"step": step, "split": split, **metrics}))
         self.jsonl.flush()
         for name, value in metrics.items():
             self.tensorboard.add_scalar(f"{split}/{name}", value, step)
@@ -40,8 +112,11 @@ class TrainingLog:
     (sequences or examples), `train` at log steps with the step's metrics as host floats (which adds
     the rate since the last log step), `write` for evaluations; `last` holds the latest of each."""
 
-    def __init__(self, workdir: str | Path, total_steps: int, start: int, desc: str, unit: str, progress: bool):
+    def __init__(
+        self, workdir: Path, total_steps: int, start: int, desc: str, unit: str, progress: bool, guard: ConfigDict
+    ):
         self.writer = MetricWriter(workdir)
+        self.guard = DivergenceGuard(guard, workdir)
         self.bar = tqdm(
             total=total_steps,
             initial=start,
@@ -64,10 +139,13 @@ class TrainingLog:
         self._mark, self._work = now, 0
         self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", per_s=f"{metrics[self.rate_name]:.0f}")
         self.write(step, "train", metrics)
+        self.guard.train(step, metrics)
 
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
         self.writer.write(step, split, metrics)
         self.last.update({f"{split}_{name}": value for name, value in metrics.items()})
+        if split == "eval":
+            self.guard.eval(step, metrics)
 
     def close(self) -> None:
         self.writer.close()
