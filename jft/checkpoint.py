@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from jft.errors import JftError, RunStopped
+from jft.errors import JftError, RunFailed, RunStopped
 from jft.params import check_finite
 
 
@@ -55,6 +55,7 @@ class Checkpoints:
             save_interval_steps=every_steps,
             max_to_keep=keep,
             enable_async_checkpointing=asynchronous,
+            cleanup_tmp_directories=True,  # what a killed save left behind
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
@@ -67,9 +68,35 @@ class Checkpoints:
         if not force and not self.manager.should_save(step):
             return False
         check_finite(state, f"the state to save at step {step} in {self.directory}")
+        self._check_space(step, sum(np.asarray(x).nbytes for x in jax.tree.leaves(state)))
         meta = {**meta, "checksums": checksums(state)}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        return self.manager.save(step, args=args, force=force)
+        try:
+            return self.manager.save(step, args=args, force=force)
+        except Exception as error:  # a failed write: Orbax and tensorstore raise several types
+            self.manager.wait_until_finished()
+            for partial in self.directory.glob("*.orbax-checkpoint-tmp*"):
+                shutil.rmtree(partial, ignore_errors=True)
+            raise RunFailed(
+                f"cannot save the checkpoint of step {step} in {self.directory} ({_first_line(error)}); "
+                f"{self._newest()}."
+            ) from None
+
+    def _check_space(self, step: int, size: int) -> None:
+        """Refuses a save the disk has no room for (Orbax's background writers cannot fail cleanly)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        need = int(size * 1.1) + (1 << 18)  # the arrays, and Orbax's metadata
+        free = shutil.disk_usage(self.directory).free
+        if free < need:
+            raise RunFailed(
+                f"no room to save the checkpoint of step {step}: it needs about {need / 1e6:.1f} MB and "
+                f"{self.directory} has {free / 1e6:.1f} MB free; {self._newest()}. Free some space (or lower "
+                "keep_checkpoints) and run the same command to resume."
+            )
+
+    def _newest(self) -> str:
+        steps = self.manager.all_steps()
+        return f"the newest saved checkpoint is step {max(steps)}" if steps else "nothing is saved yet"
 
     def restore(self, abstract_state: Any = None, step: int | None = None) -> tuple[Any, dict]:
         """The state and meta of a step (by default the latest), checked against its checksums;
@@ -86,6 +113,7 @@ class Checkpoints:
             )
             state, meta = restored["state"], restored["meta"]
         except Exception as error:  # Orbax, tensorstore and json raise many types for damaged files
+            _ignore_closed_event_loops()
             raise DamagedCheckpoint(f"cannot be read ({type(error).__name__}: {_first_line(error)})") from None
         if not isinstance(meta, dict) or "checksums" not in meta:
             raise DamagedCheckpoint("has no checksums in its meta")
@@ -153,6 +181,22 @@ def restore_latest(directory: str | Path, missing: str) -> tuple[Any, dict]:
     if restored is None:
         raise JftError(f"every checkpoint in {directory} is damaged (see the warnings above); nothing can be read.")
     return restored[:2]
+
+
+def _ignore_closed_event_loops() -> None:
+    """After a failed read, Orbax's reader threads keep scheduling callbacks on event loops they
+    have closed: dozens of "Event loop is closed" tracebacks on stderr, about nothing. Drop those."""
+    previous = sys.unraisablehook
+    if getattr(previous, "ignores_closed_event_loops", False):
+        return
+
+    def hook(unraisable):
+        value = unraisable.exc_value
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.ignores_closed_event_loops = True
+    sys.unraisablehook = hook
 
 
 def _sync(name: str) -> None:

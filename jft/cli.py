@@ -229,10 +229,19 @@ def _predict_arguments(parser):
 
 
 def _run_predict(args, _):
+    from jft.files import finite_or_null
     from jft.inference import FinetunedModel
 
-    predictions = FinetunedModel(args.workdir).predict(args.input)
-    Path(args.output).write_text("".join(json.dumps(p) + "\n" for p in predictions))
+    output = Path(args.output)
+    temporary = output.with_name(f".{output.name}.tmp")
+    temporary.touch()  # a path that cannot be written fails now, not after every prediction is made
+    try:
+        predictions = FinetunedModel(args.workdir).predict(args.input)
+        lines = (json.dumps(finite_or_null(p), allow_nan=False) + "\n" for p in predictions)
+        temporary.write_text("".join(lines))
+        temporary.replace(output)
+    finally:
+        temporary.unlink(missing_ok=True)
     print(f"wrote {len(predictions)} predictions to {args.output}")
 
 
@@ -379,6 +388,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JftError as error:
         print(f"jft {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
+    except OSError as error:  # a file jft writes or reads: full disk, no permission, read-only
+        where = f" {error.filename}" if error.filename else ""
+        print(f"jft {args.command}: error: {error.strerror or error}:{where}", file=sys.stderr)
+        return 1
     except RunStopped as stop:
         print(f"jft {args.command}: {stop}", file=sys.stderr)
         return stop.exit_code

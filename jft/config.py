@@ -90,18 +90,29 @@ def bert_config(config: ConfigDict, **fill_in: Any) -> BertConfig:
 def load_config(spec: str | Path, overrides: Sequence[str] = ()) -> ConfigDict:
     """Runs get_config() from a config file, locks the result, and applies 'a.b=value' overrides.
 
-    spec: 'path/to/config.py', or 'path/to/config.py:ARG' to call get_config('ARG').
+    spec: 'path/to/config.py', or 'path/to/config.py:ARG' to call get_config('ARG'); a path may
+    itself hold ':' (the ARG is what follows the last ':' after a path that is not a file).
     """
-    path_text, _, arg = str(spec).partition(":")
+    spec = str(spec)
+    path_text, arg = (spec, "") if Path(spec).is_file() else spec.rpartition(":")[::2]
+    if not path_text:  # no ':' at all
+        path_text, arg = spec, ""
     path = Path(path_text)
     if not path.is_file():
         raise JftError(f"config file not found: {path}")
     module_spec = importlib.util.spec_from_file_location(f"jft_config_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as error:
+        raise JftError(f"{path}:{error.lineno} is not valid Python ({error.msg}).") from None
     if not hasattr(module, "get_config"):
         raise JftError(f"{path} has no get_config(); a config file defines get_config() returning a ConfigDict.")
-    config = module.get_config(arg) if arg else module.get_config()
+    try:
+        config = module.get_config(arg) if arg else module.get_config()
+    except (ValueError, TypeError, KeyError) as error:
+        call = f"get_config({arg!r})" if arg else "get_config()"
+        raise JftError(f"{path}: {call} failed: {error}") from None
     if not isinstance(config, ConfigDict):
         raise JftError(f"get_config() in {path} returned {type(config).__name__}, not an ml_collections ConfigDict.")
     return with_overrides(config, overrides)

@@ -12,8 +12,8 @@ class JftError(ValueError):
     exit_code = 2
 
 
-class RunDiverged(JftError):
-    """A run stopped because its updates kept failing (non-finite results); the CLI exits with 1."""
+class RunFailed(JftError):
+    """A run that could not go on (its updates kept failing, the disk is full); the CLI exits with 1."""
 
     exit_code = 1
 

@@ -200,8 +200,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
         run, init = rundir.open_run(workdir, "finetuning", config.init_from)
         columns = _columns(config)
         tfds_dir = config.data.tfds_data_dir or None
-        train_records = read_records(config.data.train, columns, tfds_data_dir=tfds_dir)
-        eval_records = read_records(config.data.eval, columns, tfds_data_dir=tfds_dir) if config.data.eval else []
+        train_records = read_records(config.data.train, columns, config.task, tfds_data_dir=tfds_dir)
+        eval_records = (
+            read_records(config.data.eval, columns, config.task, tfds_data_dir=tfds_dir) if config.data.eval else []
+        )
         labels = label_vocabulary(
             train_records, config.task, columns.label, source=config.data.train, tfds_data_dir=tfds_dir
         )

@@ -8,6 +8,7 @@
 are read and written; transformers loads what `save` writes. Pickled PyTorch files are refused.
 """
 
+import dataclasses
 import functools
 import json
 import re
@@ -25,6 +26,7 @@ from flax import serialization
 
 from jft import params as ptree
 from jft.errors import JftError
+from jft.files import read_json_object, usual_permissions
 from jft.models import (
     BertConfig,
     BertForPreTraining,
@@ -58,13 +60,19 @@ def load(path: str | Path, *, format: str | None = None) -> tuple[BertConfig, di
     config_file = directory / CONFIG
     if not config_file.is_file():
         raise JftError(f"{directory} has no {CONFIG}; a Hugging Face BERT directory holds config.json and weights.")
-    config = BertConfig.from_hf(json.loads(config_file.read_text()))
+    config = BertConfig.from_hf(read_json_object(config_file), source=str(config_file))
     weights_file = path if path.is_file() else _find_weights(directory, format)
     if _format_of(weights_file) == "safetensors":
         flat = _from_torch_names(_read_safetensors(weights_file))
     else:
         flat = _read_msgpack(weights_file)
-    params = _stack_layers(flat)
+    params = _stack_layers(flat, weights_file)
+    layers = _layer_count(params)
+    if layers is not None and layers != config.num_hidden_layers and _fits(config, params, num_hidden_layers=layers):
+        raise JftError(
+            f"{weights_file} has {layers} encoder layers, but its config.json says num_hidden_layers="
+            f"{config.num_hidden_layers}; the weights and the config must come from the same model."
+        )
     module, module_params = model_for(config, params)
     expected = jax.eval_shape(functools.partial(init_params, module), jax.random.key(0))
     ptree.check_shapes(expected, module_params, what=f"the weights in {weights_file}")
@@ -182,8 +190,16 @@ def _shard_files(weights_file: Path) -> list[Path]:
     """The files behind a weights path: itself, or the shards its index.json names."""
     if weights_file.suffix != ".json":
         return [weights_file]
-    index = json.loads(weights_file.read_text())
-    shards = sorted(set(index["weight_map"].values()))
+    index = read_json_object(weights_file, "the shard index")
+    if not isinstance(index.get("weight_map"), dict):
+        raise JftError(f"the shard index {weights_file} has no weight_map {{tensor name: shard file}}.")
+    shards = sorted({str(name) for name in index["weight_map"].values()})
+    outside = [name for name in shards if Path(name).name != name or name in ("", ".", "..")]
+    if outside:
+        raise JftError(
+            f"the shard index {weights_file} names files outside its directory ({', '.join(outside[:3])}); "
+            "shards must be plain file names beside the index. Not read."
+        )
     missing = [name for name in shards if not (weights_file.parent / name).is_file()]
     if missing:
         raise JftError(f"{weights_file} names shards that are missing: {', '.join(missing)}.")
@@ -193,7 +209,13 @@ def _shard_files(weights_file: Path) -> list[Path]:
 def _read_safetensors(weights_file: Path) -> dict[str, np.ndarray]:
     tensors = {}
     for file in _shard_files(weights_file):
-        tensors.update(safetensors.numpy.load_file(file))
+        try:
+            tensors.update(safetensors.numpy.load_file(file))
+        except Exception as error:  # safetensors raises its own error types for damaged files
+            raise JftError(
+                f"{file} is not a readable safetensors file ({str(error).strip().splitlines()[0][:160]}); it is "
+                "damaged or incomplete: copy or convert it again."
+            ) from None
     return tensors
 
 
@@ -257,8 +279,25 @@ def _to_torch_names(flat: Mapping[str, np.ndarray], *, strip_prefix: bool) -> di
     return tensors
 
 
-def _stack_layers(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """bert/encoder/layer/{i}/... (one entry a layer) -> bert/encoder/layer/... stacked on axis 0."""
+def _layer_count(params: Mapping[str, Any]) -> int | None:
+    layers = params.get("bert", {}).get("encoder", {}).get("layer")
+    return None if not layers else int(np.shape(jax.tree.leaves(layers)[0])[0])
+
+
+def _fits(config: BertConfig, params: Mapping[str, Any], **changes: Any) -> bool:
+    """Whether params have the shapes of config's model with changes."""
+    module, module_params = model_for(dataclasses.replace(config, **changes), params)
+    expected = jax.eval_shape(functools.partial(init_params, module), jax.random.key(0))
+    try:
+        ptree.check_shapes(expected, module_params, what="")
+    except JftError:
+        return False
+    return True
+
+
+def _stack_layers(flat: Mapping[str, np.ndarray], source: Path) -> dict[str, Any]:
+    """bert/encoder/layer/{i}/... (one entry a layer) -> bert/encoder/layer/... stacked on axis 0;
+    every layer must have every tensor the others have."""
     per_layer: dict[str, dict[int, np.ndarray]] = {}
     rest = {}
     for path, value in flat.items():
@@ -267,12 +306,17 @@ def _stack_layers(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
             per_layer.setdefault(match.group(2), {})[int(match.group(1))] = value
         else:
             rest[path] = value
+    found = sorted({i for layers in per_layer.values() for i in layers})
+    if per_layer and found != list(range(len(found))):
+        raise JftError(f"{source} has encoder layers {found}; they must be numbered 0, 1, 2, ... without gaps.")
+    missing = [f"layer {i} has no {suffix}" for suffix, layers in per_layer.items() for i in found if i not in layers]
+    if missing:
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise JftError(f"{source} is incomplete: {'; '.join(missing[:5])}{more}.")
     for suffix, layers in per_layer.items():
-        if sorted(layers) != list(range(len(layers))):
-            raise JftError(f"encoder layers of '{suffix}' are not numbered 0..n-1: found {sorted(layers)}.")
         if len({np.shape(v) for v in layers.values()}) > 1:
             shapes = {i: np.shape(v) for i, v in sorted(layers.items())}
-            raise JftError(f"encoder layers of '{suffix}' differ in shape: {shapes}.")
+            raise JftError(f"encoder layers of '{suffix}' in {source} differ in shape: {shapes}.")
         rest[f"bert/encoder/layer/{suffix}"] = np.stack([layers[i] for i in range(len(layers))])
     return ptree.unflatten(rest)
 
@@ -327,6 +371,7 @@ def _write_shards(
 
 def _write_safetensors(file: Path, tensors: Mapping[str, np.ndarray]) -> None:
     safetensors.numpy.save_file(dict(tensors), str(file), metadata={"format": "pt"})
+    usual_permissions(file)
 
 
 def _write_msgpack(file: Path, flat: Mapping[str, np.ndarray]) -> None:

@@ -95,9 +95,8 @@ class FinetunedModel:
         self.predict_fn = self.runner.compile_rows(functools.partial(predict_step, setup=setup))
 
     def _encode(self, source: str, with_labels: bool):
-        records = read_records(
-            source, self.task.columns if with_labels else dataclasses.replace(self.task.columns, label=None)
-        )
+        columns = self.task.columns if with_labels else dataclasses.replace(self.task.columns, label=None)
+        records = read_records(source, columns, self.task.kind)
         return records, encode(
             records,
             self.tokenizer,
@@ -115,40 +114,76 @@ class FinetunedModel:
 
     def predict(self, source: str, batch_size: int = 32) -> list[dict]:
         """One dict a record: label and probabilities (classification), score (regression), or
-        one tag a word (token classification)."""
+        one tag a word (token classification: records longer than seq_len are predicted in
+        windows of whole words; a word the tokenizer drops entirely gets the tag null)."""
+        if self.task.kind == "token_classification":
+            return self._predict_tags(source, batch_size)
         records, data = self._encode(source, with_labels=False)
         params = self.runner.put_replicated(self.params)
         logits, _ = _predict_all(self.runner, self.predict_fn, params, data, self.task, batch_size)
+        if self.task.kind == "regression":
+            return [{"score": float(example_logits[0])} for example_logits in logits]
         out = []
-        for record, example_logits in zip(records, logits):
-            if self.task.kind == "regression":
-                out.append({"score": float(example_logits[0])})
-                continue
-            probs = np.exp(example_logits - example_logits.max(-1, keepdims=True))
-            probs /= probs.sum(-1, keepdims=True)
-            if self.task.kind == "classification":
-                out.append(
-                    {
-                        "label": self.task.labels[int(probs.argmax())],
-                        "probabilities": {name: float(p) for name, p in zip(self.task.labels, probs)},
-                    }
-                )
-            else:
-                words = _first_pieces(self.tokenizer, record[self.task.columns.text], self.task.seq_len)
-                out.append({"tags": [self.task.labels[int(probs[i].argmax())] for i in words]})
+        for probs in _softmax(logits):
+            label = self.task.labels[int(probs.argmax())]
+            out.append({"label": label, "probabilities": dict(zip(self.task.labels, map(float, probs)))})
         return out
+
+    def _predict_tags(self, source: str, batch_size: int) -> list[dict]:
+        text = self.task.columns.text
+        records = read_records(source, dataclasses.replace(self.task.columns, label=None), self.task.kind)
+        windows = [
+            (index, start, end)
+            for index, record in enumerate(records)
+            for start, end in _word_windows(self.tokenizer, record[text], self.task.seq_len)
+        ]
+        pieces = [{text: records[index][text][start:end]} for index, start, end in windows]
+        data = encode(
+            pieces,
+            self.tokenizer,
+            self.task.kind,
+            self.task.columns,
+            self.task.labels,
+            self.task.seq_len,
+            with_labels=False,
+        )
+        params = self.runner.put_replicated(self.params)
+        logits, _ = _predict_all(self.runner, self.predict_fn, params, data, self.task, batch_size)
+        tags: list[list] = [[] for _ in records]
+        for (index, _, _), piece, encoding_logits in zip(windows, pieces, logits):
+            first = _first_pieces(self.tokenizer, piece[text])
+            tags[index] += [None if p is None else self.task.labels[int(encoding_logits[p].argmax())] for p in first]
+        return [{"tags": record_tags} for record_tags in tags]
 
     def export(self, out_dir: str | Path, format: str = "safetensors") -> Path:
         labels = self.task.labels if self.task.labels else None
         return hf.save(out_dir, self.model_config, self.params, format=format, labels=labels)
 
 
-def _first_pieces(tokenizer, words: list[str], seq_len: int) -> list[int]:
-    """Token positions of the first word-piece of each word that fits in seq_len tokens."""
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    return probs / probs.sum(-1, keepdims=True)
+
+
+def _word_windows(tokenizer, words: list[str], seq_len: int) -> list[tuple[int, int]]:
+    """[start, end) ranges of words whose word-pieces fit a row of seq_len tokens with [CLS] and
+    [SEP]; a single word longer than that is a window of its own (its first piece still fits)."""
+    word_ids = tokenizer.encode(words, is_pretokenized=True, add_special_tokens=False).word_ids
+    counts = np.bincount([w for w in word_ids if w is not None], minlength=len(words))
+    windows, start, used = [], 0, 0
+    for index, count in enumerate(counts):
+        if used + count > seq_len - 2 and index > start:
+            windows.append((start, index))
+            start, used = index, 0
+        used += count
+    return windows + [(start, len(words))]
+
+
+def _first_pieces(tokenizer, words: list[str]) -> list[int | None]:
+    """For each word, the position of its first word-piece (None for a word without any)."""
     encoding = tokenizer.encode(words, is_pretokenized=True)
-    positions, previous = [], None
-    for position, word in enumerate(encoding.word_ids[:seq_len]):
-        if word is not None and word != previous:
-            positions.append(position)
-        previous = word
+    positions: list[int | None] = [None] * len(words)
+    for position, word in enumerate(encoding.word_ids):
+        if word is not None and positions[word] is None:
+            positions[word] = position
     return positions

@@ -40,6 +40,7 @@ from jft.checkpoint import Checkpoints, restore_latest, saved_steps
 from jft.config import resolve_model
 from jft.data.tokenizer import load_tokenizer, save_tokenizer, vocabulary_fingerprint
 from jft.errors import JftError
+from jft.files import read_json_object, write_json
 from jft.models import BertConfig
 from jft.models.config import COMPUTE_FIELDS
 from jft.params import check_finite
@@ -70,15 +71,11 @@ def read_run(workdir: Path) -> dict | None:
     if not file.is_file():
         if (workdir / "checkpoints").is_dir() or (workdir / "task.json").is_file():
             raise JftError(
-                f"{workdir} was written by an earlier version of jft (it has checkpoints but no {RUN_FILE}); "
-                "start a new --workdir."
+                f"{workdir} was written by an earlier version of jft (no {RUN_FILE}); start a new --workdir."
             )
         return None
-    try:
-        run = json.loads(file.read_text())
-    except (OSError, ValueError) as error:
-        raise JftError(f"cannot read {file} ({error}); it describes the run, so the workdir cannot be used.") from None
-    if not isinstance(run, dict) or run.get("format") != FORMAT or run.get("stage") not in STAGES:
+    run = read_json_object(file, "the run description")
+    if run.get("format") != FORMAT or run.get("stage") not in STAGES:
         raise JftError(f"{file} is not a jft run description (format {FORMAT}).")
     return run
 
@@ -110,13 +107,6 @@ def write_run(workdir: Path, run: dict, tokenizer: tokenizers.Tokenizer) -> None
     """Writes run.json and the tokenizer files into workdir (run.json last, atomically)."""
     save_tokenizer(tokenizer, workdir)
     write_json(workdir / RUN_FILE, run)
-
-
-def write_json(file: Path, value: Any) -> None:
-    """Writes JSON through a temporary file and a rename, so a reader never sees half a file."""
-    temporary = file.with_name(f".{file.name}.tmp")
-    temporary.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(temporary, file)
 
 
 def run_tokenizer(workdir: Path) -> tokenizers.Tokenizer:

@@ -13,7 +13,8 @@ from ml_collections import ConfigDict
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
-from jft.errors import JftError, RunDiverged
+from jft.errors import JftError, RunFailed
+from jft.files import finite_or_null
 
 
 def guard_config() -> ConfigDict:
@@ -38,7 +39,7 @@ def check_guard(guard: ConfigDict) -> None:
 
 
 class DivergenceGuard:
-    """Stops a run whose updates keep failing (RunDiverged), and warns about a loss that is huge or
+    """Stops a run whose updates keep failing (RunFailed), and warns about a loss that is huge or
     keeps rising. Every process sees the same global metrics, so all stop at the same step."""
 
     def __init__(self, guard: ConfigDict, workdir: Path):
@@ -48,7 +49,7 @@ class DivergenceGuard:
 
     def train(self, step: int, metrics: dict[str, float]) -> None:
         if metrics.get("skipped_in_a_row", 0) >= self.guard.max_skipped_in_a_row:
-            raise RunDiverged(
+            raise RunFailed(
                 f"stopped at step {step}: the last {int(metrics['skipped_in_a_row'])} updates were skipped because "
                 f"their results were not finite (loss {metrics['loss']:.4g}); the run diverged. Its checkpoints hold "
                 f"only finite weights from before. Lower optim.lr (or raise optim.warmup_steps) in a new --workdir, "
@@ -76,12 +77,6 @@ def _warn(text: str) -> None:
         print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
-def json_line(record: dict) -> str:
-    """One JSON line; floats that are not finite are written as null (JSON has no NaN)."""
-    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
-    return json.dumps(clean, allow_nan=False) + "\n"
-
-
 class MetricWriter:
     """Writes from process 0 only; other processes' writers do nothing."""
 
@@ -96,7 +91,7 @@ class MetricWriter:
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self.jsonl.write(json_line({"step": step, "split": split, **metrics}))
+        self.jsonl.write(json.dumps(finite_or_null({"step": step, "split": split, **metrics}), allow_nan=False) + "\n")
         self.jsonl.flush()
         for name, value in metrics.items():
             self.tensorboard.add_scalar(f"{split}/{name}", value, step)
@@ -122,7 +117,8 @@ class TrainingLog:
             initial=start,
             desc=desc,
             unit=" steps",
-            disable=not progress or jax.process_index() != 0,
+            # None: a bar only on a terminal (in a log file it would be thousands of updates)
+            disable=None if progress and jax.process_index() == 0 else True,
         )
         self.rate_name = f"{unit}_per_second"
         self.last: dict[str, float] = {"step": start}

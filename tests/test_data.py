@@ -218,11 +218,15 @@ def test_tfds_task_records_use_class_names(tmp_path):
     from jft.data.tasks import Columns, read_records
 
     JftTinyNer(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
-    ner = read_records("tfds:jft_tiny_ner", Columns("tokens", None, "ner"), tfds_data_dir=str(tmp_path))
+    ner = read_records(
+        "tfds:jft_tiny_ner", Columns("tokens", None, "ner"), "token_classification", tfds_data_dir=str(tmp_path)
+    )
     assert ner == [
         {"tokens": ["Ada", "Lovelace", "visits", "Paris"], "ner": ["B-PER", "I-PER", "O", "B-LOC"], "label": 1}
     ]
-    labeled = read_records("tfds:jft_tiny_ner", Columns("tokens", None, "label"), tfds_data_dir=str(tmp_path))
+    labeled = read_records(
+        "tfds:jft_tiny_ner", Columns("tokens", None, "label"), "classification", tfds_data_dir=str(tmp_path)
+    )
     assert labeled[0]["label"] == "pos"
     from jft.data.tasks import label_vocabulary
 

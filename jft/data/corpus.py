@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from jft.errors import JftError
+from jft.files import decode_utf8
 
 Document = list[str]
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -68,34 +69,41 @@ def split_sentences(text: str) -> Document:
     return lines
 
 
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file, read as it goes; a bad byte is an error naming its line."""
+    with path.open("rb") as file:
+        for number, raw in enumerate(file, start=1):
+            yield number, decode_utf8(raw, str(path), number).rstrip("\r\n")
+
+
 def _text_documents(path: Path) -> Iterator[Document]:
     document: Document = []
-    with path.open(encoding="utf-8") as lines:
-        for line in lines:
-            line = line.strip()
-            if line:
-                document.append(line)
-            elif document:
-                yield document
-                document = []
+    for _, line in _lines(path):
+        line = line.strip()
+        if line:
+            document.append(line)
+        elif document:
+            yield document
+            document = []
     if document:
         yield document
 
 
 def _jsonl_documents(path: Path, text_field: str) -> Iterator[Document]:
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise JftError(f"{path}:{number} is not valid JSON ({error.msg}).") from None
-            if text_field not in record:
-                raise JftError(f"{path}:{number} has no field '{text_field}' (fields: {sorted(record)}).")
-            document = split_sentences(str(record[text_field]))
-            if document:
-                yield document
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise JftError(f"{path}:{number} is not valid JSON ({error.msg}, column {error.colno}).") from None
+        if not isinstance(record, dict):
+            raise JftError(f"{path}:{number} is a JSON {type(record).__name__}, not an object with '{text_field}'.")
+        if text_field not in record:
+            raise JftError(f"{path}:{number} has no field '{text_field}' (fields: {sorted(record)}).")
+        document = split_sentences(str(record[text_field]))
+        if document:
+            yield document
 
 
 def _tfds_documents(spec: str, text_field: str, data_dir: str | None) -> Iterator[Document]:

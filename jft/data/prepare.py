@@ -79,34 +79,36 @@ def prepare(
 
     tmp_dir = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir(parents=True)
-    split_meta = {}
-    fingerprint = hashlib.sha256(f"{FORMAT} {mode} {seq_len} {vocabulary_fingerprint(tokenizer)}".encode())
-    for split, docs in splits.items():
-        if mode == "pairs":
-            rows = _pair_rows(docs, seq_len, short_seq_prob, ids, rng)
-        else:
-            rows = _packed_rows(docs, seq_len, ids)
-        split_meta[split] = _write_split(
-            tmp_dir, split, rows, seq_len, tokenizer.get_vocab_size(), rows_per_shard, fingerprint
-        )
-    seconds = time.perf_counter() - start
-    metadata = {
-        "format": FORMAT,
-        "mode": mode,
-        "seq_len": seq_len,
-        "vocab_size": tokenizer.get_vocab_size(),
-        "special_ids": vars(ids),
-        "seed": seed,
-        "sources": identities,
-        "fingerprint": fingerprint.hexdigest(),
-        "documents": len(documents),
-        "tokens": num_tokens,
-        "seconds": round(seconds, 3),
-        "splits": split_meta,
-    }
-    tokenizer.save(str(tmp_dir / "tokenizer.json"))
-    (tmp_dir / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    try:
+        tmp_dir.mkdir(parents=True)
+        fingerprint = hashlib.sha256(f"{FORMAT} {mode} {seq_len} {vocabulary_fingerprint(tokenizer)}".encode())
+        split_meta = {}
+        for split, docs in splits.items():
+            if mode == "pairs":
+                rows = _pair_rows(docs, seq_len, short_seq_prob, ids, rng)
+            else:
+                rows = _packed_rows(docs, seq_len, ids)
+            vocab_size = tokenizer.get_vocab_size()
+            split_meta[split] = _write_split(tmp_dir, split, rows, seq_len, vocab_size, rows_per_shard, fingerprint)
+        metadata = {
+            "format": FORMAT,
+            "mode": mode,
+            "seq_len": seq_len,
+            "vocab_size": tokenizer.get_vocab_size(),
+            "special_ids": vars(ids),
+            "seed": seed,
+            "sources": identities,
+            "fingerprint": fingerprint.hexdigest(),
+            "documents": len(documents),
+            "tokens": num_tokens,
+            "seconds": round(time.perf_counter() - start, 3),
+            "splits": split_meta,
+        }
+        tokenizer.save(str(tmp_dir / "tokenizer.json"))
+        (tmp_dir / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    except BaseException:  # a full disk, a signal: no half-written rows stay behind
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp_dir.rename(out_dir)
     return metadata
@@ -138,20 +140,20 @@ def _tokenized_documents(
     vocab = tokenizer.get_vocab()
     continuation = np.zeros(tokenizer.get_vocab_size(), bool)
     continuation[[i for token, i in vocab.items() if token.startswith("##")]] = True
-    bar = tqdm(desc="tokenizing", unit=" docs", disable=not progress)
     documents = iter(documents)
-    while batch := list(itertools.islice(documents, docs_per_batch)):
-        encodings = iter(tokenizer.encode_batch([s for doc in batch for s in doc], add_special_tokens=False))
-        for document in batch:
-            segments = []
-            for _ in document:
-                ids = np.array(next(encodings).ids, np.int32)
-                if len(ids):
-                    segments.append((ids, ~continuation[ids]))
-            if segments:
-                yield segments
-        bar.update(len(batch))
-    bar.close()
+    # disable=None: a bar only on a terminal (in a log file it would be thousands of updates)
+    with tqdm(desc="tokenizing", unit=" docs", disable=None if progress else True) as bar:
+        while batch := list(itertools.islice(documents, docs_per_batch)):
+            encodings = iter(tokenizer.encode_batch([s for doc in batch for s in doc], add_special_tokens=False))
+            for document in batch:
+                segments = []
+                for _ in document:
+                    ids = np.array(next(encodings).ids, np.int32)
+                    if len(ids):
+                        segments.append((ids, ~continuation[ids]))
+                if segments:
+                    yield segments
+            bar.update(len(batch))
 
 
 def _split_documents(documents, eval_fraction: float, rng: random.Random) -> dict[str, list]:
@@ -182,13 +184,25 @@ def _row(parts: Sequence[tuple[Segment, int]], ids: SpecialIds, nsp_label: int) 
 
 
 def _truncate_pair(a: Segment, b: Segment, max_tokens: int, rng: random.Random) -> tuple[Segment, Segment]:
-    """Trims the longer segment, one token at a time from a random end, until both fit."""
-    a_ids, a_ws, b_ids, b_ws = list(a[0]), list(a[1]), list(b[0]), list(b[1])
-    while len(a_ids) + len(b_ids) > max_tokens:
-        ids, ws = (a_ids, a_ws) if len(a_ids) > len(b_ids) else (b_ids, b_ws)
-        index = 0 if rng.random() < 0.5 else -1
-        del ids[index], ws[index]
-    return (np.array(a_ids, np.int32), np.array(a_ws, bool)), (np.array(b_ids, np.int32), np.array(b_ws, bool))
+    """Trims the pair to max_tokens as BERT's create_pretraining_data does, one token at a time from
+    the longer segment (b on ties) and from a random end, but counted instead of looped: time does
+    not grow with the excess (a 10 MB line without sentence breaks is one segment)."""
+    excess = len(a[0]) + len(b[0]) - max_tokens
+    if excess <= 0:
+        return a, b
+    difference = len(a[0]) - len(b[0])
+    even = max(excess - abs(difference), 0)  # removals once both are as long: b first, then in turn
+    from_a = min(max(difference, 0), excess) + even // 2
+    from_b = excess - from_a
+    draws = np.random.default_rng(rng.getrandbits(64))
+    return _trim(a, from_a, draws), _trim(b, from_b, draws)
+
+
+def _trim(segment: Segment, count: int, draws: np.random.Generator) -> Segment:
+    """segment without `count` tokens, each from the front or the back with even odds."""
+    front = int(draws.binomial(count, 0.5)) if count else 0
+    end = len(segment[0]) - (count - front)
+    return segment[0][front:end], segment[1][front:end]
 
 
 def _pair_rows(documents, seq_len: int, short_seq_prob: float, ids: SpecialIds, rng: random.Random):

@@ -8,7 +8,9 @@ are ignored by the loss.
 
 import csv
 import dataclasses
+import io
 import json
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import tokenizers
 
 from jft.data.corpus import tfds_records
 from jft.errors import JftError
+from jft.files import read_text
 
 KINDS = ("classification", "regression", "token_classification")
 LAYOUTS = ("padded", "bucketed", "packed")
@@ -60,21 +63,28 @@ class Task:
         return ("entity_f1", "entity_precision", "entity_recall", "token_accuracy")
 
 
-def read_records(source: str, columns: Columns, *, tfds_data_dir: str | None = None) -> list[dict]:
-    """Records with the mapped columns, from a CSV/TSV/JSONL file or tfds:NAME[:SPLIT]."""
+class Record(dict):
+    """One record of task data, and where it is (file:line, or dataset and index) for messages."""
+
+    where: str = ""
+
+
+def read_records(source: str, columns: Columns, kind: str, *, tfds_data_dir: str | None = None) -> list[Record]:
+    """Records with the mapped columns, from a CSV/TSV/JSONL file or tfds:NAME[:SPLIT], each checked
+    for the task kind (a text, a label, a number for regression, as many tags as words);
+    columns.label None: records to predict, without labels."""
     if source.startswith("tfds:"):
         raw, features = tfds_records(source.removeprefix("tfds:"), tfds_data_dir)
         names = _class_names(features, columns.label)
-        records = [_decode(r, columns.label, names) for r in raw]
+        records = [_record(_decode(r, columns.label, names), f"{source} record {i}") for i, r in enumerate(raw)]
     else:
         path = Path(source)
         if not path.is_file():
             raise JftError(f"data file not found: {path}")
         if path.suffix == ".jsonl":
-            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            records = _jsonl_records(path)
         elif path.suffix in (".csv", ".tsv"):
-            with path.open(encoding="utf-8", newline="") as f:
-                records = list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
+            records = _csv_records(path, "\t" if path.suffix == ".tsv" else ",")
         else:
             raise JftError(f"cannot read {path}: use .csv, .tsv or .jsonl (or tfds:NAME[:SPLIT]).")
     if not records:
@@ -86,7 +96,74 @@ def read_records(source: str, columns: Columns, *, tfds_data_dir: str | None = N
             f"{source} has no column {missing[0]!r} (columns: {sorted(records[0])}); map yours with "
             "--config.data.text_column, text_pair_column and label_column."
         )
+    for record in records:
+        _check_record(record, kind, columns)
     return records
+
+
+def _record(values: dict, where: str) -> Record:
+    record = Record(values)
+    record.where = where
+    return record
+
+
+def _jsonl_records(path: Path) -> list[Record]:
+    records = []
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            values = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise JftError(f"{path}:{number} is not valid JSON ({error.msg}, column {error.colno}).") from None
+        if not isinstance(values, dict):
+            raise JftError(f"{path}:{number} is a JSON {type(values).__name__}, not an object {{...}} of columns.")
+        records.append(_record(values, f"{path}:{number}"))
+    return records
+
+
+def _csv_records(path: Path, delimiter: str) -> list[Record]:
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)
+    records = []
+    try:
+        for values in reader:
+            where = f"{path}:{reader.line_num}"
+            if None in values:
+                raise JftError(f"{where} has more fields than the header ({len(reader.fieldnames)}).")
+            records.append(_record(values, where))
+    except csv.Error as error:
+        raise JftError(f"{path}:{reader.line_num} is not valid CSV ({error}).") from None
+    header = reader.fieldnames or []
+    if delimiter == "," and len(header) == 1 and "\t" in header[0]:
+        raise JftError(f"{path} looks tab-separated (its header is {header[0]!r}); name it .tsv.")
+    return records
+
+
+def _check_record(record: Record, kind: str, columns: Columns) -> None:
+    """A JftError naming the record when it cannot be a record of this task."""
+    for column in (columns.text, columns.text_pair):
+        if column and record[column] is None:
+            raise JftError(f"{record.where} has no value in column {column!r}.")
+    words = record[columns.text]
+    if kind == "token_classification" and not (isinstance(words, list) and all(isinstance(w, str) for w in words)):
+        raise JftError(f"{record.where}: column {columns.text!r} must be a list of words (strings), got {words!r:.80}.")
+    if not columns.label:
+        return
+    label = record[columns.label]
+    if label is None or label == "":
+        raise JftError(f"{record.where} has no value in column {columns.label!r} (the label).")
+    if kind == "regression":
+        try:
+            score = float(label)
+        except (TypeError, ValueError):
+            score = math.nan
+        if not math.isfinite(score):
+            raise JftError(f"{record.where}: the label {label!r} is not a number; a regression task needs scores.")
+    if kind == "token_classification":
+        if not isinstance(label, list):
+            raise JftError(f"{record.where}: column {columns.label!r} must be a list of tags, got {label!r:.80}.")
+        if len(label) != len(words):
+            raise JftError(f"{record.where} has {len(words)} words but {len(label)} tags; give one tag a word.")
 
 
 def _class_names(features, column: str | None) -> list[str] | None:

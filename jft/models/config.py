@@ -71,7 +71,9 @@ class BertConfig:
     remat: str = "none"
 
     def __post_init__(self):
-        problems = []
+        problems = _type_problems(self)
+        if problems:
+            raise JftError("invalid model config: " + "; ".join(problems) + ".")
         if self.hidden_size % self.num_attention_heads:
             problems.append(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
@@ -106,7 +108,7 @@ class BertConfig:
             if getattr(self, field) < 1:
                 problems.append(f"{field} must be at least 1, got {getattr(self, field)}")
         if problems:
-            raise JftError("invalid model config: " + "; ".join(problems))
+            raise JftError("invalid model config: " + "; ".join(problems) + ".")
 
     @property
     def head_dim(self) -> int:
@@ -140,8 +142,15 @@ class BertConfig:
         return cls.from_dict({**PRESETS[name], **overrides})
 
     @classmethod
-    def from_hf(cls, hf_config: Mapping[str, Any]) -> "BertConfig":
-        """Reads the fields jft uses from a Hugging Face config.json mapping."""
+    def from_hf(cls, hf_config: Mapping[str, Any], source: str = "config.json") -> "BertConfig":
+        """Reads the fields jft uses from a Hugging Face config.json mapping; the sizes must be there
+        (transformers would fill in BERT-base's, which do not fit other weights)."""
+        missing = [name for name in SIZE_FIELDS if name not in hf_config]
+        if missing:
+            raise JftError(
+                f"{source} lacks {', '.join(missing)}; jft does not guess a model's sizes. Use the config.json "
+                "that came with the weights."
+            )
         model_type = hf_config.get("model_type", "bert")
         if model_type != "bert":
             raise JftError(f"config.json describes a '{model_type}' model; jft loads BERT ('bert') models only.")
@@ -151,7 +160,10 @@ class BertConfig:
                 f"position_embedding_type '{position_type}' is not supported; jft implements 'absolute' only."
             )
         hf_names = [f.name for f in dataclasses.fields(cls)][:_FIRST_JFT_FIELD]
-        return cls(**{name: hf_config[name] for name in hf_names if name in hf_config})
+        try:
+            return cls(**{name: hf_config[name] for name in hf_names if name in hf_config})
+        except JftError as error:
+            raise JftError(f"{source}: {error}") from None
 
     def to_hf(self) -> dict[str, Any]:
         """The Hugging Face config.json fields of this config (jft's own fields left out)."""
@@ -161,3 +173,20 @@ class BertConfig:
 
 
 _FIRST_JFT_FIELD = [f.name for f in dataclasses.fields(BertConfig)].index("dtype")
+
+
+def _type_problems(config: BertConfig) -> list[str]:
+    """'field must be an integer, got '384'' for every field of the wrong type."""
+    problems = []
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        kind = field.type if isinstance(field.type, type) else float  # float | None: classifier_dropout
+        if value is None and field.default is None:
+            continue
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            problems.append(f"{field.name} must be an integer, got {value!r}")
+        elif kind is float and (isinstance(value, bool) or not isinstance(value, int | float)):
+            problems.append(f"{field.name} must be a number, got {value!r}")
+        elif kind is str and not isinstance(value, str):
+            problems.append(f"{field.name} must be a string, got {value!r}")
+    return problems

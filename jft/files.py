@@ -1,0 +1,89 @@
+"""Files in and out with errors that name the file: JSON read and written whole (atomically),
+and the permissions a user expects of what jft writes."""
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from jft.errors import JftError
+
+
+def decode_utf8(data: bytes, source: str, first_line: int = 1) -> str:
+    """data as text (a UTF-8 byte-order mark dropped); a JftError naming the line of a bad byte."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = first_line + data.count(b"\n", 0, error.start)
+        raise JftError(
+            f"{source}:{line} is not UTF-8 text (byte 0x{data[error.start]:02x}); save the file as UTF-8 "
+            "(e.g. `iconv -f latin1 -t utf-8`)."
+        ) from None
+
+
+def read_text(file: Path) -> str:
+    """A UTF-8 text file, whole; JftErrors that name the file (and the line of a bad byte)."""
+    try:
+        return decode_utf8(file.read_bytes(), str(file))
+    except FileNotFoundError:
+        raise JftError(f"{file} does not exist.") from None
+    except IsADirectoryError:
+        raise JftError(f"{file} is a directory, not a file.") from None
+    except OSError as error:
+        raise JftError(f"cannot read {file}: {error.strerror}.") from None
+
+
+def read_json(file: Path, what: str = "") -> Any:
+    """The JSON value in file; a JftError naming the file (and the line) when it cannot be read."""
+    label = f"{what} {file}" if what else str(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise JftError(f"{label} does not exist.") from None
+    except UnicodeDecodeError as error:
+        raise JftError(f"{label} is not UTF-8 text (byte {error.start}); is it the right file?") from None
+    except OSError as error:
+        raise JftError(f"cannot read {label}: {error.strerror}.") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise JftError(
+            f"{label} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}."
+        ) from None
+
+
+def read_json_object(file: Path, what: str = "") -> dict:
+    """read_json for a file that must hold a JSON object ({...})."""
+    value = read_json(file, what)
+    if not isinstance(value, dict):
+        label = f"{what} {file}" if what else str(file)
+        raise JftError(f"{label} holds a JSON {type(value).__name__}, not an object {{...}}.")
+    return value
+
+
+def write_json(file: Path, value: Any) -> None:
+    """Writes JSON through a temporary file and a rename, so a reader never sees half a file;
+    floats that are not finite become null (JSON has no NaN)."""
+    temporary = file.with_name(f".{file.name}.tmp")
+    temporary.write_text(json.dumps(finite_or_null(value), indent=2, allow_nan=False) + "\n")
+    os.replace(temporary, file)
+
+
+def finite_or_null(value: Any) -> Any:
+    """value with every float that is not finite replaced by None, in nested dicts and lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def usual_permissions(file: Path) -> None:
+    """Gives a file the permissions a new file gets under the user's umask (some writers, such
+    as safetensors', create files readable by their owner only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(file, 0o666 & ~umask)
