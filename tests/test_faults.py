@@ -729,7 +729,7 @@ def test_a_full_disk_stops_the_run_cleanly(files, tmp_path, monkeypatch, capsys)
         import jft.checkpoint
 
         real = shutil.disk_usage
-        saves = iter([None, None])
+        saves = iter([None])  # the save of step 2 finds room, the next one does not
 
         def usage(path):
             return real(path) if next(saves, "full") is None else real(path)._replace(free=100_000)
@@ -794,3 +794,60 @@ def test_a_ten_megabyte_line_prepares_in_seconds(files, tmp_path):
     start = time.perf_counter()
     meta = prepare(str(tmp_path / "corpus.txt"), files / "vocab", tmp_path / "rows", seq_len=128, progress=False)
     assert time.perf_counter() - start < 120 and meta["tokens"] > 1_800_000
+
+
+def test_a_read_only_workdir_is_one_line(files, tmp_path, monkeypatch, capsys):
+    disk = tmp_path / "disk"
+    mounted = _small_disk(disk, "1m") and subprocess.run(["mount", "-o", "remount,ro", str(disk)]).returncode == 0
+    if not mounted:  # no permission to mount: the file system refuses the lock file
+        import errno
+
+        real_open = os.open
+
+        def read_only(path, flags, *args):
+            if str(path).startswith(str(disk)) and flags & os.O_CREAT:
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            return real_open(path, flags, *args)
+
+        (disk / "run").mkdir(parents=True, exist_ok=True)
+        monkeypatch.setattr(os, "open", read_only)
+    try:
+        code = cli.main(_pretrain(disk, files))
+        err = capsys.readouterr().err
+        assert code == 2 and re.fullmatch(
+            f"jft pretrain: error: cannot (create|write in) --workdir {disk}/run: Read-only file system.\n", err
+        ), err
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_export_and_predict_refuse_a_best_model_with_a_nan(files, tmp_path, capsys):
+    from jft.checkpoint import Checkpoints, checksums
+
+    assert cli.main(_finetune(tmp_path, files, epochs=1, **{"parallel.backend": "jit"})) == 0
+    best = Checkpoints(tmp_path / "run" / "best", asynchronous=False)
+    state, meta = best.restore()
+    step = best.latest_step()
+    state["params"]["classifier"]["kernel"][0, 0] = np.nan
+    shutil.rmtree(best.directory / str(step))
+    best.manager.reload()
+    import orbax.checkpoint as ocp  # written past Checkpoints.save, which refuses it
+
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({**meta, "checksums": checksums(state)})
+    )
+    best.manager.save(step, args=args, force=True)
+    best.close()
+    capsys.readouterr()
+    for command in (
+        ["export", "--out", str(tmp_path / "hf")],
+        ["predict", "--input", str(files / "train.csv"), "--output", str(tmp_path / "p.jsonl")],
+    ):
+        assert cli.main([command[0], "--workdir", str(tmp_path / "run"), *command[1:]]) == 2
+        assert capsys.readouterr().err == (
+            f"jft {command[0]}: error: the best model in {tmp_path}/run/best holds weights that are not finite (NaN or "
+            "infinity): classifier/kernel (1 of 128 values); such a model computes nothing useful. Use an earlier "
+            "checkpoint or other weights.\n"
+        )
+    assert not (tmp_path / "hf").exists() and not (tmp_path / "p.jsonl").exists()
