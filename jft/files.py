@@ -4,6 +4,7 @@ and the permissions a user expects of what jft writes."""
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,28 @@ def read_text(file: Path) -> str:
         raise JftError(f"{file} is a directory, not a file.") from None
     except OSError as error:
         raise JftError(f"cannot read {file}: {error.strerror}.") from None
+
+
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line without its end) of a UTF-8 text file, read as it goes; a bad byte is
+    an error naming its line."""
+    with path.open("rb") as file:
+        for number, raw in enumerate(file, start=1):
+            yield number, decode_utf8(raw, str(path), number).rstrip("\r\n")
+
+
+def jsonl_objects(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of a JSONL file; errors name the file and line."""
+    for number, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise JftError(f"{path}:{number} is not valid JSON ({error.msg}, column {error.colno}).") from None
+        if not isinstance(value, dict):
+            raise JftError(f"{path}:{number} is a JSON {type(value).__name__}, not an object {{...}}.")
+        yield number, value
 
 
 def read_json(file: Path, what: str = "") -> Any:

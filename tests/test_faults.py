@@ -318,7 +318,7 @@ CASES = [
     Case(
         "a JSONL line that is not an object",
         lambda t, f: _finetune(t, f, **{"data.train": _write(t / "a.jsonl", '{"text": "a", "label": "x"}\n[1]\n')}),
-        "jft finetune: error: {tmp}/a.jsonl:2 is a JSON list, not an object {...} of columns.",
+        "jft finetune: error: {tmp}/a.jsonl:2 is a JSON list, not an object {...}.",
     ),
     Case(
         "a tab-separated file named .csv",

@@ -7,13 +7,12 @@
 """
 
 import hashlib
-import json
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from jft.errors import JftError
-from jft.files import decode_utf8
+from jft.files import jsonl_objects, text_lines
 
 Document = list[str]
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -69,16 +68,9 @@ def split_sentences(text: str) -> Document:
     return lines
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, line) of a UTF-8 text file, read as it goes; a bad byte is an error naming its line."""
-    with path.open("rb") as file:
-        for number, raw in enumerate(file, start=1):
-            yield number, decode_utf8(raw, str(path), number).rstrip("\r\n")
-
-
 def _text_documents(path: Path) -> Iterator[Document]:
     document: Document = []
-    for _, line in _lines(path):
+    for _, line in text_lines(path):
         line = line.strip()
         if line:
             document.append(line)
@@ -90,15 +82,7 @@ def _text_documents(path: Path) -> Iterator[Document]:
 
 
 def _jsonl_documents(path: Path, text_field: str) -> Iterator[Document]:
-    for number, line in _lines(path):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise JftError(f"{path}:{number} is not valid JSON ({error.msg}, column {error.colno}).") from None
-        if not isinstance(record, dict):
-            raise JftError(f"{path}:{number} is a JSON {type(record).__name__}, not an object with '{text_field}'.")
+    for number, record in jsonl_objects(path):
         if text_field not in record:
             raise JftError(f"{path}:{number} has no field '{text_field}' (fields: {sorted(record)}).")
         document = split_sentences(str(record[text_field]))

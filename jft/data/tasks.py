@@ -9,7 +9,6 @@ are ignored by the loss.
 import csv
 import dataclasses
 import io
-import json
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ import tokenizers
 
 from jft.data.corpus import tfds_records
 from jft.errors import JftError
-from jft.files import read_text
+from jft.files import jsonl_objects, read_text
 
 KINDS = ("classification", "regression", "token_classification")
 LAYOUTS = ("padded", "bucketed", "packed")
@@ -108,18 +107,7 @@ def _record(values: dict, where: str) -> Record:
 
 
 def _jsonl_records(path: Path) -> list[Record]:
-    records = []
-    for number, line in enumerate(read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            values = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise JftError(f"{path}:{number} is not valid JSON ({error.msg}, column {error.colno}).") from None
-        if not isinstance(values, dict):
-            raise JftError(f"{path}:{number} is a JSON {type(values).__name__}, not an object {{...}} of columns.")
-        records.append(_record(values, f"{path}:{number}"))
-    return records
+    return [_record(values, f"{path}:{number}") for number, values in jsonl_objects(path)]
 
 
 def _csv_records(path: Path, delimiter: str) -> list[Record]:
