@@ -94,7 +94,8 @@ class MetricWriter:
         self.jsonl.write(json.dumps(finite_or_null({"step": step, "split": split, **metrics}), allow_nan=False) + "\n")
         self.jsonl.flush()
         for name, value in metrics.items():
-            self.tensorboard.add_scalar(f"{split}/{name}", value, step)
+            if math.isfinite(value):  # an infinite gradient norm: in metrics.jsonl as null, not plotted
+                self.tensorboard.add_scalar(f"{split}/{name}", value, step)
 
     def close(self) -> None:
         if self.enabled:
