@@ -53,34 +53,46 @@ def _run_init(args, config):
     print(f"wrote a randomly initialised BERT ({config.heads}, {_count(params):,} parameters) to {out}")
 
 
+FORMATS = ("safetensors", "msgpack", "both")
+
+
 def _convert_arguments(parser):
-    parser.add_argument("src", help="Hugging Face BERT directory (or weights file) to read")
+    parser.add_argument("src", help="a jft run directory, or a Hugging Face BERT directory (or weights file)")
     parser.add_argument("dst", help="directory to write")
-    parser.add_argument("--format", choices=("safetensors", "msgpack"), default="safetensors")
+    parser.add_argument("--format", choices=FORMATS, default="safetensors")
     parser.add_argument("--max-shard-size", default=None, help="split the weights into shards, e.g. 2GB")
 
 
 def _run_convert(args, _):
-    from jft import hf
+    from jft import export, hf
 
+    if export.is_run(args.src):
+        export.export(args.src, args.dst, format=args.format, max_shard_size=args.max_shard_size)
+        print(f"wrote {args.dst} ({args.format}), with the run's tokenizer")
+        return
     config, params = hf.load(args.src)
     hf.save(args.dst, config, params, format=args.format, max_shard_size=args.max_shard_size)
     print(f"wrote {args.dst} ({args.format}, {_count(params):,} parameters)")
 
 
 def _inspect_arguments(parser):
-    parser.add_argument("path", help="Hugging Face BERT directory (or weights file)")
+    parser.add_argument("path", help="a jft run directory, or a Hugging Face BERT directory (or weights file)")
 
 
 def _run_inspect(args, _):
     import dataclasses as dc
 
-    from jft import hf
+    from jft import export, hf, rundir
     from jft.params import flatten
 
-    config, params = hf.load(args.path)
+    if export.is_run(args.path):
+        source = rundir.open_init(args.path, role="")
+        config, params, what = source.model, source.params, source.describe()
+    else:
+        config, params = hf.load(args.path)
+        what = args.path
     module, _ = hf.model_for(config, params)
-    print(f"{args.path}: {type(module).__name__}, {_count(params):,} parameters")
+    print(f"{what}: {type(module).__name__}, {_count(params):,} parameters")
     for name, value in dc.asdict(config).items():
         print(f"  {name} = {value}")
     groups: dict[str, int] = {}
@@ -246,16 +258,16 @@ def _run_predict(args, _):
 
 
 def _export_arguments(parser):
-    _workdir_argument(parser)
-    parser.add_argument("--out", required=True, help="directory for config.json and the weights")
-    parser.add_argument("--format", choices=("safetensors", "msgpack"), default="safetensors")
+    parser.add_argument("--workdir", required=True, help="a jft run directory: pretraining or fine-tuning")
+    parser.add_argument("--out", required=True, help="directory for config.json, the weights and the tokenizer")
+    parser.add_argument("--format", choices=FORMATS, default="safetensors")
 
 
 def _run_export(args, _):
-    from jft.inference import FinetunedModel
+    from jft.export import export
 
-    out = FinetunedModel(args.workdir).export(args.out, format=args.format)
-    print(f"wrote {out} ({args.format}); transformers loads it with from_pretrained")
+    out = export(args.workdir, args.out, format=args.format)
+    print(f"wrote {out} ({args.format}, with the tokenizer); transformers loads it with from_pretrained")
 
 
 def _quickstart_arguments(parser):
@@ -337,10 +349,20 @@ COMMANDS = (
         _run_config,
     ),
     Command("predict", "write predictions of a fine-tuned workdir as JSONL", _predict_arguments, _run_predict),
-    Command("export", "write a fine-tuned model in Hugging Face format", _export_arguments, _run_export),
+    Command("export", "write a run's model and tokenizer in Hugging Face format", _export_arguments, _run_export),
     Command("init", "write a randomly initialised BERT in Hugging Face format", _init_arguments, _run_init, True),
-    Command("convert", "convert a Hugging Face BERT between safetensors and msgpack", _convert_arguments, _run_convert),
-    Command("inspect", "show the config and parameter counts of a Hugging Face BERT", _inspect_arguments, _run_inspect),
+    Command(
+        "convert",
+        "convert a Hugging Face BERT between safetensors and msgpack, or a jft run to Hugging Face format",
+        _convert_arguments,
+        _run_convert,
+    ),
+    Command(
+        "inspect",
+        "show the config and parameter counts of a Hugging Face BERT or a jft run",
+        _inspect_arguments,
+        _run_inspect,
+    ),
 )
 
 

@@ -89,15 +89,17 @@ def save(
     format: str = "safetensors",
     max_shard_size: int | str | None = None,
     labels: list[str] | None = None,
+    problem_type: str | None = None,
 ) -> Path:
     """Writes config.json and the weights so that transformers' from_pretrained loads them.
 
-    format: "safetensors" (PyTorch names) or "msgpack" (Flax layout). max_shard_size: bytes (or
-    "500MB", "2GB"); above it the weights are split into shards with an index.json.
-    labels: names of the classifier's outputs, written as id2label.
+    format: "safetensors" (PyTorch names), "msgpack" (Flax layout) or "both". max_shard_size: bytes
+    (or "500MB", "2GB"); above it the weights are split into shards with an index.json.
+    labels: names of the classifier's outputs, written as id2label. problem_type: transformers'
+    name of the loss of a sequence classifier ("single_label_classification", "regression").
     """
-    if format not in FORMATS:
-        raise JftError(f"unknown format '{format}'; choose one of {FORMATS}.")
+    if format not in (*FORMATS, "both"):
+        raise JftError(f"unknown format '{format}'; choose one of {(*FORMATS, 'both')}.")
     if "bert" not in params:
         raise JftError("params must hold the encoder under 'bert' (the tree jft.hf.load returns).")
     path = Path(path)
@@ -110,6 +112,8 @@ def save(
             raise JftError(f"{len(labels)} label names given for a classifier with {num_labels} outputs.")
         hf_config["id2label"] = dict(enumerate(labels))
         hf_config["label2id"] = {name: i for i, name in enumerate(labels)}
+    if problem_type:
+        hf_config["problem_type"] = problem_type
     for stale in (
         SAFETENSORS,
         SAFETENSORS_INDEX,
@@ -122,10 +126,10 @@ def save(
             file.unlink()
     flat = {k: np.asarray(v) for k, v in _unstack_layers(params).items()}
     encoder_only = set(params) == {"bert"}
-    if format == "safetensors":
+    if format in ("safetensors", "both"):
         tensors = _to_torch_names(flat, strip_prefix=encoder_only)
         _write_shards(path, SAFETENSORS, SAFETENSORS_INDEX, tensors, max_shard_size, _write_safetensors)
-    else:
+    if format in ("msgpack", "both"):
         if encoder_only:  # FlaxBertModel's layout has no "bert" level
             flat = {k.removeprefix("bert/"): v for k, v in flat.items()}
         _write_shards(path, MSGPACK, MSGPACK_INDEX, flat, max_shard_size, _write_msgpack)

@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jft import hf, metrics, rundir
+from jft import metrics, rundir
 from jft.checkpoint import restore_latest
 from jft.data.tasks import IGNORE, Task, TaskBatches, encode, read_records, step_inputs
 from jft.models import BertConfig, BertForSequenceClassification, BertForTokenClassification
@@ -154,10 +154,6 @@ class FinetunedModel:
             first = _first_pieces(self.tokenizer, piece[text])
             tags[index] += [None if p is None else self.task.labels[int(encoding_logits[p].argmax())] for p in first]
         return [{"tags": record_tags} for record_tags in tags]
-
-    def export(self, out_dir: str | Path, format: str = "safetensors") -> Path:
-        labels = self.task.labels if self.task.labels else None
-        return hf.save(out_dir, self.model_config, self.params, format=format, labels=labels)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -80,12 +80,12 @@ def read_run(workdir: Path) -> dict | None:
     return run
 
 
-def require_stage(workdir: Path, run: dict | None, stage: str, action: str) -> None:
-    """A clear error when a workdir holds no run, or a run of the other stage."""
+def require_stage(workdir: Path, run: dict | None, stage: str | None, action: str) -> None:
+    """A clear error when a workdir holds no run, or (stage given) a run of the other stage."""
     if run is None:
         missing = "does not exist" if not workdir.exists() else f"holds no jft run ({RUN_FILE} is missing)"
         raise JftError(f"{workdir} {missing}; {action}.")
-    if run["stage"] != stage:
+    if stage is not None and run["stage"] != stage:
         raise JftError(f"{workdir} holds a {run['stage']} run, not a {stage} run; {action}.")
 
 
@@ -193,25 +193,25 @@ class InitSource:
         return f"{self.kind} {'directory' if self.kind == 'huggingface' else 'run'} {self.path}{where}"
 
 
-def open_init(path: str | Path) -> InitSource:
+def open_init(path: str | Path, role: str = "init_from") -> InitSource:
     """A pretraining workdir (its newest good checkpoint), a fine-tuning workdir or its best/ (the
     best model), or a Hugging Face BERT directory (config.json and weights). Weights that are not
-    finite are refused, naming the tensor."""
-    source = _open_init(Path(path).absolute())
-    check_finite(source.params, f"init_from {source.path}")
+    finite are refused, naming the tensor. role: what the path is to the caller, for messages."""
+    source = _open_init(Path(path).absolute(), f"{role} " if role else "")
+    check_finite(source.params, f"{role} {source.path}".strip())
     return source
 
 
-def _open_init(path: Path) -> InitSource:
+def _open_init(path: Path, role: str) -> InitSource:
     if not path.exists():
-        raise JftError(f"init_from {path} does not exist; give a jft workdir or a Hugging Face BERT directory.")
+        raise JftError(f"{role}{path} does not exist; give a jft workdir or a Hugging Face BERT directory.")
     if path.name == "best" and (path.parent / RUN_FILE).is_file():
         path = path.parent
     run = read_run(path) if path.is_dir() else None
     if run is None:
         if not (path / hf.CONFIG).is_file() and not (path.is_file() and (path.parent / hf.CONFIG).is_file()):
             raise JftError(
-                f"init_from {path} is neither a jft workdir ({RUN_FILE}) nor a Hugging Face BERT directory "
+                f"{role}{path} is neither a jft workdir ({RUN_FILE}) nor a Hugging Face BERT directory "
                 f"({hf.CONFIG} and weights)."
             )
         model, params = hf.load(path)
@@ -221,10 +221,10 @@ def _open_init(path: Path) -> InitSource:
         return InitSource("huggingface", path, model, params, tokenizer)
     model = BertConfig.from_dict(run["model"])
     if run["stage"] == "pretraining":
-        state, _ = restore_latest(path / CHECKPOINTS, f"init_from {path} has no complete checkpoint yet.")
+        state, _ = restore_latest(path / CHECKPOINTS, f"{role}{path} has no complete checkpoint yet.")
         params, step = state["train"]["params"], int(state["train"]["step"])
         return InitSource("pretraining", path, model, params, run_tokenizer(path), step=step)
-    state, meta = restore_latest(path / BEST, f"init_from {path} has no best model yet (best/ is empty).")
+    state, meta = restore_latest(path / BEST, f"{role}{path} has no best model yet (best/ is empty).")
     return InitSource("finetuning", path, model, state["params"], run_tokenizer(path), run["task"], meta["step"])
 
 

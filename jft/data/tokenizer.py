@@ -36,7 +36,12 @@ def load_tokenizer(path: str | Path, *, lowercase: bool = True) -> tokenizers.To
             f"vocabulary not found: {path}; give a vocab.txt or tokenizer.json, or train one with `jft vocab`."
         )
     if path.suffix == ".json":
-        return tokenizers.Tokenizer.from_file(str(path))
+        tokenizer = tokenizers.Tokenizer.from_file(str(path))
+        # Padding and truncation saved with a Hub model (all-MiniLM-L6-v2: pad every text to 128)
+        # would change every encoding; jft pads and truncates its batches itself.
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        return tokenizer
     vocab = tokenizers.models.WordPiece.read_file(str(path))
     return BertWordPieceTokenizer(vocab, lowercase=lowercase)._tokenizer
 
