@@ -197,12 +197,7 @@ def open_init(path: str | Path, role: str = "init_from") -> InitSource:
     """A pretraining workdir (its newest good checkpoint), a fine-tuning workdir or its best/ (the
     best model), or a Hugging Face BERT directory (config.json and weights). Weights that are not
     finite are refused, naming the tensor. role: what the path is to the caller, for messages."""
-    source = _open_init(Path(path).absolute(), f"{role} " if role else "")
-    check_finite(source.params, f"{role} {source.path}".strip())
-    return source
-
-
-def _open_init(path: Path, role: str) -> InitSource:
+    path, role = Path(path).absolute(), f"{role} " if role else ""
     if not path.exists():
         raise JftError(f"{role}{path} does not exist; give a jft workdir or a Hugging Face BERT directory.")
     if path.name == "best" and (path.parent / RUN_FILE).is_file():
@@ -223,8 +218,10 @@ def _open_init(path: Path, role: str) -> InitSource:
     if run["stage"] == "pretraining":
         state, _ = restore_latest(path / CHECKPOINTS, f"{role}{path} has no complete checkpoint yet.")
         params, step = state["train"]["params"], int(state["train"]["step"])
+        check_finite(params, f"the checkpoint of step {step} in {path / CHECKPOINTS}")
         return InitSource("pretraining", path, model, params, run_tokenizer(path), step=step)
     state, meta = restore_latest(path / BEST, f"{role}{path} has no best model yet (best/ is empty).")
+    check_finite(state["params"], f"the best model in {path / BEST}")
     return InitSource("finetuning", path, model, state["params"], run_tokenizer(path), run["task"], meta["step"])
 
 
