@@ -192,7 +192,9 @@ def _run_finetune(args, config):
 
 def _print_finished(metrics: dict) -> None:
     shown = {
-        k: round(v, 4) for k, v in metrics.items() if k.startswith("eval_") or k in ("train_loss", "train_task_loss")
+        k: round(v, 4)
+        for k, v in metrics.items()
+        if k.startswith(("eval_", "test_")) or k in ("train_loss", "train_task_loss", "train_l2_penalty")
     }
     print(f"finished at step {metrics['step']}: {shown}")
 

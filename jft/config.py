@@ -176,7 +176,11 @@ def leaf_keys(config: ConfigDict, prefix: str = "") -> list[str]:
 
 def _child(node: ConfigDict, name: str, key: str, root: ConfigDict) -> Any:
     if not isinstance(node, ConfigDict) or name not in node:
-        raise JftError(f"unknown config key '{key}'.{did_you_mean(key, leaf_keys(root))}")
+        from jft.keys import synonym
+
+        valid = leaf_keys(root)
+        hint = synonym(key, valid) or did_you_mean(key, valid)
+        raise JftError(f"unknown config key '{key}'.{hint} `jft config CONFIG` lists every key.")
     return node[name]
 
 

@@ -67,10 +67,12 @@ MAY_CHANGE_ON_RESUME = (
     "model",
     "data.train",
     "data.eval",
+    "data.test",
     "data.vocab",
     "data.tfds_data_dir",
     "log_every",
     "eval_every",
+    "eval_batch_size",
     "progress",
     "parallel",
     "guard",
@@ -92,6 +94,7 @@ def default_config() -> ConfigDict:
         dict(
             train="",  # CSV/TSV/JSONL file, or tfds:NAME[:SPLIT]
             eval="",
+            test="",  # evaluated once at the end, with the best model
             text_column="text",  # token classification: the list of words
             text_pair_column="",  # sentence-pair tasks
             label_column="label",  # token classification: the list of tags
@@ -127,10 +130,15 @@ def default_config() -> ConfigDict:
     config.joint_mlm = ConfigDict(dict(weight=0.0, rate=0.15, max_predictions=20))
     config.warmup_fraction = 0.1  # of all steps, when optim.warmup_steps is 0
     config.epochs = 3
+    config.max_steps = 0  # >0: stop after this many steps, whatever epochs say
     config.batch_size = 32
+    config.accum_steps = 1  # micro-batches a step (gradient accumulation: the same update, less memory)
+    config.eval_batch_size = 0  # 0: batch_size
     config.seed = 0
     config.eval_every = 0  # steps; 0: at the end of each epoch
     config.best_metric = ""  # empty: accuracy, pearson or entity_f1 by task; higher is better
+    # Stop after this many evaluations in a row without a better best_metric (0: never).
+    config.early_stopping = ConfigDict(dict(patience=0))
     config.log_every = 50
     config.parallel = parallel_config()
     config.guard = guard_config()
@@ -151,9 +159,14 @@ def _check_settings(config: ConfigDict) -> None:
         raise JftError(f"l2.reference '{config.l2.reference}' is not one of {REFERENCES}.")
     if config.data.layout not in LAYOUTS:
         raise JftError(f"data.layout '{config.data.layout}' is not one of {LAYOUTS}.")
-    for key in ("epochs", "batch_size", "log_every", "data.seq_len", "data.max_segments"):
+    for key in ("epochs", "batch_size", "accum_steps", "log_every", "data.seq_len", "data.max_segments"):
         if config[key] < 1:
             raise JftError(f"{key} must be at least 1, got {config[key]}.")
+    for key in ("max_steps", "eval_batch_size", "early_stopping.patience"):
+        if config[key] < 0:
+            raise JftError(f"{key} must be 0 (off) or more, got {config[key]}.")
+    if config.early_stopping.patience and not config.data.eval:
+        raise JftError("early_stopping.patience needs evaluation data: set data.eval.")
     check_optim(config.optim)
     check_guard(config.guard)
     if config.eval_every < 0 or not 0 <= config.warmup_fraction < 1:
@@ -195,14 +208,15 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
     _check_settings(config)
     runner = Runner.start(config.parallel)
     workdir = Path(workdir).absolute()
-    runner.check_batch(config.batch_size)
+    runner.check_batch(config.batch_size, config.accum_steps)
     with rundir.hold(workdir):
         run, init = rundir.open_run(workdir, "finetuning", config.init_from)
         columns = _columns(config)
         tfds_dir = config.data.tfds_data_dir or None
         train_records = read_records(config.data.train, columns, config.task, tfds_data_dir=tfds_dir)
-        eval_records = (
-            read_records(config.data.eval, columns, config.task, tfds_data_dir=tfds_dir) if config.data.eval else []
+        eval_records, test_records = (
+            read_records(source, columns, config.task, tfds_data_dir=tfds_dir) if source else []
+            for source in (config.data.eval, config.data.test)
         )
         labels = label_vocabulary(
             train_records, config.task, columns.label, source=config.data.train, tfds_data_dir=tfds_dir
@@ -232,8 +246,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
                 f"({model_cfg.max_position_embeddings}); use data.seq_len <= {model_cfg.max_position_embeddings}."
             )
         train_data = encode(train_records, tokenizer, task.kind, columns, task.labels, task.seq_len)
-        eval_data = (
-            encode(eval_records, tokenizer, task.kind, columns, task.labels, task.seq_len) if eval_records else None
+        eval_data, test_data = (
+            encode(records, tokenizer, task.kind, columns, task.labels, task.seq_len) if records else None
+            for records in (eval_records, test_records)
         )
 
         # Everything is checked: from here on, the run writes.
@@ -241,7 +256,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
             origin = {"from": init.describe()} if init is not None else None
             run = rundir.new_run("finetuning", config.to_dict(), model_cfg, data, task=task.to_json(), init=origin)
             rundir.write_run(workdir, run, tokenizer)
-        return _train(config, workdir, runner, model_cfg, task, tokenizer, train_data, eval_data, init, best_metric)
+        data = {"train": train_data, "eval": eval_data, "test": test_data}
+        return _train(config, workdir, runner, model_cfg, task, tokenizer, data, init, best_metric)
 
 
 def _initial_params(params: dict, config: ConfigDict, init, task: Task) -> tuple[dict, dict | None]:
@@ -262,10 +278,9 @@ def _initial_params(params: dict, config: ConfigDict, init, task: Task) -> tuple
     return params, unflatten({path: np.asarray(flat[path]) for path in report.loaded})
 
 
-def _train(
-    config, workdir: Path, runner: Runner, model_cfg, task: Task, tokenizer, train_data, eval_data, init, best_metric
-):
+def _train(config, workdir: Path, runner: Runner, model_cfg, task: Task, tokenizer, data: dict, init, best_metric):
     """Steps 7-9 of the module docstring."""
+    train_data, eval_data = data["train"], data["eval"]
     joint = config.joint_mlm
     masking = None
     if joint.weight:
@@ -281,9 +296,11 @@ def _train(
         layout=config.data.layout,
         max_len=task.seq_len,
         max_segments=config.data.max_segments,
-        row_multiple=runner.batch_multiple(),
+        row_multiple=runner.batch_multiple() * config.accum_steps,
     )
     total_steps = config.epochs * len(batches)
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
     checkpoints = Checkpoints(workdir / rundir.CHECKPOINTS, every_steps=max(len(batches), 1), keep=1)
     best = Checkpoints(workdir / rundir.BEST, every_steps=1, keep=1, asynchronous=False)
     if not config.optim.warmup_steps:
@@ -296,10 +313,10 @@ def _train(
         "rng": np.asarray(jax.random.PRNGKey(config.seed)),
     }
     restored = rundir.restore_run(checkpoints, host_state, workdir)
-    if restored is not None and restored[2] == total_steps:
+    if restored is not None and (restored[2] == total_steps or restored[1].get("early_stopped")):
         for manager in (checkpoints, best):
             manager.close()
-        return rundir.finished(workdir, total_steps)
+        return rundir.finished(workdir, restored[2])
     reference = None
     if restored is not None:
         host_state = restored[0]
@@ -313,7 +330,9 @@ def _train(
             safetensors.numpy.save_file(flatten(reference), temporary)
             temporary.replace(workdir / REFERENCE_FILE)
     mask = weight_decay_mask(params) if config.l2.exclude_bias_and_layer_norm else jax.tree.map(lambda _: True, params)
-    setup = FinetuneSetup(model, tx, schedule, task.kind, config.l2.weight, mask, joint.weight, masking)
+    setup = FinetuneSetup(
+        model, tx, schedule, task.kind, config.l2.weight, mask, joint.weight, masking, config.accum_steps
+    )
     best_value = -np.inf
     saved_best = best.restore_newest_good(set_aside=workdir / rundir.DAMAGED)
     if saved_best is not None and saved_best[1].get("value") is not None:
@@ -338,6 +357,9 @@ def _train(
             )
 
     eval_every = config.eval_every or len(batches)
+    eval_batch_size = config.eval_batch_size or config.batch_size
+    patience = config.early_stopping.patience
+    without_gain = restored[1].get("evals_without_gain", 0) if restored is not None else 0
     log = TrainingLog(workdir, total_steps, start, "fine-tuning", "examples", config.progress, config.guard)
     device_batches = prefetch(
         ((n, runner.put_global_batch(batch)) for n, batch in map(step_inputs, batches.stream(start))), ahead=2
@@ -351,26 +373,41 @@ def _train(
                 log.step(step, examples)
                 stopping = stop.agreed(step % config.log_every == 0)
                 if step % config.log_every == 0 or step == total_steps or stopping:
-                    log.train(
-                        step, {k: float(v) for k, v in runner.get(step_metrics).items()}
-                    )  # host sync: log steps only
+                    log.train(step, {k: float(v) for k, v in runner.get(step_metrics).items()})  # host sync
+                early = False
                 if eval_data is not None and (step % eval_every == 0 or step == total_steps):
-                    scores = evaluate_data(runner, predict, state.params, eval_data, task, config.batch_size)
+                    scores = evaluate_data(runner, predict, state.params, eval_data, task, eval_batch_size)
                     log.write(step, "eval", scores)
+                    without_gain += 1
                     if scores[best_metric] > best_value:
-                        best_value = scores[best_metric]
+                        best_value, without_gain = scores[best_metric], 0
                         meta = {"metric": best_metric, "value": float(best_value), "step": step}
                         best.save(step, {"params": _task_params(runner, state)}, meta, force=True)
+                    early = bool(patience) and without_gain >= patience and step < total_steps
                 # No evaluation data: the last weights count as best (unless a replay made them already).
                 if eval_data is None and step == total_steps and best.latest_step() != step:
                     meta = {"metric": None, "value": None, "step": step}
                     best.save(step, {"params": _task_params(runner, state)}, meta, force=True)
-                if step == total_steps or stopping or step % len(batches) == 0:
+                if step == total_steps or stopping or early or step % len(batches) == 0:
                     saved = {"train": runner.get(state.replace(reference=None)), "rng": host_state["rng"]}
-                    checkpoints.save(step, saved, {"step": step}, force=True)
+                    meta = {"step": step, "evals_without_gain": without_gain, "early_stopped": early}
+                    checkpoints.save(step, saved, meta, force=True)
+                if early:
+                    log.note(
+                        f"stopped early at step {step}: {best_metric} has not improved in {patience} evaluations "
+                        f"(best {best_value:.4f} at step {best.latest_step()})"
+                    )
+                    break
                 if stopping:
                     stopped = stop.stopped(step)
                     break
+        if stopped is None and data["test"] is not None:
+            best.wait()
+            params = best.restore()[0]["params"]
+            if "cls" in state.params:  # the joint objective's head: not kept, not used to predict
+                params["cls"] = runner.get(state.params)["cls"]
+            scores = evaluate_data(runner, predict, runner.put_replicated(params), data["test"], task, eval_batch_size)
+            log.write(log.last["step"], "test", scores)
     finally:
         device_batches.close()  # stops the prefetching thread
         for manager in (checkpoints, best):

@@ -215,6 +215,7 @@ class FinetuneSetup:
     # masked as in pretraining (the model needs mlm=True).
     mlm_weight: float = 0.0
     masking: MaskingConfig | None = None
+    accum_steps: int = 1  # micro-batches a step (gradient accumulation)
 
 
 def task_stats(kind: str, logits: jax.Array, batch: dict) -> dict:
@@ -224,15 +225,14 @@ def task_stats(kind: str, logits: jax.Array, batch: dict) -> dict:
     return weighted_cross_entropy(logits, jnp.maximum(batch["labels"], 0), batch["weights"])
 
 
-def _task_mlm_stats(setup: FinetuneSetup, params, batch: dict, key: jax.Array, dropout_key, axis_name) -> dict:
-    """Sums of the masked-LM loss on this device's rows of a task batch (the joint objective)."""
+def _task_masked(setup: FinetuneSetup, batch: dict, key: jax.Array, axis_name) -> dict:
+    """The joint objective's masked copy of this device's rows of a task batch (masked_positions,
+    masked_labels, masked_weights added); masks depend on global rows, not on devices."""
     rows, width = batch["input_ids"].shape
     masking = dataclasses.replace(setup.masking, max_predictions=min(setup.masking.max_predictions, width))
-    row_ids = _device_index(axis_name) * rows + jnp.arange(rows)  # global rows: masks do not depend on devices
+    row_ids = _device_index(axis_name) * rows + jnp.arange(rows)
     word_start = jnp.ones_like(batch["input_ids"], bool)
-    masked = _masked_inputs(masking, {**batch, "word_start": word_start, "row_ids": row_ids}, key)
-    _, mlm_logits = _apply(setup.model, params, masked, dropout_key, masked_positions=masked["masked_positions"])
-    return weighted_cross_entropy(mlm_logits, masked["masked_labels"], masked["masked_weights"])
+    return _masked_inputs(masking, {**batch, "word_start": word_start, "row_ids": row_ids}, key)
 
 
 def finetune_step(
@@ -243,7 +243,9 @@ def finetune_step(
 
     batch: input_ids, token_type_ids, attention_mask [rows, seq]; labels, weights [rows] (or
     [rows, seq] for token classification). Packed batches add segment_ids, position_ids [rows, seq]
-    and cls_positions [rows, examples], with labels and weights [rows, examples].
+    and cls_positions [rows, examples], with labels and weights [rows, examples]. With
+    setup.accum_steps > 1 the rows are split into micro-batches whose gradients add up to the
+    whole batch's (losses are normalised by the whole batch's counts).
     """
     step_key = jax.random.fold_in(rng, state.step)
     mask_key, dropout_key, mlm_dropout_key = jax.random.split(step_key, 3)
@@ -252,20 +254,41 @@ def finetune_step(
     )
     num_devices = _psum(1, axis_name)
     count = _psum(batch["weights"].sum(), axis_name) / num_devices
+    inputs = {"task": batch}
+    if setup.mlm_weight:
+        inputs["mlm"] = _task_masked(setup, batch, mask_key, axis_name)
+        mlm_count = _psum(inputs["mlm"]["masked_weights"].sum(), axis_name) / num_devices
 
-    def loss_fn(params):
-        stats = {"task": task_stats(setup.kind, _apply(setup.model, params, batch, dropout_key), batch)}
+    def loss_fn(params, micro, index):
+        # one micro-batch keeps the keys of a whole batch, so accum_steps=1 is the step as it was
+        task_key, mlm_key = (
+            k if setup.accum_steps == 1 else jax.random.fold_in(k, index) for k in (dropout_key, mlm_dropout_key)
+        )
+        stats = {"task": task_stats(setup.kind, _apply(setup.model, params, micro["task"], task_key), micro["task"])}
         loss = stats["task"]["loss_sum"] / jnp.maximum(count, 1e-9)
         if setup.mlm_weight:
-            stats["mlm"] = _task_mlm_stats(setup, params, batch, mask_key, mlm_dropout_key, axis_name)
-            mlm_count = _psum(stats["mlm"]["count"], axis_name) / num_devices
+            masked = micro["mlm"]
+            _, mlm_logits = _apply(setup.model, params, masked, mlm_key, masked_positions=masked["masked_positions"])
+            stats["mlm"] = weighted_cross_entropy(mlm_logits, masked["masked_labels"], masked["masked_weights"])
             loss = loss + setup.mlm_weight * stats["mlm"]["loss_sum"] / jnp.maximum(mlm_count, 1e-9)
-        penalty = setup.l2 * l2_penalty(params, state.reference, setup.penalty_mask) if setup.l2 else 0.0
-        return loss + penalty, (stats, penalty)
+        return loss, stats
 
-    (_, (stats, penalty)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    def micro_step(grads, micro_and_index):
+        micro, index = micro_and_index
+        (_, stats), micro_grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, micro, index)
+        return jax.tree.map(jnp.add, grads, micro_grads), stats
+
+    micro_batches = jax.tree.map(lambda x: x.reshape(setup.accum_steps, -1, *x.shape[1:]), inputs)
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    grads, stats = jax.lax.scan(micro_step, zeros, (micro_batches, jnp.arange(setup.accum_steps)))
+    stats = _psum(jax.tree.map(lambda x: x.sum(0), stats), axis_name)
     grads = _pmean(grads, axis_name)
-    stats = _psum(stats, axis_name)
+    penalty = 0.0
+    if setup.l2:  # the same on every device: added after the mean over them
+        penalty, penalty_grads = jax.value_and_grad(
+            lambda p: setup.l2 * l2_penalty(p, state.reference, setup.penalty_mask)
+        )(state.params)
+        grads = jax.tree.map(jnp.add, grads, penalty_grads)
     new_state, grad_norm = _apply_gradients(setup.tx, state, grads)
     task = means(stats["task"])
     metrics = {

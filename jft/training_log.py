@@ -144,6 +144,11 @@ class TrainingLog:
         if split == "eval":
             self.guard.eval(step, metrics)
 
+    def note(self, text: str) -> None:
+        """A line for the user, between progress updates (process 0)."""
+        if jax.process_index() == 0:
+            self.bar.write(text)
+
     def close(self) -> None:
         self.writer.close()
         self.bar.close()
