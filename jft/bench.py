@@ -12,6 +12,7 @@ compile time, XLA's memory count of the step's program, and the device's peak me
 import functools
 import json
 import platform
+import sys
 import time
 
 import jax
@@ -101,8 +102,25 @@ def run(config: ConfigDict) -> dict:
     runner = Runner(config.backend)
     runner.check_batch(config.batch_size)
     measure = {"pretrain": pretrain_workload, "finetune": finetune_workload}
-    results = [measure[w](config, cfg, runner) for w in workloads]
-    return {"environment": environment(), "config": config.to_dict(), "results": results}
+    report = {"environment": environment(), "config": config.to_dict(), "results": [], "skipped": []}
+    if cfg.attention_impl == "cudnn" and jax.default_backend() != "gpu":
+        reason = (
+            f"cuDNN attention needs a GPU, and this is {jax.default_backend()} "
+            "(--config.model.attention_impl=xla runs here)"
+        )
+        report["skipped"] = [{"workload": w, "reason": reason} for w in workloads]
+        print(f"bench: skipped {', '.join(workloads)}: {reason}", file=sys.stderr, flush=True)
+        return report
+    for workload in workloads:
+        print(
+            f"bench: measuring {workload} (batch {config.batch_size}, seq {config.seq_len}) ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        start = time.perf_counter()
+        report["results"].append(measure[workload](config, cfg, runner))
+        print(f"bench: {workload} done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return report
 
 
 def environment() -> dict:
@@ -148,7 +166,8 @@ def pretrain_workload(config: ConfigDict, cfg: BertConfig, runner: Runner, model
     state = runner.put_replicated(create_state(params, tx))
     flops = model_flops(cfg, batch, seq, predictions=config.max_predictions)
     timing = time_steps(config, runner, step, state, [runner.put_batch(host)])
-    return _report("pretrain", config, timing, [batch], [batch * seq], [flops], f"seq {seq}")
+    report = _report("pretrain", config, timing, [batch], [batch * seq], [flops], f"seq {seq}")
+    return {**report, "parameters": _count(params)}
 
 
 def finetune_workload(config: ConfigDict, cfg: BertConfig, runner: Runner) -> dict:
@@ -183,7 +202,11 @@ def finetune_workload(config: ConfigDict, cfg: BertConfig, runner: Runner) -> di
     timing = time_steps(config, runner, step, state, device_batches)
     lengths = "full rows" if not f.mean_length else f"mean length {np.mean([len(x) for x in data.input_ids]):.1f}"
     shape = f"seq {seq}, {lengths}, {f.layout}" + (f", {batches.rows} rows" if f.layout == "packed" else "")
-    return _report("finetune", config, timing, examples, tokens, flops, shape)
+    return {**_report("finetune", config, timing, examples, tokens, flops, shape), "parameters": _count(params)}
+
+
+def _count(params) -> int:
+    return int(sum(np.size(x) for x in jax.tree.leaves(params)))
 
 
 def task_data(config: ConfigDict, cfg: BertConfig) -> Encoded:
@@ -289,21 +312,23 @@ def table(report: dict) -> str:
     head = (
         f"{env['device']} × {env['device_count']} ({env['platform']}), jax {env['jax']}, flax {env['flax']}, "
         f"{env['date']}\n\n"
-        "| workload | shape | batch | backend | dtype | step ms | seq/s | tokens/s | TFLOP/s | MFU "
-        "| compile s | XLA GiB | peak GiB |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| workload | params | shape | batch | backend | dtype | step ms (p10–p90) | seq/s | tokens/s | TFLOP/s "
+        "| MFU | compile s | XLA GiB | peak GiB |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
 
     def cell(value, spec):
         return "—" if value is None else format(value, spec)
 
     rows = [
-        f"| {r['workload']} | {r['shape']} | {r['batch_size']} | {r['backend']} | {r['dtype']} | "
-        f"{r['step_ms']:.2f} | {r['sequences_per_second']:,.0f} | {r['tokens_per_second']:,.0f} | "
+        f"| {r['workload']} | {r['parameters'] / 1e6:.1f}M | {r['shape']} | {r['batch_size']} | {r['backend']} | "
+        f"{r['dtype']} | {r['step_ms']:.2f} ({r['step_ms_spread'][0]:.2f}–{r['step_ms_spread'][1]:.2f}) | "
+        f"{r['sequences_per_second']:,.0f} | {r['tokens_per_second']:,.0f} | "
         f"{r['model_tflops_per_second']:.3g} | {cell(r['mfu'], '.1%')} | {r['compile_seconds']:.1f} | "
         f"{cell(r['xla_memory_gib'], '.3f')} | {cell(r['peak_memory_gib'], '.2f')} |"
         for r in report["results"]
     ]
+    rows += [f"| {r['workload']} | skipped: {r['reason']} |" for r in report.get("skipped", [])]
     return head + "\n".join(rows)
 
 

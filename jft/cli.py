@@ -8,6 +8,7 @@ function that runs it. Commands that take a run config get --config FILE[:ARG] a
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -200,16 +201,26 @@ def _print_finished(metrics: dict) -> None:
 
 
 def _config_arguments(parser):
-    parser.add_argument("source", help="a run directory (its run.json), or a config file FILE[:ARG]")
+    parser.add_argument(
+        "source",
+        nargs="?",
+        default="",
+        help="a run directory (its run.json), a config file FILE[:ARG], or a packaged config (pretrain/tiny); "
+        "none: list the packaged configs",
+    )
+    parser.add_argument("--json", action="store_true", help="print a config file's values as JSON")
 
 
 def _run_config(args, overrides):
-    from jft import rundir
-    from jft.config import load_config
+    from jft import keys, rundir
+    from jft.config import find_config, load_config, packaged_configs
 
+    if not args.source:
+        for name in packaged_configs():
+            doc = (find_config(name).read_text().split('"""')[1:2] or [""])[0].strip().splitlines()
+            print(f"{name:<20} {doc[0] if doc else ''}")
+        return
     path = Path(args.source)
-    if not path.exists() and not Path(args.source.partition(":")[0]).is_file():
-        raise JftError(f"{path} is neither a run directory nor a config file.")
     if path.is_dir():
         if overrides:
             raise JftError(f"{path} is a run directory; its config is fixed, so --config.KEY=VALUE does not apply.")
@@ -217,23 +228,77 @@ def _run_config(args, overrides):
         if run is None:
             raise JftError(f"{path} holds no jft run (no run.json); give a run directory or a config file.")
         print(json.dumps({"stage": run["stage"], "config": run["config"], "model": run["model"]}, indent=2))
-    else:
-        print(json.dumps(load_config(args.source, overrides).to_dict(), indent=2))
+        return
+    config = load_config(args.source, overrides)
+    print(json.dumps(config.to_dict(), indent=2) if args.json else keys.describe(config))
 
 
 def _workdir_argument(parser):
     parser.add_argument("--workdir", required=True, help="a `jft finetune` run directory")
 
 
-def _eval_arguments(parser):
-    _workdir_argument(parser)
-    parser.add_argument("--data", required=True, help="CSV/TSV/JSONL file with the training run's columns")
+def _inference_config() -> ConfigDict:
+    """What `jft eval` and `jft predict` take as --config.KEY=VALUE: the columns of the new data
+    (empty: the run's), the batch size, and which model (step 0: the best)."""
+    return ConfigDict(
+        dict(
+            data=dict(text_column="", text_pair_column="", label_column="", id_column=""),
+            batch_size=32,
+            step=0,
+            with_text=False,
+        )
+    )
 
 
-def _run_eval(args, _):
+def _finetuned(args, config):
     from jft.inference import FinetunedModel
 
-    print(json.dumps(FinetunedModel(args.workdir).evaluate(args.data), indent=2))
+    columns = {"text": config.data.text_column, "text_pair": config.data.text_pair_column}
+    columns["label"] = config.data.label_column
+    return FinetunedModel(args.workdir, step=config.step or None, columns=columns)
+
+
+def _eval_arguments(parser):
+    _workdir_argument(parser)
+    parser.add_argument("--data", required=True, help="CSV/TSV/JSONL file, with the run's columns or --config.data.*")
+    parser.add_argument("--out", default="", help="also write report.json and confusion.png (classification) here")
+
+
+def _run_eval(args, config):
+    model = _finetuned(args, config)
+    report = model.report(args.data, batch_size=config.batch_size)
+    print(f"evaluated {report['model']} on {report['records']:,} records of {args.data}", file=sys.stderr)
+    print(json.dumps(report, indent=2))
+    if args.out:
+        from jft.files import write_json
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "report.json", report)
+        if "confusion_matrix" in report:
+            _plot_confusion(report, out / "confusion.png")
+        print(f"wrote {out / 'report.json'}", file=sys.stderr)
+
+
+def _plot_confusion(report: dict, file: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, matrix = report["labels"], report["confusion_matrix"]
+    size = max(4, 0.6 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set(xlabel="predicted", ylabel="true", title=f"{report['records']} records")
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            ax.text(j, i, str(count), ha="center", va="center")
+    fig.tight_layout()
+    fig.savefig(file, dpi=100)
+    plt.close(fig)
 
 
 def _predict_arguments(parser):
@@ -242,21 +307,23 @@ def _predict_arguments(parser):
     parser.add_argument("--output", required=True, help="JSONL file to write, one line a record")
 
 
-def _run_predict(args, _):
+def _run_predict(args, config):
     from jft.files import finite_or_null
-    from jft.inference import FinetunedModel
 
     output = Path(args.output)
     temporary = output.with_name(f".{output.name}.tmp")
     temporary.touch()  # a path that cannot be written fails now, not after every prediction is made
     try:
-        predictions = FinetunedModel(args.workdir).predict(args.input)
+        model = _finetuned(args, config)
+        predictions = model.predict(
+            args.input, batch_size=config.batch_size, id_column=config.data.id_column, with_text=config.with_text
+        )
         lines = (json.dumps(finite_or_null(p), allow_nan=False) + "\n" for p in predictions)
         temporary.write_text("".join(lines))
         temporary.replace(output)
     finally:
         temporary.unlink(missing_ok=True)
-    print(f"wrote {len(predictions)} predictions to {args.output}")
+    print(f"wrote {len(predictions)} predictions of {model.source} to {args.output}")
 
 
 def _export_arguments(parser):
@@ -343,14 +410,28 @@ COMMANDS = (
         True,
         _bench_config,
     ),
-    Command("eval", "evaluate a fine-tuned workdir on a data file", _eval_arguments, _run_eval),
+    Command(
+        "eval",
+        "evaluate a fine-tuned workdir on a data file: metrics, per-class report, confusion matrix",
+        _eval_arguments,
+        _run_eval,
+        True,
+        _inference_config,
+    ),
     Command(
         "config",
         "print the settings of a run directory, or of a config file with its --config.KEY=VALUE overrides",
         _config_arguments,
         _run_config,
     ),
-    Command("predict", "write predictions of a fine-tuned workdir as JSONL", _predict_arguments, _run_predict),
+    Command(
+        "predict",
+        "write predictions of a fine-tuned workdir as JSONL",
+        _predict_arguments,
+        _run_predict,
+        True,
+        _inference_config,
+    ),
     Command("export", "write a run's model and tokenizer in Hugging Face format", _export_arguments, _run_export),
     Command("init", "write a randomly initialised BERT in Hugging Face format", _init_arguments, _run_init, True),
     Command(
@@ -368,6 +449,12 @@ COMMANDS = (
 )
 
 
+CONFIG_EPILOG = (
+    "Every config key, its value, default and meaning: `jft config CONFIG`. Set one with --config.KEY=VALUE, "
+    "e.g. --config.optim.lr=3e-5. `jft config` lists the configs that ship with jft."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one sub-parser per command."""
     parser = argparse.ArgumentParser(
@@ -376,13 +463,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"jft {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
-        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        epilog = CONFIG_EPILOG if command.takes_config else None
+        sub = subparsers.add_parser(
+            command.name,
+            help=command.help,
+            description=command.help,
+            epilog=epilog,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
         if command.takes_config:
             sub.add_argument(
                 "--config",
                 required=command.default_config is None,
                 metavar="FILE[:ARG]",
-                help="config file (configs/...py); override keys with --config.KEY=VALUE",
+                help="config file, or a packaged config by name (tiny, base, finetune/glue:sst2); "
+                "override keys with --config.KEY=VALUE",
             )
         command.add_arguments(sub)
     return parser
@@ -405,13 +500,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command.takes_config:
             overrides = split_overrides(extra)
             if args.config:
-                config = load_config(args.config, overrides)
+                config = load_config(args.config, overrides, stage=command.name)
             else:
                 config = with_overrides(command.default_config(), overrides)
         command.run(args, config)
     except JftError as error:
         print(f"jft {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
+    except BrokenPipeError:  # `jft ... | head`: the reader has gone, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as error:  # a file jft writes or reads: full disk, no permission, read-only
         where = f" {error.filename}" if error.filename else ""
         print(f"jft {args.command}: error: {error.strerror or error}:{where}", file=sys.stderr)

@@ -6,6 +6,7 @@ error that names the closest valid key. Configs are locked after loading, so a t
 
 import ast
 import dataclasses
+import importlib.resources
 import importlib.util
 import typing
 from collections.abc import Sequence
@@ -87,19 +88,47 @@ def bert_config(config: ConfigDict, **fill_in: Any) -> BertConfig:
     return BertConfig.from_dict(values)
 
 
-def load_config(spec: str | Path, overrides: Sequence[str] = ()) -> ConfigDict:
+def packaged_configs() -> list[str]:
+    """The names of the configs that ship with jft: 'pretrain/tiny', 'finetune/glue', 'bench', ..."""
+    root = importlib.resources.files("jft.configs")
+    names = []
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+        if entry.is_dir() and not entry.name.startswith("_"):
+            names += [f"{entry.name}/{f.name[:-3]}" for f in sorted(entry.iterdir(), key=lambda f: f.name)]
+        elif entry.name.endswith(".py"):
+            names.append(entry.name[:-3])
+    return [name for name in names if not name.rsplit("/", 1)[-1].startswith("_")]
+
+
+def find_config(name: str, stage: str = "") -> Path:
+    """A config file by path, or by the name of a packaged config: 'pretrain/tiny', 'jft:pretrain/tiny',
+    or 'tiny' for the stage's own (stage: 'pretrain', 'finetune'; '' for bench and init)."""
+    if Path(name).is_file():
+        return Path(name)
+    short = name.removeprefix("jft:").removesuffix(".py")
+    root = importlib.resources.files("jft.configs")
+    for candidate in ([f"{stage}/{short}"] if stage in ("pretrain", "finetune") else []) + [short]:
+        path = Path(str(root / f"{candidate}.py"))
+        if path.is_file():
+            return path
+    raise JftError(
+        f"config file not found: {name}; give a path, or one of the configs that ship with jft: "
+        f"{', '.join(packaged_configs())} (`jft config NAME` prints one)."
+    )
+
+
+def load_config(spec: str | Path, overrides: Sequence[str] = (), stage: str = "") -> ConfigDict:
     """Runs get_config() from a config file, locks the result, and applies 'a.b=value' overrides.
 
     spec: 'path/to/config.py', or 'path/to/config.py:ARG' to call get_config('ARG'); a path may
-    itself hold ':' (the ARG is what follows the last ':' after a path that is not a file).
+    itself hold ':' (the ARG is what follows the last ':' after a path that is not a file). Instead
+    of a path, the name of a config that ships with jft (find_config): 'finetune/glue:sst2'.
     """
-    spec = str(spec)
+    spec = str(spec).removeprefix("jft:")
     path_text, arg = (spec, "") if Path(spec).is_file() else spec.rpartition(":")[::2]
     if not path_text:  # no ':' at all
         path_text, arg = spec, ""
-    path = Path(path_text)
-    if not path.is_file():
-        raise JftError(f"config file not found: {path}")
+    path = find_config(path_text, stage)
     module_spec = importlib.util.spec_from_file_location(f"jft_config_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     try:

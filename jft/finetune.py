@@ -395,7 +395,8 @@ def _train(config, workdir: Path, runner: Runner, model_cfg, task: Task, tokeniz
                 if early:
                     log.note(
                         f"stopped early at step {step}: {best_metric} has not improved in {patience} evaluations "
-                        f"(best {best_value:.4f} at step {best.latest_step()})"
+                        f"(best {best_value:.4f} at step {best.latest_step()})",
+                        always=True,
                     )
                     break
                 if stopping:

@@ -13,8 +13,9 @@ import jax
 import numpy as np
 
 from jft import metrics, rundir
-from jft.checkpoint import restore_latest
+from jft.checkpoint import Checkpoints, DamagedCheckpoint, restore_latest, saved_steps
 from jft.data.tasks import IGNORE, Task, TaskBatches, encode, read_records, step_inputs
+from jft.errors import JftError
 from jft.models import BertConfig, BertForSequenceClassification, BertForTokenClassification
 from jft.parallel import Runner
 from jft.params import check_finite
@@ -75,19 +76,18 @@ def _predict_all(runner: Runner, predict, params, data, task: Task, batch_size: 
 
 
 class FinetunedModel:
-    """A fine-tuned workdir, ready to evaluate, predict and export (its best checkpoint)."""
+    """A fine-tuned workdir, ready to evaluate and predict: its best model, or the checkpoint of a
+    chosen step (best/<step> or checkpoints/<step>). columns: other column names for new data."""
 
-    def __init__(self, workdir: str | Path, backend: str = "jit"):
+    def __init__(self, workdir: str | Path, backend: str = "jit", step: int | None = None, columns: dict | None = None):
         workdir = Path(workdir).absolute()
         run = rundir.read_run(workdir) if workdir.is_dir() else None
         rundir.require_stage(workdir, run, "finetuning", "give the --workdir of a `jft finetune` run")
         self.task = Task.from_json(run["task"])
+        if columns:
+            self.task.columns = dataclasses.replace(self.task.columns, **{k: v for k, v in columns.items() if v})
         self.model_config = BertConfig.from_dict(run["model"])
-        state, self.best = restore_latest(
-            workdir / rundir.BEST, f"{workdir} has no saved model yet (best/ is empty); let `jft finetune` finish."
-        )
-        self.params = state["params"]
-        check_finite(self.params, f"the best model in {workdir / rundir.BEST}")
+        self.params, self.source = _model_params(workdir, step)
         self.tokenizer = rundir.run_tokenizer(workdir)
         self.runner = Runner(backend)
         model = build_model(self.model_config, self.task)
@@ -108,17 +108,54 @@ class FinetunedModel:
         )
 
     def evaluate(self, source: str, batch_size: int = 32) -> dict[str, float]:
+        """The task's metrics on a labeled file (as during training)."""
         _, data = self._encode(source, with_labels=True)
         params = self.runner.put_replicated(self.params)
         return evaluate_data(self.runner, self.predict_fn, params, data, self.task, batch_size)
 
-    def predict(self, source: str, batch_size: int = 32) -> list[dict]:
-        """One dict a record: label and probabilities (classification), score (regression), or
-        one tag a word (token classification: records longer than seq_len are predicted in
+    def report(self, source: str, batch_size: int = 32) -> dict:
+        """evaluate's metrics, which model and how many records; for classification also each class's
+        precision, recall and F1, their macro means, the confusion matrix and the binary F1's positive label."""
+        records, data = self._encode(source, with_labels=True)
+        params = self.runner.put_replicated(self.params)
+        logits, labels = _predict_all(self.runner, self.predict_fn, params, data, self.task, batch_size)
+        out = {"model": self.source, "data": source, "records": len(records)}
+        out["metrics"] = evaluate_data(self.runner, self.predict_fn, params, data, self.task, batch_size)
+        if self.task.kind == "classification":
+            out.update(metrics.classification_report(labels, logits.argmax(-1), self.task.labels))
+            if len(self.task.labels) == 2:
+                out["f1_positive_label"] = self.task.labels[1]
+        return out
+
+    def predict(self, source: str, batch_size: int = 32, id_column: str = "", with_text: bool = False) -> list[dict]:
+        """One dict a record: its id (id_column's value, else its row: 0 for the first record), its
+        text(s) when with_text, and label and probabilities (classification), score (regression),
+        or one tag a word (token classification: records longer than seq_len are predicted in
         windows of whole words; a word the tokenizer drops entirely gets the tag null)."""
-        if self.task.kind == "token_classification":
-            return self._predict_tags(source, batch_size)
-        records, data = self._encode(source, with_labels=False)
+        records = read_records(source, dataclasses.replace(self.task.columns, label=None), self.task.kind)
+        if id_column and id_column not in records[0]:
+            raise JftError(f"{source} has no column {id_column!r} for the ids (columns: {sorted(records[0])}).")
+        outputs = (
+            self._predict_tags(records, batch_size)
+            if self.task.kind == "token_classification"
+            else (self._predict_records(records, batch_size))
+        )
+        texts = [c for c in (self.task.columns.text, self.task.columns.text_pair) if c] if with_text else []
+        return [
+            {**({"id": record[id_column]} if id_column else {"row": row}), **{c: record[c] for c in texts}, **output}
+            for row, (record, output) in enumerate(zip(records, outputs))
+        ]
+
+    def _predict_records(self, records: list, batch_size: int) -> list[dict]:
+        data = encode(
+            records,
+            self.tokenizer,
+            self.task.kind,
+            self.task.columns,
+            self.task.labels,
+            self.task.seq_len,
+            with_labels=False,
+        )
         params = self.runner.put_replicated(self.params)
         logits, _ = _predict_all(self.runner, self.predict_fn, params, data, self.task, batch_size)
         if self.task.kind == "regression":
@@ -129,9 +166,8 @@ class FinetunedModel:
             out.append({"label": label, "probabilities": dict(zip(self.task.labels, map(float, probs)))})
         return out
 
-    def _predict_tags(self, source: str, batch_size: int) -> list[dict]:
+    def _predict_tags(self, records: list, batch_size: int) -> list[dict]:
         text = self.task.columns.text
-        records = read_records(source, dataclasses.replace(self.task.columns, label=None), self.task.kind)
         windows = [
             (index, start, end)
             for index, record in enumerate(records)
@@ -154,6 +190,39 @@ class FinetunedModel:
             first = _first_pieces(self.tokenizer, piece[text])
             tags[index] += [None if p is None else self.task.labels[int(encoding_logits[p].argmax())] for p in first]
         return [{"tags": record_tags} for record_tags in tags]
+
+
+def _model_params(workdir: Path, step: int | None) -> tuple[dict, str]:
+    """The parameters to use, and what they are: the best model, or the checkpoint of `step`."""
+    best, checkpoints = workdir / rundir.BEST, workdir / rundir.CHECKPOINTS
+    if step is None:
+        state, meta = restore_latest(
+            best, f"{workdir} has no saved model yet (best/ is empty); let `jft finetune` finish."
+        )
+        params, what = state["params"], f"the best model (step {meta['step']}) in {best}"
+    elif step in saved_steps(best):
+        params, what = _restore_step(best, step)["params"], f"the best model (step {step}) in {best}"
+    elif step in saved_steps(checkpoints):
+        params, what = (
+            _restore_step(checkpoints, step)["train"]["params"],
+            f"the checkpoint of step {step} in {checkpoints}",
+        )
+        params = {name: tree for name, tree in params.items() if name != "cls"}
+    else:
+        have = sorted(set(saved_steps(best)) | set(saved_steps(checkpoints)))
+        raise JftError(f"{workdir} has no model of step {step}; it has steps {have} (best/ and checkpoints/).")
+    check_finite(params, what)
+    return params, what
+
+
+def _restore_step(directory: Path, step: int) -> dict:
+    checkpoints = Checkpoints(directory, asynchronous=False)
+    try:
+        return checkpoints.restore(step=step)[0]
+    except DamagedCheckpoint as damage:
+        raise JftError(f"the checkpoint {directory / str(step)} {damage}.") from None
+    finally:
+        checkpoints.close()
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -34,6 +34,30 @@ def matthews_corrcoef(labels: np.ndarray, predictions: np.ndarray) -> float:
     return float((c * s - t @ p) / denominator) if denominator else 0.0
 
 
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """[true class, predicted class] counts."""
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(matrix, (labels, predictions), 1)
+    return matrix
+
+
+def classification_report(labels: np.ndarray, predictions: np.ndarray, names: list[str]) -> dict:
+    """Precision, recall, F1 and support of each class, their unweighted (macro) means, and the
+    confusion matrix; a class never predicted (or never true) has precision (recall) 0."""
+    matrix = confusion_matrix(labels, predictions, len(names))
+    hits, predicted, support = np.diag(matrix), matrix.sum(0), matrix.sum(1)
+    precision = np.divide(hits, predicted, out=np.zeros(len(names)), where=predicted > 0)
+    recall = np.divide(hits, support, out=np.zeros(len(names)), where=support > 0)
+    total = precision + recall
+    f1_scores = np.divide(2 * precision * recall, total, out=np.zeros(len(names)), where=total > 0)
+    per_class = {
+        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+        for name, p, r, f, n in zip(names, precision, recall, f1_scores, support)
+    }
+    macro = {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1_scores.mean())}
+    return {"per_class": per_class, "macro": macro, "labels": list(names), "confusion_matrix": matrix.tolist()}
+
+
 def pearson(labels: np.ndarray, predictions: np.ndarray) -> float:
     x, y = labels - labels.mean(), predictions - predictions.mean()
     denominator = np.sqrt((x * x).sum() * (y * y).sum())

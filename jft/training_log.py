@@ -2,6 +2,7 @@
 TensorBoard, the rate of work between log steps, and a progress bar, from process 0 only; and
 what it does when it diverges (DivergenceGuard), on every process alike."""
 
+import datetime
 import json
 import math
 import sys
@@ -106,37 +107,68 @@ class MetricWriter:
 class TrainingLog:
     """The reporting both training loops share. Call `step` after each step with the work it did
     (sequences or examples), `train` at log steps with the step's metrics as host floats (which adds
-    the rate since the last log step), `write` for evaluations; `last` holds the latest of each."""
+    the rate since the last log step), `write` for evaluations; `last` holds the latest of each.
+
+    The first step compiles the program: its time is reported on its own and left out of rates and
+    the estimate of the time left. Progress is a bar on a terminal and a line every log step
+    otherwise (a log file gets no carriage returns); with progress off, neither."""
+
+    RATES = {"sequences": "seq/s", "examples": "ex/s"}
 
     def __init__(
         self, workdir: Path, total_steps: int, start: int, desc: str, unit: str, progress: bool, guard: ConfigDict
     ):
         self.writer = MetricWriter(workdir)
         self.guard = DivergenceGuard(guard, workdir)
-        self.bar = tqdm(
-            total=total_steps,
-            initial=start,
-            desc=desc,
-            unit=" steps",
-            # None: a bar only on a terminal (in a log file it would be thousands of updates)
-            disable=None if progress and jax.process_index() == 0 else True,
-        )
-        self.rate_name = f"{unit}_per_second"
+        self.show = progress and jax.process_index() == 0
+        self.total, self.desc, self.start = total_steps, desc, start
+        self.rate_name, self.rate_label = f"{unit}_per_second", self.RATES[unit]
+        self.bar: tqdm | None = None
         self.last: dict[str, float] = {"step": start}
-        self._mark, self._work = time.perf_counter(), 0
+        self._began = self._mark = time.perf_counter()
+        self._work = 0
+        self._steady: tuple[float, int] | None = None  # (time, step) once the first step has run
 
     def step(self, step: int, work: int) -> None:
-        self._work += work
         self.last["step"] = step
-        self.bar.update(1)
+        now = time.perf_counter()
+        if self._steady is None:  # the first step: compiling, mostly
+            self.note(f"{self.desc}: compiled and ran the first step in {now - self._began:.1f} s")
+            self._steady, self._mark = (now, step), now
+            if self.show and sys.stderr.isatty():
+                self.bar = tqdm(total=self.total, initial=step, desc=self.desc, unit=" steps", dynamic_ncols=True)
+            return
+        self._work += work
+        if self.bar is not None:
+            self.bar.update(1)
 
     def train(self, step: int, metrics: dict[str, float]) -> None:
         now = time.perf_counter()
-        metrics = {**metrics, self.rate_name: self._work / (now - self._mark)}
+        if self._work:  # a rate needs steps after the first
+            metrics = {**metrics, self.rate_name: self._work / (now - self._mark)}
         self._mark, self._work = now, 0
-        self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", per_s=f"{metrics[self.rate_name]:.0f}")
+        rate = metrics.get(self.rate_name)
+        if self.bar is not None:
+            shown = {"loss": f"{metrics['loss']:.3f}"}
+            if rate is not None:
+                shown[self.rate_label] = f"{rate:,.0f}"
+            self.bar.set_postfix(shown)
+        elif self.show:
+            per = f", {rate:,.1f} {self.rate_label}" if rate is not None else ""
+            print(
+                f"{self.desc} step {step}/{self.total}: loss {metrics['loss']:.4f}{per}{self._eta(now, step)}",
+                file=sys.stderr,
+                flush=True,
+            )
         self.write(step, "train", metrics)
         self.guard.train(step, metrics)
+
+    def _eta(self, now: float, step: int) -> str:
+        since, first = self._steady
+        if step <= first or step >= self.total:
+            return ""
+        left = (now - since) / (step - first) * (self.total - step)
+        return f", {datetime.timedelta(seconds=round(left))} left"
 
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
         self.writer.write(step, split, metrics)
@@ -144,14 +176,19 @@ class TrainingLog:
         if split == "eval":
             self.guard.eval(step, metrics)
 
-    def note(self, text: str) -> None:
-        """A line for the user, between progress updates (process 0)."""
-        if jax.process_index() == 0:
-            self.bar.write(text)
+    def note(self, text: str, always: bool = False) -> None:
+        """A line for the user, between progress updates (process 0; with progress on, or always)."""
+        if jax.process_index() != 0 or not (self.show or always):
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         self.writer.close()
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def last_metrics(workdir: str | Path) -> dict[str, float]:

@@ -418,7 +418,7 @@ def test_readers_say_what_a_directory_is(pretrained, tmp_path, capsys):
         (["eval", "--workdir", str(root / "moved"), "--data", dev], "holds a pretraining run, not a finetuning run"),
         (["predict", "--workdir", str(tmp_path / "gone"), "--input", dev, "--output", "x"], "gone does not exist"),
         (["export", "--workdir", str(tmp_path / "empty"), "--out", "x"], "holds no jft run \\(run.json is missing\\)"),
-        (["config", str(tmp_path / "gone")], "is neither a run directory nor a config file"),
+        (["config", str(tmp_path / "gone")], "config file not found: .*gone; give a path, or one of the configs"),
         (_finetune(tmp_path / "run", init_from=str(tmp_path / "empty"), **{"data.train": dev}), "is neither a jft"),
     ]
     for command, message in cases:
