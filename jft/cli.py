@@ -107,8 +107,8 @@ def _run_inspect(args, _):
 def _vocab_arguments(parser):
     parser.add_argument("corpus", help="text file(s) (comma-separated), JSONL, or tfds:NAME[:SPLIT]")
     parser.add_argument("--out", required=True, help="directory for vocab.txt and tokenizer.json")
-    parser.add_argument("--vocab-size", type=int, default=30522)
-    parser.add_argument("--min-frequency", type=int, default=2)
+    parser.add_argument("--vocab-size", type=int, default=30522, help="tokens in the vocabulary")
+    parser.add_argument("--min-frequency", type=int, default=2, help="merges seen fewer times are not made")
     parser.add_argument("--cased", action="store_true", help="keep case (default: lowercase)")
     parser.add_argument("--text-field", default="text", help="the text field of JSONL and TFDS records")
     parser.add_argument("--tfds-data-dir", default=None, help="where TFDS datasets are prepared")
@@ -133,14 +133,14 @@ def _prepare_arguments(parser):
     parser.add_argument("corpus", help="text file(s) (comma-separated), JSONL, or tfds:NAME[:SPLIT]")
     parser.add_argument("--vocab", required=True, help="vocab.txt, tokenizer.json, or a directory with one")
     parser.add_argument("--out", required=True, help="a new or empty directory for the row shards")
-    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--seq-len", type=int, default=128, help="tokens a row")
     parser.add_argument(
         "--mode",
         choices=("pairs", "packed"),
         default="pairs",
         help="pairs: sentence pairs with next-sentence labels; packed: full rows, no NSP",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the rows and the pairs drawn: the same for a seed")
     parser.add_argument("--eval-fraction", type=float, default=0.01, help="documents held out for evaluation")
     parser.add_argument("--cased", action="store_true", help="keep case when reading vocab.txt")
     parser.add_argument("--text-field", default="text", help="the text field of JSONL and TFDS records")
@@ -449,6 +449,15 @@ COMMANDS = (
 )
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default, where it has one worth showing."""
+
+    def _get_help_string(self, action):
+        if action.required or action.default in (None, "", False, argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
 CONFIG_EPILOG = (
     "Every config key, its value, default and meaning: `jft config CONFIG`. Set one with --config.KEY=VALUE, "
     "e.g. --config.optim.lr=3e-5. `jft config` lists the configs that ship with jft."
@@ -469,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=command.help,
             description=command.help,
             epilog=epilog,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=DefaultsHelpFormatter,
         )
         if command.takes_config:
             sub.add_argument(
