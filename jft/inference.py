@@ -87,7 +87,7 @@ class FinetunedModel:
         if columns:
             self.task.columns = dataclasses.replace(self.task.columns, **{k: v for k, v in columns.items() if v})
         self.model_config = BertConfig.from_dict(run["model"])
-        self.params, self.source = _model_params(workdir, step)
+        self.params, self.source, self.meta = _model_params(workdir, step)
         self.tokenizer = rundir.run_tokenizer(workdir)
         self.runner = Runner(backend)
         model = build_model(self.model_config, self.task)
@@ -192,8 +192,9 @@ class FinetunedModel:
         return [{"tags": record_tags} for record_tags in tags]
 
 
-def _model_params(workdir: Path, step: int | None) -> tuple[dict, str]:
-    """The parameters to use, and what they are: the best model, or the checkpoint of `step`."""
+def _model_params(workdir: Path, step: int | None) -> tuple[dict, str, dict]:
+    """The parameters to use, what they are, and their checkpoint's meta: the best model (its
+    metric, score and step), or the checkpoint of `step`."""
     best, checkpoints = workdir / rundir.BEST, workdir / rundir.CHECKPOINTS
     if step is None:
         state, meta = restore_latest(
@@ -201,24 +202,23 @@ def _model_params(workdir: Path, step: int | None) -> tuple[dict, str]:
         )
         params, what = state["params"], f"the best model (step {meta['step']}) in {best}"
     elif step in saved_steps(best):
-        params, what = _restore_step(best, step)["params"], f"the best model (step {step}) in {best}"
+        state, meta = _restore_step(best, step)
+        params, what = state["params"], f"the best model (step {step}) in {best}"
     elif step in saved_steps(checkpoints):
-        params, what = (
-            _restore_step(checkpoints, step)["train"]["params"],
-            f"the checkpoint of step {step} in {checkpoints}",
-        )
-        params = {name: tree for name, tree in params.items() if name != "cls"}
+        state, meta = _restore_step(checkpoints, step)
+        params = {name: tree for name, tree in state["train"]["params"].items() if name != "cls"}
+        what = f"the checkpoint of step {step} in {checkpoints}"
     else:
         have = sorted(set(saved_steps(best)) | set(saved_steps(checkpoints)))
         raise JftError(f"{workdir} has no model of step {step}; it has steps {have} (best/ and checkpoints/).")
     check_finite(params, what)
-    return params, what
+    return params, what, meta
 
 
-def _restore_step(directory: Path, step: int) -> dict:
+def _restore_step(directory: Path, step: int) -> tuple[dict, dict]:
     checkpoints = Checkpoints(directory, asynchronous=False)
     try:
-        return checkpoints.restore(step=step)[0]
+        return checkpoints.restore(step=step)
     except DamagedCheckpoint as damage:
         raise JftError(f"the checkpoint {directory / str(step)} {damage}.") from None
     finally:

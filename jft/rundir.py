@@ -221,7 +221,7 @@ def open_init(path: str | Path, role: str = "init_from") -> InitSource:
         check_finite(params, f"the checkpoint of step {step} in {path / CHECKPOINTS}")
         return InitSource("pretraining", path, model, params, run_tokenizer(path), step=step)
     state, meta = restore_latest(path / BEST, f"{role}{path} has no best model yet (best/ is empty).")
-    check_finite(state["params"], f"the best model in {path / BEST}")
+    check_finite(state["params"], f"the best model (step {meta['step']}) in {path / BEST}")
     return InitSource("finetuning", path, model, state["params"], run_tokenizer(path), run["task"], meta["step"])
 
 

@@ -846,7 +846,8 @@ def test_export_and_predict_refuse_a_best_model_with_a_nan(files, tmp_path, caps
     ):
         assert cli.main([command[0], "--workdir", str(tmp_path / "run"), *command[1:]]) == 2
         assert capsys.readouterr().err == (
-            f"jft {command[0]}: error: the best model in {tmp_path}/run/best holds weights that are not finite (NaN or "
+            f"jft {command[0]}: error: the best model (step {step}) in {tmp_path}/run/best holds weights that are not "
+            "finite (NaN or "
             "infinity): classifier/kernel (1 of 128 values); such a model computes nothing useful. Use an earlier "
             "checkpoint or other weights.\n"
         )
