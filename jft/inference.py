@@ -32,7 +32,11 @@ def build_model(model_cfg: BertConfig, task: Task, mlm: bool = False):
 
 def evaluate_data(runner: Runner, predict, params, data, task: Task, batch_size: int) -> dict[str, float]:
     """Task metrics of params on encoded data (every example once, in order)."""
-    logits, labels = _predict_all(runner, predict, params, data, task, batch_size)
+    return task_scores(task, *_predict_all(runner, predict, params, data, task, batch_size))
+
+
+def task_scores(task: Task, logits, labels) -> dict[str, float]:
+    """The task's metrics from the logits and labels of every example."""
     if task.kind == "regression":
         scores = logits[:, 0]
         return {
@@ -94,10 +98,9 @@ class FinetunedModel:
         setup = FinetuneSetup(model, None, None, self.task.kind, 0.0, None)
         self.predict_fn = self.runner.compile_rows(functools.partial(predict_step, setup=setup))
 
-    def _encode(self, source: str, with_labels: bool):
-        columns = self.task.columns if with_labels else dataclasses.replace(self.task.columns, label=None)
-        records = read_records(source, columns, self.task.kind)
-        return records, encode(
+    def _logits(self, records: list, batch_size: int, with_labels: bool):
+        """Logits and labels (None without labels) of records, in their order."""
+        data = encode(
             records,
             self.tokenizer,
             self.task.kind,
@@ -106,21 +109,23 @@ class FinetunedModel:
             self.task.seq_len,
             with_labels=with_labels,
         )
+        params = self.runner.put_replicated(self.params)
+        return _predict_all(self.runner, self.predict_fn, params, data, self.task, batch_size)
+
+    def _labeled(self, source: str) -> list:
+        return read_records(source, self.task.columns, self.task.kind)
 
     def evaluate(self, source: str, batch_size: int = 32) -> dict[str, float]:
         """The task's metrics on a labeled file (as during training)."""
-        _, data = self._encode(source, with_labels=True)
-        params = self.runner.put_replicated(self.params)
-        return evaluate_data(self.runner, self.predict_fn, params, data, self.task, batch_size)
+        return task_scores(self.task, *self._logits(self._labeled(source), batch_size, with_labels=True))
 
     def report(self, source: str, batch_size: int = 32) -> dict:
         """evaluate's metrics, which model and how many records; for classification also each class's
         precision, recall and F1, their macro means, the confusion matrix and the binary F1's positive label."""
-        records, data = self._encode(source, with_labels=True)
-        params = self.runner.put_replicated(self.params)
-        logits, labels = _predict_all(self.runner, self.predict_fn, params, data, self.task, batch_size)
+        records = self._labeled(source)
+        logits, labels = self._logits(records, batch_size, with_labels=True)
         out = {"model": self.source, "data": source, "records": len(records)}
-        out["metrics"] = evaluate_data(self.runner, self.predict_fn, params, data, self.task, batch_size)
+        out["metrics"] = task_scores(self.task, logits, labels)
         if self.task.kind == "classification":
             out.update(metrics.classification_report(labels, logits.argmax(-1), self.task.labels))
             if len(self.task.labels) == 2:
@@ -147,17 +152,7 @@ class FinetunedModel:
         ]
 
     def _predict_records(self, records: list, batch_size: int) -> list[dict]:
-        data = encode(
-            records,
-            self.tokenizer,
-            self.task.kind,
-            self.task.columns,
-            self.task.labels,
-            self.task.seq_len,
-            with_labels=False,
-        )
-        params = self.runner.put_replicated(self.params)
-        logits, _ = _predict_all(self.runner, self.predict_fn, params, data, self.task, batch_size)
+        logits, _ = self._logits(records, batch_size, with_labels=False)
         if self.task.kind == "regression":
             return [{"score": float(example_logits[0])} for example_logits in logits]
         out = []
@@ -174,17 +169,7 @@ class FinetunedModel:
             for start, end in _word_windows(self.tokenizer, record[text], self.task.seq_len)
         ]
         pieces = [{text: records[index][text][start:end]} for index, start, end in windows]
-        data = encode(
-            pieces,
-            self.tokenizer,
-            self.task.kind,
-            self.task.columns,
-            self.task.labels,
-            self.task.seq_len,
-            with_labels=False,
-        )
-        params = self.runner.put_replicated(self.params)
-        logits, _ = _predict_all(self.runner, self.predict_fn, params, data, self.task, batch_size)
+        logits, _ = self._logits(pieces, batch_size, with_labels=False)
         tags: list[list] = [[] for _ in records]
         for (index, _, _), piece, encoding_logits in zip(windows, pieces, logits):
             first = _first_pieces(self.tokenizer, piece[text])
