@@ -104,6 +104,7 @@ def default_config() -> ConfigDict:
             # padded (every batch seq_len wide) | bucketed (similar lengths share a batch) |
             # packed (several short examples a row, kept apart by the attention mask; for short texts)
             layout="bucketed",
+            buckets=4,  # bucketed: at most this many batch widths (compiled programs) an epoch
             max_segments=16,  # packed: at most this many examples a row
             tfds_data_dir="",
         )
@@ -159,7 +160,7 @@ def _check_settings(config: ConfigDict) -> None:
         raise JftError(f"l2.reference '{config.l2.reference}' is not one of {REFERENCES}.")
     if config.data.layout not in LAYOUTS:
         raise JftError(f"data.layout '{config.data.layout}' is not one of {LAYOUTS}.")
-    for key in ("epochs", "batch_size", "accum_steps", "log_every", "data.seq_len", "data.max_segments"):
+    for key in ("epochs", "batch_size", "accum_steps", "log_every", "data.seq_len", "data.buckets", "data.max_segments"):
         if config[key] < 1:
             raise JftError(f"{key} must be at least 1, got {config[key]}.")
     for key in ("max_steps", "eval_batch_size", "early_stopping.patience"):
@@ -295,6 +296,7 @@ def _train(config, workdir: Path, runner: Runner, model_cfg, task: Task, tokeniz
         config.seed,
         layout=config.data.layout,
         max_len=task.seq_len,
+        buckets=config.data.buckets,
         max_segments=config.data.max_segments,
         row_multiple=runner.batch_multiple() * config.accum_steps,
     )

@@ -87,6 +87,7 @@ FINETUNE = {
     "data.vocab": "vocab.txt or tokenizer.json (empty: init_from's)",
     "data.lowercase": "lowercase the text (a vocab.txt's casing)",
     "data.layout": "padded, bucketed (similar lengths a batch) or packed (several short texts a row)",
+    "data.buckets": "bucketed: at most this many batch widths, each a compiled program",
     "data.max_segments": "packed: at most this many examples a row",
     "data.tfds_data_dir": "where TFDS datasets are built",
     "l2.weight": "λ of the penalty λ·Σ‖θ − θ_ref‖² (part of the loss)",

@@ -1,7 +1,10 @@
 """The fine-tuning stage: the L2 objective by hand, its pull, devices, the loop, eval/predict/export, errors."""
 
+import collections
 import functools
 import json
+import logging
+import re
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +16,7 @@ import transformers
 
 from conftest import TINY_MODEL, corpus_vocab, write_corpus, write_topic_task
 from jft import cli, hf
+from jft.data.synthetic import sentence_lengths, write_vocab
 from jft.errors import JftError
 from jft.finetune import default_config, train_and_evaluate
 from jft.inference import FinetunedModel
@@ -328,3 +332,44 @@ def test_bad_input_is_reported_and_nothing_is_written(tmp_path, tiny_hf_dir):
         with pytest.raises(JftError, match=message):
             train_and_evaluate(config, tmp_path / f"run{index}")
         assert not (tmp_path / f"run{index}").exists()
+
+
+def _long_texts(path, examples: int, seed: int):
+    """JSONL of texts with IMDb-like lengths (median about 200 words, tail past 512) and topic labels."""
+    rng = np.random.default_rng(seed)
+    lengths = sentence_lengths(rng, examples, 230, 700)
+    words = ["ship", "cow", "street", "star", "the", "sees", "old"]
+    with path.open("w") as f:
+        for n in lengths:
+            f.write(json.dumps({"text": " ".join(rng.choice(words, n)), "label": str(rng.integers(2))}) + "\n")
+    return path
+
+
+def test_an_epoch_at_seq_512_compiles_a_bounded_number_of_programs(tmp_path):
+    """Bucketed batches take at most data.buckets widths: a 25-step epoch of long, varied texts
+    compiles at most 4 training-step and 4 evaluation programs (one width per multiple of 16
+    compiled 22 and more)."""
+    train, dev = _long_texts(tmp_path / "train.jsonl", 400, 0), _long_texts(tmp_path / "dev.jsonl", 160, 1)
+    config = _config(train, dev, epochs=1, batch_size=16, eval_batch_size=16, **{"data.seq_len": 512})
+    config.data.vocab = str(write_vocab(tmp_path / "vocab.txt"))
+    config.model.preset = "tiny"
+    config.model.update(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    compiled = []
+
+    class Programs(logging.Handler):
+        def emit(self, record):
+            match = re.match(r"Compiling (\S+) with global shapes", record.getMessage())
+            if match:
+                compiled.append(match.group(1))
+
+    logger, handler = logging.getLogger("jax._src.interpreters.pxla"), Programs()
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles():
+            final = train_and_evaluate(config, tmp_path / "run")
+    finally:
+        logger.removeHandler(handler)
+    assert final["step"] == 25
+    counts = collections.Counter(compiled)
+    train_steps, predictions = counts["jit(finetune_step)"], counts["jit(predict_step)"]
+    assert 2 <= train_steps <= 4 and 2 <= predictions <= 4, counts

@@ -271,8 +271,10 @@ class TaskBatches:
     """Fixed-size batches of a task's examples, in one of three layouts:
 
     - "padded": batch_size examples a batch, each batch padded to max_len (one shape);
-    - "bucketed": examples of similar length share a batch, padded to its longest (rounded up to
-      pad_multiple), so short texts do not pay for the longest;
+    - "bucketed": examples of similar length share a batch, padded to the smallest of at most
+      `buckets` widths that holds its longest (`bucket_widths`: the widths, multiples of
+      pad_multiple, that pad the data least), so short texts do not pay for the longest and an
+      epoch compiles at most `buckets` programs;
     - "packed": several examples a row of max_len tokens (at most max_segments), kept apart by
       segment_ids, with position_ids restarting at each example and (sequence tasks) cls_positions
       where each starts; labels and weights per example [rows, max_segments], or per token. Rows are packed
@@ -290,6 +292,7 @@ class TaskBatches:
     shuffle: bool = True
     layout: str = "bucketed"
     pad_multiple: int = 16
+    buckets: int = 4
     max_len: int = 0  # widths never exceed this (the task's seq_len); 0: no limit
     max_segments: int = 16
     row_multiple: int = 1
@@ -307,6 +310,11 @@ class TaskBatches:
             per_row = len(self.data) / len(self.packed_rows)
             rows = -(-self.batch_size // per_row)
             self.rows = int(-(-rows // self.row_multiple) * self.row_multiple)
+        if self.layout == "bucketed":
+            if self.buckets < 1:
+                raise JftError(f"buckets must be at least 1 (it is {self.buckets}).")
+            longest = [self.lengths[indices].max() for indices in self.epoch_indices(0)]
+            self.widths = bucket_widths(longest + [self.lengths.max()], self.buckets, self._fit)
 
     def __len__(self) -> int:
         units = len(self.packed_rows) if self.layout == "packed" else len(self.data)
@@ -349,13 +357,17 @@ class TaskBatches:
         if self.layout == "padded":
             width = self.max_len
         else:
-            longest = int(self.lengths[indices].max())
-            width = -(-longest // self.pad_multiple) * self.pad_multiple
-            width = max(min(width, self.max_len), longest) if self.max_len else width
+            need = self._fit(int(self.lengths[indices].max()))
+            width = next(w for w in self.widths if w >= need)
         out = self._empty(self.rows, width, slots=0)
         for row, index in enumerate(indices):
             self._place(out, row, 0, index, None)
         return out
+
+    def _fit(self, longest: int) -> int:
+        """The narrowest width that holds `longest` tokens: a multiple of pad_multiple, at most max_len."""
+        width = -(-longest // self.pad_multiple) * self.pad_multiple
+        return max(min(width, self.max_len), longest) if self.max_len else width
 
     def _packed_batch(self, rows: list[np.ndarray]) -> dict[str, np.ndarray]:
         out = self._empty(self.rows, self.max_len, slots=self.max_segments)
@@ -409,6 +421,29 @@ class TaskBatches:
             else:
                 out["labels"][example], out["weights"][example] = label, 1.0
         return start + n
+
+
+def bucket_widths(longest, buckets: int, fit) -> list[int]:
+    """At most `buckets` widths, ascending, that pad batches whose longest examples are `longest`
+    the least, when each batch takes the smallest width >= fit(its longest); the widest holds every
+    batch. Exact, by dynamic programming over the widths the batches need."""
+    widths, counts = np.unique([fit(int(n)) for n in longest], return_counts=True)
+    upto = np.cumsum(counts)  # batches that need at most widths[j]
+    cost = (widths * upto).astype(float)  # padded width summed over them, one width: widths[j]
+    parents = []
+    for _ in range(1, min(buckets, len(widths))):  # one width more, the widest being widths[j]
+        extended, parent = np.full(len(widths), np.inf), np.full(len(widths), -1)
+        for j in range(1, len(widths)):
+            for i in range(j):
+                total = cost[i] + widths[j] * (upto[j] - upto[i])
+                if total < extended[j]:
+                    extended[j], parent[j] = total, i
+        cost = extended
+        parents.append(parent)
+    chosen = [len(widths) - 1]
+    for parent in reversed(parents):
+        chosen.append(parent[chosen[-1]])
+    return sorted(int(widths[j]) for j in chosen)
 
 
 def step_inputs(batch: dict[str, np.ndarray]) -> tuple[int, dict[str, np.ndarray]]:
