@@ -160,7 +160,15 @@ def _check_settings(config: ConfigDict) -> None:
         raise JftError(f"l2.reference '{config.l2.reference}' is not one of {REFERENCES}.")
     if config.data.layout not in LAYOUTS:
         raise JftError(f"data.layout '{config.data.layout}' is not one of {LAYOUTS}.")
-    for key in ("epochs", "batch_size", "accum_steps", "log_every", "data.seq_len", "data.buckets", "data.max_segments"):
+    for key in (
+        "epochs",
+        "batch_size",
+        "accum_steps",
+        "log_every",
+        "data.seq_len",
+        "data.buckets",
+        "data.max_segments",
+    ):
         if config[key] < 1:
             raise JftError(f"{key} must be at least 1, got {config[key]}.")
     for key in ("max_steps", "eval_batch_size", "early_stopping.patience"):
