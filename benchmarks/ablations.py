@@ -54,8 +54,8 @@ def _measure(config, model=None) -> dict:
     runner = Runner(config.backend)
     cfg = bert_config(config.model)
     if config.workloads == "pretrain":
-        return bench.pretrain_workload(config, cfg, runner, model(cfg) if model else None)
-    return bench.finetune_workload(config, cfg, runner)
+        return bench.measure(config, bench.pretrain_workload(config, cfg, model(cfg) if model else None), runner)
+    return bench.measure(config, bench.finetune_workload(config, cfg), runner)
 
 
 def _host_batch_ms(config, layout: str) -> float:

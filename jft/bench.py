@@ -9,11 +9,14 @@ sequences/s, tokens/s (real tokens, not padding), model TFLOP/s and MFU (`model_
 compile time, XLA's memory count of the step's program, and the device's peak memory.
 """
 
+import dataclasses
 import functools
 import json
 import platform
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -26,6 +29,7 @@ from jft.data.tasks import LAYOUTS, Encoded, TaskBatches, step_inputs
 from jft.errors import JftError
 from jft.masking import MaskingConfig
 from jft.models import BertConfig, BertForPreTraining, BertForSequenceClassification, init_params
+from jft.models.config import REMAT
 from jft.optim import make_optimizer, weight_decay_mask
 from jft.parallel import Runner
 from jft.steps import FinetuneSetup, PretrainSetup, create_finetune_state, create_state, finetune_step, pretrain_step
@@ -38,7 +42,8 @@ PEAK_BF16_FLOPS = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 
 def default_config() -> ConfigDict:
     """What `jft bench` measures when given no --config; configs/bench.py:SIZE for real sizes."""
     config = ConfigDict()
-    config.model = model_config("tiny", vocab_size=30522)
+    # dtype auto: float32 on a CPU, bfloat16 on a GPU or TPU (also when compiling for one)
+    config.model = model_config("tiny", vocab_size=30522, dtype="auto")
     config.workloads = "pretrain,finetune"
     config.batch_size = 32  # global, over all devices
     config.seq_len = 128
@@ -87,6 +92,32 @@ def model_flops(
 
 def run(config: ConfigDict) -> dict:
     """Measures each workload of config; returns {"environment": ..., "results": [...]}."""
+    workloads, cfg = checked_workloads(config)
+    runner = Runner(config.backend)
+    runner.check_batch(config.batch_size)
+    report = {"environment": environment(), "config": config.to_dict(), "results": [], "skipped": []}
+    if cfg.attention_impl == "cudnn" and jax.default_backend() != "gpu":
+        reason = (
+            f"cuDNN attention needs a GPU, and this is {jax.default_backend()} "
+            "(--config.model.attention_impl=xla runs here)"
+        )
+        report["skipped"] = [{"workload": w, "reason": reason} for w in workloads]
+        print(f"bench: skipped {', '.join(workloads)}: {reason}", file=sys.stderr, flush=True)
+        return report
+    for name in workloads:
+        print(
+            f"bench: measuring {name} (batch {config.batch_size}, seq {config.seq_len}) ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        start = time.perf_counter()
+        report["results"].append(measure(config, workload(name, config, cfg, runner.batch_multiple()), runner))
+        print(f"bench: {name} done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return report
+
+
+def checked_workloads(config: ConfigDict) -> tuple[list[str], BertConfig]:
+    """The workloads a bench config names and its model, after the checks that need no device."""
     workloads = [w.strip() for w in config.workloads.split(",") if w.strip()]
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown or not workloads:
@@ -99,28 +130,38 @@ def run(config: ConfigDict) -> dict:
             f"seq_len {config.seq_len} is longer than the position table ({cfg.max_position_embeddings}); "
             f"use seq_len <= {cfg.max_position_embeddings}."
         )
-    runner = Runner(config.backend)
-    runner.check_batch(config.batch_size)
-    measure = {"pretrain": pretrain_workload, "finetune": finetune_workload}
-    report = {"environment": environment(), "config": config.to_dict(), "results": [], "skipped": []}
-    if cfg.attention_impl == "cudnn" and jax.default_backend() != "gpu":
-        reason = (
-            f"cuDNN attention needs a GPU, and this is {jax.default_backend()} "
-            "(--config.model.attention_impl=xla runs here)"
-        )
-        report["skipped"] = [{"workload": w, "reason": reason} for w in workloads]
-        print(f"bench: skipped {', '.join(workloads)}: {reason}", file=sys.stderr, flush=True)
-        return report
-    for workload in workloads:
-        print(
-            f"bench: measuring {workload} (batch {config.batch_size}, seq {config.seq_len}) ...",
-            file=sys.stderr,
-            flush=True,
-        )
-        start = time.perf_counter()
-        report["results"].append(measure[workload](config, cfg, runner))
-        print(f"bench: {workload} done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-    return report
+    return workloads, cfg
+
+
+def compile_for(config: ConfigDict, topology: str, *, search: bool = False, remats: tuple = REMAT) -> dict:
+    """Compiles config's workloads ahead of time for a TPU topology (jft.tpu): memory per device
+    against its HBM, and with `search` the largest batch a device holds for each remat choice."""
+    from jft import tpu
+
+    target = tpu.parse_topology(topology)
+    tpu.require_libtpu()
+    checked_workloads(config)
+    # This host only compiles: its own TPU runtime (if libtpu would start one) has nothing to do.
+    jax.config.update("jax_platforms", "cpu")
+    report = tpu.compile_report(config, target, workload, search=search, remats=remats)
+    return {"environment": environment(), "config": config.to_dict(), **report}
+
+
+def tpu_table(report: dict) -> str:
+    """A compile report (compile_for) as Markdown."""
+    from jft import tpu
+
+    env = report["environment"]
+    return f"jax {env['jax']}, libtpu {_libtpu_version()}, {env['date']}: " + tpu.table(report)
+
+
+def _libtpu_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("libtpu")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def environment() -> dict:
@@ -142,15 +183,30 @@ def environment() -> dict:
     }
 
 
-def pretrain_workload(config: ConfigDict, cfg: BertConfig, runner: Runner, model=None) -> dict:
-    """Measures pretrain_step (of `model`, by default BertForPreTraining(cfg)) on one batch."""
+@dataclasses.dataclass
+class Workload:
+    """A step to measure or compile, with what it runs on: the step (per device, not compiled),
+    a function making its initial state (jax.eval_shape of it gives the state's shapes), the host
+    batches in the order they are run, and per batch: examples, real tokens and model FLOPs."""
+
+    name: str
+    step: Callable
+    init_state: Callable[[], Any]
+    batches: list[dict[str, np.ndarray]]
+    examples: list[int]
+    tokens: list[int]
+    flops: list[float]
+    shape: str
+
+
+def pretrain_workload(config: ConfigDict, cfg: BertConfig, model=None) -> Workload:
+    """pretrain_step (of `model`, by default BertForPreTraining(cfg)) on one batch of random rows."""
     batch, seq = config.batch_size, config.seq_len
     model = model or BertForPreTraining(cfg, nsp=config.nsp)
     tx, schedule = make_optimizer(pretrain.default_config().optim, 10_000)
     masking = MaskingConfig(
         mask_id=103, vocab_size=cfg.vocab_size, special_ids=(0, 101, 102, 103), max_predictions=config.max_predictions
     )
-    setup = PretrainSetup(model, tx, schedule, masking)
     rng = np.random.default_rng(config.seed)
     ids = rng.integers(cfg.vocab_size // 2, cfg.vocab_size, (batch, seq)).astype(np.int32)
     host = {
@@ -161,26 +217,26 @@ def pretrain_workload(config: ConfigDict, cfg: BertConfig, runner: Runner, model
         "nsp_labels": rng.integers(0, 2, batch).astype(np.int32),
         "row_ids": np.arange(batch, dtype=np.int32),
     }
-    params = init_params(model, jax.random.key(config.seed))
-    step = runner.compile(functools.partial(pretrain_step, setup=setup))
-    state = runner.put_replicated(create_state(params, tx))
-    flops = model_flops(cfg, batch, seq, predictions=config.max_predictions)
-    timing = time_steps(config, runner, step, state, [runner.put_batch(host)])
-    report = _report("pretrain", config, timing, [batch], [batch * seq], [flops], f"seq {seq}")
-    return {**report, "parameters": _count(params)}
+    return Workload(
+        "pretrain",
+        functools.partial(pretrain_step, setup=PretrainSetup(model, tx, schedule, masking)),
+        lambda: create_state(init_params(model, jax.random.key(config.seed)), tx),
+        [host],
+        [batch],
+        [batch * seq],
+        [model_flops(cfg, batch, seq, predictions=config.max_predictions)],
+        f"seq {seq}",
+    )
 
 
-def finetune_workload(config: ConfigDict, cfg: BertConfig, runner: Runner) -> dict:
-    """Measures finetune_step on config.finetune.batches batches laid out per finetune.layout."""
+def finetune_workload(config: ConfigDict, cfg: BertConfig, row_multiple: int = 1) -> Workload:
+    """finetune_step on config.finetune.batches batches of random examples laid out per finetune.layout."""
     f, batch, seq = config.finetune, config.batch_size, config.seq_len
     model = BertForSequenceClassification(cfg, f.num_labels)
     ft = finetune.default_config()
     tx, schedule = make_optimizer(ft.optim, 10_000)
-    params = init_params(model, jax.random.key(config.seed))
-    setup = FinetuneSetup(model, tx, schedule, "classification", ft.l2.weight, weight_decay_mask(params))
-    step = runner.compile(functools.partial(finetune_step, setup=setup))
-    state = runner.put_replicated(create_finetune_state(params, tx))
-
+    mask = weight_decay_mask(jax.eval_shape(lambda: init_params(model, jax.random.key(0))))
+    setup = FinetuneSetup(model, tx, schedule, "classification", ft.l2.weight, mask)
     data = task_data(config, cfg)
     batches = TaskBatches(
         data,
@@ -190,19 +246,36 @@ def finetune_workload(config: ConfigDict, cfg: BertConfig, runner: Runner) -> di
         layout=f.layout,
         max_len=seq,
         max_segments=f.max_segments,
-        row_multiple=runner.batch_multiple(),
+        row_multiple=row_multiple,
     )
     examples, host_batches = zip(*(step_inputs(batches.batch(indices)) for indices in batches.epoch_indices(0)))
-    tokens = [int(b["attention_mask"].sum()) for b in host_batches]
     pooled = f.max_segments if f.layout == "packed" else 1
-    flops = [
-        model_flops(cfg, *b["input_ids"].shape, num_labels=f.num_labels, pooled_per_row=pooled) for b in host_batches
-    ]
-    device_batches = [runner.put_batch(b) for b in host_batches]
-    timing = time_steps(config, runner, step, state, device_batches)
     lengths = "full rows" if not f.mean_length else f"mean length {np.mean([len(x) for x in data.input_ids]):.1f}"
-    shape = f"seq {seq}, {lengths}, {f.layout}" + (f", {batches.rows} rows" if f.layout == "packed" else "")
-    return {**_report("finetune", config, timing, examples, tokens, flops, shape), "parameters": _count(params)}
+    return Workload(
+        "finetune",
+        functools.partial(finetune_step, setup=setup),
+        lambda: create_finetune_state(init_params(model, jax.random.key(config.seed)), tx),
+        list(host_batches),
+        list(examples),
+        [int(b["attention_mask"].sum()) for b in host_batches],
+        [model_flops(cfg, *b["input_ids"].shape, num_labels=f.num_labels, pooled_per_row=pooled) for b in host_batches],
+        f"seq {seq}, {lengths}, {f.layout}" + (f", {batches.rows} rows" if f.layout == "packed" else ""),
+    )
+
+
+def workload(name: str, config: ConfigDict, cfg: BertConfig, row_multiple: int = 1) -> Workload:
+    """The workload called `name` ('pretrain' or 'finetune') of a bench config."""
+    return pretrain_workload(config, cfg) if name == "pretrain" else finetune_workload(config, cfg, row_multiple)
+
+
+def measure(config: ConfigDict, work: Workload, runner: Runner) -> dict:
+    """Times a workload's step under `runner` (see the module docstring); its report row."""
+    state = work.init_state()
+    parameters = _count(state.params)
+    step = runner.compile(work.step)
+    timing = time_steps(config, runner, step, runner.put_replicated(state), [runner.put_batch(b) for b in work.batches])
+    report = _report(work.name, config, timing, work.examples, work.tokens, work.flops, work.shape)
+    return {**report, "parameters": parameters}
 
 
 def _count(params) -> int:
@@ -285,14 +358,15 @@ def _report(workload, config, timing, examples, tokens, flops, shape) -> dict:
     tflops = sum(flops) / median / 1e12
     device = jax.devices()[0]
     peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in device.device_kind), None)
-    bf16 = config.model.dtype == "bfloat16"
+    dtype = np.dtype(bert_config(config.model).compute_dtype).name
+    bf16 = dtype == "bfloat16"
     stats = device.memory_stats() or {}
     return {
         "workload": workload,
         "shape": shape,
         "batch_size": config.batch_size,
         "backend": config.backend,
-        "dtype": config.model.dtype,
+        "dtype": dtype,
         "attention_impl": config.model.attention_impl,
         "step_ms": 1e3 * step_seconds,
         "step_ms_spread": [1e3 * s / timing["steps_per_pass"] for s in np.percentile(timing["pass_seconds"], [10, 90])],

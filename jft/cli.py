@@ -359,13 +359,30 @@ def _quickstart_config() -> ConfigDict:
 
 def _bench_arguments(parser):
     parser.add_argument("--out", default="", help="also write the results as JSON here")
+    parser.add_argument(
+        "--topology",
+        default="",
+        help="compile the steps ahead of time for a TPU topology (v4:2x2x1, v5e:2x2, v5p:2x2x1, v6e:2x2) "
+        "and report their memory per device against its HBM; needs libtpu: pip install 'jft[tpu]'",
+    )
+    parser.add_argument(
+        "--largest-batch",
+        action="store_true",
+        help="with --topology: also find the largest batch a device holds, for each remat choice",
+    )
 
 
 def _run_bench(args, config):
     from jft import bench
 
-    report = bench.run(config)
-    print(bench.table(report))
+    if args.largest_batch and not args.topology:
+        raise JftError("--largest-batch searches by compiling for a TPU: give --topology too (e.g. v5e:2x2).")
+    if args.topology:
+        report = bench.compile_for(config, args.topology, search=args.largest_batch)
+        print(bench.tpu_table(report))
+    else:
+        report = bench.run(config)
+        print(bench.table(report))
     if args.out:
         bench.write(report, args.out)
         print(f"wrote {args.out}")

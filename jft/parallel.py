@@ -50,14 +50,22 @@ def initialize_distributed(coordinator_address: str, num_processes: int, process
 
 @dataclasses.dataclass
 class Runner:
-    """Compiles per-device steps for a backend and places state and batches for it."""
+    """Compiles per-device steps for a backend and places state and batches for it.
+
+    devices: the devices of the shard_map mesh; by default all of them. Other devices, such as a
+    TPU topology's (jft.tpu), serve ahead-of-time compilation for a machine one does not have.
+    """
 
     backend: str = "shard_map"
+    devices: list | None = None
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise JftError(f"parallel backend '{self.backend}' is not one of {BACKENDS}.")
-        self.devices = jax.devices() if self.backend == "shard_map" else jax.local_devices()
+        if self.devices is not None and self.backend != "shard_map":
+            raise JftError(f"a Runner over given devices uses the shard_map backend, not '{self.backend}'.")
+        if self.devices is None:
+            self.devices = jax.devices() if self.backend == "shard_map" else jax.local_devices()
         if self.backend == "jit":
             self.devices = self.devices[:1]
         self.mesh = Mesh(np.array(self.devices), (AXIS,))

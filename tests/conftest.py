@@ -5,6 +5,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+# The tests run on the CPU, also where libtpu is installed (tests/test_tpu.py compiles for a TPU
+# with it): it would otherwise look for a TPU at start and say at length that there is none.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Eight CPU devices for the multi-device tests; single-device code uses the first one.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # XLA's compiled programs cached on disk: tests (and the runs they start as subprocesses) compile

@@ -1,0 +1,101 @@
+"""The TPU memory table: BERT-base and -large pretraining compiled for each TPU generation, here.
+
+    pip install 'jft[tpu]'
+    python benchmarks/tpu_compile.py --records /tmp/tpu.jsonl --out benchmarks/tpu_compile.md
+
+Each case is `jft bench --config bench:SIZE --topology T --largest-batch` for pretraining at one
+sequence length (BERT's 20 masked predictions a 128 tokens): libtpu compiles the step for the
+topology's chips on this machine, XLA's memory analysis gives the per-device peak, and a search
+over compiles finds the largest batch a device holds without remat and with remat 'dots'. A
+compile of BERT-base takes about a minute on 2 cores, so a case is 5-10 minutes: the records file
+keeps each finished case, and a rerun skips them.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from jft import bench
+from jft.config import load_config
+
+TOPOLOGIES = ("v5e:2x2", "v6e:2x2", "v5p:2x2x1", "v4:2x2x1")
+# A per-device batch to start the search from: BERT's own batch (256 of 128 tokens over 4 chips),
+# and 8 rows a device at 512 tokens.
+START = {128: 64, 512: 8}
+
+
+def case(topology: str, size: str, seq: int) -> dict:
+    config = load_config(f"bench:{size}", [], "bench")
+    config.workloads, config.seq_len, config.max_predictions = "pretrain", seq, seq * 20 // 128
+    devices = 4  # every topology of TOPOLOGIES has 4 devices
+    config.batch_size = START[seq] * devices
+    start = time.perf_counter()
+    report = bench.compile_for(config, topology, search=True, remats=("none", "dots"))
+    (row,) = report["results"]
+    return {
+        "topology": topology,
+        "chip": report["chip"],
+        "hbm_gib": report["hbm_gib_per_device"],
+        "size": size,
+        "seq": seq,
+        "batch": row["batch_per_device"],
+        "peak_gib": row["peak_gib"],
+        "error": row["error"],
+        "compile_seconds": row["compile_seconds"],
+        "largest": row["largest_batch_per_device"],
+        "minutes": (time.perf_counter() - start) / 60,
+        "jax": report["environment"]["jax"],
+        "libtpu": bench._libtpu_version(),
+        "date": report["environment"]["date"],
+    }
+
+
+def table(records: list[dict]) -> str:
+    first = records[0]
+    lines = [
+        f"jax {first['jax']}, libtpu {first['libtpu']}, compiled on a 2-core CPU machine, {first['date']}; "
+        "BERT pretraining step (MLM + NSP), bf16 compute, float32 state, replicated over the devices",
+        "",
+        "| TPU (HBM a device) | model | seq | peak GiB at batch/device | largest batch/device, no remat "
+        "| largest, remat dots | compile s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        peak = f"{r['peak_gib']:.1f} at {r['batch']}" + (f" ({r['error']})" if r["error"] else "")
+        lines.append(
+            f"| {r['topology']} {r['chip']} ({r['hbm_gib']:.0f} GiB) | {r['size']} | {r['seq']} | {peak} | "
+            f"{r['largest']['none']} | {r['largest']['dots']} | {r['compile_seconds']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", default="/tmp/tpu_compile.jsonl", help="finished cases, one JSON a line")
+    parser.add_argument("--out", default="", help="the Markdown table")
+    parser.add_argument("--topologies", default=",".join(TOPOLOGIES))
+    parser.add_argument("--sizes", default="base,large")
+    parser.add_argument("--seqs", default="128,512")
+    args = parser.parse_args()
+    records_path = Path(args.records)
+    records = [json.loads(line) for line in records_path.read_text().splitlines()] if records_path.exists() else []
+    done = {(r["topology"], r["size"], r["seq"]) for r in records}
+    for topology in args.topologies.split(","):
+        for size in args.sizes.split(","):
+            for seq in map(int, args.seqs.split(",")):
+                if (topology, size, seq) in done:
+                    continue
+                record = case(topology, size, seq)
+                records.append(record)
+                with records_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                print(f"tpu_compile: {topology} {size} seq {seq}: {record}", flush=True)
+    text = table(records)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

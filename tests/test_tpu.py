@@ -1,0 +1,139 @@
+"""`jft bench --topology`: compiling the training steps for a TPU on this CPU machine (jft.tpu)."""
+
+import json
+import math
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from jft import bench, cli, tpu
+from jft.config import bert_config, model_config
+from jft.errors import JftError
+from jft.parallel import Runner
+
+
+@pytest.mark.parametrize(
+    "text, generation, grid",
+    [
+        ("v5e:2x2", "v5e", (2, 2)),
+        ("v6e:4x4", "v6e", (4, 4)),
+        ("V4:2x2x1", "v4", (2, 2, 1)),
+        ("v5p:2x2x2", "v5p", (2, 2, 2)),
+    ],
+)
+def test_topology_names(text, generation, grid):
+    topology = tpu.parse_topology(text)
+    assert (topology.generation, topology.grid, topology.chips) == (generation, grid, math.prod(grid))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("v5e", "a 2-D grid of chips, v5e:NxN"),
+        ("v5e:2x2x1", "a 2-D grid of chips"),
+        ("v4:2x2", "a 3-D grid of chips, v4:NxNxN"),
+        ("v5e:2x0", "a 2-D grid of chips"),
+        ("v5e:two", "a 2-D grid of chips"),
+        ("v3:2x2", "the generation is one of v4, v5e, v5p, v6e"),
+        ("h100", "the generation is one of"),
+    ],
+)
+def test_bad_topology_names_say_what_a_topology_is(text, message):
+    with pytest.raises(JftError, match=message):
+        tpu.parse_topology(text)
+
+
+def test_the_target_gets_bfloat16_and_xla_attention_and_keeps_what_was_chosen():
+    model, changes = tpu.target_model(model_config("base", dtype="auto", attention_impl="cudnn"))
+    assert (model.dtype, model.attention_impl) == ("bfloat16", "xla") and len(changes) == 2
+    model, changes = tpu.target_model(model_config("base", dtype="float32"))
+    assert (model.dtype, model.attention_impl, changes) == ("float32", "xla", [])
+
+
+@pytest.mark.parametrize(
+    "fixed, per_row, bend", [(1.0, 0.5, 0.0), (3.2, 0.07, 0.0), (2.0, 0.3, 0.002), (20.0, 1.0, 0.0)]
+)
+def test_the_largest_batch_search_finds_what_checking_every_batch_finds(fixed, per_row, bend):
+    compiles = []
+
+    def peak(batch):
+        compiles.append(batch)
+        return fixed + per_row * batch + bend * batch**2  # slightly superlinear where bend > 0
+
+    limit = 16.0
+    fitting = [b for b in range(8, 4096, 8) if peak(b) <= limit]
+    compiles.clear()
+    assert tpu.largest_batch(peak, limit) == (max(fitting) if fitting else 0)
+    assert len(set(compiles)) <= 6  # two to draw the line, then a few to check it
+
+
+def test_abstract_inputs_compile_the_program_the_real_arrays_run():
+    """The TPU path compiles from shapes alone; on the CPU's 8 devices, that program's memory
+    equals the one compiled from real state and batches (bench.time_steps)."""
+    config = bench.default_config()
+    config.batch_size, config.windows, config.warmup_steps = 16, 1, 1
+    cfg = bert_config(config.model)
+    runner = Runner("shard_map")
+    work = bench.workload("pretrain", config, cfg)
+    from_shapes = tpu.compile_step(runner, work.step, jax.eval_shape(work.init_state), work.batches[0])
+    real = runner.compile(work.step).lower(
+        runner.put_replicated(work.init_state()),
+        runner.put_batch(work.batches[0]),
+        runner.put_replicated(jax.random.PRNGKey(0)),
+    )
+    memory = real.compile().memory_analysis()
+    assert not from_shapes.error and from_shapes.arguments == memory.argument_size_in_bytes
+    assert from_shapes.temporaries == memory.temp_size_in_bytes and from_shapes.aliased == memory.alias_size_in_bytes
+
+
+def test_without_libtpu_one_line_says_what_to_install(monkeypatch, capsys):
+    monkeypatch.setattr(tpu.importlib.util, "find_spec", lambda name: None)
+    assert cli.main(["bench", "--topology", "v5e:2x2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "needs libtpu" in err and "pip install 'jft[tpu]'" in err and len(err.splitlines()) == 1
+
+
+def test_largest_batch_without_a_topology_is_refused(capsys):
+    assert cli.main(["bench", "--largest-batch"]) == 2
+    assert "give --topology too" in capsys.readouterr().err
+
+
+def test_a_small_model_compiles_for_a_v5e_topology(tmp_path):
+    """The real TPU compile (libtpu, no TPU): the fine-tuning step of a small BERT for v5e:2x2, in
+    bfloat16 from dtype 'auto', its memory per device set against the chip's 16 GiB."""
+    command = [
+        sys.executable,
+        "-m",
+        "jft.cli",
+        "bench",
+        "--topology",
+        "v5e:2x2",
+        "--config.workloads=finetune",
+        "--config.batch_size=32",
+        "--config.seq_len=64",
+        "--config.model.num_hidden_layers=1",
+        "--out",
+        str(tmp_path / "tpu.json"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "tpu.json").read_text())
+    assert (report["topology"], report["chip"], report["devices"], report["hbm_gib_per_device"]) == (
+        "v5e:2x2",
+        "TPU v5e",
+        4,
+        16,
+    )
+    (row,) = report["results"]
+    assert (row["workload"], row["dtype"], row["batch_per_device"], row["fits"]) == ("finetune", "bfloat16", 8, True)
+    parts = row["arguments_gib"] + row["outputs_gib"] - row["aliased_gib"] + row["temporaries_gib"]
+    assert 0 < row["arguments_gib"] < row["peak_gib"] == pytest.approx(parts) and row["peak_gib"] < 1
+    # The state is replicated: a device holds the parameters and both Adam moments, float32.
+    cfg = bert_config(model_config("tiny", vocab_size=30522, num_hidden_layers=1))
+    state = jax.eval_shape(bench.finetune_workload(bench.default_config(), cfg).init_state)
+    parameters = sum(x.size for x in jax.tree.leaves(state.params))
+    assert row["arguments_gib"] * 2**30 == pytest.approx(3 * 4 * parameters, rel=0.05)
+    assert row["tflop_per_device_step"] == pytest.approx(bench.model_flops(cfg, 8, 64, num_labels=2) / 1e12)
+    assert "v5e:2x2 (TPU v5e, 4 devices of 16 GiB HBM)" in done.stdout and "| finetune |" in done.stdout
