@@ -2,6 +2,7 @@
 
     python benchmarks/peers.py --out benchmarks/RESULTS.md            # BERT-base, bf16, on a GPU
     python benchmarks/peers.py --smoke --out /tmp/RESULTS.md          # tiny shapes, any machine
+    python benchmarks/peers.py --cpu --out /tmp/cpu.md                 # side by side on a CPU, one process
 
 Each (case, implementation) runs in its own child process (`--child`), so JAX and PyTorch never
 share a device's memory. Implementations:
@@ -83,7 +84,32 @@ def _random_batch(workload: str, seq: int, batch: int, vocab: int, predictions: 
     return {k: v.astype(np.int64) for k, v in out.items()}
 
 
-def child_jft(workload, seq, batch, size, smoke, mean_length, backend, layout) -> dict:
+def jft_step(workload, seq, batch, size, gpu, mean_length, backend, layout, **model) -> tuple:
+    """(step, sync, compile seconds) of jft's own step (jft.bench's workload), state on the devices."""
+    import jax
+
+    from jft import bench
+    from jft.config import bert_config
+    from jft.parallel import Runner
+
+    config = _jft_config(workload, seq, batch, size, gpu, mean_length, backend, layout, **model)
+    runner = Runner(backend)
+    work = bench.workload(workload, config, bert_config(config.model), runner.batch_multiple())
+    state = [runner.put_replicated(work.init_state())]
+    batches = [runner.put_batch(b) for b in work.batches]
+    key = runner.put_replicated(jax.random.PRNGKey(0))
+    start = time.perf_counter()
+    compiled = runner.compile(work.step).lower(state[0], batches[0], key).compile()
+    seconds = time.perf_counter() - start
+
+    def step():
+        state[0] = compiled(state[0], batches[0], key)[0]
+
+    return step, lambda: jax.block_until_ready(state), seconds
+
+
+def _jft_config(workload, seq, batch, size, gpu, mean_length, backend, layout, **model):
+    """A bench config for jft's side of a case: bf16 and cuDNN attention on a GPU."""
     from jft import bench
     from jft.config import model_config
 
@@ -91,14 +117,22 @@ def child_jft(workload, seq, batch, size, smoke, mean_length, backend, layout) -
     config.model = model_config(
         "base",
         **size,
-        dtype="float32" if smoke else "bfloat16",
-        attention_impl="xla" if smoke else "cudnn",
+        dtype="bfloat16" if gpu else "float32",
+        attention_impl="cudnn" if gpu else "xla",
         attention_probs_dropout_prob=0.0,
         max_position_embeddings=512,
+        **model,
     )
     config.workloads, config.seq_len, config.batch_size, config.backend = workload, seq, batch, backend
     config.max_predictions = MAX_PREDICTIONS.get(seq, 5)
     config.finetune.mean_length, config.finetune.layout = mean_length, layout or "padded"
+    return config
+
+
+def child_jft(workload, seq, batch, size, smoke, mean_length, backend, layout) -> dict:
+    from jft import bench
+
+    config = _jft_config(workload, seq, batch, size, not smoke, mean_length, backend, layout)
     result = bench.run(config)["results"][0]
     return {
         "step_seconds": result["step_ms"] / 1e3,
@@ -107,7 +141,8 @@ def child_jft(workload, seq, batch, size, smoke, mean_length, backend, layout) -
     }
 
 
-def child_torch(workload, seq, batch, size, smoke, mean_length, compiled) -> dict:
+def torch_step(workload, seq, batch, size, autocast, mean_length, compiled) -> tuple:
+    """(step, sync) of transformers' PyTorch model with AdamW (fused on a GPU)."""
     import torch
     import transformers
 
@@ -121,28 +156,35 @@ def child_torch(workload, seq, batch, size, smoke, mean_length, compiled) -> dic
     forward = torch.compile(model) if compiled else model
 
     def step():
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=not smoke):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
             loss = forward(**inputs).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    if device == "cuda":
+    return step, torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+
+def child_torch(workload, seq, batch, size, smoke, mean_length, compiled) -> dict:
+    import torch
+
+    step, sync = torch_step(workload, seq, batch, size, not smoke, mean_length, compiled)
+    if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     seconds = _timed(step, 3, 10, 5, sync)
-    memory = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+    memory = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     return {"step_seconds": seconds, "examples_per_second": batch / seconds, "peak_memory_gib": memory}
 
 
-def child_flax(workload, seq, batch, size, smoke, mean_length) -> dict:
+def flax_step(workload, seq, batch, size, bf16, mean_length) -> tuple:
+    """(step, sync, compile seconds) of transformers 4.57's Flax model with a jitted optax AdamW step."""
     import jax
     import jax.numpy as jnp
     import optax
     import transformers
 
     config = transformers.BertConfig(**size, attention_probs_dropout_prob=0.0)
-    dtype = jnp.float32 if smoke else jnp.bfloat16
+    dtype = jnp.bfloat16 if bf16 else jnp.float32
     if workload == "pretrain":
         model = transformers.FlaxBertForPreTraining(config, dtype=dtype, seed=0)
     else:
@@ -171,16 +213,88 @@ def child_flax(workload, seq, batch, size, smoke, mean_length) -> dict:
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, rng
 
-    train_step = jax.jit(train_step, donate_argnums=(0, 1))
     state = [model.params, tx.init(model.params), jax.random.PRNGKey(0)]
+    start = time.perf_counter()
+    compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(*state).compile()
+    seconds = time.perf_counter() - start
 
     def step():
-        state[:] = train_step(*state)
+        state[:] = compiled(*state)
 
-    seconds = _timed(step, 3, 10, 5, lambda: jax.block_until_ready(state))
+    return step, lambda: jax.block_until_ready(state), seconds
+
+
+def child_flax(workload, seq, batch, size, smoke, mean_length) -> dict:
+    import jax
+
+    step, sync, _ = flax_step(workload, seq, batch, size, not smoke, mean_length)
+    seconds = _timed(step, 3, 10, 5, sync)
     stats = jax.devices()[0].memory_stats() or {}
     memory = stats.get("peak_bytes_in_use", 0) / 2**30 or None
     return {"step_seconds": seconds, "examples_per_second": batch / seconds, "peak_memory_gib": memory}
+
+
+# The CPU comparison: a small BERT (BERT-mini's sizes with BERT's vocabulary), float32.
+CPU_SIZE = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024, vocab_size=30522)
+CPU_SEQ, CPU_BATCH = 128, 16
+
+
+def cpu_side_by_side(rounds: int, window: int) -> str:
+    """jft, HF Flax and PyTorch eager on this CPU in one process, their windows of steps
+    alternated (the order rotating each round), so that load and frequency changes fall on every
+    implementation alike; medians of the windows, as a Markdown section with ratios."""
+    versions, load = _versions(), [os.getloadavg()[0]]
+    lines = [
+        f"CPU, side by side: `python benchmarks/peers.py --cpu` ({rounds} rounds of {window} steps), "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        + ", ".join(f"{k} {v}" for k, v in versions.items() if k != "gpu"),
+        "",
+        f"Small BERT (hidden {CPU_SIZE['hidden_size']}, {CPU_SIZE['num_hidden_layers']} layers, "
+        f"{CPU_SIZE['num_attention_heads']} heads, vocab {CPU_SIZE['vocab_size']:,}), "
+        f"seq {CPU_SEQ}, batch {CPU_BATCH}, "
+        "float32, hidden dropout 0.1, attention dropout 0, AdamW; fine-tuning: classification of full rows.",
+        "",
+        "| workload | implementation | step ms, median (p10–p90) | jft's speed × this | compile s |",
+        "|---|---|---|---|---|",
+    ]
+    for workload in ("pretrain", "finetune"):
+        shape = (workload, CPU_SEQ, CPU_BATCH, CPU_SIZE)
+        steps = {
+            "jft": jft_step(*shape, False, 0, "shard_map", ""),
+            "jft, scan_layers=False": jft_step(*shape, False, 0, "shard_map", "", scan_layers=False),
+            "hf-flax": flax_step(*shape, False, 0),
+            "hf-torch-eager": (*torch_step(*shape, False, 0, False), None),
+        }
+        for step, sync, _ in steps.values():
+            for _ in range(2):
+                step()
+            sync()
+        seconds = {name: [] for name in steps}
+        names = list(steps)
+        for round_ in range(rounds):
+            for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                step, sync, _ = steps[name]
+                start = time.perf_counter()
+                for _ in range(window):
+                    step()
+                sync()
+                seconds[name].append((time.perf_counter() - start) / window)
+        jft = float(np.median(seconds["jft"]))
+        for name, values in seconds.items():
+            p10, p50, p90 = np.percentile(values, [10, 50, 90]) * 1e3
+            compile_s = steps[name][2]
+            lines.append(
+                f"| {workload} | {name} | {p50:.0f} ({p10:.0f}–{p90:.0f}) | {p50 / 1e3 / jft:.2f} | "
+                + ("—" if compile_s is None else f"{compile_s:.1f}")
+                + " |"
+            )
+        load.append(os.getloadavg()[0])
+    lines += [
+        "",
+        f"Load average (1 min) at the start and after each workload: {', '.join(f'{x:.2f}' for x in load)}. "
+        "Compile s: `lower().compile()` of the whole training step.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def run_child(args) -> dict:
@@ -217,6 +331,9 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/RESULTS.md")
     parser.add_argument("--smoke", action="store_true", help="tiny model and batches: checks the script, not speed")
     parser.add_argument("--implementations", default=",".join(IMPLEMENTATIONS))
+    parser.add_argument("--cpu", action="store_true", help="jft, HF Flax and PyTorch eager side by side on this CPU")
+    parser.add_argument("--rounds", type=int, default=9, help="--cpu: rounds of alternated windows")
+    parser.add_argument("--window", type=int, default=3, help="--cpu: steps a window")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
     parser.add_argument("--seq", type=int, help=argparse.SUPPRESS)
@@ -225,6 +342,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         print("RESULT " + json.dumps(run_child(args)))
+        return
+    if args.cpu:
+        text = cpu_side_by_side(args.rounds, args.window)
+        print(text)
+        if args.out != parser.get_default("out"):
+            with open(args.out, "w") as f:
+                f.write(text)
         return
 
     implementations = [i.strip() for i in args.implementations.split(",")]

@@ -7,6 +7,8 @@ function that runs it. Commands that take a run config get --config FILE[:ARG] a
 
 import argparse
 import dataclasses
+import glob
+import importlib.util
 import json
 import os
 import sys
@@ -509,8 +511,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _leave_out_an_absent_tpu() -> None:
+    """With libtpu installed (jft[tpu], for `jft bench --topology`) on a machine without a TPU or
+    GPU, jax would start by looking for a TPU and say at length that there is none: tell it to use
+    the CPU, unless the user chose the platforms (JAX_PLATFORMS)."""
+    if "JAX_PLATFORMS" in os.environ or "jax" in sys.modules or importlib.util.find_spec("libtpu") is None:
+        return
+    if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):  # the TPU of a TPU VM
+        return
+    if any(importlib.util.find_spec(p) for p in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin")):
+        return
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `jft` console script; returns the exit status."""
+    _leave_out_an_absent_tpu()
     from jft.config import load_config, split_overrides, with_overrides
 
     parser = build_parser()

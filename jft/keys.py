@@ -27,6 +27,7 @@ MODEL = {
     "model.param_dtype": "dtype of the weights (keep float32)",
     "model.attention_impl": "xla, or cudnn (the fused GPU kernel, no attention dropout)",
     "model.remat": "recompute activations in the backward pass: none, dots or full (less memory)",
+    "model.scan_layers": "layers as one loop (compiles fast at any depth); false: unrolled (same weights)",
 }
 OPTIM = {
     "optim.name": "adamw or lamb",

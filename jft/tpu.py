@@ -195,28 +195,44 @@ def largest_batch(
     peak: Callable[[int], float], limit: float, multiple: int = 8, first: int = 8, most: int = 65536
 ) -> int:
     """The largest multiple of `multiple` (up to `most`) whose peak(batch) (bytes, one compile
-    each) is within `limit`; 0 when not even `multiple` fits. Memory grows about linearly with
-    the batch: secants through the last two compiles home in on the limit, then single steps of
-    `multiple` settle it."""
+    each; inf for a compile that failed) is within `limit`; 0 when not even `multiple` fits.
+
+    Memory grows about linearly with the batch: secants through the last two compiles home in on
+    the limit, then bisection between the largest batch known to fit and the smallest known not
+    to settles it."""
+    fitting, failing = 0, most + multiple
+    peaks: dict[int, float] = {}
+
+    def probe(batch: int) -> float:
+        nonlocal fitting, failing
+        if batch not in peaks:
+            peaks[batch] = peak(batch)
+            if peaks[batch] <= limit:
+                fitting = max(fitting, batch)
+            else:
+                failing = min(failing, batch)
+        return peaks[batch]
 
     def rounded(batch: float) -> int:
         return int(min(max(batch // multiple * multiple, multiple), most))
 
     a, b = rounded(first), rounded(2 * first)
-    for _ in range(4):
-        slope = (peak(b) - peak(a)) / (b - a)
-        guess = rounded(b + (limit - peak(b)) / slope) if slope > 0 else most
-        if guess in (a, b):
+    for _ in range(3):
+        pa, pb = probe(a), probe(b)
+        if not (math.isfinite(pa) and math.isfinite(pb)) or pb <= pa:
+            break
+        guess = rounded(b + (limit - pb) * (b - a) / (pb - pa))
+        if guess in peaks:
             break
         a, b = b, guess
-    batch = b
-    while batch > multiple and peak(batch) > limit:
-        batch -= multiple
-    if peak(batch) > limit:
-        return 0
-    while batch < most and peak(batch + multiple) <= limit:
-        batch += multiple
-    return batch
+    probe(b)
+    step = multiple
+    while failing > most and fitting < most:  # nothing seen to fail yet: gallop upward
+        probe(rounded(fitting + step))
+        step *= 2
+    while failing - fitting > multiple:
+        probe(rounded((fitting + failing) / 2))
+    return fitting
 
 
 def compile_report(

@@ -119,6 +119,32 @@ def test_layers_are_scanned_with_a_leading_layer_axis():
     assert not np.allclose(layer0, layer1)  # each layer initialised on its own
 
 
+def test_unrolled_layers_give_the_scanned_outputs_and_gradients_from_the_same_parameters():
+    """scan_layers=False unrolls the loop over the same stacked weights: same parameter tree, same
+    function (dropout masks included), and no loop in the program."""
+    base = _config(num_hidden_layers=3, remat="dots")
+    ids = jnp.asarray(make_batch(6, batch=4, seq=16)["input_ids"])
+    scanned, unrolled = BertModel(base), BertModel(dataclasses.replace(base, scan_layers=False))
+    params = init_params(scanned, jax.random.key(0))
+    assert jax.tree.structure(init_params(unrolled, jax.random.key(0))) == jax.tree.structure(params)
+    results = {}
+    for name, model in (("scan", scanned), ("unrolled", unrolled)):
+
+        def loss(p, model=model):
+            hidden, pooled = model.apply({"params": p}, ids, deterministic=False, rngs={"dropout": jax.random.key(1)})
+            return jnp.sum(hidden**2) + jnp.sum(pooled), hidden
+
+        step = jax.jit(jax.value_and_grad(loss, has_aux=True))
+        forward = jax.jit(lambda p, model=model: model.apply({"params": p}, ids)[0]).lower(params).as_text()
+        results[name] = (step(params), forward.count("stablehlo.while"))
+    (value, hidden), grads = results["scan"][0]
+    (value2, hidden2), grads2 = results["unrolled"][0]
+    np.testing.assert_allclose(hidden2, hidden, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads2)):
+        np.testing.assert_allclose(b, a, atol=3e-5 * float(np.max(np.abs(a))) + 1e-7)
+    assert (results["scan"][1], results["unrolled"][1]) == (1, 0)  # a loop over the layers, or none
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16"])  # float16 attention runs on GPUs only
 def test_half_precision_compute_keeps_float32_params_and_logits(dtype):
     config32 = _config()

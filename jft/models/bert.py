@@ -173,6 +173,7 @@ class BertEncoder(nn.Module):
     @nn.compact
     def __call__(self, x, mask, deterministic: bool):
         # One traced layer instead of num_hidden_layers copies: compile time stays flat with depth.
+        # scan_layers=False unrolls the loop in the program, over the same stacked parameters.
         layer = BertLayer
         if self.config.remat != "none":
             policy = None if self.config.remat == "full" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
@@ -183,6 +184,7 @@ class BertEncoder(nn.Module):
             split_rngs={"params": True, "dropout": True},
             in_axes=(nn.broadcast, nn.broadcast),
             length=self.config.num_hidden_layers,
+            unroll=not self.config.scan_layers,
         )
         x, _ = layers(self.config, name="layer")(x, mask, deterministic)
         return x

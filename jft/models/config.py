@@ -24,9 +24,10 @@ CHANGEABLE_FIELDS = (
     "dtype",
     "attention_impl",
     "remat",
+    "scan_layers",
 )
 # How the same function is computed: may change even when a run resumes.
-COMPUTE_FIELDS = ("dtype", "attention_impl", "remat")
+COMPUTE_FIELDS = ("dtype", "attention_impl", "remat", "scan_layers")
 # What a run from scratch must know: a preset names them all.
 SIZE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
@@ -69,6 +70,10 @@ class BertConfig:
     # LayerNorm, dropout masks); "full" keeps only each layer's input. Use it when a batch does
     # not fit otherwise: it costs up to one more forward pass.
     remat: str = "none"
+    # The encoder's layers as one loop over stacked weights (nn.scan): the program holds one layer,
+    # so compile time stays flat with depth. False unrolls the same loop (same parameters, same
+    # outputs): XLA then schedules and fuses across layers, and on a CPU a step runs faster.
+    scan_layers: bool = True
 
     def __post_init__(self):
         problems = _type_problems(self)
@@ -187,6 +192,8 @@ def _type_problems(config: BertConfig) -> list[str]:
             problems.append(f"{field.name} must be an integer, got {value!r}")
         elif kind is float and (isinstance(value, bool) or not isinstance(value, int | float)):
             problems.append(f"{field.name} must be a number, got {value!r}")
+        elif kind is bool and not isinstance(value, bool):
+            problems.append(f"{field.name} must be true or false, got {value!r}")
         elif kind is str and not isinstance(value, str):
             problems.append(f"{field.name} must be a string, got {value!r}")
     return problems
