@@ -121,23 +121,14 @@ def pretrain_step(
         norms["nsp"] = _psum((inputs["nsp_labels"] >= 0).sum(), axis_name) / num_devices
     dropout_key = jax.random.fold_in(dropout_key, _device_index(axis_name))
 
-    def loss_fn(params, micro, key):
-        stats = _pretraining_stats(setup, params, micro, key)
+    def loss_fn(params, micro, index):
+        stats = _pretraining_stats(setup, params, micro, jax.random.fold_in(dropout_key, index))
         loss = sum(stats[name]["loss_sum"] / jnp.maximum(norms[name], 1e-9) for name in stats)
         return loss, stats
 
-    def micro_step(grads, micro_and_index):
-        micro, index = micro_and_index
-        (_, stats), micro_grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, micro, jax.random.fold_in(dropout_key, index)
-        )
-        return jax.tree.map(jnp.add, grads, micro_grads), stats
-
-    micro_batches = jax.tree.map(lambda x: x.reshape(setup.accum_steps, -1, *x.shape[1:]), inputs)
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    grads, stats = jax.lax.scan(micro_step, zeros, (micro_batches, jnp.arange(setup.accum_steps)))
+    grads, stats = _gradients(loss_fn, state.params, inputs, setup.accum_steps)
     grads = _pmean(grads, axis_name)
-    stats = _psum(jax.tree.map(lambda x: x.sum(0), stats), axis_name)
+    stats = _psum(stats, axis_name)
 
     learning_rate = setup.schedule(state.step - state.skipped)  # skipped steps do not advance optax
     new_state, grad_norm = _apply_gradients(setup.tx, state, grads, learning_rate)
@@ -149,6 +140,22 @@ def pretrain_step(
         "skipped_in_a_row": new_state.skipped_in_a_row,
     }
     return new_state, metrics
+
+
+def _gradients(loss_fn, params, inputs: dict, accum_steps: int):
+    """Gradients and summed stats of loss_fn(params, micro_batch, index) -> (loss, stats) over the
+    rows of inputs, split into accum_steps micro-batches (a loop over them) whose gradients add up."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def micro_step(grads, micro_and_index):
+        micro, index = micro_and_index
+        (_, stats), micro_grads = grad_fn(params, micro, index)
+        return jax.tree.map(jnp.add, grads, micro_grads), stats
+
+    micro_batches = jax.tree.map(lambda x: x.reshape(accum_steps, -1, *x.shape[1:]), inputs)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grads, stats = jax.lax.scan(micro_step, zeros, (micro_batches, jnp.arange(accum_steps)))
+    return grads, jax.tree.map(lambda x: x.sum(0), stats)
 
 
 def _apply_gradients(
@@ -277,15 +284,8 @@ def finetune_step(
             loss = loss + setup.mlm_weight * stats["mlm"]["loss_sum"] / jnp.maximum(mlm_count, 1e-9)
         return loss, stats
 
-    def micro_step(grads, micro_and_index):
-        micro, index = micro_and_index
-        (_, stats), micro_grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, micro, index)
-        return jax.tree.map(jnp.add, grads, micro_grads), stats
-
-    micro_batches = jax.tree.map(lambda x: x.reshape(setup.accum_steps, -1, *x.shape[1:]), inputs)
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    grads, stats = jax.lax.scan(micro_step, zeros, (micro_batches, jnp.arange(setup.accum_steps)))
-    stats = _psum(jax.tree.map(lambda x: x.sum(0), stats), axis_name)
+    grads, stats = _gradients(loss_fn, state.params, inputs, setup.accum_steps)
+    stats = _psum(stats, axis_name)
     grads = _pmean(grads, axis_name)
     penalty = 0.0
     if setup.l2:  # the same on every device: added after the mean over them
