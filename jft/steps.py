@@ -167,23 +167,22 @@ def _apply_gradients(
     Finite gradients and learning rate give finite new parameters and optimizer moments, since the
     old ones are finite (by this same rule) and optim.eps > 0 keeps Adam's division finite; an
     overflow past float32's 3.4e38 aside, which the checkpoint's own check refuses to save. The
-    decision needs only two scalars known before the update, so XLA applies it inside the
-    update's own pass over the state: checking the new state itself took a second pass over it
-    (XLA counts 0.33 GB more memory traffic a fine-tuning step of a small BERT, 8% of the step's).
+    decision needs only two scalars known before the update, so the update runs under lax.cond
+    and a skipped one costs nothing in the common case: checking the new state and selecting
+    between it and the old one took more passes over the state (XLA counts 4.61 GB of memory
+    traffic for a fine-tuning step of a small BERT that way, 4.05 GB this way, 4.01 with no check).
     """
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(grad_norm) & jnp.isfinite(learning_rate)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
 
-    def keep_if_finite(new, old):
-        return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    def update(state):
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        return state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state)
 
+    new_state = jax.lax.cond(finite, update, lambda state: state, state)
     skipped = (~finite).astype(jnp.int32)
-    new_state = state.replace(
+    new_state = new_state.replace(
         step=state.step + 1,
-        params=keep_if_finite(params, state.params),
-        opt_state=keep_if_finite(opt_state, state.opt_state),
         skipped=state.skipped + skipped,
         skipped_in_a_row=(state.skipped_in_a_row + 1) * skipped,
     )
