@@ -187,7 +187,9 @@ def apply_overrides(config: ConfigDict, overrides: Sequence[str]) -> None:
         if current is None and node.get_type(leaf) in (bool, int, float, str):  # an unset placeholder
             current = node.get_type(leaf)()
         try:
-            setattr(node, leaf, None if text.lower() == "none" else _parse(text, current, key))
+            # 'none' unsets a key, except where it is a word the key takes (model.remat=none)
+            unset = text.lower() == "none" and not isinstance(current, str)
+            setattr(node, leaf, None if unset else _parse(text, current, key))
         except TypeError as error:
             raise JftError(f"cannot set '{key}' to {text!r}: {error}") from error
 

@@ -31,6 +31,10 @@ def test_overrides_are_parsed_to_each_key_type():
     assert config.model.hidden_act == "gelu_new" and config.model.classifier_dropout == 0.2
     assert config.seed == 7
     assert bert_config(config.model).num_hidden_layers == 6
+    # 'none' is a word model.remat takes, and unsets a key that may be unset
+    config = load_config("bench:base", ["model.remat=dots", "model.remat=none", "model.classifier_dropout=none"])
+    assert config.model.remat == "none" and config.model.classifier_dropout is None
+    assert bert_config(config.model).remat == "none"
 
 
 def test_split_overrides_accepts_both_spellings():
