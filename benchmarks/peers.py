@@ -254,7 +254,7 @@ def cpu_side_by_side(rounds: int, window: int) -> str:
         f"seq {CPU_SEQ}, batch {CPU_BATCH}, "
         "float32, hidden dropout 0.1, attention dropout 0, AdamW; fine-tuning: classification of full rows.",
         "",
-        "| workload | implementation | step ms, median (p10–p90) | jft's speed × this | compile s |",
+        "| workload | implementation | step time ÷ jft's, median (p10–p90) | jft's speed × this | compile ÷ jft's |",
         "|---|---|---|---|---|",
     ]
     for workload in ("pretrain", "finetune"):
@@ -279,20 +279,21 @@ def cpu_side_by_side(rounds: int, window: int) -> str:
                     step()
                 sync()
                 seconds[name].append((time.perf_counter() - start) / window)
-        jft = float(np.median(seconds["jft"]))
+        jft, jft_compile = float(np.median(seconds["jft"])), steps["jft"][2]
         for name, values in seconds.items():
-            p10, p50, p90 = np.percentile(values, [10, 50, 90]) * 1e3
+            p10, p50, p90 = np.percentile(values, [10, 50, 90]) / jft
             compile_s = steps[name][2]
             lines.append(
-                f"| {workload} | {name} | {p50:.0f} ({p10:.0f}–{p90:.0f}) | {p50 / 1e3 / jft:.2f} | "
-                + ("—" if compile_s is None else f"{compile_s:.1f}")
+                f"| {workload} | {name} | {p50:.2f} ({p10:.2f}–{p90:.2f}) | {p50:.2f} | "
+                + ("—" if compile_s is None else f"{compile_s / jft_compile:.2f}")
                 + " |"
             )
         load.append(os.getloadavg()[0])
     lines += [
         "",
         f"Load average (1 min) at the start and after each workload: {', '.join(f'{x:.2f}' for x in load)}. "
-        "Compile s: `lower().compile()` of the whole training step.",
+        "Compile: `lower().compile()` of the whole training step. CPU figures are given only as ratios "
+        "of implementations run side by side.",
     ]
     return "\n".join(lines) + "\n"
 
