@@ -46,7 +46,7 @@ def case(topology: str, size: str, seq: int) -> dict:
         "largest": row["largest_batch_per_device"],
         "minutes": (time.perf_counter() - start) / 60,
         "jax": report["environment"]["jax"],
-        "libtpu": bench._libtpu_version(),
+        "libtpu": report["libtpu"],
         "date": report["environment"]["date"],
     }
 

@@ -152,16 +152,7 @@ def tpu_table(report: dict) -> str:
     from jft import tpu
 
     env = report["environment"]
-    return f"jax {env['jax']}, libtpu {_libtpu_version()}, {env['date']}: " + tpu.table(report)
-
-
-def _libtpu_version() -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("libtpu")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    return f"jax {env['jax']}, libtpu {report['libtpu']}, {env['date']}: " + tpu.table(report)
 
 
 def environment() -> dict:

@@ -12,6 +12,7 @@ is a GPU kernel).
 """
 
 import dataclasses
+import importlib.metadata
 import importlib.util
 import math
 import os
@@ -89,6 +90,14 @@ def parse_topology(text: str) -> Topology:
     return Topology(generation, tuple(int(n) for n in grid.split("x")))
 
 
+def libtpu_version() -> str:
+    """The installed libtpu's version, or 'not installed'."""
+    try:
+        return importlib.metadata.version("libtpu")
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def require_libtpu() -> None:
     """A clear error when libtpu, the TPU compiler, is not installed."""
     if importlib.util.find_spec("libtpu") is None:
@@ -108,6 +117,9 @@ def topology_devices(topology: Topology) -> list:
     # libtpu asks the machine what slice it is part of; a host without a TPU has no answer, and it
     # says so at length unless told.
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    # libtpu takes a machine-wide lock for the TPU; compiling touches no TPU, so two compiles
+    # (two `jft bench --topology` at once) may share the machine.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     os.environ.setdefault(
         "TPU_ACCELERATOR_TYPE", chip.accelerator_type.format(chips=topology.chips, cores=2 * topology.chips)
     )
@@ -256,6 +268,7 @@ def compile_report(
     report = {
         "topology": topology.name,
         "chip": topology.chip.kind,
+        "libtpu": libtpu_version(),
         "devices": len(devices),
         "hbm_gib_per_device": per_device_hbm / GIB,
         "changes": changes,
