@@ -302,7 +302,7 @@ def time_steps(config: ConfigDict, runner: Runner, step, state, batches: list) -
             program = step.lower(state, batch, key).compile()
             compile_seconds += time.perf_counter() - start
             compiled[shape_of(batch)] = program
-            memory = max(memory, _program_bytes(program))
+            memory = max(memory, peak_bytes(program.memory_analysis()))
 
     def run(state, batch):
         return compiled[shape_of(batch)](state, batch, key)[0]
@@ -328,10 +328,9 @@ def time_steps(config: ConfigDict, runner: Runner, step, state, batches: list) -
     }
 
 
-def _program_bytes(program) -> int:
-    """XLA's count of one device's memory for a compiled step: arguments + outputs − donated
-    (aliased) buffers + temporaries; 0 where the backend gives no analysis."""
-    analysis = program.memory_analysis()
+def peak_bytes(analysis) -> int:
+    """XLA's count of one device's memory for a compiled step, from its memory_analysis():
+    arguments + outputs − donated (aliased) buffers + temporaries; 0 where the backend gives none."""
     if analysis is None:
         return 0
     return (

@@ -158,7 +158,7 @@ def abstract(tree, sharding):
 @dataclasses.dataclass
 class Compiled:
     """What XLA says of one step's program for one device: its memory in bytes (0 where the
-    compile failed before counting), the compile's seconds, and its error, if any."""
+    compile failed), the compile's seconds, and its error, if any."""
 
     arguments: int = 0
     outputs: int = 0
@@ -171,7 +171,9 @@ class Compiled:
 
 def compile_step(runner: Runner, step: Callable, state_shapes, batch) -> Compiled:
     """Compiles step(state, batch, rng) under runner for abstract inputs (state replicated, batch
-    split over the devices); an out-of-memory error still gives the peak libtpu counted."""
+    split over the devices); a compile libtpu refuses (out of HBM or vmem) gives its first line."""
+    from jft.bench import peak_bytes
+
     replicated, split = NamedSharding(runner.mesh, P()), NamedSharding(runner.mesh, P(AXIS))
     key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
     start = time.perf_counter()
@@ -182,12 +184,8 @@ def compile_step(runner: Runner, step: Callable, state_shapes, batch) -> Compile
             .compile()
         )
     except Exception as error:  # XLA's compile errors have no narrower public type
-        seconds = time.perf_counter() - start
-        message = str(error)
-        used = re.search(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm", message)
-        peak = int(float(used.group(1)) * 1024 ** "KMGT".index(used.group(2)) * 1024) if used else 0
-        first = next((line.strip() for line in message.splitlines() if line.strip()), type(error).__name__)
-        return Compiled(peak=peak, seconds=seconds, error=first)
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        return Compiled(seconds=time.perf_counter() - start, error=first)
     seconds = time.perf_counter() - start
     memory = program.memory_analysis()
     return Compiled(
@@ -195,10 +193,7 @@ def compile_step(runner: Runner, step: Callable, state_shapes, batch) -> Compile
         memory.output_size_in_bytes,
         memory.alias_size_in_bytes,
         memory.temp_size_in_bytes,
-        memory.argument_size_in_bytes
-        + memory.output_size_in_bytes
-        - memory.alias_size_in_bytes
-        + memory.temp_size_in_bytes,
+        peak_bytes(memory),
         seconds,
     )
 
