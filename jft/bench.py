@@ -140,10 +140,10 @@ def compile_for(config: ConfigDict, topology: str, *, search: bool = False, rema
 
     target = tpu.parse_topology(topology)
     tpu.require_libtpu()
-    checked_workloads(config)
+    workloads, _ = checked_workloads(config)
     # This host only compiles: its own TPU runtime (if libtpu would start one) has nothing to do.
     jax.config.update("jax_platforms", "cpu")
-    report = tpu.compile_report(config, target, workload, search=search, remats=remats)
+    report = tpu.compile_report(config, target, workloads, workload, search=search, remats=remats)
     return {"environment": environment(), "config": config.to_dict(), **report}
 
 

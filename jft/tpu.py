@@ -20,6 +20,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 from jax.sharding import NamedSharding
@@ -243,9 +244,15 @@ def largest_batch(
 
 
 def compile_report(
-    config: ConfigDict, topology: Topology, workload_fn: Callable, *, search: bool, remats: tuple = REMAT
+    config: ConfigDict,
+    topology: Topology,
+    workloads: list[str],
+    workload_fn: Callable,
+    *,
+    search: bool,
+    remats: tuple = REMAT,
 ) -> dict:
-    """Compiles each workload of config for `topology`; its report (see the module docstring).
+    """Compiles each of `workloads` (checked names) of config for `topology`; its report (see the module docstring).
 
     workload_fn(name, config, cfg) -> jft.bench.Workload for a config (batch_size is global).
     """
@@ -269,8 +276,8 @@ def compile_report(
         "changes": changes,
         "results": [],
     }
-    for name in [w.strip() for w in config.workloads.split(",") if w.strip()]:
-        compiled: dict[tuple[str, int], Compiled] = {}
+    for name in workloads:
+        compiled: dict[tuple[str, int], tuple[Compiled, Any]] = {}
 
         def trial(remat: str, per_device: int) -> ConfigDict:
             values = config.copy_and_resolve_references()
@@ -278,13 +285,13 @@ def compile_report(
             values.model.remat, values.batch_size = remat, per_device * len(devices)
             return values
 
-        def compile_at(remat: str, per_device: int, name=name, compiled=compiled) -> Compiled:
+        def compile_at(remat: str, per_device: int, name=name, compiled=compiled) -> tuple[Compiled, Any]:
             if (remat, per_device) not in compiled:
                 values = trial(remat, per_device)
                 work = workload_fn(name, values, bert_config(values.model))
                 widest = max(work.batches, key=lambda b: b["input_ids"].size)
                 result = compile_step(runner, work.step, jax.eval_shape(work.init_state), widest)
-                compiled[(remat, per_device)] = result
+                compiled[(remat, per_device)] = result, work
                 print(
                     f"bench: {name} for {topology.name}, remat {remat}, batch {per_device} a device: "
                     + (f"{result.peak / GIB:.2f} GiB" if result.peak else "no memory count")
@@ -296,9 +303,7 @@ def compile_report(
             return compiled[(remat, per_device)]
 
         per_device = config.batch_size // len(devices)
-        result = compile_at(model.remat, per_device)
-        values = trial(model.remat, per_device)
-        work = workload_fn(name, values, bert_config(values.model))
+        result, work = compile_at(model.remat, per_device)
         row = {
             "workload": name,
             "shape": work.shape,
@@ -317,7 +322,7 @@ def compile_report(
         if search:
             row["largest_batch_per_device"] = {
                 remat: largest_batch(
-                    lambda b, remat=remat: _peak_or_inf(compile_at(remat, b)), per_device_hbm, first=per_device
+                    lambda b, remat=remat: _peak_or_inf(compile_at(remat, b)[0]), per_device_hbm, first=per_device
                 )
                 for remat in remats
             }
