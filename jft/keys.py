@@ -28,6 +28,7 @@ MODEL = {
     "model.attention_impl": "xla, or cudnn (the fused GPU kernel, no attention dropout)",
     "model.remat": "recompute activations in the backward pass: none, dots or full (less memory)",
     "model.scan_layers": "layers as one loop (compiles fast at any depth); false: unrolled (same weights)",
+    "model.vocab_multiple": "pad the masked-LM decoder's vocabulary to a multiple of this (128 on GPU/TPU); never exported",
 }
 OPTIM = {
     "optim.name": "adamw or lamb",

@@ -89,6 +89,28 @@ def test_gradient_accumulation_equals_one_big_batch(corpus):
     assert _max_diff(whole.params, accumulated.params) < 1e-6
 
 
+def test_a_padded_vocabulary_trains_like_the_unpadded_one_and_stores_no_padding(corpus):
+    """vocab_multiple pads the decoder's matmul only: same losses, same parameters (so the same
+    checkpoint and export), and the padded width is in the compiled program."""
+    rows = PretrainRows(corpus[1])
+    vocab = rows.metadata["vocab_size"]
+    padded = -(-vocab // 128) * 128
+    assert padded != vocab
+    runs = {}
+    for multiple in (1, 128):
+        setup = _setup(rows, vocab_multiple=multiple)
+        program = jax.jit(lambda p, ids, setup=setup: setup.model.apply({"params": p}, ids)["mlm_logits"])
+        params = init_params(setup.model, jax.random.PRNGKey(0))
+        text = program.lower(params, np.zeros((2, 8), np.int32)).as_text()
+        runs[multiple] = (*_run_steps(setup, rows, "jit"), f"x{padded}x" in text)
+    (unpadded, unpadded_metrics, _), (padded_state, padded_metrics, padded_in_program) = runs[1], runs[128]
+    assert padded_in_program and not runs[1][2]
+    assert jax.tree.map(np.shape, padded_state.params) == jax.tree.map(np.shape, unpadded.params)
+    assert padded_state.params["cls"]["predictions"]["bias"].shape == (vocab,)
+    assert _max_diff(unpadded.params, padded_state.params) < 1e-6
+    assert abs(unpadded_metrics["loss"] - padded_metrics["loss"]) < 1e-5
+
+
 def test_non_finite_gradients_skip_the_update_and_are_counted(corpus):
     rows = PretrainRows(corpus[1])
     setup = _setup(rows)

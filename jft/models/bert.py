@@ -270,9 +270,12 @@ class BertLMPredictionHead(nn.Module):
         cfg = self.config
         x = BertPredictionHeadTransform(cfg, name="transform")(x)
         bias = self.param("bias", nn.initializers.zeros, (cfg.vocab_size,), cfg.params_dtype)
+        # Zero rows up to padded_vocab_size give the matmul an aligned width; the slice drops their
+        # logits (and, in the backward pass, their gradients) at once.
+        table = jnp.pad(word_embeddings.astype(x.dtype), ((0, cfg.padded_vocab_size - cfg.vocab_size), (0, 0)))
         # float32 logits: the softmax over the vocabulary must not run in bf16.
-        logits = jnp.einsum("...h,vh->...v", x, word_embeddings.astype(x.dtype), preferred_element_type=jnp.float32)
-        return logits + bias.astype(jnp.float32)
+        logits = jnp.einsum("...h,vh->...v", x, table, preferred_element_type=jnp.float32)
+        return logits[..., : cfg.vocab_size] + bias.astype(jnp.float32)
 
 
 class BertPreTrainingHeads(nn.Module):

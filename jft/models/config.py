@@ -25,9 +25,10 @@ CHANGEABLE_FIELDS = (
     "attention_impl",
     "remat",
     "scan_layers",
+    "vocab_multiple",
 )
 # How the same function is computed: may change even when a run resumes.
-COMPUTE_FIELDS = ("dtype", "attention_impl", "remat", "scan_layers")
+COMPUTE_FIELDS = ("dtype", "attention_impl", "remat", "scan_layers", "vocab_multiple")
 # What a run from scratch must know: a preset names them all.
 SIZE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
@@ -74,6 +75,10 @@ class BertConfig:
     # so compile time stays flat with depth. False unrolls the same loop (same parameters, same
     # outputs): XLA then schedules and fuses across layers, and on a CPU a step runs faster.
     scan_layers: bool = True
+    # The masked-LM decoder's matmul runs over the vocabulary padded with zero rows to a multiple
+    # of this (128 suits GPU tensor cores and TPU lanes); its logits are cut back to vocab_size,
+    # so the padding is never predicted, never stored in a checkpoint and never exported.
+    vocab_multiple: int = 1
 
     def __post_init__(self):
         problems = _type_problems(self)
@@ -109,6 +114,7 @@ class BertConfig:
             "intermediate_size",
             "max_position_embeddings",
             "type_vocab_size",
+            "vocab_multiple",
         ):
             if getattr(self, field) < 1:
                 problems.append(f"{field} must be at least 1, got {getattr(self, field)}")
@@ -118,6 +124,11 @@ class BertConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """vocab_size rounded up to a multiple of vocab_multiple: the decoder matmul's width."""
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
     @property
     def compute_dtype(self) -> jnp.dtype:

@@ -1,0 +1,66 @@
+"""What `model.vocab_multiple=128` changes: the pretraining step's speed on this CPU (alternated
+with the unpadded step, as a ratio) and its memory and FLOPs compiled for a TPU (v5e:2x2, BERT-base).
+
+    python benchmarks/vocab_padding.py [--topology v5e:2x2]
+
+The padding widens only the masked-LM decoder's matmul (vocab 30,522 -> 30,592); parameters,
+checkpoints and exports are the same either way (tests/test_pretrain.py).
+"""
+
+import argparse
+import dataclasses
+
+import jax
+import peers
+from cpu_finetune_gap import alternated
+
+from jft import bench, tpu
+from jft.config import bert_config, load_config
+from jft.parallel import Runner
+
+
+def cpu_ratio(rounds: int) -> dict:
+    config = bench.default_config()
+    config.batch_size, config.seq_len = peers.CPU_BATCH, peers.CPU_SEQ
+    steps = {}
+    for multiple in (1, 128):
+        cfg = bert_config(config.model, vocab_size=peers.CPU_SIZE["vocab_size"])
+        cfg = dataclasses.replace(cfg, **peers.CPU_SIZE, vocab_multiple=multiple, attention_probs_dropout_prob=0.0)
+        work = bench.pretrain_workload(config, cfg)
+        runner = Runner("jit")
+        step = runner.compile(work.step)
+        state, batch = runner.put_replicated(work.init_state()), runner.put_batch(work.batches[0])
+        key = runner.put_replicated(jax.random.PRNGKey(0))
+        program = step.lower(state, batch, key).compile()
+
+        def run(program=program, held={"state": state}, batch=batch, key=key):  # the state is donated
+            held["state"] = jax.block_until_ready(program(held["state"], batch, key)[0])
+
+        steps[multiple] = run
+    seconds = alternated(steps, rounds=rounds, repeats=3)
+    return {"seconds": seconds, "padded_over_unpadded": seconds[128] / seconds[1]}
+
+
+def tpu_memory(topology: str) -> dict:
+    out = {}
+    for multiple in (1, 128):
+        config = load_config("bench:base", [], "bench")
+        config.workloads, config.batch_size = "pretrain", 64 * 4
+        config.model.vocab_multiple = multiple
+        (row,) = bench.compile_for(config, topology)["results"]
+        out[multiple] = {k: v for k, v in row.items() if k != "largest_batch_per_device"}
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--topology", default="v5e:2x2")
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    print("CPU, small BERT pretraining step (seq 128, batch 16, 20 predictions a row):", cpu_ratio(args.rounds))
+    if tpu.libtpu_version():
+        print(f"{args.topology}, BERT-base pretraining, 64 rows a device:", tpu_memory(args.topology))
+
+
+if __name__ == "__main__":
+    main()
