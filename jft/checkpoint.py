@@ -3,7 +3,9 @@
 A checkpoint at step s holds two items:
 - "state": the TrainState (params, optimizer state, step, skipped counts) and the run's rng key;
 - "meta": JSON: the loader position (pretraining), or the metric, score and step (best/), and a
-  SHA-256 of every array of the state.
+  digest of every array of the state: SHA-256 when the state is in host memory, else a
+  fingerprint computed on its devices (`fingerprints`): on a GPU or TPU a save neither copies the
+  state to the host for jft nor hashes it there (Orbax copies it, then writes in the background).
 What the run is (config, model, data) lives in the run directory's run.json (jft.rundir).
 Orbax writes each step to a temporary directory and renames it to the step's number when
 complete, so the latest step that exists is always a complete one, even after SIGKILL. A state
@@ -19,31 +21,75 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from jft.errors import JftError, RunFailed, RunStopped
-from jft.params import check_finite
+from jft.parallel import first_copy
+from jft.params import check_finite, key_path
 
 
 class DamagedCheckpoint(Exception):
     """A checkpoint that cannot be read, or whose arrays do not match their checksums."""
 
 
-def _path(keys) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keys)
+def fingerprints(tree: Any) -> tuple[dict[str, str], dict[str, tuple[int, int]]]:
+    """Of every array of a tree (on its devices, or on the host), by path: a fingerprint, and
+    (values not finite, values) for the floating ones, computed where the arrays are by one
+    compiled program, so that a save copies nothing to the host for them.
+
+    A fingerprint is the dtype, the shape and two sums mod 2^32 of the array's bits as unsigned
+    integers, each value weighted by an odd number of its position: a change of any one value
+    changes the first sum; other damage (a zeroed block, bytes out of place) passes both with a
+    chance of about 2^-64."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    sums = _fingerprint_sums([value for _, value in leaves])
+    out, counts = {}, {}
+    for (keys, value), (first, second, not_finite) in zip(leaves, jax.device_get(sums)):
+        path = key_path(keys)
+        out[path] = f"{np.dtype(value.dtype)} {tuple(value.shape)} {int(first):08x}{int(second):08x}"
+        if jnp.issubdtype(value.dtype, jnp.floating):
+            counts[path] = (int(not_finite), int(np.size(value)))
+    return out, counts
 
 
-def checksums(tree: Any) -> dict[str, str]:
-    """SHA-256 of every array of a (host) tree, by path: 'train/params/bert/...'."""
+@jax.jit
+def _fingerprint_sums(arrays: list) -> list:
+    sums = []
+    for array in arrays:
+        if jax.dtypes.issubdtype(array.dtype, jax.dtypes.prng_key):
+            array = jax.random.key_data(array)
+        bits = jnp.ravel(array)
+        width = bits.dtype.itemsize * 8
+        if width > 8:  # floats and integers: their bits as the unsigned integer of their width
+            bits = jax.lax.bitcast_convert_type(bits, jnp.dtype(f"uint{width}"))
+        bits = jnp.ravel(bits).astype(jnp.uint32)  # a 64-bit value: its halves, one after the other
+        position = jnp.arange(bits.size, dtype=jnp.uint32)
+        first = jnp.sum(bits * (2 * position + 1), dtype=jnp.uint32)
+        mixed = (bits << 16) | (bits >> 16)
+        second = jnp.sum(mixed * (position * jnp.uint32(0x9E3779B1) | 1), dtype=jnp.uint32)
+        finite = jnp.isfinite(array) if jnp.issubdtype(array.dtype, jnp.floating) else jnp.ones((), bool)
+        sums.append((first, second, jnp.sum(~finite)))
+    return sums
+
+
+def sha256_checksums(tree: Any) -> dict[str, str]:
+    """SHA-256 of every array of a tree in host memory (NumPy, or jax arrays on CPU devices), by path."""
     out = {}
     for keys, value in jax.tree_util.tree_flatten_with_path(tree)[0]:
         value = np.ascontiguousarray(value)
         digest = hashlib.sha256(f"{value.dtype} {value.shape} ".encode())
         digest.update(value.tobytes())
-        out[_path(keys)] = digest.hexdigest()
+        out[key_path(keys)] = digest.hexdigest()
     return out
+
+
+def _in_host_memory(tree: Any) -> bool:
+    return all(
+        not isinstance(x, jax.Array) or all(d.platform == "cpu" for d in x.devices()) for x in jax.tree.leaves(tree)
+    )
 
 
 class Checkpoints:
@@ -57,19 +103,29 @@ class Checkpoints:
             enable_async_checkpointing=asynchronous,
             cleanup_tmp_directories=True,  # what a killed save left behind
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, meta: dict, *, force: bool = False) -> bool:
-        """Starts saving a host state (in the background when asynchronous) if `step` is due, or if
-        forced; a state with a non-finite value is refused. meta gains the arrays' checksums."""
+        """Starts saving a state (device arrays, one copy of each: Runner.replica; or host arrays)
+        if `step` is due, or if forced: Orbax copies it to the host and writes it in the
+        background when asynchronous. A state with a non-finite value is refused. meta gains the
+        arrays' fingerprints."""
         if not force and not self.manager.should_save(step):
             return False
-        check_finite(state, f"the state to save at step {step} in {self.directory}")
-        self._check_space(step, sum(np.asarray(x).nbytes for x in jax.tree.leaves(state)))
-        meta = {**meta, "checksums": checksums(state)}
+        what = f"the state to save at step {step} in {self.directory}"
+        if _in_host_memory(state):  # NumPy reads it where it is, and hashes faster than XLA:CPU
+            state = first_copy(state)
+            check_finite(state, what)
+            meta = {**meta, "checksums": sha256_checksums(state)}
+        else:
+            found, finite_counts = fingerprints(state)
+            check_finite(state, what, finite_counts)
+            meta = {**meta, "fingerprints": found}
+        self._check_space(step, sum(np.dtype(x.dtype).itemsize * np.size(x) for x in jax.tree.leaves(state)))
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         try:
             return self.manager.save(step, args=args, force=force)
@@ -103,10 +159,13 @@ class Checkpoints:
         DamagedCheckpoint when it cannot be read or does not match.
 
         abstract_state: a tree like the saved state (its arrays set the restored types); None
-        restores the saved tree as nested dicts.
+            restores the saved tree as nested dicts of NumPy arrays, whatever devices saved it.
         """
         step = self.latest_step() if step is None else step
         try:
+            if abstract_state is None:  # np.empty takes no memory until the restore writes it
+                saved = self.manager.item_metadata(step)["state"]
+                abstract_state = jax.tree.map(lambda leaf: np.empty(leaf.shape, leaf.dtype), saved)
             restored = self.manager.restore(
                 step,
                 args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
@@ -115,12 +174,13 @@ class Checkpoints:
         except Exception as error:  # Orbax, tensorstore and json raise many types for damaged files
             _ignore_closed_event_loops()
             raise DamagedCheckpoint(f"cannot be read ({type(error).__name__}: {_first_line(error)})") from None
-        if not isinstance(meta, dict) or "checksums" not in meta:
+        if isinstance(meta, dict) and "fingerprints" in meta:
+            expected, found = meta["fingerprints"], fingerprints(state)[0]
+        elif isinstance(meta, dict) and "checksums" in meta:
+            expected, found = meta["checksums"], sha256_checksums(state)
+        else:
             raise DamagedCheckpoint("has no checksums in its meta")
-        found = checksums(state)
-        wrong = sorted(
-            path for path in set(found) | set(meta["checksums"]) if found.get(path) != meta["checksums"].get(path)
-        )
+        wrong = sorted(path for path in set(found) | set(expected) if found.get(path) != expected.get(path))
         if wrong:
             raise DamagedCheckpoint(f"does not match its checksums ({len(wrong)} arrays, e.g. {wrong[0]})")
         return state, meta

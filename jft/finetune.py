@@ -399,7 +399,7 @@ def _train(config, workdir: Path, runner: Runner, model_cfg, task: Task, tokeniz
                     meta = {"metric": None, "value": None, "step": step}
                     best.save(step, {"params": _task_params(runner, state)}, meta, force=True)
                 if step == total_steps or stopping or early or step % len(batches) == 0:
-                    saved = {"train": runner.get(state.replace(reference=None)), "rng": host_state["rng"]}
+                    saved = {"train": runner.replica(state.replace(reference=None)), "rng": host_state["rng"]}
                     meta = {"step": step, "evals_without_gain": without_gain, "early_stopped": early}
                     checkpoints.save(step, saved, meta, force=True)
                 if early:
@@ -432,4 +432,4 @@ def _train(config, workdir: Path, runner: Runner, model_cfg, task: Task, tokeniz
 
 def _task_params(runner: Runner, state) -> dict:
     """The parameters a fine-tuned model keeps: without the joint objective's masked-LM head."""
-    return {name: tree for name, tree in runner.get(state.params).items() if name != "cls"}
+    return {name: tree for name, tree in runner.replica(state.params).items() if name != "cls"}

@@ -160,11 +160,24 @@ class Runner:
             batch = {name: np.split(array, count)[jax.process_index()] for name, array in batch.items()}
         return self.put_batch(batch)
 
+    def replica(self, tree: Any) -> Any:
+        """One copy of replicated device values, left on the devices (nothing waits or moves): what
+        a checkpoint saves. Host values pass through."""
+        if self.backend == "pmap":
+            return jax.tree.map(lambda x: x[0] if isinstance(x, jax.Array) else x, tree)
+        return tree
+
     def get(self, tree: Any) -> Any:
         """One copy of replicated device values, as host NumPy arrays (a device-to-host sync)."""
         if self.backend == "pmap":
             tree = flax.jax_utils.unreplicate(tree)
-        return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
+        return first_copy(tree)
+
+
+def first_copy(tree: Any) -> Any:
+    """This process's first copy of each replicated array of tree, as NumPy (a view, not a copy,
+    for an array in host memory; a device-to-host transfer for one on a GPU or TPU)."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
 
 
 def _global_array(value: np.ndarray, sharding: NamedSharding) -> jax.Array:

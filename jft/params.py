@@ -78,14 +78,23 @@ def merge(target: Params, loaded: Params) -> tuple[dict[str, Any], MergeReport]:
     return unflatten(merged), report
 
 
-def check_finite(tree: Params, what: str) -> None:
-    """A JftError naming each array of tree (up to 5) that holds NaN or infinity."""
-    bad = []
-    for keys, value in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        path = "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keys)
-        value = np.asarray(value)
-        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
-            bad.append(f"{path} ({np.size(value) - int(np.isfinite(value).sum()):,} of {np.size(value):,} values)")
+def key_path(keys) -> str:
+    """'bert/encoder/...': the path of a leaf from jax.tree_util.tree_flatten_with_path."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keys)
+
+
+def check_finite(tree: Params, what: str, counts: dict[str, tuple[int, int]] | None = None) -> None:
+    """A JftError naming each array of tree (up to 5) that holds NaN or infinity.
+
+    counts: {path: (values not finite, values)} when already known (jft.checkpoint counts them
+    where the arrays are); by default counted here, on the host."""
+    if counts is None:
+        counts = {}
+        for keys, value in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            value = np.asarray(value)
+            if np.issubdtype(value.dtype, np.floating):
+                counts[key_path(keys)] = (int(value.size - np.isfinite(value).sum()), int(value.size))
+    bad = [f"{path} ({count:,} of {size:,} values)" for path, (count, size) in counts.items() if count]
     if bad:
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise JftError(

@@ -343,7 +343,7 @@ def _train(config: ConfigDict, workdir: Path, runner: Runner, model_cfg: BertCon
                     log.write(step, "eval", evaluate(state.params))
                 done = step == config.total_steps or stopping
                 if done or step % config.checkpoint_every == 0:
-                    saved = {"train": runner.get(state), "rng": host_state["rng"]}
+                    saved = {"train": runner.replica(state), "rng": host_state["rng"]}
                     position = {"loader_position": step * config.batch_size}
                     checkpoints.save(step, saved, position, force=done)
                 if stopping:

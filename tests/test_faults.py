@@ -644,6 +644,51 @@ def test_flipped_bytes_are_found_by_the_checksums(finished_run, tmp_path):
     checkpoints.close()
 
 
+def test_a_save_from_accelerator_memory_is_fingerprinted_there_and_checked_on_restore(tmp_path, monkeypatch):
+    """A state on a GPU or TPU is digested where it is (jft.checkpoint.fingerprints), not copied to
+    the host and hashed; here CPU devices stand in for the accelerator."""
+    import ml_dtypes
+
+    from jft import checkpoint
+    from jft.errors import JftError
+
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=(64, 33)).astype(np.float32)
+    state = {
+        "params": {"w": weights, "h": rng.normal(size=7).astype(ml_dtypes.bfloat16)},
+        "step": np.int32(5),
+        "rng": np.asarray(jax.random.PRNGKey(3)),
+    }
+    found, counts = checkpoint.fingerprints(jax.device_put(state))
+    assert found == checkpoint.fingerprints(state)[0]  # the same on the devices and on the host
+    assert counts == {"params/w": (0, 64 * 33), "params/h": (0, 7)}
+    one_bit = weights.copy()
+    one_bit.view(np.uint32)[13, 5] ^= 1
+    swapped = weights.copy()
+    swapped[[0, 1]] = swapped[[1, 0]]
+    for changed in (one_bit, swapped):
+        assert checkpoint.fingerprints({**state, "params": {**state["params"], "w": changed}})[0] != found
+
+    monkeypatch.setattr(checkpoint, "_in_host_memory", lambda tree: False)
+    checkpoints = checkpoint.Checkpoints(tmp_path / "checkpoints", asynchronous=False)
+    checkpoints.save(1, jax.device_put(state), {}, force=True)
+    restored, meta = checkpoints.restore(step=1)
+    assert meta["fingerprints"] == found and "checksums" not in meta
+    np.testing.assert_array_equal(restored["params"]["w"], weights)
+    weights_nan = weights.copy()
+    weights_nan[3, 4] = np.nan
+    with pytest.raises(JftError, match=r"not finite \(NaN or infinity\): params/w \(1 of 2,112 values\)"):
+        checkpoints.save(2, jax.device_put({**state, "params": {**state["params"], "w": weights_nan}}), {}, force=True)
+    meta_file = tmp_path / "checkpoints" / "1" / "meta" / "metadata"
+    written = json.loads(meta_file.read_text())
+    written["fingerprints"]["params/w"] = checkpoint.fingerprints({"params": {"w": one_bit}})[0]["params/w"]
+    meta_file.write_text(json.dumps(written))  # as if the stored weights had one bit flipped
+    with pytest.raises(checkpoint.DamagedCheckpoint, match=r"does not match its checksums \(1 arrays, e.g. params/w\)"):
+        checkpoints.restore(step=1)
+    checkpoints.close()
+    assert checkpoint.saved_steps(tmp_path / "checkpoints") == [1]
+
+
 def test_init_from_a_run_whose_newest_checkpoint_is_damaged_uses_the_one_before(files, finished_run, tmp_path, capsys):
     shutil.copytree(finished_run, tmp_path / "pretrained")
     _truncate(_largest_file(tmp_path / "pretrained" / "checkpoints" / "6" / "state"))
@@ -823,7 +868,7 @@ def test_a_read_only_workdir_is_one_line(files, tmp_path, monkeypatch, capsys):
 
 
 def test_export_and_predict_refuse_a_best_model_with_a_nan(files, tmp_path, capsys):
-    from jft.checkpoint import Checkpoints, checksums
+    from jft.checkpoint import Checkpoints, sha256_checksums
 
     assert cli.main(_finetune(tmp_path, files, epochs=1, **{"parallel.backend": "jit"})) == 0
     best = Checkpoints(tmp_path / "run" / "best", asynchronous=False)
@@ -832,10 +877,10 @@ def test_export_and_predict_refuse_a_best_model_with_a_nan(files, tmp_path, caps
     state["params"]["classifier"]["kernel"][0, 0] = np.nan
     shutil.rmtree(best.directory / str(step))
     best.manager.reload()
-    import orbax.checkpoint as ocp  # written past Checkpoints.save, which refuses it
+    import orbax.checkpoint as ocp  # written past Checkpoints.save, which refuses it, as before fingerprints
 
     args = ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({**meta, "checksums": checksums(state)})
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({**meta, "checksums": sha256_checksums(state)})
     )
     best.manager.save(step, args=args, force=True)
     best.close()
