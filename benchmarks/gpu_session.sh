@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Every GPU measurement jft reports, run in the background on the device machine (one H100/H200;
 # 10 minutes a call, 30 a session), in order of need: the cuDNN attention check, the peers
-# (benchmarks/RESULTS.md), BERT-large, the ablations.
+# (benchmarks/RESULTS.md), BERT-large, the ablations, the save hiccup and the padded vocabulary.
 #
 #   here, once:  bash benchmarks/gpu_session.sh wheels     # what that machine lacks, into .whl/
 #   there:       bash benchmarks/gpu_session.sh start      # carry .whl; installs, starts the jobs, waits
 #                bash benchmarks/gpu_session.sh wait       # again, back to back, until "all done"
 #
-# Results land in $OUT (RESULTS.md, gpu_checks.json, large.md, ablations.md, log.txt).
+# Results land in $OUT (RESULTS.md, gpu_checks.json, large.md, ablations.md, checkpoint_vocab.md, log.txt).
 # SMOKE=1 runs tiny shapes, to check this script on any machine.
 set -u
 mode=${1:?"wheels, start or wait"}
@@ -42,6 +42,9 @@ jobs() {
         done
     done
     python3 benchmarks/ablations.py --size $base --out $work/ablations.md
+    # a checkpoint save's step-time hiccup, and the padded vocabulary's speed (RESULTS.md, pending)
+    (cd benchmarks && python3 save_hiccup.py --size $base --batch $((64 / shrink)) &&
+        python3 vocab_padding.py --size $base --batch $((64 / shrink)) --rounds 10) > $work/checkpoint_vocab.md
     touch $work/done
 }
 

@@ -239,6 +239,13 @@ CPU_SIZE = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, int
 CPU_SEQ, CPU_BATCH = 128, 16
 
 
+def model_fields(size: str) -> dict:
+    """The sizes of 'small' (CPU_SIZE) or of a preset (tiny, mini, base, large), with BERT's vocabulary."""
+    from jft.models.config import PRESETS
+
+    return CPU_SIZE if size == "small" else {**PRESETS[size], "vocab_size": 30522}
+
+
 def cpu_side_by_side(rounds: int, window: int) -> str:
     """jft, HF Flax and PyTorch eager on this CPU in one process, their windows of steps
     alternated (the order rotating each round), so that load and frequency changes fall on every

@@ -1,7 +1,8 @@
-"""The step-time hiccup of a checkpoint save: pretraining steps of the small CPU BERT with a save
-every few steps, the way `jft pretrain` saves (Orbax, asynchronous).
+"""The step-time hiccup of a checkpoint save: pretraining steps with a save every few steps, the
+way `jft pretrain` saves (Runner.replica, then Orbax, asynchronous).
 
-    python benchmarks/save_hiccup.py
+    python benchmarks/save_hiccup.py                          # CPU: the small BERT
+    python benchmarks/save_hiccup.py --size base --batch 64   # GPU (gpu_session.sh)
 
 Prints the median time of a step without a save, and the median extra time of a step that saves
 (the save's work in the training thread: what the run waits for before its next step).
@@ -26,10 +27,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--every", type=int, default=5)
+    parser.add_argument("--size", default="small", help="small (peers.CPU_SIZE) or a preset: tiny, mini, base, large")
+    parser.add_argument("--batch", type=int, default=peers.CPU_BATCH)
     args = parser.parse_args()
     config = bench.default_config()
-    config.batch_size, config.seq_len = peers.CPU_BATCH, peers.CPU_SEQ
-    cfg = dataclasses.replace(bert_config(config.model, vocab_size=30522), **peers.CPU_SIZE)
+    config.batch_size, config.seq_len = args.batch, peers.CPU_SEQ
+    cfg = dataclasses.replace(bert_config(config.model, vocab_size=30522), **peers.model_fields(args.size))
     work = bench.pretrain_workload(config, cfg)
     runner = Runner("shard_map")
     step = runner.compile(work.step)
@@ -50,7 +53,8 @@ def main():
         checkpoints.close()
     base = float(np.median(plain))
     print(
-        f"state {size / 1e6:.0f} MB; step without a save {base * 1e3:.0f} ms (median of {len(plain)}); "
+        f"{jax.devices()[0].device_kind}, {args.size}: state {size / 1e6:.0f} MB; "
+        f"step without a save {base * 1e3:.0f} ms (median of {len(plain)}); "
         f"a step that saves takes {(float(np.median(saving)) - base) * 1e3:.0f} ms more (median of {len(saving)})"
     )
 

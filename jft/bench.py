@@ -96,11 +96,8 @@ def run(config: ConfigDict) -> dict:
     runner = Runner(config.backend)
     runner.check_batch(config.batch_size)
     report = {"environment": environment(), "config": config.to_dict(), "results": [], "skipped": []}
-    if cfg.attention_impl == "cudnn" and jax.default_backend() != "gpu":
-        reason = (
-            f"cuDNN attention needs a GPU, and this is {jax.default_backend()} "
-            "(--config.model.attention_impl=xla runs here)"
-        )
+    reason = cfg.platform_problem(jax.default_backend())
+    if reason:
         report["skipped"] = [{"workload": w, "reason": reason} for w in workloads]
         print(f"bench: skipped {', '.join(workloads)}: {reason}", file=sys.stderr, flush=True)
         return report

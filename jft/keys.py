@@ -16,7 +16,7 @@ MODEL = {
     "model.intermediate_size": "width of each layer's feed-forward block",
     "model.hidden_act": "activation of the feed-forward block (gelu, relu, ...)",
     "model.hidden_dropout_prob": "dropout on hidden states (may differ from init_from's)",
-    "model.attention_probs_dropout_prob": "dropout on attention weights (0 for attention_impl=cudnn)",
+    "model.attention_probs_dropout_prob": "dropout on attention weights (0 for attention_impl cudnn or splash)",
     "model.max_position_embeddings": "position table: the longest row the model takes",
     "model.type_vocab_size": "token types (segments A and B)",
     "model.initializer_range": "standard deviation of new weights",
@@ -25,10 +25,10 @@ MODEL = {
     "model.classifier_dropout": "dropout before the task head (unset: hidden_dropout_prob)",
     "model.dtype": "compute dtype: float32, bfloat16 or auto (bf16 on GPU/TPU); may change on resume",
     "model.param_dtype": "dtype of the weights (keep float32)",
-    "model.attention_impl": "xla, or cudnn (the fused GPU kernel, no attention dropout)",
+    "model.attention_impl": "xla; cudnn (fused GPU kernel) or splash (Pallas TPU kernel): no attention dropout",
     "model.remat": "recompute activations in the backward pass: none, dots or full (less memory)",
     "model.scan_layers": "layers as one loop (compiles fast at any depth); false: unrolled (same weights)",
-    "model.vocab_multiple": "pad the masked-LM decoder's vocabulary to a multiple of this (128 on GPU/TPU); never exported",
+    "model.vocab_multiple": "pad the masked-LM decoder's vocabulary to a multiple of this (e.g. 128); never exported",
 }
 OPTIM = {
     "optim.name": "adamw or lamb",

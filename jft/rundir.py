@@ -246,6 +246,9 @@ def run_model(group: Mapping, run: dict | None, init: InitSource | None, vocab_s
         model = resolve_model(group, checkpoint=init.model, source=f"init_from {init.path}")
     else:
         model = resolve_model(group, vocab_size=vocab_size)
+    problem = model.platform_problem(jax.default_backend())
+    if problem:
+        raise JftError(problem + ".")
     if model.dtype == "float16":
         raise JftError(
             "model.dtype float16 cannot train: jft has no loss scaling, so small gradients would vanish; "

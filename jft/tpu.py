@@ -145,9 +145,9 @@ def target_model(model: ConfigDict) -> tuple[ConfigDict, list[str]]:
     if model.dtype == "auto":
         model.dtype = "bfloat16"
         changes.append("dtype 'auto' is bfloat16 on a TPU")
-    if model.attention_impl == "cudnn":
-        model.attention_impl = "xla"
-        changes.append("attention_impl 'cudnn' is a GPU kernel: XLA's attention on a TPU")
+    if model.attention_impl == "cudnn":  # both fused kernels without dropout
+        model.attention_impl = "splash"
+        changes.append("attention_impl 'cudnn' is a GPU kernel: Pallas's splash kernel on a TPU")
     return model, changes
 
 
@@ -254,7 +254,8 @@ def compile_report(
 ) -> dict:
     """Compiles each of `workloads` (checked names) of config for `topology`; its report (see the module docstring).
 
-    workload_fn(name, config, cfg) -> jft.bench.Workload for a config (batch_size is global).
+    workload_fn(name, config, cfg, row_multiple) -> jft.bench.Workload for a config (batch_size is global;
+    packed rows made a multiple of the devices).
     """
     from jft.config import bert_config
 
@@ -288,7 +289,7 @@ def compile_report(
         def compile_at(remat: str, per_device: int, name=name, compiled=compiled) -> tuple[Compiled, Any]:
             if (remat, per_device) not in compiled:
                 values = trial(remat, per_device)
-                work = workload_fn(name, values, bert_config(values.model))
+                work = workload_fn(name, values, bert_config(values.model), len(devices))
                 widest = max(work.batches, key=lambda b: b["input_ids"].size)
                 result = compile_step(runner, work.step, jax.eval_shape(work.init_state), widest)
                 compiled[(remat, per_device)] = result, work

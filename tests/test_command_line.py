@@ -278,11 +278,14 @@ def test_progress_off_a_terminal_is_plain_lines(task_files, tmp_path):
     assert lines[1].startswith("pretraining step 2/6: loss ") and "seq/s" in lines[2] and "left" in lines[2]
 
 
-def test_bench_on_a_cpu_skips_cudnn_with_a_reason(capsys):
+def test_bench_on_a_cpu_skips_cudnn_and_splash_with_a_reason(capsys):
     assert cli.main(["bench", "--config", "bench:tiny", "--config.workloads=finetune"]) == 0
     captured = capsys.readouterr()
-    assert "bench: skipped finetune: cuDNN attention needs a GPU, and this is cpu" in captured.err
-    assert "| finetune | skipped: cuDNN attention needs a GPU" in captured.out
+    assert "bench: skipped finetune: attention_impl 'cudnn' is a GPU kernel and this is cpu" in captured.err
+    assert "| finetune | skipped: attention_impl 'cudnn' is a GPU kernel" in captured.out
+    splash = ["bench", "--config", "bench:tiny", "--config.workloads=finetune", "--config.model.attention_impl=splash"]
+    assert cli.main(splash) == 0
+    assert "skipped finetune: attention_impl 'splash' is a TPU kernel and this is cpu" in capsys.readouterr().err
 
 
 def test_a_signal_stops_the_whole_quickstart(tmp_path):

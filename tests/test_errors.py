@@ -133,6 +133,7 @@ def test_unknown_model_config_key_names_the_closest():
         (dict(hidden_act="gelu2"), "hidden_act 'gelu2' is not one of"),
         (dict(attention_impl="cudnn", dtype="bfloat16"), "'cudnn' has no attention dropout"),
         (dict(attention_impl="cudnn", attention_probs_dropout_prob=0.0), "needs dtype 'bfloat16'"),
+        (dict(attention_impl="splash"), "'splash' has no attention dropout: set attention_probs_dropout_prob=0"),
         (dict(attention_impl="flash"), "attention_impl 'flash' is not one of"),
         (dict(dtype="fp8"), "dtype 'fp8' is not one of"),
     ],

@@ -149,6 +149,12 @@ CASES = [
         "optim.eps must be a positive number, got 0.0.",
     ),
     Case(
+        "a TPU kernel on a CPU",
+        lambda t, f: _finetune(t, f, **{"model.attention_impl": "splash", "model.attention_probs_dropout_prob": 0}),
+        "jft finetune: error: attention_impl 'splash' is a TPU kernel and this is cpu "
+        "(--config.model.attention_impl=xla runs anywhere).",
+    ),
+    Case(
         "float16 training",
         lambda t, f: _finetune(t, f, **{"model.dtype": "float16"}),
         "jft finetune: error: model.dtype float16 cannot train: jft has no loss scaling, so small gradients would "

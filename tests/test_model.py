@@ -35,6 +35,42 @@ def test_attention_dropout_rescales_kept_probabilities():
     assert np.allclose(out, 2 * kept / 64)
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["padded rows", "packed rows"])
+def test_the_tpu_splash_kernel_gives_xla_attention_on_every_real_token(packed, monkeypatch):
+    """attention_impl 'splash' (Pallas's TPU kernel, run by its interpreter here): the same hidden
+    states and gradients on real tokens, for rows not a multiple of its 128-token blocks."""
+    from jft.models import bert
+
+    monkeypatch.setattr(bert, "SPLASH_INTERPRET", True)
+    xla = _config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    batch = {name: jnp.asarray(value) for name, value in make_batch(4, batch=2, seq=40).items()}
+    if packed:  # row 0: examples of 15 and 20 tokens; row 1: of 10, 10 and 12
+        ends = [[15, 35], [10, 20, 32]]
+        segments = np.zeros((2, 40), np.int32)
+        for row, row_ends in enumerate(ends):
+            for example, (start, end) in enumerate(zip([0, *row_ends], row_ends)):
+                segments[row, start:end] = example + 1
+        batch["attention_mask"] = jnp.asarray((segments > 0).astype(np.int32))
+        batch["segment_ids"] = jnp.asarray(segments)
+    real = np.asarray(batch["attention_mask"], bool)
+    params = init_params(BertModel(xla), jax.random.key(0))
+    results = {}
+    for impl in ("xla", "splash"):
+        model = BertModel(dataclasses.replace(xla, attention_impl=impl))
+
+        def loss(p, model=model):
+            hidden, _ = model.apply({"params": p}, **batch)
+            return jnp.sum(jnp.where(real[..., None], hidden, 0.0) ** 2), hidden
+
+        results[impl] = jax.value_and_grad(loss, has_aux=True)(params)
+    (_, hidden), grads = results["xla"]
+    (_, hidden_splash), grads_splash = results["splash"]
+    np.testing.assert_allclose(np.asarray(hidden_splash)[real], np.asarray(hidden)[real], atol=2e-5)
+    scale = max(float(np.max(np.abs(a))) for a in jax.tree.leaves(grads))
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_splash), strict=True):
+        np.testing.assert_allclose(b, a, atol=1e-5 * scale)  # the key bias's is 0 up to rounding
+
+
 def test_padding_does_not_change_real_tokens():
     config = _config(hidden_dropout_prob=0.0)
     model = BertModel(config)

@@ -45,9 +45,12 @@ def test_bad_topology_names_say_what_a_topology_is(text, message):
         tpu.parse_topology(text)
 
 
-def test_the_target_gets_bfloat16_and_xla_attention_and_keeps_what_was_chosen():
+SPLASH = ["--config.model.attention_impl=splash", "--config.model.attention_probs_dropout_prob=0"]
+
+
+def test_the_target_gets_bfloat16_and_the_splash_kernel_for_cudnn_and_keeps_what_was_chosen():
     model, changes = tpu.target_model(model_config("base", dtype="auto", attention_impl="cudnn"))
-    assert (model.dtype, model.attention_impl) == ("bfloat16", "xla") and len(changes) == 2
+    assert (model.dtype, model.attention_impl) == ("bfloat16", "splash") and len(changes) == 2
     model, changes = tpu.target_model(model_config("base", dtype="float32"))
     assert (model.dtype, model.attention_impl, changes) == ("float32", "xla", [])
 
@@ -112,9 +115,11 @@ def test_largest_batch_without_a_topology_is_refused(capsys):
     assert "give --topology too" in capsys.readouterr().err
 
 
-def test_a_small_model_compiles_for_a_v5e_topology(tmp_path):
+@pytest.mark.parametrize("attention", [[], SPLASH], ids=["xla attention", "splash kernel"])
+def test_a_small_model_compiles_for_a_v5e_topology(attention, tmp_path):
     """The real TPU compile (libtpu, no TPU): the fine-tuning step of a small BERT for v5e:2x2, in
-    bfloat16 from dtype 'auto', its memory per device set against the chip's 16 GiB."""
+    bfloat16 from dtype 'auto', its memory per device set against the chip's 16 GiB; with XLA's
+    attention, and with the splash kernel (Pallas, compiled by libtpu's Mosaic)."""
     command = [
         sys.executable,
         "-m",
@@ -126,6 +131,7 @@ def test_a_small_model_compiles_for_a_v5e_topology(tmp_path):
         "--config.batch_size=32",
         "--config.seq_len=64",
         "--config.model.num_hidden_layers=1",
+        *attention,
         "--out",
         str(tmp_path / "tpu.json"),
     ]

@@ -5,6 +5,7 @@ difference is that the encoder's layers run under `nn.scan`, so each layer param
 once with a leading [num_hidden_layers] axis (jft.hf stacks and unstacks at the boundary).
 """
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -73,6 +74,8 @@ def attention(
     the same computation with the dropout applied to the probabilities, as BERT does.
     Logits and softmax are float32 whatever the compute dtype.
     """
+    if implementation == "splash":
+        return splash_attention(query, key, value, mask)
     if dropout_rng is None or dropout_rate == 0.0:
         return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=implementation)
     logits = jnp.einsum("btnh,bsnh->bnts", query, key, preferred_element_type=jnp.float32)
@@ -82,6 +85,41 @@ def attention(
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
     probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
     return jnp.einsum("bnts,bsnh->btnh", probs.astype(value.dtype), value)
+
+
+# Pallas's interpreter instead of the TPU kernel (tests on a CPU set it; a TPU never needs it).
+SPLASH_INTERPRET = False
+SPLASH_BLOCK = 128
+
+
+def splash_attention(query: jax.Array, key: jax.Array, value: jax.Array, segments: jax.Array) -> jax.Array:
+    """Attention over [batch, seq, heads, head_dim] by Pallas's TPU splash kernel: blockwise, the
+    [seq, seq] probabilities never stored; segment ids mask within each block.
+
+    segments: [batch, seq] int, tokens attend to keys of their own segment: the packed example ids,
+    or the attention mask (1 for tokens, 0 for padding, whose outputs nothing reads)."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+
+    _, seq, heads, head_dim = query.shape
+    # The kernel works in blocks of 128 tokens: a shorter row is padded with a segment of its own.
+    blocks = -(-seq // SPLASH_BLOCK) * SPLASH_BLOCK
+    query, key, value = (jnp.pad(x, ((0, 0), (0, blocks - seq), (0, 0), (0, 0))) for x in (query, key, value))
+    segments = jnp.pad(segments.astype(jnp.int32), ((0, 0), (0, blocks - seq)), constant_values=-1)
+    kernel = splash.make_splash_mha(
+        masks.MultiHeadMask([masks.FullMask((blocks, blocks))] * heads),
+        head_shards=1,
+        q_seq_shards=1,
+        interpret=SPLASH_INTERPRET,
+    )
+    query = query / jnp.asarray(math.sqrt(head_dim), query.dtype)
+    heads_first = functools.partial(jnp.swapaxes, axis1=1, axis2=2)  # [batch, heads, seq, head_dim]
+
+    def one(q, k, v, ids):
+        return kernel(q, k, v, segment_ids=splash.SegmentIds(q=ids, kv=ids))
+
+    out = jax.vmap(one)(heads_first(query), heads_first(key), heads_first(value), segments)
+    return heads_first(out)[:, :seq]
 
 
 class BertEmbeddings(nn.Module):
@@ -240,7 +278,10 @@ class BertModel(nn.Module):
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(seq_len), input_ids.shape)
         x = BertEmbeddings(cfg, name="embeddings")(input_ids, token_type_ids, position_ids, deterministic)
-        mask = attention_mask_4d(attention_mask, segment_ids)
+        if cfg.attention_impl == "splash":  # the kernel takes the segments themselves
+            mask = attention_mask if segment_ids is None else segment_ids
+        else:
+            mask = attention_mask_4d(attention_mask, segment_ids)
         x = BertEncoder(cfg, name="encoder")(x, mask, deterministic)
         pooled = BertPooler(cfg, name="pooler")(x, cls_positions) if self.add_pooling_layer else None
         return x, pooled

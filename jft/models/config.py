@@ -11,8 +11,10 @@ from jft.errors import JftError, did_you_mean
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-ATTENTION_IMPLS = ("xla", "cudnn")
+ATTENTION_IMPLS = ("xla", "cudnn", "splash")
 REMAT = ("none", "dots", "full")
+# The attention kernels that run on one platform only.
+KERNEL_PLATFORMS = {"cudnn": "gpu", "splash": "tpu"}
 # What a run may set differently from the checkpoint it starts from: regularisation, the new
 # heads' initialisation, and how the same function is computed. Every other field is the
 # checkpoint's architecture (sizes, activation, LayerNorm eps, vocabulary, ...) and comes with it.
@@ -63,7 +65,8 @@ class BertConfig:
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 | float16 | auto (bf16 on GPU/TPU)
     param_dtype: str = "float32"  # master weights; keep float32 when training in bf16
     # "xla": jax.nn.dot_product_attention's XLA path, with attention dropout when training.
-    # "cudnn": cuDNN's fused kernel (GPU, bf16/fp16). It has no dropout, so it requires
+    # "cudnn": cuDNN's fused kernel (GPU, bf16/fp16). "splash": Pallas's splash kernel (TPU; packed
+    # rows skip the blocks between examples). Neither has dropout, so they require
     # attention_probs_dropout_prob == 0: jft never drops the dropout silently.
     attention_impl: str = "xla"
     # Rematerialisation of each encoder layer in the backward pass, for memory: "none" keeps every
@@ -99,12 +102,12 @@ class BertConfig:
             problems.append(f"attention_impl '{self.attention_impl}' is not one of {ATTENTION_IMPLS}")
         if self.remat not in REMAT:
             problems.append(f"remat '{self.remat}' is not one of {REMAT}")
+        if self.attention_impl in ("cudnn", "splash") and self.attention_probs_dropout_prob != 0:
+            problems.append(
+                f"attention_impl '{self.attention_impl}' has no attention dropout: set attention_probs_dropout_prob=0 "
+                "to use it, or attention_impl='xla' to keep the dropout"
+            )
         if self.attention_impl == "cudnn":
-            if self.attention_probs_dropout_prob != 0:
-                problems.append(
-                    "attention_impl 'cudnn' has no attention dropout: set attention_probs_dropout_prob=0 "
-                    "to use it, or attention_impl='xla' to keep the dropout"
-                )
             if self.dtype == "float32":
                 problems.append("attention_impl 'cudnn' needs dtype 'bfloat16' or 'float16' (or 'auto' on a GPU)")
         for field in (
@@ -124,6 +127,16 @@ class BertConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    def platform_problem(self, platform: str) -> str | None:
+        """Why this config's attention kernel cannot run on `platform` ('cpu', 'gpu', 'tpu'), or None."""
+        needs = KERNEL_PLATFORMS.get(self.attention_impl)
+        if needs is None or needs == platform:
+            return None
+        return (
+            f"attention_impl '{self.attention_impl}' is a {needs.upper()} kernel and this is {platform} "
+            "(--config.model.attention_impl=xla runs anywhere)"
+        )
 
     @property
     def padded_vocab_size(self) -> int:
