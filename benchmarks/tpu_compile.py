@@ -1,14 +1,14 @@
 """The TPU memory table: BERT-base and -large pretraining compiled for each TPU generation, here.
 
     pip install 'jft[tpu]'
-    python benchmarks/tpu_compile.py --records /tmp/tpu.jsonl --out benchmarks/tpu_compile.md
+    python benchmarks/tpu_compile.py [--out table.md]
 
 Each case is `jft bench --config bench:SIZE --topology T --largest-batch` for pretraining at one
 sequence length (BERT's 20 masked predictions a 128 tokens): libtpu compiles the step for the
 topology's chips on this machine, XLA's memory analysis gives the per-device peak, and a search
 over compiles finds the largest batch a device holds without remat and with remat 'dots'. A
 compile of BERT-base takes about a minute on 2 cores, so a case is 5-10 minutes: the records file
-keeps each finished case, and a rerun skips them.
+(benchmarks/tpu_compile.jsonl, kept in the repository) keeps each finished case, and a rerun skips them.
 """
 
 import argparse
@@ -54,8 +54,10 @@ def case(topology: str, size: str, seq: int) -> dict:
 
 def table(records: list[dict]) -> str:
     first = records[0]
+    dates = sorted({r["date"][:10] for r in records})
+    when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
     lines = [
-        f"jax {first['jax']}, libtpu {first['libtpu']}, compiled on a 2-core CPU machine, {first['date']}; "
+        f"jax {first['jax']}, libtpu {first['libtpu']}, compiled on a 2-core CPU machine, {when}; "
         "BERT pretraining step (MLM + NSP), bf16 compute, float32 state, replicated over the devices",
         "",
         "| TPU (HBM a device) | model | seq | peak GiB at batch/device | largest batch/device, no remat "
@@ -73,7 +75,7 @@ def table(records: list[dict]) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", default="/tmp/tpu_compile.jsonl", help="finished cases, one JSON a line")
+    parser.add_argument("--records", default=str(Path(__file__).with_name("tpu_compile.jsonl")), help="finished cases")
     parser.add_argument("--out", default="", help="the Markdown table")
     parser.add_argument("--topologies", default=",".join(TOPOLOGIES))
     parser.add_argument("--sizes", default="base,large")
