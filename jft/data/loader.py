@@ -118,27 +118,33 @@ class Loader:
 
 
 def prefetch(items: Iterator, ahead: int) -> Iterator:
-    """Runs `items` in a daemon thread, at most `ahead` items ahead; the thread ends when the consumer closes."""
+    """Runs `items` in a daemon thread, at most `ahead` items ahead; closing the consumer ends the
+    thread and waits for it."""
     buffer: queue.Queue = queue.Queue(maxsize=ahead)
     closed = threading.Event()
     failure = []
 
+    def offer(item) -> bool:
+        """Puts item in the buffer once there is room; False when the consumer has closed."""
+        while not closed.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce():
         try:
             for item in items:
-                while not closed.is_set():
-                    try:
-                        buffer.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if closed.is_set():
+                if not offer(item):
                     return
         except Exception as error:  # handed to the consumer, which raises it
             failure.append(error)
-            buffer.put(None)
+            offer(None)
 
-    threading.Thread(target=produce, daemon=True).start()
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
     try:
         while True:
             item = buffer.get()
@@ -147,3 +153,6 @@ def prefetch(items: Iterator, ahead: int) -> Iterator:
             yield item
     finally:
         closed.set()
+        # It ends after the item it is making. Left running, it could be inside jax's C++ code when
+        # the interpreter exits, which aborts the process ("FATAL: exception not rethrown").
+        producer.join(timeout=60)
