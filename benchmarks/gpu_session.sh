@@ -44,7 +44,7 @@ jobs() {
     python3 benchmarks/ablations.py --size $base --out $work/ablations.md
     # a checkpoint save's step-time hiccup, and the padded vocabulary's speed (RESULTS.md, pending)
     (cd benchmarks && python3 save_hiccup.py --size $base --batch $((64 / shrink)) &&
-        python3 vocab_padding.py --size $base --batch $((64 / shrink)) --rounds 10) > $work/checkpoint_vocab.md
+        python3 vocab_padding.py --size $base --batch $((64 / shrink)) --rounds 10 --topology "") > $work/checkpoint_vocab.md
     touch $work/done
 }
 
