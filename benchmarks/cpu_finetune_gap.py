@@ -3,16 +3,19 @@ on the fine-tuning gap in RESULTS.md.
 
     python benchmarks/cpu_finetune_gap.py
 
-Three parts, each printed as ratios (CPU figures are compared side by side, never quoted alone):
+Four parts, each printed as ratios (CPU figures are compared side by side, never quoted alone):
 1. the model's gradient alone (jax.jit of jax.grad), jft scanned and unrolled against HF Flax;
 2. single blocks, forward and backward, XLA against PyTorch: one dense layer, its three matmuls
    alone, attention;
 3. XLA's cost analysis of whole fine-tuning steps: memory traffic and FLOPs of jft's step (with
-   and without the L2 penalty and clipping) and of the peers' HF Flax step.
+   and without the L2 penalty and clipping) and of the peers' HF Flax step;
+4. whole fine-tuning steps timed side by side: jft's default, jft doing the peers' work, HF Flax.
 The small BERT, seq and batch of `peers.py --cpu`.
 """
 
+import contextlib
 import dataclasses
+import functools
 import time
 
 import jax
@@ -120,20 +123,28 @@ def blocks() -> None:
         print(f"   {name}: {times['xla'] / times['torch']:.2f}")
 
 
-def step_costs() -> None:
-    print("3. XLA's cost analysis of a whole fine-tuning step (unrolled layers)")
+@contextlib.contextmanager
+def finetune_defaults(l2: float | None = None, clip: float | None = None):
+    """jft.finetune's default config with the L2 weight and the clipping norm replaced (None: kept)."""
     default = finetune.default_config
 
+    def changed():
+        config = default()
+        config.l2.weight = config.l2.weight if l2 is None else l2
+        config.optim.max_grad_norm = config.optim.max_grad_norm if clip is None else clip
+        return config
+
+    finetune.default_config = changed
+    try:
+        yield
+    finally:
+        finetune.default_config = default
+
+
+def step_costs() -> None:
+    print("3. XLA's cost analysis of a whole fine-tuning step (unrolled layers)")
     for label, l2, clip in (("jft", None, None), ("jft, no L2", 0.0, None), ("jft, no L2, no clipping", 0.0, 0.0)):
-
-        def changed(l2=l2, clip=clip):
-            config = default()
-            config.l2.weight = config.l2.weight if l2 is None else l2
-            config.optim.max_grad_norm = config.optim.max_grad_norm if clip is None else clip
-            return config
-
-        finetune.default_config = changed
-        try:
+        with finetune_defaults(l2, clip):
             config = peers._jft_config("finetune", SEQ, BATCH, SIZE, False, 0, "shard_map", "", scan_layers=False)
             runner = Runner("shard_map")
             work = bench.workload("finetune", config, bert_config(config.model))
@@ -142,8 +153,6 @@ def step_costs() -> None:
                 state, work.batches[0], jax.eval_shape(lambda: jax.random.PRNGKey(0))
             )
             _print_cost(label, program.compile())
-        finally:
-            finetune.default_config = default
     hf = transformers.FlaxBertForSequenceClassification(
         transformers.BertConfig(**SIZE, attention_probs_dropout_prob=0.0), seed=0
     )
@@ -170,7 +179,28 @@ def _print_cost(label: str, compiled) -> None:
     print(f"   {label}: {cost['bytes accessed'] / 1e9:.2f} GB accessed, {cost['flops'] / 1e9:.1f} GFLOP")
 
 
+def equal_work(rounds: int = 8) -> None:
+    """Whole fine-tuning steps timed side by side: jft as it runs by default (L2 penalty, clipping,
+    scanned layers), jft doing the peers' work (plain AdamW), and HF Flax."""
+    print("4. Whole fine-tuning steps, step time / jft's default, alternated")
+    shape = ("finetune", SEQ, BATCH, SIZE, False, 0, "shard_map", "")
+    steps = {"jft": peers.jft_step(*shape), "jft, unrolled": peers.jft_step(*shape, scan_layers=False)}
+    with finetune_defaults(l2=0.0, clip=0.0):
+        steps["jft, no L2, no clipping"] = peers.jft_step(*shape)
+        steps["jft, no L2, no clipping, unrolled"] = peers.jft_step(*shape, scan_layers=False)
+    steps["hf-flax"] = peers.flax_step("finetune", SEQ, BATCH, SIZE, False, 0)
+
+    def run(step, sync):
+        step()
+        sync()
+
+    seconds = alternated({name: functools.partial(run, step, sync) for name, (step, sync, _) in steps.items()}, rounds)
+    for name, value in seconds.items():
+        print(f"   {name}: {value / seconds['jft']:.2f}")
+
+
 if __name__ == "__main__":
     model_gradients()
     blocks()
     step_costs()
+    equal_work()
