@@ -63,9 +63,9 @@ def _fingerprint_sums(arrays: list) -> list:
             array = jax.random.key_data(array)
         bits = jnp.ravel(array)
         width = bits.dtype.itemsize * 8
-        if width > 8:  # floats and integers: their bits as the unsigned integer of their width
-            bits = jax.lax.bitcast_convert_type(bits, jnp.dtype(f"uint{width}"))
-        bits = jnp.ravel(bits).astype(jnp.uint32)  # a 64-bit value: its halves, one after the other
+        if width > 8:  # the bits as unsigned integers: of their own width, or a 64-bit value's two halves
+            bits = jax.lax.bitcast_convert_type(bits, jnp.dtype(f"uint{min(width, 32)}"))
+        bits = jnp.ravel(bits).astype(jnp.uint32)
         position = jnp.arange(bits.size, dtype=jnp.uint32)
         first = jnp.sum(bits * (2 * position + 1), dtype=jnp.uint32)
         mixed = (bits << 16) | (bits >> 16)
@@ -113,7 +113,7 @@ class Checkpoints:
         """Starts saving a state (device arrays, one copy of each: Runner.replica; or host arrays)
         if `step` is due, or if forced: Orbax copies it to the host and writes it in the
         background when asynchronous. A state with a non-finite value is refused. meta gains the
-        arrays' fingerprints."""
+        arrays' digests (module docstring)."""
         if not force and not self.manager.should_save(step):
             return False
         what = f"the state to save at step {step} in {self.directory}"
