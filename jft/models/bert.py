@@ -72,7 +72,8 @@ def attention(
     Without dropout (inference, or a rate of 0) this is jax.nn.dot_product_attention with the
     chosen implementation. With dropout (XLA only; BertConfig forbids it with cuDNN) it spells out
     the same computation with the dropout applied to the probabilities, as BERT does.
-    Logits and softmax are float32 whatever the compute dtype.
+    Logits and softmax are float32 whatever the compute dtype. For "splash" the mask is the
+    [batch, seq] segments that `splash_attention` takes.
     """
     if implementation == "splash":
         return splash_attention(query, key, value, mask)
