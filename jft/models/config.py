@@ -66,7 +66,7 @@ class BertConfig:
     param_dtype: str = "float32"  # master weights; keep float32 when training in bf16
     # "xla": jax.nn.dot_product_attention's XLA path, with attention dropout when training.
     # "cudnn": cuDNN's fused kernel (GPU, bf16/fp16). "splash": Pallas's splash kernel (TPU; packed
-    # rows skip the blocks between examples). Neither has dropout, so they require
+    # examples kept apart by segment ids). Neither has dropout, so they require
     # attention_probs_dropout_prob == 0: jft never drops the dropout silently.
     attention_impl: str = "xla"
     # Rematerialisation of each encoder layer in the backward pass, for memory: "none" keeps every
@@ -102,7 +102,7 @@ class BertConfig:
             problems.append(f"attention_impl '{self.attention_impl}' is not one of {ATTENTION_IMPLS}")
         if self.remat not in REMAT:
             problems.append(f"remat '{self.remat}' is not one of {REMAT}")
-        if self.attention_impl in ("cudnn", "splash") and self.attention_probs_dropout_prob != 0:
+        if self.attention_impl in KERNEL_PLATFORMS and self.attention_probs_dropout_prob != 0:  # fused: no dropout
             problems.append(
                 f"attention_impl '{self.attention_impl}' has no attention dropout: set attention_probs_dropout_prob=0 "
                 "to use it, or attention_impl='xla' to keep the dropout"
