@@ -74,15 +74,21 @@ def model_flops(
     """Training FLOPs of one step: 3 × the forward matmul FLOPs (backward = 2 × forward).
 
     Forward, per token and layer: 2·(4h² + 2hi) for the projections and the MLP, plus 4·s·h for
-    QKᵀ and AV over a row of s tokens. Pretraining adds 2·(h² + hV) per masked prediction (transform
-    and tied decoder) and the pooler + NSP head per row; fine-tuning the pooler and the classifier
-    per pooled output (one a row, or max_segments a packed row). Counted on the shapes the step
-    computes, padding included; embedding lookups, softmax, LayerNorm and the optimizer are left
-    out (a few percent).
+    QKᵀ and AV over a row of s tokens. The last layer computes only the rows the heads read (its
+    keys and values still span the row): the masked predictions and the [CLS] row in pretraining,
+    the pooled [CLS] rows in fine-tuning (one a row, or max_segments a packed row). Pretraining adds
+    2·(h² + hV) per masked prediction (transform and tied decoder) and the pooler + NSP head per
+    row; fine-tuning the pooler and the classifier per pooled output. Counted on the shapes the
+    step computes, padding included; embedding lookups, softmax, LayerNorm and the optimizer are
+    left out (a few percent).
     """
     h, i, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
-    per_token = layers * (2 * (4 * h * h + 2 * h * i) + 4 * seq * h)
-    forward = batch * seq * per_token
+
+    def layer(queries: int) -> int:  # one row's layer, asked for `queries` of its seq rows
+        return queries * 2 * (2 * h * h + 2 * h * i) + seq * 2 * (2 * h * h) + queries * 4 * seq * h
+
+    asked = predictions + 1 if predictions else pooled_per_row if num_labels else seq
+    forward = batch * ((layers - 1) * layer(seq) + layer(asked))
     if predictions:
         forward += batch * predictions * 2 * (h * h + h * cfg.vocab_size) + batch * 2 * (h * h + 2 * h)
     if num_labels:

@@ -57,14 +57,14 @@ def test_short_texts_bucketed_and_packed_count_real_tokens_and_fewer_flops():
 
 @pytest.mark.parametrize("workload", ["pretrain", "finetune"])
 def test_flop_formula_agrees_with_xla_cost_analysis(workload):
-    """The forward FLOPs of model_flops (÷ 3) against XLA's own count of the compiled forward pass.
-
-    One layer: the encoder is a scan, and XLA counts a loop's body once, whatever its trip count.
-    """
+    """The forward FLOPs of model_flops (÷ 3) against XLA's own count of the compiled forward pass
+    (unrolled layers: XLA counts a loop's body once, whatever its trip count); the last layer
+    computes only the rows the heads read."""
     cfg = BertConfig(
         vocab_size=2000,
+        scan_layers=False,
         hidden_size=128,
-        num_hidden_layers=1,
+        num_hidden_layers=2,
         num_attention_heads=4,
         intermediate_size=512,
         max_position_embeddings=128,

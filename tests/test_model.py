@@ -43,15 +43,7 @@ def test_the_tpu_splash_kernel_gives_xla_attention_on_every_real_token(packed, m
 
     monkeypatch.setattr(bert, "SPLASH_INTERPRET", True)
     xla = _config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    batch = {name: jnp.asarray(value) for name, value in make_batch(4, batch=2, seq=40).items()}
-    if packed:  # row 0: examples of 15 and 20 tokens; row 1: of 10, 10 and 12
-        ends = [[15, 35], [10, 20, 32]]
-        segments = np.zeros((2, 40), np.int32)
-        for row, row_ends in enumerate(ends):
-            for example, (start, end) in enumerate(zip([0, *row_ends], row_ends)):
-                segments[row, start:end] = example + 1
-        batch["attention_mask"] = jnp.asarray((segments > 0).astype(np.int32))
-        batch["segment_ids"] = jnp.asarray(segments)
+    batch = _packed_batch() if packed else {k: jnp.asarray(v) for k, v in make_batch(4, batch=2, seq=40).items()}
     real = np.asarray(batch["attention_mask"], bool)
     params = init_params(BertModel(xla), jax.random.key(0))
     results = {}
@@ -69,6 +61,56 @@ def test_the_tpu_splash_kernel_gives_xla_attention_on_every_real_token(packed, m
     scale = max(float(np.max(np.abs(a))) for a in jax.tree.leaves(grads))
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_splash), strict=True):
         np.testing.assert_allclose(b, a, atol=1e-5 * scale)  # the key bias's is 0 up to rounding
+
+
+def _packed_batch() -> dict:
+    """Two packed rows of 40 tokens: row 0 holds examples of 15 and 20 tokens, row 1 of 10, 10 and 12."""
+    batch = {name: jnp.asarray(value) for name, value in make_batch(4, batch=2, seq=40).items()}
+    ends = [[15, 35], [10, 20, 32]]
+    segments = np.zeros((2, 40), np.int32)
+    for row, row_ends in enumerate(ends):
+        for example, (start, end) in enumerate(zip([0, *row_ends], row_ends)):
+            segments[row, start:end] = example + 1
+    batch["attention_mask"] = jnp.asarray((segments > 0).astype(np.int32))
+    batch["segment_ids"] = jnp.asarray(segments)
+    batch["cls_positions"] = jnp.asarray([[0, 15, 0], [0, 10, 20]])  # row 0's third is an empty slot
+    return batch
+
+
+@pytest.mark.parametrize("impl", ["xla", "splash"])
+def test_the_last_layer_computes_only_the_rows_asked_for(impl, monkeypatch):
+    """output_positions: the hidden states there and the pooled [CLS] states equal the full
+    model's, gradients too, on packed rows (splash's segments become XLA's mask in the last
+    layer); the compiled forward pass counts fewer FLOPs."""
+    from jft.models import bert
+
+    monkeypatch.setattr(bert, "SPLASH_INTERPRET", True)
+    config = _config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attention_impl=impl)
+    model = BertModel(config)
+    batch = _packed_batch()
+    positions = jnp.asarray([[3, 20, 20, 0], [11, 31, 5, 39]])  # repeats, and row 1's padding token
+    params = init_params(BertModel(_config()), jax.random.key(0))
+
+    def loss(p, wanted):
+        hidden, pooled = model.apply({"params": p}, **batch, output_positions=wanted)
+        at = hidden if wanted is not None else jnp.take_along_axis(hidden, positions[..., None], 1)
+        return jnp.sum(at**2) + jnp.sum(jnp.sin(pooled)), (at, pooled)
+
+    (_, (full_at, full_pooled)), full_grads = jax.value_and_grad(loss, has_aux=True)(params, None)
+    (_, (at, pooled)), grads = jax.value_and_grad(loss, has_aux=True)(params, positions)
+    assert at.shape == (2, 4, config.hidden_size) and pooled.shape == (2, 3, config.hidden_size)
+    np.testing.assert_allclose(at, full_at, atol=2e-5)
+    np.testing.assert_allclose(pooled, full_pooled, atol=2e-5)
+    scale = max(float(np.max(np.abs(a))) for a in jax.tree.leaves(full_grads))
+    for a, b in zip(jax.tree.leaves(full_grads), jax.tree.leaves(grads), strict=True):
+        np.testing.assert_allclose(b, a, atol=2e-5 * scale)
+    if impl == "xla":  # counted unrolled: XLA's cost analysis counts a loop's body once
+        model = BertModel(dataclasses.replace(config, scan_layers=False))
+        flops = {
+            name: jax.jit(lambda p, w=wanted: loss(p, w)[0]).lower(params).compile().cost_analysis()["flops"]
+            for name, wanted in (("full", None), ("rows", positions))
+        }
+        assert flops["rows"] < 0.8 * flops["full"], flops
 
 
 def test_padding_does_not_change_real_tokens():

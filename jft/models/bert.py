@@ -1,10 +1,11 @@
 """BERT in Flax linen: embeddings, a scanned encoder, pooler, and the pretraining and task heads.
 
 Sub-module names follow Hugging Face's modeling_flax_bert so weights map one to one; the one
-difference is that the encoder's layers run under `nn.scan`, so each layer parameter is stored
-once with a leading [num_hidden_layers] axis (jft.hf stacks and unstacks at the boundary).
+difference is that the encoder's layers run as one loop over a stack, so each layer parameter is
+stored once with a leading [num_hidden_layers] axis (jft.hf stacks and unstacks at the boundary).
 """
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -149,18 +150,42 @@ class BertEmbeddings(nn.Module):
         return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
+def query_rows_mask(mask: jax.Array, positions: jax.Array, implementation: str) -> jax.Array:
+    """The attention mask of the query rows at positions [batch, n], for XLA's attention: a 4-D
+    mask's rows gathered, or splash's [batch, seq] segments turned into a [batch, 1, n, seq] one."""
+    if implementation == "splash":
+        queries = jnp.take_along_axis(mask, positions, axis=1)
+        return queries[:, None, :, None] == mask[:, None, None, :]
+    if mask.shape[2] == 1:  # the same keys for every query
+        return mask
+    return jnp.take_along_axis(mask, positions[:, None, :, None], axis=2)
+
+
 class BertSelfAttention(nn.Module):
+    """Multi-head self-attention. Given query_positions [batch, n], only those rows ask (keys and
+    values still span the whole row), by XLA's attention: [batch, n, hidden]."""
+
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x, mask, deterministic: bool):
+    def __call__(self, x, mask, deterministic: bool, query_positions=None):
         cfg = self.config
-        split = (*x.shape[:-1], cfg.num_attention_heads, cfg.head_dim)
-        q, k, v = (_dense(cfg, cfg.hidden_size, name)(x).reshape(split) for name in ("query", "key", "value"))
+        implementation = cfg.attention_impl
+        queries = x
+        if query_positions is not None:
+            queries = gather_positions(x, query_positions)
+            mask = query_rows_mask(mask, query_positions, implementation)
+            implementation = "xla"  # a few query rows: the kernels' blocks would be mostly empty
+
+        def heads(y):
+            return y.reshape(*y.shape[:-1], cfg.num_attention_heads, cfg.head_dim)
+
+        q = heads(_dense(cfg, cfg.hidden_size, "query")(queries))
+        k, v = (heads(_dense(cfg, cfg.hidden_size, name)(x)) for name in ("key", "value"))
         rate = cfg.attention_probs_dropout_prob
         dropout_rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
-        out = attention(q, k, v, mask, implementation=cfg.attention_impl, dropout_rate=rate, dropout_rng=dropout_rng)
-        return out.reshape(x.shape)
+        out = attention(q, k, v, mask, implementation=implementation, dropout_rate=rate, dropout_rng=dropout_rng)
+        return out.reshape(queries.shape)
 
 
 class BertResidualOutput(nn.Module):
@@ -180,9 +205,10 @@ class BertAttention(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x, mask, deterministic: bool):
-        attended = BertSelfAttention(self.config, name="self")(x, mask, deterministic)
-        return BertResidualOutput(self.config, name="output")(attended, x, deterministic)
+    def __call__(self, x, mask, deterministic: bool, query_positions=None):
+        attended = BertSelfAttention(self.config, name="self")(x, mask, deterministic, query_positions)
+        residual = x if query_positions is None else gather_positions(x, query_positions)
+        return BertResidualOutput(self.config, name="output")(attended, residual, deterministic)
 
 
 class BertIntermediate(nn.Module):
@@ -195,48 +221,74 @@ class BertIntermediate(nn.Module):
 
 
 class BertLayer(nn.Module):
-    """One transformer block, written as an nn.scan body: (carry, broadcast args) -> (carry, None)."""
+    """One transformer block: [batch, seq, hidden] in and out, or [batch, n, hidden] out for the
+    rows at query_positions [batch, n] only."""
 
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x, mask, deterministic: bool):
-        x = BertAttention(self.config, name="attention")(x, mask, deterministic)
+    def __call__(self, x, mask, deterministic: bool, query_positions=None):
+        x = BertAttention(self.config, name="attention")(x, mask, deterministic, query_positions)
         hidden = BertIntermediate(self.config, name="intermediate")(x)
-        return BertResidualOutput(self.config, name="output")(hidden, x, deterministic), None
+        return BertResidualOutput(self.config, name="output")(hidden, x, deterministic)
 
 
 class BertEncoder(nn.Module):
+    """The layers, stored once as a stack: each parameter has a leading [num_hidden_layers] axis.
+
+    They run as one loop (jax.lax.scan) over the stack: the program holds one layer, so compile
+    time stays flat with depth; scan_layers=False unrolls the loop (same parameters, same outputs).
+    Given query_positions [batch, n], the last layer computes only those rows, which are all the
+    heads read (the [CLS] rows for a classifier, the masked rows for masked-LM): the same values
+    for fewer FLOPs, [batch, n, hidden] out.
+    """
+
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x, mask, deterministic: bool):
-        # One traced layer instead of num_hidden_layers copies: compile time stays flat with depth.
-        # scan_layers=False unrolls the loop in the program, over the same stacked parameters.
-        layer = BertLayer
-        if self.config.remat != "none":
-            policy = None if self.config.remat == "full" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
-            layer = nn.remat(BertLayer, policy=policy, prevent_cse=False, static_argnums=(3,))
-        layers = nn.scan(
-            layer,
-            variable_axes={"params": 0},
-            split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast, nn.broadcast),
-            length=self.config.num_hidden_layers,
-            unroll=not self.config.scan_layers,
-        )
-        x, _ = layers(self.config, name="layer")(x, mask, deterministic)
-        return x
+    def __call__(self, x, mask, deterministic: bool, query_positions=None):
+        cfg = self.config
+        layer = BertLayer(cfg)
+        stack = self.param("layer", self._init_stack, layer)
+
+        def run(params, x, key, positions=None):
+            rngs = None if key is None else {"dropout": key}
+            return layer.apply({"params": params}, x, mask, deterministic, positions, rngs=rngs)
+
+        if cfg.remat != "none":
+            policy = None if cfg.remat == "full" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+            run = jax.checkpoint(run, policy=policy, prevent_cse=False)
+        layers = cfg.num_hidden_layers
+        keys = None if deterministic else jax.random.split(self.make_rng("dropout"), layers)
+        looped = layers if query_positions is None else layers - 1
+
+        def body(x, params_and_key):
+            params, key = params_and_key
+            return run(params, x, key), None
+
+        x, _ = jax.lax.scan(body, x, jax.tree.map(lambda a: a[:looped], (stack, keys)), unroll=not cfg.scan_layers)
+        if query_positions is None:
+            return x
+        last = jax.tree.map(lambda a: a[-1], (stack, keys))
+        return run(last[0], x, last[1], query_positions)
+
+    def _init_stack(self, key: jax.Array, layer: BertLayer) -> dict:
+        """num_hidden_layers independent initialisations of one layer, stacked."""
+        cfg = self.config
+        x = jnp.zeros((1, 1, cfg.hidden_size), cfg.compute_dtype)
+        # the parameters do not depend on the attention kernel: XLA's initialises them anywhere
+        plain = BertLayer(dataclasses.replace(cfg, attention_impl="xla"))
+        one = lambda k: plain.init(k, x, jnp.ones((1, 1, 1, 1), bool), True)["params"]  # noqa: E731
+        return jax.vmap(one)(jax.random.split(key, cfg.num_hidden_layers))
 
 
 class BertPooler(nn.Module):
-    """tanh(dense) of the first token of each row, or of each packed example (at cls_positions)."""
+    """tanh(dense) of the [CLS] states: [batch, hidden], or [batch, examples, hidden] for packed rows."""
 
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x, cls_positions=None):
-        first = x[:, 0] if cls_positions is None else gather_positions(x, cls_positions)
+    def __call__(self, first):
         return jnp.tanh(_dense(self.config, self.config.hidden_size, "dense")(first))
 
 
@@ -247,6 +299,9 @@ class BertModel(nn.Module):
     tokens attend within their own example), position_ids restarting at each example, and
     cls_positions [batch, examples], where each example starts: the pooled output is then one
     per example, [batch, examples, hidden].
+
+    output_positions [batch, n] (may be n = 0) asks for the hidden states at those positions only,
+    [batch, n, hidden]: the last layer then computes just them and the [CLS] rows the pooler reads.
     """
 
     config: BertConfig
@@ -262,6 +317,7 @@ class BertModel(nn.Module):
         segment_ids: jax.Array | None = None,
         cls_positions: jax.Array | None = None,
         deterministic: bool = True,
+        output_positions: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array | None]:
         """input_ids, attention_mask (1 = token), token_type_ids, position_ids, segment_ids: [batch, seq]."""
         cfg = self.config
@@ -283,8 +339,18 @@ class BertModel(nn.Module):
             mask = attention_mask if segment_ids is None else segment_ids
         else:
             mask = attention_mask_4d(attention_mask, segment_ids)
-        x = BertEncoder(cfg, name="encoder")(x, mask, deterministic)
-        pooled = BertPooler(cfg, name="pooler")(x, cls_positions) if self.add_pooling_layer else None
+        first = jnp.zeros((input_ids.shape[0], 1), jnp.int32) if cls_positions is None else cls_positions
+        wanted = None
+        if output_positions is not None:
+            wanted = jnp.concatenate([first, output_positions], 1) if self.add_pooling_layer else output_positions
+        x = BertEncoder(cfg, name="encoder")(x, mask, deterministic, wanted)
+        if not self.add_pooling_layer:
+            return x, None
+        if output_positions is None:
+            cls_states = gather_positions(x, first)
+        else:
+            cls_states, x = x[:, : first.shape[1]], x[:, first.shape[1] :]
+        pooled = BertPooler(cfg, name="pooler")(cls_states[:, 0] if cls_positions is None else cls_states)
         return x, pooled
 
 
@@ -357,10 +423,15 @@ class BertForPreTraining(nn.Module):
     ) -> dict[str, jax.Array]:
         # The pooler serves only the NSP head (as in HF's BertForMaskedLM, an MLM-only model has none).
         bert = BertModel(self.config, add_pooling_layer=self.nsp, name="bert")
-        hidden, pooled = bert(input_ids, attention_mask, token_type_ids, position_ids, deterministic=deterministic)
+        hidden, pooled = bert(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            deterministic=deterministic,
+            output_positions=masked_positions,
+        )
         word_embeddings = bert.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
-        if masked_positions is not None:
-            hidden = gather_positions(hidden, masked_positions)
         return BertPreTrainingHeads(self.config, self.nsp, name="cls")(hidden, pooled, word_embeddings)
 
 
@@ -390,8 +461,13 @@ class BertForSequenceClassification(nn.Module):
         cls_positions=None,
     ):
         bert = BertModel(self.config, name="bert")
+        # The classifier reads the [CLS] rows and the masked-LM head the masked ones: the last
+        # layer computes only those (all of them when the head is made, at init).
+        wanted = masked_positions
+        if wanted is None and not self.mlm:
+            wanted = jnp.zeros((input_ids.shape[0], 0), jnp.int32)
         hidden, pooled = bert(
-            input_ids, attention_mask, token_type_ids, position_ids, segment_ids, cls_positions, deterministic
+            input_ids, attention_mask, token_type_ids, position_ids, segment_ids, cls_positions, deterministic, wanted
         )
         logits = _classifier(self.config, self.num_labels, pooled, deterministic)
         return _with_mlm(self, bert, hidden, masked_positions, logits)
@@ -421,17 +497,18 @@ class BertForTokenClassification(nn.Module):
         bert = BertModel(self.config, add_pooling_layer=False, name="bert")
         hidden, _ = bert(input_ids, attention_mask, token_type_ids, position_ids, segment_ids, None, deterministic)
         logits = _classifier(self.config, self.num_labels, hidden, deterministic)
+        if masked_positions is not None:
+            hidden = gather_positions(hidden, masked_positions)
         return _with_mlm(self, bert, hidden, masked_positions, logits)
 
 
 def _with_mlm(model: nn.Module, bert: BertModel, hidden, masked_positions, logits):
     """A task model's output: its logits, or (logits, mlm_logits) when it has the masked-LM head
-    and is given masked_positions. The head is HF's `cls`, so a pretrained one loads into it."""
+    and is given masked_positions (hidden: the states there). The head is HF's `cls`, so a
+    pretrained one loads into it."""
     if not model.mlm:
         return logits
     word_embeddings = bert.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
-    if masked_positions is not None:
-        hidden = gather_positions(hidden, masked_positions)
     mlm_logits = BertPreTrainingHeads(model.config, nsp=False, name="cls")(hidden, None, word_embeddings)["mlm_logits"]
     return logits if masked_positions is None else (logits, mlm_logits)
 

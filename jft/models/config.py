@@ -74,7 +74,7 @@ class BertConfig:
     # LayerNorm, dropout masks); "full" keeps only each layer's input. Use it when a batch does
     # not fit otherwise: it costs up to one more forward pass.
     remat: str = "none"
-    # The encoder's layers as one loop over stacked weights (nn.scan): the program holds one layer,
+    # The encoder's layers as one loop over stacked weights (lax.scan): the program holds one layer,
     # so compile time stays flat with depth. False unrolls the same loop (same parameters, same
     # outputs): XLA then schedules and fuses across layers, and on a CPU a step runs faster.
     scan_layers: bool = True
