@@ -2,6 +2,7 @@
 
 import math
 
+import jax
 import optax
 from ml_collections import ConfigDict
 
@@ -52,8 +53,24 @@ def weight_decay_mask(params) -> dict:
     return unflatten({path: not (path.endswith("/bias") or "/LayerNorm/" in path) for path in flatten(params)})
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
+    """optax.clip_by_global_norm (the same state and the same updates) that takes the gradients'
+    norm from the step when given (`grad_norm=`): the step has computed it for its finite check and
+    its metrics, and a second pass over the gradients to compute it again is saved."""
+
+    def update(updates, state, params=None, *, grad_norm=None, **extra_args):
+        del params, extra_args
+        norm = optax.tree.norm(updates) if grad_norm is None else grad_norm
+        keep = norm < max_norm
+        clipped = jax.tree.map(lambda t: jax.lax.select(keep, t, (t / norm.astype(t.dtype)) * max_norm), updates)
+        return clipped, state
+
+    return optax.GradientTransformationExtraArgs(optax.init_empty_state, update)
+
+
 def make_optimizer(config: ConfigDict, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The optax chain a run uses: global-norm clipping, then AdamW or LAMB with masked weight decay."""
+    """The optax chain a run uses: global-norm clipping, then AdamW or LAMB with masked weight decay.
+    Its update takes the gradients' norm as `grad_norm=` (computed once by the step)."""
     if config.name not in OPTIMIZERS:
         raise JftError(f"optim.name '{config.name}' is not one of {OPTIMIZERS}.")
     schedule = learning_rate_schedule(config, total_steps)
@@ -61,5 +78,5 @@ def make_optimizer(config: ConfigDict, total_steps: int) -> tuple[optax.Gradient
     optimizer = make(
         schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay, mask=weight_decay_mask
     )
-    chain = [optax.clip_by_global_norm(config.max_grad_norm)] if config.max_grad_norm > 0 else []
+    chain = [clip_by_global_norm(config.max_grad_norm)] if config.max_grad_norm > 0 else []
     return optax.chain(*chain, optimizer), schedule

@@ -9,6 +9,7 @@ import time
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from conftest import SMALL_PRETRAIN, TINY_MODEL, corpus_vocab, pretrain_command, write_corpus
@@ -17,7 +18,7 @@ from jft.data.prepare import prepare
 from jft.errors import JftError
 from jft.masking import MaskingConfig
 from jft.models import BertConfig, BertForPreTraining, init_params
-from jft.optim import make_optimizer, weight_decay_mask
+from jft.optim import clip_by_global_norm, make_optimizer, weight_decay_mask
 from jft.parallel import Runner
 from jft.params import flatten
 from jft.pretrain import default_config, train_and_evaluate
@@ -129,6 +130,21 @@ def test_weight_decay_skips_biases_and_layer_norm():
     assert not mask["bert/encoder/layer/attention/self/query/bias"]
     assert not mask["bert/embeddings/LayerNorm/scale"] and not mask["cls/predictions/transform/LayerNorm/bias"]
     assert not mask["cls/predictions/bias"]
+
+
+@pytest.mark.parametrize("scale", [0.1, 10.0], ids=["below the limit", "above it"])
+def test_clipping_given_the_steps_norm_is_optax_clipping(scale):
+    """jft's clip takes the norm the step computed (one pass over the gradients less) and gives
+    optax.clip_by_global_norm's updates and state, given the norm or not."""
+    grads = {"a": scale * np.arange(6.0).reshape(2, 3), "b": {"bias": -scale * np.ones(4)}}
+    ours, theirs = clip_by_global_norm(1.0), optax.clip_by_global_norm(1.0)
+    expected, expected_state = theirs.update(grads, theirs.init(grads))
+    for norm in (None, optax.tree.norm(grads)):
+        clipped, state = ours.update(grads, ours.init(grads), grad_norm=norm)
+        assert jax.tree.structure(state) == jax.tree.structure(expected_state)
+        for a, b in zip(jax.tree.leaves(clipped), jax.tree.leaves(expected), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert float(optax.tree.norm(clipped)) == pytest.approx(min(float(optax.tree.norm(grads)), 1.0), rel=1e-5)
 
 
 def test_training_learns_and_writes_metrics(corpus, tmp_path):
