@@ -1,7 +1,7 @@
 """Where a fine-tuning step's time goes on a CPU, against the peers: the figures behind the notes
 on the fine-tuning gap in RESULTS.md.
 
-    python benchmarks/cpu_finetune_gap.py
+    python benchmarks/cpu_finetune_gap.py [--parts 3,4]
 
 Four parts, each printed as ratios (CPU figures are compared side by side, never quoted alone):
 1. the model's gradient alone (jax.jit of jax.grad), jft scanned and unrolled against HF Flax;
@@ -9,10 +9,12 @@ Four parts, each printed as ratios (CPU figures are compared side by side, never
    alone, attention;
 3. XLA's cost analysis of whole fine-tuning steps: memory traffic and FLOPs of jft's step (with
    and without the L2 penalty and clipping) and of the peers' HF Flax step;
-4. whole fine-tuning steps timed side by side: jft's default, jft doing the peers' work, HF Flax.
+4. whole fine-tuning steps timed side by side: jft's default, jft doing the peers' work, jft
+   without dropout, HF Flax, PyTorch eager.
 The small BERT, seq and batch of `peers.py --cpu`.
 """
 
+import argparse
 import contextlib
 import dataclasses
 import functools
@@ -181,14 +183,17 @@ def _print_cost(label: str, compiled) -> None:
 
 def equal_work(rounds: int = 8) -> None:
     """Whole fine-tuning steps timed side by side: jft as it runs by default (L2 penalty, clipping,
-    scanned layers), jft doing the peers' work (plain AdamW), and HF Flax."""
+    scanned layers), jft doing the peers' work (plain AdamW), jft without dropout (what its random
+    bits cost), HF Flax and PyTorch eager."""
     print("4. Whole fine-tuning steps, step time / jft's default, alternated")
     shape = ("finetune", SEQ, BATCH, SIZE, False, 0, "shard_map", "")
     steps = {"jft": peers.jft_step(*shape), "jft, unrolled": peers.jft_step(*shape, scan_layers=False)}
     with finetune_defaults(l2=0.0, clip=0.0):
         steps["jft, no L2, no clipping"] = peers.jft_step(*shape)
         steps["jft, no L2, no clipping, unrolled"] = peers.jft_step(*shape, scan_layers=False)
+    steps["jft, no dropout"] = peers.jft_step(*shape, hidden_dropout_prob=0.0)
     steps["hf-flax"] = peers.flax_step("finetune", SEQ, BATCH, SIZE, False, 0)
+    steps["hf-torch-eager"] = (*peers.torch_step("finetune", SEQ, BATCH, SIZE, False, 0, False), None)
 
     def run(step, sync):
         step()
@@ -200,7 +205,9 @@ def equal_work(rounds: int = 8) -> None:
 
 
 if __name__ == "__main__":
-    model_gradients()
-    blocks()
-    step_costs()
-    equal_work()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default="1,2,3,4", help="which of the four parts to run")
+    parts = parser.parse_args().parts.split(",")
+    for number, part in enumerate((model_gradients, blocks, step_costs, equal_work), 1):
+        if str(number) in parts:
+            part()
