@@ -1,4 +1,4 @@
-"""BERT in Flax linen: embeddings, a scanned encoder, pooler, and the pretraining and task heads.
+"""BERT in Flax linen: embeddings, an encoder looping over stacked layers, pooler, and the heads.
 
 Sub-module names follow Hugging Face's modeling_flax_bert so weights map one to one; the one
 difference is that the encoder's layers run as one loop over a stack, so each layer parameter is
@@ -249,7 +249,7 @@ class BertEncoder(nn.Module):
     def __call__(self, x, mask, deterministic: bool, query_positions=None):
         cfg = self.config
         layer = BertLayer(cfg)
-        stack = self.param("layer", self._init_stack, layer)
+        stack = self.param("layer", self._init_stack)
 
         def run(params, x, key, positions=None):
             rngs = None if key is None else {"dropout": key}
@@ -269,16 +269,19 @@ class BertEncoder(nn.Module):
         x, _ = jax.lax.scan(body, x, jax.tree.map(lambda a: a[:looped], (stack, keys)), unroll=not cfg.scan_layers)
         if query_positions is None:
             return x
-        last = jax.tree.map(lambda a: a[-1], (stack, keys))
-        return run(last[0], x, last[1], query_positions)
+        last_params, last_key = jax.tree.map(lambda a: a[-1], (stack, keys))
+        return run(last_params, x, last_key, query_positions)
 
-    def _init_stack(self, key: jax.Array, layer: BertLayer) -> dict:
+    def _init_stack(self, key: jax.Array) -> dict:
         """num_hidden_layers independent initialisations of one layer, stacked."""
         cfg = self.config
         x = jnp.zeros((1, 1, cfg.hidden_size), cfg.compute_dtype)
         # the parameters do not depend on the attention kernel: XLA's initialises them anywhere
         plain = BertLayer(dataclasses.replace(cfg, attention_impl="xla"))
-        one = lambda k: plain.init(k, x, jnp.ones((1, 1, 1, 1), bool), True)["params"]  # noqa: E731
+
+        def one(layer_key):
+            return plain.init(layer_key, x, jnp.ones((1, 1, 1, 1), bool), True)["params"]
+
         return jax.vmap(one)(jax.random.split(key, cfg.num_hidden_layers))
 
 
