@@ -464,11 +464,9 @@ class BertForSequenceClassification(nn.Module):
         cls_positions=None,
     ):
         bert = BertModel(self.config, name="bert")
-        # The classifier reads the [CLS] rows and the masked-LM head the masked ones: the last
-        # layer computes only those (all of them when the head is made, at init).
-        wanted = masked_positions
-        if wanted is None and not self.mlm:
-            wanted = jnp.zeros((input_ids.shape[0], 0), jnp.int32)
+        # The classifier reads the [CLS] rows and the masked-LM head the masked ones (none when
+        # masked_positions is None): the last layer computes only those.
+        wanted = jnp.zeros((input_ids.shape[0], 0), jnp.int32) if masked_positions is None else masked_positions
         hidden, pooled = bert(
             input_ids, attention_mask, token_type_ids, position_ids, segment_ids, cls_positions, deterministic, wanted
         )
