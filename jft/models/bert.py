@@ -162,18 +162,16 @@ def query_rows_mask(mask: jax.Array, positions: jax.Array, implementation: str) 
 
 
 class BertSelfAttention(nn.Module):
-    """Multi-head self-attention. Given query_positions [batch, n], only those rows ask (keys and
-    values still span the whole row), by XLA's attention: [batch, n, hidden]."""
+    """Multi-head self-attention of the rows `queries` over the whole row x. Given query_positions
+    [batch, n] (queries: x's rows there), only those rows ask, by XLA's attention: [batch, n, hidden]."""
 
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x, mask, deterministic: bool, query_positions=None):
+    def __call__(self, queries, x, mask, deterministic: bool, query_positions=None):
         cfg = self.config
         implementation = cfg.attention_impl
-        queries = x
         if query_positions is not None:
-            queries = gather_positions(x, query_positions)
             mask = query_rows_mask(mask, query_positions, implementation)
             implementation = "xla"  # a few query rows: the kernels' blocks would be mostly empty
 
@@ -206,9 +204,9 @@ class BertAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask, deterministic: bool, query_positions=None):
-        attended = BertSelfAttention(self.config, name="self")(x, mask, deterministic, query_positions)
-        residual = x if query_positions is None else gather_positions(x, query_positions)
-        return BertResidualOutput(self.config, name="output")(attended, residual, deterministic)
+        queries = x if query_positions is None else gather_positions(x, query_positions)
+        attended = BertSelfAttention(self.config, name="self")(queries, x, mask, deterministic, query_positions)
+        return BertResidualOutput(self.config, name="output")(attended, queries, deterministic)
 
 
 class BertIntermediate(nn.Module):
