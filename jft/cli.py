@@ -193,6 +193,13 @@ def _run_finetune(args, config):
     _print_finished(train_and_evaluate(config, args.workdir))
 
 
+def _run_sweep(args, config):
+    from jft.sweep import run_sweep
+
+    best = run_sweep(config, args.workdir)
+    _print_finished(best["run"])
+
+
 def _print_finished(metrics: dict) -> None:
     shown = {
         k: round(v, 4)
@@ -422,6 +429,13 @@ COMMANDS = (
         True,
     ),
     Command(
+        "sweep",
+        "search a grid of fine-tuning settings (k-fold optional), many runs trained at once; the best as a run",
+        _finetune_arguments,
+        _run_sweep,
+        True,
+    ),
+    Command(
         "bench",
         "time the pretraining and fine-tuning steps: sequences/s, TFLOP/s, MFU, memory",
         _bench_arguments,
@@ -542,7 +556,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command.takes_config:
             overrides = split_overrides(extra)
             if args.config:
-                config = load_config(args.config, overrides, stage=command.name)
+                stage = "finetune" if command.name == "sweep" else command.name  # a sweep's config is a fine-tuning one
+                config = load_config(args.config, overrides, stage=stage)
             else:
                 config = with_overrides(command.default_config(), overrides)
         command.run(args, config)

@@ -177,11 +177,22 @@ def apply_overrides(config: ConfigDict, overrides: Sequence[str]) -> None:
         key, sep, text = override.partition("=")
         if not sep:
             raise JftError(f"override '{override}' is not of the form KEY=VALUE.")
-        *parents, leaf = key.split(".")
-        node = config
-        for depth, name in enumerate(parents):
-            node = _child(node, name, ".".join(parents[: depth + 1]), config)
+        names = key.split(".")
+        node, depth = config, 0
+        while depth < len(names) - 1 and not _free_form(node):
+            node, depth = _child(node, names[depth], ".".join(names[: depth + 1]), config), depth + 1
+        if _free_form(node):  # a mapping of dotted keys (sweep.grid): the rest of the key is one of them
+            node[".".join(names[depth:])] = _parse(text, None, key)
+            continue
+        leaf = names[-1]
         current = _child(node, leaf, key, config)
+        if _free_form(current):  # the whole mapping, as a dict literal
+            value = _parse(text, None, key)
+            if not isinstance(value, dict):
+                example = "{'optim.lr': [1e-5, 3e-5]}"
+                raise JftError(f"'{key}' takes a dict literal, e.g. {key}=\"{example}\"; got {text!r}.")
+            setattr(node, leaf, value)
+            continue
         if isinstance(current, ConfigDict):
             raise JftError(f"'{key}' is a group of keys ({', '.join(current)}); set one of them, e.g. {key}.KEY=VALUE.")
         if current is None and node.get_type(leaf) in (bool, int, float, str):  # an unset placeholder
@@ -192,6 +203,12 @@ def apply_overrides(config: ConfigDict, overrides: Sequence[str]) -> None:
             setattr(node, leaf, None if unset else _parse(text, current, key))
         except TypeError as error:
             raise JftError(f"cannot set '{key}' to {text!r}: {error}") from error
+
+
+def _free_form(node: Any) -> bool:
+    """A plain dict in a config (a group made with convert_dict=False), whose keys are names of
+    their own, dotted or not (sweep.grid): set as a whole, or one key at a time."""
+    return isinstance(node, dict) and not isinstance(node, ConfigDict)
 
 
 def leaf_keys(config: ConfigDict, prefix: str = "") -> list[str]:

@@ -39,6 +39,7 @@ from jft.data.tasks import (
     KINDS,
     LAYOUTS,
     Columns,
+    Encoded,
     Task,
     TaskBatches,
     encode,
@@ -76,6 +77,7 @@ MAY_CHANGE_ON_RESUME = (
     "progress",
     "parallel",
     "guard",
+    "sweep",
 )
 
 
@@ -144,6 +146,9 @@ def default_config() -> ConfigDict:
     config.parallel = parallel_config()
     config.guard = guard_config()
     config.progress = True
+    from jft.sweep import sweep_config  # jft.sweep builds on this module
+
+    config.sweep = sweep_config()  # `jft sweep`'s settings; `jft finetune` does not read them
     return config
 
 
@@ -152,7 +157,7 @@ def _columns(config: ConfigDict) -> Columns:
     return Columns(data.text_column, data.text_pair_column or None, data.label_column)
 
 
-def _check_settings(config: ConfigDict) -> None:
+def check_settings(config: ConfigDict) -> None:
     """Settings that are wrong whatever the data and the workdir hold."""
     if config.task not in KINDS:
         raise JftError(f"task '{config.task}' is not one of {KINDS}.")
@@ -191,7 +196,7 @@ def _check_settings(config: ConfigDict) -> None:
         raise JftError("no training data: set data.train (a CSV, TSV or JSONL file, or tfds:NAME:SPLIT).")
 
 
-def _tokenizer(config: ConfigDict, run: dict | None, workdir: Path, init):
+def task_tokenizer(config: ConfigDict, run: dict | None, workdir: Path, init):
     """The run's tokenizer (step 4 of the module docstring)."""
     given = load_tokenizer(config.data.vocab, lowercase=config.data.lowercase) if config.data.vocab else None
     if run is not None:
@@ -209,35 +214,59 @@ def _tokenizer(config: ConfigDict, run: dict | None, workdir: Path, init):
     return tokenizer
 
 
+def read_task(config: ConfigDict) -> tuple[Task, str, dict[str, list]]:
+    """Step 3: the task (its labels from the training data; TFDS: its class names), the score that
+    picks the best model, and the records of the train, eval and test splits (empty when not set)."""
+    columns = _columns(config)
+    tfds_dir = config.data.tfds_data_dir or None
+    records = {
+        split: read_records(config.data[split], columns, config.task, tfds_data_dir=tfds_dir)
+        if config.data[split]
+        else []
+        for split in ("train", "eval", "test")
+    }
+    labels = label_vocabulary(
+        records["train"], config.task, columns.label, source=config.data.train, tfds_data_dir=tfds_dir
+    )
+    task = Task(config.task, labels, columns, config.data.seq_len)
+    best_metric = config.best_metric or DEFAULT_METRIC[task.kind]
+    if best_metric not in task.metrics() or best_metric == "mse":
+        choices = [name for name in task.metrics() if name != "mse"]
+        raise JftError(f"best_metric '{best_metric}' is not a score of this task; choose one of {choices}.")
+    return task, best_metric, records
+
+
+def encode_splits(task: Task, tokenizer, model_cfg, records: dict[str, list]) -> dict[str, Encoded | None]:
+    """The records of each split tokenized (None for a split without records), once the sequence
+    length is known to fit the model's position table."""
+    if task.seq_len > model_cfg.max_position_embeddings:
+        raise JftError(
+            f"data.seq_len {task.seq_len} is longer than the position table "
+            f"({model_cfg.max_position_embeddings}); use data.seq_len <= {model_cfg.max_position_embeddings}."
+        )
+    return {
+        split: encode(split_records, tokenizer, task.kind, task.columns, task.labels, task.seq_len)
+        if split_records
+        else None
+        for split, split_records in records.items()
+    }
+
+
 def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, float]:
     """Fine-tunes per config in workdir (resuming the run it holds); returns the last metrics.
 
     Raises RunStopped after saving when SIGTERM or SIGINT stops the run.
     """
-    _check_settings(config)
+    check_settings(config)
     runner = Runner.start(config.parallel)
     workdir = Path(workdir).absolute()
     runner.check_batch(config.batch_size, config.accum_steps)
     with rundir.hold(workdir):
         run, init = rundir.open_run(workdir, "finetuning", config.init_from)
-        columns = _columns(config)
-        tfds_dir = config.data.tfds_data_dir or None
-        train_records = read_records(config.data.train, columns, config.task, tfds_data_dir=tfds_dir)
-        eval_records, test_records = (
-            read_records(source, columns, config.task, tfds_data_dir=tfds_dir) if source else []
-            for source in (config.data.eval, config.data.test)
-        )
-        labels = label_vocabulary(
-            train_records, config.task, columns.label, source=config.data.train, tfds_data_dir=tfds_dir
-        )
-        task = Task(config.task, labels, columns, config.data.seq_len)
-        best_metric = config.best_metric or DEFAULT_METRIC[task.kind]
-        if best_metric not in task.metrics() or best_metric == "mse":
-            choices = [name for name in task.metrics() if name != "mse"]
-            raise JftError(f"best_metric '{best_metric}' is not a score of this task; choose one of {choices}.")
+        task, best_metric, records = read_task(config)
         data = {"train": source_identity(config.data.train)}
         data["eval"] = source_identity(config.data.eval) if config.data.eval else None
-        tokenizer = _tokenizer(config, run, workdir, init)
+        tokenizer = task_tokenizer(config, run, workdir, init)
         model_cfg, differences = rundir.run_model(config.model, run, init, tokenizer.get_vocab_size())
         if run is not None:
             differences += rundir.config_differences(run["config"], config.to_dict(), MAY_CHANGE_ON_RESUME)
@@ -246,32 +275,22 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
                 for split in ("train", "eval")
                 if data[split] != run["data"][split]
             ]
-            if labels != run["task"]["labels"]:
-                differences.append(f"labels: run {run['task']['labels']}, now {labels}")
+            if task.labels != run["task"]["labels"]:
+                differences.append(f"labels: run {run['task']['labels']}, now {task.labels}")
             rundir.refuse_resume(workdir, "finetuning", differences)
-        if task.seq_len > model_cfg.max_position_embeddings:
-            raise JftError(
-                f"data.seq_len {task.seq_len} is longer than the position table "
-                f"({model_cfg.max_position_embeddings}); use data.seq_len <= {model_cfg.max_position_embeddings}."
-            )
-        train_data = encode(train_records, tokenizer, task.kind, columns, task.labels, task.seq_len)
-        eval_data, test_data = (
-            encode(records, tokenizer, task.kind, columns, task.labels, task.seq_len) if records else None
-            for records in (eval_records, test_records)
-        )
+        encoded = encode_splits(task, tokenizer, model_cfg, records)
 
         # Everything is checked: from here on, the run writes.
         if run is None and jax.process_index() == 0:
             origin = {"from": init.describe()} if init is not None else None
             run = rundir.new_run("finetuning", config.to_dict(), model_cfg, data, task=task.to_json(), init=origin)
             rundir.write_run(workdir, run, tokenizer)
-        data = {"train": train_data, "eval": eval_data, "test": test_data}
-        return _train(config, workdir, runner, model_cfg, task, tokenizer, data, init, best_metric)
+        return _train(config, workdir, runner, model_cfg, task, tokenizer, encoded, init, best_metric)
 
 
-def _initial_params(params: dict, config: ConfigDict, init, task: Task) -> tuple[dict, dict | None]:
+def initial_params(params: dict, config: ConfigDict, init, task: Task, quiet: bool = False) -> tuple[dict, dict | None]:
     """The parameters a new run starts from (params, fresh, with init_from's merged in), and θ_ref
-    for L2-SP (None: θ_ref = 0)."""
+    for L2-SP (None: θ_ref = 0); what was loaded is printed unless `quiet`."""
     if init is None:
         return params, None
     loaded = dict(init.params)
@@ -279,7 +298,7 @@ def _initial_params(params: dict, config: ConfigDict, init, task: Task) -> tuple
     if "classifier" in loaded and not same_task:
         del loaded["classifier"]  # another task's head: this task's is created new
     params, report = merge(params, loaded)
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and not quiet:
         print(f"init from {init.describe()}: {report.summary()}", flush=True)
     if config.l2.reference != "init":
         return params, None
@@ -287,35 +306,68 @@ def _initial_params(params: dict, config: ConfigDict, init, task: Task) -> tuple
     return params, unflatten({path: np.asarray(flat[path]) for path in report.loaded})
 
 
-def _train(config, workdir: Path, runner: Runner, model_cfg, task: Task, tokenizer, data: dict, init, best_metric):
-    """Steps 7-9 of the module docstring."""
-    train_data, eval_data = data["train"], data["eval"]
+def joint_masking(config: ConfigDict, tokenizer, model_cfg) -> MaskingConfig | None:
+    """The masking of the joint objective's masked-LM loss; None when joint_mlm.weight is 0."""
     joint = config.joint_mlm
-    masking = None
-    if joint.weight:
-        options = dict(rate=joint.rate, max_predictions=joint.max_predictions)
-        special = dataclasses.asdict(special_ids(tokenizer))
-        masking = MaskingConfig.for_vocabulary(special, model_cfg.vocab_size, **options)
-    model = build_model(model_cfg, task, mlm=masking is not None)
-    batches = TaskBatches(
+    if not joint.weight:
+        return None
+    special = dataclasses.asdict(special_ids(tokenizer))
+    return MaskingConfig.for_vocabulary(
+        special, model_cfg.vocab_size, rate=joint.rate, max_predictions=joint.max_predictions
+    )
+
+
+def task_batches(config: ConfigDict, train_data: Encoded, task: Task, runner: Runner, seed: int) -> TaskBatches:
+    """The training batches of config's layout, in the order of `seed`."""
+    return TaskBatches(
         train_data,
         task.kind,
         config.batch_size,
-        config.seed,
+        seed,
         layout=config.data.layout,
         max_len=task.seq_len,
         buckets=config.data.buckets,
         max_segments=config.data.max_segments,
         row_multiple=runner.batch_multiple() * config.accum_steps,
     )
-    total_steps = config.epochs * len(batches)
-    if config.max_steps:
-        total_steps = min(total_steps, config.max_steps)
+
+
+def planned_steps(config: ConfigDict, steps_an_epoch: int) -> int:
+    """The run's optimizer steps: epochs × steps an epoch, at most max_steps (when set)."""
+    total_steps = config.epochs * steps_an_epoch
+    return min(total_steps, config.max_steps) if config.max_steps else total_steps
+
+
+def with_warmup(config: ConfigDict, total_steps: int) -> ConfigDict:
+    """config with optim.warmup_steps resolved from warmup_fraction when it is 0."""
+    if config.optim.warmup_steps:
+        return config
+    config = config.copy_and_resolve_references()
+    config.optim.warmup_steps = int(config.warmup_fraction * total_steps)
+    return config
+
+
+def finetune_setup(config: ConfigDict, model, tx, schedule, task: Task, params, masking) -> FinetuneSetup:
+    """The static parts of the fine-tuning step of config."""
+    if config.l2.exclude_bias_and_layer_norm:
+        mask = weight_decay_mask(params)
+    else:
+        mask = jax.tree.map(lambda _: True, params)
+    return FinetuneSetup(
+        model, tx, schedule, task.kind, config.l2.weight, mask, config.joint_mlm.weight, masking, config.accum_steps
+    )
+
+
+def _train(config, workdir: Path, runner: Runner, model_cfg, task: Task, tokenizer, data: dict, init, best_metric):
+    """Steps 7-9 of the module docstring."""
+    train_data, eval_data = data["train"], data["eval"]
+    masking = joint_masking(config, tokenizer, model_cfg)
+    model = build_model(model_cfg, task, mlm=masking is not None)
+    batches = task_batches(config, train_data, task, runner, config.seed)
+    total_steps = planned_steps(config, len(batches))
     checkpoints = Checkpoints(workdir / rundir.CHECKPOINTS, every_steps=max(len(batches), 1), keep=1)
     best = Checkpoints(workdir / rundir.BEST, every_steps=1, keep=1, asynchronous=False)
-    if not config.optim.warmup_steps:
-        config = config.copy_and_resolve_references()
-        config.optim.warmup_steps = int(config.warmup_fraction * total_steps)
+    config = with_warmup(config, total_steps)
     tx, schedule = make_optimizer(config.optim, total_steps)
     params = init_params(model, jax.random.fold_in(jax.random.PRNGKey(config.seed), 0))
     host_state = {
@@ -333,16 +385,13 @@ def _train(config, workdir: Path, runner: Runner, model_cfg, task: Task, tokeniz
         if (workdir / REFERENCE_FILE).is_file():
             reference = unflatten(safetensors.numpy.load_file(workdir / REFERENCE_FILE))
     else:
-        params, reference = _initial_params(params, config, init, task)
+        params, reference = initial_params(params, config, init, task)
         host_state["train"] = jax.tree.map(np.asarray, create_finetune_state(params, tx))
         if reference is not None and jax.process_index() == 0:
             temporary = workdir / f".{REFERENCE_FILE}.tmp"
             safetensors.numpy.save_file(flatten(reference), temporary)
             temporary.replace(workdir / REFERENCE_FILE)
-    mask = weight_decay_mask(params) if config.l2.exclude_bias_and_layer_norm else jax.tree.map(lambda _: True, params)
-    setup = FinetuneSetup(
-        model, tx, schedule, task.kind, config.l2.weight, mask, joint.weight, masking, config.accum_steps
-    )
+    setup = finetune_setup(config, model, tx, schedule, task, params, masking)
     best_value = -np.inf
     saved_best = best.restore_newest_good(set_aside=workdir / rundir.DAMAGED)
     if saved_best is not None and saved_best[1].get("value") is not None:

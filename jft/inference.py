@@ -32,7 +32,7 @@ def build_model(model_cfg: BertConfig, task: Task, mlm: bool = False):
 
 def evaluate_data(runner: Runner, predict, params, data, task: Task, batch_size: int) -> dict[str, float]:
     """Task metrics of params on encoded data (every example once, in order)."""
-    return task_scores(task, *_predict_all(runner, predict, params, data, task, batch_size))
+    return task_scores(task, *predict_all(runner, predict, params, data, task, batch_size))
 
 
 def task_scores(task: Task, logits, labels) -> dict[str, float]:
@@ -60,23 +60,27 @@ def task_scores(task: Task, logits, labels) -> dict[str, float]:
     return {**metrics.entity_f1(gold, predicted), "token_accuracy": float(hits / max(sum(map(len, gold)), 1))}
 
 
-def _predict_all(runner: Runner, predict, params, data, task: Task, batch_size: int):
-    """Logits and labels of every example of data, in the data's order."""
+def predict_all(runner: Runner, predict, params, data, task: Task, batch_size: int, members: int = 0):
+    """Logits and labels of every example of data, in the data's order. With `members`, predict is
+    a population's (logits [rows, members, ...], jft.sweep): a list of them, one a member."""
     batches = TaskBatches(data, task.kind, batch_size, shuffle=False, max_len=task.seq_len)
-    logits, labels = [None] * len(data), [None] * len(data)
+    views = range(members) if members else [None]
+    logits = [[None] * len(data) for _ in views]
+    labels = [None] * len(data)
     no_key = runner.put_replicated(jax.random.PRNGKey(0))
     for batch in batches.epoch(0):
         out = runner.get_rows(predict(params, runner.put_global_batch(step_inputs(batch)[1]), no_key))
         for row, example in enumerate(batch["example_ids"]):
             if example >= 0:
                 n = len(data.input_ids[example])
-                logits[example] = out[row, :n] if task.kind == "token_classification" else out[row]
-                labels[example] = (
-                    batch["labels"][row, :n] if task.kind == "token_classification" else batch["labels"][row]
-                )
-    if task.kind == "token_classification":
-        return logits, labels
-    return np.stack(logits), np.stack(labels)
+                tokens = task.kind == "token_classification"
+                for view, member in enumerate(views):
+                    row_out = out[row] if member is None else out[row, member]
+                    logits[view][example] = row_out[:n] if tokens else row_out
+                labels[example] = batch["labels"][row, :n] if tokens else batch["labels"][row]
+    if task.kind != "token_classification":
+        logits, labels = [np.stack(each) for each in logits], np.stack(labels)
+    return [(each, labels) for each in logits] if members else (logits[0], labels)
 
 
 class FinetunedModel:
@@ -110,7 +114,7 @@ class FinetunedModel:
             with_labels=with_labels,
         )
         params = self.runner.put_replicated(self.params)
-        return _predict_all(self.runner, self.predict_fn, params, data, self.task, batch_size)
+        return predict_all(self.runner, self.predict_fn, params, data, self.task, batch_size)
 
     def _labeled(self, source: str) -> list:
         return read_records(source, self.task.columns, self.task.kind)

@@ -105,6 +105,10 @@ FINETUNE = {
     "eval_batch_size": "examples a batch when evaluating and predicting (0: batch_size)",
     "best_metric": "the score that picks best/ (empty: accuracy, pearson or entity_f1)",
     "early_stopping.patience": "stop after this many evaluations without a better best_metric (0: never)",
+    "sweep.grid": "jft sweep: {'optim.lr': [...], 'seed': [...]}, every combination trained (finetune ignores it)",
+    "sweep.folds": "jft sweep: k-fold cross-validation on data.train (0: score on data.eval)",
+    "sweep.metric": "jft sweep: the score that ranks grid points (empty: best_metric's)",
+    "sweep.population": "jft sweep: at most this many members trained at once (0: a whole group)",
 }
 QUICKSTART = {
     "corpus.documents": "synthetic documents to pretrain on",

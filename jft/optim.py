@@ -34,18 +34,20 @@ def check_optim(config: ConfigDict) -> None:
         raise JftError("; ".join(problems) + ".")
 
 
-def learning_rate_schedule(config: ConfigDict, total_steps: int) -> optax.Schedule:
-    """Linear warmup to config.lr over config.warmup_steps, then config.decay down to 0 at total_steps."""
+def learning_rate_schedule(config: ConfigDict, total_steps: int, lr=None) -> optax.Schedule:
+    """Linear warmup to config.lr (or `lr`, which may be traced) over config.warmup_steps, then
+    config.decay down to 0 at total_steps."""
+    lr = config.lr if lr is None else lr
     if config.decay not in DECAYS:
         raise JftError(f"optim.decay '{config.decay}' is not one of {DECAYS}.")
     warmup = min(config.warmup_steps, total_steps)
     rest = max(total_steps - warmup, 1)
     decay = {
-        "linear": optax.linear_schedule(config.lr, 0.0, rest),
-        "cosine": optax.cosine_decay_schedule(config.lr, rest),
-        "constant": optax.constant_schedule(config.lr),
+        "linear": optax.linear_schedule(lr, 0.0, rest),
+        "cosine": optax.cosine_decay_schedule(lr, rest),
+        "constant": optax.constant_schedule(lr),
     }[config.decay]
-    return optax.join_schedules([optax.linear_schedule(0.0, config.lr, warmup), decay], [warmup])
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
 def weight_decay_mask(params) -> dict:
@@ -68,12 +70,15 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArg
     return optax.GradientTransformationExtraArgs(optax.init_empty_state, update)
 
 
-def make_optimizer(config: ConfigDict, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+    config: ConfigDict, total_steps: int, lr=None
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The optax chain a run uses: global-norm clipping, then AdamW or LAMB with masked weight decay.
-    Its update takes the gradients' norm as `grad_norm=` (computed once by the step)."""
+    Its update takes the gradients' norm as `grad_norm=` (computed once by the step). `lr` (may be
+    traced: a population member's) replaces config.lr."""
     if config.name not in OPTIMIZERS:
         raise JftError(f"optim.name '{config.name}' is not one of {OPTIMIZERS}.")
-    schedule = learning_rate_schedule(config, total_steps)
+    schedule = learning_rate_schedule(config, total_steps, lr)
     make = {"adamw": optax.adamw, "lamb": optax.lamb}[config.name]
     optimizer = make(
         schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay, mask=weight_decay_mask

@@ -232,7 +232,8 @@ class FinetuneSetup:
     """The static parts of a fine-tuning step.
 
     l2: λ of the coupled penalty λ·Σ‖θ − θ_ref‖², part of the loss (its gradient goes through the
-    optimizer); penalty_mask: a tree of bools, True where the penalty applies.
+    optimizer); penalty_mask: a tree of bools, True where the penalty applies. l2 and mlm_weight
+    may be traced scalars (a population's member's, jft.sweep): their terms are then computed.
     """
 
     model: Any  # BertForSequenceClassification | BertForTokenClassification
@@ -246,6 +247,11 @@ class FinetuneSetup:
     mlm_weight: float = 0.0
     masking: MaskingConfig | None = None
     accum_steps: int = 1  # micro-batches a step (gradient accumulation)
+
+
+def _weighted(weight) -> bool:
+    """Whether a loss term of this weight is computed: a nonzero number, or an array (traced)."""
+    return not isinstance(weight, (int, float)) or weight != 0
 
 
 def task_stats(kind: str, logits: jax.Array, batch: dict) -> dict:
@@ -286,7 +292,7 @@ def finetune_step(
     num_devices = _psum(1, axis_name)
     count = _psum(batch["weights"].sum(), axis_name) / num_devices
     inputs = {"task": batch}
-    if setup.mlm_weight:
+    if _weighted(setup.mlm_weight):
         inputs["mlm"] = _task_masked(setup, batch, mask_key, axis_name)
         mlm_count = _psum(inputs["mlm"]["masked_weights"].sum(), axis_name) / num_devices
 
@@ -297,7 +303,7 @@ def finetune_step(
         )
         stats = {"task": task_stats(setup.kind, _apply(setup.model, params, micro["task"], task_key), micro["task"])}
         loss = stats["task"]["loss_sum"] / jnp.maximum(count, 1e-9)
-        if setup.mlm_weight:
+        if _weighted(setup.mlm_weight):
             masked = micro["mlm"]
             _, mlm_logits = _apply(setup.model, params, masked, mlm_key, masked_positions=masked["masked_positions"])
             stats["mlm"] = weighted_cross_entropy(mlm_logits, masked["masked_labels"], masked["masked_weights"])
@@ -308,7 +314,7 @@ def finetune_step(
     stats = _psum(stats, axis_name)
     grads = _pmean(grads, axis_name)
     penalty = 0.0
-    if setup.l2:  # the same on every device: added after the mean over them
+    if _weighted(setup.l2):  # the same on every device: added after the mean over them
         penalty, penalty_grads = jax.value_and_grad(
             lambda p: setup.l2 * l2_penalty(p, state.reference, setup.penalty_mask)
         )(state.params)

@@ -1,0 +1,213 @@
+"""`jft sweep`: a population's members against standalone fine-tuning runs, folds, devices, the
+table and best run, resume, and bad input."""
+
+import csv
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import TINY_MODEL, write_topic_task, write_vocab
+from jft import cli, sweep
+from jft.config import apply_overrides
+from jft.errors import JftError
+from jft.finetune import default_config, train_and_evaluate
+from jft.inference import FinetunedModel
+from jft.parallel import Runner
+from jft.params import flatten
+
+
+@pytest.fixture(scope="module")
+def task_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep-task")
+    return {
+        "train": write_topic_task(root / "train.csv", 48, seed=0),
+        "eval": write_topic_task(root / "dev.csv", 24, seed=1),
+        "vocab": write_vocab(root / "vocab.txt"),
+    }
+
+
+def _config(files, grid, **changes):
+    """A tiny fine-tuning from scratch (hidden dropout on, so members' dropout streams count)."""
+    config = default_config()
+    config.data.train, config.data.eval, config.data.vocab = map(str, (files["train"], files["eval"], files["vocab"]))
+    config.data.seq_len, config.batch_size, config.epochs, config.log_every, config.progress = 32, 8, 2, 100, False
+    for key, value in {**TINY_MODEL, "hidden_dropout_prob": 0.1}.items():
+        config.model[key] = value
+    config.optim.lr = 1e-3
+    config.sweep.grid = grid
+    for key, value in changes.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return config
+
+
+def _standalone(config, workdir, setting, **data):
+    """`jft finetune` with one member's settings (and other data files): its last weights and scores."""
+    config = config.copy_and_resolve_references()
+    apply_overrides(config, [f"{key}={value}" for key, value in setting.items()])
+    for split, path in data.items():
+        config.data[split] = str(path)
+    evaluation = config.data.eval
+    config.data.eval = ""  # no evaluation during training: best/ holds the last weights
+    config.parallel.backend = "jit"  # one device, as the population's (dropout streams are a device's)
+    train_and_evaluate(config, workdir)
+    model = FinetunedModel(workdir)
+    return model.params, model.evaluate(evaluation)
+
+
+def _largest_difference(a, b) -> float:
+    flat_a, flat_b = flatten(a), flatten(b)
+    assert flat_a.keys() == flat_b.keys()
+    return max(float(np.max(np.abs(np.asarray(flat_a[k]) - np.asarray(flat_b[k])))) for k in flat_a)
+
+
+def _member(params, k):
+    return jax.tree.map(lambda x: x[k], params)
+
+
+def test_members_end_where_standalone_runs_with_their_settings_end(task_files, tmp_path):
+    grid = {"optim.lr": [1e-3, 3e-3], "l2.weight": [0.0, 0.05], "seed": [0, 1]}
+    config = _config(task_files, grid, **{"l2.reference": "zero"})
+    members = sweep.plan(config)
+    assert len(members) == 8
+    results, params = sweep.train_population(members, sweep.sweep_data(config), Runner("jit"))
+    for k in (0, 7):  # lr 1e-3, λ 0, seed 0; and lr 3e-3, λ 0.05, seed 1
+        own_params, own_scores = _standalone(config, tmp_path / f"member{k}", members[k].setting)
+        assert _largest_difference(_member(params, k), own_params) < 1e-5
+        assert results[k]["scores"] == pytest.approx(own_scores, abs=1e-6)
+    assert _largest_difference(_member(params, 0), _member(params, 7)) > 1e-3  # the members did differ
+
+
+def test_folds_partition_the_training_set_and_a_fold_member_is_a_run_on_its_part(task_files, tmp_path):
+    ids = sweep.fold_ids(50, 4, seed=3)
+    assert sorted(np.bincount(ids)) == [12, 12, 13, 13]  # every example in one fold, sizes within one
+    assert not np.array_equal(ids, sweep.fold_ids(50, 4, seed=4))
+
+    config = _config(task_files, {"optim.lr": [1e-3, 3e-3]}, **{"sweep.folds": 3})
+    members = sweep.plan(config)
+    assert [(m.setting["optim.lr"], m.fold) for m in members] == [(1e-3, f) for f in range(3)] + [
+        (3e-3, f) for f in range(3)
+    ]
+    shared = sweep.sweep_data(config)
+    results, params = sweep.train_population(members, shared, Runner("jit"))
+    # member 4 (lr 3e-3, fold 1) is a run trained on the other folds and scored on fold 1
+    with open(task_files["train"]) as f:
+        rows = list(csv.DictReader(f))
+    for name, keep in (("part.csv", shared.folds != 1), ("held_out.csv", shared.folds == 1)):
+        with open(tmp_path / name, "w", newline="") as f:
+            writer = csv.DictWriter(f, ["text", "label"])
+            writer.writeheader()
+            writer.writerows(row for row, kept in zip(rows, keep) if kept)
+    own_params, own_scores = _standalone(
+        config, tmp_path / "fold1", members[4].setting, train=tmp_path / "part.csv", eval=tmp_path / "held_out.csv"
+    )
+    assert _largest_difference(_member(params, 4), own_params) < 1e-5
+    assert results[4]["scores"] == pytest.approx(own_scores, abs=1e-6)
+
+    table = sweep.results_table(results, "accuracy")
+    for row in table:
+        values = [r["scores"]["accuracy"] for r in results if r["setting"] == row["setting"]]
+        assert row["n"] == 3 and row["mean"] == pytest.approx(np.mean(values))
+        assert row["std"] == pytest.approx(np.std(values, ddof=1))
+    assert table[0]["mean"] >= table[1]["mean"]
+
+
+def test_a_population_over_eight_devices_is_the_population_on_one(task_files):
+    config = _config(task_files, {"optim.lr": [1e-3, 3e-3], "seed": [0, 1]}, **{"model.hidden_dropout_prob": 0.0})
+    config.batch_size, config.epochs, config.data.layout = 16, 1, "padded"
+    members, shared = sweep.plan(config), sweep.sweep_data(config)
+    one, one_params = sweep.train_population(members, shared, Runner("jit"))
+    eight, eight_params = sweep.train_population(members, shared, Runner("shard_map"))
+    assert len(jax.devices()) == 8
+    assert _largest_difference(one_params, eight_params) < 5e-6
+    assert [r["scores"] for r in one] == pytest.approx([r["scores"] for r in eight], abs=1e-6)
+
+
+def test_jft_sweep_tables_plots_keeps_the_best_as_a_run_and_resumes(task_files, tmp_path, capsys):
+    workdir = tmp_path / "sweep"
+    args = [
+        "sweep",
+        "--config",
+        "finetune/tiny",
+        "--workdir",
+        str(workdir),
+        f"--config.data.train={task_files['train']}",
+        f"--config.data.vocab={task_files['vocab']}",
+        *(f"--config.model.{key}={value}" for key, value in TINY_MODEL.items()),
+        "--config.data.seq_len=32",
+        "--config.batch_size=8",
+        "--config.epochs=1",
+        "--config.data.layout=padded",
+        "--config.progress=false",
+        "--config.sweep.folds=2",
+        "--config.sweep.grid={'optim.lr': [1e-3, 1e-2], 'l2.reference': ['zero', 'init']}",
+        "--config.sweep.grid.seed=[0, 1]",  # a key added to the grid on its own
+        "--config.sweep.population=4",
+    ]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    members = [json.loads(line) for line in (workdir / "members.jsonl").read_text().splitlines()]
+    assert len(members) == 2 * 2 * 2 * 2 and sorted(m["member"] for m in members) == list(range(16))
+    assert {m["population"] for m in members} == {4}  # two groups (θ_ref kinds), each in two parts
+    table = [json.loads(line) for line in (workdir / "sweep.jsonl").read_text().splitlines()]
+    assert len(table) == 4 and all(row["n"] == 4 for row in table)  # 2 folds × 2 seeds a point
+    for row in table:
+        values = [m["scores"]["accuracy"] for m in members if m["member"] in row["members"]]
+        assert row["mean"] == pytest.approx(np.mean(values))
+    assert (workdir / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert "accuracy mean" in out and "best accuracy" in out
+    best = json.loads((workdir / "best_run" / "run.json").read_text())["config"]
+    assert best["optim"]["lr"] == table[0]["setting"]["optim.lr"]
+    assert best["l2"]["reference"] == table[0]["setting"]["l2.reference"] and best["sweep"]["grid"] == {}
+    assert cli.main(["eval", "--workdir", str(workdir / "best_run"), "--data", str(task_files["eval"])]) == 0
+
+    # a second start finds every member done and the best run finished: nothing is trained again
+    assert cli.main(args) == 0
+    assert "population 1 of" not in capsys.readouterr().out
+    assert len((workdir / "members.jsonl").read_text().splitlines()) == 16
+    # and a resume with another grid is refused
+    assert cli.main([*args[:-1], "--config.sweep.folds=3"]) != 0
+    assert "sweep.folds: run 2, now 3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "grid, expected",
+    [
+        ({"optim.lrate": [1e-3]}, "unknown config key 'optim.lrate'. Did you mean 'optim.lr'?"),
+        ({}, "sweep.grid is empty"),
+        ({"optim.lr": ["fast"]}, "sweep.grid['optim.lr'] value 'fast': 'optim.lr' takes a number"),
+        ({"optim.lr": 1e-3}, "sweep.grid['optim.lr'] must be a non-empty list of values"),
+        ({"optim.lr": [-1.0]}, "optim.lr must be a positive number"),
+        ({"parallel.backend": ["jit"]}, "'parallel.backend' is not a setting of a model's training"),
+    ],
+)
+def test_bad_grids_are_one_line_before_any_training(task_files, tmp_path, grid, expected):
+    with pytest.raises(JftError) as error:
+        sweep.run_sweep(_config(task_files, grid), tmp_path / "sweep")
+    assert expected in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "sweep" / "sweep.json").exists()
+
+
+def test_a_population_that_does_not_fit_is_refused_with_the_largest_that_does(task_files, tmp_path, monkeypatch):
+    config = _config(task_files, {"optim.lr": [1e-3, 2e-3, 3e-3, 4e-3, 5e-3, 6e-3, 7e-3, 8e-3]}, epochs=1)
+    config.parallel.backend, config.data.layout = "jit", "padded"
+    peaks, real_peak = [], sweep._peak
+    monkeypatch.setattr(sweep, "_peak", lambda compiled: peaks.append(real_peak(compiled)) or peaks[-1])
+    limit = {"bytes": 1}
+    monkeypatch.setattr(sweep, "device_memory", lambda device: limit["bytes"])
+    with pytest.raises(JftError, match=r"a population of 8 members needs .*and one member alone needs"):
+        sweep.run_sweep(config, tmp_path / "sweep")
+    full, single = peaks  # XLA's counts for 8 members and for 1
+    # a limit between the need of 5 members and of 6, by the linear estimate from 1 and 8
+    limit["bytes"] = int(single + 4.5 * (full - single) / 7)
+    with pytest.raises(JftError, match=r"a population of 8 members needs .*; about 5 fit: set sweep.population=5"):
+        sweep.run_sweep(config, tmp_path / "sweep")
+    assert not (tmp_path / "sweep" / "members.jsonl").exists()
+    config.sweep.population, limit["bytes"] = 5, 1 << 40
+    assert sweep.run_sweep(config, tmp_path / "sweep")["n"] == 1
+    assert {json.loads(line)["population"] for line in (tmp_path / "sweep" / "members.jsonl").open()} == {5, 3}
