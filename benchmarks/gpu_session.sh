@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Every GPU measurement jft reports, run in the background on the device machine (one H100/H200;
 # 10 minutes a call, 30 a session), in order of need: the cuDNN attention check, the peers
-# (benchmarks/RESULTS.md), BERT-large, the ablations, the save hiccup and the padded vocabulary.
+# (benchmarks/RESULTS.md), BERT-large, the ablations, the save hiccup, the padded vocabulary and the
+# sweep's populations.
 #
 #   here, once:  bash benchmarks/gpu_session.sh wheels     # what that machine lacks, into .whl/
 #   there:       bash benchmarks/gpu_session.sh start      # carry .whl; installs, starts the jobs, waits
 #                bash benchmarks/gpu_session.sh wait       # again, back to back, until "all done"
 #
-# Results land in $OUT (RESULTS.md, gpu_checks.json, large.md, ablations.md, checkpoint_vocab.md, log.txt).
+# Results land in $OUT (RESULTS.md, gpu_checks.json, large.md, ablations.md, checkpoint_vocab.md,
+# sweep_population.md, log.txt).
 # SMOKE=1 runs tiny shapes, to check this script on any machine.
 set -u
 mode=${1:?"wheels, start or wait"}
@@ -45,6 +47,9 @@ jobs() {
     # a checkpoint save's step-time hiccup, and the padded vocabulary's speed (RESULTS.md, pending)
     (cd benchmarks && python3 save_hiccup.py --size $base --batch $((64 / shrink)) &&
         python3 vocab_padding.py --size $base --batch $((64 / shrink)) --rounds 10 --topology "") > $work/checkpoint_vocab.md
+    # K fine-tunings as one population (jft sweep) against the same K one by one (RESULTS.md, pending)
+    python3 benchmarks/sweep_population.py --size $base --members 8,32 --batch 32 --rounds 5 \
+        --out $work/sweep_population.md
     touch $work/done
 }
 

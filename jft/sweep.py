@@ -24,6 +24,7 @@ import itertools
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,11 +92,6 @@ class Member:
     fold: int | None
     config: ConfigDict
 
-    @property
-    def point(self) -> tuple:
-        """The grid point without the seed: what the table averages over."""
-        return tuple((k, v) for k, v in self.setting.items() if k != "seed")
-
 
 def plan(config: ConfigDict) -> list[Member]:
     """Every member of the sweep config describes, each config checked: errors name the grid key."""
@@ -155,7 +151,10 @@ def _group_key(member: Member, steps: int) -> str:
     """What the members of one population share: every setting but ARRAY_KEYS (the joint
     objective's μ only as on or off, which adds a head), and the number of steps."""
     config = member.config.copy_and_resolve_references()
-    config.optim.lr, config.l2.weight, config.seed = 0.0, 0.0, 0
+    for key in ARRAY_KEYS:
+        group, _, name = key.rpartition(".")
+        node = config[group] if group else config
+        node[name] = type(node[name])(0)
     config.joint_mlm.weight = float(member.config.joint_mlm.weight > 0)
     return json.dumps({"config": config.to_dict(), "steps": steps}, sort_keys=True, default=str)
 
@@ -246,14 +245,28 @@ class SweepData:
     folds: np.ndarray | None  # each training example's fold
 
 
-def train_population(members: list[Member], shared: SweepData, runner: Runner, log=print) -> tuple[list[dict], Any]:
-    """Trains members (one group: the same static settings and steps) together; returns each
-    member's scores and the members' final parameters (stacked, on the host)."""
+@dataclasses.dataclass
+class PopulationRun:
+    """A population ready to train: its step (compiled, memory checked), state and keys on the
+    devices, and its batches [rows, members, ...] step after step."""
+
+    setup: PopulationSetup
+    step: Any
+    state: Population
+    rngs: Any
+    batches: Iterator[dict]
+    total_steps: int
+    peak_bytes: int  # XLA's count of the step's memory a device, at the widest batch (0: not counted)
+
+
+def start_population(members: list[Member], shared: SweepData, runner: Runner, log=print) -> PopulationRun:
+    """Members (one group: the same static settings and steps) made into one population: each
+    member's parameters as its own fine-tuning run would start, its data (its training folds) in
+    the order of its seed."""
     config, task = members[0].config, shared.task
     masking = joint_masking(config, shared.tokenizer, shared.model_cfg)
     model = build_model(shared.model_cfg, task, mlm=masking is not None)
     train = shared.data["train"]
-    held_out = [None if m.fold is None else np.flatnonzero(shared.folds == m.fold) for m in members]
     own = [train if m.fold is None else subset(train, np.flatnonzero(shared.folds != m.fold)) for m in members]
     batches = [task_batches(m.config, data, task, runner, m.config.seed) for m, data in zip(members, own)]
     total_steps = planned_steps(config, len(batches[0]))
@@ -276,24 +289,38 @@ def train_population(members: list[Member], shared: SweepData, runner: Runner, l
     rngs = np.stack([np.asarray(jax.random.PRNGKey(m.config.seed)) for m in members])
     population, rngs = runner.put_replicated(population), runner.put_replicated(rngs)
     streams = [b.stream(0) for b in batches]
-    next_batch = lambda: population_batch([step_inputs(next(s))[1] for s in streams], task.kind)  # noqa: E731
     first = [step_inputs(next(s))[1] for s in streams]
     widest = max(b.widths[-1] if b.layout == "bucketed" else task.seq_len for b in batches)
-    step = _checked_program(
+    step, peak = _checked_program(
         step, population, population_batch(first, task.kind, widest), rngs, len(members), runner, setup, log
     )
-    start, losses = time.perf_counter(), None
+
+    def stream():
+        yield population_batch(first, task.kind)
+        while True:
+            yield population_batch([step_inputs(next(s))[1] for s in streams], task.kind)
+
+    return PopulationRun(setup, step, population, rngs, stream(), total_steps, peak)
+
+
+def train_population(members: list[Member], shared: SweepData, runner: Runner, log=print) -> tuple[list[dict], Any]:
+    """Trains members (one group: the same static settings and steps) together; returns each
+    member's scores and the members' final parameters (stacked, on the host)."""
+    config, task = members[0].config, shared.task
+    run = start_population(members, shared, runner, log)
+    population, total_steps = run.state, run.total_steps
+    start = time.perf_counter()
     for number in range(1, total_steps + 1):
-        batch = population_batch(first, task.kind) if number == 1 else next_batch()
-        population, metrics = step(population, runner.put_global_batch(batch), rngs)
+        population, metrics = run.step(population, runner.put_global_batch(next(run.batches)), run.rngs)
         if number % config.log_every == 0 or number == total_steps:
             losses = runner.get(metrics)["loss"]
             log(f"step {number}/{total_steps}: loss {losses.min():.4f} to {losses.max():.4f} over the members")
     seconds = time.perf_counter() - start
     params = runner.get(population.members.params)
-    predict = runner.compile_rows(functools.partial(population_predict, setup=setup.finetune))
+    predict = runner.compile_rows(functools.partial(population_predict, setup=run.setup.finetune))
     device_params = runner.put_replicated(params)
     eval_batch = config.eval_batch_size or config.batch_size
+    held_out = [None if m.fold is None else np.flatnonzero(shared.folds == m.fold) for m in members]
     scored = {}  # split -> [(logits, labels)] a member
     for split in {"train" if index is not None else "eval" for index in held_out}:
         scored[split] = predict_all(runner, predict, device_params, shared.data[split], task, eval_batch, len(members))
@@ -319,10 +346,10 @@ def train_population(members: list[Member], shared: SweepData, runner: Runner, l
 
 
 def _checked_program(step, population, batch, rngs, members: int, runner: Runner, setup, log):
-    """The population's step compiled for its widest batch, refused with the largest population
-    that fits when XLA's memory analysis says it needs more than a device holds."""
+    """The population's step compiled for its widest batch, and XLA's count of its memory a
+    device; refused with the largest population that fits when that is more than a device holds."""
     if runner.backend == "pmap":  # pmap's compiled programs give no memory analysis: not checked
-        return step
+        return step, 0
     device_batch = runner.put_global_batch(batch)
     compiled = step.lower(population, device_batch, rngs).compile()
     peak = _peak(compiled)
@@ -337,7 +364,7 @@ def _checked_program(step, population, batch, rngs, members: int, runner: Runner
             return compiled(population, device_batch, rngs)
         return step(population, device_batch, rngs)
 
-    return run
+    return run, peak
 
 
 def _peak(compiled) -> int:
