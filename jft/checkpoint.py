@@ -296,8 +296,8 @@ class StopRequest:
         self.requested = True
         self.signal = signal.Signals(signum)
 
-    def stopped(self, step: int) -> RunStopped:
-        return RunStopped(self.signal, step)
+    def stopped(self, step: int, kept: str = "saved a checkpoint") -> RunStopped:
+        return RunStopped(self.signal, step, kept)
 
     def agreed(self, sync_point: bool) -> bool:
         """Whether every process should stop now. One process decides at once; several processes

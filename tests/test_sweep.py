@@ -3,6 +3,8 @@ table and best run, resume, and bad input."""
 
 import csv
 import json
+import os
+import signal
 
 import jax
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 from conftest import TINY_MODEL, write_topic_task, write_vocab
 from jft import cli, sweep
 from jft.config import apply_overrides
-from jft.errors import JftError
+from jft.errors import JftError, RunStopped
 from jft.finetune import default_config, train_and_evaluate
 from jft.inference import FinetunedModel
 from jft.parallel import Runner
@@ -211,3 +213,29 @@ def test_a_population_that_does_not_fit_is_refused_with_the_largest_that_does(ta
     config.sweep.population, limit["bytes"] = 5, 1 << 40
     assert sweep.run_sweep(config, tmp_path / "sweep")["n"] == 1
     assert {json.loads(line)["population"] for line in (tmp_path / "sweep" / "members.jsonl").open()} == {5, 3}
+
+
+def test_a_stopped_sweep_keeps_its_finished_populations_and_resumes_with_the_rest(task_files, tmp_path, monkeypatch):
+    config = _config(task_files, {"optim.lr": [1e-3, 2e-3, 3e-3]}, epochs=1, log_every=2)
+    config.parallel.backend, config.data.layout, config.sweep.population = "jit", "padded", 2
+    workdir, real_train = tmp_path / "sweep", sweep.train_population
+    calls = []
+
+    def train(members, shared, runner, log=print):
+        calls.append([m.index for m in members])
+
+        def log_then_stop(line):  # SIGTERM at the second population's first step line
+            if line.startswith("step"):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        return real_train(members, shared, runner, log_then_stop if len(calls) == 2 else log)
+
+    monkeypatch.setattr(sweep, "train_population", train)
+    with pytest.raises(RunStopped) as stopped:
+        sweep.run_sweep(config, workdir)
+    assert stopped.value.exit_code == 143 and "at step 2; the populations finished before" in str(stopped.value)
+    first = (workdir / "members.jsonl").read_text().splitlines()
+    assert [json.loads(line)["member"] for line in first] == [0, 1]
+    assert sweep.run_sweep(config, workdir)["n"] == 1
+    assert calls == [[0, 1], [2], [2]]  # the second start trains only the population not yet written
+    assert (workdir / "members.jsonl").read_text().splitlines()[:2] == first
