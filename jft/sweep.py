@@ -37,6 +37,7 @@ from jft import rundir
 from jft.checkpoint import StopRequest
 from jft.config import apply_overrides, leaf_keys
 from jft.data.corpus import source_identity
+from jft.data.loader import prefetch
 from jft.data.tasks import IGNORE, Encoded, Task, step_inputs
 from jft.errors import JftError
 from jft.finetune import (
@@ -311,14 +312,18 @@ def train_population(members: list[Member], shared: SweepData, runner: Runner, l
     run = start_population(members, shared, runner, log)
     population, total_steps = run.state, run.total_steps
     start = time.perf_counter()
-    with StopRequest() as stop:
-        for number in range(1, total_steps + 1):
-            population, metrics = run.step(population, runner.put_global_batch(next(run.batches)), run.rngs)
-            if number % config.log_every == 0 or number == total_steps:
-                losses = runner.get(metrics)["loss"]
-                log(f"step {number}/{total_steps}: loss {losses.min():.4f} to {losses.max():.4f} over the members")
-            if stop.agreed(number % config.log_every == 0):
-                raise stop.stopped(number, "the populations finished before this one are kept (members.jsonl)")
+    device_batches = prefetch((runner.put_global_batch(batch) for batch in run.batches), ahead=2)
+    try:
+        with StopRequest() as stop:
+            for number in range(1, total_steps + 1):
+                population, metrics = run.step(population, next(device_batches), run.rngs)
+                if number % config.log_every == 0 or number == total_steps:
+                    losses = runner.get(metrics)["loss"]
+                    log(f"step {number}/{total_steps}: loss {losses.min():.4f} to {losses.max():.4f} over the members")
+                if stop.agreed(number % config.log_every == 0):
+                    raise stop.stopped(number, "the populations finished before this one are kept (members.jsonl)")
+    finally:
+        device_batches.close()  # stops the prefetching thread
     seconds = time.perf_counter() - start
     params = runner.get(population.members.params)
     predict = runner.compile_rows(functools.partial(population_predict, setup=run.setup.finetune))

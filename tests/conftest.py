@@ -49,6 +49,16 @@ SMALL_PRETRAIN = {
 }
 
 
+def set_keys(config, changes: dict) -> None:
+    """Sets each dotted key of `changes` ('optim.lr': 1e-3) in a ConfigDict."""
+    for key, value in changes.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+
+
 def pretrain_command(workdir, **overrides) -> list[str]:
     """`jft pretrain` with the tiny config, SMALL_PRETRAIN and `overrides` as --config.KEY=VALUE."""
     settings = {**SMALL_PRETRAIN, **overrides}

@@ -14,7 +14,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import TINY_MODEL, corpus_vocab, write_corpus, write_topic_task
+from conftest import TINY_MODEL, corpus_vocab, set_keys, write_corpus, write_topic_task
 from jft import cli, hf
 from jft.data.synthetic import sentence_lengths, write_vocab
 from jft.errors import JftError
@@ -209,12 +209,7 @@ def _config(train, eval_file=None, **changes):
     config.data.train, config.data.eval = str(train), str(eval_file or "")
     config.batch_size, config.epochs, config.log_every, config.progress = 8, 2, 2, False
     config.optim.lr, config.data.seq_len = 1e-3, 32
-    for key, value in changes.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
+    set_keys(config, changes)
     return config
 
 

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import TINY_MODEL, write_topic_task, write_vocab
+from conftest import TINY_MODEL, set_keys, write_topic_task, write_vocab
 from jft import cli, sweep
 from jft.config import apply_overrides
 from jft.errors import JftError, RunStopped
@@ -39,12 +39,7 @@ def _config(files, grid, **changes):
         config.model[key] = value
     config.optim.lr = 1e-3
     config.sweep.grid = grid
-    for key, value in changes.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
+    set_keys(config, changes)
     return config
 
 
