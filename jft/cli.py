@@ -144,6 +144,13 @@ def _prepare_arguments(parser):
     )
     parser.add_argument("--seed", type=int, default=0, help="the rows and the pairs drawn: the same for a seed")
     parser.add_argument("--eval-fraction", type=float, default=0.01, help="documents held out for evaluation")
+    parser.add_argument("--workers", type=int, default=0, help="processes that prepare windows (0: one a core)")
+    parser.add_argument(
+        "--window-documents",
+        type=int,
+        default=10000,
+        help="documents a window: what a worker holds at once; next-sentence negatives come from its window",
+    )
     parser.add_argument("--cased", action="store_true", help="keep case when reading vocab.txt")
     parser.add_argument("--text-field", default="text", help="the text field of JSONL and TFDS records")
     parser.add_argument("--tfds-data-dir", default=None, help="where TFDS datasets are prepared")
@@ -160,6 +167,8 @@ def _run_prepare(args, _):
         mode=args.mode,
         seed=args.seed,
         eval_fraction=args.eval_fraction,
+        window_documents=args.window_documents,
+        workers=args.workers,
         text_field=args.text_field,
         tfds_data_dir=args.tfds_data_dir,
         lowercase=not args.cased,

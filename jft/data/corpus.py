@@ -56,7 +56,7 @@ def source_identity(source: str) -> dict:
         raise JftError(f"data file not found: {path}")
     digest = hashlib.sha256()
     with path.open("rb") as file:
-        while chunk := file.read(1 << 22):
+        while chunk := file.read(1 << 18):
             digest.update(chunk)
     return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 

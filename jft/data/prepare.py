@@ -2,21 +2,31 @@
 
 Two modes:
 - "pairs": [CLS] A [SEP] B [SEP] with next-sentence labels; half the B segments come from another
-  document (label 1), as in the original BERT's create_pretraining_data.
+  document of the same window (label 1), as in the original BERT's create_pretraining_data,
+  which draws them from the same input file.
 - "packed": [CLS] tokens [SEP], a document's tokens cut into full rows, no NSP.
 
-Output directory: metadata.json, tokenizer.json, and per split (train, eval) and shard the
-arrays {split}-{k:05d}.{field}.npy: input_ids [rows, seq_len], token_type_ids, word_start
-(first piece of a word; for whole-word masking), lengths [rows], nsp_labels [rows] (-1 in
-packed mode). Deterministic for a seed; written to a temporary directory and renamed at the end.
-metadata.json names the data by content: each source's size and SHA-256, and a fingerprint of
-the rows (SHA-256 of every array and of the vocabulary), so that a run can tell the same data
-wherever it lies.
+The corpus streams through in windows of a fixed number of documents; each window is tokenized,
+made into rows and written as its own shards by one of several processes, so that memory depends
+on the window and not on the corpus. Output directory: metadata.json, tokenizer.json, and per
+split (train, eval), window w and shard k the arrays {split}-{w:06d}-{k:03d}.{field}.npy:
+input_ids [rows, seq_len], token_type_ids, word_start (first piece of a word; for whole-word
+masking), lengths [rows], nsp_labels [rows] (-1 in packed mode). Deterministic for a seed,
+whatever the number of processes; written to out_dir + '.tmp' (where a stopped prepare resumes,
+window by window) and renamed at the end. metadata.json names the data by content: each
+source's size and SHA-256, and a fingerprint of the rows (SHA-256 of every array and of the
+vocabulary), so that a run can tell the same data wherever it lies.
 """
 
+import collections
+import concurrent.futures
+import dataclasses
+import functools
 import hashlib
 import itertools
 import json
+import multiprocessing
+import os
 import random
 import shutil
 import time
@@ -35,6 +45,8 @@ FORMAT = "jft-pretraining-rows/2"
 MODES = ("pairs", "packed")
 FIELDS = ("input_ids", "token_type_ids", "word_start", "lengths", "nsp_labels")
 Segment = tuple[np.ndarray, np.ndarray]  # token ids, word-start flags
+WINDOW_DOCUMENTS = 10000  # documents a window: what prepare holds at once, a worker
+WINDOWS, SETTINGS = "windows", "settings.json"  # in the .tmp directory of a prepare under way
 
 
 def prepare(
@@ -48,70 +60,188 @@ def prepare(
     eval_fraction: float = 0.01,
     short_seq_prob: float = 0.1,
     rows_per_shard: int = 65536,
+    window_documents: int = WINDOW_DOCUMENTS,
+    workers: int = 1,
     text_field: str = "text",
     tfds_data_dir: str | None = None,
     lowercase: bool = True,
     progress: bool = True,
 ) -> dict:
     """Tokenizes `sources` with `vocab` (a file, directory or tokenizer) into row shards in
-    `out_dir`; returns the metadata written. out_dir must be new, empty, or earlier output of prepare."""
+    `out_dir`; returns the metadata written. out_dir must be new, empty, or earlier output of prepare.
+
+    The corpus streams through in windows of `window_documents` documents, each made into rows
+    (next-sentence negatives from within its window) and written as its own shards by one of
+    `workers` processes (0: one a core), so memory depends on the window, not the corpus. A window
+    is done when its marker is written: a prepare stopped or killed resumes with the windows not
+    done (in out_dir + '.tmp'). The output is the same for a seed whatever the workers.
+    """
     if mode not in MODES:
         raise JftError(f"mode '{mode}' is not one of {MODES}.")
     if seq_len < 8:
         raise JftError(f"seq_len {seq_len} is too short for BERT rows; use 128 or 512.")
+    if window_documents < 1 or workers < 0:
+        raise JftError(
+            f"window_documents must be at least 1 and workers 0 (a core each) or more: {window_documents}, {workers}."
+        )
     out_dir = Path(out_dir)
     check_output_directory(out_dir)
     tokenizer = vocab if isinstance(vocab, tokenizers.Tokenizer) else load_tokenizer(vocab, lowercase=lowercase)
-    ids = special_ids(tokenizer)
     sources = sources_of(sources)
     identities = [{"source": source, **source_identity(source)} for source in sources]
     start = time.perf_counter()
-    documents = list(
-        _tokenized_documents(
-            tokenizer, read_documents(sources, text_field=text_field, tfds_data_dir=tfds_data_dir), progress
-        )
-    )
-    num_tokens = sum(len(seg[0]) for doc in documents for seg in doc)
-    if num_tokens == 0:
-        raise JftError(f"the corpus {', '.join(sources)} holds no text; give a file with at least one non-empty line.")
-    rng = random.Random(seed)
-    splits = _split_documents(documents, eval_fraction, rng)
-
+    options = dict(seq_len=seq_len, mode=mode, seed=seed, eval_fraction=eval_fraction, short_seq_prob=short_seq_prob)
+    settings = {
+        "format": FORMAT,
+        **options,
+        "rows_per_shard": rows_per_shard,
+        "window_documents": window_documents,
+        "text_field": text_field,
+        "sources": [{k: v for k, v in identity.items() if k != "source"} for identity in identities],
+        "vocabulary": vocabulary_fingerprint(tokenizer),
+    }
     tmp_dir = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
+    done = _resumable(tmp_dir, settings)
+    if done and progress:
+        print(f"resuming the prepare in {tmp_dir}: {len(done)} windows done", flush=True)
+    job = WindowJob(tokenizer.to_str(), str(tmp_dir), options, rows_per_shard)
+    documents = read_documents(sources, text_field=text_field, tfds_data_dir=tfds_data_dir)
+    windows = (
+        (index, window)
+        for index, window in enumerate(iter(lambda: list(itertools.islice(documents, window_documents)), []))
+        if index not in done
+    )
+    # disable=None: a bar only on a terminal (in a log file it would be thousands of updates)
     try:
-        tmp_dir.mkdir(parents=True)
-        fingerprint = hashlib.sha256(f"{FORMAT} {mode} {seq_len} {vocabulary_fingerprint(tokenizer)}".encode())
-        split_meta = {}
-        for split, docs in splits.items():
-            if mode == "pairs":
-                rows = _pair_rows(docs, seq_len, short_seq_prob, ids, rng)
-            else:
-                rows = _packed_rows(docs, seq_len, ids)
-            vocab_size = tokenizer.get_vocab_size()
-            split_meta[split] = _write_split(tmp_dir, split, rows, seq_len, vocab_size, rows_per_shard, fingerprint)
-        metadata = {
-            "format": FORMAT,
-            "mode": mode,
-            "seq_len": seq_len,
-            "vocab_size": tokenizer.get_vocab_size(),
-            "special_ids": vars(ids),
-            "seed": seed,
-            "sources": identities,
-            "fingerprint": fingerprint.hexdigest(),
-            "documents": len(documents),
-            "tokens": num_tokens,
-            "seconds": round(time.perf_counter() - start, 3),
-            "splits": split_meta,
-        }
-        tokenizer.save(str(tmp_dir / "tokenizer.json"))
-        (tmp_dir / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
-    except BaseException:  # a full disk, a signal: no half-written rows stay behind
+        with tqdm(desc="preparing", unit=" windows", disable=None if progress else True) as bar:
+            for marker in _run_windows(job, windows, workers or os.cpu_count() or 1):
+                done[marker["window"]] = marker
+                bar.update(1)
+    except JftError:  # bad input: the corpus must change, and with it the windows; none are kept
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
+    markers = [done[index] for index in sorted(done)]
+    num_tokens = sum(marker["tokens"] for marker in markers)
+    if num_tokens == 0:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise JftError(f"the corpus {', '.join(sources)} holds no text; give a file with at least one non-empty line.")
+    fingerprint = hashlib.sha256(f"{FORMAT} {mode} {seq_len} {vocabulary_fingerprint(tokenizer)}".encode())
+    for marker in markers:
+        fingerprint.update(bytes.fromhex(marker["digest"]))
+    metadata = {
+        "format": FORMAT,
+        "mode": mode,
+        "seq_len": seq_len,
+        "vocab_size": tokenizer.get_vocab_size(),
+        "special_ids": vars(special_ids(tokenizer)),
+        "seed": seed,
+        "sources": identities,
+        "fingerprint": fingerprint.hexdigest(),
+        "documents": sum(marker["documents"] for marker in markers),
+        "tokens": num_tokens,
+        "seconds": round(time.perf_counter() - start, 3),
+        "window_documents": window_documents,
+        "splits": {
+            split: {
+                "rows": sum(marker["splits"][split]["rows"] for marker in markers),
+                "shards": [shard for marker in markers for shard in marker["splits"][split]["shards"]],
+            }
+            for split in ("train", "eval")
+        },
+    }
+    tokenizer.save(str(tmp_dir / "tokenizer.json"))
+    (tmp_dir / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    shutil.rmtree(tmp_dir / WINDOWS, ignore_errors=True)
+    (tmp_dir / SETTINGS).unlink()
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp_dir.rename(out_dir)
     return metadata
+
+
+def _resumable(tmp_dir: Path, settings: dict) -> dict[int, dict]:
+    """The windows done by an earlier prepare with the same settings in tmp_dir, by index; any
+    other content of tmp_dir is removed and it starts empty."""
+    try:
+        same = json.loads((tmp_dir / SETTINGS).read_text()) == settings
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        (tmp_dir / WINDOWS).mkdir(parents=True)
+        (tmp_dir / SETTINGS).write_text(json.dumps(settings, indent=1))
+        return {}
+    done = {}
+    for path in (tmp_dir / WINDOWS).glob("*.json"):
+        marker = json.loads(path.read_text())
+        done[marker["window"]] = marker
+    return done
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowJob:
+    """What every window of one prepare shares (sent to the worker processes)."""
+
+    tokenizer_json: str
+    out_dir: str
+    options: dict  # seq_len, mode, seed, eval_fraction, short_seq_prob
+    rows_per_shard: int
+
+
+def _run_windows(job: WindowJob, windows: Iterator[tuple[int, list]], workers: int) -> Iterator[dict]:
+    """Each window's marker once its shards are written, in window order: here for one worker,
+    else in `workers` processes, at most two windows each read ahead (memory stays bounded)."""
+    if workers == 1:
+        for index, window in windows:
+            yield prepare_window(job, index, window)
+        return
+    context = multiprocessing.get_context("spawn")  # not fork: the caller may hold threads (jax)
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+        pending: collections.deque = collections.deque()
+        for index, window in windows:
+            pending.append(pool.submit(prepare_window, job, index, window))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _one_thread() -> None:
+    """A worker process tokenizes on one thread: the processes are the parallelism."""
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+@functools.cache
+def _tokenizer(tokenizer_json: str) -> tokenizers.Tokenizer:
+    return tokenizers.Tokenizer.from_str(tokenizer_json)
+
+
+def prepare_window(job: WindowJob, index: int, window: list) -> dict:
+    """Rows of one window of documents, written as its shards in job.out_dir, then its marker
+    (written last, atomically: a window without one is prepared again)."""
+    tokenizer, options = _tokenizer(job.tokenizer_json), job.options
+    documents = list(_tokenized_documents(tokenizer, window, progress=False))
+    rng = random.Random(options["seed"] + index * 2**32)  # window 0: the seed itself
+    splits = _split_documents(documents, options["eval_fraction"], rng)
+    out_dir, ids = Path(job.out_dir), special_ids(tokenizer)
+    digest = hashlib.sha256()
+    marker = {"window": index, "documents": len(documents), "tokens": sum(len(s[0]) for d in documents for s in d)}
+    marker["splits"] = {}
+    for split, docs in splits.items():
+        if options["mode"] == "pairs":
+            rows = _pair_rows(docs, options["seq_len"], options["short_seq_prob"], ids, rng)
+        else:
+            rows = _packed_rows(docs, options["seq_len"], ids)
+        prefix = f"{split}-{index:06d}"
+        vocab_size = tokenizer.get_vocab_size()
+        marker["splits"][split] = _write_split(
+            out_dir, prefix, rows, options["seq_len"], vocab_size, job.rows_per_shard, digest
+        )
+    marker["digest"] = digest.hexdigest()
+    temporary = out_dir / WINDOWS / f".{index:06d}.json.tmp"
+    temporary.write_text(json.dumps(marker))
+    temporary.replace(out_dir / WINDOWS / f"{index:06d}.json")
+    return marker
 
 
 def check_output_directory(out_dir: Path) -> None:
@@ -257,9 +387,9 @@ def _packed_rows(documents, seq_len: int, ids: SpecialIds):
 
 
 def _write_split(
-    out_dir: Path, split: str, rows, seq_len: int, vocab_size: int, rows_per_shard: int, fingerprint
+    out_dir: Path, name: str, rows, seq_len: int, vocab_size: int, rows_per_shard: int, fingerprint
 ) -> dict:
-    """Writes a split's rows as shards; adds every array written to `fingerprint` (a hashlib hash)."""
+    """Writes rows as shards named {name}-{k:03d}; adds every array written to `fingerprint` (a hashlib hash)."""
     id_dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max else np.int32
     shards, buffer = [], []
 
@@ -278,7 +408,7 @@ def _write_split(
             arrays["input_ids"][k, : len(tokens)] = tokens
             arrays["token_type_ids"][k, : len(tokens)] = types
             arrays["word_start"][k, : len(tokens)] = starts
-        prefix = f"{split}-{len(shards):05d}"
+        prefix = f"{name}-{len(shards):03d}"
         for field in FIELDS:
             np.save(out_dir / f"{prefix}.{field}.npy", arrays[field])
             fingerprint.update(f"{prefix}.{field} {arrays[field].dtype} {arrays[field].shape}".encode())
