@@ -13,6 +13,7 @@ compile of BERT-base takes about a minute on 2 cores, so a case is 5-10 minutes:
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -52,6 +53,12 @@ def case(topology: str, size: str, seq: int) -> dict:
     }
 
 
+def refusal(error: str) -> str:
+    """libtpu's out-of-memory error, short: what the temporaries need against what it can use."""
+    found = re.search(r"HLO temporaries \(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)", error)
+    return f"does not fit, {found[1]} GiB of temporaries ({found[2]} usable)" if found else error
+
+
 def table(records: list[dict]) -> str:
     first = records[0]
     dates = sorted({r["date"][:10] for r in records})
@@ -65,7 +72,7 @@ def table(records: list[dict]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in records:
-        peak = f"{r['peak_gib']:.1f} at {r['batch']}" + (f" ({r['error']})" if r["error"] else "")
+        peak = f"{r['peak_gib']:.1f} at {r['batch']}" if not r["error"] else f"at {r['batch']}: {refusal(r['error'])}"
         lines.append(
             f"| {r['topology']} {r['chip']} ({r['hbm_gib']:.0f} GiB) | {r['size']} | {r['seq']} | {peak} | "
             f"{r['largest']['none']} | {r['largest']['dots']} | {r['compile_seconds']:.0f} |"
