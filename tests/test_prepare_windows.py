@@ -22,12 +22,14 @@ def _arrays(directory):
 
 def test_peak_memory_follows_the_window_not_the_corpus(tmp_path):
     vocab = write_vocab(tmp_path / "vocab.txt")
+    small = write_corpus(tmp_path / "small.txt", documents=50)
+    prepare(str(small), vocab, tmp_path / "warm", seq_len=32, progress=False)  # first-call allocations
     peaks = {}
     for documents in (1000, 8000):  # both above the 256 KiB that hashing a source reads at a time
         corpus = write_corpus(tmp_path / f"corpus{documents}.txt", documents=documents)
         tracemalloc.start()
         meta = prepare(
-            str(corpus), vocab, tmp_path / f"rows{documents}", seq_len=32, window_documents=100, progress=False
+            str(corpus), vocab, tmp_path / f"rows{documents}", seq_len=32, window_documents=400, progress=False
         )
         peaks[documents] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
