@@ -60,22 +60,27 @@ def test_one_and_two_workers_write_the_same_rows(tmp_path):
     assert not (tmp_path / "w2.tmp").exists()
 
 
+def _kill_after_windows(command, out, windows: int):
+    """Starts `command --out out` and SIGKILLs it once `windows` windows are done; how many were."""
+    process = subprocess.Popen([*command, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    markers = out.with_name(out.name + ".tmp") / "windows"
+    deadline = time.monotonic() + 120
+    while len(list(markers.glob("*.json"))) < windows and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    done = len(list(markers.glob("*.json")))
+    assert process.returncode == -signal.SIGKILL and not out.exists() and windows <= done < 200
+    return done
+
+
 def test_a_killed_prepare_resumes_to_the_uninterrupted_rows(tmp_path):
     corpus = write_corpus(tmp_path / "corpus.txt", documents=4000)
     vocab = write_vocab(tmp_path / "vocab.txt")
     command = [sys.executable, "-m", "jft.cli", "prepare", str(corpus), "--vocab", str(vocab), "--seq-len", "32"]
     command += ["--window-documents", "20", "--workers", "1"]
     out = tmp_path / "rows"
-    process = subprocess.Popen([*command, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    windows = tmp_path / "rows.tmp" / "windows"
-    deadline = time.monotonic() + 120
-    while len(list(windows.glob("*.json"))) < 5 and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
-    done = len(list(windows.glob("*.json")))
-    assert process.returncode == -signal.SIGKILL and not out.exists() and 5 <= done < 200
-
+    done = _kill_after_windows(command, out, 5)
     resumed = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming the prepare in {tmp_path / 'rows.tmp'}: {done}" in resumed.stdout + resumed.stderr
@@ -84,3 +89,9 @@ def test_a_killed_prepare_resumes_to_the_uninterrupted_rows(tmp_path):
     meta, reference = (json.loads((d / "metadata.json").read_text()) for d in (out, tmp_path / "whole"))
     assert meta["fingerprint"] == reference["fingerprint"] and meta["splits"] == reference["splits"]
     assert meta["documents"] == 4000 and not (tmp_path / "rows.tmp").exists()
+
+    # the same vocabulary read cased tokenizes otherwise: its windows are not resumed, it starts over
+    _kill_after_windows(command, tmp_path / "other", 5)
+    cased = subprocess.run([*command, "--cased", "--out", str(tmp_path / "other")], capture_output=True, text=True)
+    assert cased.returncode == 0, cased.stderr
+    assert "resuming" not in cased.stdout + cased.stderr

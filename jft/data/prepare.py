@@ -98,7 +98,7 @@ def prepare(
         "window_documents": window_documents,
         "text_field": text_field,
         "sources": [{k: v for k, v in identity.items() if k != "source"} for identity in identities],
-        "vocabulary": vocabulary_fingerprint(tokenizer),
+        "tokenizer": hashlib.sha256(tokenizer.to_str().encode()).hexdigest(),  # vocabulary and normalizer
     }
     tmp_dir = out_dir.with_name(out_dir.name + ".tmp")
     done = _resumable(tmp_dir, settings)
