@@ -245,6 +245,14 @@ class SweepData:
     data: dict  # split -> Encoded | None
     init: Any
     folds: np.ndarray | None  # each training example's fold
+    by_fold: dict = dataclasses.field(default_factory=dict, repr=False)  # training(fold), made once
+
+    def training(self, fold: int | None) -> Encoded:
+        """The examples a member of `fold` trains on: all of the training data, or the other folds'."""
+        if fold not in self.by_fold:
+            train = self.data["train"]
+            self.by_fold[fold] = train if fold is None else subset(train, np.flatnonzero(self.folds != fold))
+        return self.by_fold[fold]
 
 
 @dataclasses.dataclass
@@ -268,9 +276,7 @@ def start_population(members: list[Member], shared: SweepData, runner: Runner, l
     config, task = members[0].config, shared.task
     masking = joint_masking(config, shared.tokenizer, shared.model_cfg)
     model = build_model(shared.model_cfg, task, mlm=masking is not None)
-    train = shared.data["train"]
-    own = [train if m.fold is None else subset(train, np.flatnonzero(shared.folds != m.fold)) for m in members]
-    batches = [task_batches(m.config, data, task, runner, m.config.seed) for m, data in zip(members, own)]
+    batches = [task_batches(m.config, shared.training(m.fold), task, runner, m.config.seed) for m in members]
     total_steps = planned_steps(config, len(batches[0]))
     config = with_warmup(config, total_steps)
     tx, schedule = make_optimizer(config.optim, total_steps)
@@ -325,14 +331,14 @@ def train_population(members: list[Member], shared: SweepData, runner: Runner, l
     finally:
         device_batches.close()  # stops the prefetching thread
     seconds = time.perf_counter() - start
-    params = runner.get(population.members.params)
     predict = runner.compile_rows(functools.partial(population_predict, setup=run.setup.finetune))
-    device_params = runner.put_replicated(params)
     eval_batch = config.eval_batch_size or config.batch_size
     held_out = [None if m.fold is None else np.flatnonzero(shared.folds == m.fold) for m in members]
     scored = {}  # split -> [(logits, labels)] a member
     for split in {"train" if index is not None else "eval" for index in held_out}:
-        scored[split] = predict_all(runner, predict, device_params, shared.data[split], task, eval_batch, len(members))
+        scored[split] = predict_all(
+            runner, predict, population.members.params, shared.data[split], task, eval_batch, len(members)
+        )
     results = []
     for k, (m, index) in enumerate(zip(members, held_out)):
         logits, labels = scored["train" if index is not None else "eval"][k]
@@ -351,7 +357,7 @@ def train_population(members: list[Member], shared: SweepData, runner: Runner, l
                 "train_seconds": seconds,
             }
         )
-    return results, params
+    return results, runner.get(population.members.params)
 
 
 def _checked_program(step, population, batch, rngs, members: int, runner: Runner, setup, log):
@@ -500,13 +506,9 @@ def _populations(members: list[Member], shared: SweepData, runner: Runner, most:
     """The members in groups of the same static settings and steps, each cut into parts of at
     most `most` members (0: no limit), in grid order."""
     groups: dict[str, list[Member]] = {}
-    folds = {}  # fold -> its training examples
     for m in members:
-        if m.fold not in folds:
-            train = shared.data["train"]
-            folds[m.fold] = train if m.fold is None else subset(train, np.flatnonzero(shared.folds != m.fold))
-        steps = planned_steps(m.config, len(task_batches(m.config, folds[m.fold], shared.task, runner, m.config.seed)))
-        groups.setdefault(_group_key(m, steps), []).append(m)
+        batches = task_batches(m.config, shared.training(m.fold), shared.task, runner, m.config.seed)
+        groups.setdefault(_group_key(m, planned_steps(m.config, len(batches))), []).append(m)
     size = most or len(members)
     return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
 
