@@ -38,11 +38,26 @@ def parallel_config() -> ConfigDict:
 def initialize_distributed(coordinator_address: str, num_processes: int, process_id: int) -> None:
     """Starts jax.distributed for a multi-process run (no-op for one process); call before any JAX work.
 
-    On CPU, cross-process collectives go through gloo.
+    num_processes=0: jax.distributed finds the processes itself, from the TPU pod's metadata or
+    SLURM's variables (one process a GPU there). On CPU, cross-process collectives go through gloo.
     """
-    if num_processes <= 1:
+    if num_processes < 0 or not 0 <= process_id < max(num_processes, 1):
+        raise JftError(
+            f"parallel.process_id={process_id} with parallel.num_processes={num_processes}: the count is 0 (found "
+            "by jax.distributed), 1, or more, and each process's id is one of 0 .. count - 1."
+        )
+    if num_processes == 1:
         return
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if num_processes == 0:
+        try:
+            jax.distributed.initialize(coordinator_address=coordinator_address or None)
+        except ValueError as error:  # no cluster found: "coordinator_address should be defined"
+            raise JftError(
+                f"parallel.num_processes=0 lets jax.distributed find the processes, and it found no TPU pod or "
+                f"SLURM job here ({error}); set parallel.num_processes, process_id and coordinator_address."
+            ) from error
+        return
     jax.distributed.initialize(
         coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
     )

@@ -10,7 +10,8 @@ refusal leaves the workdir as it was:
 4. the model: the run's own; else init_from's architecture; else model.preset and model.*;
 5. a resumed run must have the same settings (but for logging, saving and devices) and the same
    rows, by content: else refuse, naming every difference;
-6. prepare data.corpus into <workdir>/data when it is not there; write run.json and the tokenizer;
+6. prepare data.corpus into <workdir>/data when it is not there; check that the rows deal into
+   data.streams and that this process's shards are there; write run.json and the tokenizer;
 7. restore state, rng and loader position from the latest checkpoint (a finished run says so and
    returns), or initialise from config.seed, with init_from's weights;
 8. train to total_steps, logging every log_every steps, evaluating every eval_every steps,
@@ -18,7 +19,6 @@ refusal leaves the workdir as it was:
 """
 
 import functools
-import math
 from pathlib import Path
 
 import jax
@@ -29,7 +29,7 @@ from jft import rundir
 from jft.checkpoint import Checkpoints, StopRequest
 from jft.config import model_group
 from jft.data.corpus import read_documents, source_identity, sources_of
-from jft.data.loader import Loader, PretrainRows
+from jft.data.loader import Loader, PretrainRows, check_streams
 from jft.data.prepare import is_prepared, prepare
 from jft.data.tokenizer import load_tokenizer, train_vocab
 from jft.errors import JftError
@@ -86,6 +86,11 @@ def default_config() -> ConfigDict:
             seq_len=128,
             mode="pairs",  # pairs (MLM + NSP) | packed (MLM only)
             eval_fraction=0.02,  # documents held out for evaluation
+            # Streams the rows are dealt into, whole shards each; every batch takes batch_size/streams
+            # rows from each. 1: every process reads from every shard (a filesystem all hosts see);
+            # the number of processes (or a multiple): each reads only its own streams' shards, so
+            # each host needs only those files. The batches do not depend on the number of processes.
+            streams=1,
         )
     )
     config.masking = ConfigDict(dict(rate=0.15, max_predictions=20, whole_word=False))
@@ -130,6 +135,7 @@ def _check_settings(config: ConfigDict) -> None:
             f"masking.rate must be between 0 and 1 and masking.max_predictions at least 1, got "
             f"{config.masking.rate} and {config.masking.max_predictions}."
         )
+    check_streams(config.data.streams, config.batch_size)
     if config.eval_batches < 0:
         raise JftError(f"eval_batches must be 0 (no evaluation) or more, got {config.eval_batches}.")
     if config.keep_checkpoints < 1:
@@ -268,6 +274,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
                 progress=config.progress,
             )
         train_rows = PretrainRows(rows_dir, "train")
+        _loaders(config, rows_dir)  # their errors (streams, missing shard files) before the run is written
         if run is None and jax.process_index() == 0:
             meta = train_rows.metadata
             identity = {key: meta[key] for key in ("fingerprint", "seq_len", "mode", "sources")}
@@ -315,19 +322,18 @@ def _train(config: ConfigDict, workdir: Path, runner: Runner, model_cfg: BertCon
     eval_step = runner.compile(functools.partial(pretrain_eval_step, setup=setup), state_argnum=None)
     state, rng = runner.put_replicated(host_state["train"]), runner.put_replicated(host_state["rng"])
     start = int(host_state["train"].step)
+    loader, eval_loader = _loaders(config, train_rows.directory)
     if jax.process_index() == 0:
         num_params = sum(x.size for x in jax.tree.leaves(host_state["train"].params))
         where = f"resuming at step {start} of {config.total_steps}" if start else "starting at step 0"
+        epoch = f" ({config.data.streams} streams, {loader.epoch_rows * config.data.streams:,} an epoch)"
         print(
             f"pretraining {num_params:,} parameters on {runner.num_devices} {jax.default_backend()} device(s) "
-            f"({runner.backend}); {len(train_rows):,} rows of {meta['seq_len']} tokens; {where}",
+            f"({runner.backend}); {len(train_rows):,} rows of {meta['seq_len']} tokens"
+            f"{epoch if config.data.streams > 1 else ''}; {where}",
             flush=True,
         )
-
-    loader = Loader(
-        train_rows, config.batch_size, config.seed, process_index=jax.process_index(), process_count=jax.process_count()
-    )
-    evaluate = _evaluator(config, train_rows.directory, runner, eval_step)
+    evaluate = _evaluator(config, eval_loader, runner, eval_step)
     log = TrainingLog(workdir, config.total_steps, start, "pretraining", "sequences", config.progress, config.guard)
     batches = loader.iterate(start, runner.put_batch)
     stopped = None
@@ -359,20 +365,21 @@ def _train(config: ConfigDict, workdir: Path, runner: Runner, model_cfg: BertCon
     return log.last
 
 
-def _evaluator(config: ConfigDict, data_dir: Path, runner: Runner, eval_step):
-    """evaluate(params) -> MLM accuracy, loss, perplexity (and NSP accuracy) on the held-out rows."""
+def _loaders(config: ConfigDict, data_dir: Path) -> tuple[Loader, Loader | None]:
+    """This process's loaders of the training rows and of the held-out rows (None: none held out)."""
+    here = dict(process_index=jax.process_index(), process_count=jax.process_count(), streams=config.data.streams)
+    train = Loader(PretrainRows(data_dir, "train"), config.batch_size, config.seed, **here)
     eval_rows = PretrainRows(data_dir, "eval")
     if len(eval_rows) == 0 or config.eval_batches <= 0:
+        return train, None
+    return train, Loader(eval_rows, config.batch_size, config.seed, single_pass=True, **here)
+
+
+def _evaluator(config: ConfigDict, loader: Loader | None, runner: Runner, eval_step):
+    """evaluate(params) -> MLM accuracy, loss, perplexity (and NSP accuracy) on the held-out rows."""
+    if loader is None:
         return None
-    loader = Loader(
-        eval_rows,
-        config.batch_size,
-        config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        single_pass=True,
-    )
-    num_batches = min(config.eval_batches, math.ceil(len(eval_rows) / config.batch_size))
+    num_batches = min(config.eval_batches, loader.passes)
     eval_key = runner.put_replicated(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
 
     def evaluate(params):

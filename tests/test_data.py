@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 from conftest import corpus_vocab, write_corpus
 from jft import cli
 from jft.data.corpus import read_documents
-from jft.data.loader import Loader, PretrainRows, prefetch
+from jft.data.loader import Loader, PretrainRows, prefetch, stream_shards
 from jft.data.prepare import prepare
 from jft.data.tokenizer import load_tokenizer, special_ids
 from jft.errors import JftError
@@ -129,6 +129,68 @@ def test_loader_is_a_function_of_step_and_splits_over_processes(tmp_path, corpus
     assert visited <= every and len(visited) >= len(every) - (len(rows) - steps * 8)  # rows past the last batch
     with pytest.raises(JftError, match="global batch 9 does not divide over 2 processes"):
         Loader(rows, 9, 0, process_index=0, process_count=2)
+
+
+def test_streams_give_each_process_its_own_shards_and_the_same_batches(tmp_path, corpus):
+    """4 streams over 2 processes: each process opens only its streams' shards (disjoint, together
+    all of them), the batches are those of one process, and an epoch reads rows once each."""
+    text, vocab = corpus
+    prepare(str(text), vocab, tmp_path / "rows", seq_len=32, window_documents=8, progress=False)
+    rows = PretrainRows(tmp_path / "rows")
+    assert len(rows.shards) == 8
+    whole = Loader(PretrainRows(tmp_path / "rows"), 8, seed=3, streams=4)
+    halves = [
+        Loader(PretrainRows(tmp_path / "rows"), 8, 3, process_index=i, process_count=2, streams=4) for i in (0, 1)
+    ]
+    steps = whole.epoch_rows * 4 // 8  # an epoch: each stream's first epoch_rows rows
+    for step in range(steps + 2):
+        batch, parts = whole.batch(step), [h.batch(step) for h in halves]
+        for key in batch:
+            assert np.array_equal(np.concatenate([p[key] for p in parts]), batch[key])
+    opened = [set(h.data._open) for h in halves]
+    assert not opened[0] & opened[1] and opened[0] | opened[1] == set(range(8))
+    dealt = stream_shards([s["rows"] for s in rows.shards], 4)
+    assert opened[0] == set(dealt[0] + dealt[1])
+
+    epoch = np.concatenate(
+        [np.concatenate(list(whole._stream_indices(c, np.arange(whole.epoch_rows))[:1])) for c in range(4)]
+    )
+    assert len(set(epoch.tolist())) == len(epoch) == whole.epoch_rows * 4
+    surplus = len(rows) - len(epoch)  # the longer streams' rows past the shortest's count
+    assert surplus == sum(s["rows"] for s in rows.shards) - 4 * whole.epoch_rows and surplus < len(rows) / 4
+    ids = np.concatenate([whole.batch(s)["input_ids"] for s in range(steps)])
+    assert np.array_equal(
+        np.sort(ids.view("V128").ravel()), np.sort(rows.rows(epoch)["input_ids"].view("V128").ravel())
+    )
+
+
+def test_streams_bad_settings_and_missing_shards(tmp_path, corpus):
+    text, vocab = corpus
+    prepare(str(text), vocab, tmp_path / "rows", seq_len=32, window_documents=30, progress=False)  # 2 shards
+    rows = PretrainRows(tmp_path / "rows")
+    with pytest.raises(JftError, match="data.streams=3 does not divide the global batch of 8 rows"):
+        Loader(rows, 8, 0, streams=3)
+    with pytest.raises(JftError, match="data.streams=4 needs at least 4 shards with rows.*has 2.*--window-documents"):
+        Loader(rows, 8, 0, streams=4)
+    [first], [second] = stream_shards([s["rows"] for s in rows.shards], 2)
+    (tmp_path / "rows" / f"{rows.shards[second]['prefix']}.word_start.npy").unlink()
+    Loader(rows, 8, 0, streams=2, process_index=0, process_count=2).batch(0)  # process 0 reads only `first`
+    with pytest.raises(JftError, match="process 1 reads 1 shards.*1 of their files are not there.*word_start"):
+        Loader(rows, 8, 0, streams=2, process_index=1, process_count=2)
+
+
+def test_single_pass_over_streams_reads_every_row_once(tmp_path, corpus):
+    text, vocab = corpus
+    prepare(str(text), vocab, tmp_path / "rows", seq_len=32, window_documents=8, eval_fraction=0.2, progress=False)
+    rows = PretrainRows(tmp_path / "rows", "eval")
+    loader = Loader(rows, 8, 0, single_pass=True, streams=4)
+    batches = [loader.batch(step) for step in range(loader.passes)]
+    real = np.concatenate([b["input_ids"][b["attention_mask"].sum(1) > 0] for b in batches])
+    assert np.array_equal(
+        np.sort(real.view("V128").ravel()), np.sort(rows.rows(np.arange(len(rows)))["input_ids"].view("V128").ravel())
+    )
+    padding = np.concatenate([b["nsp_labels"][b["attention_mask"].sum(1) == 0] for b in batches])
+    assert len(real) == len(rows) and (padding == -1).all()
 
 
 def test_loader_prefetches_in_order(tmp_path, corpus):

@@ -487,6 +487,25 @@ CASES = [
         "jft prepare: error: data file not found: {tmp}/missing.txt",
     ),
     Case(
+        "streams that do not divide the batch",
+        lambda t, f: _pretrain(t, f, **{"data.streams": 3}),
+        "jft pretrain: error: data.streams=3 does not divide the global batch of 16 rows; use a divisor of it (1: "
+        "one stream over every shard; the number of processes: each reads its own shards).",
+    ),
+    Case(
+        "more streams than shards",
+        lambda t, f: _pretrain(t, f, **{"data.streams": 16}),
+        "jft pretrain: error: data.streams=16 needs at least 16 shards with rows, and the 'train' split of "
+        "{files}/rows has 1; use fewer streams, or prepare with a smaller --window-documents (each window of "
+        "documents makes its own shards).",
+    ),
+    Case(
+        "a process id out of range",
+        lambda t, f: _pretrain(t, f, **{"parallel.num_processes": 2, "parallel.process_id": 2}),
+        "jft pretrain: error: parallel.process_id=2 with parallel.num_processes=2: the count is 0 (found by "
+        "jax.distributed), 1, or more, and each process's id is one of 0 .. count - 1.",
+    ),
+    Case(
         "rows that are not prepared rows",
         lambda t, f: _pretrain(t, f, **{"data.prepared": _write(t / "rows" / "x.npy", "x").parent}),
         "jft pretrain: error: data.prepared {tmp}/rows is not a prepared corpus (no metadata.json); run `jft prepare`.",

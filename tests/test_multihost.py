@@ -1,9 +1,12 @@
 """Two processes × four CPU devices, started with jax.distributed on 127.0.0.1 (gloo), give the
 updates (and, fine-tuning, the evaluations) of one process with one device on the same global
-batches: pretraining and fine-tuning."""
+batches: pretraining and fine-tuning; and pretraining where each process has only its own shards,
+started the way SLURM starts it (jax.distributed finds the processes from SLURM's variables)."""
 
 import json
 import os
+import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,9 +18,11 @@ import pytest
 from conftest import REPO, corpus_vocab, pretrain_command, write_corpus, write_topic_task, write_vocab
 from jft import cli
 from jft.checkpoint import Checkpoints
-from jft.data.prepare import prepare
+from jft.data.loader import stream_shards
+from jft.data.prepare import FIELDS, prepare
 
 STEPS = 6
+STREAMS = 2  # every batch takes half its rows from each of two streams of whole shards
 NO_DROPOUT = {"model.hidden_dropout_prob": 0.0, "model.attention_probs_dropout_prob": 0.0}
 RUN = {
     "total_steps": STEPS,
@@ -29,7 +34,9 @@ RUN = {
 
 
 def _command(workdir, rows, **parallel):
-    return pretrain_command(workdir, **NO_DROPOUT, **RUN, **{"data.prepared": rows}, **parallel)
+    return pretrain_command(
+        workdir, **NO_DROPOUT, **RUN, **{"data.prepared": rows, "data.streams": STREAMS}, **parallel
+    )
 
 
 def _free_port() -> int:
@@ -38,28 +45,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_two_processes(command) -> None:
-    """Runs command(parallel settings) as processes 0 and 1 of one jax.distributed run, 4 CPU devices each."""
+def _run_two_processes(command, slurm: bool = False) -> None:
+    """Runs command(parallel settings) as processes 0 and 1 of one jax.distributed run, 4 CPU
+    devices each; slurm: command(process index), with SLURM's variables instead of the settings."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     address = f"127.0.0.1:{_free_port()}"
-    processes = [
-        subprocess.Popen(
-            command(
-                {
-                    "parallel.num_processes": 2,
-                    "parallel.process_id": index,
-                    "parallel.coordinator_address": address,
-                }
-            ),
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for index in range(2)
-    ]
+    # jax takes a SLURM job's coordinator port from its id: 61440 + id % 4096, on the first node
+    job = {"SLURM_JOB_ID": str(_free_slurm_port() - 61440), "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_NTASKS": "2"}
+
+    def start(index):
+        if slurm:
+            task = {**job, "SLURM_PROCID": str(index), "SLURM_LOCALID": str(index)}
+            argv, task_env = command(index), {**env, **task}
+        else:
+            parallel = {
+                "parallel.num_processes": 2,
+                "parallel.process_id": index,
+                "parallel.coordinator_address": address,
+            }
+            argv, task_env = command(parallel), env
+        return subprocess.Popen(argv, env=task_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    processes = [start(index) for index in range(2)]
     outputs = [p.communicate(timeout=300)[0] for p in processes]
     assert all(p.returncode == 0 for p in processes), "\n".join(outputs)
+
+
+def _free_slurm_port() -> int:
+    """A free port where jax looks for a SLURM job's coordinator (61440 .. 65535)."""
+    for port in random.sample(range(61440, 65536), 50):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 61440..65535")
 
 
 def _run_here(command: list[str]) -> None:
@@ -81,9 +102,13 @@ def one_device_run(tmp_path_factory):
     text = write_corpus(root / "corpus.txt", documents=60)
     vocab = corpus_vocab(text, root / "vocab")
     rows = root / "rows"
-    prepare(str(text), vocab, rows, seq_len=32, progress=False)
+    prepare(str(text), vocab, rows, seq_len=32, window_documents=20, progress=False)  # 3 shards a split
     _run_here(_command(root / "single", rows, **{"parallel.backend": "jit"}))
     return rows, _final_params(root / "single")
+
+
+def _max_difference(single, multi) -> float:
+    return max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(multi)))
 
 
 @pytest.mark.xdist_group("multihost")  # one worker, so both share one_device_run
@@ -92,10 +117,40 @@ def test_two_processes_four_devices_each_match_one_device(tmp_path, one_device_r
     rows, single = one_device_run
 
     _run_two_processes(lambda parallel: _command(tmp_path / "multi", rows, **{"parallel.backend": backend, **parallel}))
-    multi = _final_params(tmp_path / "multi")
     # 8 devices against 1: the same sums in another order, so float32 rounding apart.
-    differences = [float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(multi))]
-    assert max(differences) < 1e-6
+    assert _max_difference(single, _final_params(tmp_path / "multi")) < 1e-6
+
+
+def _own_shards(rows, index, out):
+    """A copy of prepared rows holding only the shards process `index` of 2 reads (one stream each)."""
+    out.mkdir()
+    for name in ("metadata.json", "tokenizer.json"):
+        shutil.copy(rows / name, out / name)
+    metadata = json.loads((rows / "metadata.json").read_text())
+    copied = []
+    for split in ("train", "eval"):
+        shards = metadata["splits"][split]["shards"]
+        for k in stream_shards([s["rows"] for s in shards], STREAMS)[index]:
+            copied.append(shards[k]["prefix"])
+            for field in FIELDS:
+                shutil.copy(rows / f"{shards[k]['prefix']}.{field}.npy", out)
+    return copied
+
+
+@pytest.mark.xdist_group("multihost")
+def test_processes_with_only_their_own_shards_match_one_device(tmp_path, one_device_run):
+    """Each host's disk holds only its share of the shards, disjoint, together all of them; the
+    processes find each other from SLURM's variables (parallel.num_processes=0)."""
+    rows, single = one_device_run
+    owned = [_own_shards(rows, index, tmp_path / f"host{index}") for index in range(2)]
+    assert not set(owned[0]) & set(owned[1])
+    assert sorted(owned[0] + owned[1]) == sorted(p.name.split(".")[0] for p in rows.glob("*.input_ids.npy"))
+
+    def command(index):
+        return _command(tmp_path / "multi", tmp_path / f"host{index}", **{"parallel.num_processes": 0})
+
+    _run_two_processes(command, slurm=True)
+    assert _max_difference(single, _final_params(tmp_path / "multi")) < 1e-6
 
 
 FINETUNE_STEPS = 4  # 2 epochs of 32 examples, 16 a batch
@@ -143,11 +198,9 @@ def test_two_processes_fine_tune_and_evaluate_like_one_device(tmp_path, one_devi
     data, single, single_evaluations = one_device_finetune
     _run_two_processes(lambda parallel: _finetune_command(tmp_path, data, **parallel))
 
-    multi = _final_params(tmp_path, FINETUNE_STEPS)
-    differences = [float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(multi))]
     # Adam's first steps move each weight by about ±lr = 1e-3 whatever the gradient's size, so sums
     # in another order can differ by more than pretraining's 1e-6 here: 1e-5 is 1% of one step.
-    assert max(differences) < 1e-5
+    assert _max_difference(single, _final_params(tmp_path, FINETUNE_STEPS)) < 1e-5
     # Every process predicts its share of each evaluation batch; the gathered predictions score
     # like one device's: the same examples, in the same order.
     evaluations = _evaluations(tmp_path)
@@ -156,3 +209,15 @@ def test_two_processes_fine_tune_and_evaluate_like_one_device(tmp_path, one_devi
         assert mine.keys() == reference.keys()
         for name in mine:
             assert mine[name] == pytest.approx(reference[name], abs=1e-6), name
+
+
+def test_processes_found_by_jax_need_a_cluster(tmp_path):
+    """parallel.num_processes=0 outside a TPU pod or SLURM job: one clear line, nothing written."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    command = pretrain_command(tmp_path / "run", **{"data.corpus": tmp_path / "c.txt", "parallel.num_processes": 0})
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(
+        "jft pretrain: error: parallel.num_processes=0 lets jax.distributed find the processes, and it found no TPU "
+        "pod or SLURM job here (coordinator_address should be defined.); set parallel.num_processes"
+    )
+    assert not (tmp_path / "run").exists()

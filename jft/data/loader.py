@@ -1,15 +1,22 @@
 """Prepared rows to batches: deterministic, index-based, split over hosts, prefetched to devices.
 
-The order is a fixed function of (seed, position): position p of the stream is row
-permutation(epoch = p // rows)[p % rows]. A loader's whole state is its step, so a run saves
-the step and a restart continues with exactly the next batch.
+The rows of a split are dealt into `streams` streams, whole shards each (the largest shard first to
+the stream with the fewest rows). Every global batch takes batch/streams rows from each stream, in
+stream order, and position p of stream c is row permutation(epoch = p // m, c)[p % m], where m is
+the smallest stream's row count (the longer streams leave their surplus out of an epoch, a new
+surplus each epoch). So the batches are a fixed function of (seed, streams, step), whatever the
+number of processes: a run saves the step, and a restart, on as many processes or others,
+continues with exactly the next batch. A process reads only the shards of the streams its share
+of the batch comes from: with one stream, every shard (a filesystem all hosts see); with as many
+streams as processes, or a multiple, only its own (data copied to each host's own disk).
 """
 
 import itertools
 import json
+import math
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +26,7 @@ from jft.errors import JftError
 
 
 class PretrainRows:
-    """One split of a `jft prepare` directory, memory-mapped; rows are read by index."""
+    """One split of a `jft prepare` directory; its shards are memory-mapped when first read."""
 
     def __init__(self, directory: str | Path, split: str = "train"):
         directory = Path(directory)
@@ -30,12 +37,9 @@ class PretrainRows:
         if self.metadata.get("format") != FORMAT:
             raise JftError(f"{directory} was written by another version of jft prepare; prepare it again.")
         self.directory, self.split = directory, split
-        shards = self.metadata["splits"][split]["shards"]
-        self.arrays = {
-            field: [np.load(directory / f"{s['prefix']}.{field}.npy", mmap_mode="r") for s in shards]
-            for field in FIELDS
-        }
-        self.offsets = np.cumsum([0] + [s["rows"] for s in shards])
+        self.shards = self.metadata["splits"][split]["shards"]
+        self.offsets = np.cumsum([0] + [s["rows"] for s in self.shards])
+        self._open: dict[int, dict[str, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -44,26 +48,78 @@ class PretrainRows:
     def seq_len(self) -> int:
         return self.metadata["seq_len"]
 
+    def shard_rows(self, shard: int) -> np.ndarray:
+        """The global indices of one shard's rows."""
+        return np.arange(self.offsets[shard], self.offsets[shard + 1], dtype=np.int64)
+
+    def check_files(self, shards: Sequence[int], reader: str) -> None:
+        """A clear error, before training starts, when a shard `reader` reads has no file here."""
+        missing = [
+            f"{self.shards[k]['prefix']}.{field}.npy"
+            for k in shards
+            for field in FIELDS
+            if not (self.directory / f"{self.shards[k]['prefix']}.{field}.npy").is_file()
+        ]
+        if missing:
+            raise JftError(
+                f"{reader} reads {len(shards)} shards of the '{self.split}' split of {self.directory}, and "
+                f"{len(missing)} of their files are not there (first: {missing[0]}); copy them there from the "
+                "prepared directory (`jft prepare` output)."
+            )
+
+    def _arrays(self, shard: int) -> dict[str, np.ndarray]:
+        if shard not in self._open:
+            prefix = self.directory / self.shards[shard]["prefix"]
+            self._open[shard] = {field: np.load(f"{prefix}.{field}.npy", mmap_mode="r") for field in FIELDS}
+        return self._open[shard]
+
     def rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """Rows by global index: input_ids, token_type_ids, attention_mask, word_start [n, seq]; nsp_labels [n]."""
         shard = np.searchsorted(self.offsets, indices, side="right") - 1
         local = indices - self.offsets[shard]
-        out = {field: np.stack([self.arrays[field][s][i] for s, i in zip(shard, local)]) for field in FIELDS}
+        out = {field: np.zeros((len(indices), self.seq_len), np.int32) for field in FIELDS[:3]}
+        out |= {field: np.zeros(len(indices), np.int32) for field in FIELDS[3:]}
+        for k in np.unique(shard):
+            here = shard == k
+            for field, array in self._arrays(int(k)).items():
+                out[field][here] = array[local[here]]
         seq = np.arange(self.seq_len)
         return {
-            "input_ids": out["input_ids"].astype(np.int32),
-            "token_type_ids": out["token_type_ids"].astype(np.int32),
+            "input_ids": out["input_ids"],
+            "token_type_ids": out["token_type_ids"],
             "attention_mask": (seq[None, :] < out["lengths"][:, None]).astype(np.int32),
             "word_start": out["word_start"].astype(bool),
-            "nsp_labels": out["nsp_labels"].astype(np.int32),
+            "nsp_labels": out["nsp_labels"],
         }
+
+
+def stream_shards(shard_rows: Sequence[int], streams: int) -> list[list[int]]:
+    """The shards (by index) of each of `streams` streams: the largest shard first to the stream
+    with the fewest rows so far (ties: the lower stream); each stream's shards in their order."""
+    dealt: list[list[int]] = [[] for _ in range(streams)]
+    totals = [0] * streams
+    for shard in sorted(range(len(shard_rows)), key=lambda k: -shard_rows[k]):
+        stream = totals.index(min(totals))
+        dealt[stream].append(shard)
+        totals[stream] += shard_rows[shard]
+    return [sorted(shards) for shards in dealt]
+
+
+def check_streams(streams: int, global_batch: int) -> None:
+    """A clear error when `streams` cannot take equal shares of every global batch."""
+    if streams < 1 or global_batch % streams:
+        raise JftError(
+            f"data.streams={streams} does not divide the global batch of {global_batch} rows; use a divisor "
+            "of it (1: one stream over every shard; the number of processes: each reads its own shards)."
+        )
 
 
 class Loader:
     """Batches of a global batch size; this process gets its contiguous share of every batch.
 
-    batch(step) is a pure function of (seed, step), so resuming at a step gives the same batches.
-    Each batch carries row_ids, the rows' positions in the global batch stream (for masking keys).
+    batch(step) is a pure function of (seed, streams, step), so resuming at a step gives the same
+    batches, on any number of processes. Each batch carries row_ids, the rows' positions in the
+    global batch stream (for masking keys).
     """
 
     def __init__(
@@ -76,40 +132,75 @@ class Loader:
         process_count: int = 1,
         shuffle: bool = True,
         single_pass: bool = False,
+        streams: int = 1,
     ):
-        """single_pass: one pass over the rows, in order; positions past the end are padding rows
-        (no attention, no NSP label), so that an evaluation counts every row exactly once."""
-        if len(data) == 0:
-            raise JftError(f"the '{data.split}' split of {data.directory} has no rows; use a larger corpus.")
+        """single_pass: one pass over each stream's rows, in order; positions past a stream's end
+        are padding rows (no attention, no NSP label), so that an evaluation counts every row once."""
         if global_batch % process_count:
             raise JftError(f"global batch {global_batch} does not divide over {process_count} processes.")
+        check_streams(streams, global_batch)
         self.data, self.global_batch, self.seed = data, global_batch, seed
         self.shuffle, self.single_pass = shuffle and not single_pass, single_pass
         self.local_batch = global_batch // process_count
         self.local_start = process_index * self.local_batch
-        self._epoch, self._order = -1, None
+        self.slot = global_batch // streams  # rows of each stream in a batch
+        dealt = stream_shards([s["rows"] for s in data.shards], streams)
+        sizes = [sum(data.shards[k]["rows"] for k in shards) for shards in dealt]
+        if not single_pass and min(sizes) == 0:
+            if len(data) == 0:
+                raise JftError(f"the '{data.split}' split of {data.directory} has no rows; use a larger corpus.")
+            raise JftError(
+                f"data.streams={streams} needs at least {streams} shards with rows, and the '{data.split}' split of "
+                f"{data.directory} has {sum(1 for s in data.shards if s['rows'])}; use fewer streams, or prepare "
+                "with a smaller --window-documents (each window of documents makes its own shards)."
+            )
+        self.epoch_rows = min(sizes)  # of each stream
+        self.passes = math.ceil(max(sizes) / self.slot)  # batches in a single pass
+        mine = sorted({int(p) // self.slot for p in self.local_start + np.arange(self.local_batch)})
+        data.check_files([k for stream in mine for k in dealt[stream]], f"process {process_index}")
+        # Global row indices of the streams this process reads (the others stay unread).
+        self.stream_rows = {
+            c: np.concatenate([data.shard_rows(k) for k in dealt[c]] or [np.zeros(0, np.int64)]) for c in mine
+        }
+        self._orders: dict[int, tuple[int, np.ndarray]] = {}
 
-    def _row_order(self, epoch: int) -> np.ndarray:
-        if epoch != self._epoch:
-            n = len(self.data)
-            self._order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
-            self._epoch = epoch
-        return self._order
+    def _order(self, stream: int, epoch: int) -> np.ndarray:
+        cached = self._orders.get(stream)
+        if cached is None or cached[0] != epoch:
+            n = len(self.stream_rows[stream])
+            order = np.random.default_rng([self.seed, epoch, stream]).permutation(n) if self.shuffle else np.arange(n)
+            self._orders[stream] = cached = (epoch, order)
+        return cached[1]
+
+    def _stream_indices(self, stream: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Global row indices at positions of one stream, and which positions are padding."""
+        rows = self.stream_rows[stream]
+        if self.single_pass:
+            padding = positions >= len(rows)
+            return rows[positions[~padding]], padding
+        indices = np.empty(len(positions), np.int64)
+        for epoch in np.unique(positions // self.epoch_rows):
+            here = positions // self.epoch_rows == epoch
+            indices[here] = rows[self._order(stream, int(epoch))[positions[here] % self.epoch_rows]]
+        return indices, np.zeros(len(positions), bool)
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """This process's rows of global batch `step`."""
-        n = len(self.data)
-        positions = step * self.global_batch + self.local_start + np.arange(self.local_batch, dtype=np.int64)
-        indices = np.empty(self.local_batch, np.int64)
-        for epoch in np.unique(positions // n):
-            here = positions // n == epoch
-            indices[here] = self._row_order(int(epoch))[positions[here] % n]
+        in_batch = self.local_start + np.arange(self.local_batch, dtype=np.int64)
+        streams, positions = in_batch // self.slot, step * self.slot + in_batch % self.slot
+        indices, padding = np.empty(0, np.int64), np.zeros(self.local_batch, bool)
+        for stream in np.unique(streams):
+            here = streams == stream
+            found, padding[here] = self._stream_indices(int(stream), positions[here])
+            indices = np.concatenate([indices, found])
         batch = self.data.rows(indices)
-        batch["row_ids"] = (positions % np.iinfo(np.int32).max).astype(np.int32)
-        if self.single_pass:
-            padding = positions >= n
-            batch["attention_mask"][padding] = 0
-            batch["nsp_labels"][padding] = -1
+        if padding.any():  # padding rows: all zeros, no NSP label
+            full = {k: np.zeros((self.local_batch, *v.shape[1:]), v.dtype) for k, v in batch.items()}
+            for key, value in batch.items():
+                full[key][~padding] = value
+            full["nsp_labels"][padding] = -1
+            batch = full
+        batch["row_ids"] = ((step * self.global_batch + in_batch) % np.iinfo(np.int32).max).astype(np.int32)
         return batch
 
     def iterate(self, start_step: int, put: Callable[[dict], dict], ahead: int = 2) -> Iterator[dict]:
