@@ -107,7 +107,9 @@ def _run_inspect(args, _):
 
 
 def _vocab_arguments(parser):
-    parser.add_argument("corpus", help="text file(s) (comma-separated), JSONL, or tfds:NAME[:SPLIT]")
+    parser.add_argument(
+        "corpus", nargs="+", help="text or JSONL files (or globs, quoted: 'books/*.txt'), or tfds:NAME[:SPLIT]"
+    )
     parser.add_argument("--out", required=True, help="directory for vocab.txt and tokenizer.json")
     parser.add_argument("--vocab-size", type=int, default=30522, help="tokens in the vocabulary")
     parser.add_argument("--min-frequency", type=int, default=2, help="merges seen fewer times are not made")
@@ -132,7 +134,9 @@ def _run_vocab(args, _):
 
 
 def _prepare_arguments(parser):
-    parser.add_argument("corpus", help="text file(s) (comma-separated), JSONL, or tfds:NAME[:SPLIT]")
+    parser.add_argument(
+        "corpus", nargs="+", help="text or JSONL files (or globs, quoted: 'books/*.txt'), or tfds:NAME[:SPLIT]"
+    )
     parser.add_argument("--vocab", required=True, help="vocab.txt, tokenizer.json, or a directory with one")
     parser.add_argument("--out", required=True, help="a new or empty directory for the row shards")
     parser.add_argument("--seq-len", type=int, default=128, help="tokens a row")

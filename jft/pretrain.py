@@ -168,7 +168,10 @@ def _rows_differences(config: ConfigDict, workdir: Path, rows: PretrainRows, res
     if not resuming:  # a resumed run compares its whole config instead
         wanted = {"seq_len": config.data.seq_len, "mode": config.data.mode, "seed": config.seed}
         changed = [f"{k}: prepared {meta.get(k)!r}, config {v!r}" for k, v in wanted.items() if meta.get(k) != v]
-    sources = sources_of(config.data.corpus)
+    try:
+        sources = sources_of(config.data.corpus)
+    except JftError:  # a glob that matches nothing (any more): the text is not at hand
+        sources = []
     if sources and all(s.startswith("tfds:") or Path(s).is_file() for s in sources):
         prepared = [{k: v for k, v in s.items() if k != "source"} for s in meta["sources"]]
         if prepared != [source_identity(s) for s in sources]:

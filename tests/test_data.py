@@ -110,6 +110,27 @@ def test_prepare_bad_input(tmp_path, corpus):
         PretrainRows(tmp_path)
 
 
+def test_globs_name_the_files_they_match_in_order(tmp_path, corpus):
+    for name in ("b.txt", "a.txt", "sub/c.txt"):
+        (tmp_path / "books" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "books" / name).write_text(f"From {name}.\n")
+    (tmp_path / "books" / "notes.md").write_text("Not a book.\n")
+    books = tmp_path / "books"
+    assert list(read_documents(f"{books}/*.txt")) == [["From a.txt."], ["From b.txt."]]
+    assert list(read_documents([f"{books}/**/*.txt"])) == [["From a.txt."], ["From b.txt."], ["From sub/c.txt."]]
+    with pytest.raises(JftError, match=r"no corpus file matches .*/books/\*.jsonl; check the pattern"):
+        list(read_documents(f"{books}/*.jsonl"))
+    # The command takes several files (a glob the shell expanded) or a quoted glob; both name the same sources.
+    _, vocab = corpus
+    for name, given in (("expanded", [str(books / "a.txt"), str(books / "b.txt")]), ("quoted", [f"{books}/*.txt"])):
+        assert (
+            cli.main(["prepare", *given, "--vocab", str(vocab), "--out", str(tmp_path / name), "--seq-len", "16"]) == 0
+        )
+    metadata = [json.loads((tmp_path / name / "metadata.json").read_text()) for name in ("expanded", "quoted")]
+    assert metadata[0]["sources"] == metadata[1]["sources"] and len(metadata[0]["sources"]) == 2
+    assert metadata[0]["fingerprint"] == metadata[1]["fingerprint"]
+
+
 def test_loader_is_a_function_of_step_and_splits_over_processes(tmp_path, corpus):
     text, vocab = corpus
     prepare(str(text), vocab, tmp_path / "rows", seq_len=32, progress=False)

@@ -1,11 +1,14 @@
 """Unlabeled text in: documents as lists of sentences, from text files, JSONL or TFDS.
 
+Several sources: a comma-separated string or a list; globs (`books/*.txt`, `shards/**/*.jsonl`)
+stand for the files they match, sorted.
 - *.txt: one sentence per line, a blank line between documents (the original BERT tooling's format).
 - *.jsonl: one document per line, its text under `text_field`; lines of the text are sentences,
   and a text on one line is split after . ! ? followed by a space.
 - tfds:NAME[:SPLIT]: a TFDS dataset read with tfds.data_source (array_record, no TensorFlow needed).
 """
 
+import glob
 import hashlib
 import re
 from collections.abc import Iterator, Sequence
@@ -42,8 +45,19 @@ def read_documents(
 
 
 def sources_of(sources: str | Sequence[str]) -> list[str]:
-    """The list of sources named by a comma-separated string or a sequence."""
-    return [s for s in sources.split(",") if s] if isinstance(sources, str) else list(sources)
+    """The sources named by a comma-separated string or a sequence; a glob (*, ?, [...], ** for
+    any depth) stands for the files it matches, in sorted order."""
+    named = [s for s in sources.split(",") if s] if isinstance(sources, str) else list(sources)
+    found = []
+    for source in named:
+        if source.startswith("tfds:") or not any(c in source for c in "*?["):
+            found.append(source)
+            continue
+        matches = sorted(path for path in glob.glob(source, recursive=True) if Path(path).is_file())
+        if not matches:
+            raise JftError(f"no corpus file matches {source}; check the pattern (quote it, so the shell leaves it).")
+        found += matches
+    return found
 
 
 def source_identity(source: str) -> dict:
