@@ -106,6 +106,19 @@ def _run_inspect(args, _):
         print(f"  {group:<24} {size:>14,}")
 
 
+def _shards_arguments(parser):
+    parser.add_argument("rows", help="a `jft prepare` directory")
+    parser.add_argument("--streams", type=int, required=True, help="the run's data.streams")
+    parser.add_argument("--process", type=int, required=True, help="the process (host) index: 0 .. processes - 1")
+    parser.add_argument("--processes", type=int, default=0, help="processes of the run (default: one a stream)")
+
+
+def _run_shards(args, _):
+    from jft.data.loader import process_files
+
+    print("\n".join(process_files(args.rows, args.streams, args.process, args.processes or args.streams)))
+
+
 def _vocab_arguments(parser):
     parser.add_argument(
         "corpus", nargs="+", help="text or JSONL files (or globs, quoted: 'books/*.txt'), or tfds:NAME[:SPLIT]"
@@ -433,6 +446,12 @@ COMMANDS = (
     ),
     Command("vocab", "train a WordPiece vocabulary on a corpus", _vocab_arguments, _run_vocab),
     Command("prepare", "tokenize a corpus into fixed-length pretraining rows", _prepare_arguments, _run_prepare),
+    Command(
+        "shards",
+        "the files of prepared rows one host reads with data.streams (to copy to its own disk)",
+        _shards_arguments,
+        _run_shards,
+    ),
     Command("pretrain", "pretrain BERT with masked-LM (+ next-sentence)", _pretrain_arguments, _run_pretrain, True),
     Command(
         "finetune",

@@ -200,6 +200,25 @@ def test_streams_bad_settings_and_missing_shards(tmp_path, corpus):
         Loader(rows, 8, 0, streams=2, process_index=1, process_count=2)
 
 
+def test_shards_command_lists_what_each_process_reads(tmp_path, corpus, capsys):
+    text, vocab = corpus
+    prepare(str(text), vocab, tmp_path / "rows", seq_len=32, window_documents=8, progress=False)
+    listed = []
+    for process in (0, 1):
+        assert (
+            cli.main(
+                ["shards", str(tmp_path / "rows"), "--streams", "4", "--process", str(process), "--processes", "2"]
+            )
+            == 0
+        )
+        listed.append(capsys.readouterr().out.split())
+    shared = {"metadata.json", "tokenizer.json"}
+    assert set(listed[0]) & set(listed[1]) == shared
+    assert set(listed[0]) | set(listed[1]) == {p.name for p in (tmp_path / "rows").iterdir()}
+    assert cli.main(["shards", str(tmp_path / "rows"), "--streams", "3", "--process", "0", "--processes", "2"]) == 2
+    assert "the streams must be a multiple of the processes" in capsys.readouterr().err
+
+
 def test_single_pass_over_streams_reads_every_row_once(tmp_path, corpus):
     text, vocab = corpus
     prepare(str(text), vocab, tmp_path / "rows", seq_len=32, window_documents=8, eval_fraction=0.2, progress=False)

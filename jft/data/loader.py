@@ -105,6 +105,24 @@ def stream_shards(shard_rows: Sequence[int], streams: int) -> list[list[int]]:
     return [sorted(shards) for shards in dealt]
 
 
+def process_files(directory: str | Path, streams: int, process_index: int, process_count: int) -> list[str]:
+    """The files (names in `directory`) one of `process_count` processes reads with `streams`
+    streams, a multiple of the process count: metadata, tokenizer and its streams' shards."""
+    if streams < 1 or process_count < 1 or streams % process_count or not 0 <= process_index < process_count:
+        raise JftError(
+            f"process {process_index} of {process_count} with {streams} streams: the streams must be a multiple of "
+            "the processes (each reads whole streams), and the process one of 0 .. processes - 1."
+        )
+    files = ["metadata.json", "tokenizer.json"]
+    per_process = streams // process_count
+    for split in ("train", "eval"):
+        data = PretrainRows(directory, split)
+        dealt = stream_shards([s["rows"] for s in data.shards], streams)
+        for stream in range(process_index * per_process, (process_index + 1) * per_process):
+            files += [f"{data.shards[k]['prefix']}.{field}.npy" for k in dealt[stream] for field in FIELDS]
+    return files
+
+
 def check_streams(streams: int, global_batch: int) -> None:
     """A clear error when `streams` cannot take equal shares of every global batch."""
     if streams < 1 or global_batch % streams:
