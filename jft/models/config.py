@@ -64,7 +64,7 @@ class BertConfig:
     # jft's own fields.
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 | float16 | auto (bf16 on GPU/TPU)
     param_dtype: str = "float32"  # master weights; keep float32 when training in bf16
-    # "xla": jax.nn.dot_product_attention's XLA path, with attention dropout when training.
+    # "xla": attention spelled out for XLA, heads first, with attention dropout when training.
     # "cudnn": cuDNN's fused kernel (GPU, bf16/fp16). "splash": Pallas's splash kernel (TPU; packed
     # examples kept apart by segment ids). Neither has dropout, so they require
     # attention_probs_dropout_prob == 0: jft never drops the dropout silently.
