@@ -574,6 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `jft` console script; returns the exit status."""
     _leave_out_an_absent_tpu()
     from jft.config import load_config, split_overrides, with_overrides
+    from jft.xla_cache import enable_compilation_cache
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -592,6 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config = load_config(args.config, overrides, stage=stage)
             else:
                 config = with_overrides(command.default_config(), overrides)
+        if command.name != "bench":  # bench times compiling itself
+            enable_compilation_cache()
         command.run(args, config)
     except JftError as error:
         print(f"jft {args.command}: error: {error}", file=sys.stderr)

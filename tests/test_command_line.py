@@ -278,6 +278,29 @@ def test_progress_off_a_terminal_is_plain_lines(task_files, tmp_path):
     assert lines[1].startswith("pretraining step 2/6: loss ") and "seq/s" in lines[2] and "left" in lines[2]
 
 
+def test_a_second_run_loads_its_programs_from_the_compilation_cache(task_files, tmp_path):
+    """JFT_XLA_CACHE (default ~/.cache/jft/xla) holds the compiled steps: a second run with the same
+    settings loads them instead of compiling, and trains the same; "off" writes nothing."""
+    settings = {**SMALL_PRETRAIN, "data.prepared": task_files / "pre" / "data", "total_steps": 4, "log_every": 2}
+    env = {k: v for k, v in ONE_DEVICE.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env |= {"JFT_XLA_CACHE": str(tmp_path / "cache"), "JAX_LOG_COMPILES": "1"}
+
+    def run(name, **more):
+        command = [*JFT, "pretrain", "--config", "tiny", "--workdir", str(tmp_path / name), *_flags(settings)]
+        done = subprocess.run(command, env={**env, **more}, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        records = map(json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines())
+        return done.stderr, [r["loss"] for r in records if r["split"] == "train"]
+
+    first, first_losses = run("first")  # jax logs each cache hit when it logs compiles
+    assert "cache hit" not in first and list((tmp_path / "cache").glob("jit_pretrain_step-*-cache"))
+    second, second_losses = run("second")
+    assert "Persistent compilation cache hit for 'jit_pretrain_step'" in second
+    assert second_losses == first_losses
+    run("third", JFT_XLA_CACHE="off", XDG_CACHE_HOME=str(tmp_path / "home"))
+    assert not (tmp_path / "home").exists()
+
+
 def test_bench_on_a_cpu_skips_cudnn_and_splash_with_a_reason(capsys):
     assert cli.main(["bench", "--config", "bench:tiny", "--config.workloads=finetune"]) == 0
     captured = capsys.readouterr()
