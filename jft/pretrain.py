@@ -276,20 +276,20 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
                 tfds_data_dir=data.tfds_data_dir or None,
                 progress=config.progress,
             )
-        train_rows = PretrainRows(rows_dir, "train")
-        _loaders(config, rows_dir)  # their errors (streams, missing shard files) before the run is written
+        loaders = _loaders(config, rows_dir)  # their errors (streams, missing shards) before the run is written
         if run is None and jax.process_index() == 0:
-            meta = train_rows.metadata
+            meta = loaders[0].data.metadata
             identity = {key: meta[key] for key in ("fingerprint", "seq_len", "mode", "sources")}
             origin = {"from": init.describe()} if init is not None else None
             run = rundir.new_run("pretraining", config.to_dict(), model_cfg, identity, init=origin)
             rundir.write_run(workdir, run, tokenizer)
-        return _train(config, workdir, runner, model_cfg, train_rows, init)
+        return _train(config, workdir, runner, model_cfg, loaders, init)
 
 
-def _train(config: ConfigDict, workdir: Path, runner: Runner, model_cfg: BertConfig, train_rows, init):
+def _train(config: ConfigDict, workdir: Path, runner: Runner, model_cfg: BertConfig, loaders, init):
     """Steps 7-8 of the module docstring."""
-    meta = train_rows.metadata
+    loader, eval_loader = loaders
+    train_rows, meta = loader.data, loader.data.metadata
     masking = MaskingConfig.for_vocabulary(
         meta["special_ids"],
         meta["vocab_size"],
@@ -325,7 +325,6 @@ def _train(config: ConfigDict, workdir: Path, runner: Runner, model_cfg: BertCon
     eval_step = runner.compile(functools.partial(pretrain_eval_step, setup=setup), state_argnum=None)
     state, rng = runner.put_replicated(host_state["train"]), runner.put_replicated(host_state["rng"])
     start = int(host_state["train"].step)
-    loader, eval_loader = _loaders(config, train_rows.directory)
     if jax.process_index() == 0:
         num_params = sum(x.size for x in jax.tree.leaves(host_state["train"].params))
         where = f"resuming at step {start} of {config.total_steps}" if start else "starting at step 0"
