@@ -274,6 +274,18 @@ def test_tfds_dataset_by_name(tmp_path):
         list(read_documents("tfds:jft_tiny_text:test", tfds_data_dir=str(tmp_path)))
 
 
+def test_a_tfds_dataset_prepares_to_the_rows_of_the_same_text(tmp_path, corpus):
+    """Read record by record through tfds.data_source, in windows, as a text file is."""
+    JftTinyText(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+    documents = list(read_documents("tfds:jft_tiny_text:train", tfds_data_dir=str(tmp_path)))
+    (tmp_path / "same.txt").write_text("\n\n".join("\n".join(d) for d in documents) + "\n")
+    settings = dict(seq_len=16, window_documents=2, eval_fraction=0.0, progress=False)
+    from_tfds = prepare("tfds:jft_tiny_text:train", corpus[1], tmp_path / "a", tfds_data_dir=str(tmp_path), **settings)
+    from_text = prepare(str(tmp_path / "same.txt"), corpus[1], tmp_path / "b", **settings)
+    assert from_tfds["sources"] == [{"source": "tfds:jft_tiny_text:train", "tfds": "jft_tiny_text:train"}]
+    assert from_tfds["fingerprint"] == from_text["fingerprint"] and len(from_tfds["splits"]["train"]["shards"]) == 2
+
+
 def test_vocab_and_prepare_commands(tmp_path, capsys):
     text = write_corpus(tmp_path / "corpus.txt", documents=30)
     assert cli.main(["vocab", str(text), "--out", str(tmp_path / "vocab"), "--vocab-size", "150"]) == 0
