@@ -9,7 +9,7 @@ import pytest
 
 from conftest import make_batch, masked_positions, tiny_hf_config
 from jft.models import BertConfig, BertForPreTraining, BertModel, init_params
-from jft.models.bert import attention, attention_mask_4d
+from jft.models.bert import Dropout, attention, attention_mask_4d, kept
 
 
 def _config(**overrides):
@@ -31,8 +31,22 @@ def test_attention_dropout_rescales_kept_probabilities():
     mask = jnp.ones((1, 1, 1, 64), bool)
     out = attention(q, k, v, mask, implementation="xla", dropout_rate=0.5, dropout_rng=jax.random.key(3))
     # Uniform attention over 64 ones: each kept weight becomes 2/64, so the output is 2 * kept / 64.
-    kept = jax.random.bernoulli(jax.random.key(3), 0.5, (1, 1, 1, 64)).sum()
-    assert np.allclose(out, 2 * kept / 64)
+    count = kept(jax.random.key(3), 0.5, (1, 1, 1, 64)).sum()
+    assert 0 < count < 64 and np.allclose(out, 2 * count / 64)
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.9])
+def test_dropout_keeps_one_minus_rate_and_scales_what_it_keeps(rate):
+    """16 random bits a value: the kept fraction is 1 - rate within 4 standard errors; kept values are
+    x / (1 - rate), the others 0, as flax's nn.Dropout; deterministic or rate 0 is the identity."""
+    x = jnp.asarray(np.random.default_rng(0).uniform(1, 2, size=(64, 1000)), jnp.float32)
+    out = Dropout(rate).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
+    fraction = float(jnp.mean(out != 0))
+    assert abs(fraction - (1 - rate)) < 4 * np.sqrt(rate * (1 - rate) / x.size)
+    assert np.allclose(np.where(out != 0, out, x / (1 - rate)), x / (1 - rate), rtol=1e-6)
+    assert np.array_equal(Dropout(rate).apply({}, x, deterministic=True), x)
+    assert np.array_equal(Dropout(0.0).apply({}, x, deterministic=False), x)
+    assert bool(kept(jax.random.key(0), 1e-9, (8,)).all())
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded rows", "packed rows"])
