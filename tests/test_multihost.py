@@ -50,7 +50,8 @@ def _run_two_processes(command, slurm: bool = False) -> None:
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     address = f"127.0.0.1:{_free_port()}"
     # jax takes a SLURM job's coordinator port from its id: 61440 + id % 4096, on the first node
-    job = {"SLURM_JOB_ID": str(_free_slurm_port() - 61440), "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_NTASKS": "2"}
+    if slurm:
+        job = {"SLURM_JOB_ID": str(_free_slurm_port() - 61440), "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_NTASKS": "2"}
 
     def start(index):
         if slurm:
