@@ -23,6 +23,7 @@ from jft.masking import MaskingConfig
 from jft.models import BertConfig, BertForSequenceClassification, init_params
 from jft.optim import weight_decay_mask
 from jft.steps import FinetuneSetup, create_finetune_state, finetune_step
+from jft.xla_cache import enable_compilation_cache
 
 pytestmark = pytest.mark.xdist_group("command_line")  # one worker: the runs are shared
 
@@ -280,7 +281,7 @@ def test_progress_off_a_terminal_is_plain_lines(task_files, tmp_path):
 
 def test_a_second_run_loads_its_programs_from_the_compilation_cache(task_files, tmp_path):
     """JFT_XLA_CACHE (default ~/.cache/jft/xla) holds the compiled steps: a second run with the same
-    settings loads them instead of compiling, and trains the same; "off" writes nothing."""
+    settings loads them instead of compiling, and trains the same."""
     settings = {**SMALL_PRETRAIN, "data.prepared": task_files / "pre" / "data", "total_steps": 4, "log_every": 2}
     env = {k: v for k, v in ONE_DEVICE.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     env |= {"JFT_XLA_CACHE": str(tmp_path / "cache"), "JAX_LOG_COMPILES": "1"}
@@ -297,7 +298,17 @@ def test_a_second_run_loads_its_programs_from_the_compilation_cache(task_files, 
     second, second_losses = run("second")
     assert "Persistent compilation cache hit for 'jit_pretrain_step'" in second
     assert second_losses == first_losses
-    run("third", JFT_XLA_CACHE="off", XDG_CACHE_HOME=str(tmp_path / "home"))
+
+
+def test_the_compilation_cache_set_off_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("JFT_XLA_CACHE", "off")
+    own = jax.config.jax_compilation_cache_dir  # the tests' shared cache (conftest), which would win
+    jax.config.update("jax_compilation_cache_dir", None)
+    try:
+        assert enable_compilation_cache() is None and jax.config.jax_compilation_cache_dir is None
+    finally:
+        jax.config.update("jax_compilation_cache_dir", own)
     assert not (tmp_path / "home").exists()
 
 
