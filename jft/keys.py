@@ -26,7 +26,7 @@ MODEL = {
     "model.dtype": "compute dtype: float32, bfloat16 or auto (bf16 on GPU/TPU); may change on resume",
     "model.param_dtype": "dtype of the weights (keep float32)",
     "model.attention_impl": "xla; cudnn (fused GPU kernel) or splash (Pallas TPU kernel): no attention dropout",
-    "model.remat": "recompute in the backward pass: none (no matmul twice), dots (attention's too) or full (least memory)",
+    "model.remat": "recompute in the backward pass: none (no matmul twice), dots (attention's too), full (least kept)",
     "model.scan_layers": "layers as one loop (compiles fast at any depth); false: unrolled (same weights)",
     "model.vocab_multiple": "pad the masked-LM decoder's vocabulary to a multiple of this (e.g. 128); never exported",
 }
