@@ -7,8 +7,9 @@ Each case is `jft bench --config bench:SIZE --topology T --largest-batch` for pr
 sequence length (BERT's 20 masked predictions a 128 tokens): libtpu compiles the step for the
 topology's chips on this machine, XLA's memory analysis gives the per-device peak, and a search
 over compiles finds the largest batch a device holds without remat and with remat 'dots'. A
-compile of BERT-base takes about a minute on 2 cores, so a case is 5-10 minutes: the records file
-(benchmarks/tpu_compile.jsonl, kept in the repository) keeps each finished case, and a rerun skips them.
+compile takes one to three minutes on 2 cores (BERT-base or -large alike: the layers are one
+loop), so a case is 10-30 minutes: the records file (benchmarks/tpu_compile.jsonl, kept in the
+repository) keeps each finished case, and a rerun skips them.
 """
 
 import argparse
