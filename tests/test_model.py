@@ -9,7 +9,7 @@ import pytest
 
 from conftest import make_batch, masked_positions, tiny_hf_config
 from jft.models import BertConfig, BertForPreTraining, BertModel, init_params
-from jft.models.bert import Dropout, attention, attention_mask_4d, kept
+from jft.models.bert import Dropout, attention, attention_mask_4d, fused_attention, kept
 
 
 def _config(**overrides):
@@ -23,6 +23,22 @@ def test_attention_with_dropout_path_equals_fused_path_when_nothing_is_dropped()
     fused = attention(q, k, v, mask, implementation="xla", dropout_rate=0.0, dropout_rng=None)
     spelled_out = attention(q, k, v, mask, implementation="xla", dropout_rate=1e-9, dropout_rng=jax.random.key(0))
     assert np.max(np.abs(fused - spelled_out)) < 1e-6
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded rows", "packed rows"])
+def test_the_fused_kernels_masks_give_the_spelled_out_attention_on_every_real_token(packed):
+    """What jft hands jax.nn.dot_product_attention's kernels (cuDNN on a GPU): a key-padding mask as
+    each row's key count, a packed one as the full [batch, 1, q, k] mask. Run here through the same
+    call with implementation "xla", which honours both as the kernel does."""
+    rng = np.random.default_rng(1)
+    q, k, v = (jnp.asarray(rng.normal(size=(3, 16, 2, 8)), jnp.float32) for _ in range(3))
+    lengths = np.array([16, 5, 9])
+    real = np.arange(16)[None] < lengths[:, None]
+    segments = jnp.asarray(np.where(real, 1 + (np.arange(16)[None] >= lengths[:, None] // 2), 0)) if packed else None
+    mask = attention_mask_4d(jnp.asarray(real.astype(np.int32)), segments)
+    fused = fused_attention(q, k, v, mask, "xla")
+    spelled_out = attention(q, k, v, mask, implementation="xla", dropout_rate=0.0, dropout_rng=None)
+    assert np.max(np.abs(np.asarray(fused - spelled_out))[real]) < 1e-5
 
 
 def test_attention_dropout_rescales_kept_probabilities():

@@ -81,7 +81,7 @@ def attention(
     if implementation == "splash":
         return splash_attention(query, key, value, mask)
     if implementation != "xla":
-        return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=implementation)
+        return fused_attention(query, key, value, mask, implementation)
     query, key, value = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))  # [batch, heads, seq, head_dim]
     logits = jnp.einsum("bnth,bnsh->bnts", query, key, preferred_element_type=jnp.float32)
     logits = logits / math.sqrt(query.shape[-1])
@@ -90,6 +90,18 @@ def attention(
     if dropout_rng is not None and dropout_rate > 0.0:
         probs = jnp.where(kept(dropout_rng, dropout_rate, probs.shape), probs / (1.0 - dropout_rate), 0.0)
     return jnp.swapaxes(jnp.einsum("bnts,bnsh->bnth", probs.astype(value.dtype), value), 1, 2)
+
+
+def fused_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, implementation: str):
+    """jax.nn.dot_product_attention's kernel (cuDNN). A key-padding mask [batch, 1, 1, seq] goes in as
+    each row's number of real keys (rows are padded on the right), which the kernel skips; cuDNN
+    takes a boolean mask only at its full [batch, 1, q, k] size, as a bias."""
+    if mask.shape[2] == 1:
+        lengths = mask[:, 0, 0, :].sum(axis=-1, dtype=jnp.int32)
+        return jax.nn.dot_product_attention(
+            query, key, value, key_value_seq_lengths=lengths, implementation=implementation
+        )
+    return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=implementation)
 
 
 def kept(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
