@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Every GPU measurement jft reports, run in the background on the device machine (one H100/H200;
-# 10 minutes a call, 30 a session), in order of need: the cuDNN attention check, the peers
-# (benchmarks/RESULTS.md), BERT-large, the ablations, the save hiccup, the padded vocabulary and the
-# sweep's populations.
+# 10 minutes a call, 15 minutes of device time a session, start included), in order of need: the
+# cuDNN attention check, the ablations, the peers' cases not yet measured (benchmarks/RESULTS.md),
+# BERT-large, the save hiccup, the padded vocabulary and the sweep's populations. A child process
+# of peers.py takes about 45 s on an H200 (start, compile, 53 steps), so all of it takes more than
+# one session: what finished comes back, the rest is for the next one.
 #
-#   here, once:  bash benchmarks/gpu_session.sh wheels     # what that machine lacks, into .whl/
-#   there:       bash benchmarks/gpu_session.sh start      # carry .whl; installs, starts the jobs, waits
-#                bash benchmarks/gpu_session.sh wait       # again, back to back, until "all done"
+#   here, once:  bash benchmarks/gpu_session.sh wheels       # what that machine lacks, into .whl/
+#   there:       bash benchmarks/gpu_session.sh start 150   # carry .whl; installs, starts the jobs,
+#                                                            # waits 150 s: a failure shows early
+#                bash benchmarks/gpu_session.sh wait 540    # again, back to back (the machine goes
+#                                                            # back after 30 s idle), until "all done"
 #
-# Results land in $OUT (RESULTS.md, gpu_checks.json, large.md, ablations.md, checkpoint_vocab.md,
-# sweep_population.md, log.txt).
+# Results land in $OUT (gpu_checks.json, ablations.md, peers.md, large.md, checkpoint_vocab.md,
+# sweep_population.md, log.txt), to be copied into benchmarks/RESULTS.md by hand.
 # SMOKE=1 runs tiny shapes, to check this script on any machine.
 set -u
 mode=${1:?"wheels, start or wait"}
@@ -24,9 +28,10 @@ fi
 jobs() {
     export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
     [ -z "$smoke" ] && python3 benchmarks/gpu_checks.py --out $work/gpu_checks.json
-    results=benchmarks/RESULTS.md
-    [ -n "$smoke" ] && results=$work/RESULTS.md
-    python3 benchmarks/peers.py --out $results $smoke && [ -z "$smoke" ] && cp $results $work/
+    # the ablations first: where jft's step loses to its peers' (RESULTS.md, 2026-12-04)
+    python3 benchmarks/ablations.py --size $base --batch $((256 / shrink / shrink)) --out $work/ablations.md
+    # peers.py's cases not yet measured on a GPU (1 and 2: RESULTS.md, 2026-12-04)
+    python3 benchmarks/peers.py --cases 3,4,5 --out $work/peers.md $smoke
     # BERT-large: the largest batch of these that fits, at each length.
     for seq_batches in "128 512 256 128" "512 128 64 32"; do
         set -- $seq_batches
@@ -43,7 +48,6 @@ jobs() {
             echo "BERT-large seq $seq batch $batch did not run (out of memory?)" >> $work/large.md
         done
     done
-    python3 benchmarks/ablations.py --size $base --out $work/ablations.md
     # a checkpoint save's step-time hiccup, and the padded vocabulary's speed (RESULTS.md, pending)
     (cd benchmarks && python3 save_hiccup.py --size $base --batch $((64 / shrink)) &&
         python3 vocab_padding.py --size $base --batch $((64 / shrink)) --rounds 10 --topology "") > $work/checkpoint_vocab.md
@@ -65,17 +69,20 @@ start)
         exit 1
     rm -rf $work && mkdir -p $work
     (setsid nohup bash benchmarks/gpu_session.sh jobs > $work/log.txt 2>&1 < /dev/null &)
-    bash benchmarks/gpu_session.sh wait
+    bash benchmarks/gpu_session.sh wait "${2:-540}"
     ;;
 jobs)
     jobs
     ;;
 wait)
-    for _ in $(seq 110); do
-        [ -e $work/done ] && break
+    # up to $2 seconds (default 540), the results copied to $OUT at every look: a call cut off at
+    # its limit still brings back what had finished
+    deadline=$((SECONDS + ${2:-540}))
+    while :; do
+        cp $work/*.md $work/gpu_checks.json $work/log.txt "${OUT:-/tmp}/" 2> /dev/null
+        [ -e $work/done ] || [ $SECONDS -ge $deadline ] && break
         sleep 5
     done
-    cp $work/*.md $work/gpu_checks.json $work/log.txt "${OUT:-/tmp}/" 2> /dev/null
     tail -n 5 $work/log.txt
     if [ -e $work/done ]; then echo "all done"; else echo "still running: call wait again"; fi
     ;;

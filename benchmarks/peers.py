@@ -38,7 +38,8 @@ CASES = [
     ("short-text fine-tuning", "finetune", 128, 32, 25),
 ]
 IMPLEMENTATIONS = ("jft", "hf-torch-eager", "hf-torch-compile", "hf-flax")
-JFT_RUNS = {False: ("jft:shard_map", "jft:pmap"), True: ("jft:shard_map:packed", "jft:shard_map:bucketed")}
+# pmap against shard_map is an ablation (benchmarks/ablations.py): one backend here saves a child a case
+JFT_RUNS = {False: ("jft:shard_map",), True: ("jft:shard_map:packed", "jft:shard_map:bucketed")}
 MAX_PREDICTIONS = {128: 20, 512: 80}
 NOTES_HEADING = "## Notes"  # RESULTS.md from here on is written by hand and kept by each run
 
@@ -339,6 +340,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/RESULTS.md")
     parser.add_argument("--smoke", action="store_true", help="tiny model and batches: checks the script, not speed")
     parser.add_argument("--implementations", default=",".join(IMPLEMENTATIONS))
+    parser.add_argument("--cases", default="", help="numbers of CASES to run, from 1 (e.g. 3,4,5); all by default")
     parser.add_argument("--cpu", action="store_true", help="jft, HF Flax and PyTorch eager side by side on this CPU")
     parser.add_argument("--rounds", type=int, default=9, help="--cpu: rounds of alternated windows")
     parser.add_argument("--window", type=int, default=3, help="--cpu: steps a window")
@@ -363,7 +365,8 @@ def main() -> None:
     peers = [impl for impl in implementations if impl != "jft"]
     notes, versions = _notes_section(args.out), _versions()
     rows = []
-    for name, workload, seq, batch, mean_length in CASES:
+    chosen = [int(n) for n in args.cases.split(",")] if args.cases else range(1, len(CASES) + 1)
+    for name, workload, seq, batch, mean_length in (CASES[n - 1] for n in chosen):
         if args.smoke:
             seq, batch, mean_length = seq // 8, max(batch // 32, 2), mean_length // 8
         runs = [*(JFT_RUNS[bool(mean_length)] if "jft" in implementations else ()), *peers]
