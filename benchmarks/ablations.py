@@ -3,7 +3,7 @@
     python benchmarks/ablations.py --size mini --out /tmp/ablations.md      # CPU: float32, XLA attention
     python benchmarks/ablations.py --size base --out $OUT/ablations.md      # GPU: bf16, cuDNN attention
 
-Every figure comes from jft.bench (the same steps, compile-ahead timing and XLA memory count as
+Every figure comes from jft.perf.bench (the same steps, compile-ahead timing and XLA memory count as
 `jft bench`), one device (plain jit). The ablations, each against its group's first row:
 - the layer loop (scanned against unrolled) and hidden dropout (0.1 against 0), in pretraining;
 - MLM logits at the masked positions only (jft) against logits at every position, then gathered;
@@ -18,12 +18,13 @@ import time
 
 import jax
 
-from jft import bench
-from jft.config import bert_config, model_config
-from jft.data.tasks import TaskBatches
-from jft.models import BertForPreTraining
-from jft.models.bert import gather_positions
-from jft.parallel import Runner
+from jft import defaults
+from jft.models import config_of
+from jft.models.bert import BertForPreTraining
+from jft.models.layers import gather_positions
+from jft.perf import bench
+from jft.tasks.batches import TaskBatches
+from jft.train.parallel import Runner
 
 
 class DenseLogitsBert(BertForPreTraining):
@@ -39,8 +40,8 @@ class DenseLogitsBert(BertForPreTraining):
 
 
 def _config(size: str, gpu: bool, batch: int, seq: int):
-    config = bench.default_config()
-    config.model = model_config(
+    config = defaults.bench()
+    config.model = defaults.model_fields(
         size,
         dtype="bfloat16" if gpu else "float32",
         attention_impl="cudnn" if gpu else "xla",
@@ -53,15 +54,16 @@ def _config(size: str, gpu: bool, batch: int, seq: int):
 
 def _measure(config, model=None) -> dict:
     runner = Runner(config.backend)
-    cfg = bert_config(config.model)
+    family, cfg = config_of(config.model)
     if config.workloads == "pretrain":
-        return bench.measure(config, bench.pretrain_workload(config, cfg, model(cfg) if model else None), runner)
-    return bench.measure(config, bench.finetune_workload(config, cfg), runner)
+        work = bench.pretrain_workload(config, family, cfg, model(cfg) if model else None)
+        return bench.measure(config, work, runner)
+    return bench.measure(config, bench.finetune_workload(config, family, cfg), runner)
 
 
 def _host_batch_ms(config, layout: str) -> float:
     """Milliseconds to make one fine-tuning batch of config's texts and put it on the device."""
-    data = bench.task_data(config, bert_config(config.model))
+    data = bench.task_data(config, config_of(config.model)[1])
     batches = TaskBatches(data, "classification", config.batch_size, layout=layout, max_len=config.seq_len)
     runner = Runner("jit")
     indices = batches.epoch_indices(0)

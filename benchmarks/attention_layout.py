@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from jft.models.bert import attention
+from jft.models.layers import attention
 
 
 def _jax_runner(fn, q, k, v, mask):

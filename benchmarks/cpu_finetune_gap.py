@@ -28,10 +28,11 @@ import peers
 import torch
 import transformers
 
-from jft import bench, finetune
-from jft.config import bert_config
-from jft.models import BertConfig, BertForSequenceClassification, init_params
-from jft.parallel import Runner
+from jft import defaults
+from jft.models import config_of
+from jft.models.bert import BertConfig, BertForSequenceClassification, init_params
+from jft.perf import bench
+from jft.train.parallel import Runner
 
 SEQ, BATCH, SIZE = peers.CPU_SEQ, peers.CPU_BATCH, peers.CPU_SIZE
 
@@ -127,8 +128,9 @@ def blocks() -> None:
 
 @contextlib.contextmanager
 def finetune_defaults(l2: float | None = None, clip: float | None = None):
-    """jft.finetune's default config with the L2 weight and the clipping norm replaced (None: kept)."""
-    default = finetune.default_config
+    """The fine-tuning defaults (jft.defaults.finetune, what bench's step uses) with the L2 weight
+    and the clipping norm replaced (None: kept)."""
+    default = defaults.finetune
 
     def changed():
         config = default()
@@ -136,11 +138,11 @@ def finetune_defaults(l2: float | None = None, clip: float | None = None):
         config.optim.max_grad_norm = config.optim.max_grad_norm if clip is None else clip
         return config
 
-    finetune.default_config = changed
+    defaults.finetune = changed
     try:
         yield
     finally:
-        finetune.default_config = default
+        defaults.finetune = default
 
 
 def step_costs() -> None:
@@ -149,7 +151,7 @@ def step_costs() -> None:
         with finetune_defaults(l2, clip):
             config = peers._jft_config("finetune", SEQ, BATCH, SIZE, False, 0, "shard_map", "", scan_layers=False)
             runner = Runner("shard_map")
-            work = bench.workload("finetune", config, bert_config(config.model))
+            work = bench.workload("finetune", config, *config_of(config.model))
             state = jax.eval_shape(work.init_state)
             program = runner.compile(work.step).lower(
                 state, work.batches[0], jax.eval_shape(lambda: jax.random.PRNGKey(0))

@@ -1,4 +1,4 @@
-"""Dropout masks on this CPU: jft's 16-bit draw (`jft.models.bert.kept`) against
+"""Dropout masks on this CPU: jft's 16-bit draw (`jft.models.layers.kept`) against
 jax.random.bernoulli's 32-bit one, for a step's worth of values, classic threefry as in jft's steps.
 
     python benchmarks/dropout_bits.py        # 4.7 million values: a small BERT's fine-tuning step
@@ -18,8 +18,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from jft.models import bert
-from jft.models.bert import kept
+from jft.models.layers import kept
 
 
 def bernoulli(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
@@ -29,8 +28,8 @@ def bernoulli(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
 
 def tpu_peaks(topology: str, layers: list[int]) -> None:
     """Prints the compiled step's peak a device with each mask draw, for each layer count."""
-    from jft import bench, tpu
     from jft.config import load_config
+    from jft.perf import bench, tpu
 
     devices = tpu.parse_topology(topology).chips  # a device a chip (megacore on v4 and v5p)
 
@@ -42,14 +41,14 @@ def tpu_peaks(topology: str, layers: list[int]) -> None:
     for count in layers:
         peaks = []
         for draw in (kept, bernoulli):
-            bert.kept = draw  # the model looks kept up when it traces
+            layers.kept = draw  # the model looks kept up when it traces
             config = load_config("bench:base", [], "bench")
             config.workloads, config.seq_len, config.max_predictions = "pretrain", 512, 80
             config.batch_size = 184 * devices
             config.model.update(remat="dots", attention_impl="xla", num_hidden_layers=count)
             (row,) = bench.compile_for(config, topology)["results"]
             peaks.append(f"{row['peak_gib']:.2f}" if not row["error"] else "does not fit")
-        bert.kept = kept
+        layers.kept = kept
         print(f"| {count} | {peaks[0]} | {peaks[1]} |", flush=True)
 
 

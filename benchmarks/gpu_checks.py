@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jft.models import BertConfig, BertModel, init_params
+from jft.models.bert import BertConfig, BertModel, init_params
 
 
 def attention_parity(batch: int = 8, seq: int = 128) -> dict:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from jft.config import model_group
 from jft.data.synthetic import write_corpus, write_topic_task, write_vocab
-from jft.finetune import default_config as finetune_config
+from jft.defaults import finetune as finetune_config
+from jft.defaults import model_group
+from jft.defaults import pretrain as pretrain_config
 from jft.finetune import train_and_evaluate as finetune
-from jft.pretrain import default_config as pretrain_config
 from jft.pretrain import train_and_evaluate as pretrain
 
 SIZE = dict(

@@ -6,7 +6,7 @@
 
 Each (case, implementation) runs in its own child process (`--child`), so JAX and PyTorch never
 share a device's memory. Implementations:
-- jft: `jft.bench` (the trainer's own steps: bf16, cuDNN attention, MLM logits at masked
+- jft: `jft.perf.bench` (the trainer's own steps: bf16, cuDNN attention, MLM logits at masked
   positions only, donated state), backends shard_map and pmap; on short texts, packed and
   bucketed batches (the peers pad to seq);
 - hf-torch-eager / hf-torch-compile: transformers' PyTorch BertForPreTraining /
@@ -66,7 +66,7 @@ def _timed(step, warmup: int, windows: int, window_steps: int, sync) -> float:
 
 
 def _random_batch(workload: str, seq: int, batch: int, vocab: int, predictions: int, mean_length: int) -> dict:
-    """Random tokens: full rows, or (mean_length > 0) texts of jft.bench's lengths padded to seq."""
+    """Random tokens: full rows, or (mean_length > 0) texts of jft.perf.bench's lengths padded to seq."""
     from jft.data.synthetic import sentence_lengths  # numpy only: no JAX in a PyTorch child
 
     rng = np.random.default_rng(0)
@@ -86,16 +86,16 @@ def _random_batch(workload: str, seq: int, batch: int, vocab: int, predictions: 
 
 
 def jft_step(workload, seq, batch, size, gpu, mean_length, backend, layout, **model) -> tuple:
-    """(step, sync, compile seconds) of jft's own step (jft.bench's workload), state on the devices."""
+    """(step, sync, compile seconds) of jft's own step (jft.perf.bench's workload), state on the devices."""
     import jax
 
-    from jft import bench
-    from jft.config import bert_config
-    from jft.parallel import Runner
+    from jft.models import config_of
+    from jft.perf import bench
+    from jft.train.parallel import Runner
 
     config = _jft_config(workload, seq, batch, size, gpu, mean_length, backend, layout, **model)
     runner = Runner(backend)
-    work = bench.workload(workload, config, bert_config(config.model), runner.batch_multiple())
+    work = bench.workload(workload, config, *config_of(config.model), runner.batch_multiple())
     state = [runner.put_replicated(work.init_state())]
     batches = [runner.put_batch(b) for b in work.batches]
     key = runner.put_replicated(jax.random.PRNGKey(0))
@@ -111,11 +111,10 @@ def jft_step(workload, seq, batch, size, gpu, mean_length, backend, layout, **mo
 
 def _jft_config(workload, seq, batch, size, gpu, mean_length, backend, layout, **model):
     """A bench config for jft's side of a case: bf16 and cuDNN attention on a GPU."""
-    from jft import bench
-    from jft.config import model_config
+    from jft import defaults
 
-    config = bench.default_config()
-    config.model = model_config(
+    config = defaults.bench()
+    config.model = defaults.model_fields(
         "base",
         **size,
         dtype="bfloat16" if gpu else "float32",
@@ -131,7 +130,7 @@ def _jft_config(workload, seq, batch, size, gpu, mean_length, backend, layout, *
 
 
 def child_jft(workload, seq, batch, size, smoke, mean_length, backend, layout) -> dict:
-    from jft import bench
+    from jft.perf import bench
 
     config = _jft_config(workload, seq, batch, size, not smoke, mean_length, backend, layout)
     result = bench.run(config)["results"][0]
@@ -242,7 +241,7 @@ CPU_SEQ, CPU_BATCH = 128, 16
 
 def model_fields(size: str) -> dict:
     """The sizes of 'small' (CPU_SIZE) or of a preset (tiny, mini, base, large), with BERT's vocabulary."""
-    from jft.models.config import PRESETS
+    from jft.models.bert.config import PRESETS
 
     return CPU_SIZE if size == "small" else {**PRESETS[size], "vocab_size": 30522}
 

@@ -17,10 +17,11 @@ import jax
 import numpy as np
 import peers
 
-from jft import bench
-from jft.checkpoint import Checkpoints
-from jft.config import bert_config
-from jft.parallel import Runner
+from jft import defaults
+from jft.models import config_of
+from jft.perf import bench
+from jft.train.checkpoint import Checkpoints
+from jft.train.parallel import Runner
 
 
 def main():
@@ -30,10 +31,11 @@ def main():
     parser.add_argument("--size", default="small", help="small (peers.CPU_SIZE) or a preset: tiny, mini, base, large")
     parser.add_argument("--batch", type=int, default=peers.CPU_BATCH)
     args = parser.parse_args()
-    config = bench.default_config()
+    config = defaults.bench()
     config.batch_size, config.seq_len = args.batch, peers.CPU_SEQ
-    cfg = dataclasses.replace(bert_config(config.model, vocab_size=30522), **peers.model_fields(args.size))
-    work = bench.pretrain_workload(config, cfg)
+    family, cfg = config_of(config.model)
+    cfg = dataclasses.replace(cfg, vocab_size=30522, **peers.model_fields(args.size))
+    work = bench.pretrain_workload(config, family, cfg)
     runner = Runner("shard_map")
     step = runner.compile(work.step)
     state, batch = runner.put_replicated(work.init_state()), runner.put_batch(work.batches[0])

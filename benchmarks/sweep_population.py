@@ -5,7 +5,7 @@ after another.
     python benchmarks/sweep_population.py --size base --members 8,32 --batch 32   # GPU (gpu_session.sh)
 
 Both sides train the same members (learning rates apart) on the same data with the same step,
-jft.sweep.population_step: once as a population of K, and as K populations of one member (the
+jft.population.population_step: once as a population of K, and as K populations of one member (the
 program one run compiles, a member axis of 1), run one after another. Rounds alternate a window
 of `--steps` steps of the population with the same steps of each single run; the table gives
 medians, and the compile seconds of each side (the population compiles once; K runs compile K
@@ -22,10 +22,11 @@ import jax
 import numpy as np
 import peers
 
-from jft import bench, sweep
+from jft import population, sweep
 from jft.data.synthetic import write_topic_task, write_vocab
 from jft.finetune import default_config
-from jft.parallel import Runner
+from jft.perf import bench
+from jft.train.parallel import Runner
 
 
 def members_config(root: Path, size: str, members: int, batch: int, seq: int):
@@ -47,7 +48,7 @@ def timed_window(run, runner: Runner, steps: int):
     start = time.perf_counter()
     state = run.state
     for _ in range(steps):
-        state, metrics = run.step(state, runner.put_global_batch(next(run.batches)), run.rngs)
+        state, metrics = run.step(state, runner.put_global_batch(next(run.batches)[1]), run.rngs)
     jax.block_until_ready(metrics)
     run.state = state
     return time.perf_counter() - start
@@ -59,17 +60,17 @@ def measure(size: str, members: int, batch: int, seq: int, steps: int, rounds: i
         config = members_config(Path(root), size, members, batch, seq)
         everyone, shared = sweep.plan(config), sweep.sweep_data(config)
         start = time.perf_counter()
-        population = sweep.start_population(everyone, shared, runner, log=lambda _: None)
+        together_run = population.start_population(everyone, shared, runner, log=lambda _: None)
         population_compile = time.perf_counter() - start
         start = time.perf_counter()
-        singles = [sweep.start_population([m], shared, runner, log=lambda _: None) for m in everyone]
+        singles = [population.start_population([m], shared, runner, log=lambda _: None) for m in everyone]
         singles_compile = time.perf_counter() - start
-        timed_window(population, runner, 1)  # the first call of each: placement, warm caches
+        timed_window(together_run, runner, 1)  # the first call of each: placement, warm caches
         for single in singles:
             timed_window(single, runner, 1)
         together, apart = [], []
         for _ in range(rounds):
-            together.append(timed_window(population, runner, steps))
+            together.append(timed_window(together_run, runner, steps))
             apart.append(sum(timed_window(single, runner, steps) for single in singles))
     together, apart = np.median(together) / steps, np.median(apart) / steps
     return {
@@ -82,8 +83,8 @@ def measure(size: str, members: int, batch: int, seq: int, steps: int, rounds: i
         "speedup": apart / together,
         "population_compile_s": population_compile,
         "one_by_one_compile_s": singles_compile,
-        "population_gib": population.peak_bytes / sweep.GIB,
-        "single_gib": singles[0].peak_bytes / sweep.GIB,
+        "population_gib": together_run.peak_bytes / population.GIB,
+        "single_gib": singles[0].peak_bytes / population.GIB,
     }
 
 

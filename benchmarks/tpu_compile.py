@@ -18,8 +18,8 @@ import re
 import time
 from pathlib import Path
 
-from jft import bench
 from jft.config import load_config
+from jft.perf import bench
 
 TOPOLOGIES = ("v5e:2x2", "v6e:2x2", "v5p:2x2x1", "v4:2x2x1")
 # A per-device batch to start the search from: BERT's own batch (256 of 128 tokens over 4 chips),

@@ -17,9 +17,11 @@ import jax
 import peers
 from cpu_finetune_gap import alternated
 
-from jft import bench, tpu
-from jft.config import bert_config, load_config
-from jft.parallel import Runner
+from jft import defaults
+from jft.config import load_config
+from jft.models import config_of
+from jft.perf import bench, tpu
+from jft.train.parallel import Runner
 
 
 def _step(program, held: dict, batch, key) -> None:
@@ -27,14 +29,13 @@ def _step(program, held: dict, batch, key) -> None:
 
 
 def step_ratio(size: str, batch: int, rounds: int) -> dict:
-    config = bench.default_config()
+    config = defaults.bench()
     config.batch_size, config.seq_len = batch, peers.CPU_SEQ
     steps = {}
     for multiple in (1, 128):
-        cfg = bert_config(config.model, vocab_size=30522)
-        fields = peers.model_fields(size)
-        cfg = dataclasses.replace(cfg, **fields, vocab_multiple=multiple, attention_probs_dropout_prob=0.0)
-        work = bench.pretrain_workload(config, cfg)
+        family, cfg = config_of(config.model)
+        fields = {**peers.model_fields(size), "vocab_multiple": multiple, "attention_probs_dropout_prob": 0.0}
+        work = bench.pretrain_workload(config, family, dataclasses.replace(cfg, **fields))
         runner = Runner("jit")
         step = runner.compile(work.step)
         state, batch = runner.put_replicated(work.init_state()), runner.put_batch(work.batches[0])

@@ -9,12 +9,11 @@ The text after ':' picks the size (tiny, mini, base, large). On a CPU, use `jft 
 
 from ml_collections import ConfigDict
 
-from jft.bench import default_config
-from jft.config import model_config
+from jft.defaults import bench, model_fields
 
 
 def get_config(size: str = "base") -> ConfigDict:
-    config = default_config()
-    config.model = model_config(size, dtype="bfloat16", attention_impl="cudnn", attention_probs_dropout_prob=0.0)
+    config = bench()
+    config.model = model_fields(size, dtype="bfloat16", attention_impl="cudnn", attention_probs_dropout_prob=0.0)
     config.batch_size = 256
     return config

@@ -8,13 +8,8 @@ overridden, e.g. --config.model.num_hidden_layers=6 --config.model.hidden_act=ge
 
 from ml_collections import ConfigDict
 
-from jft.config import model_config
+from jft.defaults import init
 
 
 def get_config(size: str = "tiny") -> ConfigDict:
-    config = ConfigDict()
-    config.model = model_config(size)
-    config.heads = "pretraining"  # pretraining (MLM + NSP) | mlm (MLM only) | encoder (no heads)
-    config.seed = 0
-    config.format = "safetensors"  # safetensors | msgpack
-    return config
+    return init(size)  # heads: pretraining (MLM + NSP), mlm (MLM only) or encoder (no heads)

@@ -39,21 +39,15 @@ def _init_arguments(parser):
 def _run_init(args, config):
     import jax
 
-    from jft import hf
-    from jft.config import bert_config
-    from jft.models import BertForPreTraining, BertModel, init_params
+    from jft.models import Head, config_of, hf
 
-    model_cfg = bert_config(config.model)
-    heads = {"pretraining": True, "mlm": False}
-    if config.heads not in (*heads, "encoder"):
-        raise JftError(f"heads '{config.heads}' is not one of pretraining, mlm, encoder.")
-    rng = jax.random.key(config.seed)
-    if config.heads == "encoder":
-        params = {"bert": init_params(BertModel(model_cfg), rng)}
-    else:
-        params = init_params(BertForPreTraining(model_cfg, nsp=heads[config.heads]), rng)
-    out = hf.save(args.out, model_cfg, params, format=config.format)
-    print(f"wrote a randomly initialised BERT ({config.heads}, {_count(params):,} parameters) to {out}")
+    family, model = config_of(config.model)
+    heads = {"pretraining": Head("pretraining", nsp=True), "mlm": Head("pretraining"), "encoder": Head("encoder")}
+    if config.heads not in heads:
+        raise JftError(f"heads '{config.heads}' is not one of {', '.join(heads)}.")
+    params = family.init(model, heads[config.heads], jax.random.key(config.seed))
+    out = hf.save(args.out, model, params, format=config.format)
+    print(f"wrote a randomly initialised {family.name} ({config.heads}, {_count(params):,} parameters) to {out}")
 
 
 FORMATS = ("safetensors", "msgpack", "both")
@@ -67,7 +61,8 @@ def _convert_arguments(parser):
 
 
 def _run_convert(args, _):
-    from jft import export, hf
+    from jft import export
+    from jft.models import hf
 
     if export.is_run(args.src):
         export.export(args.src, args.dst, format=args.format, max_shard_size=args.max_shard_size)
@@ -85,8 +80,10 @@ def _inspect_arguments(parser):
 def _run_inspect(args, _):
     import dataclasses as dc
 
-    from jft import export, hf, rundir
+    from jft import export
+    from jft.models import family_of, hf
     from jft.params import flatten
+    from jft.train import rundir
 
     if export.is_run(args.path):
         source = rundir.open_init(args.path, role="")
@@ -94,8 +91,8 @@ def _run_inspect(args, _):
     else:
         config, params = hf.load(args.path)
         what = args.path
-    module, _ = hf.model_for(config, params)
-    print(f"{what}: {type(module).__name__}, {_count(params):,} parameters")
+    family = family_of(config)
+    print(f"{what}: {family.architecture(family.head_of(params))} ({family.name}), {_count(params):,} parameters")
     for name, value in dc.asdict(config).items():
         print(f"  {name} = {value}")
     groups: dict[str, int] = {}
@@ -244,12 +241,19 @@ def _config_arguments(parser):
         "none: list the packaged configs",
     )
     parser.add_argument("--json", action="store_true", help="print a config file's values as JSON")
+    parser.add_argument(
+        "--reference", action="store_true", help="print every command's keys, defaults and meanings (docs/config.md)"
+    )
 
 
 def _run_config(args, overrides):
-    from jft import keys, rundir
-    from jft.config import find_config, load_config, packaged_configs
+    from jft import defaults
+    from jft.config import describe, find_config, load_config, packaged_configs
+    from jft.train import rundir
 
+    if args.reference:
+        print(defaults.reference(), end="")
+        return
     if not args.source:
         for name in packaged_configs():
             doc = (find_config(name).read_text().split('"""')[1:2] or [""])[0].strip().splitlines()
@@ -262,31 +266,22 @@ def _run_config(args, overrides):
         run = rundir.read_run(path.absolute())
         if run is None:
             raise JftError(f"{path} holds no jft run (no run.json); give a run directory or a config file.")
-        print(json.dumps({"stage": run["stage"], "config": run["config"], "model": run["model"]}, indent=2))
+        shown = {"stage": run["stage"], "config": run["config"], "family": run.get("family", "bert")}
+        print(json.dumps({**shown, "model": run["model"]}, indent=2))
         return
     config = load_config(args.source, overrides)
-    print(json.dumps(config.to_dict(), indent=2) if args.json else keys.describe(config))
+    stage = defaults.stage_of(config)
+    family = config.model.get("family") or "bert" if "model" in config else "bert"
+    described = describe(config, defaults.defaults_of(stage), defaults.meanings(stage, family))
+    print(json.dumps(config.to_dict(), indent=2) if args.json else described)
 
 
 def _workdir_argument(parser):
     parser.add_argument("--workdir", required=True, help="a `jft finetune` run directory")
 
 
-def _inference_config() -> ConfigDict:
-    """What `jft eval` and `jft predict` take as --config.KEY=VALUE: the columns of the new data
-    (empty: the run's), the batch size, and which model (step 0: the best)."""
-    return ConfigDict(
-        dict(
-            data=dict(text_column="", text_pair_column="", label_column="", id_column=""),
-            batch_size=32,
-            step=0,
-            with_text=False,
-        )
-    )
-
-
 def _finetuned(args, config):
-    from jft.inference import FinetunedModel
+    from jft.tasks.predictor import FinetunedModel
 
     columns = {"text": config.data.text_column, "text_pair": config.data.text_pair_column}
     columns["label"] = config.data.label_column
@@ -305,35 +300,15 @@ def _run_eval(args, config):
     print(f"evaluated {report['model']} on {report['records']:,} records of {args.data}", file=sys.stderr)
     print(json.dumps(report, indent=2))
     if args.out:
+        from jft import plots
         from jft.files import write_json
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "report.json", report)
         if "confusion_matrix" in report:
-            _plot_confusion(report, out / "confusion.png")
+            plots.confusion(report, out / "confusion.png")
         print(f"wrote {out / 'report.json'}", file=sys.stderr)
-
-
-def _plot_confusion(report: dict, file: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels, matrix = report["labels"], report["confusion_matrix"]
-    size = max(4, 0.6 * len(labels) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set(xlabel="predicted", ylabel="true", title=f"{report['records']} records")
-    for i, row in enumerate(matrix):
-        for j, count in enumerate(row):
-            ax.text(j, i, str(count), ha="center", va="center")
-    fig.tight_layout()
-    fig.savefig(file, dpi=100)
-    plt.close(fig)
 
 
 def _predict_arguments(parser):
@@ -343,21 +318,17 @@ def _predict_arguments(parser):
 
 
 def _run_predict(args, config):
-    from jft.files import finite_or_null
+    from jft.files import finite_or_null, write_text
 
     output = Path(args.output)
-    temporary = output.with_name(f".{output.name}.tmp")
-    temporary.touch()  # a path that cannot be written fails now, not after every prediction is made
-    try:
-        model = _finetuned(args, config)
-        predictions = model.predict(
-            args.input, batch_size=config.batch_size, id_column=config.data.id_column, with_text=config.with_text
-        )
-        lines = (json.dumps(finite_or_null(p), allow_nan=False) + "\n" for p in predictions)
-        temporary.write_text("".join(lines))
-        temporary.replace(output)
-    finally:
-        temporary.unlink(missing_ok=True)
+    probe = output.with_name(f".{output.name}.tmp")
+    probe.touch()  # a path that cannot be written fails now, not after every prediction is made
+    probe.unlink()
+    model = _finetuned(args, config)
+    predictions = model.predict(
+        args.input, batch_size=config.batch_size, id_column=config.data.id_column, with_text=config.with_text
+    )
+    write_text(output, "".join(json.dumps(finite_or_null(p), allow_nan=False) + "\n" for p in predictions))
     print(f"wrote {len(predictions)} predictions of {model.source} to {args.output}")
 
 
@@ -387,9 +358,15 @@ def _run_quickstart(args, config):
 
 
 def _quickstart_config() -> ConfigDict:
-    from jft.quickstart import default_config
+    from jft.defaults import quickstart
 
-    return default_config()
+    return quickstart()
+
+
+def _inference_config() -> ConfigDict:
+    from jft.defaults import inference
+
+    return inference()
 
 
 def _bench_arguments(parser):
@@ -408,7 +385,7 @@ def _bench_arguments(parser):
 
 
 def _run_bench(args, config):
-    from jft import bench
+    from jft.perf import bench
 
     if args.largest_batch and not args.topology:
         raise JftError("--largest-batch searches by compiling for a TPU: give --topology too (e.g. v5e:2x2).")
@@ -424,9 +401,9 @@ def _run_bench(args, config):
 
 
 def _bench_config() -> ConfigDict:
-    from jft.bench import default_config
+    from jft.defaults import bench
 
-    return default_config()
+    return bench()
 
 
 def _count(params) -> int:

@@ -5,87 +5,17 @@ error that names the closest valid key. Configs are locked after loading, so a t
 """
 
 import ast
-import dataclasses
 import importlib.resources
 import importlib.util
-import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ml_collections import ConfigDict, config_dict
+from ml_collections import ConfigDict
 
 from jft.errors import JftError, did_you_mean
-from jft.models.config import CHANGEABLE_FIELDS, PRESETS, SIZE_FIELDS, BertConfig
 
 OVERRIDE_PREFIX = "--config."
-
-
-def model_config(size: str, **overrides: Any) -> ConfigDict:
-    """All BertConfig fields of a named size ('tiny', 'mini', 'base', 'large') as a ConfigDict.
-
-    The values are checked when the run builds its model (bert_config), so a config may hold a
-    placeholder that the run fills in, such as vocab_size=0 for "the vocabulary's size".
-    """
-    return ConfigDict({**dataclasses.asdict(BertConfig.preset(size)), **overrides})
-
-
-def model_group(preset: str = "", **fields: Any) -> ConfigDict:
-    """The `model` group of a training config: a preset and every BertConfig field, unset (None)
-    unless given. How a run turns it into its model is `resolve_model`."""
-    group = ConfigDict({"preset": preset})
-    for field in dataclasses.fields(BertConfig):
-        kind = field.type if isinstance(field.type, type) else typing.get_args(field.type)[0]  # float | None: float
-        group[field.name] = fields.pop(field.name) if field.name in fields else config_dict.placeholder(kind)
-    if fields:
-        raise JftError(f"unknown model fields {sorted(fields)}.")
-    return group
-
-
-def resolve_model(
-    group: ConfigDict, *, checkpoint: BertConfig | None = None, source: str = "", vocab_size: int | None = None
-) -> BertConfig:
-    """The model of a run from its `model` group.
-
-    Starting from a checkpoint (source names it), the checkpoint's architecture is used as is: a
-    field the config sets must agree with it, except the CHANGEABLE_FIELDS (dropout, dtype,
-    attention, remat, new heads' initialisation); every contradiction is listed in one error.
-    From scratch: the preset's sizes, then the fields the config sets; vocab_size defaults to
-    the vocabulary's.
-    """
-    values = {name: value for name, value in group.items() if name != "preset" and value is not None}
-    if checkpoint is not None:
-        theirs = dataclasses.asdict(checkpoint)
-        clashes = [
-            f"model.{name}={value!r} (it has {theirs[name]!r})"
-            for name, value in values.items()
-            if name not in CHANGEABLE_FIELDS and value != theirs[name]
-        ]
-        if clashes:
-            raise JftError(
-                f"the config contradicts the architecture of {source}: {'; '.join(clashes)}. A run keeps its "
-                f"checkpoint's architecture; remove these settings (only {', '.join(CHANGEABLE_FIELDS)} may differ)."
-            )
-        return BertConfig.from_dict({**theirs, **values})
-    if group.preset and group.preset not in PRESETS:
-        raise JftError(f"unknown model.preset '{group.preset}'; choose one of {sorted(PRESETS)}.")
-    values = {**PRESETS.get(group.preset, {}), **values}
-    if vocab_size and "vocab_size" not in values:
-        values["vocab_size"] = vocab_size
-    missing = [name for name in SIZE_FIELDS if name not in values]
-    if missing:
-        raise JftError(
-            f"a model from scratch needs its sizes: set model.preset ({', '.join(PRESETS)}) or "
-            f"{', '.join(f'model.{name}' for name in missing)}; or start from a checkpoint with init_from."
-        )
-    return BertConfig.from_dict(values)
-
-
-def bert_config(config: ConfigDict, **fill_in: Any) -> BertConfig:
-    """The validated BertConfig of a run config's `model` group, with fill_in values for zero fields."""
-    values = config.to_dict() if isinstance(config, ConfigDict) else dict(config)
-    values.update({name: value for name, value in fill_in.items() if not values.get(name)})
-    return BertConfig.from_dict(values)
 
 
 def packaged_configs() -> list[str]:
@@ -135,6 +65,8 @@ def load_config(spec: str | Path, overrides: Sequence[str] = (), stage: str = ""
         module_spec.loader.exec_module(module)
     except SyntaxError as error:
         raise JftError(f"{path}:{error.lineno} is not valid Python ({error.msg}).") from None
+    except Exception as error:  # the file's own code failed: an import, a name, anything
+        raise JftError(f"{path} could not be run ({type(error).__name__}: {error}).") from None
     if not hasattr(module, "get_config"):
         raise JftError(f"{path} has no get_config(); a config file defines get_config() returning a ConfigDict.")
     try:
@@ -224,8 +156,6 @@ def leaf_keys(config: ConfigDict, prefix: str = "") -> list[str]:
 
 def _child(node: ConfigDict, name: str, key: str, root: ConfigDict) -> Any:
     if not isinstance(node, ConfigDict) or name not in node:
-        from jft.keys import synonym
-
         valid = leaf_keys(root)
         hint = synonym(key, valid) or did_you_mean(key, valid)
         raise JftError(f"unknown config key '{key}'.{hint} `jft config CONFIG` lists every key.")
@@ -255,3 +185,78 @@ def _parse(text: str, current: Any, key: str) -> Any:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
+
+
+# Names other trainers use (Hugging Face Trainer, big_vision, fairseq) and jft's; a target that
+# starts with '--' is a command-line option, not a config key.
+SYNONYMS = {
+    "learning_rate": "optim.lr",
+    "lr": "optim.lr",
+    "peak_lr": "optim.lr",
+    "warmup_steps": "optim.warmup_steps",
+    "weight_decay": "optim.weight_decay",
+    "max_grad_norm": "optim.max_grad_norm",
+    "adam_beta1": "optim.b1",
+    "adam_beta2": "optim.b2",
+    "adam_epsilon": "optim.eps",
+    "optimizer": "optim.name",
+    "lr_scheduler_type": "optim.decay",
+    "num_train_epochs": "epochs",
+    "num_epochs": "epochs",
+    "max_steps": "total_steps",
+    "num_train_steps": "total_steps",
+    "train_steps": "total_steps",
+    "per_device_train_batch_size": "batch_size",
+    "train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
+    "gradient_accumulation_steps": "accum_steps",
+    "max_seq_length": "data.seq_len",
+    "max_length": "data.seq_len",
+    "seq_len": "data.seq_len",
+    "logging_steps": "log_every",
+    "eval_steps": "eval_every",
+    "save_steps": "checkpoint_every",
+    "save_total_limit": "keep_checkpoints",
+    "model_name_or_path": "init_from",
+    "output_dir": "--workdir",
+    "train_file": "data.train",
+    "validation_file": "data.eval",
+    "test_file": "data.test",
+    "metric_for_best_model": "best_metric",
+    "early_stopping_patience": "early_stopping.patience",
+    "dropout": "model.hidden_dropout_prob",
+    "mlm_probability": "masking.rate",
+    "vocab": "data.vocab",
+}
+
+
+def synonym(key: str, valid: list[str]) -> str:
+    """' jft calls it X (--config.X=...).' when key is another trainer's name for a key of valid."""
+    target = SYNONYMS.get(key.rsplit(".", 1)[-1])
+    if target == "total_steps" and target not in valid and "max_steps" in valid:
+        target = "max_steps"
+    if target and target.startswith("--"):
+        return f" jft takes it as the command-line option {target}."
+    if target and target in valid:
+        return f" jft calls it '{target}' (--config.{target}=...)."
+    return ""
+
+
+def describe(config: ConfigDict, defaults: ConfigDict | None, meanings: Mapping[str, str]) -> str:
+    """Every key of config: its value, its default where it differs, and what it means."""
+    values = config.to_dict()
+    base = defaults.to_dict() if defaults is not None else values
+    lines = []
+    for key in leaf_keys(config):
+        value = value_at(values, key)
+        default = value_at(base, key) if defaults is not None and key in leaf_keys(defaults) else value
+        changed = f"  (default {default!r})" if default != value else ""
+        lines.append(f"{key} = {value!r}{changed}  # {meanings.get(key, '')}".rstrip(" #"))
+    return "\n".join(lines)
+
+
+def value_at(tree: Mapping, key: str) -> Any:
+    """The value of a dotted key in nested mappings."""
+    for part in key.split("."):
+        tree = tree[part]
+    return tree

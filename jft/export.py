@@ -8,9 +8,10 @@
     tokenizer_config.json    BertTokenizer, its casing and special tokens, model_max_length
     special_tokens_map.json
 
-A pretraining run exports its newest good checkpoint as BertForPreTraining (BertForMaskedLM when
-it was trained without next-sentence prediction): the MLM decoder is tied to the word embeddings,
-so `BertForMaskedLM` and `pipeline("fill-mask")` work. A fine-tuning run exports its best model.
+A pretraining run exports its newest good checkpoint with its pretraining heads (for BERT, the
+masked-LM decoder tied to the word embeddings, so `pipeline("fill-mask")` works, and the
+next-sentence head when it has one). A fine-tuning run exports its best model with its task
+head. The family names transformers' classes (jft.models).
 """
 
 import json
@@ -18,10 +19,11 @@ from pathlib import Path
 
 import tokenizers
 
-from jft import hf, rundir
 from jft.data.tokenizer import SPECIAL_TOKENS, save_tokenizer, special_ids
 from jft.errors import JftError
 from jft.files import write_json
+from jft.models import hf
+from jft.train import rundir
 
 # transformers' names of the loss of each jft task, for config.json's problem_type
 PROBLEM_TYPES = {"classification": "single_label_classification", "regression": "regression"}

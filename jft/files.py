@@ -1,10 +1,10 @@
-"""Files in and out with errors that name the file: JSON read and written whole (atomically),
-and the permissions a user expects of what jft writes."""
+"""Files in and out with errors that name the file: every file jft writes is written whole or not
+at all (atomic_write), JSON read with the line of a fault, and the permissions a user expects."""
 
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +85,38 @@ def read_json_object(file: Path, what: str = "") -> dict:
     return value
 
 
-def write_json(file: Path, value: Any) -> None:
-    """Writes JSON through a temporary file and a rename, so a reader never sees half a file;
-    floats that are not finite become null (JSON has no NaN)."""
+def atomic_write(file: Path, write: Callable[[Path], Any]) -> None:
+    """Writes a file whole or not at all: write(temporary) fills a temporary file beside it, which
+    is flushed to the disk (fsync) and renamed over `file`, and the directory is flushed too, so a
+    reader, or the disk after a crash or a power cut, holds the old content or the new, never half."""
+    file = Path(file)
     temporary = file.with_name(f".{file.name}.tmp")
-    temporary.write_text(json.dumps(finite_or_null(value), indent=2, allow_nan=False) + "\n")
-    os.replace(temporary, file)
+    try:
+        write(temporary)
+        _fsync(temporary)
+        os.replace(temporary, file)
+    finally:
+        temporary.unlink(missing_ok=True)
+    _fsync(file.parent)
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def write_text(file: Path, text: str) -> None:
+    """Writes UTF-8 text whole or not at all (atomic_write)."""
+    atomic_write(file, lambda path: path.write_text(text, encoding="utf-8"))
+
+
+def write_json(file: Path, value: Any) -> None:
+    """Writes JSON whole or not at all (atomic_write); floats that are not finite become null
+    (JSON has no NaN)."""
+    write_text(file, json.dumps(finite_or_null(value), indent=2, allow_nan=False) + "\n")
 
 
 def finite_or_null(value: Any) -> Any:

@@ -17,51 +17,22 @@ from pathlib import Path
 import numpy as np
 from ml_collections import ConfigDict
 
-from jft import finetune, pretrain, rundir
-from jft.config import model_group
+from jft import finetune, plots, pretrain
 from jft.data.synthetic import TOPICS, write_corpus, write_topic_task
+from jft.defaults import finetune as finetune_config
+from jft.defaults import pretrain as pretrain_config
+from jft.files import write_json
+from jft.train.lock import hold
+from jft.train.rundir import TOKENIZER
 
 # Half of each topic's nouns for the labeled sentences, the other half for the held-out ones.
 SEEN_NOUNS, UNSEEN_NOUNS = slice(0, 4), slice(4, None)
 
 
-def default_config() -> ConfigDict:
-    """Sizes and budgets of the quickstart; a few minutes on two CPU cores."""
-    config = ConfigDict()
-    config.model = model_group(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=64,
-    )
-    config.corpus = ConfigDict(dict(documents=300, seed=0))
-    config.pretrain = ConfigDict(
-        # vocab_size 200 splits a few nouns into word-pieces. (400 keeps every word whole, and pretraining
-        # then helped less in 1000 steps: 0.50 against 0.29 held-out accuracy, instead of 0.96 against 0.31.)
-        dict(steps=1000, batch_size=32, seq_len=64, lr=2e-3, warmup_steps=20, max_predictions=10, vocab_size=200)
-    )
-    config.finetune = ConfigDict(
-        dict(
-            train_examples=16,  # labeled sentences: few, so that pretraining matters
-            eval_examples=400,
-            seeds=3,  # each seed draws its own labeled sentences and initialisation
-            epochs=60,  # enough for both runs to fit the labeled sentences
-            batch_size=8,
-            lr=1e-3,
-            l2_weight=1e-4,
-            l2_reference="zero",
-        )
-    )
-    config.parallel_backend = "jit"
-    config.progress = True
-    return config
-
-
 def run(config: ConfigDict, workdir: str | Path) -> dict:
     """Runs the quickstart in workdir; returns the summary (also in <workdir>/summary.json)."""
     workdir = Path(workdir).absolute()
-    with rundir.hold(workdir):
+    with hold(workdir):
         return _run(config, workdir)
 
 
@@ -72,7 +43,7 @@ def _run(config: ConfigDict, workdir: Path) -> dict:
     pretrained_dir = workdir / "pretrain"
     pretrain.train_and_evaluate(_pretrain_config(config, corpus), pretrained_dir)
     pretrain_seconds = time.perf_counter() - start
-    tokenizer = pretrained_dir / rundir.TOKENIZER
+    tokenizer = pretrained_dir / TOKENIZER
 
     data_dir = workdir / "task"
     data_dir.mkdir(exist_ok=True)
@@ -97,8 +68,10 @@ def _run(config: ConfigDict, workdir: Path) -> dict:
             finals[init].append(finetune.train_and_evaluate(run_config, workdir / f"finetune_{init}{seed}"))
     summary = _summary(config, workdir, finals, pretrain_seconds, time.perf_counter() - finetune_start)
     summary["seconds"] = time.perf_counter() - start
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    summary["figure"] = str(plot(workdir, summary))
+    write_json(workdir / "summary.json", summary)
+    pretraining = {split: _read_metrics(pretrained_dir, split) for split in ("train", "eval")}
+    first_seed = {init: _read_metrics(workdir / f"finetune_{init}0", "train") for init in finals}
+    summary["figure"] = str(plots.quickstart(pretraining, first_seed, summary, workdir / "quickstart.png"))
     return summary
 
 
@@ -108,7 +81,7 @@ def _stage(text: str) -> None:
 
 def _pretrain_config(config: ConfigDict, corpus: Path) -> ConfigDict:
     p = config.pretrain
-    run = pretrain.default_config()
+    run = pretrain_config()
     run.model = config.model
     run.data.corpus, run.data.vocab_size, run.data.seq_len = str(corpus), p.vocab_size, p.seq_len
     run.data.eval_fraction = 0.05
@@ -123,7 +96,7 @@ def _pretrain_config(config: ConfigDict, corpus: Path) -> ConfigDict:
 
 def _finetune_config(config: ConfigDict, train: Path, eval_file: Path, seed: int) -> ConfigDict:
     f = config.finetune
-    run = finetune.default_config()
+    run = finetune_config()
     run.data.train, run.data.eval, run.data.seq_len = str(train), str(eval_file), config.pretrain.seq_len
     run.epochs, run.batch_size, run.seed = f.epochs, f.batch_size, seed
     run.optim.lr = f.lr
@@ -194,41 +167,3 @@ def table(summary: dict) -> str:
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
-
-
-def plot(workdir: Path, summary: dict) -> Path:
-    """quickstart.png: pretraining losses, fine-tuning losses (first seed) and accuracies."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_pre, ax_fine, ax_acc) = plt.subplots(1, 3, figsize=(15, 4.2))
-    train, evaluation = (_read_metrics(workdir / "pretrain", split) for split in ("train", "eval"))
-    ax_pre.plot([r["step"] for r in train], [r["mlm_loss"] for r in train], label="MLM loss, train")
-    ax_pre.plot([r["step"] for r in evaluation], [r["mlm_loss"] for r in evaluation], "o-", label="MLM loss, held out")
-    if "nsp_loss" in train[0]:
-        ax_pre.plot([r["step"] for r in train], [r["nsp_loss"] for r in train], label="NSP loss, train")
-    ax_pre.set(title="Pretraining", xlabel="step", ylabel="loss")
-    ax_pre.legend()
-
-    for init, color in (("pretrained", "tab:blue"), ("scratch", "tab:orange")):
-        rows = _read_metrics(workdir / f"{'finetune_' + init}0", "train")
-        ax_fine.plot([r["step"] for r in rows], [r["task_loss"] for r in rows], color=color, label=f"from {init}")
-    ax_fine.set(title="Fine-tuning (seed 1): task loss", xlabel="step", ylabel="cross-entropy")
-    ax_fine.legend()
-
-    f = summary["finetune"]
-    for x, (init, color) in enumerate((("pretrained", "tab:blue"), ("scratch", "tab:orange"))):
-        values = f[f"{init}_accuracy"]
-        ax_acc.bar(x, np.mean(values), color=color, alpha=0.7)
-        ax_acc.scatter([x] * len(values), values, color="black", zorder=3, s=14)
-    ax_acc.axhline(f["chance"], color="gray", linestyle="--", label="chance")
-    ax_acc.set_xticks([0, 1], ["from pretrained", "from scratch"])
-    ax_acc.set(title="Accuracy on held-out sentences with unseen nouns", ylim=(0, 1))
-    ax_acc.legend()
-    fig.tight_layout()
-    out = workdir / "quickstart.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out

@@ -6,10 +6,12 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jft import bench, cli
+from jft import cli, defaults
 from jft.config import apply_overrides
 from jft.errors import JftError
-from jft.models import BertConfig, BertForPreTraining, BertForSequenceClassification, init_params
+from jft.models import bert
+from jft.models.bert import BertConfig, BertForPreTraining, BertForSequenceClassification, init_params
+from jft.perf import bench
 
 QUICK = [
     "--config.windows=2",
@@ -38,7 +40,7 @@ def test_bench_command_times_both_steps_and_writes_json(tmp_path, capsys):
 
 
 def test_short_texts_bucketed_and_packed_count_real_tokens_and_fewer_flops():
-    config = bench.default_config()
+    config = defaults.bench()
     quick = [o.removeprefix("--config.") for o in QUICK]
     apply_overrides(config, [*quick, "workloads=finetune", "backend=jit", "batch_size=8", "finetune.mean_length=8"])
     results = {}
@@ -57,7 +59,7 @@ def test_short_texts_bucketed_and_packed_count_real_tokens_and_fewer_flops():
 
 @pytest.mark.parametrize("workload", ["pretrain", "finetune"])
 def test_flop_formula_agrees_with_xla_cost_analysis(workload):
-    """The forward FLOPs of model_flops (÷ 3) against XLA's own count of the compiled forward pass
+    """The forward FLOPs of family FLOPs count (÷ 3) against XLA's own count of the compiled forward pass
     (unrolled layers: XLA counts a loop's body once, whatever its trip count); the last layer
     computes only the rows the heads read."""
     cfg = BertConfig(
@@ -75,11 +77,11 @@ def test_flop_formula_agrees_with_xla_cost_analysis(workload):
         model = BertForPreTraining(cfg)
         positions = jnp.zeros((batch, predictions), jnp.int32)
         forward = lambda p: model.apply({"params": p}, ids, masked_positions=positions)  # noqa: E731
-        formula = bench.model_flops(cfg, batch, seq, predictions=predictions)
+        formula = bert.flops(cfg, batch, seq, predictions=predictions)
     else:
         model = BertForSequenceClassification(cfg, 2)
         forward = lambda p: model.apply({"params": p}, ids)  # noqa: E731
-        formula = bench.model_flops(cfg, batch, seq, num_labels=2)
+        formula = bert.flops(cfg, batch, seq, num_labels=2)
     params = init_params(model, jax.random.key(0))
     xla = jax.jit(forward).lower(params).compile().cost_analysis()
     xla = xla[0] if isinstance(xla, list) else xla
@@ -96,7 +98,7 @@ def test_flop_formula_agrees_with_xla_cost_analysis(workload):
     ],
 )
 def test_bench_bad_input(override, message):
-    config = bench.default_config()
+    config = defaults.bench()
     apply_overrides(config, [override])
     with pytest.raises(JftError, match=message):
         bench.run(config)

@@ -15,14 +15,14 @@ import pytest
 from sklearn.metrics import classification_report, confusion_matrix
 
 from conftest import REPO, SMALL_PRETRAIN, TINY_MODEL, write_corpus, write_topic_task
-from jft import bench, cli, finetune, keys, pretrain, quickstart
+from jft import cli, defaults
 from jft.config import leaf_keys, load_config
 from jft.errors import JftError
-from jft.inference import FinetunedModel
-from jft.masking import MaskingConfig
-from jft.models import BertConfig, BertForSequenceClassification, init_params
-from jft.optim import weight_decay_mask
-from jft.steps import FinetuneSetup, create_finetune_state, finetune_step
+from jft.models.bert import BertConfig, BertForSequenceClassification, init_params
+from jft.tasks.predictor import FinetunedModel
+from jft.train.masking import MaskingConfig
+from jft.train.optim import weight_decay_mask
+from jft.train.steps import FinetuneSetup, create_finetune_state, finetune_step
 from jft.xla_cache import enable_compilation_cache
 
 pytestmark = pytest.mark.xdist_group("command_line")  # one worker: the runs are shared
@@ -38,13 +38,12 @@ def _flags(settings: dict) -> list[str]:
 # Finding settings.
 
 
-@pytest.mark.parametrize(
-    "make", [pretrain.default_config, finetune.default_config, bench.default_config, quickstart.default_config]
-)
-def test_every_key_of_every_stage_has_a_meaning(make):
-    config = make()
-    table = keys.meanings(config)
-    assert [key for key in leaf_keys(config) if key not in table] == []
+@pytest.mark.parametrize("stage", list(defaults.STAGES))
+def test_every_key_of_every_stage_has_a_meaning(stage):
+    config = defaults.defaults_of(stage)
+    assert defaults.stage_of(config) == stage
+    table = defaults.meanings(stage)
+    assert [key for key in leaf_keys(config) if not table.get(key)] == []
 
 
 def test_configs_are_found_by_name_from_any_directory(tmp_path):
@@ -206,7 +205,7 @@ def test_predictions_carry_an_id_or_the_row_and_the_text(task_files, tmp_path, c
 
 
 def test_a_binary_f1_names_its_positive_label(tmp_path):
-    from jft.metrics import classification_report as report
+    from jft.tasks.metrics import classification_report as report
 
     out = report(np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0]), ["negative", "positive"])
     assert out["per_class"]["positive"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2}
@@ -339,7 +338,7 @@ def test_the_readme_tables_name_real_keys():
     import re
 
     readme = (REPO / "README.md").read_text()
-    for stage, make in (("pretraining", pretrain.default_config), ("fine-tuning", finetune.default_config)):
+    for stage, make in (("pretraining", defaults.pretrain), ("fine-tuning", defaults.finetune)):
         table = readme.split(f"| {stage} | what it is |")[1].split("\n\n")[0]
         named = {key for row in table.splitlines()[2:] for key in re.findall(r"`([a-z_.]+)`", row.split("|")[1])}
         assert named and named <= set(leaf_keys(make())), named - set(leaf_keys(make()))

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from jft import cli
-from jft.config import bert_config, load_config, split_overrides
+from jft.config import load_config, split_overrides
 from jft.errors import JftError
+from jft.models import config_of
 
 REPO = Path(__file__).resolve().parents[1]
 INIT_CONFIG = REPO / "configs" / "init.py"
@@ -30,11 +31,11 @@ def test_overrides_are_parsed_to_each_key_type():
     assert config.model.hidden_dropout_prob == 0.0 and isinstance(config.model.hidden_dropout_prob, float)
     assert config.model.hidden_act == "gelu_new" and config.model.classifier_dropout == 0.2
     assert config.seed == 7
-    assert bert_config(config.model).num_hidden_layers == 6
+    assert config_of(config.model)[1].num_hidden_layers == 6
     # 'none' is a word model.remat takes, and unsets a key that may be unset
     config = load_config("bench:base", ["model.remat=dots", "model.remat=none", "model.classifier_dropout=none"])
     assert config.model.remat == "none" and config.model.classifier_dropout is None
-    assert bert_config(config.model).remat == "none"
+    assert config_of(config.model)[1].remat == "none"
 
 
 def test_split_overrides_accepts_both_spellings():
@@ -94,7 +95,7 @@ def test_init_convert_inspect(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["inspect", str(tmp_path / "mp")]) == 0
     shown = capsys.readouterr().out
-    assert "BertForPreTraining" in shown and "num_hidden_layers = 1" in shown and "cls/predictions" in shown
+    assert "BertForMaskedLM (bert)" in shown and "num_hidden_layers = 1" in shown and "cls/predictions" in shown
 
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):

@@ -331,7 +331,7 @@ class JftTinyNer(tfds.core.GeneratorBasedBuilder):
 
 
 def test_tfds_task_records_use_class_names(tmp_path):
-    from jft.data.tasks import Columns, read_records
+    from jft.tasks.records import Columns, read_records
 
     JftTinyNer(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
     ner = read_records(
@@ -344,7 +344,7 @@ def test_tfds_task_records_use_class_names(tmp_path):
         "tfds:jft_tiny_ner", Columns("tokens", None, "label"), "classification", tfds_data_dir=str(tmp_path)
     )
     assert labeled[0]["label"] == "pos"
-    from jft.data.tasks import label_vocabulary
+    from jft.tasks.records import label_vocabulary
 
     names = label_vocabulary(
         ner, "token_classification", "ner", source="tfds:jft_tiny_ner", tfds_data_dir=str(tmp_path)

@@ -9,10 +9,10 @@ import pytest
 import safetensors.numpy
 
 from conftest import tiny_hf_config
-from jft import hf
 from jft import params as ptree
 from jft.errors import JftError
-from jft.models import BertConfig, BertForPreTraining, BertForSequenceClassification, BertModel, init_params
+from jft.models import hf
+from jft.models.bert import BertConfig, BertForPreTraining, BertForSequenceClassification, BertModel, init_params
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ def test_other_model_types_are_refused(saved):
     path, _, _ = saved
     hf_config = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**hf_config, "model_type": "roberta"}))
-    with pytest.raises(JftError, match="'roberta' model; jft loads BERT"):
+    with pytest.raises(JftError, match="'roberta' model; jft loads bert models"):
         hf.load(path)
 
 
@@ -146,7 +146,7 @@ def test_invalid_model_configs(fields, message):
 def test_save_rejects_wrong_label_count(tmp_path):
     config = BertConfig.from_hf(tiny_hf_config().to_dict())
     params = init_params(BertForSequenceClassification(config, num_labels=3), jax.random.key(0))
-    with pytest.raises(JftError, match="2 label names given for a classifier with 3 outputs"):
+    with pytest.raises(JftError, match="2 label names given for a head with 3 outputs"):
         hf.save(tmp_path, config, params, labels=["a", "b"])
     with pytest.raises(JftError, match="unknown format 'bin'"):
         hf.save(tmp_path, config, params, format="bin")

@@ -20,9 +20,10 @@ import torch
 import transformers
 
 from conftest import REPO, SMALL_PRETRAIN, write_corpus, write_topic_task
-from jft import cli, rundir
-from jft.inference import FinetunedModel, build_model
-from jft.models import BertForPreTraining
+from jft import cli
+from jft.models.bert import BertForPreTraining
+from jft.tasks.predictor import FinetunedModel
+from jft.train import rundir
 
 pytestmark = pytest.mark.xdist_group("export")  # one worker: the runs are shared
 
@@ -156,7 +157,8 @@ def test_a_finetuning_run_exports_for_its_auto_class(runs, kind, auto, problem_t
     batch = _inputs(tokenizer)
     with torch.no_grad():
         torch_logits = exported(**{k: torch.tensor(v) for k, v in batch.items()}).logits.numpy()
-    jft_logits = build_model(model.model_config, model.task).apply({"params": model.params}, **batch)
+    module = model.family.module(model.model_config, model.task.head())
+    jft_logits = module.apply({"params": model.params}, **batch)["logits"]
     np.testing.assert_allclose(torch_logits, jft_logits, atol=TOL)
     flax_class = getattr(transformers, "Flax" + config["architectures"][0])
     np.testing.assert_allclose(flax_class.from_pretrained(out)(**batch).logits, jft_logits, atol=TOL)

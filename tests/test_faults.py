@@ -22,9 +22,10 @@ import pytest
 import safetensors.numpy
 
 from conftest import REPO, SMALL_PRETRAIN, TINY_MODEL, corpus_vocab, write_corpus, write_topic_task
-from jft import cli, hf
+from jft import cli
 from jft.data.prepare import prepare
-from jft.models import BertConfig, BertForPreTraining, init_params
+from jft.models import hf
+from jft.models.bert import BertConfig, BertForPreTraining, init_params
 
 pytestmark = pytest.mark.xdist_group("faults")  # one worker: the cases share their inputs
 
@@ -297,13 +298,13 @@ CASES = [
     Case(
         "init_from a directory that is no model",
         lambda t, f: _finetune(t, f, init_from=_write(t / "empty" / "notes.txt", "x").parent),
-        "jft finetune: error: init_from {tmp}/empty is neither a jft workdir (run.json) nor a Hugging Face BERT "
+        "jft finetune: error: init_from {tmp}/empty is neither a jft workdir (run.json) nor a Hugging Face model "
         "directory (config.json and weights).",
     ),
     Case(
         "init_from nowhere",
         lambda t, f: _finetune(t, f, init_from=t / "nowhere"),
-        "jft finetune: error: init_from {tmp}/nowhere does not exist; give a jft workdir or a Hugging Face BERT "
+        "jft finetune: error: init_from {tmp}/nowhere does not exist; give a jft workdir or a Hugging Face model "
         "directory.",
     ),
     # Task data.
@@ -567,7 +568,7 @@ def test_one_clear_line_and_nothing_written(case: Case, files, tmp_path, capsys)
 
 
 def test_a_csv_with_a_byte_order_mark_reads_its_header(tmp_path):
-    from jft.data.tasks import Columns, read_records
+    from jft.tasks.records import Columns, read_records
 
     (tmp_path / "a.csv").write_bytes("text,label\nthe ship,sea\n".encode("utf-8-sig"))
     assert read_records(str(tmp_path / "a.csv"), Columns(), "classification") == [{"text": "the ship", "label": "sea"}]
@@ -633,7 +634,7 @@ def finished_run(files, tmp_path_factory) -> Path:
 
 
 def _params(workdir: Path, step: int):
-    from jft.checkpoint import Checkpoints
+    from jft.train.checkpoint import Checkpoints
 
     checkpoints = Checkpoints(workdir / "checkpoints")
     state, _ = checkpoints.restore(step=step)
@@ -659,7 +660,7 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_run_resumes_from_the_previous
 
 
 def test_flipped_bytes_are_found_by_the_checksums(finished_run, tmp_path):
-    from jft.checkpoint import Checkpoints, DamagedCheckpoint
+    from jft.train.checkpoint import Checkpoints, DamagedCheckpoint
 
     shutil.copytree(finished_run, tmp_path / "run")
     _flip_bytes(_largest_file(tmp_path / "run" / "checkpoints" / "6" / "state"))
@@ -674,8 +675,8 @@ def test_a_save_from_accelerator_memory_is_fingerprinted_there_and_checked_on_re
     the host and hashed; here CPU devices stand in for the accelerator."""
     import ml_dtypes
 
-    from jft import checkpoint
     from jft.errors import JftError
+    from jft.train import checkpoint
 
     rng = np.random.default_rng(0)
     weights = rng.normal(size=(64, 33)).astype(np.float32)
@@ -750,7 +751,7 @@ def test_a_diverging_run_stops_with_nothing_non_finite_saved(files, tmp_path, ca
     # lr 1e30: the first update is finite (about ±1e30 a weight), every later one is not
     assert err.startswith("jft pretrain: error: stopped at step 4: the last 3 updates were skipped because their")
     assert f"--config.init_from={tmp_path / 'run'} to keep its weights." in err
-    from jft.checkpoint import Checkpoints
+    from jft.train.checkpoint import Checkpoints
 
     checkpoints = Checkpoints(tmp_path / "run" / "checkpoints")
     assert checkpoints.latest_step() == 2
@@ -760,9 +761,10 @@ def test_a_diverging_run_stops_with_nothing_non_finite_saved(files, tmp_path, ca
 
 
 def test_the_guard_warns_about_a_huge_or_rising_loss(tmp_path, capsys):
-    from jft.training_log import DivergenceGuard, guard_config
+    from jft.defaults import GUARD, build
+    from jft.train.log import DivergenceGuard
 
-    guard = DivergenceGuard(guard_config(), tmp_path)
+    guard = DivergenceGuard(build(GUARD).guard, tmp_path)
     guard.train(5, {"loss": 3e9, "skipped_in_a_row": 0})
     guard.train(6, {"loss": 4e9, "skipped_in_a_row": 0})  # said once until it comes back down
     for step, loss in enumerate([2.0, 2.1, 2.2, 2.3]):
@@ -774,7 +776,7 @@ def test_the_guard_warns_about_a_huge_or_rising_loss(tmp_path, capsys):
 
 
 def test_metrics_that_are_not_finite_are_written_as_null(tmp_path):
-    from jft.training_log import MetricWriter
+    from jft.train.log import MetricWriter
 
     writer = MetricWriter(tmp_path)
     writer.write(1, "train", {"loss": 1.5, "grad_norm": float("inf")})
@@ -837,7 +839,7 @@ def test_predictions_to_a_path_that_cannot_be_written_fail_first(files, tmp_path
 
 
 def test_token_classification_predicts_one_tag_for_every_word_of_a_long_record(files, tmp_path):
-    from jft.inference import FinetunedModel
+    from jft.tasks.predictor import FinetunedModel
 
     words = ["the", "harbor", "sailor", "sees", "the", "moon"]
     tags = ["O", "B-LOC", "B-PER", "O", "O", "B-LOC"]
@@ -893,7 +895,7 @@ def test_a_read_only_workdir_is_one_line(files, tmp_path, monkeypatch, capsys):
 
 
 def test_export_and_predict_refuse_a_best_model_with_a_nan(files, tmp_path, capsys):
-    from jft.checkpoint import Checkpoints, sha256_checksums
+    from jft.train.checkpoint import Checkpoints, sha256_checksums
 
     assert cli.main(_finetune(tmp_path, files, epochs=1, **{"parallel.backend": "jit"})) == 0
     best = Checkpoints(tmp_path / "run" / "best", asynchronous=False)

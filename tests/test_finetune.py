@@ -15,18 +15,19 @@ import torch
 import transformers
 
 from conftest import TINY_MODEL, corpus_vocab, set_keys, write_corpus, write_topic_task
-from jft import cli, hf
+from jft import cli
 from jft.data.synthetic import sentence_lengths, write_vocab
 from jft.errors import JftError
 from jft.finetune import default_config, train_and_evaluate
-from jft.inference import FinetunedModel
-from jft.masking import MaskingConfig, mask_batch
-from jft.models import BertConfig, BertForPreTraining, BertForSequenceClassification, init_params
-from jft.objectives import l2_penalty, weighted_cross_entropy
-from jft.optim import weight_decay_mask
-from jft.parallel import Runner
+from jft.models import hf
+from jft.models.bert import BertConfig, BertForPreTraining, BertForSequenceClassification, init_params
 from jft.params import flatten
-from jft.steps import FinetuneSetup, create_finetune_state, finetune_step, task_stats
+from jft.tasks.predictor import FinetunedModel
+from jft.train.masking import MaskingConfig, mask_batch
+from jft.train.objectives import l2_penalty, weighted_cross_entropy
+from jft.train.optim import weight_decay_mask
+from jft.train.parallel import Runner
+from jft.train.steps import FinetuneSetup, create_finetune_state, finetune_step, task_stats
 
 
 def _batch(seed=0, rows=16, seq=12, vocab=120, classes=3):
@@ -78,6 +79,7 @@ def test_penalty_gradient_goes_through_the_optimizer_with_the_task_gradient(refe
 
     def task_loss(p):
         logits = model.apply({"params": p}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        logits = logits["logits"]
         stats = task_stats("classification", logits, batch)
         return stats["loss_sum"] / stats["count"]
 
@@ -146,10 +148,10 @@ def test_joint_objective_adds_mu_times_the_masked_lm_loss_of_the_batch():
     assert 0 < float(masked["masked_weights"].sum()) < ids.size
 
     def objective(p):
-        task = task_stats("classification", model.apply({"params": p}, ids, attention, types), batch)
-        _, mlm_logits = model.apply(
+        task = task_stats("classification", model.apply({"params": p}, ids, attention, types)["logits"], batch)
+        mlm_logits = model.apply(
             {"params": p}, masked["input_ids"], attention, types, masked_positions=masked["masked_positions"]
-        )
+        )["mlm_logits"]
         mlm = weighted_cross_entropy(mlm_logits, masked["masked_labels"], masked["masked_weights"])
         return task["loss_sum"] / task["count"] + mu * mlm["loss_sum"] / mlm["count"], mlm
 
@@ -260,7 +262,7 @@ def test_finetune_eval_predict_export_from_a_hugging_face_directory(tmp_path, ti
         torch_logits = exported(**batch).logits.numpy()
     jft_logits = BertForSequenceClassification(model.model_config, 4).apply(
         {"params": model.params}, *(np.asarray(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
-    )
+    )["logits"]
     np.testing.assert_allclose(jft_logits, torch_logits, atol=1e-5)
 
 

@@ -10,8 +10,8 @@ import torch
 import transformers
 
 from conftest import make_batch, tiny_hf_config
-from jft import hf
-from jft.models import BertConfig, BertForPreTraining, BertForSequenceClassification, BertModel, init_params
+from jft.models import hf
+from jft.models.bert import BertConfig, BertForPreTraining, BertForSequenceClassification, BertModel, init_params
 
 TOL = 1e-5
 
@@ -115,7 +115,7 @@ def test_classifier_round_trip_with_labels(tmp_path, max_abs_diff):
     batch = make_batch(7)
     with torch.no_grad():
         ref_logits = ref(**_torch_batch(batch)).logits.numpy()
-    assert max_abs_diff(module.apply({"params": params}, **batch), ref_logits) <= TOL
+    assert max_abs_diff(module.apply({"params": params}, **batch)["logits"], ref_logits) <= TOL
 
 
 def test_bfloat16_params_round_trip(tmp_path):

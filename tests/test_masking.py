@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jft.errors import JftError
-from jft.masking import MaskingConfig, mask_batch
+from jft.train.masking import MaskingConfig, mask_batch
 
 PAD, CLS, SEP, MASK, VOCAB = 0, 2, 3, 4, 1000
 CONFIG = MaskingConfig(mask_id=MASK, vocab_size=VOCAB, special_ids=(PAD, CLS, SEP, MASK), max_predictions=40)

@@ -5,7 +5,7 @@ import pytest
 import scipy.stats
 import sklearn.metrics
 
-from jft import metrics
+from jft.tasks import metrics
 
 
 @pytest.mark.parametrize("seed", range(5))

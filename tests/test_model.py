@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import make_batch, masked_positions, tiny_hf_config
-from jft.models import BertConfig, BertForPreTraining, BertModel, init_params
-from jft.models.bert import Dropout, attention, attention_mask_4d, fused_attention, kept
+from jft.models.bert import BertConfig, BertForPreTraining, BertModel, init_params
+from jft.models.layers import Dropout, attention, attention_mask_4d, fused_attention, kept
 
 
 def _config(**overrides):
@@ -69,9 +69,9 @@ def test_dropout_keeps_one_minus_rate_and_scales_what_it_keeps(rate):
 def test_the_tpu_splash_kernel_gives_xla_attention_on_every_real_token(packed, monkeypatch):
     """attention_impl 'splash' (Pallas's TPU kernel, run by its interpreter here): the same hidden
     states and gradients on real tokens, for rows not a multiple of its 128-token blocks."""
-    from jft.models import bert
+    from jft.models import layers
 
-    monkeypatch.setattr(bert, "SPLASH_INTERPRET", True)
+    monkeypatch.setattr(layers, "SPLASH_INTERPRET", True)
     xla = _config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     batch = _packed_batch() if packed else {k: jnp.asarray(v) for k, v in make_batch(4, batch=2, seq=40).items()}
     real = np.asarray(batch["attention_mask"], bool)
@@ -112,9 +112,9 @@ def test_the_last_layer_computes_only_the_rows_asked_for(impl, monkeypatch):
     """output_positions: the hidden states there and the pooled [CLS] states equal the full
     model's, gradients too, on packed rows (splash's segments become XLA's mask in the last
     layer); the compiled forward pass counts fewer FLOPs."""
-    from jft.models import bert
+    from jft.models import layers
 
-    monkeypatch.setattr(bert, "SPLASH_INTERPRET", True)
+    monkeypatch.setattr(layers, "SPLASH_INTERPRET", True)
     config = _config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attention_impl=impl)
     model = BertModel(config)
     batch = _packed_batch()

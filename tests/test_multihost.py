@@ -17,8 +17,8 @@ import pytest
 
 from conftest import REPO, corpus_vocab, pretrain_command, write_corpus, write_topic_task, write_vocab
 from jft import cli
-from jft.checkpoint import Checkpoints
 from jft.data.prepare import prepare
+from jft.train.checkpoint import Checkpoints
 
 STEPS = 6
 STREAMS = 2  # every batch takes half its rows from each of two streams of whole shards

@@ -9,12 +9,13 @@ import optax
 import pytest
 
 from conftest import TINY_MODEL
-from jft.data.tasks import IGNORE, Encoded, TaskBatches, pack, step_inputs
 from jft.errors import JftError
-from jft.models import BertConfig, BertForSequenceClassification, BertForTokenClassification, init_params
-from jft.optim import weight_decay_mask
+from jft.models.bert import BertConfig, BertForSequenceClassification, BertForTokenClassification, init_params
 from jft.params import flatten
-from jft.steps import FinetuneSetup, create_finetune_state, finetune_step, predict_step
+from jft.tasks.batches import TaskBatches, fill_rows, pack, step_inputs
+from jft.tasks.records import IGNORE, Encoded
+from jft.train.optim import weight_decay_mask
+from jft.train.steps import FinetuneSetup, create_finetune_state, finetune_step, predict_step
 
 VOCAB = 120
 
@@ -50,8 +51,11 @@ def test_pack_places_every_example_once_within_width_and_segment_cap():
 
 def test_packed_batches_hold_each_example_intact_once_an_epoch():
     data = _data()
-    batches = TaskBatches(data, "classification", batch_size=16, seed=3, layout="packed", max_len=32, row_multiple=4)
-    assert batches.rows % 4 == 0 and batches.rows < 16  # fewer rows than examples a step
+    batches = TaskBatches(data, "classification", batch_size=16, seed=3, layout="packed", max_len=32)
+    assert batches.rows < 16  # fewer rows than examples a step, whatever the devices
+    filled = fill_rows(next(batches.epoch(0)), 8)  # out to what 8 devices divide: empty rows, no example
+    assert len(filled["input_ids"]) % 8 == 0 and (filled["example_ids"][batches.rows :] == -1).all()
+    assert not filled["weights"][batches.rows :].any() and not filled["attention_mask"][batches.rows :].any()
     seen = []
     epoch_examples = []
     for batch in batches.epoch(0):

@@ -6,8 +6,8 @@ import torch
 import transformers
 
 from conftest import make_batch, masked_positions, tiny_hf_config
-from jft import hf
-from jft.models import BertForPreTraining, BertForSequenceClassification, BertForTokenClassification, BertModel
+from jft.models import hf
+from jft.models.bert import BertForPreTraining, BertForSequenceClassification, BertForTokenClassification, BertModel
 
 TOL = 1e-5
 
@@ -70,8 +70,8 @@ def test_task_heads_match_hf_flax(tmp_path, max_abs_diff, ref_cls, jft_cls):
     ref = ref_cls(tiny_hf_config(num_labels=5), seed=4)
     ref.save_pretrained(tmp_path)
     config, params = hf.load(tmp_path)
-    module, module_params = hf.model_for(config, params)
-    assert type(module) is jft_cls and module.num_labels == 5
+    module, head = hf.model_for(config, params)
+    assert type(module) is jft_cls and module.num_labels == 5 == head.num_labels
     batch = make_batch(4)
-    logits = module.apply({"params": module_params}, **batch)
+    logits = module.apply({"params": params}, **batch)["logits"]
     assert max_abs_diff(logits, ref(**batch).logits) <= TOL

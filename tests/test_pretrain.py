@@ -16,13 +16,13 @@ from conftest import SMALL_PRETRAIN, TINY_MODEL, corpus_vocab, pretrain_command,
 from jft.data.loader import Loader, PretrainRows
 from jft.data.prepare import prepare
 from jft.errors import JftError
-from jft.masking import MaskingConfig
-from jft.models import BertConfig, BertForPreTraining, init_params
-from jft.optim import clip_by_global_norm, make_optimizer, weight_decay_mask
-from jft.parallel import Runner
+from jft.models.bert import BertConfig, BertForPreTraining, init_params
 from jft.params import flatten
 from jft.pretrain import default_config, train_and_evaluate
-from jft.steps import PretrainSetup, create_state, pretrain_step
+from jft.train.masking import MaskingConfig
+from jft.train.optim import clip_by_global_norm, make_optimizer, weight_decay_mask
+from jft.train.parallel import Runner
+from jft.train.steps import PretrainSetup, create_state, pretrain_step
 
 
 def small_config(**overrides):
@@ -272,7 +272,7 @@ def _start_and_signal(command, checkpoint_dir, after_step, sig):
 
 
 def _final_state(workdir, step=150):
-    from jft.checkpoint import Checkpoints
+    from jft.train.checkpoint import Checkpoints
 
     checkpoints = Checkpoints(workdir / "checkpoints")
     assert checkpoints.latest_step() == step

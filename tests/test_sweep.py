@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from conftest import TINY_MODEL, set_keys, write_topic_task, write_vocab
-from jft import cli, sweep
+from jft import cli, population, sweep
 from jft.config import apply_overrides
 from jft.errors import JftError, RunStopped
 from jft.finetune import default_config, train_and_evaluate
-from jft.inference import FinetunedModel
-from jft.parallel import Runner
 from jft.params import flatten
+from jft.tasks.predictor import FinetunedModel
+from jft.train.parallel import Runner
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_members_end_where_standalone_runs_with_their_settings_end(task_files, t
     config = _config(task_files, grid, **{"l2.reference": "zero"})
     members = sweep.plan(config)
     assert len(members) == 8
-    results, params = sweep.train_population(members, sweep.sweep_data(config), Runner("jit"))
+    results, params = population.train_population(members, sweep.sweep_data(config), Runner("jit"))
     for k in (0, 7):  # lr 1e-3, λ 0, seed 0; and lr 3e-3, λ 0.05, seed 1
         own_params, own_scores = _standalone(config, tmp_path / f"member{k}", members[k].setting)
         assert _largest_difference(_member(params, k), own_params) < 1e-5
@@ -91,7 +91,7 @@ def test_folds_partition_the_training_set_and_a_fold_member_is_a_run_on_its_part
         (3e-3, f) for f in range(3)
     ]
     shared = sweep.sweep_data(config)
-    results, params = sweep.train_population(members, shared, Runner("jit"))
+    results, params = population.train_population(members, shared, Runner("jit"))
     # member 4 (lr 3e-3, fold 1) is a run trained on the other folds and scored on fold 1
     with open(task_files["train"]) as f:
         rows = list(csv.DictReader(f))
@@ -118,8 +118,8 @@ def test_a_population_over_eight_devices_is_the_population_on_one(task_files):
     config = _config(task_files, {"optim.lr": [1e-3, 3e-3], "seed": [0, 1]}, **{"model.hidden_dropout_prob": 0.0})
     config.batch_size, config.epochs, config.data.layout = 16, 1, "padded"
     members, shared = sweep.plan(config), sweep.sweep_data(config)
-    one, one_params = sweep.train_population(members, shared, Runner("jit"))
-    eight, eight_params = sweep.train_population(members, shared, Runner("shard_map"))
+    one, one_params = population.train_population(members, shared, Runner("jit"))
+    eight, eight_params = population.train_population(members, shared, Runner("shard_map"))
     assert len(jax.devices()) == 8
     assert _largest_difference(one_params, eight_params) < 5e-6
     assert [r["scores"] for r in one] == pytest.approx([r["scores"] for r in eight], abs=1e-6)
@@ -193,10 +193,10 @@ def test_bad_grids_are_one_line_before_any_training(task_files, tmp_path, grid, 
 def test_a_population_that_does_not_fit_is_refused_with_the_largest_that_does(task_files, tmp_path, monkeypatch):
     config = _config(task_files, {"optim.lr": [1e-3, 2e-3, 3e-3, 4e-3, 5e-3, 6e-3, 7e-3, 8e-3]}, epochs=1)
     config.parallel.backend, config.data.layout = "jit", "padded"
-    peaks, real_peak = [], sweep._peak
-    monkeypatch.setattr(sweep, "_peak", lambda compiled: peaks.append(real_peak(compiled)) or peaks[-1])
+    peaks, real_peak = [], population._peak
+    monkeypatch.setattr(population, "_peak", lambda compiled: peaks.append(real_peak(compiled)) or peaks[-1])
     limit = {"bytes": 1}
-    monkeypatch.setattr(sweep, "device_memory", lambda device: limit["bytes"])
+    monkeypatch.setattr(population, "device_memory", lambda device: limit["bytes"])
     with pytest.raises(JftError, match=r"a population of 8 members needs .*and one member alone needs"):
         sweep.run_sweep(config, tmp_path / "sweep")
     full, single = peaks  # XLA's counts for 8 members and for 1

@@ -18,7 +18,7 @@ from conftest import REPO, TINY_MODEL, write_vocab
 from jft.config import load_config
 from jft.data.synthetic import TOPICS
 from jft.finetune import train_and_evaluate
-from jft.inference import FinetunedModel
+from jft.tasks.predictor import FinetunedModel
 
 GLUE_CONFIG = REPO / "configs" / "finetune" / "glue.py"
 CONLL_CONFIG = REPO / "configs" / "finetune" / "conll2003.py"

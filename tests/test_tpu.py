@@ -8,10 +8,12 @@ import sys
 import jax
 import pytest
 
-from jft import bench, cli, tpu
-from jft.config import bert_config, model_config
+from jft import cli, defaults
+from jft.defaults import model_fields
 from jft.errors import JftError
-from jft.parallel import Runner
+from jft.models import config_of
+from jft.perf import bench, tpu
+from jft.train.parallel import Runner
 
 
 @pytest.mark.parametrize(
@@ -49,9 +51,9 @@ SPLASH = ["--config.model.attention_impl=splash", "--config.model.attention_prob
 
 
 def test_the_target_gets_bfloat16_and_the_splash_kernel_for_cudnn_and_keeps_what_was_chosen():
-    model, changes = tpu.target_model(model_config("base", dtype="auto", attention_impl="cudnn"))
+    model, changes = tpu.target_model(model_fields("base", dtype="auto", attention_impl="cudnn"))
     assert (model.dtype, model.attention_impl) == ("bfloat16", "splash") and len(changes) == 2
-    model, changes = tpu.target_model(model_config("base", dtype="float32"))
+    model, changes = tpu.target_model(model_fields("base", dtype="float32"))
     assert (model.dtype, model.attention_impl, changes) == ("float32", "xla", [])
 
 
@@ -87,11 +89,11 @@ def test_the_largest_batch_search_finds_what_checking_every_batch_finds(fixed, p
 def test_abstract_inputs_compile_the_program_the_real_arrays_run():
     """The TPU path compiles from shapes alone; on the CPU's 8 devices, that program's memory
     equals the one compiled from real state and batches (bench.time_steps)."""
-    config = bench.default_config()
+    config = defaults.bench()
     config.batch_size, config.windows, config.warmup_steps = 16, 1, 1
-    cfg = bert_config(config.model)
+    family, cfg = config_of(config.model)
     runner = Runner("shard_map")
-    work = bench.workload("pretrain", config, cfg)
+    work = bench.workload("pretrain", config, family, cfg)
     from_shapes = tpu.compile_step(runner, work.step, jax.eval_shape(work.init_state), work.batches[0])
     real = runner.compile(work.step).lower(
         runner.put_replicated(work.init_state()),
@@ -149,9 +151,9 @@ def test_a_small_model_compiles_for_a_v5e_topology(attention, tmp_path):
     parts = row["arguments_gib"] + row["outputs_gib"] - row["aliased_gib"] + row["temporaries_gib"]
     assert 0 < row["arguments_gib"] < row["peak_gib"] == pytest.approx(parts) and row["peak_gib"] < 1
     # The state is replicated: a device holds the parameters and both Adam moments, float32.
-    cfg = bert_config(model_config("tiny", vocab_size=30522, num_hidden_layers=1))
-    state = jax.eval_shape(bench.finetune_workload(bench.default_config(), cfg).init_state)
+    family, cfg = config_of(model_fields("tiny", vocab_size=30522, num_hidden_layers=1))
+    state = jax.eval_shape(bench.finetune_workload(defaults.bench(), family, cfg).init_state)
     parameters = sum(x.size for x in jax.tree.leaves(state.params))
     assert row["arguments_gib"] * 2**30 == pytest.approx(3 * 4 * parameters, rel=0.05)
-    assert row["tflop_per_device_step"] == pytest.approx(bench.model_flops(cfg, 8, 64, num_labels=2) / 1e12)
+    assert row["tflop_per_device_step"] == pytest.approx(family.flops(cfg, 8, 64, num_labels=2) / 1e12)
     assert "v5e:2x2 (TPU v5e, 4 devices of 16 GiB HBM)" in done.stdout and "| finetune |" in done.stdout

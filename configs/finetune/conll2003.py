@@ -4,7 +4,7 @@ of each word, entity-level F1 picks the best checkpoint.
     jft finetune --config configs/finetune/conll2003.py --workdir runs/ner --config.init_from=runs/base
 """
 
-from jft.finetune import default_config
+from jft.defaults import finetune as default_config
 
 
 def get_config():

@@ -8,7 +8,7 @@ follow BERT's fine-tuning recipe: Adam, lr 2e-5 with 10% warmup and linear decay
 --config.l2.reference=init for L2-SP). Model sizes come from init_from.
 """
 
-from jft.finetune import default_config
+from jft.defaults import finetune as default_config
 
 # task: (text column, text pair column, kind, metric that picks the best checkpoint, eval split)
 TASKS = {

@@ -3,7 +3,7 @@
 jft finetune --config configs/finetune/imdb.py --workdir runs/imdb --config.init_from=runs/base
 """
 
-from jft.finetune import default_config
+from jft.defaults import finetune as default_config
 
 
 def get_config():

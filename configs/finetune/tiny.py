@@ -9,7 +9,7 @@ Hugging Face directory: its architecture and vocabulary are used. Without init_f
 starts from scratch, a tiny preset with data.vocab as its vocabulary.
 """
 
-from jft.finetune import default_config
+from jft.defaults import finetune as default_config
 
 
 def get_config():

@@ -7,8 +7,8 @@ bf16 compute on GPU/TPU (dtype 'auto'), float32 master weights. For the original
 phase at 512 tokens: --config.data.seq_len=512 --config.masking.max_predictions=80.
 """
 
-from jft.config import model_group
-from jft.pretrain import default_config
+from jft.defaults import model_group
+from jft.defaults import pretrain as default_config
 
 
 def get_config():

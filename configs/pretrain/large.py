@@ -9,7 +9,8 @@ For LAMB at batch 4096 (You et al., 2019): --config.optim.name=lamb --config.opt
 
 from pathlib import Path
 
-from jft.config import load_config, model_group
+from jft.config import load_config
+from jft.defaults import model_group
 
 
 def get_config():

@@ -7,7 +7,7 @@ vocabulary is trained on it, the rows are prepared into runs/tiny/data, and chec
 runs/tiny/checkpoints. Kill it and run the same command again: it resumes where it stopped.
 """
 
-from jft.pretrain import default_config
+from jft.defaults import pretrain as default_config
 
 
 def get_config():

@@ -1,19 +1,6 @@
-"""BERT models and their config."""
+"""Model families behind one interface (jft.models.family); BERT is jft.models.bert."""
 
-from jft.models.bert import (
-    BertForPreTraining,
-    BertForSequenceClassification,
-    BertForTokenClassification,
-    BertModel,
-    init_params,
-)
-from jft.models.config import BertConfig
+from jft.models.family import HEADS, Family, Head
+from jft.models.registry import FAMILIES, config_of, family_of, family_of_hf, get
 
-__all__ = [
-    "BertConfig",
-    "BertModel",
-    "BertForPreTraining",
-    "BertForSequenceClassification",
-    "BertForTokenClassification",
-    "init_params",
-]
+__all__ = ["FAMILIES", "HEADS", "Family", "Head", "config_of", "family_of", "family_of_hf", "get"]

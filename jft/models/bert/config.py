@@ -34,6 +34,30 @@ COMPUTE_FIELDS = ("dtype", "attention_impl", "remat", "scan_layers", "vocab_mult
 # What a run from scratch must know: a preset names them all.
 SIZE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
+# What each field means, for `jft config` and docs/config.md (as model.FIELD).
+FIELD_MEANINGS = {
+    "vocab_size": "tokens in the embedding table (unset: the vocabulary's size)",
+    "hidden_size": "width of the encoder",
+    "num_hidden_layers": "encoder layers",
+    "num_attention_heads": "attention heads a layer",
+    "intermediate_size": "width of each layer's feed-forward block",
+    "hidden_act": "activation of the feed-forward block (gelu, relu, ...)",
+    "hidden_dropout_prob": "dropout on hidden states (may differ from init_from's)",
+    "attention_probs_dropout_prob": "dropout on attention weights (0 for attention_impl cudnn or splash)",
+    "max_position_embeddings": "position table: the longest row the model takes",
+    "type_vocab_size": "token types (segments A and B)",
+    "initializer_range": "standard deviation of new weights",
+    "layer_norm_eps": "LayerNorm epsilon",
+    "pad_token_id": "id of [PAD]",
+    "classifier_dropout": "dropout before the task head (unset: hidden_dropout_prob)",
+    "dtype": "compute dtype: float32, bfloat16 or auto (bf16 on GPU/TPU); may change on resume",
+    "param_dtype": "dtype of the weights (keep float32)",
+    "attention_impl": "xla; cudnn (fused GPU kernel) or splash (Pallas TPU kernel): no attention dropout",
+    "remat": "recompute in the backward pass: none (no matmul twice), dots (attention's too), full (least kept)",
+    "scan_layers": "layers as one loop (compiles fast at any depth); false: unrolled (same weights)",
+    "vocab_multiple": "pad the masked-LM decoder's vocabulary to a multiple of this (e.g. 128); never exported",
+}
+
 # Sizes by name; every other field keeps its default. "tiny" is for tests and CPU runs.
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256),

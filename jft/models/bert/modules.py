@@ -2,12 +2,11 @@
 
 Sub-module names follow Hugging Face's modeling_flax_bert so weights map one to one; the one
 difference is that the encoder's layers run as one loop over a stack, so each layer parameter is
-stored once with a leading [num_hidden_layers] axis (jft.hf stacks and unstacks at the boundary).
+stored once with a leading [num_hidden_layers] axis (jft.models.bert.weights stacks and unstacks
+at the Hugging Face boundary).
 """
 
 import dataclasses
-import functools
-import math
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -15,7 +14,15 @@ import jax
 import jax.numpy as jnp
 
 from jft.errors import JftError
-from jft.models.config import BertConfig
+from jft.models.bert.config import BertConfig
+from jft.models.family import Head
+from jft.models.layers import (
+    Dropout,
+    attention,
+    attention_mask_4d,
+    gather_positions,
+    query_rows_mask,
+)
 
 ACTIVATION_FNS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": lambda x: nn.gelu(x, approximate=False),
@@ -45,124 +52,6 @@ def _layer_norm(config: BertConfig, name: str = "LayerNorm") -> nn.LayerNorm:
     )
 
 
-def attention_mask_4d(attention_mask: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
-    """Boolean [batch, 1, q, k] (or [batch, 1, 1, k]) mask: keys that are real tokens, same segment.
-
-    attention_mask: [batch, seq], 1 for tokens and 0 for padding.
-    segment_ids: optional [batch, seq] ids of packed examples; tokens attend within their own.
-    """
-    keys = attention_mask.astype(bool)[:, None, None, :]
-    if segment_ids is None:
-        return keys
-    same_segment = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
-    return keys & same_segment
-
-
-def attention(
-    query: jax.Array,
-    key: jax.Array,
-    value: jax.Array,
-    mask: jax.Array,
-    *,
-    implementation: str,
-    dropout_rate: float,
-    dropout_rng: jax.Array | None,
-) -> jax.Array:
-    """Scaled dot-product attention over [batch, seq, heads, head_dim] with a boolean mask.
-
-    "xla" spells the computation out, heads first: q, k and v are laid out [batch, heads, seq,
-    head_dim] before both products, which XLA:CPU runs in 0.7x the time of the same products over
-    [batch, seq, heads, head_dim] (jax.nn.dot_product_attention's layout; forward and backward,
-    batch 16, seq 128, 4 heads of 64: benchmarks/attention_layout.py). Logits and softmax are float32
-    whatever the compute dtype; with dropout (XLA only; BertConfig forbids it for the kernels) it is
-    applied to the probabilities, as BERT does. "cudnn" is jax.nn.dot_product_attention's cuDNN
-    kernel; for "splash" the mask is the [batch, seq] segments that `splash_attention` takes.
-    """
-    if implementation == "splash":
-        return splash_attention(query, key, value, mask)
-    if implementation != "xla":
-        return fused_attention(query, key, value, mask, implementation)
-    query, key, value = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))  # [batch, heads, seq, head_dim]
-    logits = jnp.einsum("bnth,bnsh->bnts", query, key, preferred_element_type=jnp.float32)
-    logits = logits / math.sqrt(query.shape[-1])
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)
-    if dropout_rng is not None and dropout_rate > 0.0:
-        probs = jnp.where(kept(dropout_rng, dropout_rate, probs.shape), probs / (1.0 - dropout_rate), 0.0)
-    return jnp.swapaxes(jnp.einsum("bnts,bnsh->bnth", probs.astype(value.dtype), value), 1, 2)
-
-
-def fused_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, implementation: str):
-    """jax.nn.dot_product_attention's kernel (cuDNN). A key-padding mask [batch, 1, 1, seq] goes in as
-    each row's number of real keys (rows are padded on the right), which the kernel skips; cuDNN
-    takes a boolean mask only at its full [batch, 1, q, k] size, as a bias."""
-    if mask.shape[2] == 1:
-        lengths = mask[:, 0, 0, :].sum(axis=-1, dtype=jnp.int32)
-        return jax.nn.dot_product_attention(
-            query, key, value, key_value_seq_lengths=lengths, implementation=implementation
-        )
-    return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=implementation)
-
-
-def kept(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
-    """Which values dropout keeps: each with probability 1 - rate, to within 2^-17, drawn from 16
-    random bits a value where jax.random.bernoulli draws 32 (a float). jax packs two to a word, so
-    the mask takes about a quarter of the time on this CPU (5.5 against 21.7 ms for 4.7 million
-    values, classic threefry: benchmarks/dropout_bits.py)."""
-    threshold = round((1.0 - rate) * 2**16)
-    if threshold >= 2**16:
-        return jnp.ones(shape, bool)
-    return jax.random.bits(key, shape, jnp.uint16) < threshold
-
-
-class Dropout(nn.Module):
-    """Dropout as flax's nn.Dropout (inverted: kept values scaled by 1 / (1 - rate)), its mask by `kept`."""
-
-    rate: float
-
-    @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-        if deterministic or self.rate == 0.0:
-            return x
-        keep = kept(self.make_rng("dropout"), self.rate, x.shape)
-        return jnp.where(keep, x / jnp.asarray(1.0 - self.rate, x.dtype), jnp.zeros_like(x))
-
-
-# Pallas's interpreter instead of the TPU kernel (tests on a CPU set it; a TPU never needs it).
-SPLASH_INTERPRET = False
-SPLASH_BLOCK = 128
-
-
-def splash_attention(query: jax.Array, key: jax.Array, value: jax.Array, segments: jax.Array) -> jax.Array:
-    """Attention over [batch, seq, heads, head_dim] by Pallas's TPU splash kernel: blockwise, the
-    [seq, seq] probabilities never stored; segment ids mask within each block.
-
-    segments: [batch, seq] int, tokens attend to keys of their own segment: the packed example ids,
-    or the attention mask (1 for tokens, 0 for padding, whose outputs nothing reads)."""
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
-
-    _, seq, heads, head_dim = query.shape
-    # The kernel works in blocks of 128 tokens: a shorter row is padded with a segment of its own.
-    blocks = -(-seq // SPLASH_BLOCK) * SPLASH_BLOCK
-    query, key, value = (jnp.pad(x, ((0, 0), (0, blocks - seq), (0, 0), (0, 0))) for x in (query, key, value))
-    segments = jnp.pad(segments.astype(jnp.int32), ((0, 0), (0, blocks - seq)), constant_values=-1)
-    kernel = splash.make_splash_mha(
-        masks.MultiHeadMask([masks.FullMask((blocks, blocks))] * heads),
-        head_shards=1,
-        q_seq_shards=1,
-        interpret=SPLASH_INTERPRET,
-    )
-    query = query / jnp.asarray(math.sqrt(head_dim), query.dtype)
-    heads_first = functools.partial(jnp.swapaxes, axis1=1, axis2=2)  # [batch, heads, seq, head_dim]
-
-    def one(q, k, v, ids):
-        return kernel(q, k, v, segment_ids=splash.SegmentIds(q=ids, kv=ids))
-
-    out = jax.vmap(one)(heads_first(query), heads_first(key), heads_first(value), segments)
-    return heads_first(out)[:, :seq]
-
-
 class BertEmbeddings(nn.Module):
     config: BertConfig
 
@@ -187,17 +76,6 @@ class BertEmbeddings(nn.Module):
         )
         x = _layer_norm(cfg)(x)
         return Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
-
-
-def query_rows_mask(mask: jax.Array, positions: jax.Array, implementation: str) -> jax.Array:
-    """The attention mask of the query rows at positions [batch, n], for XLA's attention: a 4-D
-    mask's rows gathered, or splash's [batch, seq] segments turned into a [batch, 1, n, seq] one."""
-    if implementation == "splash":
-        queries = jnp.take_along_axis(mask, positions, axis=1)
-        return queries[:, None, :, None] == mask[:, None, None, :]
-    if mask.shape[2] == 1:  # the same keys for every query
-        return mask
-    return jnp.take_along_axis(mask, positions[:, None, :, None], axis=2)
 
 
 class BertSelfAttention(nn.Module):
@@ -403,11 +281,6 @@ class BertModel(nn.Module):
         return x, pooled
 
 
-def gather_positions(hidden: jax.Array, positions: jax.Array) -> jax.Array:
-    """hidden: [batch, seq, hidden], positions: [batch, n] int -> [batch, n, hidden]."""
-    return jnp.take_along_axis(hidden, positions[..., None], axis=1)
-
-
 class BertPredictionHeadTransform(nn.Module):
     config: BertConfig
 
@@ -485,12 +358,12 @@ class BertForPreTraining(nn.Module):
 
 
 class BertForSequenceClassification(nn.Module):
-    """Encoder + dropout + linear classifier on the pooled output: [batch, num_labels] float32 logits.
+    """Encoder + dropout + linear classifier on the pooled output: {"logits": [batch, num_labels]}, float32.
 
     num_labels=1 gives a regression head. Packed rows (segment_ids, position_ids and cls_positions
-    as in BertModel) give [batch, examples, num_labels]. With `mlm`, the model also has the masked-LM head (for
-    fine-tuning jointly on the task's own text) and, given masked_positions, returns
-    (logits, mlm_logits at those positions).
+    as in BertModel) give [batch, examples, num_labels]. With `mlm`, the model also has the
+    masked-LM head (for fine-tuning jointly on the task's own text) and, given masked_positions,
+    adds "mlm_logits" at those positions.
     """
 
     config: BertConfig
@@ -508,7 +381,7 @@ class BertForSequenceClassification(nn.Module):
         deterministic: bool = True,
         segment_ids=None,
         cls_positions=None,
-    ):
+    ) -> dict[str, jax.Array]:
         bert = BertModel(self.config, name="bert")
         # The classifier reads the [CLS] rows and the masked-LM head the masked ones (none when
         # masked_positions is None): the last layer computes only those.
@@ -521,7 +394,7 @@ class BertForSequenceClassification(nn.Module):
 
 
 class BertForTokenClassification(nn.Module):
-    """Encoder + dropout + linear classifier per token: [batch, seq, num_labels] float32 logits.
+    """Encoder + dropout + linear classifier per token: {"logits": [batch, seq, num_labels]}, float32.
 
     `mlm` as in BertForSequenceClassification; packed rows give segment_ids and position_ids.
     """
@@ -540,7 +413,7 @@ class BertForTokenClassification(nn.Module):
         masked_positions=None,
         deterministic: bool = True,
         segment_ids=None,
-    ):
+    ) -> dict[str, jax.Array]:
         bert = BertModel(self.config, add_pooling_layer=False, name="bert")
         hidden, _ = bert(input_ids, attention_mask, token_type_ids, position_ids, segment_ids, None, deterministic)
         logits = _classifier(self.config, self.num_labels, hidden, deterministic)
@@ -549,15 +422,31 @@ class BertForTokenClassification(nn.Module):
         return _with_mlm(self, bert, hidden, masked_positions, logits)
 
 
-def _with_mlm(model: nn.Module, bert: BertModel, hidden, masked_positions, logits):
-    """A task model's output: its logits, or (logits, mlm_logits) when it has the masked-LM head
-    and is given masked_positions (hidden: the states there). The head is HF's `cls`, so a
-    pretrained one loads into it."""
+class BertEncoderOnly(nn.Module):
+    """The bare encoder, under 'bert' as in every other head's tree: {"hidden": [batch, seq, hidden],
+    "pooled": [batch, hidden]} (no "pooled" without the pooler)."""
+
+    config: BertConfig
+    add_pooling_layer: bool = True
+
+    @nn.compact
+    def __call__(
+        self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, deterministic: bool = True
+    ) -> dict[str, jax.Array]:
+        bert = BertModel(self.config, add_pooling_layer=self.add_pooling_layer, name="bert")
+        hidden, pooled = bert(input_ids, attention_mask, token_type_ids, position_ids, deterministic=deterministic)
+        return {"hidden": hidden} if pooled is None else {"hidden": hidden, "pooled": pooled}
+
+
+def _with_mlm(model: nn.Module, bert: BertModel, hidden, masked_positions, logits) -> dict[str, jax.Array]:
+    """A task model's outputs: its logits, and the MLM logits when it has the masked-LM head and is
+    given masked_positions (hidden: the states there). The head is HF's `cls`, so a pretrained one
+    loads into it."""
     if not model.mlm:
-        return logits
+        return {"logits": logits}
     word_embeddings = bert.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
     mlm_logits = BertPreTrainingHeads(model.config, nsp=False, name="cls")(hidden, None, word_embeddings)["mlm_logits"]
-    return logits if masked_positions is None else (logits, mlm_logits)
+    return {"logits": logits} if masked_positions is None else {"logits": logits, "mlm_logits": mlm_logits}
 
 
 def _classifier(config: BertConfig, num_labels: int, x: jax.Array, deterministic: bool) -> jax.Array:
@@ -566,7 +455,18 @@ def _classifier(config: BertConfig, num_labels: int, x: jax.Array, deterministic
     return _dense(config, num_labels, "classifier")(x).astype(jnp.float32)
 
 
+def build(config: BertConfig, head: Head) -> nn.Module:
+    """The BERT module with `head` (jft.models.family.Head)."""
+    if head.kind == "pretraining":
+        return BertForPreTraining(config, nsp=head.nsp)
+    if head.kind == "classification":
+        return BertForSequenceClassification(config, max(head.num_labels, 1), mlm=head.mlm)
+    if head.kind == "token_classification":
+        return BertForTokenClassification(config, max(head.num_labels, 1), mlm=head.mlm)
+    return BertEncoderOnly(config, add_pooling_layer=head.pooler)
+
+
 def init_params(module: nn.Module, rng: jax.Array) -> dict:
-    """Fresh parameters of any jft BERT module (the 'params' collection), initialised by one compiled
+    """Fresh parameters of any jft module (the 'params' collection), initialised by one compiled
     program (op by op, a small BERT's initialisation compiles about a hundred programs: seconds)."""
     return jax.jit(lambda key: module.init(key, jnp.zeros((1, 1), jnp.int32))["params"])(rng)

@@ -24,15 +24,9 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from jft.errors import JftError
-from jft.steps import AXIS
 
+AXIS = "batch"  # the devices' axis: steps average over it (jax.lax.pmean(..., AXIS))
 BACKENDS = ("shard_map", "pmap", "jit")
-
-
-def parallel_config() -> ConfigDict:
-    """The `parallel` keys of the training configs: the backend, and jax.distributed's settings
-    for a run over several processes (hosts), each started with its own process_id."""
-    return ConfigDict(dict(backend="shard_map", coordinator_address="", num_processes=1, process_id=0))
 
 
 def initialize_distributed(coordinator_address: str, num_processes: int, process_id: int) -> None:
@@ -46,7 +40,7 @@ def initialize_distributed(coordinator_address: str, num_processes: int, process
             f"parallel.process_id={process_id} with parallel.num_processes={num_processes}: the count is 0 (found "
             "by jax.distributed), 1, or more, and each process's id is one of 0 .. count - 1."
         )
-    if num_processes == 1:
+    if num_processes == 1 or jax.distributed.is_initialized():  # started once a process
         return
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if num_processes == 0:
@@ -197,3 +191,29 @@ def first_copy(tree: Any) -> Any:
 
 def _global_array(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def agree(error: BaseException | None) -> None:
+    """Raises, on every process of a run, the first error any process met (by process index); on
+    one process, its own. Every process calls it once at the same point, so that a refusal decided
+    where one process looked (process 0 holds the lock) reaches all as the same one-line error,
+    instead of leaving the others waiting at a barrier."""
+    if error is not None:
+        error.agreed = True  # jft.train.session raises it on without agreeing again
+    if jax.process_count() == 1:
+        if error is not None:
+            raise error
+        return
+    text = "" if error is None else f"{getattr(error, 'exit_code', 1)} {error}"
+    data = np.zeros(4096, np.uint8)
+    encoded = text.encode()[: data.size]
+    data[: len(encoded)] = np.frombuffer(encoded, np.uint8)
+    gathered = np.asarray(multihost_utils.process_allgather(data))
+    first = next((bytes(row).rstrip(b"\0").decode(errors="replace") for row in gathered if row.any()), "")
+    if error is not None and first == text:
+        raise error
+    if first:
+        code, _, message = first.partition(" ")
+        agreed = JftError(message)
+        agreed.exit_code, agreed.agreed = int(code), True
+        raise agreed

@@ -1,6 +1,6 @@
 """Ahead-of-time compilation of jft's training steps for a TPU topology, on a machine without one.
 
-`jft bench --topology v5e:2x2` compiles the steps `jft bench` times (jft.bench's workloads: the
+`jft bench --topology v5e:2x2` compiles the steps `jft bench` times (jft.perf.bench's workloads: the
 real pretraining and fine-tuning steps under the shard_map runner, state donated) for the chips
 of a TPU topology, with libtpu's compiler (jax.experimental.topologies, as MaxText's
 train_compile does), on abstract inputs: nothing is allocated and nothing runs. XLA's memory
@@ -28,11 +28,12 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from jft.errors import JftError
-from jft.models.config import REMAT
-from jft.parallel import Runner
-from jft.steps import AXIS
+from jft.models import config_of
+from jft.perf.memory import peak_bytes
+from jft.train.parallel import AXIS, Runner
 
 GIB = 2**30
+REMATS = ("none", "dots", "full")  # the model's remat choices, compared by --largest-batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,8 +174,6 @@ class Compiled:
 def compile_step(runner: Runner, step: Callable, state_shapes, batch) -> Compiled:
     """Compiles step(state, batch, rng) under runner for abstract inputs (state replicated, batch
     split over the devices); a compile libtpu refuses (out of HBM or vmem) gives its first line."""
-    from jft.bench import peak_bytes
-
     replicated, split = NamedSharding(runner.mesh, P()), NamedSharding(runner.mesh, P(AXIS))
     key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
     start = time.perf_counter()
@@ -250,15 +249,13 @@ def compile_report(
     workload_fn: Callable,
     *,
     search: bool,
-    remats: tuple = REMAT,
+    remats: tuple = REMATS,
 ) -> dict:
     """Compiles each of `workloads` (checked names) of config for `topology`; its report (see the module docstring).
 
-    workload_fn(name, config, cfg, row_multiple) -> jft.bench.Workload for a config (batch_size is global;
-    packed rows made a multiple of the devices).
+    workload_fn(name, config, family, cfg, row_multiple) -> jft.perf.bench.Workload for a config
+    (batch_size is global; packed rows filled out to a multiple of the devices).
     """
-    from jft.config import bert_config
-
     devices = topology_devices(topology)
     if config.batch_size % len(devices):
         raise JftError(
@@ -289,7 +286,7 @@ def compile_report(
         def compile_at(remat: str, per_device: int, name=name, compiled=compiled) -> tuple[Compiled, Any]:
             if (remat, per_device) not in compiled:
                 values = trial(remat, per_device)
-                work = workload_fn(name, values, bert_config(values.model), len(devices))
+                work = workload_fn(name, values, *config_of(values.model), len(devices))
                 widest = max(work.batches, key=lambda b: b["input_ids"].size)
                 result = compile_step(runner, work.step, jax.eval_shape(work.init_state), widest)
                 compiled[(remat, per_device)] = result, work
@@ -354,7 +351,7 @@ def table(report: dict) -> str:
             f"{r['arguments_gib']:.2f} | {r['temporaries_gib']:.2f} | {r['peak_gib']:.2f} | "
             f"{'yes' if r['fits'] else 'no' + (': ' + r['error'] if r['error'] else '')} | "
             f"{r['tflop_per_device_step']:.3g} | {r['compile_seconds']:.0f} | "
-            + (", ".join(str(largest.get(m, "—")) for m in REMAT) if largest else "—")
+            + (", ".join(str(largest.get(m, "—")) for m in REMATS) if largest else "—")
             + " |"
         )
     return head + "\n".join(rows)

@@ -18,20 +18,6 @@ from jft.errors import JftError, RunFailed
 from jft.files import finite_or_null
 
 
-def guard_config() -> ConfigDict:
-    """The `guard` keys of the training configs: when a diverging run warns, and when it stops."""
-    return ConfigDict(
-        dict(
-            # A run stops (exit 1) when this many updates in a row were skipped because their results
-            # were not finite; seen at log steps. Skipped updates change nothing, so the saved weights
-            # stay the last good ones.
-            max_skipped_in_a_row=10,
-            warn_loss_above=1e4,  # a training loss above this (or not finite) is reported
-            warn_rising_evals=3,  # an evaluation loss that rose this many times in a row is reported; 0: never
-        )
-    )
-
-
 def check_guard(guard: ConfigDict) -> None:
     if guard.max_skipped_in_a_row < 1:
         raise JftError(f"guard.max_skipped_in_a_row must be at least 1, got {guard.max_skipped_in_a_row}.")
@@ -105,9 +91,9 @@ class MetricWriter:
 
 
 class TrainingLog:
-    """The reporting both training loops share. Call `step` after each step with the work it did
-    (sequences or examples), `train` at log steps with the step's metrics as host floats (which adds
-    the rate since the last log step), `write` for evaluations; `last` holds the latest of each.
+    """What a training run reports (jft.train.loop calls it). `step` after each step with the work
+    it did (sequences or examples), `train` at log steps with the step's metrics on the host (it
+    adds the rate since the last log step), `write` for evaluations; `last` holds the latest of each.
 
     The first step compiles the program: its time is reported on its own and left out of rates and
     the estimate of the time left. Progress is a bar on a terminal and a line every log step
@@ -142,7 +128,8 @@ class TrainingLog:
         if self.bar is not None:
             self.bar.update(1)
 
-    def train(self, step: int, metrics: dict[str, float]) -> None:
+    def train(self, step: int, metrics: dict) -> None:
+        metrics = {name: float(value) for name, value in metrics.items()}
         now = time.perf_counter()
         if self._work:  # a rate needs steps after the first
             metrics = {**metrics, self.rate_name: self._work / (now - self._mark)}

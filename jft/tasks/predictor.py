@@ -1,86 +1,25 @@
-"""Using a fine-tuned run directory: evaluate, predict and export its best model.
+"""Using a fine-tuned run directory: evaluate and predict with its best model (`jft eval`, `jft predict`).
 
-`FinetunedModel(workdir)` reads the run directory through jft.rundir: the task and the model
-from run.json, the tokenizer from tokenizer.json, the weights from best/. The same
-`evaluate_data` scores evaluations during training.
+`FinetunedModel(workdir)` reads the run directory (jft.train.rundir): the task and the model from
+run.json, the tokenizer from tokenizer.json, the weights from best/; it scores as evaluations
+during training do (jft.tasks.evaluate).
 """
 
 import dataclasses
 import functools
 from pathlib import Path
 
-import jax
 import numpy as np
 
-from jft import metrics, rundir
-from jft.checkpoint import Checkpoints, DamagedCheckpoint, restore_latest, saved_steps
-from jft.data.tasks import IGNORE, Task, TaskBatches, encode, read_records, step_inputs
 from jft.errors import JftError
-from jft.models import BertConfig, BertForSequenceClassification, BertForTokenClassification
-from jft.parallel import Runner
 from jft.params import check_finite
-from jft.steps import FinetuneSetup, predict_step
-
-
-def build_model(model_cfg: BertConfig, task: Task, mlm: bool = False):
-    """The task's model; with `mlm`, with the masked-LM head of the joint objective as well."""
-    num_labels = max(len(task.labels), 1)
-    if task.kind == "token_classification":
-        return BertForTokenClassification(model_cfg, num_labels, mlm=mlm)
-    return BertForSequenceClassification(model_cfg, num_labels, mlm=mlm)
-
-
-def evaluate_data(runner: Runner, predict, params, data, task: Task, batch_size: int) -> dict[str, float]:
-    """Task metrics of params on encoded data (every example once, in order)."""
-    return task_scores(task, *predict_all(runner, predict, params, data, task, batch_size))
-
-
-def task_scores(task: Task, logits, labels) -> dict[str, float]:
-    """The task's metrics from the logits and labels of every example."""
-    if task.kind == "regression":
-        scores = logits[:, 0]
-        return {
-            "pearson": metrics.pearson(labels, scores),
-            "spearman": metrics.spearman(labels, scores),
-            "mse": float(np.mean((scores - labels) ** 2)),
-        }
-    if task.kind == "classification":
-        predicted = logits.argmax(-1)
-        out = {"accuracy": metrics.accuracy(labels, predicted), "mcc": metrics.matthews_corrcoef(labels, predicted)}
-        out["f1" if len(task.labels) == 2 else "macro_f1"] = (
-            metrics.f1(labels, predicted) if len(task.labels) == 2 else metrics.macro_f1(labels, predicted)
-        )
-        return out
-    gold, predicted = [], []
-    for token_logits, token_labels in zip(logits, labels):
-        keep = token_labels != IGNORE
-        gold.append([task.labels[i] for i in token_labels[keep]])
-        predicted.append([task.labels[i] for i in token_logits[keep].argmax(-1)])
-    hits = sum(np.sum(np.array(g) == np.array(p)) for g, p in zip(gold, predicted))
-    return {**metrics.entity_f1(gold, predicted), "token_accuracy": float(hits / max(sum(map(len, gold)), 1))}
-
-
-def predict_all(runner: Runner, predict, params, data, task: Task, batch_size: int, members: int = 0):
-    """Logits and labels of every example of data, in the data's order. With `members`, predict is
-    a population's (logits [rows, members, ...], jft.sweep): a list of them, one a member."""
-    batches = TaskBatches(data, task.kind, batch_size, shuffle=False, max_len=task.seq_len)
-    views = range(members) if members else [None]
-    logits = [[None] * len(data) for _ in views]
-    labels = [None] * len(data)
-    no_key = runner.put_replicated(jax.random.PRNGKey(0))
-    for batch in batches.epoch(0):
-        out = runner.get_rows(predict(params, runner.put_global_batch(step_inputs(batch)[1]), no_key))
-        for row, example in enumerate(batch["example_ids"]):
-            if example >= 0:
-                n = len(data.input_ids[example])
-                tokens = task.kind == "token_classification"
-                for view, member in enumerate(views):
-                    row_out = out[row] if member is None else out[row, member]
-                    logits[view][example] = row_out[:n] if tokens else row_out
-                labels[example] = batch["labels"][row, :n] if tokens else batch["labels"][row]
-    if task.kind != "token_classification":
-        logits, labels = [np.stack(each) for each in logits], np.stack(labels)
-    return [(each, labels) for each in logits] if members else (logits[0], labels)
+from jft.tasks import metrics
+from jft.tasks.evaluate import predict_all, task_scores
+from jft.tasks.records import Task, encode, read_records
+from jft.train import rundir
+from jft.train.checkpoint import Checkpoints, DamagedCheckpoint, restore_latest, saved_steps
+from jft.train.parallel import Runner
+from jft.train.steps import FinetuneSetup, predict_step
 
 
 class FinetunedModel:
@@ -94,12 +33,12 @@ class FinetunedModel:
         self.task = Task.from_json(run["task"])
         if columns:
             self.task.columns = dataclasses.replace(self.task.columns, **{k: v for k, v in columns.items() if v})
-        self.model_config = BertConfig.from_dict(run["model"])
+        self.family, self.model_config = rundir.run_model(run)
         self.params, self.source, self.meta = _model_params(workdir, step)
         self.tokenizer = rundir.run_tokenizer(workdir)
         self.runner = Runner(backend)
-        model = build_model(self.model_config, self.task)
-        setup = FinetuneSetup(model, None, None, self.task.kind, 0.0, None)
+        model = self.family.module(self.model_config, self.task.head())
+        setup = FinetuneSetup(model, None, None, self.task.kind, 0.0, None, inputs=self.family.inputs)
         self.predict_fn = self.runner.compile_rows(functools.partial(predict_step, setup=setup))
 
     def _logits(self, records: list, batch_size: int, with_labels: bool):
@@ -205,7 +144,7 @@ def _model_params(workdir: Path, step: int | None) -> tuple[dict, str, dict]:
 
 
 def _restore_step(directory: Path, step: int) -> tuple[dict, dict]:
-    checkpoints = Checkpoints(directory, asynchronous=False)
+    checkpoints = Checkpoints(directory, asynchronous=False, read_only=True)
     try:
         return checkpoints.restore(step=step)
     except DamagedCheckpoint as damage:

@@ -1,9 +1,11 @@
 """Training and evaluation steps: pure functions `(state, batch, rng) -> (state, metrics)`.
 
 A step is written once, per device: it sees its own share of the batch and averages with
-collectives over the axis 'batch' (jft.parallel runs it under pmap, shard_map or plain jit,
+collectives over the axis 'batch' (jft.train.parallel runs it under pmap, shard_map or plain jit,
 where axis_name=None turns the collectives off). Losses are normalised by the count over all
-devices, so n devices compute the same update as one device with the whole batch.
+devices, so n devices compute the same update as one device with the whole batch. The model is
+any family's module (jft.models): it takes the batch's arrays named in the setup's `inputs` and
+returns a dict of outputs ("logits", "mlm_logits", "nsp_logits").
 """
 
 import dataclasses
@@ -15,11 +17,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jft.masking import MaskingConfig, mask_batch
-from jft.models import BertForPreTraining
-from jft.objectives import l2_penalty, means, squared_error, weighted_cross_entropy
-
-AXIS = "batch"
+from jft.models.family import TEXT_INPUTS
+from jft.train.masking import MaskingConfig, mask_batch
+from jft.train.objectives import l2_penalty, means, squared_error, weighted_cross_entropy
+from jft.train.parallel import AXIS
 
 
 def classic_threefry(step):
@@ -53,13 +54,18 @@ def create_state(params, tx: optax.GradientTransformation) -> TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class PretrainSetup:
-    """The static parts of a pretraining step, bound with functools.partial before compiling."""
+    """The static parts of a pretraining step, bound with functools.partial before compiling.
 
-    model: BertForPreTraining
+    model: a family's pretraining module (masked-LM, and next-sentence when `nsp`); inputs: the
+    batch arrays it takes by name (the family's)."""
+
+    model: Any
     tx: optax.GradientTransformation
     schedule: optax.Schedule
     masking: MaskingConfig
     accum_steps: int = 1
+    nsp: bool = True
+    inputs: tuple[str, ...] = TEXT_INPUTS
 
 
 def _psum(x, axis_name):
@@ -82,18 +88,12 @@ def _masked_inputs(masking: MaskingConfig, batch: dict, key: jax.Array) -> dict:
     return {**batch, **masked}
 
 
-PACKING_INPUTS = ("segment_ids", "position_ids", "cls_positions")  # in packed batches (jft.data.tasks)
-
-
-def _apply(model, params, inputs: dict, dropout_key, **kwargs):
-    """model on inputs' input_ids, attention_mask and token_type_ids (and packing arrays, when the
-    batch is packed); dropout only with a key."""
-    kwargs.update({name: inputs[name] for name in PACKING_INPUTS if name in inputs})
-    return model.apply(
+def _apply(setup, params, batch: dict, dropout_key, **kwargs) -> dict:
+    """setup.model on the batch arrays it takes (setup.inputs, those the batch has: packed
+    batches add segment and position ids); dropout only with a key."""
+    kwargs.update({name: batch[name] for name in setup.inputs if name in batch})
+    return setup.model.apply(
         {"params": params},
-        inputs["input_ids"],
-        inputs["attention_mask"],
-        inputs["token_type_ids"],
         deterministic=dropout_key is None,
         rngs={} if dropout_key is None else {"dropout": dropout_key},
         **kwargs,
@@ -102,9 +102,9 @@ def _apply(model, params, inputs: dict, dropout_key, **kwargs):
 
 def _pretraining_stats(setup: PretrainSetup, params, inputs: dict, dropout_key) -> dict:
     """Sums for the MLM (and NSP) losses and accuracies of one (micro-)batch."""
-    out = _apply(setup.model, params, inputs, dropout_key, masked_positions=inputs["masked_positions"])
+    out = _apply(setup, params, inputs, dropout_key, masked_positions=inputs["masked_positions"])
     stats = {"mlm": weighted_cross_entropy(out["mlm_logits"], inputs["masked_labels"], inputs["masked_weights"])}
-    if setup.model.nsp:
+    if setup.nsp:
         labels = inputs["nsp_labels"]
         stats["nsp"] = weighted_cross_entropy(out["nsp_logits"], jnp.maximum(labels, 0), (labels >= 0))
     return stats
@@ -134,7 +134,7 @@ def pretrain_step(
     # Mean counts per device: each device divides its sums by these, and pmean of the gradients
     # then equals the gradient of the loss over the global batch.
     norms = {"mlm": _psum(inputs["masked_weights"].sum(), axis_name) / num_devices}
-    if setup.model.nsp:
+    if setup.nsp:
         norms["nsp"] = _psum((inputs["nsp_labels"] >= 0).sum(), axis_name) / num_devices
     dropout_key = jax.random.fold_in(dropout_key, _device_index(axis_name))
 
@@ -236,7 +236,7 @@ class FinetuneSetup:
     may be traced scalars (a population's member's, jft.sweep): their terms are then computed.
     """
 
-    model: Any  # BertForSequenceClassification | BertForTokenClassification
+    model: Any  # a family's module with a classification or token_classification head
     tx: optax.GradientTransformation
     schedule: optax.Schedule
     kind: str
@@ -247,6 +247,7 @@ class FinetuneSetup:
     mlm_weight: float = 0.0
     masking: MaskingConfig | None = None
     accum_steps: int = 1  # micro-batches a step (gradient accumulation)
+    inputs: tuple[str, ...] = TEXT_INPUTS  # the batch arrays the model takes (the family's)
 
 
 def _weighted(weight) -> bool:
@@ -301,11 +302,14 @@ def finetune_step(
         task_key, mlm_key = (
             k if setup.accum_steps == 1 else jax.random.fold_in(k, index) for k in (dropout_key, mlm_dropout_key)
         )
-        stats = {"task": task_stats(setup.kind, _apply(setup.model, params, micro["task"], task_key), micro["task"])}
+        logits = _apply(setup, params, micro["task"], task_key)["logits"]
+        stats = {"task": task_stats(setup.kind, logits, micro["task"])}
         loss = stats["task"]["loss_sum"] / jnp.maximum(count, 1e-9)
         if _weighted(setup.mlm_weight):
             masked = micro["mlm"]
-            _, mlm_logits = _apply(setup.model, params, masked, mlm_key, masked_positions=masked["masked_positions"])
+            mlm_logits = _apply(setup, params, masked, mlm_key, masked_positions=masked["masked_positions"])[
+                "mlm_logits"
+            ]
             stats["mlm"] = weighted_cross_entropy(mlm_logits, masked["masked_labels"], masked["masked_weights"])
             loss = loss + setup.mlm_weight * stats["mlm"]["loss_sum"] / jnp.maximum(mlm_count, 1e-9)
         return loss, stats
@@ -342,4 +346,4 @@ def finetune_step(
 def predict_step(params, batch: dict, rng: jax.Array, *, setup: FinetuneSetup, axis_name: str | None = AXIS):
     """Logits of this device's rows, no dropout: [rows, labels] or [rows, seq, labels]."""
     del rng, axis_name  # inference is per row: no randomness, no collectives
-    return _apply(setup.model, params, batch, None)
+    return _apply(setup, params, batch, None)["logits"]

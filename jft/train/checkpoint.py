@@ -6,16 +6,16 @@ A checkpoint at step s holds two items:
   digest of every array of the state: SHA-256 when the state is in host memory, else a
   fingerprint computed on its devices (`fingerprints`): on a GPU or TPU a save neither copies the
   state to the host for jft nor hashes it there (Orbax copies it, then writes in the background).
-What the run is (config, model, data) lives in the run directory's run.json (jft.rundir).
+What the run is (config, model, data) lives in the run directory's run.json (jft.train.rundir).
 Orbax writes each step to a temporary directory and renames it to the step's number when
 complete, so the latest step that exists is always a complete one, even after SIGKILL. A state
 with a non-finite value is never saved; a restore checks every array against its checksum and
 falls back to the newest checkpoint that passes, setting the damaged ones aside (heal).
 """
 
+import errno
 import hashlib
 import shutil
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,13 +26,28 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from jft.errors import JftError, RunFailed, RunStopped
-from jft.parallel import first_copy
+from jft.errors import JftError, RunFailed
 from jft.params import check_finite, key_path
+from jft.train.parallel import first_copy
 
 
 class DamagedCheckpoint(Exception):
-    """A checkpoint that cannot be read, or whose arrays do not match their checksums."""
+    """A checkpoint whose files cannot be read (data missing, cut short or garbled), or whose
+    arrays do not match their checksums."""
+
+
+def is_damage(error: BaseException) -> bool:
+    """Whether a failed read means the checkpoint's own files are damaged, rather than a fault of
+    this machine or this moment (memory, permissions, an I/O error, a timeout), which is no reason
+    to set a checkpoint aside."""
+    if isinstance(error, (MemoryError, PermissionError, TimeoutError, ConnectionError, InterruptedError)):
+        return False
+    if isinstance(error, OSError) and error.errno not in (None, errno.ENOENT, errno.ENOTDIR):
+        return False
+    # tensorstore's status codes and the system's words for such faults, in its error messages
+    transient = ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED")
+    system = ("Input/output error", "Cannot allocate memory", "Permission denied", "No space left")
+    return not any(word in str(error) for word in transient + system)
 
 
 def fingerprints(tree: Any) -> tuple[dict[str, str], dict[str, tuple[int, int]]]:
@@ -93,15 +108,29 @@ def _in_host_memory(tree: Any) -> bool:
 
 
 class Checkpoints:
-    """The checkpoints in one directory (a run's checkpoints/ or best/): <directory>/<step>/{state, meta}."""
+    """The checkpoints in one directory (a run's checkpoints/ or best/): <directory>/<step>/{state, meta}.
 
-    def __init__(self, directory: str | Path, *, every_steps: int = 1000, keep: int = 3, asynchronous: bool = True):
+    read_only: a reader of another run's directory (init_from, eval, predict, export, inspect),
+    which creates, cleans up and deletes nothing there: a save in progress in a live run keeps
+    its temporary folder."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        every_steps: int = 1000,
+        keep: int = 3,
+        asynchronous: bool = True,
+        read_only: bool = False,
+    ):
         self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=every_steps,
             max_to_keep=keep,
             enable_async_checkpointing=asynchronous,
-            cleanup_tmp_directories=True,  # what a killed save left behind
+            cleanup_tmp_directories=not read_only,  # what a killed save of this run left behind
+            read_only=read_only,
+            create=not read_only,
         )
         handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
@@ -173,7 +202,13 @@ class Checkpoints:
             state, meta = restored["state"], restored["meta"]
         except Exception as error:  # Orbax, tensorstore and json raise many types for damaged files
             _ignore_closed_event_loops()
-            raise DamagedCheckpoint(f"cannot be read ({type(error).__name__}: {_first_line(error)})") from None
+            what = f"{type(error).__name__}: {_first_line(error)}"
+            if not is_damage(error):
+                raise RunFailed(
+                    f"cannot read the checkpoint {self.directory / str(step)} ({what}); this is not damage to its "
+                    "files, so nothing was moved. Fix the cause and run the same command again."
+                ) from None
+            raise DamagedCheckpoint(f"cannot be read ({what})") from None
         if isinstance(meta, dict) and "fingerprints" in meta:
             expected, found = meta["fingerprints"], fingerprints(state)[0]
         elif isinstance(meta, dict) and "checksums" in meta:
@@ -233,7 +268,7 @@ def restore_latest(directory: str | Path, missing: str) -> tuple[Any, dict]:
     """
     if not saved_steps(directory):
         raise JftError(missing)
-    checkpoints = Checkpoints(directory, asynchronous=False)
+    checkpoints = Checkpoints(directory, asynchronous=False, read_only=True)
     try:
         restored = checkpoints.restore_newest_good()
     finally:
@@ -276,38 +311,3 @@ def _free_name(path: Path) -> Path:
         n += 1
         candidate = path.with_name(f"{path.name}-{n}")
     return candidate
-
-
-class StopRequest:
-    """Turns SIGTERM and SIGINT into a flag the loop checks after each step (then it saves, and
-    `stopped` gives the RunStopped to raise)."""
-
-    def __init__(self):
-        self.requested = False
-        self.signal = signal.SIGTERM  # what a process reports when another process of the run was signalled
-
-    def __enter__(self):
-        self.previous = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-        self.signal = signal.Signals(signum)
-
-    def stopped(self, step: int, kept: str = "saved a checkpoint") -> RunStopped:
-        return RunStopped(self.signal, step, kept)
-
-    def agreed(self, sync_point: bool) -> bool:
-        """Whether every process should stop now. One process decides at once; several processes
-        agree at sync points only (a collective over hosts), so that all stop after the same step."""
-        if jax.process_count() == 1:
-            return self.requested
-        if not sync_point:
-            return False
-        return bool(multihost_utils.process_allgather(np.array(self.requested)).any())
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)

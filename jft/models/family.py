@@ -1,0 +1,86 @@
+"""The model interface: what every family of models gives the rest of jft.
+
+A family (BERT today) names its config (to and from a Hugging Face config.json), builds its Flax
+module with a head, says which pretraining objectives it trains with, maps its weights to and
+from Hugging Face's names, and counts its FLOPs. Stages, steps, the run directory, export, bench
+and the TPU compile speak only to this interface, never to a family's own classes.
+"""
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+HEADS = ("encoder", "pretraining", "classification", "token_classification")
+# What a text model takes, by name, as batches carry it: tokens, their mask and types, and for
+# packed rows the positions restarting at each example, the example ids and where each starts.
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "segment_ids", "cls_positions")
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+    """What sits on the backbone. kind: one of HEADS. num_labels: a task head's outputs (1 for
+    regression). nsp: pretraining with next-sentence prediction. mlm: a task model that also keeps
+    the masked-LM head (the joint objective's). pooler: an encoder with its pooled output."""
+
+    kind: str
+    num_labels: int = 0
+    nsp: bool = False
+    mlm: bool = False
+    pooler: bool = True
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Family:
+    """One family of models behind the interface (see the module docstring).
+
+    Every module takes its inputs by name (`inputs`, as batches carry them) and `deterministic`,
+    and returns a dict of float32 outputs: "logits" for a task head, "mlm_logits" (at the
+    masked_positions it is given) and "nsp_logits" for pretraining; "hidden" and "pooled" for
+    a bare encoder.
+    """
+
+    name: str
+    config_type: type
+    presets: Mapping[str, Mapping[str, Any]]
+    # What a run from scratch must know (a preset names them all); what a run may set
+    # differently from its checkpoint; what may change even on resume (how the same function is
+    # computed).
+    size_fields: tuple[str, ...]
+    changeable_fields: tuple[str, ...]
+    compute_fields: tuple[str, ...]
+    field_meanings: Mapping[str, str]
+    objectives: tuple[str, ...]
+    inputs: tuple[str, ...]
+    hf_model_types: tuple[str, ...]
+    module: Callable[[Any, Head], nn.Module]
+    init_params: Callable[[nn.Module, jax.Array], dict]
+    head_of: Callable[[Mapping[str, Any]], Head]
+    architecture: Callable[[Head], str]
+    config_from_hf: Callable[[Mapping[str, Any], str], Any]
+    config_to_hf: Callable[[Any], dict[str, Any]]
+    weights_from_hf: Callable[[Mapping[str, Any], str], dict[str, Any]]
+    weights_to_hf: Callable[[Mapping[str, Any]], dict[str, Any]]
+    flops: Callable[..., float]
+
+    def __repr__(self) -> str:
+        return f"Family({self.name!r})"
+
+    def config(self, values: Mapping[str, Any]):
+        """The family's config from a mapping of its fields (run.json's "model"); an unknown field
+        is an error naming the closest."""
+        return self.config_type.from_dict(values)
+
+    def preset(self, name: str, **overrides: Any):
+        """A named size with field overrides."""
+        return self.config_type.preset(name, **overrides)
+
+    def init(self, config, head: Head, rng: jax.Array) -> dict:
+        """Fresh parameters of the family's model with `head`."""
+        return self.init_params(self.module(config, head), rng)
+
+    def shapes(self, config, head: Head) -> dict:
+        """The parameters' shapes and dtypes (jax.ShapeDtypeStruct), computing nothing."""
+        return jax.eval_shape(lambda: self.init(config, head, jax.random.key(0)))

@@ -1,0 +1,146 @@
+"""Layers every family of models shares: attention (XLA's, cuDNN's, TPU splash), dropout, gathers.
+
+Attention works on [batch, seq, heads, head_dim] with a boolean mask [batch, 1, q, k] (or
+[batch, 1, 1, k] for key padding alone); splash takes the [batch, seq] segments instead.
+"""
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def attention_mask_4d(attention_mask: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    """Boolean [batch, 1, q, k] (or [batch, 1, 1, k]) mask: keys that are real tokens, same segment.
+
+    attention_mask: [batch, seq], 1 for tokens and 0 for padding.
+    segment_ids: optional [batch, seq] ids of packed examples; tokens attend within their own.
+    """
+    keys = attention_mask.astype(bool)[:, None, None, :]
+    if segment_ids is None:
+        return keys
+    same_segment = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+    return keys & same_segment
+
+
+def attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    mask: jax.Array,
+    *,
+    implementation: str,
+    dropout_rate: float,
+    dropout_rng: jax.Array | None,
+) -> jax.Array:
+    """Scaled dot-product attention over [batch, seq, heads, head_dim] with a boolean mask.
+
+    "xla" spells the computation out, heads first: q, k and v are laid out [batch, heads, seq,
+    head_dim] before both products, which XLA:CPU runs in 0.7x the time of the same products over
+    [batch, seq, heads, head_dim] (jax.nn.dot_product_attention's layout; forward and backward,
+    batch 16, seq 128, 4 heads of 64: benchmarks/attention_layout.py). Logits and softmax are float32
+    whatever the compute dtype; with dropout (XLA only; BertConfig forbids it for the kernels) it is
+    applied to the probabilities, as BERT does. "cudnn" is jax.nn.dot_product_attention's cuDNN
+    kernel; for "splash" the mask is the [batch, seq] segments that `splash_attention` takes.
+    """
+    if implementation == "splash":
+        return splash_attention(query, key, value, mask)
+    if implementation != "xla":
+        return fused_attention(query, key, value, mask, implementation)
+    query, key, value = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))  # [batch, heads, seq, head_dim]
+    logits = jnp.einsum("bnth,bnsh->bnts", query, key, preferred_element_type=jnp.float32)
+    logits = logits / math.sqrt(query.shape[-1])
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if dropout_rng is not None and dropout_rate > 0.0:
+        probs = jnp.where(kept(dropout_rng, dropout_rate, probs.shape), probs / (1.0 - dropout_rate), 0.0)
+    return jnp.swapaxes(jnp.einsum("bnts,bnsh->bnth", probs.astype(value.dtype), value), 1, 2)
+
+
+def fused_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, implementation: str):
+    """jax.nn.dot_product_attention's kernel (cuDNN). A key-padding mask [batch, 1, 1, seq] goes in as
+    each row's number of real keys (rows are padded on the right), which the kernel skips; cuDNN
+    takes a boolean mask only at its full [batch, 1, q, k] size, as a bias."""
+    if mask.shape[2] == 1:
+        lengths = mask[:, 0, 0, :].sum(axis=-1, dtype=jnp.int32)
+        return jax.nn.dot_product_attention(
+            query, key, value, key_value_seq_lengths=lengths, implementation=implementation
+        )
+    return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=implementation)
+
+
+def kept(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
+    """Which values dropout keeps: each with probability 1 - rate, to within 2^-17, drawn from 16
+    random bits a value where jax.random.bernoulli draws 32 (a float). jax packs two to a word, so
+    the mask takes about a quarter of the time on this CPU (5.5 against 21.7 ms for 4.7 million
+    values, classic threefry: benchmarks/dropout_bits.py)."""
+    threshold = round((1.0 - rate) * 2**16)
+    if threshold >= 2**16:
+        return jnp.ones(shape, bool)
+    return jax.random.bits(key, shape, jnp.uint16) < threshold
+
+
+class Dropout(nn.Module):
+    """Dropout as flax's nn.Dropout (inverted: kept values scaled by 1 / (1 - rate)), its mask by `kept`."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = kept(self.make_rng("dropout"), self.rate, x.shape)
+        return jnp.where(keep, x / jnp.asarray(1.0 - self.rate, x.dtype), jnp.zeros_like(x))
+
+
+# Pallas's interpreter instead of the TPU kernel (tests on a CPU set it; a TPU never needs it).
+SPLASH_INTERPRET = False
+SPLASH_BLOCK = 128
+
+
+def splash_attention(query: jax.Array, key: jax.Array, value: jax.Array, segments: jax.Array) -> jax.Array:
+    """Attention over [batch, seq, heads, head_dim] by Pallas's TPU splash kernel: blockwise, the
+    [seq, seq] probabilities never stored; segment ids mask within each block.
+
+    segments: [batch, seq] int, tokens attend to keys of their own segment: the packed example ids,
+    or the attention mask (1 for tokens, 0 for padding, whose outputs nothing reads)."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+
+    _, seq, heads, head_dim = query.shape
+    # The kernel works in blocks of 128 tokens: a shorter row is padded with a segment of its own.
+    blocks = -(-seq // SPLASH_BLOCK) * SPLASH_BLOCK
+    query, key, value = (jnp.pad(x, ((0, 0), (0, blocks - seq), (0, 0), (0, 0))) for x in (query, key, value))
+    segments = jnp.pad(segments.astype(jnp.int32), ((0, 0), (0, blocks - seq)), constant_values=-1)
+    kernel = splash.make_splash_mha(
+        masks.MultiHeadMask([masks.FullMask((blocks, blocks))] * heads),
+        head_shards=1,
+        q_seq_shards=1,
+        interpret=SPLASH_INTERPRET,
+    )
+    query = query / jnp.asarray(math.sqrt(head_dim), query.dtype)
+    heads_first = functools.partial(jnp.swapaxes, axis1=1, axis2=2)  # [batch, heads, seq, head_dim]
+
+    def one(q, k, v, ids):
+        return kernel(q, k, v, segment_ids=splash.SegmentIds(q=ids, kv=ids))
+
+    out = jax.vmap(one)(heads_first(query), heads_first(key), heads_first(value), segments)
+    return heads_first(out)[:, :seq]
+
+
+def query_rows_mask(mask: jax.Array, positions: jax.Array, implementation: str) -> jax.Array:
+    """The attention mask of the query rows at positions [batch, n], for XLA's attention: a 4-D
+    mask's rows gathered, or splash's [batch, seq] segments turned into a [batch, 1, n, seq] one."""
+    if implementation == "splash":
+        queries = jnp.take_along_axis(mask, positions, axis=1)
+        return queries[:, None, :, None] == mask[:, None, None, :]
+    if mask.shape[2] == 1:  # the same keys for every query
+        return mask
+    return jnp.take_along_axis(mask, positions[:, None, :, None], axis=2)
+
+
+def gather_positions(hidden: jax.Array, positions: jax.Array) -> jax.Array:
+    """hidden: [batch, seq, hidden], positions: [batch, n] int -> [batch, n, hidden]."""
+    return jnp.take_along_axis(hidden, positions[..., None], axis=1)

@@ -1,0 +1,42 @@
+"""The families of models jft trains, by name and by Hugging Face model_type."""
+
+from collections.abc import Mapping
+from typing import Any
+
+from jft.errors import JftError, did_you_mean
+from jft.models import bert
+from jft.models.family import Family
+
+FAMILIES: dict[str, Family] = {family.name: family for family in (bert.FAMILY,)}
+
+
+def get(name: str) -> Family:
+    """The family called `name` ('bert')."""
+    if name not in FAMILIES:
+        raise JftError(f"unknown model family '{name}'; jft has {sorted(FAMILIES)}.{did_you_mean(name, FAMILIES)}")
+    return FAMILIES[name]
+
+
+def family_of(config: Any) -> Family:
+    """The family whose config `config` is (a BertConfig: BERT's)."""
+    for family in FAMILIES.values():
+        if isinstance(config, family.config_type):
+            return family
+    raise JftError(f"{type(config).__name__} is not the config of a model family jft has ({sorted(FAMILIES)}).")
+
+
+def family_of_hf(hf_config: Mapping[str, Any], source: str = "config.json") -> Family:
+    """The family of a Hugging Face config.json, by its model_type (none given: BERT, as transformers)."""
+    model_type = hf_config.get("model_type", "bert")
+    for family in FAMILIES.values():
+        if model_type in family.hf_model_types:
+            return family
+    types = sorted(t for family in FAMILIES.values() for t in family.hf_model_types)
+    raise JftError(f"{source} describes a '{model_type}' model; jft loads {', '.join(types)} models.")
+
+
+def config_of(fields: Mapping[str, Any]) -> tuple[Family, Any]:
+    """The family and config of a mapping of every field and 'family' (a bench or init config's
+    `model` group, jft.defaults.model_fields)."""
+    family = get(fields.get("family") or "bert")
+    return family, family.config({name: value for name, value in fields.items() if name != "family"})

@@ -1,0 +1,197 @@
+"""What a fine-tuning run is made of, shared by `jft finetune` and `jft sweep`'s members: the
+settings checked, the task and its data read and encoded, the tokenizer, the starting parameters
+and θ_ref, the batches, the length of the run and the step's setup."""
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from jft.data.tokenizer import load_tokenizer, special_ids
+from jft.errors import JftError
+from jft.params import flatten, merge, unflatten
+from jft.tasks.batches import LAYOUTS, TaskBatches
+from jft.tasks.records import KINDS, Columns, Encoded, Task, encode, label_vocabulary, read_records
+from jft.train import rundir
+from jft.train.log import check_guard
+from jft.train.masking import MaskingConfig
+from jft.train.optim import check_optim, weight_decay_mask
+from jft.train.steps import FinetuneSetup
+
+REFERENCES = ("zero", "init")
+DEFAULT_METRIC = {"classification": "accuracy", "regression": "pearson", "token_classification": "entity_f1"}
+
+
+def check_settings(config: ConfigDict) -> None:
+    """Settings that are wrong whatever the data and the workdir hold."""
+    if config.task not in KINDS:
+        raise JftError(f"task '{config.task}' is not one of {KINDS}.")
+    if config.l2.reference not in REFERENCES:
+        raise JftError(f"l2.reference '{config.l2.reference}' is not one of {REFERENCES}.")
+    if config.data.layout not in LAYOUTS:
+        raise JftError(f"data.layout '{config.data.layout}' is not one of {LAYOUTS}.")
+    for key in (
+        "epochs",
+        "batch_size",
+        "accum_steps",
+        "log_every",
+        "data.seq_len",
+        "data.buckets",
+        "data.max_segments",
+    ):
+        if config[key] < 1:
+            raise JftError(f"{key} must be at least 1, got {config[key]}.")
+    for key in ("max_steps", "eval_batch_size", "early_stopping.patience"):
+        if config[key] < 0:
+            raise JftError(f"{key} must be 0 (off) or more, got {config[key]}.")
+    if config.early_stopping.patience and not config.data.eval:
+        raise JftError("early_stopping.patience needs evaluation data: set data.eval.")
+    check_optim(config.optim)
+    check_guard(config.guard)
+    if config.eval_every < 0 or not 0 <= config.warmup_fraction < 1:
+        raise JftError(
+            f"eval_every must be 0 (each epoch's end) or more and warmup_fraction in [0, 1), got "
+            f"{config.eval_every} and {config.warmup_fraction}."
+        )
+    if config.l2.weight < 0 or config.joint_mlm.weight < 0:
+        raise JftError(
+            f"l2.weight and joint_mlm.weight must be 0 or more, got {config.l2.weight}, {config.joint_mlm.weight}."
+        )
+    if not config.data.train:
+        raise JftError("no training data: set data.train (a CSV, TSV or JSONL file, or tfds:NAME:SPLIT).")
+
+
+def read_task(config: ConfigDict) -> tuple[Task, str, dict[str, list]]:
+    """The task (its labels from the training data; TFDS: its class names), the score that picks
+    the best model, and the records of the train, eval and test splits (empty when not set)."""
+    data = config.data
+    columns = Columns(data.text_column, data.text_pair_column or None, data.label_column)
+    tfds_dir = data.tfds_data_dir or None
+    records = {
+        split: read_records(data[split], columns, config.task, tfds_data_dir=tfds_dir) if data[split] else []
+        for split in ("train", "eval", "test")
+    }
+    labels = label_vocabulary(records["train"], config.task, columns.label, source=data.train, tfds_data_dir=tfds_dir)
+    task = Task(config.task, labels, columns, data.seq_len)
+    best_metric = config.best_metric or DEFAULT_METRIC[task.kind]
+    if best_metric not in task.metrics() or best_metric == "mse":
+        choices = [name for name in task.metrics() if name != "mse"]
+        raise JftError(f"best_metric '{best_metric}' is not a score of this task; choose one of {choices}.")
+    return task, best_metric, records
+
+
+def task_tokenizer(config: ConfigDict, workdir: Path | None, init: rundir.InitSource | None):
+    """The run's tokenizer: a resumed run's own (workdir given), else init_from's or data.vocab's
+    (both given: the same one)."""
+    given = load_tokenizer(config.data.vocab, lowercase=config.data.lowercase) if config.data.vocab else None
+    if workdir is not None:
+        tokenizer = rundir.run_tokenizer(workdir)
+    elif init is not None and init.tokenizer is not None:
+        tokenizer = init.tokenizer
+    elif given is not None:
+        return given
+    elif init is not None:
+        raise JftError(f"init_from {init.path} has no tokenizer.json or vocab.txt; set data.vocab to its vocabulary.")
+    else:
+        raise JftError("no vocabulary: set data.vocab (vocab.txt or tokenizer.json), or init_from a checkpoint.")
+    if given is not None:
+        rundir.check_same_vocabulary(tokenizer, given, f"data.vocab {config.data.vocab}")
+    return tokenizer
+
+
+def encode_splits(task: Task, tokenizer, model, records: dict[str, list]) -> dict[str, Encoded | None]:
+    """The records of each split tokenized (None for a split without records), once the sequence
+    length is known to fit the model's position table."""
+    if task.seq_len > model.max_position_embeddings:
+        raise JftError(
+            f"data.seq_len {task.seq_len} is longer than the position table "
+            f"({model.max_position_embeddings}); use data.seq_len <= {model.max_position_embeddings}."
+        )
+    return {
+        split: encode(split_records, tokenizer, task.kind, task.columns, task.labels, task.seq_len)
+        if split_records
+        else None
+        for split, split_records in records.items()
+    }
+
+
+def initial_params(params: dict, config: ConfigDict, init, task: Task, quiet: bool = False) -> tuple[dict, dict | None]:
+    """The parameters a new run starts from (params, fresh, with init_from's merged in: its task
+    head kept only for the same task and labels), and θ_ref for L2-SP (None: θ_ref = 0); what was
+    loaded is printed unless `quiet`."""
+    if init is None:
+        return params, None
+    loaded = dict(init.params)
+    same_task = init.task is not None and (init.task["kind"], init.task["labels"]) == (task.kind, task.labels)
+    if "classifier" in loaded and not same_task:
+        del loaded["classifier"]  # another task's head: this task's is created new
+    params, report = merge(params, loaded)
+    if jax.process_index() == 0 and not quiet:
+        print(f"init from {init.describe()}: {report.summary()}", flush=True)
+    if config.l2.reference != "init":
+        return params, None
+    flat = flatten(params)
+    return params, unflatten({path: np.asarray(flat[path]) for path in report.loaded})
+
+
+def joint_masking(config: ConfigDict, tokenizer, model) -> MaskingConfig | None:
+    """The masking of the joint objective's masked-LM loss; None when joint_mlm.weight is 0."""
+    joint = config.joint_mlm
+    if not joint.weight:
+        return None
+    special = dataclasses.asdict(special_ids(tokenizer))
+    return MaskingConfig.for_vocabulary(
+        special, model.vocab_size, rate=joint.rate, max_predictions=joint.max_predictions
+    )
+
+
+def task_batches(config: ConfigDict, train_data: Encoded, task: Task, seed: int) -> TaskBatches:
+    """The training batches of config's layout, in the order of `seed` (whatever the devices)."""
+    return TaskBatches(
+        train_data,
+        task.kind,
+        config.batch_size,
+        seed,
+        layout=config.data.layout,
+        max_len=task.seq_len,
+        buckets=config.data.buckets,
+        max_segments=config.data.max_segments,
+    )
+
+
+def planned_steps(config: ConfigDict, steps_an_epoch: int) -> int:
+    """The run's optimizer steps: epochs × steps an epoch, at most max_steps (when set)."""
+    total_steps = config.epochs * steps_an_epoch
+    return min(total_steps, config.max_steps) if config.max_steps else total_steps
+
+
+def with_warmup(config: ConfigDict, total_steps: int) -> ConfigDict:
+    """config with optim.warmup_steps resolved from warmup_fraction when it is 0."""
+    if config.optim.warmup_steps:
+        return config
+    config = config.copy_and_resolve_references()
+    config.optim.warmup_steps = int(config.warmup_fraction * total_steps)
+    return config
+
+
+def finetune_setup(config: ConfigDict, family, model, tx, schedule, task: Task, params, masking) -> FinetuneSetup:
+    """The static parts of the fine-tuning step of config: the family's module and inputs, the
+    optimizer, λ with the leaves it applies to, μ and the joint objective's masking."""
+    if config.l2.exclude_bias_and_layer_norm:
+        mask = weight_decay_mask(params)
+    else:
+        mask = jax.tree.map(lambda _: True, params)
+    return FinetuneSetup(
+        model,
+        tx,
+        schedule,
+        task.kind,
+        config.l2.weight,
+        mask,
+        config.joint_mlm.weight,
+        masking,
+        config.accum_steps,
+        family.inputs,
+    )

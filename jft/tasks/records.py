@@ -1,0 +1,271 @@
+"""Labeled data for fine-tuning: records in, token arrays out (jft.tasks.batches makes batches).
+
+Sources: CSV, TSV or JSONL files with a column mapping (text, text_pair, label), or a TFDS
+dataset by name (tfds:glue/sst2:train, ...). Token classification reads a list of words and a
+list of tags per record; the tag goes on the first word-piece of each word, the other pieces
+are ignored by the loss.
+"""
+
+import csv
+import dataclasses
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import tokenizers
+
+from jft.data.corpus import tfds_records
+from jft.errors import JftError
+from jft.files import jsonl_objects, read_text
+from jft.models import Head
+
+KINDS = ("classification", "regression", "token_classification")
+IGNORE = -1  # label of word-pieces and padding that the token loss skips
+
+
+@dataclasses.dataclass(frozen=True)
+class Columns:
+    text: str = "text"
+    text_pair: str | None = None
+    label: str = "label"
+
+
+@dataclasses.dataclass
+class Task:
+    """What a fine-tuned model needs to read new data and name its outputs (kept in run.json)."""
+
+    kind: str
+    labels: list[str]
+    columns: Columns
+    seq_len: int
+
+    def to_json(self) -> dict:
+        return {
+            "kind": self.kind,
+            "labels": self.labels,
+            "columns": dataclasses.asdict(self.columns),
+            "seq_len": self.seq_len,
+        }
+
+    @classmethod
+    def from_json(cls, values: dict) -> "Task":
+        return cls(values["kind"], values["labels"], Columns(**values["columns"]), values["seq_len"])
+
+    def head(self, mlm: bool = False) -> Head:
+        """The head of the task's model; mlm: with the joint objective's masked-LM head as well."""
+        kind = "token_classification" if self.kind == "token_classification" else "classification"
+        return Head(kind, max(len(self.labels), 1), mlm=mlm)
+
+    def metrics(self) -> tuple[str, ...]:
+        """The names of the evaluation metrics of this task (all: higher is better, but mse)."""
+        if self.kind == "regression":
+            return ("pearson", "spearman", "mse")
+        if self.kind == "classification":
+            return ("accuracy", "mcc", "f1" if len(self.labels) == 2 else "macro_f1")
+        return ("entity_f1", "entity_precision", "entity_recall", "token_accuracy")
+
+
+class Record(dict):
+    """One record of task data, and where it is (file:line, or dataset and index) for messages."""
+
+    where: str = ""
+
+
+def read_records(source: str, columns: Columns, kind: str, *, tfds_data_dir: str | None = None) -> list[Record]:
+    """Records with the mapped columns, from a CSV/TSV/JSONL file or tfds:NAME[:SPLIT], each checked
+    for the task kind (a text, a label, a number for regression, as many tags as words);
+    columns.label None: records to predict, without labels."""
+    if source.startswith("tfds:"):
+        raw, features = tfds_records(source.removeprefix("tfds:"), tfds_data_dir)
+        names = _class_names(features, columns.label)
+        records = [_record(_decode(r, columns.label, names), f"{source} record {i}") for i, r in enumerate(raw)]
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise JftError(f"data file not found: {path}")
+        if path.suffix == ".jsonl":
+            records = _jsonl_records(path)
+        elif path.suffix in (".csv", ".tsv"):
+            records = _csv_records(path, "\t" if path.suffix == ".tsv" else ",")
+        else:
+            raise JftError(f"cannot read {path}: use .csv, .tsv or .jsonl (or tfds:NAME[:SPLIT]).")
+    if not records:
+        raise JftError(f"{source} holds no records.")
+    wanted = [c for c in (columns.text, columns.text_pair, columns.label) if c]
+    missing = [c for c in wanted if c not in records[0]]
+    if missing:
+        raise JftError(
+            f"{source} has no column {missing[0]!r} (columns: {sorted(records[0])}); map yours with "
+            "--config.data.text_column, text_pair_column and label_column."
+        )
+    for record in records:
+        _check_record(record, kind, columns)
+    return records
+
+
+def _record(values: dict, where: str) -> Record:
+    record = Record(values)
+    record.where = where
+    return record
+
+
+def _jsonl_records(path: Path) -> list[Record]:
+    return [_record(values, f"{path}:{number}") for number, values in jsonl_objects(path)]
+
+
+def _csv_records(path: Path, delimiter: str) -> list[Record]:
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)
+    records = []
+    try:
+        for values in reader:
+            where = f"{path}:{reader.line_num}"
+            if None in values:
+                raise JftError(f"{where} has more fields than the header ({len(reader.fieldnames)}).")
+            records.append(_record(values, where))
+    except csv.Error as error:
+        raise JftError(f"{path}:{reader.line_num} is not valid CSV ({error}).") from None
+    header = reader.fieldnames or []
+    if delimiter == "," and len(header) == 1 and "\t" in header[0]:
+        raise JftError(f"{path} looks tab-separated (its header is {header[0]!r}); name it .tsv.")
+    return records
+
+
+def _check_record(record: Record, kind: str, columns: Columns) -> None:
+    """A JftError naming the record when it cannot be a record of this task."""
+    for column in (columns.text, columns.text_pair):
+        if column and record[column] is None:
+            raise JftError(f"{record.where} has no value in column {column!r}.")
+    words = record[columns.text]
+    if kind == "token_classification" and not (isinstance(words, list) and all(isinstance(w, str) for w in words)):
+        raise JftError(f"{record.where}: column {columns.text!r} must be a list of words (strings), got {words!r:.80}.")
+    if not columns.label:
+        return
+    label = record[columns.label]
+    if label is None or label == "":
+        raise JftError(f"{record.where} has no value in column {columns.label!r} (the label).")
+    if kind == "regression":
+        try:
+            score = float(label)
+        except (TypeError, ValueError):
+            score = math.nan
+        if not math.isfinite(score):
+            raise JftError(f"{record.where}: the label {label!r} is not a number; a regression task needs scores.")
+    if kind == "token_classification":
+        if not isinstance(label, list):
+            raise JftError(f"{record.where}: column {columns.label!r} must be a list of tags, got {label!r:.80}.")
+        if len(label) != len(words):
+            raise JftError(f"{record.where} has {len(words)} words but {len(label)} tags; give one tag a word.")
+
+
+def _class_names(features, column: str | None) -> list[str] | None:
+    """The names of a TFDS ClassLabel column (or of a sequence of them, as NER tags), if it is one."""
+    feature = features[column] if column and column in features else None
+    feature = getattr(feature, "feature", feature)  # Sequence(ClassLabel) -> ClassLabel
+    return list(feature.names) if hasattr(feature, "names") else None
+
+
+def _decode(record: dict, label_column: str | None, names: list[str] | None) -> dict:
+    """A TFDS record as plain Python values, with class ids turned into their names."""
+
+    def value(v):
+        if isinstance(v, np.ndarray | np.generic):
+            v = v.tolist()
+        if isinstance(v, list):
+            return [value(x) for x in v]
+        return v.decode("utf-8") if isinstance(v, bytes) else v
+
+    out = {k: value(v) for k, v in record.items()}
+    if names is not None and label_column in out:
+        label = out[label_column]
+        # A label of -1 marks an unlabeled split (GLUE's test sets): no name.
+        out[label_column] = (
+            [names[i] for i in label] if isinstance(label, list) else (names[label] if label >= 0 else None)
+        )
+    return out
+
+
+def label_vocabulary(
+    records: Sequence[dict], kind: str, label_column: str, *, source: str = "", tfds_data_dir: str | None = None
+) -> list[str]:
+    """The label names of a classification task (tags, for token classification): a TFDS
+    dataset's own class names in its order (so class 1 stays the positive class of F1), else
+    the sorted names found in the records."""
+    if kind == "regression":
+        return []
+    if source.startswith("tfds:"):
+        _, features = tfds_records(source.removeprefix("tfds:"), tfds_data_dir)
+        names = _class_names(features, label_column)
+        if names:
+            return names
+    if kind == "token_classification":
+        names = {str(tag) for r in records for tag in r[label_column]}
+    else:
+        names = {str(r[label_column]) for r in records}
+    return sorted(names)
+
+
+@dataclasses.dataclass
+class Encoded:
+    """Token arrays of a task's examples (lists, one entry an example, of varying length)."""
+
+    input_ids: list[np.ndarray]
+    token_type_ids: list[np.ndarray]
+    labels: list  # int class, float score, or int array per token (IGNORE where no label)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def encode(
+    records: Sequence[dict],
+    tokenizer: tokenizers.Tokenizer,
+    kind: str,
+    columns: Columns,
+    labels: Sequence[str],
+    seq_len: int,
+    *,
+    with_labels: bool = True,
+) -> Encoded:
+    """Tokenizes records, truncated to seq_len tokens; labels mapped to ids (checked against `labels`)."""
+    if kind not in KINDS:
+        raise JftError(f"task kind '{kind}' is not one of {KINDS}.")
+    tokenizer = tokenizers.Tokenizer.from_str(tokenizer.to_str())  # truncation without touching the caller's
+    tokenizer.enable_truncation(seq_len)
+    tokenizer.no_padding()
+    label_ids = {name: i for i, name in enumerate(labels)}
+
+    def label_id(name) -> int:
+        if str(name) not in label_ids:
+            raise JftError(
+                f"label {str(name)!r} is not in the task's label set {list(labels)}; fix the data, or fine-tune "
+                "again with this label in the training data."
+            )
+        return label_ids[str(name)]
+
+    if kind == "token_classification":
+        encodings = tokenizer.encode_batch([r[columns.text] for r in records], is_pretokenized=True)
+    elif columns.text_pair:
+        encodings = tokenizer.encode_batch([(str(r[columns.text]), str(r[columns.text_pair])) for r in records])
+    else:
+        encodings = tokenizer.encode_batch([str(r[columns.text]) for r in records])
+    out = Encoded([], [], [])
+    for record, encoding in zip(records, encodings):
+        out.input_ids.append(np.array(encoding.ids, np.int32))
+        out.token_type_ids.append(np.array(encoding.type_ids, np.int32))
+        if not with_labels:
+            out.labels.append(None)
+        elif kind == "classification":
+            out.labels.append(label_id(record[columns.label]))
+        elif kind == "regression":
+            out.labels.append(float(record[columns.label]))
+        else:
+            tags = record[columns.label]
+            token_labels, previous = np.full(len(encoding.ids), IGNORE, np.int32), None
+            for position, word in enumerate(encoding.word_ids):
+                if word is not None and word != previous:
+                    token_labels[position] = label_id(tags[word])
+                previous = word
+            out.labels.append(token_labels)
+    return out

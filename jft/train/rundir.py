@@ -1,0 +1,169 @@
+"""The run directory: everything that passes from one stage to the next passes through it.
+
+A workdir is self-contained and movable; readers learn what it is from what it holds, never from
+the path it was made under:
+
+    run.json                what the run is: stage, jft version, the resolved config, the model
+                            family and every field of its config, its data by content, and for
+                            fine-tuning the task (kind, labels, columns, seq_len) and what it
+                            started from
+    tokenizer.json          the run's tokenizer, and vocab.txt (the same vocabulary)
+    checkpoints/<step>/     Orbax: train state and rng ("state"), loader position and meta ("meta")
+    best/<step>/            fine-tuning: the parameters of the best evaluation, its score and step
+    reference.safetensors   fine-tuning with l2.reference=init: θ_ref, the weights it started from
+    data/                   pretraining from data.corpus: the prepared rows
+    damaged/                checkpoints that failed their checksums or could not be read, set aside
+    metrics.jsonl, tensorboard/
+    run.lock                while a run holds the directory (jft.train.lock)
+
+This module reads and writes those files; jft.train.session decides what a training run may do
+with them.
+"""
+
+import dataclasses
+import datetime
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import tokenizers
+
+from jft import __version__
+from jft.data.tokenizer import load_tokenizer, save_tokenizer, vocabulary_fingerprint
+from jft.errors import JftError
+from jft.files import read_json_object, write_json
+from jft.models import Family, family_of, get, hf
+from jft.params import check_finite
+from jft.train.checkpoint import restore_latest
+
+FORMAT = "jft-run/1"
+RUN_FILE = "run.json"
+TOKENIZER = "tokenizer.json"
+CHECKPOINTS = "checkpoints"
+BEST = "best"
+DAMAGED = "damaged"  # checkpoints that failed their checks, set aside (never deleted)
+REFERENCE = "reference.safetensors"
+STAGES = ("pretraining", "finetuning")
+
+
+def read_run(workdir: Path) -> dict | None:
+    """The run.json of a workdir, or None when the directory holds no run yet."""
+    file = workdir / RUN_FILE
+    if not file.is_file():
+        if (workdir / CHECKPOINTS).is_dir() or (workdir / "task.json").is_file():
+            raise JftError(
+                f"{workdir} was written by an earlier version of jft (no {RUN_FILE}); start a new --workdir."
+            )
+        return None
+    run = read_json_object(file, "the run description")
+    if run.get("format") != FORMAT or run.get("stage") not in STAGES:
+        raise JftError(f"{file} is not a jft run description (format {FORMAT}).")
+    return run
+
+
+def require_stage(workdir: Path, run: dict | None, stage: str | None, action: str) -> None:
+    """A clear error when a workdir holds no run, or (stage given) a run of the other stage."""
+    if run is None:
+        missing = "does not exist" if not workdir.exists() else f"holds no jft run ({RUN_FILE} is missing)"
+        raise JftError(f"{workdir} {missing}; {action}.")
+    if stage is not None and run["stage"] != stage:
+        raise JftError(f"{workdir} holds a {run['stage']} run, not a {stage} run; {action}.")
+
+
+def run_model(run: Mapping) -> tuple[Family, Any]:
+    """The family and model config a run.json describes (runs before families were named: BERT)."""
+    family = get(run.get("family", "bert"))
+    return family, family.config(run["model"])
+
+
+def new_run(stage: str, config: Mapping, family: Family, model: Any, data: dict, **extra: Any) -> dict:
+    """The run.json content of a run that starts now."""
+    return {
+        "format": FORMAT,
+        "stage": stage,
+        "jft_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "config": dict(config),
+        "family": family.name,
+        "model": dataclasses.asdict(model),
+        "data": data,
+        **extra,
+    }
+
+
+def write_run(workdir: Path, run: dict, tokenizer: tokenizers.Tokenizer | None = None) -> None:
+    """Writes run.json (atomically, last) and, when given, the tokenizer files into workdir."""
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, workdir)
+    write_json(workdir / RUN_FILE, run)
+
+
+def run_tokenizer(workdir: Path) -> tokenizers.Tokenizer:
+    """The tokenizer a run directory holds."""
+    if not (workdir / TOKENIZER).is_file():
+        raise JftError(f"{workdir} has no {TOKENIZER}; the run directory is incomplete.")
+    return load_tokenizer(workdir / TOKENIZER)
+
+
+def check_same_vocabulary(ours: tokenizers.Tokenizer, theirs: tokenizers.Tokenizer, what: str) -> None:
+    """A clear error when two tokenizers map tokens to different ids."""
+    if vocabulary_fingerprint(ours) != vocabulary_fingerprint(theirs):
+        raise JftError(
+            f"{what}: the vocabularies differ ({ours.get_vocab_size()} and {theirs.get_vocab_size()} tokens); "
+            "a model works only with the vocabulary it was trained with. Leave data.vocab empty to use the "
+            "run's own."
+        )
+
+
+@dataclasses.dataclass
+class InitSource:
+    """What init_from (or export, inspect) names, identified by its contents."""
+
+    kind: str  # pretraining | finetuning | huggingface
+    path: Path
+    family: Family
+    model: Any  # the family's config
+    params: dict
+    tokenizer: tokenizers.Tokenizer | None  # None: a Hugging Face directory without tokenizer files
+    task: dict | None = None  # a fine-tuning run's task
+    step: int | None = None
+
+    def describe(self) -> str:
+        where = f" (step {self.step})" if self.step is not None else ""
+        return f"{self.kind} {'directory' if self.kind == 'huggingface' else 'run'} {self.path}{where}"
+
+
+def open_init(path: str | Path, role: str = "init_from") -> InitSource:
+    """A pretraining workdir (its newest good checkpoint), a fine-tuning workdir or its best/ (the
+    best model), or a Hugging Face directory (config.json and weights). Read only: another run's
+    files are never changed. Weights that are not finite are refused, naming the tensor. role:
+    what the path is to the caller, for messages."""
+    path, role = Path(path).absolute(), f"{role} " if role else ""
+    if not path.exists():
+        raise JftError(f"{role}{path} does not exist; give a jft workdir or a Hugging Face model directory.")
+    if path.name == BEST and (path.parent / RUN_FILE).is_file():
+        path = path.parent
+    run = read_run(path) if path.is_dir() else None
+    if run is None:
+        if not (path / hf.CONFIG).is_file() and not (path.is_file() and (path.parent / hf.CONFIG).is_file()):
+            raise JftError(
+                f"{role}{path} is neither a jft workdir ({RUN_FILE}) nor a Hugging Face model directory "
+                f"({hf.CONFIG} and weights)."
+            )
+        model, params = hf.load(path)
+        family = family_of(model)
+        directory = path if path.is_dir() else path.parent
+        has_tokenizer = any((directory / name).is_file() for name in ("tokenizer.json", "vocab.txt"))
+        tokenizer = load_tokenizer(directory) if has_tokenizer else None
+        return InitSource("huggingface", path, family, model, params, tokenizer)
+    family, model = run_model(run)
+    if run["stage"] == "pretraining":
+        state, _ = restore_latest(path / CHECKPOINTS, f"{role}{path} has no complete checkpoint yet.")
+        params, step = state["train"]["params"], int(state["train"]["step"])
+        check_finite(params, f"the checkpoint of step {step} in {path / CHECKPOINTS}")
+        return InitSource("pretraining", path, family, model, params, run_tokenizer(path), step=step)
+    state, meta = restore_latest(path / BEST, f"{role}{path} has no best model yet (best/ is empty).")
+    check_finite(state["params"], f"the best model (step {meta['step']}) in {path / BEST}")
+    return InitSource(
+        "finetuning", path, family, model, state["params"], run_tokenizer(path), run["task"], meta["step"]
+    )

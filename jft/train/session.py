@@ -1,0 +1,240 @@
+"""A training run's session with its run directory: the rules of a start and of a resume.
+
+The order of a (re)start, the same for every stage. Steps 1-4 only read, so a refusal leaves the
+workdir as it was, and on several processes every one of them raises the same error:
+1. hold the workdir (run.lock, process 0 for all) and read its run.json: a run there is resumed;
+   open init_from while the run has no checkpoint of its own (its weights come from there);
+2. (the stage) find the data and the tokenizer;
+3. the model (`model`): the run's own, of which only how it is computed may change; else
+   init_from's architecture, of which a config may change only the family's changeable fields
+   (dropout, dtype, ...); else a preset and fields, from scratch;
+4. a resumed run must have the same settings, but for those that do not change what it computes
+   (`may_change`), and the same data by content: `compare` and `differ` collect the differences,
+   `verified` refuses with all of them;
+5. write run.json and the tokenizer of a new run (`start`), or record a resumed run's new length;
+6. restore the newest good checkpoint, setting damaged ones aside (`restore`), or begin from
+   init_from's weights.
+"""
+
+import contextlib
+import dataclasses
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import tokenizers
+
+from jft.errors import JftError
+from jft.files import finite_or_null
+from jft.models import Family, get
+from jft.train import rundir
+from jft.train.checkpoint import Checkpoints, saved_steps
+from jft.train.lock import hold
+from jft.train.log import last_metrics
+from jft.train.parallel import agree
+
+
+def config_differences(saved: Mapping, current: Mapping, may_change: Sequence[str]) -> list[str]:
+    """'key: run X, now Y' for every setting that differs, except the keys (or groups) in may_change.
+    Both sides are compared as run.json holds them (tuples as lists, numbers that are not finite as
+    null), so that a value does not differ from itself after a round trip through JSON."""
+    ours, theirs = _flat(_as_json(saved)), _flat(_as_json(current))
+    differences = []
+    for key in sorted(set(ours) | set(theirs)):
+        if any(key == k or key.startswith(f"{k}.") for k in may_change):
+            continue
+        if ours.get(key) != theirs.get(key):
+            differences.append(f"{key}: run {ours.get(key)!r}, now {theirs.get(key)!r}")
+    return differences
+
+
+def _as_json(value: Any) -> Any:
+    return json.loads(json.dumps(finite_or_null(value), default=str))
+
+
+def _flat(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@dataclasses.dataclass
+class RunSession:
+    """What a training run knows of its workdir while it holds it (see the module docstring)."""
+
+    workdir: Path
+    stage: str
+    may_change: tuple[str, ...]
+    run: dict | None = None
+    init: rundir.InitSource | None = None
+    differences: list[str] = dataclasses.field(default_factory=list)
+    checking: bool = True
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, workdir: str | Path, stage: str, init_from: str, may_change: Sequence[str]) -> Iterator["RunSession"]:
+        """Holds workdir for a run of `stage` ('pretraining', 'finetuning') and opens what is there
+        (steps 1 of the module docstring). An error before `verified` reaches every process."""
+        session = cls(Path(workdir).absolute(), stage, tuple(may_change))
+        try:
+            with hold(session.workdir):
+                session.run = rundir.read_run(session.workdir)
+                if session.run is not None:
+                    rundir.require_stage(session.workdir, session.run, stage, f"give {stage} another --workdir")
+                if init_from and not saved_steps(session.workdir / rundir.CHECKPOINTS):
+                    session.init = rundir.open_init(init_from)
+                yield session
+        except BaseException as error:
+            if session.checking and not getattr(error, "agreed", False):  # the others learn of it in `verified`
+                session.checking = False
+                agree(error)
+            raise
+
+    @property
+    def resuming(self) -> bool:
+        return self.run is not None
+
+    def model(self, group: Mapping, vocab_size: int) -> tuple[Family, Any]:
+        """The run's family and model (step 3 of the module docstring); a resumed run's other
+        settings are differences. The vocabulary must fit its embedding table."""
+        values = {name: value for name, value in group.items() if name not in ("family", "preset")}
+        values = {name: value for name, value in values.items() if value is not None}
+        if self.run is not None:
+            family, model = self._resumed_model(group, values)
+        elif self.init is not None:
+            family, model = self._checkpoint_model(group, values)
+        else:
+            family, model = _new_model(group, values, vocab_size)
+        problem = model.platform_problem(jax.default_backend())
+        if problem:
+            raise JftError(problem + ".")
+        if model.dtype == "float16":
+            raise JftError(
+                "model.dtype float16 cannot train: jft has no loss scaling, so small gradients would vanish; "
+                "use bfloat16 (the same speed on GPUs and TPUs, float32's range) or float32."
+            )
+        if vocab_size > model.vocab_size:
+            raise JftError(
+                f"the vocabulary has {vocab_size} tokens, more than the model's vocab_size {model.vocab_size}; "
+                "use the vocabulary the model was made with, or a model with a larger embedding table."
+            )
+        return family, model
+
+    def _resumed_model(self, group: Mapping, values: dict) -> tuple[Family, Any]:
+        family, saved = rundir.run_model(self.run)
+        saved = dataclasses.asdict(saved)
+        if group.get("family") and group["family"] != family.name:
+            self.differ(f"model.family: run {family.name!r}, now {group['family']!r}")
+        self.differ(
+            *(
+                f"model.{name}: run {saved[name]!r}, now {value!r}"
+                for name, value in values.items()
+                if name not in family.compute_fields and value != saved[name]
+            )
+        )
+        preset = self.run["config"]["model"].get("preset")
+        if self.run.get("init") is None and group["preset"] != preset:
+            self.differ(f"model.preset: run {preset!r}, now {group['preset']!r}")
+        compute = {name: value for name, value in values.items() if name in family.compute_fields}
+        return family, family.config({**saved, **compute})
+
+    def _checkpoint_model(self, group: Mapping, values: dict) -> tuple[Family, Any]:
+        """init_from's architecture as it is: a field the config sets must agree with it, but for
+        the family's changeable fields; every contradiction is listed in one error."""
+        family, source = self.init.family, f"init_from {self.init.path}"
+        theirs = dataclasses.asdict(self.init.model)
+        clashes = [
+            f"model.{name}={value!r} (it has {theirs[name]!r})"
+            for name, value in values.items()
+            if name not in family.changeable_fields and value != theirs[name]
+        ]
+        if group.get("family") and group["family"] != family.name:
+            clashes.insert(0, f"model.family={group['family']!r} (it is a {family.name!r} model)")
+        if clashes:
+            raise JftError(
+                f"the config contradicts the architecture of {source}: {'; '.join(clashes)}. A run keeps its "
+                f"checkpoint's architecture; remove these settings (only {', '.join(family.changeable_fields)} "
+                "may differ)."
+            )
+        return family, family.config({**theirs, **values})
+
+    def compare(self, config: Mapping) -> None:
+        """A resumed run's settings against the config's (the may_change keys aside)."""
+        if self.run is not None:
+            self.differ(*config_differences(self.run["config"], config, self.may_change))
+
+    def differ(self, *differences: str) -> None:
+        """Records what a resumed run would change (refused by `verified`)."""
+        self.differences += differences
+
+    def verified(self) -> None:
+        """The end of the checks: refuses a resume with other settings, naming every difference,
+        and makes every process raise the same error when any process met one."""
+        self.checking = False
+        error = None
+        if self.differences:
+            error = JftError(
+                f"{self.workdir} holds a {self.stage} run with other settings ({'; '.join(self.differences)}). "
+                f"Resume it with the settings it was started with (`jft config {self.workdir}` prints them), or "
+                f"start a new --workdir; --config.init_from={self.workdir} starts from its weights."
+            )
+        agree(error)
+
+    def start(
+        self, config: Mapping, family: Family, model: Any, data: dict, tokenizer: tokenizers.Tokenizer, **extra: Any
+    ) -> None:
+        """Writes run.json and the tokenizer of a new run (process 0; a resumed run has them)."""
+        if self.run is None:
+            origin = {"from": self.init.describe()} if self.init is not None else None
+            self.run = rundir.new_run(self.stage, config, family, model, data, init=origin, **extra)
+            if jax.process_index() == 0:
+                rundir.write_run(self.workdir, self.run, tokenizer)
+
+    def record(self, config: Mapping) -> None:
+        """Writes a resumed run's config into its run.json (process 0): what a run may change on
+        resume and what it then was, e.g. a longer run's total_steps."""
+        self.run = {**self.run, "config": dict(config)}
+        if jax.process_index() == 0:
+            rundir.write_run(self.workdir, self.run)
+
+    def restore(self, checkpoints: Checkpoints, template: Any) -> tuple[Any, dict, int] | None:
+        """(state, meta, step) of the run's newest good checkpoint, damaged newer ones set aside in
+        <workdir>/damaged; None for a run without checkpoints. When every checkpoint is damaged, they
+        are all set aside and the error says so (the next start begins the run again)."""
+        had = checkpoints.latest_step() is not None
+        restored = checkpoints.restore_newest_good(template, set_aside=self.workdir / rundir.DAMAGED)
+        if restored is None and had:
+            raise JftError(
+                f"every checkpoint in {checkpoints.directory} is damaged; they are set aside in "
+                f"{self.workdir / rundir.DAMAGED}. Run the same command again to start this run over from step 0."
+            )
+        return restored
+
+    def finished(self, step: int) -> dict[str, float]:
+        """What a run that finished before says, and its last metrics."""
+        print(f"{self.workdir}: this run finished at step {step}; nothing to do.", flush=True)
+        return last_metrics(self.workdir)
+
+
+def _new_model(group: Mapping, values: dict, vocab_size: int) -> tuple[Family, Any]:
+    """A model from scratch: the preset's sizes, then the fields the config sets; vocab_size
+    defaults to the vocabulary's."""
+    family = get(group.get("family") or "bert")
+    if group["preset"] and group["preset"] not in family.presets:
+        raise JftError(f"unknown model.preset '{group['preset']}'; choose one of {sorted(family.presets)}.")
+    values = {**family.presets.get(group["preset"], {}), **values}
+    if vocab_size and "vocab_size" not in values:
+        values["vocab_size"] = vocab_size
+    missing = [name for name in family.size_fields if name not in values]
+    if missing:
+        raise JftError(
+            f"a model from scratch needs its sizes: set model.preset ({', '.join(family.presets)}) or "
+            f"{', '.join(f'model.{name}' for name in missing)}; or start from a checkpoint with init_from."
+        )
+    return family, family.config(values)
