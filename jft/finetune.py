@@ -106,12 +106,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, runner: Runner |
             if task.labels != run["task"]["labels"]:
                 session.differ(f"labels: run {run['task']['labels']}, now {task.labels}")
             if _uses_reference(run) and saved_steps(workdir / rundir.CHECKPOINTS):
-                if not (workdir / rundir.REFERENCE).is_file():
-                    raise JftError(
-                        f"{workdir / rundir.REFERENCE} is missing: it holds θ_ref, the weights this L2-SP run "
-                        "(l2.reference=init) pulls toward, and without it the penalty would pull toward 0. Put the "
-                        "file back, or start a new --workdir (init_from rebuilds it)."
-                    )
+                _check_reference(workdir, run)
         session.verified()
         encoded = encode_splits(task, tokenizer, model, records)
         masking = joint_masking(config, tokenizer, model)
@@ -142,16 +137,18 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, runner: Runner |
             for manager in (checkpoints, best):
                 manager.close()
             return session.finished(restored[2])
+        reference = None
         if restored is not None:
-            host_state, reference = restored[0], _read_reference(workdir, restored[1])
+            host_state = restored[0]
+            if (workdir / rundir.REFERENCE).is_file():
+                reference = unflatten(safetensors.numpy.load_file(workdir / rundir.REFERENCE))
         else:
             params, reference = initial_params(params, config, session.init, task)
             host_state["train"] = jax.tree.map(np.asarray, create_finetune_state(params, tx))
-            if reference is not None and jax.process_index() == 0:
-                atomic_write(
-                    workdir / rundir.REFERENCE, lambda path: safetensors.numpy.save_file(flatten(reference), path)
-                )
-        reference_digest = _digest(workdir / rundir.REFERENCE) if reference is not None else None
+            if reference is not None and jax.process_index() == 0:  # θ_ref, its digest in run.json for a resume
+                file = workdir / rundir.REFERENCE
+                atomic_write(file, lambda path: safetensors.numpy.save_file(flatten(reference), path))
+                session.record(session.run["config"], reference_sha256=_digest(file))
         best_value = -np.inf
         saved_best = best.restore_newest_good(set_aside=workdir / rundir.DAMAGED)
         if saved_best is not None and saved_best[1].get("value") is not None:
@@ -212,8 +209,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, runner: Runner |
         def save(step, state, final):
             saved = {"train": runner.replica(state.replace(reference=None)), "rng": host_state["rng"]}
             meta = {"step": step, "evals_without_gain": progress["without_gain"], "early_stopped": progress["early"]}
-            if reference_digest:
-                meta["reference_sha256"] = reference_digest
             checkpoints.save(step, saved, meta, force=True)
 
         multiple = runner.batch_multiple() * config.accum_steps
@@ -259,18 +254,22 @@ def _uses_reference(run: dict) -> bool:
     return run["config"]["l2"]["reference"] == "init" and run.get("init") is not None
 
 
-def _read_reference(workdir: Path, meta: dict) -> dict | None:
-    """θ_ref of a resumed run, checked against the digest its checkpoint recorded."""
+def _check_reference(workdir: Path, run: dict) -> None:
+    """θ_ref of a resumed L2-SP run must be the file it saved (run.json keeps its SHA-256; runs of
+    jft before it did, only that it is there): without it the penalty would pull toward 0."""
     file = workdir / rundir.REFERENCE
     if not file.is_file():
-        return None
-    expected = meta.get("reference_sha256")
+        raise JftError(
+            f"{file} is missing: it holds θ_ref, the weights this L2-SP run (l2.reference=init) pulls toward, "
+            "and without it the penalty would pull toward 0. Put the file back, or start a new --workdir "
+            "(init_from makes it anew)."
+        )
+    expected = run.get("reference_sha256")
     if expected is not None and _digest(file) != expected:
         raise JftError(
-            f"{file} is not the θ_ref this run saved (its SHA-256 differs from the checkpoint's record): it was "
-            "changed or damaged. Put the run's own file back, or start a new --workdir."
+            f"{file} is not the θ_ref this run saved (its SHA-256 differs from run.json's): it was changed or "
+            "damaged. Put the run's own file back, or start a new --workdir."
         )
-    return unflatten(safetensors.numpy.load_file(file))
 
 
 def _digest(file: Path) -> str:

@@ -270,7 +270,7 @@ def _checked_program(step, population, batch, rngs, members: int, runner: Runner
     device_batch = runner.put_global_batch(batch)
     compiled = step.lower(population, device_batch, rngs).compile()
     peak = _peak(compiled)
-    limit = device_memory(runner.devices[0])
+    limit = device_memory(next(d for d in runner.devices if d.process_index == jax.process_index()))
     log(f"a population of {members}: {peak / GIB:.2f} GiB a device of {limit / GIB:.1f}")
     if peak > limit:
         raise JftError(_too_big(members, peak, limit, setup, population, batch, runner))

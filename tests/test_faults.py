@@ -8,6 +8,7 @@ the shared inputs, {*}: any text).
 """
 
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import safetensors.numpy
 
@@ -26,6 +28,8 @@ from jft import cli
 from jft.data.prepare import prepare
 from jft.models import hf
 from jft.models.bert import BertConfig, BertForPreTraining, init_params
+from jft.train import rundir
+from jft.train.checkpoint import Checkpoints
 
 pytestmark = pytest.mark.xdist_group("faults")  # one worker: the cases share their inputs
 
@@ -798,7 +802,7 @@ def test_a_full_disk_stops_the_run_cleanly(files, tmp_path, monkeypatch, capsys)
     disk = tmp_path / "disk"
     mounted = _small_disk(disk, "1m")
     if not mounted:  # no permission to mount: the disk fills up after the first checkpoint
-        import jft.checkpoint
+        import jft.train.checkpoint
 
         real = shutil.disk_usage
         saves = iter([None])  # the save of step 2 finds room, the next one does not
@@ -806,7 +810,7 @@ def test_a_full_disk_stops_the_run_cleanly(files, tmp_path, monkeypatch, capsys)
         def usage(path):
             return real(path) if next(saves, "full") is None else real(path)._replace(free=100_000)
 
-        monkeypatch.setattr(jft.checkpoint.shutil, "disk_usage", usage)
+        monkeypatch.setattr(jft.train.checkpoint.shutil, "disk_usage", usage)
     try:
         assert cli.main(_pretrain(disk, files, **STEPS)) == 1
         err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -924,3 +928,62 @@ def test_export_and_predict_refuse_a_best_model_with_a_nan(files, tmp_path, caps
             "checkpoint or other weights.\n"
         )
     assert not (tmp_path / "hf").exists() and not (tmp_path / "p.jsonl").exists()
+
+
+# What a damaged checkpoint is, and what it is not.
+
+
+def test_readers_of_another_run_leave_a_save_in_progress_alone(finished_run, tmp_path, capsys):
+    """init_from, export and inspect read another run's checkpoints: the temporary folder of a save
+    that run has under way is not theirs to clean up."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    in_progress = run / "checkpoints" / "8.orbax-checkpoint-tmp-1764872045123456"
+    (in_progress / "state").mkdir(parents=True)
+    (in_progress / "state" / "part").write_bytes(b"being written")
+    before = _snapshot(run)
+    assert cli.main(["export", "--workdir", str(run), "--out", str(tmp_path / "hf")]) == 0
+    assert cli.main(["inspect", str(run)]) == 0
+    assert rundir.open_init(run).step == 6
+    assert in_progress.is_dir() and _snapshot(run) == before
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [MemoryError(), OSError(errno.EIO, "Input/output error"), PermissionError(errno.EACCES, "Permission denied")],
+    ids=["out of memory", "I/O error", "permission"],
+)
+def test_a_fault_of_the_machine_while_reading_moves_no_checkpoint(
+    fault, files, finished_run, tmp_path, monkeypatch, capsys
+):
+    """Only data that cannot be read, or fails its checksums, is damage; a read that fails for a
+    reason of this machine or moment stops the run (exit 1) and sets nothing aside."""
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run, workdir)
+    before = _snapshot(workdir)
+
+    def failing(*args, **kwargs):
+        raise fault
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", failing)
+    assert cli.main(_pretrain(tmp_path, files, **STEPS)) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"cannot read the checkpoint {workdir}/checkpoints/6 (" in err and "nothing was moved" in err, err
+    assert not (workdir / "damaged").exists() and _snapshot(workdir) == before
+
+
+def test_a_checkpoint_of_another_layout_is_an_error_not_damage(files, finished_run, tmp_path, capsys):
+    """A state whose arrays are not the ones this jft trains (another version's layout) is refused
+    with what differs, and left where it is."""
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run, workdir)
+    checkpoints = Checkpoints(workdir / "checkpoints", asynchronous=False)
+    state, meta = checkpoints.restore(step=6)
+    state["train"]["extra"] = np.zeros(3, np.float32)
+    checkpoints.save(8, state, {k: v for k, v in meta.items() if k not in ("checksums", "fingerprints")}, force=True)
+    checkpoints.close()
+    before = _snapshot(workdir)
+    assert cli.main(_pretrain(tmp_path, files, **STEPS)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "checkpoints/8 holds a state of another layout than this jft trains (train/extra: not expected" in err, err
+    assert "nothing was moved" in err and _snapshot(workdir) == before

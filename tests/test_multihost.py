@@ -6,10 +6,13 @@ started the way SLURM starts it (jax.distributed finds the processes from SLURM'
 import json
 import os
 import random
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -32,9 +35,9 @@ RUN = {
 }
 
 
-def _command(workdir, rows, **parallel):
+def _command(workdir, rows, **settings):
     return pretrain_command(
-        workdir, **NO_DROPOUT, **RUN, **{"data.prepared": rows, "data.streams": STREAMS}, **parallel
+        workdir, **{**NO_DROPOUT, **RUN, "data.prepared": rows, "data.streams": STREAMS, **settings}
     )
 
 
@@ -44,9 +47,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_two_processes(command, slurm: bool = False) -> None:
-    """Runs command(parallel settings) as processes 0 and 1 of one jax.distributed run, 4 CPU
-    devices each; slurm: command(process index), with SLURM's variables instead of the settings."""
+def _start_two(command, slurm: bool = False) -> list[subprocess.Popen]:
+    """Processes 0 and 1 of one jax.distributed run of command(parallel settings), 4 CPU devices
+    each; slurm: command(process index), with SLURM's variables instead of the settings."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     address = f"127.0.0.1:{_free_port()}"
     # jax takes a SLURM job's coordinator port from its id: 61440 + id % 4096, on the first node
@@ -66,7 +69,12 @@ def _run_two_processes(command, slurm: bool = False) -> None:
             argv, task_env = command(parallel), env
         return subprocess.Popen(argv, env=task_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    processes = [start(index) for index in range(2)]
+    return [start(index) for index in range(2)]
+
+
+def _run_two_processes(command, slurm: bool = False) -> None:
+    """Runs _start_two's processes to their end; both must succeed."""
+    processes = _start_two(command, slurm)
     outputs = [p.communicate(timeout=300)[0] for p in processes]
     assert all(p.returncode == 0 for p in processes), "\n".join(outputs)
 
@@ -215,3 +223,66 @@ def test_processes_found_by_jax_need_a_cluster(tmp_path):
         "pod or SLURM job here (coordinator_address should be defined.); set parallel.num_processes"
     )
     assert not (tmp_path / "run").exists()
+
+
+# What several processes agree on: a refusal, a stop, the whole sweep.
+
+
+@pytest.mark.xdist_group("multihost")
+def test_a_refusal_reaches_every_process_as_the_same_line(tmp_path, one_device_run):
+    """Only process 0 takes the lock: when another run holds it, both processes say so at once."""
+    rows, _ = one_device_run
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    hold = "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+    hold += "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(300)"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(workdir / "run.lock")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        processes = _start_two(lambda parallel: _command(workdir, rows, **parallel))
+        outputs = [p.communicate(timeout=120)[0] for p in processes]
+    finally:
+        holder.kill()
+    said = [[line for line in output.splitlines() if line.startswith("jft pretrain: ")] for output in outputs]
+    assert [p.returncode for p in processes] == [2, 2], outputs
+    assert said[0] == said[1] and len(said[0]) == 1, said
+    assert said[0][0].startswith(f"jft pretrain: error: {workdir} is in use by another run"), said
+    assert sorted(p.name for p in workdir.iterdir()) == ["run.lock"]  # nothing written
+
+
+@pytest.mark.xdist_group("multihost")
+def test_a_stop_is_agreed_at_the_next_steps_however_far_apart_log_steps_are(tmp_path, one_device_run):
+    """SIGTERM to process 0 of a run that logs every 10,000 steps: both processes stop after the
+    same step, a few steps on, with that step saved."""
+    rows, _ = one_device_run
+    settings = {"total_steps": 100_000, "log_every": 10_000, "eval_every": 10_000, "checkpoint_every": 10_000}
+    processes = _start_two(lambda parallel: _command(tmp_path / "run", rows, **{**parallel, **settings}))
+    for line in processes[0].stdout:
+        if "starting at step 0" in line:
+            break
+    time.sleep(5)  # into the loop
+    processes[0].send_signal(signal.SIGTERM)
+    outputs = [p.communicate(timeout=120)[0] for p in processes]
+    assert [p.returncode for p in processes] == [143, 143], outputs
+    steps = [int(re.search(r"stopped by SIGTERM at step (\d+);", output).group(1)) for output in outputs]
+    assert steps[0] == steps[1] < 10_000, outputs
+    assert Checkpoints(tmp_path / "run" / "checkpoints", read_only=True).latest_step() == steps[0]
+
+
+@pytest.mark.xdist_group("multihost-finetune")
+def test_two_processes_sweep_and_train_the_best(tmp_path, one_device_finetune):
+    """jft sweep over two processes: its populations, then the best grid point's run, all under
+    the one jax.distributed the sweep started."""
+    data, _, _ = one_device_finetune
+
+    def command(parallel):
+        argv = _finetune_command(tmp_path, data, **parallel, epochs=1, **{"sweep.grid": "{'optim.lr': [1e-3, 2e-3]}"})
+        return [*argv[:3], "sweep", *argv[4:]]
+
+    processes = _start_two(command)
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    assert len((tmp_path / "members.jsonl").read_text().splitlines()) == 2
+    assert (tmp_path / "best_run" / "run.json").is_file()

@@ -13,6 +13,7 @@ with a non-finite value is never saved; a restore checks every array against its
 falls back to the newest checkpoint that passes, setting the damaged ones aside (heal).
 """
 
+import contextlib
 import errno
 import hashlib
 import shutil
@@ -191,24 +192,18 @@ class Checkpoints:
             restores the saved tree as nested dicts of NumPy arrays, whatever devices saved it.
         """
         step = self.latest_step() if step is None else step
-        try:
-            if abstract_state is None:  # np.empty takes no memory until the restore writes it
-                saved = self.manager.item_metadata(step)["state"]
-                abstract_state = jax.tree.map(lambda leaf: np.empty(leaf.shape, leaf.dtype), saved)
+        with self._reading(step):
+            saved = self.manager.item_metadata(step)["state"]
+        if abstract_state is None:  # np.empty takes no memory until the restore writes it
+            abstract_state = jax.tree.map(lambda leaf: np.empty(leaf.shape, leaf.dtype), saved)
+        else:
+            self._check_layout(step, saved, abstract_state)
+        with self._reading(step):
             restored = self.manager.restore(
                 step,
                 args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
             )
-            state, meta = restored["state"], restored["meta"]
-        except Exception as error:  # Orbax, tensorstore and json raise many types for damaged files
-            _ignore_closed_event_loops()
-            what = f"{type(error).__name__}: {_first_line(error)}"
-            if not is_damage(error):
-                raise RunFailed(
-                    f"cannot read the checkpoint {self.directory / str(step)} ({what}); this is not damage to its "
-                    "files, so nothing was moved. Fix the cause and run the same command again."
-                ) from None
-            raise DamagedCheckpoint(f"cannot be read ({what})") from None
+        state, meta = restored["state"], restored["meta"]
         if isinstance(meta, dict) and "fingerprints" in meta:
             expected, found = meta["fingerprints"], fingerprints(state)[0]
         elif isinstance(meta, dict) and "checksums" in meta:
@@ -219,6 +214,51 @@ class Checkpoints:
         if wrong:
             raise DamagedCheckpoint(f"does not match its checksums ({len(wrong)} arrays, e.g. {wrong[0]})")
         return state, meta
+
+    @contextlib.contextmanager
+    def _reading(self, step: int):
+        """Reads of a checkpoint's files: a failure is DamagedCheckpoint when the files are damaged,
+        else RunFailed, which moves nothing (is_damage)."""
+        try:
+            yield
+        except Exception as error:  # Orbax, tensorstore and json raise many types for damaged files
+            _ignore_closed_event_loops()
+            what = f"{type(error).__name__}: {_first_line(error)}"
+            if not is_damage(error):
+                raise RunFailed(
+                    f"cannot read the checkpoint {self.directory / str(step)} ({what}); this is not damage to its "
+                    "files, so nothing was moved. Fix the cause and run the same command again."
+                ) from None
+            raise DamagedCheckpoint(f"cannot be read ({what})") from None
+
+    def _check_layout(self, step: int, saved: Any, abstract_state: Any) -> None:
+        """A JftError (not damage: nothing is moved) when the saved state's arrays are not the
+        ones abstract_state has: another version of jft's layout, or another model's."""
+
+        def arrays(tree) -> dict[str, tuple]:
+            leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+            return {key_path(k): (tuple(v.shape), np.dtype(v.dtype).name) for k, v in leaves}
+
+        ours, theirs = arrays(abstract_state), arrays(saved)
+        differences = [
+            f"{path}: "
+            + (
+                "not expected"
+                if path not in ours
+                else "missing"
+                if path not in theirs
+                else f"saved {theirs[path][1]}{list(theirs[path][0])}, expected {ours[path][1]}{list(ours[path][0])}"
+            )
+            for path in sorted(set(ours) | set(theirs))
+            if ours.get(path) != theirs.get(path)
+        ]
+        if differences:
+            more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
+            raise JftError(
+                f"the checkpoint {self.directory / str(step)} holds a state of another layout than this jft trains "
+                f"({'; '.join(differences[:3])}{more}): it was written by another version of jft or for another "
+                "model; nothing was moved. Use the version of jft that wrote it, or start a new --workdir."
+            )
 
     def restore_newest_good(self, abstract_state: Any = None, *, set_aside: Path | None = None):
         """(state, meta, step) of the newest checkpoint that restores and matches its checksums, or

@@ -196,10 +196,11 @@ class RunSession:
             if jax.process_index() == 0:
                 rundir.write_run(self.workdir, self.run, tokenizer)
 
-    def record(self, config: Mapping) -> None:
-        """Writes a resumed run's config into its run.json (process 0): what a run may change on
-        resume and what it then was, e.g. a longer run's total_steps."""
-        self.run = {**self.run, "config": dict(config)}
+    def record(self, config: Mapping, **fields: Any) -> None:
+        """Writes the run's config (and other fields) into its run.json (process 0): what a run may
+        change on resume and what it then was (a longer run's total_steps), or what it made after
+        it started (the digest of θ_ref)."""
+        self.run = {**self.run, "config": dict(config), **fields}
         if jax.process_index() == 0:
             rundir.write_run(self.workdir, self.run)
 

@@ -1,0 +1,241 @@
+"""The rules of a start and a resume (jft.train.session), as a user meets them from the command line:
+settings compared as run.json holds them, runs made longer in place, θ_ref kept or refused, batches
+that do not depend on the devices, and run directories written by an earlier jft."""
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO, SMALL_PRETRAIN, TINY_MODEL, write_corpus, write_topic_task, write_vocab
+from jft import cli
+from jft.tasks.batches import TaskBatches
+from jft.tasks.records import Encoded
+from jft.train.checkpoint import Checkpoints, saved_steps
+from jft.train.session import config_differences
+
+pytestmark = pytest.mark.xdist_group("session")  # one worker: the runs are shared
+
+LEGACY = REPO / "tests" / "fixtures" / "runs_694ba27"
+PRETRAIN = ["pretrain", "--config", "pretrain/tiny"]
+FINETUNE = ["finetune", "--config", "finetune/tiny"]
+ONE_DEVICE = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+
+
+def _flags(settings: dict) -> list[str]:
+    return [f"--config.{key}={value}" for key, value in settings.items()]
+
+
+def _snapshot(directory: Path) -> dict:
+    return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns) for p in directory.rglob("*")}
+
+
+def _params(directory: Path, step: int, key: str = "train"):
+    checkpoints = Checkpoints(directory, read_only=True)
+    state, _ = checkpoints.restore(step=step)
+    checkpoints.close()
+    return state[key]["params"] if key else state["params"]
+
+
+# Settings compared as run.json holds them.
+
+
+def test_a_value_does_not_differ_from_itself_after_a_round_trip_through_json():
+    saved = json.loads(json.dumps({"grid": {"optim.lr": [1e-4, 3e-4]}, "limit": None, "n": 3}))
+    current = {"grid": {"optim.lr": (1e-4, 3e-4)}, "limit": math.nan, "n": 3}
+    assert config_differences(saved, current, ()) == []
+    assert config_differences(saved, {**current, "n": 4}, ()) == ["n: run 3, now 4"]
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    root = tmp_path_factory.mktemp("session")
+    write_topic_task(root / "train.csv", 40, seed=0)
+    write_topic_task(root / "dev.csv", 16, seed=1)
+    write_vocab(root / "vocab.txt")
+    return root
+
+
+def _finetune(task: Path, workdir: Path, **settings) -> list[str]:
+    base = {
+        "data.train": task / "train.csv",
+        "data.eval": task / "dev.csv",
+        "data.vocab": task / "vocab.txt",
+        "data.seq_len": 32,
+        "batch_size": 8,
+        "epochs": 1,
+        "progress": False,
+        "parallel.backend": "jit",
+        **{f"model.{k}": v for k, v in TINY_MODEL.items()},
+    }
+    return [*FINETUNE, "--workdir", str(workdir), *_flags({**base, **settings})]
+
+
+def test_a_sweep_with_a_tuple_grid_resumes(task, tmp_path, capsys):
+    """A grid given as tuples is saved as lists in sweep.json; the same command again is the same
+    sweep, found finished, not one 'with other settings'."""
+    command = _finetune(task, tmp_path / "sweep", **{"sweep.grid": "{'optim.lr': (1e-3, 2e-3)}"})
+    command[0] = "sweep"
+    assert cli.main(command) == 0
+    assert cli.main(command) == 0, capsys.readouterr().err
+    assert "finished at step" in capsys.readouterr().out
+
+
+# A run made longer in place.
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("longer")
+    write_corpus(root / "corpus.txt", documents=40)
+    settings = {**SMALL_PRETRAIN, "data.corpus": root / "corpus.txt", "total_steps": 4, "log_every": 2}
+    settings.update({"eval_every": 4, "checkpoint_every": 2, "async_checkpoints": False})
+    assert cli.main([*PRETRAIN, "--workdir", str(root / "run"), *_flags(settings)]) == 0
+    return root, settings
+
+
+def test_raising_total_steps_resumes_the_run_and_says_what_the_schedule_does(pretrained, tmp_path, capsys):
+    root, settings = pretrained
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    capsys.readouterr()
+    assert cli.main([*PRETRAIN, "--workdir", str(run), *_flags({**settings, "total_steps": 6})]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("total_steps 4 -> 6"))
+    assert "from step 4 on, the learning rate follows the schedule of a 6-step run" in line, line
+    assert "resuming at step 4 of 6" in out
+    assert saved_steps(run / "checkpoints")[-1] == 6
+    assert json.loads((run / "run.json").read_text())["config"]["total_steps"] == 6
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 6 and 5 not in steps[:4]  # the first run's metrics, then the new steps'
+    # the same command again: finished at 6, nothing changes
+    before = _snapshot(run)
+    assert cli.main([*PRETRAIN, "--workdir", str(run), *_flags({**settings, "total_steps": 6})]) == 0
+    assert "this run finished at step 6" in capsys.readouterr().out and _snapshot(run) == before
+
+
+def test_more_epochs_resume_a_fine_tuning_run_and_fewer_than_it_has_done_are_refused(task, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(_finetune(task, run, epochs=1)) == 0
+    capsys.readouterr()
+    assert cli.main(_finetune(task, run, epochs=2)) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"epochs 1 -> 2, max_steps 0 -> 0: 5 -> 10 steps\. From step 5 on", out), out
+    assert "resuming at step 5 of 10" in out and saved_steps(run / "checkpoints") == [10]
+    before = _snapshot(run)
+    assert cli.main(_finetune(task, run, epochs=2, max_steps=6)) == 2
+    err = capsys.readouterr().err
+    assert "has reached step 10; epochs 2 and max_steps 6 make 6 steps (it was 10)" in err, err
+    assert _snapshot(run) == before
+
+
+# θ_ref of an L2-SP run.
+
+
+def test_an_l2sp_run_without_its_reference_is_refused_and_a_changed_one_too(task, tmp_path, capsys):
+    source = tmp_path / "source"
+    assert cli.main(_finetune(task, source)) == 0
+    run = tmp_path / "run"
+    l2sp = {"init_from": source, "l2.reference": "init", "l2.weight": 0.1}
+    assert cli.main(_finetune(task, run, **l2sp)) == 0
+    reference = (run / "reference.safetensors").read_bytes()
+    (run / "reference.safetensors").unlink()
+    before = _snapshot(run)
+    assert cli.main(_finetune(task, run, **l2sp, epochs=2)) == 2
+    err = capsys.readouterr().err
+    assert "reference.safetensors is missing: it holds θ_ref" in err and "pull toward 0" in err, err
+    assert _snapshot(run) == before
+    # the file back, but not the one the run saved: refused too
+    changed = bytearray(reference)
+    changed[-4:] = bytes(b ^ 0xFF for b in changed[-4:])
+    (run / "reference.safetensors").write_bytes(bytes(changed))
+    assert cli.main(_finetune(task, run, **l2sp, epochs=2)) == 2
+    assert "is not the θ_ref this run saved" in capsys.readouterr().err
+    (run / "reference.safetensors").write_bytes(reference)
+    assert cli.main(_finetune(task, run, **l2sp, epochs=2)) == 0
+
+
+# Batches that do not depend on the devices.
+
+
+def test_packed_batches_and_steps_do_not_depend_on_the_devices(task, tmp_path, capsys):
+    """A packed run on 8 devices takes the same batches as on one: the same steps an epoch, and
+    (no dropout) the same weights; so a run stopped on one resumes on the other."""
+    packed = {"data.layout": "packed", "data.max_segments": 4, "epochs": 2}
+    assert cli.main(_finetune(task, tmp_path / "eight", **packed, **{"parallel.backend": "shard_map"})) == 0
+    eight = capsys.readouterr().out
+    assert cli.main(_finetune(task, tmp_path / "one", **packed)) == 0
+    one = capsys.readouterr().out
+    rows = [re.search(r"(\d+) rows a step", out).group(1) for out in (eight, one)]
+    steps = [re.search(r"starting at step 0 of (\d+)", out).group(1) for out in (eight, one)]
+    assert rows[0] == rows[1] and steps[0] == steps[1], (eight, one)
+    last = int(steps[0])
+    for a, b in zip(
+        jax.tree.leaves(_params(tmp_path / "eight" / "checkpoints", last)),
+        jax.tree.leaves(_params(tmp_path / "one" / "checkpoints", last)),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+    data = Encoded(
+        [np.arange(n) for n in (5, 9, 3, 12, 7, 4)], [np.zeros(n, np.int32) for n in (5, 9, 3, 12, 7, 4)], [0] * 6
+    )
+    batches = TaskBatches(data, "classification", 4, layout="packed", max_len=16)
+    assert batches.rows == 2  # 6 examples in 3 rows: 2 rows hold 4 examples on average, on any devices
+
+
+# Run directories written by jft at 694ba27 (tests/fixtures/make_runs_694ba27.sh).
+
+
+@pytest.fixture
+def legacy(tmp_path):
+    shutil.copytree(LEGACY, tmp_path / "legacy")
+    return tmp_path / "legacy"
+
+
+def test_an_earlier_versions_pretraining_run_resumes_longer_and_exports(legacy, tmp_path, capsys):
+    settings = json.loads((legacy / "pretrain" / "run.json").read_text())["config"]
+    model = {f"model.{k}": v for k, v in settings["model"].items() if v is not None and k != "preset"}
+    flags = _flags({**model, "data.corpus": "corpus.txt", "data.vocab_size": 120, "data.seq_len": 32})
+    flags += _flags({"masking.max_predictions": 5, "batch_size": 8, "total_steps": 4, "log_every": 2, "eval_every": 2})
+    flags += _flags({"eval_batches": 1, "checkpoint_every": 2, "keep_checkpoints": 2, "async_checkpoints": False})
+    command = [sys.executable, "-m", "jft.cli", *PRETRAIN, "--workdir", "pretrain", *flags, "--config.progress=false"]
+    done = subprocess.run(command, cwd=legacy, env=ONE_DEVICE, capture_output=True, text=True)
+    assert done.returncode == 0 and "this run finished at step 4" in done.stdout, done.stdout + done.stderr
+    longer = subprocess.run(
+        [*command, "--config.total_steps=6"], cwd=legacy, env=ONE_DEVICE, capture_output=True, text=True
+    )
+    assert longer.returncode == 0 and "resuming at step 4 of 6" in longer.stdout, longer.stdout + longer.stderr
+    assert saved_steps(legacy / "pretrain" / "checkpoints")[-1] == 6
+    assert cli.main(["export", "--workdir", str(legacy / "pretrain"), "--out", str(tmp_path / "hf")]) == 0
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["BertForPreTraining"]
+
+
+def test_an_earlier_versions_l2sp_fine_tuning_run_evaluates_predicts_exports_and_resumes(legacy, tmp_path, capsys):
+    run = legacy / "finetune"
+    assert cli.main(["eval", "--workdir", str(run), "--data", str(legacy / "dev.csv")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["records"] == 8 and set(report["metrics"]) == {"accuracy", "mcc", "macro_f1"}
+    output = tmp_path / "predictions.jsonl"
+    assert (
+        cli.main(["predict", "--workdir", str(run), "--input", str(legacy / "dev.csv"), "--output", str(output)]) == 0
+    )
+    assert len(output.read_text().splitlines()) == 8
+    assert cli.main(["export", "--workdir", str(run), "--out", str(tmp_path / "hf")]) == 0
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["id2label"]["0"] == "city"
+    assert cli.main(["config", str(run)]) == 0 and '"family": "bert"' in capsys.readouterr().out
+    # one more epoch, in place, from its checkpoint and its θ_ref
+    flags = _flags({"init_from": "pretrain", "data.train": "train.csv", "data.eval": "dev.csv", "data.seq_len": 32})
+    flags += _flags({"batch_size": 8, "l2.reference": "init", "l2.weight": 0.01, "progress": False})
+    flags += _flags({"parallel.backend": "jit", "epochs": 3})
+    command = [sys.executable, "-m", "jft.cli", *FINETUNE, "--workdir", "finetune", *flags]
+    done = subprocess.run(command, cwd=legacy, env=ONE_DEVICE, capture_output=True, text=True)
+    assert done.returncode == 0 and "resuming at step 4 of 6" in done.stdout, done.stdout + done.stderr
+    assert saved_steps(run / "checkpoints") == [6]
