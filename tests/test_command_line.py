@@ -332,13 +332,3 @@ def test_a_signal_stops_the_whole_quickstart(tmp_path):
     out, err = process.communicate(timeout=120)
     assert process.returncode == 143, err
     assert "jft quickstart: stopped by SIGTERM at step" in err and "2/2 fine-tuning" not in out
-
-
-def test_the_readme_tables_name_real_keys():
-    import re
-
-    readme = (REPO / "README.md").read_text()
-    for stage, make in (("pretraining", defaults.pretrain), ("fine-tuning", defaults.finetune)):
-        table = readme.split(f"| {stage} | what it is |")[1].split("\n\n")[0]
-        named = {key for row in table.splitlines()[2:] for key in re.findall(r"`([a-z_.]+)`", row.split("|")[1])}
-        assert named and named <= set(leaf_keys(make())), named - set(leaf_keys(make()))

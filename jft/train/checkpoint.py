@@ -240,6 +240,8 @@ class Checkpoints:
             return {key_path(k): (tuple(v.shape), np.dtype(v.dtype).name) for k, v in leaves}
 
         ours, theirs = arrays(abstract_state), arrays(saved)
+        if not theirs:  # the metadata of the arrays is gone: a file is missing, not another layout
+            raise DamagedCheckpoint("cannot be read (no metadata of its arrays)")
         differences = [
             f"{path}: "
             + (
