@@ -40,6 +40,7 @@ from tqdm import tqdm
 from jft.data.corpus import read_documents, source_identity, sources_of
 from jft.data.tokenizer import SpecialIds, load_tokenizer, special_ids, vocabulary_fingerprint
 from jft.errors import JftError
+from jft.files import atomic_write, write_text
 
 FORMAT = "jft-pretraining-rows/2"
 MODES = ("pairs", "packed")
@@ -149,13 +150,18 @@ def prepare(
             for split in ("train", "eval")
         },
     }
-    tokenizer.save(str(tmp_dir / "tokenizer.json"))
-    (tmp_dir / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    atomic_write(tmp_dir / "tokenizer.json", lambda path: tokenizer.save(str(path)))
+    write_text(tmp_dir / "metadata.json", json.dumps(metadata, indent=2) + "\n")
     shutil.rmtree(tmp_dir / WINDOWS, ignore_errors=True)
     (tmp_dir / SETTINGS).unlink()
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp_dir.rename(out_dir)
     return metadata
+
+
+def _save_array(array: np.ndarray, path: Path) -> None:
+    with path.open("wb") as file:  # a file object: np.save would add ".npy" to a temporary name
+        np.save(file, array)
 
 
 def _resumable(tmp_dir: Path, settings: dict) -> dict[int, dict]:
@@ -168,7 +174,7 @@ def _resumable(tmp_dir: Path, settings: dict) -> dict[int, dict]:
     if not same:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         (tmp_dir / WINDOWS).mkdir(parents=True)
-        (tmp_dir / SETTINGS).write_text(json.dumps(settings, indent=1))
+        write_text(tmp_dir / SETTINGS, json.dumps(settings, indent=1))
         return {}
     done = {}
     for path in (tmp_dir / WINDOWS).glob("*.json"):
@@ -238,9 +244,7 @@ def prepare_window(job: WindowJob, index: int, window: list) -> dict:
             out_dir, prefix, rows, options["seq_len"], vocab_size, job.rows_per_shard, digest
         )
     marker["digest"] = digest.hexdigest()
-    temporary = out_dir / WINDOWS / f".{index:06d}.json.tmp"
-    temporary.write_text(json.dumps(marker))
-    temporary.replace(out_dir / WINDOWS / f"{index:06d}.json")
+    write_text(out_dir / WINDOWS / f"{index:06d}.json", json.dumps(marker))  # after its shards are on disk
     return marker
 
 
@@ -410,7 +414,7 @@ def _write_split(
             arrays["word_start"][k, : len(tokens)] = starts
         prefix = f"{name}-{len(shards):03d}"
         for field in FIELDS:
-            np.save(out_dir / f"{prefix}.{field}.npy", arrays[field])
+            atomic_write(out_dir / f"{prefix}.{field}.npy", functools.partial(_save_array, arrays[field]))
             fingerprint.update(f"{prefix}.{field} {arrays[field].dtype} {arrays[field].shape}".encode())
             fingerprint.update(arrays[field].tobytes())
         shards.append({"prefix": prefix, "rows": n})

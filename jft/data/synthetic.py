@@ -5,8 +5,12 @@ Documents keep to one topic, so masked-LM and next-sentence prediction have some
 """
 
 import csv
+import io
+from pathlib import Path
 
 import numpy as np
+
+from jft.files import atomic_write, write_text
 
 TOPICS = {
     "sea": ["ship", "wave", "harbor", "sailor", "anchor", "tide", "storm", "fish"],
@@ -31,7 +35,8 @@ def write_corpus(path, documents: int = 40, seed: int = 0, sentences: tuple[int,
                 f"the {rng.choice(_ADJECTIVES)} {a} {rng.choice(_VERBS)} the {b} near the {rng.choice(words)}."
             )
         lines.append("")
-    path.write_text("\n".join(lines) + "\n")
+    path = Path(path)
+    write_text(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -43,14 +48,16 @@ def write_topic_task(path, examples: int = 64, seed: int = 0, delimiter: str = "
     """
     rng = np.random.default_rng(seed)
     topics = list(TOPICS)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f, delimiter=delimiter)
-        writer.writerow(["text", "label"])
-        for _ in range(examples):
-            topic = topics[rng.integers(len(topics))]
-            words = TOPICS[topic][nouns]
-            a, b = rng.choice(words, 2, replace=False)
-            writer.writerow([f"the {rng.choice(_ADJECTIVES)} {a} {rng.choice(_VERBS)} the {b}.", topic])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text, delimiter=delimiter)
+    writer.writerow(["text", "label"])
+    for _ in range(examples):
+        topic = topics[rng.integers(len(topics))]
+        words = TOPICS[topic][nouns]
+        a, b = rng.choice(words, 2, replace=False)
+        writer.writerow([f"the {rng.choice(_ADJECTIVES)} {a} {rng.choice(_VERBS)} the {b}.", topic])
+    path = Path(path)
+    atomic_write(path, lambda temporary: temporary.write_text(text.getvalue(), encoding="utf-8", newline=""))
     return path
 
 
@@ -58,7 +65,8 @@ def write_vocab(path):
     """A fixed WordPiece vocabulary (every word of the generator whole), for runs that must repeat
     exactly: a trained vocabulary can differ in a few tokens between trainings."""
     words = sorted({w for ws in TOPICS.values() for w in ws} | set(_VERBS) | set(_ADJECTIVES) | {"the", "near"})
-    path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *words]) + "\n")
+    path = Path(path)
+    write_text(path, "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *words]) + "\n")
     return path
 
 

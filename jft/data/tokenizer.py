@@ -10,6 +10,7 @@ import tokenizers
 from tokenizers.implementations import BertWordPieceTokenizer
 
 from jft.errors import JftError
+from jft.files import atomic_write, write_text
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -100,9 +101,9 @@ def save_tokenizer(tokenizer: tokenizers.Tokenizer, out_dir: str | Path) -> Path
     """Writes tokenizer.json and vocab.txt (one token a line, in id order) into out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(out_dir / "tokenizer.json"))
+    atomic_write(out_dir / "tokenizer.json", lambda path: tokenizer.save(str(path)))
     tokens = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
-    (out_dir / "vocab.txt").write_text("".join(f"{token}\n" for token, _ in tokens), encoding="utf-8")
+    write_text(out_dir / "vocab.txt", "".join(f"{token}\n" for token, _ in tokens))
     return out_dir
 
 
