@@ -47,7 +47,7 @@ from jft.tasks.finetuning import (
 from jft.train.lock import hold
 from jft.train.parallel import Runner
 from jft.train.rundir import open_init
-from jft.train.session import RunSession, config_differences
+from jft.train.session import config_differences, new_model
 
 # Settings a member of a population may have of its own: arrays of one value a member.
 ARRAY_KEYS = ("optim.lr", "l2.weight", "joint_mlm.weight", "seed")
@@ -127,13 +127,12 @@ def sweep_data(config: ConfigDict) -> SweepData:
     if metric not in task.metrics() or metric == "mse":
         choices = [name for name in task.metrics() if name != "mse"]
         raise JftError(f"sweep.metric '{metric}' is not a score of this task; choose one of {choices}.")
-    session = RunSession(Path(), "finetuning", ())
-    session.init = open_init(config.init_from) if config.init_from else None
-    tokenizer = task_tokenizer(config, None, session.init)
-    family, model = session.model(config.model, tokenizer.get_vocab_size())
+    init = open_init(config.init_from) if config.init_from else None
+    tokenizer = task_tokenizer(config, None, init)
+    family, model = new_model(config.model, tokenizer.get_vocab_size(), init)
     data = encode_splits(task, tokenizer, model, records)
     folds = fold_ids(len(data["train"]), config.sweep.folds, config.seed) if config.sweep.folds else None
-    return SweepData(task, metric, tokenizer, family, model, data, session.init, folds)
+    return SweepData(task, metric, tokenizer, family, model, data, init, folds)
 
 
 def run_sweep(config: ConfigDict, workdir: str | Path) -> dict:

@@ -101,30 +101,11 @@ class RunSession:
         return self.run is not None
 
     def model(self, group: Mapping, vocab_size: int) -> tuple[Family, Any]:
-        """The run's family and model (step 3 of the module docstring); a resumed run's other
-        settings are differences. The vocabulary must fit its embedding table."""
-        values = {name: value for name, value in group.items() if name not in ("family", "preset")}
-        values = {name: value for name, value in values.items() if value is not None}
-        if self.run is not None:
-            family, model = self._resumed_model(group, values)
-        elif self.init is not None:
-            family, model = self._checkpoint_model(group, values)
-        else:
-            family, model = _new_model(group, values, vocab_size)
-        problem = model.platform_problem(jax.default_backend())
-        if problem:
-            raise JftError(problem + ".")
-        if model.dtype == "float16":
-            raise JftError(
-                "model.dtype float16 cannot train: jft has no loss scaling, so small gradients would vanish; "
-                "use bfloat16 (the same speed on GPUs and TPUs, float32's range) or float32."
-            )
-        if vocab_size > model.vocab_size:
-            raise JftError(
-                f"the vocabulary has {vocab_size} tokens, more than the model's vocab_size {model.vocab_size}; "
-                "use the vocabulary the model was made with, or a model with a larger embedding table."
-            )
-        return family, model
+        """The run's family and model (step 3 of the module docstring): a resumed run's own, whose
+        other settings are differences; else new_model's."""
+        if self.run is None:
+            return new_model(group, vocab_size, self.init)
+        return _trainable(self._resumed_model(group, _set_fields(group)), vocab_size)
 
     def _resumed_model(self, group: Mapping, values: dict) -> tuple[Family, Any]:
         family, saved = rundir.run_model(self.run)
@@ -143,26 +124,6 @@ class RunSession:
             self.differ(f"model.preset: run {preset!r}, now {group['preset']!r}")
         compute = {name: value for name, value in values.items() if name in family.compute_fields}
         return family, family.config({**saved, **compute})
-
-    def _checkpoint_model(self, group: Mapping, values: dict) -> tuple[Family, Any]:
-        """init_from's architecture as it is: a field the config sets must agree with it, but for
-        the family's changeable fields; every contradiction is listed in one error."""
-        family, source = self.init.family, f"init_from {self.init.path}"
-        theirs = dataclasses.asdict(self.init.model)
-        clashes = [
-            f"model.{name}={value!r} (it has {theirs[name]!r})"
-            for name, value in values.items()
-            if name not in family.changeable_fields and value != theirs[name]
-        ]
-        if group.get("family") and group["family"] != family.name:
-            clashes.insert(0, f"model.family={group['family']!r} (it is a {family.name!r} model)")
-        if clashes:
-            raise JftError(
-                f"the config contradicts the architecture of {source}: {'; '.join(clashes)}. A run keeps its "
-                f"checkpoint's architecture; remove these settings (only {', '.join(family.changeable_fields)} "
-                "may differ)."
-            )
-        return family, family.config({**theirs, **values})
 
     def compare(self, config: Mapping) -> None:
         """A resumed run's settings against the config's (the may_change keys aside)."""
@@ -221,6 +182,60 @@ class RunSession:
         """What a run that finished before says, and its last metrics."""
         print(f"{self.workdir}: this run finished at step {step}; nothing to do.", flush=True)
         return last_metrics(self.workdir)
+
+
+def new_model(group: Mapping, vocab_size: int, init: rundir.InitSource | None = None) -> tuple[Family, Any]:
+    """The family and model of a run that starts now: init_from's architecture (a config may set
+    only the family's changeable fields differently), else one from scratch; it must be able to
+    train here, and the vocabulary must fit its embedding table."""
+    values = _set_fields(group)
+    found = _checkpoint_model(init, group, values) if init is not None else _new_model(group, values, vocab_size)
+    return _trainable(found, vocab_size)
+
+
+def _set_fields(group: Mapping) -> dict:
+    """The model fields a config's `model` group sets (not None), family and preset aside."""
+    return {name: value for name, value in group.items() if name not in ("family", "preset") and value is not None}
+
+
+def _trainable(found: tuple[Family, Any], vocab_size: int) -> tuple[Family, Any]:
+    """found, once its model can train on this platform with a vocabulary of vocab_size tokens."""
+    _, model = found
+    problem = model.platform_problem(jax.default_backend())
+    if problem:
+        raise JftError(problem + ".")
+    if model.dtype == "float16":
+        raise JftError(
+            "model.dtype float16 cannot train: jft has no loss scaling, so small gradients would vanish; "
+            "use bfloat16 (the same speed on GPUs and TPUs, float32's range) or float32."
+        )
+    if vocab_size > model.vocab_size:
+        raise JftError(
+            f"the vocabulary has {vocab_size} tokens, more than the model's vocab_size {model.vocab_size}; "
+            "use the vocabulary the model was made with, or a model with a larger embedding table."
+        )
+    return found
+
+
+def _checkpoint_model(init: rundir.InitSource, group: Mapping, values: dict) -> tuple[Family, Any]:
+    """init_from's architecture as it is: a field the config sets must agree with it, but for
+    the family's changeable fields; every contradiction is listed in one error."""
+    family, source = init.family, f"init_from {init.path}"
+    theirs = dataclasses.asdict(init.model)
+    clashes = [
+        f"model.{name}={value!r} (it has {theirs[name]!r})"
+        for name, value in values.items()
+        if name not in family.changeable_fields and value != theirs[name]
+    ]
+    if group.get("family") and group["family"] != family.name:
+        clashes.insert(0, f"model.family={group['family']!r} (it is a {family.name!r} model)")
+    if clashes:
+        raise JftError(
+            f"the config contradicts the architecture of {source}: {'; '.join(clashes)}. A run keeps its "
+            f"checkpoint's architecture; remove these settings (only {', '.join(family.changeable_fields)} "
+            "may differ)."
+        )
+    return family, family.config({**theirs, **values})
 
 
 def _new_model(group: Mapping, values: dict, vocab_size: int) -> tuple[Family, Any]:
