@@ -215,7 +215,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, runner: Runner |
         stream = (step_inputs(batch) for batch in batches.stream(start))
         device_batches = prefetch(((n, runner.put_global_batch(fill_rows(b, multiple))) for n, b in stream), ahead=2)
         try:
-            state, _ = train_loop(
+            state = train_loop(
                 state,
                 device_batches,
                 step=runner.compile(functools.partial(finetune_step, setup=setup)),

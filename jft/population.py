@@ -220,7 +220,7 @@ def train_population(members: list[Member], shared: SweepData, runner: Runner, l
     config, task = members[0].config, shared.task
     run = start_population(members, shared, runner, log)
     start = time.perf_counter()
-    population, _ = train_loop(
+    population = train_loop(
         run.state,
         prefetch(((n, runner.put_global_batch(batch)) for n, batch in run.batches), ahead=2),
         step=run.step,

@@ -21,7 +21,7 @@ from ml_collections import ConfigDict
 
 from jft.data.corpus import read_documents, source_identity, sources_of
 from jft.data.loader import Loader, PretrainRows, check_streams
-from jft.data.prepare import is_prepared, prepare
+from jft.data.prepare import MODES, is_prepared, prepare
 from jft.data.tokenizer import load_tokenizer, train_vocab
 from jft.defaults import pretrain as default_config
 from jft.errors import JftError
@@ -85,15 +85,22 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
         tokenizer = _tokenizer(config, session, rows_dir)
         family, model = session.model(config.model, tokenizer.get_vocab_size())
         session.compare(config.to_dict())
-        seq_len = PretrainRows(rows_dir, "train").seq_len if rows_dir is not None else config.data.seq_len
+        rows = PretrainRows(rows_dir, "train") if rows_dir is not None else None
+        mode, seq_len = (rows.metadata["mode"], rows.seq_len) if rows else (config.data.mode, config.data.seq_len)
+        objective = {"pairs": "mlm+nsp", "packed": "mlm"}[mode]
+        if objective not in family.objectives:
+            raise JftError(
+                f"a {family.name} model pretrains with {' or '.join(family.objectives)}, not {objective} "
+                f"(rows in mode '{mode}'); prepare the rows in a mode it trains with."
+            )
         if seq_len > model.max_position_embeddings:
             raise JftError(
                 f"rows of {seq_len} tokens are longer than the position table "
                 f"(max_position_embeddings={model.max_position_embeddings}); use data.seq_len <= "
                 f"{model.max_position_embeddings}, or a model with a larger table."
             )
-        if rows_dir is not None:
-            _compare_rows(config, session, PretrainRows(rows_dir, "train"))
+        if rows is not None:
+            _compare_rows(config, session, rows)
         longer = _length_change(config, session)
         session.verified()
 
@@ -215,6 +222,8 @@ def check_settings(config: ConfigDict) -> None:
             f"{config.masking.rate} and {config.masking.max_predictions}."
         )
     check_streams(config.data.streams, config.batch_size)
+    if config.data.mode not in MODES:
+        raise JftError(f"data.mode '{config.data.mode}' is not one of {MODES}.")
     if config.eval_batches < 0:
         raise JftError(f"eval_batches must be 0 (no evaluation) or more, got {config.eval_batches}.")
     if config.keep_checkpoints < 1:

@@ -17,6 +17,8 @@ import pytest
 
 from conftest import REPO, SMALL_PRETRAIN, TINY_MODEL, write_corpus, write_topic_task, write_vocab
 from jft import cli
+from jft.errors import JftError
+from jft.models import Head
 from jft.tasks.batches import TaskBatches
 from jft.tasks.records import Encoded
 from jft.train.checkpoint import Checkpoints, saved_steps
@@ -239,3 +241,19 @@ def test_an_earlier_versions_l2sp_fine_tuning_run_evaluates_predicts_exports_and
     done = subprocess.run(command, cwd=legacy, env=ONE_DEVICE, capture_output=True, text=True)
     assert done.returncode == 0 and "resuming at step 4 of 6" in done.stdout, done.stdout + done.stderr
     assert saved_steps(run / "checkpoints") == [6]
+
+
+def test_rows_for_an_objective_the_family_does_not_train_with_are_refused(pretrained, tmp_path, monkeypatch, capsys):
+    """A family names its pretraining objectives; rows prepared for another one (here: sentence
+    pairs, for a family said to train masked-LM alone) are refused before anything is written."""
+    import dataclasses
+
+    from jft.models import registry
+
+    monkeypatch.setitem(registry.FAMILIES, "bert", dataclasses.replace(registry.FAMILIES["bert"], objectives=("mlm",)))
+    root, settings = pretrained
+    assert cli.main([*PRETRAIN, "--workdir", str(tmp_path / "run"), *_flags(settings)]) == 2
+    assert "a bert model pretrains with mlm, not mlm+nsp (rows in mode 'pairs')" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(JftError, match="head 'regressor' is not one of"):
+        Head("regressor")

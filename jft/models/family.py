@@ -13,6 +13,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from jft.errors import JftError
+
 HEADS = ("encoder", "pretraining", "classification", "token_classification")
 # What a text model takes, by name, as batches carry it: tokens, their mask and types, and for
 # packed rows the positions restarting at each example, the example ids and where each starts.
@@ -30,6 +32,10 @@ class Head:
     nsp: bool = False
     mlm: bool = False
     pooler: bool = True
+
+    def __post_init__(self):
+        if self.kind not in HEADS:
+            raise JftError(f"head '{self.kind}' is not one of {HEADS}.")
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -52,7 +58,7 @@ class Family:
     changeable_fields: tuple[str, ...]
     compute_fields: tuple[str, ...]
     field_meanings: Mapping[str, str]
-    objectives: tuple[str, ...]
+    objectives: tuple[str, ...]  # the pretraining losses it trains with: "mlm", "mlm+nsp"
     inputs: tuple[str, ...]
     hf_model_types: tuple[str, ...]
     module: Callable[[Any, Head], nn.Module]

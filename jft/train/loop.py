@@ -1,6 +1,6 @@
 """The one training loop: pretraining, fine-tuning and the sweep's populations all run it.
 
-    state, end = train_loop(state, batches, step=compiled_step, rng=rng, runner=runner, start=0,
+    state = train_loop(state, batches, step=compiled_step, rng=rng, runner=runner, start=0,
                             total_steps=1000, log_every=50, log=TrainingLog(...),
                             evaluate=..., eval_every=500, save=..., save_every=500)
 
@@ -14,7 +14,6 @@ after the same step however far apart log steps are.
 """
 
 import collections
-import dataclasses
 import signal
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
@@ -36,14 +35,6 @@ class Reporter(Protocol):
     def train(self, step: int, metrics: dict[str, Any]) -> None: ...
 
 
-@dataclasses.dataclass
-class LoopEnd:
-    """How the loop ended: the last step run, and whether an evaluation stopped it early."""
-
-    step: int
-    early: bool = False
-
-
 def train_loop(
     state: Any,
     batches: Iterator[tuple[int, Any]],
@@ -60,11 +51,10 @@ def train_loop(
     save: Callable[[int, Any, bool], None] | None = None,
     save_every: int = 0,
     kept: str = "saved a checkpoint",
-) -> tuple[Any, LoopEnd]:
-    """Runs steps start+1 .. total_steps (see the module docstring). batches yields (work, device
-    batch): the examples or rows a step computes, for rates. kept: what a stopped run says it
-    kept. The batches are closed at the end (a prefetching thread stops)."""
-    end = LoopEnd(start)
+) -> Any:
+    """Runs steps start+1 .. total_steps (see the module docstring) and returns the last state.
+    batches yields (work, device batch): the examples or rows a step computes, for rates. kept:
+    what a stopped run says it kept. The batches are closed at the end (a prefetching thread stops)."""
     try:
         with StopRequest() as stop:
             for number in range(start + 1, total_steps + 1):
@@ -81,7 +71,6 @@ def train_loop(
                 early = False
                 if evaluate is not None and ((eval_every and number % eval_every == 0) or last):
                     early = evaluate(number, state) and not last
-                end = LoopEnd(number, early)
                 if save is not None and (last or stopping or early or (save_every and number % save_every == 0)):
                     save(number, state, last or stopping or early)
                 if stopping:
@@ -90,7 +79,7 @@ def train_loop(
                     break
     finally:
         getattr(batches, "close", lambda: None)()
-    return state, end
+    return state
 
 
 class StopRequest:
