@@ -10,6 +10,9 @@ import csv
 import dataclasses
 import io
 import math
+import re
+import struct
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +26,9 @@ from jft.models import Head
 
 KINDS = ("classification", "regression", "token_classification")
 IGNORE = -1  # label of word-pieces and padding that the token loss skips
+# Python's csv reads fields of at most 128 KiB by default; long documents are fine (the largest C long).
+CSV_FIELD_LIMIT = min(sys.maxsize, 2 ** (8 * struct.calcsize("l") - 1) - 1)
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +77,7 @@ class Record(dict):
     """One record of task data, and where it is (file:line, or dataset and index) for messages."""
 
     where: str = ""
+    json: bool = False  # from a JSONL file: its values' types are named as JSON's
 
 
 def read_records(source: str, columns: Columns, kind: str, *, tfds_data_dir: str | None = None) -> list[Record]:
@@ -105,28 +112,45 @@ def read_records(source: str, columns: Columns, kind: str, *, tfds_data_dir: str
     return records
 
 
-def _record(values: dict, where: str) -> Record:
+def _record(values: dict, where: str, json: bool = False) -> Record:
     record = Record(values)
-    record.where = where
+    record.where, record.json = where, json
     return record
 
 
 def _jsonl_records(path: Path) -> list[Record]:
-    return [_record(values, f"{path}:{number}") for number, values in jsonl_objects(path)]
+    return [_record(values, f"{path}:{number}", json=True) for number, values in jsonl_objects(path)]
 
 
 def _csv_records(path: Path, delimiter: str) -> list[Record]:
-    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)
-    records = []
+    """The rows of a CSV/TSV file under its header (the first line); each record's where is the
+    line it starts on (a quoted field may span lines). Strict: a quote that never closes, or text
+    after a closing quote, is an error naming its line, not a record silently joined or changed."""
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    rows = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter, strict=True)
+    header, records, first = None, [], 1  # first: the line the next row starts on
     try:
-        for values in reader:
-            where = f"{path}:{reader.line_num}"
-            if None in values:
-                raise JftError(f"{where} has more fields than the header ({len(reader.fieldnames)}).")
-            records.append(_record(values, where))
+        for row in rows:
+            where, first = f"{path}:{first}", rows.line_num + 1
+            if header is None:
+                header = row
+            elif row:  # blank lines are skipped
+                if len(row) > len(header):
+                    raise JftError(f"{where} has more fields than the header ({len(header)}).")
+                records.append(_record(dict(zip(header, row + [None] * (len(header) - len(row)))), where))
     except csv.Error as error:
-        raise JftError(f"{path}:{reader.line_num} is not valid CSV ({error}).") from None
-    header = reader.fieldnames or []
+        if str(error) == "unexpected end of data":
+            raise JftError(
+                f"{path}:{first} starts a quoted field that is not closed by the end of the file; close its quote "
+                '(and write each quote inside it twice: "she said ""ahoy"" twice").'
+            ) from None
+        if "expected after" in str(error):  # strict: text after a closing quote ("a"b)
+            raise JftError(
+                f"{path}:{rows.line_num} has text after the closing quote of a field, which is not valid CSV; quote "
+                'the whole field and write each quote inside it twice ("she said ""ahoy"" twice").'
+            ) from None
+        raise JftError(f"{path}:{rows.line_num} is not valid CSV ({error}).") from None
+    header = header or []
     if delimiter == "," and len(header) == 1 and "\t" in header[0]:
         raise JftError(f"{path} looks tab-separated (its header is {header[0]!r}); name it .tsv.")
     return records
@@ -135,14 +159,12 @@ def _csv_records(path: Path, delimiter: str) -> list[Record]:
 def _check_record(record: Record, kind: str, columns: Columns) -> None:
     """A JftError naming the record when it cannot be a record of this task."""
     for column in (columns.text, columns.text_pair):
-        if column and record[column] is None:
-            raise JftError(f"{record.where} has no value in column {column!r}.")
+        if column:
+            _check_text(record, column, words=kind == "token_classification" and column == columns.text)
     words = record[columns.text]
-    if kind == "token_classification" and not (isinstance(words, list) and all(isinstance(w, str) for w in words)):
-        raise JftError(f"{record.where}: column {columns.text!r} must be a list of words (strings), got {words!r:.80}.")
     if not columns.label:
         return
-    label = record[columns.label]
+    label = record.get(columns.label)
     if label is None or label == "":
         raise JftError(f"{record.where} has no value in column {columns.label!r} (the label).")
     if kind == "regression":
@@ -157,6 +179,50 @@ def _check_record(record: Record, kind: str, columns: Columns) -> None:
             raise JftError(f"{record.where}: column {columns.label!r} must be a list of tags, got {label!r:.80}.")
         if len(label) != len(words):
             raise JftError(f"{record.where} has {len(words)} words but {len(label)} tags; give one tag a word.")
+
+
+def _check_text(record: Record, column: str, words: bool) -> None:
+    """A JftError naming the record when column is not a text (words: a list of words): none, not a
+    string, empty or blank, or holding an unpaired surrogate (a JSON escape like \\ud800 alone)."""
+    value = record.get(column)
+    if value is None and not (record.json and column in record):  # a JSON null is named below
+        raise JftError(
+            f"{record.where} has no value in column {column!r} (a text); give every record its text, or remove it."
+        )
+    if words:
+        if not (isinstance(value, list) and all(isinstance(w, str) for w in value)):
+            raise JftError(f"{record.where}: column {column!r} must be a list of words (strings), got {value!r:.80}.")
+        texts = value  # an empty sentence (a document break in CoNLL data) has no words to tag
+    elif not isinstance(value, str):
+        if not record.json:
+            return  # a TFDS feature: encode() takes its str()
+        raise JftError(
+            f"{record.where}: column {column!r} is a JSON {_json_type(value)}, not a string; write each text as a "
+            'string ("...").'
+        )
+    elif not value.strip():
+        raise JftError(
+            f"{record.where} has an empty text in column {column!r} (nothing but spaces, or nothing); give every "
+            "record its text, or remove it."
+        )
+    else:
+        texts = [value]
+    for text in texts:
+        if bad := SURROGATE.search(text):
+            raise JftError(
+                f"{record.where}: the text in column {column!r} holds an unpaired UTF-16 surrogate "
+                f"(U+{ord(bad.group()):04X}), an invalid character; fix the program that wrote the file "
+                "(a \\uD800-\\uDFFF escape is one half of a pair)."
+            )
+
+
+def _json_type(value) -> str:
+    """The JSON name of a value json.loads made."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return {list: "array", dict: "object", str: "string", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 def _class_names(features, column: str | None) -> list[str] | None:
