@@ -6,6 +6,7 @@ function that runs it. Commands that take a run config get --config FILE[:ARG] a
 """
 
 import argparse
+import contextlib
 import dataclasses
 import glob
 import importlib.util
@@ -19,6 +20,7 @@ from ml_collections import ConfigDict
 
 from jft import __version__
 from jft.errors import JftError, RunStopped
+from jft.outputs import output_directory, output_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +36,18 @@ class Command:
 
 def _init_arguments(parser):
     parser.add_argument("--out", required=True, help="directory to write config.json and the weights to")
+    _overwrite_argument(parser)
+
+
+HF_MODEL = "a Hugging Face model"  # what export, convert and init write (jft.outputs)
+
+
+def _overwrite_argument(parser):
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an output that holds something else (whole, once the new one is written)",
+    )
 
 
 def _run_init(args, config):
@@ -46,8 +60,9 @@ def _run_init(args, config):
     if config.heads not in heads:
         raise JftError(f"heads '{config.heads}' is not one of {', '.join(heads)}.")
     params = family.init(model, heads[config.heads], jax.random.key(config.seed))
-    out = hf.save(args.out, model, params, format=config.format)
-    print(f"wrote a randomly initialised {family.name} ({config.heads}, {_count(params):,} parameters) to {out}")
+    with output_directory(args.out, HF_MODEL, "jft init", overwrite=args.overwrite) as staging:
+        hf.save(staging, model, params, format=config.format)
+    print(f"wrote a randomly initialised {family.name} ({config.heads}, {_count(params):,} parameters) to {args.out}")
 
 
 FORMATS = ("safetensors", "msgpack", "both")
@@ -58,19 +73,25 @@ def _convert_arguments(parser):
     parser.add_argument("dst", help="directory to write")
     parser.add_argument("--format", choices=FORMATS, default="safetensors")
     parser.add_argument("--max-shard-size", default=None, help="split the weights into shards, e.g. 2GB")
+    _overwrite_argument(parser)
 
 
 def _run_convert(args, _):
     from jft import export
     from jft.models import hf
 
-    if export.is_run(args.src):
-        export.export(args.src, args.dst, format=args.format, max_shard_size=args.max_shard_size)
-        print(f"wrote {args.dst} ({args.format}), with the run's tokenizer")
-        return
-    config, params = hf.load(args.src)
-    hf.save(args.dst, config, params, format=args.format, max_shard_size=args.max_shard_size)
-    print(f"wrote {args.dst} ({args.format}, {_count(params):,} parameters)")
+    written = output_directory(
+        args.dst, HF_MODEL, os.path.realpath(args.src), inputs=[args.src], overwrite=args.overwrite, what="dst"
+    )
+    with written as staging:
+        if export.is_run(args.src):
+            export.export(args.src, staging, format=args.format, max_shard_size=args.max_shard_size)
+            what = "with the run's tokenizer"
+        else:
+            config, params = hf.load(args.src)
+            hf.save(staging, config, params, format=args.format, max_shard_size=args.max_shard_size)
+            what = f"{_count(params):,} parameters"
+    print(f"wrote {args.dst} ({args.format}, {what})")
 
 
 def _inspect_arguments(parser):
@@ -113,6 +134,7 @@ def _shards_arguments(parser):
 def _run_shards(args, _):
     from jft.data.loader import process_files
 
+    # the same errors as the run: streams the training rows cannot fill, files missing or cut short
     print("\n".join(process_files(args.rows, args.streams, args.process, args.processes or args.streams)))
 
 
@@ -121,6 +143,7 @@ def _vocab_arguments(parser):
         "corpus", nargs="+", help="text or JSONL files (or globs, quoted: 'books/*.txt'), or tfds:NAME[:SPLIT]"
     )
     parser.add_argument("--out", required=True, help="directory for vocab.txt and tokenizer.json")
+    _overwrite_argument(parser)
     parser.add_argument("--vocab-size", type=int, default=30522, help="tokens in the vocabulary")
     parser.add_argument("--min-frequency", type=int, default=2, help="merges seen fewer times are not made")
     parser.add_argument("--cased", action="store_true", help="keep case (default: lowercase)")
@@ -136,9 +159,12 @@ def _run_vocab(args, _):
         documents = read_documents(args.corpus, text_field=args.text_field, tfds_data_dir=args.tfds_data_dir)
         return (line for doc in documents for line in doc)
 
-    tokenizer = train_vocab(
-        lines, args.out, vocab_size=args.vocab_size, lowercase=not args.cased, min_frequency=args.min_frequency
-    )
+    inputs = [source for source in args.corpus if Path(source).exists()]
+    corpus = " ".join(args.corpus)
+    with output_directory(args.out, "a vocabulary", corpus, inputs=inputs, overwrite=args.overwrite) as staging:
+        tokenizer = train_vocab(
+            lines, staging, vocab_size=args.vocab_size, lowercase=not args.cased, min_frequency=args.min_frequency
+        )
     out = Path(args.out)
     print(f"wrote {out / 'vocab.txt'} and {out / 'tokenizer.json'} ({tokenizer.get_vocab_size():,} tokens)")
 
@@ -149,6 +175,7 @@ def _prepare_arguments(parser):
     )
     parser.add_argument("--vocab", required=True, help="vocab.txt, tokenizer.json, or a directory with one")
     parser.add_argument("--out", required=True, help="a new or empty directory for the row shards")
+    _overwrite_argument(parser)
     parser.add_argument("--seq-len", type=int, default=128, help="tokens a row")
     parser.add_argument(
         "--mode",
@@ -158,6 +185,10 @@ def _prepare_arguments(parser):
     )
     parser.add_argument("--seed", type=int, default=0, help="the rows and the pairs drawn: the same for a seed")
     parser.add_argument("--eval-fraction", type=float, default=0.01, help="documents held out for evaluation")
+    parser.add_argument(
+        "--short-seq-prob", type=float, default=0.1, help="pairs: rows drawn shorter than seq-len, as in BERT's"
+    )
+    parser.add_argument("--rows-per-shard", type=int, default=65536, help="rows a shard at most")
     parser.add_argument("--workers", type=int, default=0, help="processes that prepare windows (0: one a core)")
     parser.add_argument(
         "--window-documents",
@@ -172,7 +203,9 @@ def _prepare_arguments(parser):
 
 def _run_prepare(args, _):
     from jft.data.prepare import prepare
+    from jft.outputs import check
 
+    check(args.out, [source for source in args.corpus if Path(source).exists()], "--out", "rows")
     meta = prepare(
         args.corpus,
         args.vocab,
@@ -181,11 +214,14 @@ def _run_prepare(args, _):
         mode=args.mode,
         seed=args.seed,
         eval_fraction=args.eval_fraction,
+        short_seq_prob=args.short_seq_prob,
+        rows_per_shard=args.rows_per_shard,
         window_documents=args.window_documents,
         workers=args.workers,
         text_field=args.text_field,
         tfds_data_dir=args.tfds_data_dir,
         lowercase=not args.cased,
+        overwrite=args.overwrite,
     )
     rows = ", ".join(f"{split} {info['rows']:,}" for split, info in meta["splits"].items())
     print(
@@ -292,38 +328,52 @@ def _eval_arguments(parser):
     _workdir_argument(parser)
     parser.add_argument("--data", required=True, help="CSV/TSV/JSONL file, with the run's columns or --config.data.*")
     parser.add_argument("--out", default="", help="also write report.json and confusion.png (classification) here")
+    _overwrite_argument(parser)
 
 
 def _run_eval(args, config):
-    model = _finetuned(args, config)
-    report = model.report(args.data, batch_size=config.batch_size)
-    print(f"evaluated {report['model']} on {report['records']:,} records of {args.data}", file=sys.stderr)
-    print(json.dumps(report, indent=2))
-    if args.out:
-        from jft import plots
-        from jft.files import write_json
+    from jft import plots
+    from jft.files import write_json
 
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "report.json", report)
-        if "confusion_matrix" in report:
-            plots.confusion(report, out / "confusion.png")
-        print(f"wrote {out / 'report.json'}", file=sys.stderr)
+    with contextlib.ExitStack() as written:
+        if args.out:  # checked before the evaluation, written after it
+            inputs = [args.workdir, args.data]
+            source = f"{os.path.realpath(args.workdir)} on {os.path.realpath(args.data)}"
+            report = output_directory(args.out, "an evaluation report", source, inputs=inputs, overwrite=args.overwrite)
+            out = written.enter_context(report)
+        model = _finetuned(args, config)
+        report = model.report(args.data, batch_size=config.batch_size)
+        print(f"evaluated {report['model']} on {report['records']:,} records of {args.data}", file=sys.stderr)
+        print(json.dumps(report, indent=2))
+        if args.out:
+            write_json(out / "report.json", report)
+            if "confusion_matrix" in report:
+                plots.confusion(report, out / "confusion.png")
+    if args.out:
+        print(f"wrote {Path(args.out) / 'report.json'}", file=sys.stderr)
 
 
 def _predict_arguments(parser):
     _workdir_argument(parser)
     parser.add_argument("--input", required=True, help="CSV/TSV/JSONL file with the text column(s)")
     parser.add_argument("--output", required=True, help="JSONL file to write, one line a record")
+    _overwrite_argument(parser)
 
 
 def _run_predict(args, config):
     from jft.files import finite_or_null, write_text
+    from jft.tasks.predictor import is_predictions
 
-    output = Path(args.output)
+    inputs = [args.workdir, args.input]
+    output = output_file(
+        args.output, inputs=inputs, overwrite=args.overwrite, ours=is_predictions, example="predictions.jsonl"
+    )
     probe = output.with_name(f".{output.name}.tmp")
-    probe.touch()  # a path that cannot be written fails now, not after every prediction is made
-    probe.unlink()
+    try:  # a path that cannot be written fails now, not after every prediction is made
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise JftError(f"cannot write --output {output}: {error.strerror}: {output.parent}.") from None
     model = _finetuned(args, config)
     predictions = model.predict(
         args.input, batch_size=config.batch_size, id_column=config.data.id_column, with_text=config.with_text
@@ -336,13 +386,16 @@ def _export_arguments(parser):
     parser.add_argument("--workdir", required=True, help="a jft run directory: pretraining or fine-tuning")
     parser.add_argument("--out", required=True, help="directory for config.json, the weights and the tokenizer")
     parser.add_argument("--format", choices=FORMATS, default="safetensors")
+    _overwrite_argument(parser)
 
 
 def _run_export(args, _):
     from jft.export import export
 
-    out = export(args.workdir, args.out, format=args.format)
-    print(f"wrote {out} ({args.format}, with the tokenizer); transformers loads it with from_pretrained")
+    source = os.path.realpath(args.workdir)
+    with output_directory(args.out, HF_MODEL, source, inputs=[args.workdir], overwrite=args.overwrite) as staging:
+        export(args.workdir, staging, format=args.format)
+    print(f"wrote {args.out} ({args.format}, with the tokenizer); transformers loads it with from_pretrained")
 
 
 def _quickstart_arguments(parser):

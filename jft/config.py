@@ -41,6 +41,12 @@ def find_config(name: str, stage: str = "") -> Path:
         path = Path(str(root / f"{candidate}.py"))
         if path.is_file():
             return path
+    named = [config for config in packaged_configs() if config.rpartition("/")[2] == short]
+    if named:
+        raise JftError(
+            f"{name} names {len(named)} configs that ship with jft: {', '.join(named)}; give one of them, "
+            f"e.g. `jft config {named[0]}`."
+        )
     raise JftError(
         f"config file not found: {name}; give a path, or one of the configs that ship with jft: "
         f"{', '.join(packaged_configs())} (`jft config NAME` prints one)."

@@ -28,8 +28,9 @@ class RunStopped(Exception):
     """A run stopped by a signal after saving a checkpoint; the CLI exits with 128 + the signal
     (130 for SIGINT, 143 for SIGTERM), as shells expect, so that `a && b` does not go on."""
 
-    def __init__(self, signum: signal.Signals, step: int, kept: str = "saved a checkpoint"):
-        super().__init__(f"stopped by {signum.name} at step {step}; {kept}; run the same command to resume")
+    def __init__(self, signum: signal.Signals, step: int | None, kept: str = "saved a checkpoint"):
+        where = f" at step {step}" if step is not None else ""
+        super().__init__(f"stopped by {signum.name}{where}; {kept}; run the same command to resume")
         self.signal, self.step = signum, step
 
     @property

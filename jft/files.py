@@ -4,6 +4,7 @@ at all (atomic_write), JSON read with the line of a fault, and the permissions a
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,7 @@ def read_json(file: Path, what: str = "") -> Any:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise JftError(
-            f"{label} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}."
+            f"{label} is not valid JSON: {error.msg.removesuffix(' at')} at line {error.lineno}, column {error.colno}."
         ) from None
 
 
@@ -85,6 +86,53 @@ def read_json_object(file: Path, what: str = "") -> dict:
     return value
 
 
+def appended_records(file: Path, required: tuple[str, ...]) -> list[dict]:
+    """The records of a JSONL file jft appends to as it goes (metrics.jsonl, members.jsonl), read
+    as a crash or a hand may leave it: a torn last line (no line end: the writer was stopped) is
+    left out, and so is a line that is not a JSON object with the `required` keys, each with a
+    warning that names the file and line. A missing file has no records."""
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        return []
+    records, lines = [], data.split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and all(key in record for key in required):
+            records.append(record)
+        elif number == len(lines):
+            _warn(f"{file}:{number}: the last line was cut short (a stopped writer); it is left out.")
+        else:
+            _warn(f"{file}:{number} is not a record of this file ({line[:60]!r}...); it is left out.")
+    return records
+
+
+def cut_torn_line(file: Path) -> None:
+    """Cuts a torn last line (a stopped writer's) off a file jft appends to, with a warning, so
+    that the next line appended starts on a line of its own."""
+    try:
+        out = file.open("rb+")
+    except FileNotFoundError:
+        return
+    with out:
+        size = out.seek(0, os.SEEK_END)
+        if size == 0 or (out.seek(size - 1) and out.read(1) == b"\n"):
+            return
+        out.seek(0)
+        whole = out.read().rfind(b"\n") + 1
+        _warn(f"{file}: its last line was cut short (a stopped writer); it is removed.")
+        out.truncate(whole)
+
+
+def _warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
 def atomic_write(file: Path, write: Callable[[Path], Any]) -> None:
     """Writes a file whole or not at all: write(temporary) fills a temporary file beside it, which
     is flushed to the disk (fsync) and renamed over `file`, and the directory is flushed too, so a
@@ -95,6 +143,10 @@ def atomic_write(file: Path, write: Callable[[Path], Any]) -> None:
         write(temporary)
         _fsync(temporary)
         os.replace(temporary, file)
+    except OSError as error:  # a write's own error (a full disk) names no file: name it
+        if error.filename is None:
+            raise OSError(error.errno, error.strerror or str(error), str(file)) from error
+        raise
     finally:
         temporary.unlink(missing_ok=True)
     _fsync(file.parent)

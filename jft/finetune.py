@@ -176,7 +176,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, runner: Runner |
         patience = config.early_stopping.patience
         progress = {"without_gain": restored[1].get("evals_without_gain", 0) if restored is not None else 0}
         progress["early"] = False
-        log = TrainingLog(workdir, total_steps, start, "fine-tuning", "examples", config.progress, config.guard)
+        log = TrainingLog(
+            workdir, total_steps, start, "fine-tuning", "examples", config.progress, config.guard, weights=rundir.BEST
+        )
 
         def evaluate(step, state) -> bool:
             nonlocal best_value

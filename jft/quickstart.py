@@ -9,7 +9,6 @@
 4. print a summary table and write quickstart.png (loss curves, accuracies) and summary.json.
 """
 
-import json
 import math
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from jft.defaults import finetune as finetune_config
 from jft.defaults import pretrain as pretrain_config
 from jft.files import write_json
 from jft.train.lock import hold
+from jft.train.log import read_metrics
 from jft.train.rundir import TOKENIZER
 
 # Half of each topic's nouns for the labeled sentences, the other half for the held-out ones.
@@ -107,8 +107,7 @@ def _finetune_config(config: ConfigDict, train: Path, eval_file: Path, seed: int
 
 
 def _read_metrics(workdir: Path, split: str) -> list[dict]:
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    return [row for row in map(json.loads, lines) if row["split"] == split]
+    return [row for row in read_metrics(workdir) if row["split"] == split]
 
 
 def _summary(config, workdir: Path, finals: dict, pretrain_seconds: float, finetune_seconds: float) -> dict:

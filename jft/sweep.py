@@ -33,7 +33,7 @@ from jft.data.corpus import source_identity
 from jft.defaults import SWEEP as SWEEP_KEYS
 from jft.defaults import build
 from jft.errors import JftError
-from jft.files import read_json_object, write_text
+from jft.files import appended_records, cut_torn_line, read_json_object, write_text
 from jft.finetune import train_and_evaluate
 from jft.population import Member, SweepData, train_population
 from jft.tasks.finetuning import (
@@ -56,6 +56,7 @@ NOT_SWEPT = ("sweep", "parallel", "progress", "log_every", "guard", "data.train"
 # Settings a resumed sweep may change.
 MAY_CHANGE_ON_RESUME = ("sweep.population", "parallel", "progress", "log_every", "eval_batch_size", "guard")
 BEST_RUN = "best_run"
+MEMBERS = "members.jsonl"  # each member's scores, a line a member, appended as populations finish
 
 
 def plan(config: ConfigDict) -> list[Member]:
@@ -131,6 +132,11 @@ def sweep_data(config: ConfigDict) -> SweepData:
     tokenizer = task_tokenizer(config, None, init)
     family, model = new_model(config.model, tokenizer.get_vocab_size(), init)
     data = encode_splits(task, tokenizer, model, records)
+    if config.sweep.folds > len(data["train"]):
+        raise JftError(
+            f"sweep.folds={config.sweep.folds} holds out each training example once, in one of {config.sweep.folds} "
+            f"folds, and data.train has {len(data['train'])} examples; use at most that many folds, or more data."
+        )
     folds = fold_ids(len(data["train"]), config.sweep.folds, config.seed) if config.sweep.folds else None
     return SweepData(task, metric, tokenizer, family, model, data, init, folds)
 
@@ -158,7 +164,8 @@ def run_sweep(config: ConfigDict, workdir: str | Path) -> dict:
             results, _ = train_population(chunk, shared, runner, log)
             done.update((result["member"], result) for result in results)
             if jax.process_index() == 0:
-                with (workdir / "members.jsonl").open("a") as f:
+                cut_torn_line(workdir / MEMBERS)
+                with (workdir / MEMBERS).open("a") as f:
                     f.writelines(json.dumps(result) + "\n" for result in results)
         table = results_table([done[m.index] for m in members], metric)
         if jax.process_index() == 0:
@@ -200,15 +207,7 @@ def _hold_settings(workdir: Path, config: ConfigDict, identity: dict) -> None:
 
 def _read_members(workdir: Path) -> dict[int, dict]:
     """The members finished before a stop, by index (a line cut short by the stop is left out)."""
-    path = workdir / "members.jsonl"
-    done = {}
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            result = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        done[result["member"]] = result
-    return done
+    return {result["member"]: result for result in appended_records(workdir / MEMBERS, ("member",))}
 
 
 def _populations(members: list[Member], shared: SweepData, most: int) -> list[list[Member]]:

@@ -216,6 +216,7 @@ def test_inspect_and_convert_take_a_run_directory(runs, tmp_path, capsys):
     assert out.startswith(f"finetuning run {runs / 'classification'} (step ") and "BertForSequenceClassification" in out
     assert cli.main(["convert", str(runs / "pairs"), str(tmp_path / "hf"), "--format", "msgpack"]) == 0
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == [
+        ".jft-output.json",
         "config.json",
         "flax_model.msgpack",
         "special_tokens_map.json",

@@ -472,7 +472,8 @@ CASES = [
             str(_write(t / "mine" / "notes.txt", "keep").parent),
         ],
         "jft prepare: error: --out {tmp}/mine is a directory that holds other files; prepare writes only into a new "
-        "or empty directory (or over its own earlier output), so nothing of yours is replaced.",
+        "or empty directory (or over its own earlier output), so nothing of yours is replaced; add --overwrite to "
+        "replace it whole.",
     ),
     Case(
         "prepare into a file",
@@ -531,12 +532,14 @@ CASES = [
             str(f / "train.csv"),
         ],
         "jft eval: error: the run description {tmp}/w/run.json is not valid JSON: Expecting property name enclosed in "
-        "double quotes at line 1, column 2.",
+        "double quotes at line 1, column 2. It says what the run is, and nothing of the run can be read without it: "
+        "copy run.json back from where the directory came from, or start a new --workdir.",
     ),
     Case(
         "a workdir from before run.json",
         lambda t, f: ["export", "--workdir", str(_write(t / "w" / "task.json", "{}").parent), "--out", str(t / "x")],
-        "jft export: error: {tmp}/w was written by an earlier version of jft (no run.json); start a new --workdir.",
+        "jft export: error: {tmp}/w was written by an earlier version of jft (task.json, no run.json); start a new "
+        "--workdir.",
     ),
     Case(
         "a batch that does not divide over the devices",
@@ -754,7 +757,10 @@ def test_a_diverging_run_stops_with_nothing_non_finite_saved(files, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()[-1]
     # lr 1e30: the first update is finite (about ±1e30 a weight), every later one is not
     assert err.startswith("jft pretrain: error: stopped at step 4: the last 3 updates were skipped because their")
-    assert f"--config.init_from={tmp_path / 'run'} to keep its weights." in err
+    assert err.endswith(
+        "Its checkpoints/ holds only finite weights from before. Lower optim.lr (or raise optim.warmup_steps) in a "
+        f"new --workdir, with --config.init_from={tmp_path / 'run'} to start from them."
+    )
     from jft.train.checkpoint import Checkpoints
 
     checkpoints = Checkpoints(tmp_path / "run" / "checkpoints")
@@ -764,11 +770,23 @@ def test_a_diverging_run_stops_with_nothing_non_finite_saved(files, tmp_path, ca
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state) if np.issubdtype(x.dtype, np.floating))
 
 
+def test_a_run_that_diverges_before_its_first_checkpoint_is_not_told_to_start_from_it(files, tmp_path, capsys):
+    settings = {**STEPS, "total_steps": 20, "checkpoint_every": 10, "optim.lr": 1e30, "optim.warmup_steps": 0}
+    settings |= {"log_every": 1, "guard.max_skipped_in_a_row": 3}
+    assert cli.main(_pretrain(tmp_path, files, **settings)) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith(
+        "the run diverged. It saved no weights to start again from. Lower optim.lr (or raise optim.warmup_steps) in "
+        "a new --workdir."
+    ), err
+    assert cli.main(_pretrain(tmp_path / "again", files, **{**settings, "optim.lr": 1e-3})) == 0  # as advised
+
+
 def test_the_guard_warns_about_a_huge_or_rising_loss(tmp_path, capsys):
     from jft.defaults import GUARD, build
     from jft.train.log import DivergenceGuard
 
-    guard = DivergenceGuard(build(GUARD).guard, tmp_path)
+    guard = DivergenceGuard(build(GUARD).guard, tmp_path, "checkpoints")
     guard.train(5, {"loss": 3e9, "skipped_in_a_row": 0})
     guard.train(6, {"loss": 4e9, "skipped_in_a_row": 0})  # said once until it comes back down
     for step, loss in enumerate([2.0, 2.1, 2.2, 2.3]):
@@ -816,8 +834,8 @@ def test_a_full_disk_stops_the_run_cleanly(files, tmp_path, monkeypatch, capsys)
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert re.fullmatch(
             f"jft pretrain: error: no room to save the checkpoint of step 4: it needs about [0-9.]+ MB and "
-            f"{disk}/run/checkpoints has [0-9.]+ MB free; the newest saved checkpoint is step 2. Free some space "
-            "\\(or lower keep_checkpoints\\) and run the same command to resume.",
+            f"{disk}/run/checkpoints has [0-9.]+ MB free; the newest saved checkpoint is step 2. Free [0-9.]+ MB "
+            "or more on that disk and run the same command to resume.",
             err,
         ), err
         assert not list(disk.rglob("*tmp*")) and not (disk / "run" / "run.lock").exists()
@@ -830,12 +848,13 @@ def test_a_full_disk_stops_the_run_cleanly(files, tmp_path, monkeypatch, capsys)
 def test_predictions_to_a_path_that_cannot_be_written_fail_first(files, tmp_path, capsys):
     assert cli.main(_finetune(tmp_path, files, epochs=1, **{"parallel.backend": "jit"})) == 0
     capsys.readouterr()
-    output = tmp_path / "missing-directory" / "predictions.jsonl"
+    (tmp_path / "a-file").write_text("")
+    output = tmp_path / "a-file" / "predictions.jsonl"
     command = ["predict", "--workdir", str(tmp_path / "run"), "--input", str(files / "train.csv"), "--output"]
-    assert cli.main([*command, str(output)]) == 1
+    assert cli.main([*command, str(output)]) == 2
     assert (
         capsys.readouterr().err
-        == f"jft predict: error: No such file or directory: {output.parent}/.predictions.jsonl.tmp\n"
+        == f"jft predict: error: cannot write --output {output}: {output.parent} is a file, not a folder.\n"
     )
 
 

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "jft"
 # The layers, lowest first: a module may import its own layer and those below it. A name ending
 # in "." holds every module under it.
 LAYERS = {
-    "core": ("jft", "jft.errors", "jft.files", "jft.params", "jft.config", "jft.plots", "jft.xla_cache"),
+    "core": ("jft", "jft.errors", "jft.files", "jft.outputs", "jft.params", "jft.config", "jft.plots", "jft.xla_cache"),
     "models": ("jft.models", "jft.models."),
     "data": ("jft.data", "jft.data."),
     "defaults": ("jft.defaults",),

@@ -9,10 +9,16 @@ number of processes: a run saves the step, and a restart, on as many processes o
 continues with exactly the next batch. A process reads only the shards of the streams its share
 of the batch comes from: with one stream, every shard (a filesystem all hosts see); with as many
 streams as processes, or a multiple, only its own (data copied to each host's own disk).
+
+The rows are checked as checkpoints are, where metadata.json records each shard file's size and
+SHA-256 (rows of an earlier jft record none and are not checked): the sizes of a process's files
+when its loader is made, a shard's digests when it is first opened, before any of its rows go
+into a batch; a damaged file is an error that names it and the `jft prepare` command that writes
+it again.
 """
 
+import hashlib
 import itertools
-import json
 import math
 import queue
 import threading
@@ -21,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jft.data.prepare import FIELDS, FORMAT
+from jft.data.prepare import FIELDS, FORMAT, prepare_command
 from jft.errors import JftError
+from jft.files import read_json_object
 
 
 class PretrainRows:
@@ -33,8 +40,14 @@ class PretrainRows:
         meta_file = directory / "metadata.json"
         if not meta_file.is_file():
             raise JftError(f"{directory} is not a prepared corpus (no metadata.json); run `jft prepare` first.")
-        self.metadata = json.loads(meta_file.read_text())
-        if self.metadata.get("format") != FORMAT:
+        self.metadata = read_json_object(meta_file)
+        written = str(self.metadata.get("format"))
+        if not written.startswith(FORMAT.split("/")[0] + "/"):
+            raise JftError(
+                f"{directory} is not a prepared corpus (its metadata.json is not one `jft prepare` writes); "
+                "run `jft prepare` first."
+            )
+        if written != FORMAT:
             raise JftError(f"{directory} was written by another version of jft prepare; prepare it again.")
         self.directory, self.split = directory, split
         self.shards = self.metadata["splits"][split]["shards"]
@@ -53,7 +66,8 @@ class PretrainRows:
         return np.arange(self.offsets[shard], self.offsets[shard + 1], dtype=np.int64)
 
     def check_files(self, shards: Sequence[int], reader: str) -> None:
-        """A clear error, before training starts, when a shard `reader` reads has no file here."""
+        """A clear error, before training starts, when a shard `reader` reads has no file here, or
+        one of another size than jft prepare recorded (cut short, say, by a copy that failed)."""
         missing = [
             f"{self.shards[k]['prefix']}.{field}.npy"
             for k in shards
@@ -66,9 +80,38 @@ class PretrainRows:
                 f"{len(missing)} of their files are not there (first: {missing[0]}); copy them there from the "
                 "prepared directory (`jft prepare` output)."
             )
+        for k in shards:
+            for file, recorded in self._recorded(k):
+                self._check_size(file, recorded)
+
+    def _recorded(self, shard: int) -> list[tuple[Path, dict]]:
+        """(file, {"bytes", "sha256"}) of the shard's files whose size and digest jft prepare
+        recorded (none for rows of a jft that did not)."""
+        prefix = self.shards[shard]["prefix"]
+        files = self.shards[shard].get("files", {})
+        return [(self.directory / f"{prefix}.{field}.npy", files[field]) for field in FIELDS if field in files]
+
+    def _check_size(self, file: Path, recorded: dict) -> None:
+        size = file.stat().st_size
+        if size != recorded["bytes"]:
+            raise self._damaged(file, f"{size:,} bytes, not the {recorded['bytes']:,} jft prepare wrote")
+
+    def _damaged(self, file: Path, why: str) -> JftError:
+        command = prepare_command(self.directory, self.metadata) or "jft prepare"
+        return JftError(f"{file} is damaged ({why}); prepare the rows again: {command}")
 
     def _arrays(self, shard: int) -> dict[str, np.ndarray]:
+        """The arrays of a shard, memory-mapped; the first time, its files are checked against the
+        size and SHA-256 jft prepare recorded (read here, in the thread that asks for rows)."""
         if shard not in self._open:
+            for file, recorded in self._recorded(shard):
+                self._check_size(file, recorded)
+                digest = hashlib.sha256()
+                with file.open("rb") as reading:
+                    while chunk := reading.read(1 << 20):
+                        digest.update(chunk)
+                if digest.hexdigest() != recorded["sha256"]:
+                    raise self._damaged(file, "its SHA-256 is not the one jft prepare recorded")
             prefix = self.directory / self.shards[shard]["prefix"]
             self._open[shard] = {field: np.load(f"{prefix}.{field}.npy", mmap_mode="r") for field in FIELDS}
         return self._open[shard]
@@ -105,9 +148,27 @@ def stream_shards(shard_rows: Sequence[int], streams: int) -> list[list[int]]:
     return [sorted(shards) for shards in dealt]
 
 
+def dealt_streams(data: PretrainRows, streams: int, *, every_stream_rows: bool = True) -> list[list[int]]:
+    """The shards of each of `streams` streams of a split (stream_shards); with
+    every_stream_rows (training: every stream gives rows to every batch), an error when one of
+    them would have none."""
+    dealt = stream_shards([s["rows"] for s in data.shards], streams)
+    if every_stream_rows and min(sum(data.shards[k]["rows"] for k in shards) for shards in dealt) == 0:
+        if len(data) == 0:
+            raise JftError(f"the '{data.split}' split of {data.directory} has no rows; use a larger corpus.")
+        raise JftError(
+            f"data.streams={streams} needs at least {streams} shards with rows, and the '{data.split}' split of "
+            f"{data.directory} has {sum(1 for s in data.shards if s['rows'])}; use fewer streams, or prepare "
+            "with a smaller --window-documents (each window of documents makes its own shards)."
+        )
+    return dealt
+
+
 def process_files(directory: str | Path, streams: int, process_index: int, process_count: int) -> list[str]:
     """The files (names in `directory`) one of `process_count` processes reads with `streams`
-    streams, a multiple of the process count: metadata, tokenizer and its streams' shards."""
+    streams, a multiple of the process count: metadata, tokenizer and its streams' shards. The
+    same errors as the run's loaders: streams that the training split cannot fill, shard files
+    missing from `directory` or of another size than prepared."""
     if streams < 1 or process_count < 1 or streams % process_count or not 0 <= process_index < process_count:
         raise JftError(
             f"process {process_index} of {process_count} with {streams} streams: the streams must be a multiple of "
@@ -115,11 +176,13 @@ def process_files(directory: str | Path, streams: int, process_index: int, proce
         )
     files = ["metadata.json", "tokenizer.json"]
     per_process = streams // process_count
-    for split in ("train", "eval"):
+    for split in ("train", "eval"):  # the evaluation reads every row once: its streams may be empty
         data = PretrainRows(directory, split)
-        dealt = stream_shards([s["rows"] for s in data.shards], streams)
-        for stream in range(process_index * per_process, (process_index + 1) * per_process):
-            files += [f"{data.shards[k]['prefix']}.{field}.npy" for k in dealt[stream] for field in FIELDS]
+        dealt = dealt_streams(data, streams, every_stream_rows=split == "train")
+        streams_here = range(process_index * per_process, (process_index + 1) * per_process)
+        mine = [k for stream in streams_here for k in dealt[stream]]
+        data.check_files(mine, f"process {process_index}")
+        files += [f"{data.shards[k]['prefix']}.{field}.npy" for k in mine for field in FIELDS]
     return files
 
 
@@ -162,16 +225,8 @@ class Loader:
         self.local_batch = global_batch // process_count
         self.local_start = process_index * self.local_batch
         self.slot = global_batch // streams  # rows of each stream in a batch
-        dealt = stream_shards([s["rows"] for s in data.shards], streams)
+        dealt = dealt_streams(data, streams, every_stream_rows=not single_pass)
         sizes = [sum(data.shards[k]["rows"] for k in shards) for shards in dealt]
-        if not single_pass and min(sizes) == 0:
-            if len(data) == 0:
-                raise JftError(f"the '{data.split}' split of {data.directory} has no rows; use a larger corpus.")
-            raise JftError(
-                f"data.streams={streams} needs at least {streams} shards with rows, and the '{data.split}' split of "
-                f"{data.directory} has {sum(1 for s in data.shards if s['rows'])}; use fewer streams, or prepare "
-                "with a smaller --window-documents (each window of documents makes its own shards)."
-            )
         self.epoch_rows = min(sizes)  # of each stream
         self.passes = math.ceil(max(sizes) / self.slot)  # batches in a single pass
         mine = sorted({int(p) // self.slot for p in self.local_start + np.arange(self.local_batch)})

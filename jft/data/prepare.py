@@ -15,12 +15,16 @@ masking), lengths [rows], nsp_labels [rows] (-1 in packed mode). Deterministic f
 whatever the number of processes; written to out_dir + '.tmp' (where a stopped prepare resumes,
 window by window) and renamed at the end. metadata.json names the data by content: each
 source's size and SHA-256, and a fingerprint of the rows (SHA-256 of every array and of the
-vocabulary), so that a run can tell the same data wherever it lies.
+vocabulary), so that a run can tell the same data wherever it lies; each shard file's size and
+SHA-256 ("files"), which a run checks when it opens the shard; and every setting of the prepare
+(sources by absolute path), so that `prepare_command` can say how to write the same rows again.
 """
 
 import collections
 import concurrent.futures
+import ctypes
 import dataclasses
+import errno
 import functools
 import hashlib
 import itertools
@@ -28,7 +32,10 @@ import json
 import multiprocessing
 import os
 import random
+import shlex
 import shutil
+import signal
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -39,8 +46,9 @@ from tqdm import tqdm
 
 from jft.data.corpus import read_documents, source_identity, sources_of
 from jft.data.tokenizer import SpecialIds, load_tokenizer, special_ids, vocabulary_fingerprint
-from jft.errors import JftError
+from jft.errors import JftError, RunFailed
 from jft.files import atomic_write, write_text
+from jft.outputs import put_in_place
 
 FORMAT = "jft-pretraining-rows/2"
 MODES = ("pairs", "packed")
@@ -67,9 +75,11 @@ def prepare(
     tfds_data_dir: str | None = None,
     lowercase: bool = True,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Tokenizes `sources` with `vocab` (a file, directory or tokenizer) into row shards in
-    `out_dir`; returns the metadata written. out_dir must be new, empty, or earlier output of prepare.
+    `out_dir`; returns the metadata written. out_dir must be new, empty, or earlier output of prepare
+    (or, with overwrite, anything: replaced whole at the end).
 
     The corpus streams through in windows of `window_documents` documents, each made into rows
     (next-sentence negatives from within its window) and written as its own shards by one of
@@ -86,10 +96,11 @@ def prepare(
             f"window_documents must be at least 1 and workers 0 (a core each) or more: {window_documents}, {workers}."
         )
     out_dir = Path(out_dir)
-    check_output_directory(out_dir)
+    check_output_directory(out_dir, overwrite)
     tokenizer = vocab if isinstance(vocab, tokenizers.Tokenizer) else load_tokenizer(vocab, lowercase=lowercase)
     sources = sources_of(sources)
-    identities = [{"source": source, **source_identity(source)} for source in sources]
+    # By absolute path: metadata.json says where the text was, for prepare_command.
+    identities = [{"source": _absolute(source), **source_identity(source)} for source in sources]
     start = time.perf_counter()
     options = dict(seq_len=seq_len, mode=mode, seed=seed, eval_fraction=eval_fraction, short_seq_prob=short_seq_prob)
     settings = {
@@ -100,6 +111,7 @@ def prepare(
         "text_field": text_field,
         "sources": [{k: v for k, v in identity.items() if k != "source"} for identity in identities],
         "tokenizer": hashlib.sha256(tokenizer.to_str().encode()).hexdigest(),  # vocabulary and normalizer
+        "shard_files": "bytes and sha256",  # windows of an earlier jft recorded none: not resumed
     }
     tmp_dir = out_dir.with_name(out_dir.name + ".tmp")
     done = _resumable(tmp_dir, settings)
@@ -121,6 +133,8 @@ def prepare(
     except JftError:  # bad input: the corpus must change, and with it the windows; none are kept
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
+    except OSError as error:
+        raise _write_failed(error, tmp_dir) from None
     markers = [done[index] for index in sorted(done)]
     num_tokens = sum(marker["tokens"] for marker in markers)
     if num_tokens == 0:
@@ -142,6 +156,11 @@ def prepare(
         "tokens": num_tokens,
         "seconds": round(time.perf_counter() - start, 3),
         "window_documents": window_documents,
+        "eval_fraction": eval_fraction,
+        "short_seq_prob": short_seq_prob,
+        "rows_per_shard": rows_per_shard,
+        "text_field": text_field,
+        "tfds_data_dir": None if tfds_data_dir is None else os.path.abspath(tfds_data_dir),
         "splits": {
             split: {
                 "rows": sum(marker["splits"][split]["rows"] for marker in markers),
@@ -150,18 +169,67 @@ def prepare(
             for split in ("train", "eval")
         },
     }
-    atomic_write(tmp_dir / "tokenizer.json", lambda path: tokenizer.save(str(path)))
-    write_text(tmp_dir / "metadata.json", json.dumps(metadata, indent=2) + "\n")
+    try:
+        atomic_write(tmp_dir / "tokenizer.json", lambda path: tokenizer.save(str(path)))
+        write_text(tmp_dir / "metadata.json", json.dumps(metadata, indent=2) + "\n")
+    except OSError as error:
+        raise _write_failed(error, tmp_dir) from None
     shutil.rmtree(tmp_dir / WINDOWS, ignore_errors=True)
     (tmp_dir / SETTINGS).unlink()
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp_dir.rename(out_dir)
+    put_in_place(tmp_dir, out_dir)
     return metadata
 
 
-def _save_array(array: np.ndarray, path: Path) -> None:
+def prepare_command(directory: Path, metadata: dict) -> str | None:
+    """The `jft prepare` command that writes the rows of `directory` (whose metadata.json holds
+    `metadata`) again, over it: the same sources, tokenizer and settings, so the same rows; None
+    for rows of an earlier jft, whose metadata does not record every setting."""
+    settings = ("seq_len", "mode", "seed", "eval_fraction", "short_seq_prob", "rows_per_shard", "text_field")
+    if any(key not in metadata for key in (*settings, "window_documents", "tfds_data_dir")):
+        return None
+    directory = Path(os.path.abspath(directory))
+    command = ["jft", "prepare", *(source["source"] for source in metadata["sources"])]
+    command += ["--vocab", str(directory / "tokenizer.json"), "--out", str(directory)]
+    for key in settings + ("window_documents",):
+        command += [f"--{key.replace('_', '-')}", str(metadata[key])]
+    if metadata["tfds_data_dir"]:
+        command += ["--tfds-data-dir", metadata["tfds_data_dir"]]
+    return shlex.join(command)
+
+
+def _absolute(source: str) -> str:
+    return source if source.startswith("tfds:") else os.path.abspath(source)
+
+
+def _write_failed(error: OSError, tmp_dir: Path) -> Exception:
+    """What a write of prepare into tmp_dir that failed is: one line that says what is kept."""
+    if error.filename is None or tmp_dir not in Path(error.filename).parents:
+        return error  # not a write of prepare (reading the corpus): as it is
+    when = "once there is room" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "once they can be written"
+    return RunFailed(
+        f"{error.strerror or error}: {error.filename}; the windows done so far stay in {tmp_dir}, and the same "
+        f"command resumes from them {when}."
+    )
+
+
+class _HashingFile:
+    """A file object that counts and hashes what is written through it."""
+
+    def __init__(self, file):
+        self.file, self.bytes, self.sha256 = file, 0, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return self.file.write(data)
+
+
+def _save_array(array: np.ndarray, record: dict, path: Path) -> None:
+    """np.save to path; record gets the file's "bytes" and "sha256", computed as it is written."""
     with path.open("wb") as file:  # a file object: np.save would add ".npy" to a temporary name
-        np.save(file, array)
+        hashing = _HashingFile(file)
+        np.save(hashing, array)
+    record.update(bytes=hashing.bytes, sha256=hashing.sha256.hexdigest())
 
 
 def _resumable(tmp_dir: Path, settings: dict) -> dict[int, dict]:
@@ -173,8 +241,11 @@ def _resumable(tmp_dir: Path, settings: dict) -> dict[int, dict]:
         same = False
     if not same:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        (tmp_dir / WINDOWS).mkdir(parents=True)
-        write_text(tmp_dir / SETTINGS, json.dumps(settings, indent=1))
+        try:
+            (tmp_dir / WINDOWS).mkdir(parents=True)
+            write_text(tmp_dir / SETTINGS, json.dumps(settings, indent=1))
+        except OSError as error:
+            raise _write_failed(error, tmp_dir) from None
         return {}
     done = {}
     for path in (tmp_dir / WINDOWS).glob("*.json"):
@@ -201,7 +272,9 @@ def _run_windows(job: WindowJob, windows: Iterator[tuple[int, list]], workers: i
             yield prepare_window(job, index, window)
         return
     context = multiprocessing.get_context("spawn")  # not fork: the caller may hold threads (jax)
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+    # Started by this thread, on submit: it outlives them (their parent-death signal is its end).
+    pool = concurrent.futures.ProcessPoolExecutor(workers, context, initializer=_one_thread, initargs=(os.getpid(),))
+    with pool:
         pending: collections.deque = collections.deque()
         for index, window in windows:
             pending.append(pool.submit(prepare_window, job, index, window))
@@ -211,10 +284,29 @@ def _run_windows(job: WindowJob, windows: Iterator[tuple[int, list]], workers: i
             yield pending.popleft().result()
 
 
-def _one_thread() -> None:
-    """A worker process tokenizes on one thread: the processes are the parallelism."""
+def _one_thread(parent: int | None = None) -> None:
+    """A worker process tokenizes on one thread: the processes are the parallelism; and it ends
+    with its parent (the process `parent`)."""
     os.environ["RAYON_NUM_THREADS"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    if parent is not None:
+        _die_with_parent(parent)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """On Linux, this process gets SIGKILL when its parent ends: a prepare killed (SIGKILL, the
+    out-of-memory killer) leaves no worker behind, waiting forever for windows. Elsewhere nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent ended before prctl: no signal will come
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @functools.cache
@@ -248,14 +340,16 @@ def prepare_window(job: WindowJob, index: int, window: list) -> dict:
     return marker
 
 
-def check_output_directory(out_dir: Path) -> None:
-    """prepare writes only into a new or empty directory, or over its own earlier output."""
+def check_output_directory(out_dir: Path, overwrite: bool = False) -> None:
+    """prepare writes only into a new or empty directory, or over its own earlier output (or with
+    overwrite, over anything)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise JftError(f"--out {out_dir} is a file; give a directory for the prepared rows.")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not is_prepared(out_dir):
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not is_prepared(out_dir) and not overwrite:
         raise JftError(
             f"--out {out_dir} is a directory that holds other files; prepare writes only into a new or "
-            "empty directory (or over its own earlier output), so nothing of yours is replaced."
+            "empty directory (or over its own earlier output), so nothing of yours is replaced; add --overwrite "
+            "to replace it whole."
         )
 
 
@@ -393,7 +487,8 @@ def _packed_rows(documents, seq_len: int, ids: SpecialIds):
 def _write_split(
     out_dir: Path, name: str, rows, seq_len: int, vocab_size: int, rows_per_shard: int, fingerprint
 ) -> dict:
-    """Writes rows as shards named {name}-{k:03d}; adds every array written to `fingerprint` (a hashlib hash)."""
+    """Writes rows as shards named {name}-{k:03d}; adds every array written to `fingerprint` (a hashlib hash).
+    Each shard: its prefix, rows, and files: {field: {"bytes", "sha256"}} of its .npy files."""
     id_dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max else np.int32
     shards, buffer = [], []
 
@@ -413,11 +508,12 @@ def _write_split(
             arrays["token_type_ids"][k, : len(tokens)] = types
             arrays["word_start"][k, : len(tokens)] = starts
         prefix = f"{name}-{len(shards):03d}"
+        files: dict[str, dict] = {field: {} for field in FIELDS}
         for field in FIELDS:
-            atomic_write(out_dir / f"{prefix}.{field}.npy", functools.partial(_save_array, arrays[field]))
+            atomic_write(out_dir / f"{prefix}.{field}.npy", functools.partial(_save_array, arrays[field], files[field]))
             fingerprint.update(f"{prefix}.{field} {arrays[field].dtype} {arrays[field].shape}".encode())
             fingerprint.update(arrays[field].tobytes())
-        shards.append({"prefix": prefix, "rows": n})
+        shards.append({"prefix": prefix, "rows": n, "files": files})
         buffer.clear()
 
     for row in rows:

@@ -37,13 +37,23 @@ def load_tokenizer(path: str | Path, *, lowercase: bool = True) -> tokenizers.To
             f"vocabulary not found: {path}; give a vocab.txt or tokenizer.json, or train one with `jft vocab`."
         )
     if path.suffix == ".json":
-        tokenizer = tokenizers.Tokenizer.from_file(str(path))
+        try:
+            tokenizer = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as error:  # the tokenizers library raises its own exception type
+            reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+            raise JftError(
+                f"{path} is not a readable tokenizer ({reason}); it is damaged or not a tokenizers JSON file: copy "
+                "it again from where it came from."
+            ) from None
         # Padding and truncation saved with a Hub model (all-MiniLM-L6-v2: pad every text to 128)
         # would change every encoding; jft pads and truncates its batches itself.
         tokenizer.no_padding()
         tokenizer.no_truncation()
         return tokenizer
-    vocab = tokenizers.models.WordPiece.read_file(str(path))
+    try:
+        vocab = tokenizers.models.WordPiece.read_file(str(path))
+    except Exception as error:
+        raise JftError(f"{path} is not a readable vocabulary, one token a line ({error}).") from None
     return BertWordPieceTokenizer(vocab, lowercase=lowercase)._tokenizer
 
 

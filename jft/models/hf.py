@@ -11,6 +11,7 @@ PyTorch files are refused.
 """
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -237,7 +238,17 @@ def _write_shards(
 
 
 def _write_safetensors(file: Path, tensors: Mapping[str, np.ndarray]) -> None:
-    atomic_write(file, lambda path: safetensors.numpy.save_file(dict(tensors), str(path), metadata={"format": "pt"}))
+    def write(path: Path) -> None:
+        try:
+            safetensors.numpy.save_file(dict(tensors), str(path), metadata={"format": "pt"})
+        except safetensors.SafetensorError as error:  # an OS error inside: a full disk ("code: 28")
+            code = re.search(r"code: (\d+)", str(error))
+            if code is None:
+                raise
+            number = int(code.group(1))
+            raise OSError(number, os.strerror(number), str(file)) from None
+
+    atomic_write(file, write)
     usual_permissions(file)
 
 

@@ -7,6 +7,7 @@ during training do (jft.tasks.evaluate).
 
 import dataclasses
 import functools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,20 @@ class FinetunedModel:
             first = _first_pieces(self.tokenizer, piece[text])
             tags[index] += [None if p is None else self.task.labels[int(encoding_logits[p].argmax())] for p in first]
         return [{"tags": record_tags} for record_tags in tags]
+
+
+def is_predictions(file: Path) -> bool:
+    """Whether file holds predictions `FinetunedModel.predict` made, as `jft predict` writes them
+    (JSONL; its first line an object with a record's row or id and its prediction)."""
+    try:
+        with file.open(encoding="utf-8") as text:
+            first = json.loads(text.readline())
+    except (OSError, ValueError):
+        return False
+    return isinstance(first, dict) and bool({"row", "id"} & set(first)) and bool(PREDICTIONS & set(first))
+
+
+PREDICTIONS = {"label", "score", "tags"}  # what a record's prediction is called, by task kind
 
 
 def _model_params(workdir: Path, step: int | None) -> tuple[dict, str, dict]:

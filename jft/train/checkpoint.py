@@ -176,8 +176,8 @@ class Checkpoints:
         if free < need:
             raise RunFailed(
                 f"no room to save the checkpoint of step {step}: it needs about {need / 1e6:.1f} MB and "
-                f"{self.directory} has {free / 1e6:.1f} MB free; {self._newest()}. Free some space (or lower "
-                "keep_checkpoints) and run the same command to resume."
+                f"{self.directory} has {free / 1e6:.1f} MB free; {self._newest()}. Free {(need - free) / 1e6:.1f} MB "
+                "or more on that disk and run the same command to resume."
             )
 
     def _newest(self) -> str:

@@ -10,14 +10,16 @@ import datetime
 import fcntl
 import json
 import os
+import signal
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import jax
 
-from jft.errors import JftError
+from jft.errors import JftError, RunStopped
 from jft.train.parallel import agree
 
 LOCK = "run.lock"
@@ -105,12 +107,33 @@ def hold(workdir: Path) -> Iterator[None]:
             refusal = error
     agree(refusal)
     try:
-        yield
+        with _stop_on_signals():
+            yield
     finally:
         if lock is not None:
             lock.release()
             if created and not any(workdir.iterdir()):
                 workdir.rmdir()
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT stop a run outside its training loop (which first saves: StopRequest) at
+    once, as a RunStopped that lets go of the workdir on its way out (not a silent kill that
+    leaves run.lock behind)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise RunStopped(signal.Signals(signum), None, "what it finished is kept")
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _take(workdir: Path) -> tuple[bool, Lock]:

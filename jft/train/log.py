@@ -15,7 +15,10 @@ from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 from jft.errors import JftError, RunFailed
-from jft.files import finite_or_null
+from jft.files import appended_records, cut_torn_line, finite_or_null
+from jft.train.checkpoint import saved_steps
+
+METRICS = "metrics.jsonl"
 
 
 def check_guard(guard: ConfigDict) -> None:
@@ -29,18 +32,22 @@ class DivergenceGuard:
     """Stops a run whose updates keep failing (RunFailed), and warns about a loss that is huge or
     keeps rising. Every process sees the same global metrics, so all stop at the same step."""
 
-    def __init__(self, guard: ConfigDict, workdir: Path):
-        self.guard, self.workdir = guard, workdir
+    def __init__(self, guard: ConfigDict, workdir: Path, weights: str):
+        self.guard, self.workdir, self.weights = guard, workdir, workdir / weights
         self.warned_loss = False
         self.rises: dict[str, tuple[float, int]] = {}  # eval loss name: (last value, rises in a row)
 
     def train(self, step: int, metrics: dict[str, float]) -> None:
         if metrics.get("skipped_in_a_row", 0) >= self.guard.max_skipped_in_a_row:
+            lower = "Lower optim.lr (or raise optim.warmup_steps) in a new --workdir"
+            if saved_steps(self.weights):
+                advice = f"Its {self.weights.name}/ holds only finite weights from before. {lower}, with "
+                advice += f"--config.init_from={self.workdir} to start from them."
+            else:
+                advice = f"It saved no weights to start again from. {lower}."
             raise RunFailed(
                 f"stopped at step {step}: the last {int(metrics['skipped_in_a_row'])} updates were skipped because "
-                f"their results were not finite (loss {metrics['loss']:.4g}); the run diverged. Its checkpoints hold "
-                f"only finite weights from before. Lower optim.lr (or raise optim.warmup_steps) in a new --workdir, "
-                f"with --config.init_from={self.workdir} to keep its weights."
+                f"their results were not finite (loss {metrics['loss']:.4g}); the run diverged. {advice}"
             )
         loss = metrics["loss"]
         huge = not math.isfinite(loss) or loss > self.guard.warn_loss_above
@@ -72,7 +79,8 @@ class MetricWriter:
         if self.enabled:
             workdir = Path(workdir)
             workdir.mkdir(parents=True, exist_ok=True)
-            self.jsonl = (workdir / "metrics.jsonl").open("a", encoding="utf-8")
+            cut_torn_line(workdir / METRICS)
+            self.jsonl = (workdir / METRICS).open("a", encoding="utf-8")
             self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
 
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
@@ -102,10 +110,19 @@ class TrainingLog:
     RATES = {"sequences": "seq/s", "examples": "ex/s"}
 
     def __init__(
-        self, workdir: Path, total_steps: int, start: int, desc: str, unit: str, progress: bool, guard: ConfigDict
+        self,
+        workdir: Path,
+        total_steps: int,
+        start: int,
+        desc: str,
+        unit: str,
+        progress: bool,
+        guard: ConfigDict,
+        weights: str = "checkpoints",
     ):
+        """weights: the folder of workdir whose weights another run starts from (init_from)."""
         self.writer = MetricWriter(workdir)
-        self.guard = DivergenceGuard(guard, workdir)
+        self.guard = DivergenceGuard(guard, workdir, weights)
         self.show = progress and jax.process_index() == 0
         self.total, self.desc, self.start = total_steps, desc, start
         self.rate_name, self.rate_label = f"{unit}_per_second", self.RATES[unit]
@@ -181,9 +198,13 @@ class TrainingLog:
 def last_metrics(workdir: str | Path) -> dict[str, float]:
     """The latest value of every metric in <workdir>/metrics.jsonl, named as TrainingLog.last names them."""
     last: dict[str, float] = {}
-    file = Path(workdir) / "metrics.jsonl"
-    lines = file.read_text(encoding="utf-8").splitlines() if file.is_file() else []
-    for row in map(json.loads, lines):
+    for row in read_metrics(workdir):
         step, split = row.pop("step"), row.pop("split")
         last.update({"step": step, **{f"{split}_{name}": value for name, value in row.items()}})
     return last
+
+
+def read_metrics(workdir: str | Path) -> list[dict]:
+    """The records of <workdir>/metrics.jsonl ({"step", "split", metrics...}), a line cut short by a
+    stop or damaged by hand left out with a warning."""
+    return appended_records(Path(workdir) / METRICS, ("step", "split"))

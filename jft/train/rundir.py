@@ -28,7 +28,7 @@ from typing import Any
 
 import tokenizers
 
-from jft import __version__
+from jft import __version__, outputs
 from jft.data.tokenizer import load_tokenizer, save_tokenizer, vocabulary_fingerprint
 from jft.errors import JftError
 from jft.files import read_json_object, write_json
@@ -37,7 +37,7 @@ from jft.params import check_finite
 from jft.train.checkpoint import restore_latest
 
 FORMAT = "jft-run/1"
-RUN_FILE = "run.json"
+RUN_FILE = outputs.RUN_FILE
 TOKENIZER = "tokenizer.json"
 CHECKPOINTS = "checkpoints"
 BEST = "best"
@@ -50,12 +50,24 @@ def read_run(workdir: Path) -> dict | None:
     """The run.json of a workdir, or None when the directory holds no run yet."""
     file = workdir / RUN_FILE
     if not file.is_file():
-        if (workdir / CHECKPOINTS).is_dir() or (workdir / "task.json").is_file():
+        if (workdir / "task.json").is_file():
             raise JftError(
-                f"{workdir} was written by an earlier version of jft (no {RUN_FILE}); start a new --workdir."
+                f"{workdir} was written by an earlier version of jft (task.json, no {RUN_FILE}); start a new --workdir."
+            )
+        if any((workdir / name).exists() for name in (CHECKPOINTS, BEST, "metrics.jsonl")):
+            raise JftError(
+                f"{workdir} holds a run whose {RUN_FILE} is missing (deleted or not copied): it says what the run "
+                f"is, and nothing of the run can be read without it. Copy {RUN_FILE} back from where the directory "
+                "came from, or start a new --workdir."
             )
         return None
-    run = read_json_object(file, "the run description")
+    try:
+        run = read_json_object(file, "the run description")
+    except JftError as error:
+        raise JftError(
+            f"{error} It says what the run is, and nothing of the run can be read without it: copy {RUN_FILE} "
+            "back from where the directory came from, or start a new --workdir."
+        ) from None
     if run.get("format") != FORMAT or run.get("stage") not in STAGES:
         raise JftError(f"{file} is not a jft run description (format {FORMAT}).")
     return run
@@ -155,6 +167,12 @@ def open_init(path: str | Path, role: str = "init_from") -> InitSource:
         directory = path if path.is_dir() else path.parent
         has_tokenizer = any((directory / name).is_file() for name in ("tokenizer.json", "vocab.txt"))
         tokenizer = load_tokenizer(directory) if has_tokenizer else None
+        if tokenizer is not None and tokenizer.get_vocab_size() > model.vocab_size:
+            raise JftError(
+                f"{role}{directory}: its tokenizer has {tokenizer.get_vocab_size():,} tokens and its model "
+                f"{model.vocab_size:,} (vocab_size in {hf.CONFIG}); they come from different models. Export or "
+                "convert the model into a new directory."
+            )
         return InitSource("huggingface", path, family, model, params, tokenizer)
     family, model = run_model(run)
     if run["stage"] == "pretraining":
