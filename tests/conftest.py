@@ -1,8 +1,11 @@
 """Shared test helpers: tiny random BERT configs and batches with padding."""
 
+import dataclasses
 import os
+import re
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 # The tests run on the CPU, also where libtpu is installed (tests/test_tpu.py compiles for a TPU
@@ -112,3 +115,21 @@ def masked_positions(seed: int, batch: int, seq: int, count: int) -> np.ndarray:
 @pytest.fixture
 def max_abs_diff():
     return lambda a, b: float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+@dataclasses.dataclass
+class FaultCase:
+    """A case of a table of faults (tests/test_faults.py, tests/test_outputs.py): the command made
+    in a fresh directory against shared inputs, the whole stderr line it gives and its exit code."""
+
+    name: str
+    command: Callable[[Path, Path], list[str]]  # (case directory, shared inputs) -> argv
+    message: str  # the whole stderr line; {tmp}: the case's directory, {files}: the inputs, {*}: any text
+    code: int = 2
+
+    def check(self, err: str, code: int, tmp: Path, files: Path) -> None:
+        """That the command gave one line, this case's, and its exit code."""
+        pattern = re.escape(self.message.replace("{tmp}", str(tmp)).replace("{files}", str(files)))
+        pattern = pattern.replace(re.escape("{*}"), ".*")
+        assert err.endswith("\n") and err.count("\n") == 1 and re.fullmatch(pattern, err[:-1]), err
+        assert code == self.code

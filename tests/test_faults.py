@@ -7,7 +7,6 @@ checks the whole stderr line against the expected message ({tmp}: the case's dir
 the shared inputs, {*}: any text).
 """
 
-import dataclasses
 import errno
 import json
 import os
@@ -24,6 +23,7 @@ import pytest
 import safetensors.numpy
 
 from conftest import REPO, SMALL_PRETRAIN, TINY_MODEL, corpus_vocab, write_corpus, write_topic_task
+from conftest import FaultCase as Case
 from jft import cli
 from jft.data.prepare import prepare
 from jft.models import hf
@@ -105,14 +105,6 @@ def _sharded_outside(directory: Path) -> None:
     names = safetensors.numpy.load_file(directory / "model-00001-of-00001.safetensors")
     index = {"metadata": {}, "weight_map": dict.fromkeys(names, "../../../etc/passwd")}
     (directory / "model.safetensors.index.json").write_text(json.dumps(index))
-
-
-@dataclasses.dataclass
-class Case:
-    name: str
-    command: Callable[[Path, Path], list[str]]  # (case directory, shared inputs) -> argv
-    message: str  # the whole stderr line
-    code: int = 2
 
 
 CASES = [
@@ -566,10 +558,7 @@ def test_one_clear_line_and_nothing_written(case: Case, files, tmp_path, capsys)
     before = _snapshot(tmp_path)
     code = cli.main(command)
     err = capsys.readouterr().err
-    pattern = re.escape(case.message.replace("{tmp}", str(tmp_path)).replace("{files}", str(files)))
-    pattern = pattern.replace(re.escape("{*}"), ".*")
-    assert err.endswith("\n") and err.count("\n") == 1 and re.fullmatch(pattern, err[:-1]), err
-    assert code == case.code
+    case.check(err, code, tmp_path, files)
     assert _snapshot(tmp_path) == before  # no workdir made, nothing half-written
     assert _snapshot(files) == before_files
 

@@ -9,7 +9,6 @@ BERT, a fine-tuned run, its export, a corpus and labeled data) and checks the wh
 ({tmp}: the case's directory, {files}: the shared inputs) and a digest of both trees.
 """
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -17,13 +16,13 @@ import re
 import shutil
 import signal
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import pytest
 
 from conftest import REPO, TINY_MODEL, corpus_vocab, write_corpus, write_topic_task
+from conftest import FaultCase as Case
 from jft import cli, outputs
 from jft.errors import RunStopped
 from jft.models import hf
@@ -96,14 +95,6 @@ def _someone_elses_model(tmp: Path, files: Path) -> Path:
     shutil.copytree(files / "hf", directory)
     (directory / "README.md").write_text("# a model card\n")
     return directory
-
-
-@dataclasses.dataclass
-class Case:
-    name: str
-    command: Callable[[Path, Path], list[str]]  # (case directory, shared inputs) -> argv
-    message: str  # the whole stderr line
-    code: int = 2
 
 
 GRID = '{"optim.lr": [1e-3, 3e-3]}'
@@ -367,9 +358,7 @@ def test_a_write_that_would_lose_something_is_one_line_before_any_work(case: Cas
     before, before_files = _digests(tmp_path), _digests(files)
     code = cli.main(command)
     err = capsys.readouterr().err
-    pattern = re.escape(case.message.replace("{tmp}", str(tmp_path)).replace("{files}", str(files)))
-    assert err.endswith("\n") and err.count("\n") == 1 and re.fullmatch(pattern, err[:-1]), err
-    assert code == case.code
+    case.check(err, code, tmp_path, files)
     assert _digests(tmp_path) == before  # nothing written, nothing half-written, nothing left behind
     assert _digests(files) == before_files
 
