@@ -117,7 +117,11 @@ FINETUNE: Table = {
     "data.tfds_data_dir": ("", "where TFDS datasets are built"),
     # The regulariser the project is named for, part of the loss (coupled L2).
     "l2.weight": (1e-4, "λ of the penalty λ·Σ‖θ − θ_ref‖² (part of the loss)"),
-    "l2.reference": ("zero", "θ_ref: zero, or init (the weights the run started from: L2-SP)"),
+    "l2.reference": (
+        "auto",
+        "θ_ref: zero (λ‖θ‖²), init (λ‖θ − θ_init‖², L2-SP: the weights the run started from, heads aside), "
+        "or auto: init with init_from, zero from scratch",
+    ),
     "l2.exclude_bias_and_layer_norm": (True, "leave biases and LayerNorm out of the penalty"),
     **OPTIM,
     # AdamW's decoupled decay is a different regulariser: off, so the L2 term is the only one.
@@ -176,7 +180,7 @@ QUICKSTART: Table = {
     "finetune.batch_size": (8, "fine-tuning batch"),
     "finetune.lr": (1e-3, "fine-tuning learning rate"),
     "finetune.l2_weight": (1e-4, "λ of the L2 penalty"),
-    "finetune.l2_reference": ("zero", "θ_ref: zero or init"),
+    "finetune.l2_reference": ("auto", "θ_ref: zero, init or auto (init for the pretrained run, zero from scratch)"),
     "parallel_backend": ("jit", "shard_map, pmap or jit"),
     "progress": (True, "progress bars"),
 }

@@ -36,12 +36,14 @@ from jft.tasks.batches import fill_rows, step_inputs
 from jft.tasks.evaluate import evaluate_data
 from jft.tasks.finetuning import (
     check_settings,
+    describe_penalty,
     encode_splits,
     finetune_setup,
     initial_params,
     joint_masking,
     planned_steps,
     read_task,
+    resolve_reference,
     task_batches,
     task_tokenizer,
     with_warmup,
@@ -89,6 +91,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, runner: Runner |
     runner.check_batch(config.batch_size, config.accum_steps)
     with RunSession.open(workdir, "finetuning", config.init_from, MAY_CHANGE_ON_RESUME) as session:
         workdir, run = session.workdir, session.run
+        config = resolve_reference(config, run["config"]["l2"]["reference"] if run else None)
         task, best_metric, records = read_task(config)
         data = {"train": source_identity(config.data.train)}
         data["eval"] = source_identity(config.data.eval) if config.data.eval else None
@@ -161,6 +164,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, runner: Runner |
                 f"examples, {len(batches)} steps an epoch; {where}",
                 flush=True,
             )
+            print(describe_penalty(config), flush=True)
             if config.data.layout == "packed":
                 print(
                     f"packed {len(encoded['train'])} examples into {len(batches.packed_rows)} rows of "

@@ -41,6 +41,7 @@ from jft.tasks.finetuning import (
     encode_splits,
     planned_steps,
     read_task,
+    resolve_reference,
     task_batches,
     task_tokenizer,
 )
@@ -94,6 +95,7 @@ def plan(config: ConfigDict) -> list[Member]:
             check_settings(member_config)
         except JftError as error:
             raise JftError(f"sweep.grid point {setting}: {error}") from None
+        member_config = resolve_reference(member_config)
         for fold in range(folds) if folds else [None]:
             members.append(Member(len(members), setting, fold, member_config))
     return members
@@ -144,9 +146,10 @@ def sweep_data(config: ConfigDict) -> SweepData:
 def run_sweep(config: ConfigDict, workdir: str | Path) -> dict:
     """Runs (or resumes) the sweep of config in workdir; returns the best grid point's row of the
     table with the final metrics of its run directory (best_run/)."""
+    workdir = Path(workdir).absolute()
+    config = resolve_reference(config, _recorded_reference(workdir))
     members = plan(config)
     runner = Runner.start(config.parallel)
-    workdir = Path(workdir).absolute()
     for member in members:
         runner.check_batch(member.config.batch_size, member.config.accum_steps)
     with hold(workdir):
@@ -170,7 +173,7 @@ def run_sweep(config: ConfigDict, workdir: str | Path) -> dict:
         table = results_table([done[m.index] for m in members], metric)
         if jax.process_index() == 0:
             write_text(workdir / "sweep.jsonl", "".join(json.dumps(row) + "\n" for row in table))
-            print(format_table(table, metric), flush=True)
+            print(format_table(table, metric, {"l2.reference": config.l2.reference}), flush=True)
             plots.sweep(table, metric, workdir / "sweep.png")
     best = table[0]
     best_config = config.copy_and_resolve_references()
@@ -203,6 +206,14 @@ def _hold_settings(workdir: Path, config: ConfigDict, identity: dict) -> None:
             )
     elif jax.process_index() == 0:
         write_text(path, json.dumps(current, indent=1, default=str))
+
+
+def _recorded_reference(workdir: Path) -> str | None:
+    """The l2.reference a sweep in workdir was started with (its sweep.json), or None."""
+    path = workdir / "sweep.json"
+    if not path.is_file():
+        return None
+    return read_json_object(path, "the sweep's settings").get("config", {}).get("l2", {}).get("reference")
 
 
 def _read_members(workdir: Path) -> dict[int, dict]:
@@ -240,12 +251,15 @@ def results_table(results: list[dict], metric: str) -> list[dict]:
     return [rows[i] for i in order]
 
 
-def format_table(table: list[dict], metric: str) -> str:
-    """The table as aligned text, best first."""
+def format_table(table: list[dict], metric: str, fixed: dict | None = None) -> str:
+    """The table as aligned text, best first; fixed: settings every row shares, shown as columns
+    too where the grid does not sweep them (l2.reference beside l2.weight)."""
+    fixed = {key: value for key, value in (fixed or {}).items() if key not in table[0]["setting"]}
     keys = list(table[0]["setting"])
-    header = [*keys, f"{metric} mean", "std", "n"]
+    header = [*keys, *fixed, f"{metric} mean", "std", "n"]
     lines = [
-        [*(str(row["setting"][k]) for k in keys), f"{row['mean']:.4f}", f"{row['std']:.4f}", str(row["n"])]
+        [*(str(row["setting"][k]) for k in keys), *map(str, fixed.values())]
+        + [f"{row['mean']:.4f}", f"{row['std']:.4f}", str(row["n"])]
         for row in table
     ]
     widths = [max(len(cell) for cell in column) for column in zip(header, *lines)]

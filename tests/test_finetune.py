@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import safetensors.numpy
 import torch
 import transformers
 
@@ -21,7 +22,7 @@ from jft.errors import JftError
 from jft.finetune import default_config, train_and_evaluate
 from jft.models import hf
 from jft.models.bert import BertConfig, BertForPreTraining, BertForSequenceClassification, init_params
-from jft.params import flatten
+from jft.params import flatten, unflatten
 from jft.tasks.predictor import FinetunedModel
 from jft.train.masking import MaskingConfig, mask_batch
 from jft.train.objectives import l2_penalty, weighted_cross_entropy
@@ -264,6 +265,48 @@ def test_finetune_eval_predict_export_from_a_hugging_face_directory(tmp_path, ti
         {"params": model.params}, *(np.asarray(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
     )["logits"]
     np.testing.assert_allclose(jft_logits, torch_logits, atol=1e-5)
+
+
+def _first_penalty(workdir) -> float:
+    return next(r["l2_penalty"] for r in map(json.loads, (workdir / "metrics.jsonl").open()) if r["split"] == "train")
+
+
+def test_l2_reference_is_l2_sp_from_a_pretrained_model_and_zero_from_scratch(tmp_path, tiny_hf_dir, capsys):
+    """l2.reference=auto (the default): θ_ref is the weights a run starts from when it has
+    init_from, 0 from scratch; an explicit choice wins, and a resumed run keeps its own."""
+    train = write_topic_task(tmp_path / "train.csv", 16, seed=0)
+    common = ["--config", "finetune/tiny", f"--config.data.train={train}", "--config.data.seq_len=32"]
+    common += ["--config.log_every=1", "--config.epochs=1", "--config.progress=false", "--config.l2.weight=0.01"]
+
+    def finetune(name, *flags):
+        assert cli.main(["finetune", *common, "--workdir", str(tmp_path / name), *flags]) == 0
+        run = json.loads((tmp_path / name / "run.json").read_text())
+        return run["config"]["l2"]["reference"], capsys.readouterr().out
+
+    reference, out = finetune("pretrained", f"--config.init_from={tiny_hf_dir}")
+    assert reference == "init" and "l2: λ = 0.01, pulling toward the weights it starts from (L2-SP)" in out
+    theta_ref = flatten({"bert": hf.load(tiny_hf_dir)[1]["bert"]})
+    saved = safetensors.numpy.load_file(tmp_path / "pretrained" / "reference.safetensors")
+    assert set(saved) == set(theta_ref)  # the encoder; the new head is left out
+    for path, value in saved.items():
+        np.testing.assert_array_equal(value, theta_ref[path])
+    pull = flatten(weight_decay_mask(unflatten(saved)))
+    encoder = 0.01 * sum(float(np.sum(value.astype(np.float64) ** 2)) for path, value in saved.items() if pull[path])
+
+    reference, out = finetune("scratch", f"--config.data.vocab={tiny_hf_dir / 'vocab.txt'}")
+    assert reference == "zero" and "pulling toward 0 (l2.reference=zero)" in out
+    assert not (tmp_path / "scratch" / "reference.safetensors").exists() and _first_penalty(tmp_path / "scratch") > 0
+
+    explicit = (f"--config.init_from={tiny_hf_dir}", "--config.l2.reference=zero")
+    reference, _ = finetune("explicit", *explicit)
+    assert reference == "zero"
+    # The same start (seed): pulled toward 0, the first penalty has the encoder's λ‖θ‖² more; toward
+    # θ_ref the encoder adds nothing (it starts there), only the new head (L2-SP pulls it toward 0).
+    first = {name: _first_penalty(tmp_path / name) for name in ("pretrained", "explicit")}
+    assert first["explicit"] - first["pretrained"] == pytest.approx(encoder, rel=1e-4)
+    # resumed without l2.reference (as a run made when zero was the default): it keeps zero
+    reference, out = finetune("explicit", f"--config.init_from={tiny_hf_dir}", "--config.epochs=2")
+    assert reference == "zero" and "resuming at step 1 of 2" in out and "(l2.reference=zero)" in out
 
 
 PACKED = {"data.layout": "packed"}

@@ -235,7 +235,7 @@ def test_an_earlier_versions_l2sp_fine_tuning_run_evaluates_predicts_exports_and
     assert cli.main(["config", str(run)]) == 0 and '"family": "bert"' in capsys.readouterr().out
     # one more epoch, in place, from its checkpoint and its θ_ref
     flags = _flags({"init_from": "pretrain", "data.train": "train.csv", "data.eval": "dev.csv", "data.seq_len": 32})
-    flags += _flags({"batch_size": 8, "l2.reference": "init", "l2.weight": 0.01, "progress": False})
+    flags += _flags({"batch_size": 8, "l2.weight": 0.01, "progress": False})  # l2.reference: the run's own, init
     flags += _flags({"parallel.backend": "jit", "epochs": 3})
     command = [sys.executable, "-m", "jft.cli", *FINETUNE, "--workdir", "finetune", *flags]
     done = subprocess.run(command, cwd=legacy, env=ONE_DEVICE, capture_output=True, text=True)

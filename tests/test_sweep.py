@@ -114,6 +114,23 @@ def test_folds_partition_the_training_set_and_a_fold_member_is_a_run_on_its_part
     assert table[0]["mean"] >= table[1]["mean"]
 
 
+def test_the_table_shows_the_reference_beside_lambda_and_auto_resolves_per_member():
+    rows = [{"setting": {"l2.weight": 0.1}, "mean": 0.9, "std": 0.01, "n": 3}]
+    header, line = sweep.format_table(rows, "accuracy", {"l2.reference": "init"}).splitlines()
+    assert header.split() == ["l2.weight", "l2.reference", "accuracy", "mean", "std", "n"]
+    assert line.split() == ["0.1", "init", "0.9000", "0.0100", "3"]
+    swept = [{"setting": {"l2.reference": "zero"}, "mean": 0.9, "std": 0.0, "n": 3}]
+    assert sweep.format_table(swept, "accuracy", {"l2.reference": "init"}).split()[:3] == [
+        "l2.reference",
+        "accuracy",
+        "mean",
+    ]
+    config = default_config()
+    config.init_from, config.data.train, config.data.eval = "runs/pretrained", "train.csv", "dev.csv"
+    config.sweep.grid = {"l2.reference": ["auto", "zero"], "l2.weight": [0.1]}
+    assert [m.config.l2.reference for m in sweep.plan(config)] == ["init", "zero"]
+
+
 def test_a_population_over_eight_devices_is_the_population_on_one(task_files):
     config = _config(task_files, {"optim.lr": [1e-3, 3e-3], "seed": [0, 1]}, **{"model.hidden_dropout_prob": 0.0})
     config.batch_size, config.epochs, config.data.layout = 16, 1, "padded"

@@ -9,6 +9,7 @@ from jft.defaults import finetune as default_config
 
 def get_config():
     config = default_config()
+    config.l2.reference = "auto"  # θ_ref: the weights init_from gives (L2-SP), 0 from scratch
     config.task = "token_classification"
     config.data.train, config.data.eval = "tfds:conll2003:train", "tfds:conll2003:dev"
     config.data.text_column, config.data.label_column = "tokens", "ner"

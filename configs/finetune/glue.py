@@ -4,8 +4,8 @@
 
 The text after ':' is the task: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte or wnli. Defaults
 follow BERT's fine-tuning recipe: Adam, lr 2e-5 with 10% warmup and linear decay, batch 32,
-3 epochs, seq 128, plus the L2 term λ·Σ‖θ − θ_ref‖² with λ = 1e-4 and θ_ref = 0 (plain L2;
---config.l2.reference=init for L2-SP). Model sizes come from init_from.
+3 epochs, seq 128, plus the L2 term λ·Σ‖θ − θ_ref‖² with λ = 1e-4 and θ_ref = init_from's
+weights (L2-SP; --config.l2.reference=zero for plain L2). Model sizes come from init_from.
 """
 
 from jft.defaults import finetune as default_config
@@ -29,6 +29,7 @@ def get_config(task: str = "sst2"):
         raise ValueError(f"unknown GLUE task '{task}'; choose one of {sorted(TASKS)}")
     text, pair, kind, metric, eval_split = TASKS[task]
     config = default_config()
+    config.l2.reference = "auto"  # θ_ref: the weights init_from gives (L2-SP), 0 from scratch
     config.task = kind
     config.data.train = f"tfds:glue/{task}:train"
     config.data.eval = f"tfds:glue/{task}:{eval_split}"

@@ -8,6 +8,7 @@ from jft.defaults import finetune as default_config
 
 def get_config():
     config = default_config()
+    config.l2.reference = "auto"  # θ_ref: the weights init_from gives (L2-SP), 0 from scratch
     config.task = "classification"
     config.data.train, config.data.eval = "tfds:imdb_reviews:train", "tfds:imdb_reviews:test"
     config.data.seq_len = 512

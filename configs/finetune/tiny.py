@@ -14,6 +14,7 @@ from jft.defaults import finetune as default_config
 
 def get_config():
     config = default_config()
+    config.l2.reference = "auto"  # θ_ref: the weights init_from gives (L2-SP), 0 from scratch
     config.model.preset = "tiny"  # from scratch; with init_from, its architecture
     config.optim.lr = 1e-3
     config.epochs = 3

@@ -20,7 +20,7 @@ from jft.train.masking import MaskingConfig
 from jft.train.optim import check_optim, weight_decay_mask
 from jft.train.steps import FinetuneSetup
 
-REFERENCES = ("zero", "init")
+REFERENCES = ("auto", "zero", "init")
 DEFAULT_METRIC = {"classification": "accuracy", "regression": "pearson", "token_classification": "entity_f1"}
 
 
@@ -134,6 +134,27 @@ def initial_params(params: dict, config: ConfigDict, init, task: Task, quiet: bo
         return params, None
     flat = flatten(params)
     return params, unflatten({path: np.asarray(flat[path]) for path in report.loaded})
+
+
+def resolve_reference(config: ConfigDict, recorded: str | None = None) -> ConfigDict:
+    """config with l2.reference=auto resolved: the run's recorded choice when it resumes one (a run
+    keeps its θ_ref), else init (L2-SP) when it starts from init_from and zero from scratch.
+    Pulling a pretrained model toward 0 undoes its pretraining as λ grows; toward its own weights it
+    helps (docs/finetuning.md#l2-or-l2-sp). An explicit zero or init is kept."""
+    if config.l2.reference != "auto":
+        return config
+    config = config.copy_and_resolve_references()
+    config.l2.reference = recorded or ("init" if config.init_from else "zero")
+    return config
+
+
+def describe_penalty(config: ConfigDict) -> str:
+    """The L2 term of a resolved config, in words, for the start of a run."""
+    l2 = config.l2
+    if not l2.weight:
+        return f"l2: λ = 0, no penalty (l2.reference={l2.reference})"
+    toward = "the weights it starts from (L2-SP)" if l2.reference == "init" else "0"
+    return f"l2: λ = {l2.weight:g}, pulling toward {toward} (l2.reference={l2.reference})"
 
 
 def joint_masking(config: ConfigDict, tokenizer, model) -> MaskingConfig | None:
