@@ -327,13 +327,17 @@ def _finetuned(args, config):
 def _eval_arguments(parser):
     _workdir_argument(parser)
     parser.add_argument("--data", required=True, help="CSV/TSV/JSONL file, with the run's columns or --config.data.*")
-    parser.add_argument("--out", default="", help="also write report.json and confusion.png (classification) here")
+    parser.add_argument(
+        "--out", default="", help="also write report.json, report.txt and confusion.png (classification) here"
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON, not as a table")
     _overwrite_argument(parser)
 
 
 def _run_eval(args, config):
     from jft import plots
-    from jft.files import write_json
+    from jft.files import write_json, write_text
+    from jft.tasks.report import format_report
 
     with contextlib.ExitStack() as written:
         if args.out:  # checked before the evaluation, written after it
@@ -344,13 +348,16 @@ def _run_eval(args, config):
         model = _finetuned(args, config)
         report = model.report(args.data, batch_size=config.batch_size)
         print(f"evaluated {report['model']} on {report['records']:,} records of {args.data}", file=sys.stderr)
-        print(json.dumps(report, indent=2))
+        table = format_report(report)
+        print(json.dumps(report, indent=2) if args.json else table.rstrip("\n"))
         if args.out:
             write_json(out / "report.json", report)
+            write_text(out / "report.txt", table)
             if "confusion_matrix" in report:
                 plots.confusion(report, out / "confusion.png")
     if args.out:
-        print(f"wrote {Path(args.out) / 'report.json'}", file=sys.stderr)
+        files = "report.json, report.txt" + (" and confusion.png" if "confusion_matrix" in report else "")
+        print(f"wrote {files} to {args.out}", file=sys.stderr)
 
 
 def _predict_arguments(parser):

@@ -15,6 +15,7 @@ from typing import Any
 from ml_collections import ConfigDict, config_dict
 
 from jft.config import leaf_keys, value_at
+from jft.data.prepare import EVAL_FRACTION
 from jft.errors import JftError
 from jft.models import FAMILIES
 from jft.models import get as get_family
@@ -51,6 +52,11 @@ GUARD: Table = {
     "guard.max_skipped_in_a_row": (10, "stop (exit 1) after this many updates in a row were not finite"),
     "guard.warn_loss_above": (1e4, "warn when the training loss goes above this"),
     "guard.warn_rising_evals": (3, "warn when an evaluation loss rose this many times in a row (0: never)"),
+    "guard.min_context_gain": (
+        0.1,
+        "warn when a pretraining's held-out MLM loss ends less than this many nats below the unigram entropy "
+        "of its data (context_gain): it learned token frequencies, not context (0: never)",
+    ),
 }
 RUN: Table = {
     "init_from": ("", "a jft run or a Hugging Face directory to start from (its architecture and vocabulary)"),
@@ -73,7 +79,8 @@ PRETRAIN: Table = {
     "data.prepared": ("", "a `jft prepare` directory, instead of data.corpus"),
     "data.seq_len": (128, "tokens a row"),
     "data.mode": ("pairs", "pairs (masked-LM + next-sentence) or packed (masked-LM only)"),
-    "data.eval_fraction": (0.02, "documents held out for evaluation"),
+    # jft prepare's default, so that both prepare the same rows from the same corpus.
+    "data.eval_fraction": (EVAL_FRACTION, "documents held out for evaluation (as `jft prepare --eval-fraction`)"),
     "data.streams": (
         1,
         "streams of whole shards a batch draws from equally (processes or a multiple: each reads its own)",

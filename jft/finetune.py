@@ -19,6 +19,7 @@ Data -> model -> state -> loop -> outputs, in the order of jft.train.session (st
 
 import functools
 import hashlib
+import sys
 from pathlib import Path
 
 import jax
@@ -32,6 +33,7 @@ from jft.defaults import finetune as default_config
 from jft.errors import JftError
 from jft.files import atomic_write
 from jft.params import flatten, unflatten
+from jft.pretrain import context_warning
 from jft.tasks.batches import fill_rows, step_inputs
 from jft.tasks.evaluate import evaluate_data
 from jft.tasks.finetuning import (
@@ -48,6 +50,7 @@ from jft.tasks.finetuning import (
     task_tokenizer,
     with_warmup,
 )
+from jft.tasks.metrics import ONE_CLASS, one_class
 from jft.train import rundir
 from jft.train.checkpoint import Checkpoints, saved_steps
 from jft.train.log import TrainingLog
@@ -111,6 +114,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, runner: Runner |
             if _uses_reference(run) and saved_steps(workdir / rundir.CHECKPOINTS):
                 _check_reference(workdir, run)
         session.verified()
+        weak = context_warning(session.init.path) if session.init and session.init.kind == "pretraining" else None
+        if weak and jax.process_index() == 0:  # said at the start, once, before the time is spent
+            print(f"warning: init_from {session.init.path}: {weak}", file=sys.stderr, flush=True)
         encoded = encode_splits(task, tokenizer, model, records)
         masking = joint_masking(config, tokenizer, model)
         module = family.module(model, task.head(mlm=masking is not None))
@@ -196,12 +202,15 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, runner: Runner |
                     )
                 return False
             scores = evaluate_data(runner, predict, state.params, encoded["eval"], task, eval_batch_size)
-            log.write(step, "eval", scores)
             progress["without_gain"] += 1
             if scores[best_metric] > best_value:
                 best_value, progress["without_gain"] = scores[best_metric], 0
                 meta = {"metric": best_metric, "value": float(best_value), "step": step}
                 best.save(step, {"params": _task_params(runner, state)}, meta, force=True)
+            log.write(step, "eval", scores, best=f"best {best_metric} {best_value:.4f} at step {best.latest_step()}")
+            if one_class(scores) and (not progress.get("one_class") or step == total_steps):
+                progress["one_class"] = True
+                log.note(f"warning: step {step}: {ONE_CLASS}", always=True)
             if patience and progress["without_gain"] >= patience and step < total_steps:
                 progress["early"] = True
                 log.note(

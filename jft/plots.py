@@ -70,8 +70,9 @@ def quickstart(
     return path
 
 
-def confusion(report: dict, file: Path) -> None:
-    """confusion.png: the confusion matrix of a classification report (jft eval's), counts written in."""
+def confusion(report: dict, file: Path) -> "matplotlib.figure.Figure":
+    """confusion.png: the confusion matrix of a classification report (jft eval's), counts written in,
+    white on dark cells and black on light ones (text_colors). Returns the (closed) figure."""
     labels, matrix = report["labels"], report["confusion_matrix"]
     size = max(4, 0.6 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -79,9 +80,19 @@ def confusion(report: dict, file: Path) -> None:
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(labels)), labels)
     ax.set(xlabel="predicted", ylabel="true", title=f"{report['records']} records")
-    for i, row in enumerate(matrix):
-        for j, count in enumerate(row):
-            ax.text(j, i, str(count), ha="center", va="center")
+    for i, (row, colors) in enumerate(zip(matrix, text_colors(matrix))):
+        for j, (count, color) in enumerate(zip(row, colors)):
+            ax.text(j, i, str(count), ha="center", va="center", color=color)
     fig.tight_layout()
     fig.savefig(file, dpi=100)
     plt.close(fig)
+    return fig
+
+
+def text_colors(matrix) -> list[list[str]]:
+    """The color of each cell's count on a sequential colormap (light for low, dark for high, as
+    Blues): white above the middle of the range, (max + min) / 2, black at or below it, as
+    scikit-learn's ConfusionMatrixDisplay chooses; all black when every cell is the same."""
+    values = np.asarray(matrix, dtype=float)
+    middle = (values.max() + values.min()) / 2 if values.size else 0.0
+    return [["white" if value > middle else "black" for value in row] for row in values]

@@ -10,9 +10,16 @@ Data -> model -> state -> loop -> outputs, in the order of jft.train.session (st
 5. restore the newest good checkpoint (a finished run says so and returns) or initialise, with
    init_from's weights; train to total_steps, evaluating every eval_every steps and saving every
    checkpoint_every steps, at the end and on SIGTERM/SIGINT (then RunStopped).
+
+Each evaluation reports context_gain when the rows record their unigram entropy (jft.data.prepare):
+that entropy minus the held-out masked-LM loss, in nats, what the model knows beyond token
+frequencies. A run that ends with less than guard.min_context_gain is warned about on stderr
+(`context_warning` gives the same text for a run directory, for a fine-tuning that starts from it).
 """
 
 import functools
+import math
+import sys
 from pathlib import Path
 
 import jax
@@ -23,13 +30,14 @@ from jft.data.corpus import read_documents, source_identity, sources_of
 from jft.data.loader import Loader, PretrainRows, check_streams
 from jft.data.prepare import MODES, is_prepared, prepare
 from jft.data.tokenizer import load_tokenizer, train_vocab
+from jft.defaults import GUARD
 from jft.defaults import pretrain as default_config
 from jft.errors import JftError
 from jft.models import Head
 from jft.params import merge
 from jft.train import rundir
 from jft.train.checkpoint import Checkpoints, saved_steps
-from jft.train.log import TrainingLog, check_guard
+from jft.train.log import TrainingLog, check_guard, read_metrics
 from jft.train.loop import train_loop
 from jft.train.masking import MaskingConfig
 from jft.train.objectives import means
@@ -38,7 +46,7 @@ from jft.train.parallel import Runner
 from jft.train.session import RunSession
 from jft.train.steps import PretrainSetup, create_state, pretrain_eval_step, pretrain_step
 
-__all__ = ["default_config", "train_and_evaluate"]
+__all__ = ["context_warning", "default_config", "train_and_evaluate"]
 
 # Settings a resumed run may change: where things are (the rows are compared by content instead),
 # logging, saving, devices, and total_steps (its own rule: not below the step reached). The model
@@ -48,6 +56,7 @@ MAY_CHANGE_ON_RESUME = (
     "model",
     "data.corpus",
     "data.prepared",
+    "data.eval_fraction",  # the rows are compared by content (its default was 0.02 before jft prepare's 0.01)
     "data.vocab",
     "data.tfds_data_dir",
     "log_every",
@@ -108,7 +117,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
         if rows_dir is None:
             rows_dir = workdir / "data"
             data = config.data
-            prepare(
+            prepared = prepare(
                 data.corpus,
                 tokenizer,
                 rows_dir,
@@ -120,9 +129,13 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
                 tfds_data_dir=data.tfds_data_dir or None,
                 progress=config.progress,
             )
+            if jax.process_index() == 0:
+                print(_prepared_line(rows_dir, prepared), flush=True)
         loaders = _loaders(config, rows_dir)  # their errors (streams, missing shards) before run.json
         meta = loaders[0].data.metadata
         identity = {key: meta[key] for key in ("fingerprint", "seq_len", "mode", "sources")}
+        if meta.get("unigram_entropy") is not None:
+            identity["unigram_entropy"] = meta["unigram_entropy"]
         session.start(config.to_dict(), family, model, identity, tokenizer)
         if longer:
             session.record({**session.run["config"], "total_steps": config.total_steps})
@@ -176,7 +189,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
         # The loop.
         state, rng = runner.put_replicated(host_state["train"]), runner.put_replicated(host_state["rng"])
         log = TrainingLog(workdir, config.total_steps, start, "pretraining", "sequences", config.progress, config.guard)
-        evaluator = _evaluator(config, eval_loader, runner, setup)
+        evaluator = _evaluator(config, eval_loader, runner, setup, meta.get("unigram_entropy"))
 
         def evaluate(step, state) -> bool:
             log.write(step, "eval", evaluator(state.params))
@@ -206,7 +219,63 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
             checkpoints.wait()
             checkpoints.close()
             log.close()
+        gain = log.last.get("eval_context_gain")
+        if gain is not None and jax.process_index() == 0:
+            text = _context_text(log.last["eval_mlm_loss"], gain, config.guard.min_context_gain)
+            if text:
+                print(f"warning: {text}", file=sys.stderr, flush=True)
         return log.last
+
+
+def context_warning(workdir: str | Path, min_gain: float | None = None) -> str | None:
+    """The warning (without "warning: ") that the pretraining run in `workdir`, finished or
+    stopped, learned token frequencies and not context: its last held-out masked-LM loss is not
+    `min_gain` nats (None: the run's own guard.min_context_gain) below the unigram entropy of its
+    rows. None when it is, when min_gain is 0, and for a directory that holds no pretraining run,
+    or one without a context_gain in its metrics (rows prepared by an earlier jft, no evaluation)."""
+    workdir = Path(workdir)
+    try:
+        run = rundir.read_run(workdir)
+    except JftError:
+        return None
+    if run is None or run.get("stage") != "pretraining":
+        return None
+    if min_gain is None:
+        guard = run.get("config", {}).get("guard", {})
+        min_gain = guard.get("min_context_gain", GUARD["guard.min_context_gain"][0])
+    evaluations = [
+        row
+        for row in read_metrics(workdir)
+        if row["split"] == "eval" and row.get("context_gain") is not None and row.get("mlm_loss") is not None
+    ]
+    if not evaluations:
+        return None
+    return _context_text(evaluations[-1]["mlm_loss"], evaluations[-1]["context_gain"], min_gain)
+
+
+def _context_text(loss: float, gain: float, min_gain: float) -> str | None:
+    """The warning about a context gain below min_gain (None: not below, or min_gain 0)."""
+    if not min_gain or not math.isfinite(gain) or gain >= min_gain:
+        return None
+    return (
+        f"the held-out MLM loss ({loss:.2f}) is not below the unigram entropy of the data ({loss + gain:.2f}) by "
+        f"guard.min_context_gain ({min_gain:g}): this pretraining has learned token frequencies, not context; "
+        "fine-tuning from it may do worse than from scratch. Train longer, or with a higher optim.lr."
+    )
+
+
+def _prepared_line(rows_dir: Path, meta: dict) -> str:
+    """What the run's own prepare wrote (meta: its metadata): its rows, settings and fingerprint,
+    the same that `jft prepare` writes with the same vocabulary and settings (its defaults are the run's)."""
+    rows = ", ".join(f"{split} {info['rows']:,}" for split, info in meta["splits"].items())
+    settings = ", ".join(
+        f"{key} {meta[key]}"
+        for key in ("seq_len", "mode", "seed", "eval_fraction", "short_seq_prob", "window_documents", "rows_per_shard")
+    )
+    return (
+        f"prepared {rows_dir}: {meta['documents']:,} documents, {meta['tokens']:,} tokens, rows: {rows} ({settings}; "
+        f"fingerprint {meta['fingerprint'][:12]})"
+    )
 
 
 def check_settings(config: ConfigDict) -> None:
@@ -216,6 +285,8 @@ def check_settings(config: ConfigDict) -> None:
             raise JftError(f"{key} must be at least 1, got {config[key]}.")
     check_optim(config.optim)
     check_guard(config.guard)
+    if not config.guard.min_context_gain >= 0:
+        raise JftError(f"guard.min_context_gain must be 0 (off) or more, got {config.guard.min_context_gain}.")
     if not 0 < config.masking.rate < 1 or config.masking.max_predictions < 1:
         raise JftError(
             f"masking.rate must be between 0 and 1 and masking.max_predictions at least 1, got "
@@ -337,8 +408,11 @@ def _loaders(config: ConfigDict, data_dir: Path) -> tuple[Loader, Loader | None]
     return train, Loader(eval_rows, config.batch_size, config.seed, single_pass=True, **here)
 
 
-def _evaluator(config: ConfigDict, loader: Loader | None, runner: Runner, setup: PretrainSetup):
-    """evaluate(params) -> MLM accuracy, loss, perplexity (and NSP accuracy) on the held-out rows."""
+def _evaluator(
+    config: ConfigDict, loader: Loader | None, runner: Runner, setup: PretrainSetup, unigram_entropy: float | None
+):
+    """evaluate(params) -> MLM accuracy, loss, perplexity (and NSP accuracy) on the held-out rows,
+    and context_gain (unigram_entropy - MLM loss, nats) when the rows record their unigram entropy."""
     if loader is None:
         return None
     eval_step = runner.compile(functools.partial(pretrain_eval_step, setup=setup), state_argnum=None)
@@ -353,6 +427,8 @@ def _evaluator(config: ConfigDict, loader: Loader | None, runner: Runner, setup:
         mlm = means(totals["mlm"])
         metrics = {"mlm_loss": float(mlm["loss"]), "mlm_accuracy": float(mlm["accuracy"])}
         metrics["perplexity"] = float(np.exp(metrics["mlm_loss"]))
+        if unigram_entropy is not None:
+            metrics["context_gain"] = unigram_entropy - metrics["mlm_loss"]
         if "nsp" in totals:
             metrics["nsp_accuracy"] = float(means(totals["nsp"])["accuracy"])
         return metrics

@@ -21,6 +21,8 @@ normal fine-tuning run directory of the best grid point trained on the whole tra
 import functools
 import itertools
 import json
+import math
+import sys
 from pathlib import Path
 
 import jax
@@ -45,6 +47,7 @@ from jft.tasks.finetuning import (
     task_batches,
     task_tokenizer,
 )
+from jft.tasks.metrics import ONE_CLASS, one_class
 from jft.train.lock import hold
 from jft.train.parallel import Runner
 from jft.train.rundir import open_init
@@ -174,6 +177,8 @@ def run_sweep(config: ConfigDict, workdir: str | Path) -> dict:
         if jax.process_index() == 0:
             write_text(workdir / "sweep.jsonl", "".join(json.dumps(row) + "\n" for row in table))
             print(format_table(table, metric, {"l2.reference": config.l2.reference}), flush=True)
+            for line in table_notes(table, [done[m.index] for m in members]):
+                print(line, file=sys.stderr if line.startswith("warning") else sys.stdout, flush=True)
             plots.sweep(table, metric, workdir / "sweep.png")
     best = table[0]
     best_config = config.copy_and_resolve_references()
@@ -249,6 +254,33 @@ def results_table(results: list[dict], metric: str) -> list[dict]:
         rows.append({**point, "metric": metric, "mean": float(values.mean()), "std": std, "n": len(values)})
     order = sorted(range(len(rows)), key=lambda i: (-rows[i]["mean"], i))
     return [rows[i] for i in order]
+
+
+def table_notes(table: list[dict], results: list[dict]) -> list[str]:
+    """What a reader of the table should know: grid points whose every member predicts one class
+    (a warning), and best grid points that tie exactly or within the best's standard error, with
+    the rule that chose among them."""
+    scores = {result["member"]: result["scores"] for result in results}
+    notes = []
+    collapsed = [row for row in table if all(one_class(scores[member]) for member in row["members"])]
+    if collapsed:
+        settings = "; ".join(str(row["setting"]) for row in collapsed)
+        notes.append(f"warning: sweep: {len(collapsed)} of {len(table)} grid points: {ONE_CLASS} ({settings})")
+    best, metric = table[0], table[0]["metric"]
+    error = best["std"] / math.sqrt(best["n"])
+    tied = [row for row in table[1:] if row["mean"] == best["mean"]]
+    close = [row for row in table[1:] if best["mean"] - error <= row["mean"] < best["mean"]]
+    if tied:
+        notes.append(
+            f"sweep: {len(tied) + 1} grid points tie at the best {metric} {best['mean']:.4f}; the first in grid "
+            f"order is taken: {best['setting']}"
+        )
+    if close:
+        notes.append(
+            f"sweep: {len(close)} more grid points are within one standard error ({error:.4f}) of the best "
+            f"{metric}: {'; '.join(str(row['setting']) for row in close)}; more folds or seeds would tell them apart"
+        )
+    return notes
 
 
 def format_table(table: list[dict], metric: str, fixed: dict | None = None) -> str:

@@ -165,6 +165,7 @@ def test_eval_reports_per_class_metrics_like_scikit_learn_and_a_confusion_matrix
         str(tmp_path / "dev.csv"),
         "--out",
         str(tmp_path / "r"),
+        "--json",
     ]
     capsys.readouterr()
     assert (

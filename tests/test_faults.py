@@ -196,7 +196,7 @@ CASES = [
     Case(
         "unknown L2 reference",
         lambda t, f: _finetune(t, f, **{"l2.reference": "both"}),
-        "jft finetune: error: l2.reference 'both' is not one of ('zero', 'init').",
+        "jft finetune: error: l2.reference 'both' is not one of ('auto', 'zero', 'init').",
     ),
     Case(
         "unknown task kind",
@@ -389,8 +389,8 @@ CASES = [
     Case(
         "an evaluation label the training data never had",
         lambda t, f: _finetune(t, f, **{"data.eval": _write(t / "dev.csv", "text,label\nthe ship,ocean\n")}),
-        "jft finetune: error: label 'ocean' is not in the task's label set ['city', 'farm', 'sea', 'space']; fix the "
-        "data, or fine-tune again with this label in the training data.",
+        "jft finetune: error: {tmp}/dev.csv:2: label 'ocean' is not in the task's label set ['city', 'farm', 'sea', "
+        "'space']; fix the data, or fine-tune again with this label in the training data.",
     ),
     Case(
         "an empty data file",

@@ -225,7 +225,7 @@ def test_finetune_eval_predict_export_from_a_hugging_face_directory(tmp_path, ti
     task = json.loads((tmp_path / "run" / "run.json").read_text())["task"]
     assert task["labels"] == ["city", "farm", "sea", "space"]
 
-    assert cli.main(["eval", "--workdir", str(tmp_path / "run"), "--data", str(dev)]) == 0
+    assert cli.main(["eval", "--workdir", str(tmp_path / "run"), "--data", str(dev), "--json"]) == 0
     best = FinetunedModel(tmp_path / "run").meta  # the best evaluation's score, kept with its weights
     assert json.loads(capsys.readouterr().out)["metrics"]["accuracy"] == pytest.approx(best["value"])
     assert best["value"] >= final["eval_accuracy"] and best["metric"] == "accuracy"

@@ -89,7 +89,7 @@ def test_pretrain_move_then_finetune_eval_predict_export_from_elsewhere(pretrain
     assert cli.main(_finetune("task", **settings)) == 0
     assert "init from pretraining run" in capsys.readouterr().out
     shutil.move("task", "task-moved")
-    assert cli.main(["eval", "--workdir", "task-moved", "--data", "../dev.csv"]) == 0
+    assert cli.main(["eval", "--workdir", "task-moved", "--data", "../dev.csv", "--json"]) == 0
     assert 0 <= json.loads(capsys.readouterr().out)["metrics"]["accuracy"] <= 1
     assert cli.main(["predict", "--workdir", "task-moved", "--input", "../dev.csv", "--output", "p.jsonl"]) == 0
     assert len(Path("p.jsonl").read_text().splitlines()) == 16

@@ -222,7 +222,7 @@ def test_an_earlier_versions_pretraining_run_resumes_longer_and_exports(legacy, 
 
 def test_an_earlier_versions_l2sp_fine_tuning_run_evaluates_predicts_exports_and_resumes(legacy, tmp_path, capsys):
     run = legacy / "finetune"
-    assert cli.main(["eval", "--workdir", str(run), "--data", str(legacy / "dev.csv")]) == 0
+    assert cli.main(["eval", "--workdir", str(run), "--data", str(legacy / "dev.csv"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["records"] == 8 and set(report["metrics"]) == {"accuracy", "mcc", "macro_f1"}
     output = tmp_path / "predictions.jsonl"

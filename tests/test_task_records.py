@@ -15,8 +15,10 @@ import pytest
 
 from conftest import REPO
 from jft import cli
+from jft.data.synthetic import write_vocab
+from jft.data.tokenizer import load_tokenizer
 from jft.errors import JftError
-from jft.tasks.records import Columns, label_vocabulary, read_records
+from jft.tasks.records import Columns, encode, label_vocabulary, read_records
 
 FINETUNE = str(REPO / "configs" / "finetune" / "tiny.py")
 LABELED = Columns()
@@ -346,3 +348,38 @@ def test_a_pair_task_and_prediction_input_read(tmp_path):
     assert pairs == [{"premise": "a b", "hypothesis": "c d", "label": "x"}]
     to_predict = _read(tmp_path / "q.jsonl", _jsonl({"text": "a", "id": 7}), PREDICT)
     assert to_predict == [{"text": "a", "id": 7}]
+
+
+@pytest.mark.parametrize(
+    ("file", "train", "content", "kind", "line"),
+    [
+        (
+            "dev.csv",
+            "text,label\nthe ship,sea\nthe cow,farm\n",
+            "text,label\nthe ship,sea\n\nthe wave,ocean\n",  # a blank line: the record is on line 4
+            "classification",
+            4,
+        ),
+        (
+            "dev.jsonl",
+            _jsonl({"text": ["the", "ship"], "label": ["O", "B-X"]}),
+            _jsonl({"text": ["a"], "label": ["O"]}, {"text": ["the", "ship"], "label": ["O", "B-Y"]}),
+            "token_classification",
+            2,
+        ),
+    ],
+    ids=["csv class", "jsonl tag"],
+)
+def test_a_label_outside_the_training_labels_names_its_file_and_line(file, train, content, kind, line, tmp_path):
+    """The label set comes from the training data; an evaluation record with another label is named by file:line."""
+    train_records = _read(tmp_path / f"train{Path(file).suffix}", train, kind=kind)
+    labels = label_vocabulary(train_records, kind, "label")
+    records = _read(tmp_path / file, content, kind=kind)
+    tokenizer = load_tokenizer(write_vocab(tmp_path / "vocab.txt"))
+    with pytest.raises(JftError) as error:
+        encode(records, tokenizer, kind, LABELED, labels, 16)
+    wrong = "ocean" if kind == "classification" else "B-Y"
+    assert str(error.value) == (
+        f"{tmp_path / file}:{line}: label {wrong!r} is not in the task's label set {labels}; fix the data, or "
+        "fine-tune again with this label in the training data."
+    )

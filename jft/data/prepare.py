@@ -16,8 +16,17 @@ whatever the number of processes; written to out_dir + '.tmp' (where a stopped p
 window by window) and renamed at the end. metadata.json names the data by content: each
 source's size and SHA-256, and a fingerprint of the rows (SHA-256 of every array and of the
 vocabulary), so that a run can tell the same data wherever it lies; each shard file's size and
-SHA-256 ("files"), which a run checks when it opens the shard; and every setting of the prepare
-(sources by absolute path), so that `prepare_command` can say how to write the same rows again.
+SHA-256 ("files"), which a run checks when it opens the shard; every setting of the prepare
+(sources by absolute path), so that `prepare_command` can say how to write the same rows again;
+and unigram_entropy: the entropy (nats) of the train split's tokens that masking can pick, the
+masked-LM loss of a model that knows token frequencies and nothing of context (pretraining
+reports its held-out loss below it as context_gain). Each window's marker holds its counts of
+those tokens, summed at the end, so a resumed prepare records the same entropy.
+
+`jft prepare` and a pretraining's own prepare of data.corpus call `prepare` with the same
+defaults (EVAL_FRACTION, SHORT_SEQ_PROB, ROWS_PER_SHARD, WINDOW_DOCUMENTS; jft.defaults takes
+data.eval_fraction from here), so the same corpus, vocabulary, seq_len, mode and seed give the
+same rows and fingerprint either way.
 """
 
 import collections
@@ -55,6 +64,12 @@ MODES = ("pairs", "packed")
 FIELDS = ("input_ids", "token_type_ids", "word_start", "lengths", "nsp_labels")
 Segment = tuple[np.ndarray, np.ndarray]  # token ids, word-start flags
 WINDOW_DOCUMENTS = 10000  # documents a window: what prepare holds at once, a worker
+EVAL_FRACTION = 0.01  # documents held out for evaluation
+SHORT_SEQ_PROB = 0.1  # pairs: rows drawn shorter than seq_len, as in BERT's
+ROWS_PER_SHARD = 65536
+# The special tokens masking never picks (jft.train.masking.MaskingConfig.for_vocabulary): left out
+# of the unigram counts, with padding.
+NEVER_MASKED = ("pad", "cls", "sep", "mask")
 WINDOWS, SETTINGS = "windows", "settings.json"  # in the .tmp directory of a prepare under way
 
 
@@ -66,9 +81,9 @@ def prepare(
     seq_len: int = 128,
     mode: str = "pairs",
     seed: int = 0,
-    eval_fraction: float = 0.01,
-    short_seq_prob: float = 0.1,
-    rows_per_shard: int = 65536,
+    eval_fraction: float = EVAL_FRACTION,
+    short_seq_prob: float = SHORT_SEQ_PROB,
+    rows_per_shard: int = ROWS_PER_SHARD,
     window_documents: int = WINDOW_DOCUMENTS,
     workers: int = 1,
     text_field: str = "text",
@@ -112,6 +127,7 @@ def prepare(
         "sources": [{k: v for k, v in identity.items() if k != "source"} for identity in identities],
         "tokenizer": hashlib.sha256(tokenizer.to_str().encode()).hexdigest(),  # vocabulary and normalizer
         "shard_files": "bytes and sha256",  # windows of an earlier jft recorded none: not resumed
+        "unigram_counts": "train tokens masking can pick",  # the same: windows without counts are not resumed
     }
     tmp_dir = out_dir.with_name(out_dir.name + ".tmp")
     done = _resumable(tmp_dir, settings)
@@ -161,6 +177,7 @@ def prepare(
         "rows_per_shard": rows_per_shard,
         "text_field": text_field,
         "tfds_data_dir": None if tfds_data_dir is None else os.path.abspath(tfds_data_dir),
+        "unigram_entropy": unigram_entropy(markers, tokenizer.get_vocab_size()),
         "splits": {
             split: {
                 "rows": sum(marker["splits"][split]["rows"] for marker in markers),
@@ -178,6 +195,25 @@ def prepare(
     (tmp_dir / SETTINGS).unlink()
     put_in_place(tmp_dir, out_dir)
     return metadata
+
+
+def unigram_entropy(markers: Sequence[dict], vocab_size: int) -> float | None:
+    """The entropy in nats of the tokens counted in the windows' markers (the train split's tokens
+    that masking can pick); None when there are none."""
+    counts = np.zeros(vocab_size, np.int64)
+    for marker in markers:
+        for token, count in marker["unigram_counts"].items():
+            counts[int(token)] += count
+    return entropy_of_counts(counts)
+
+
+def entropy_of_counts(counts: np.ndarray) -> float | None:
+    """-Σ p log p (nats) of the distribution of `counts`; None when they are all 0."""
+    total = counts.sum()
+    if total == 0:
+        return None
+    p = counts[counts > 0] / total
+    return float(-(p * np.log(p)).sum())
 
 
 def prepare_command(directory: Path, metadata: dict) -> str | None:
@@ -325,16 +361,26 @@ def prepare_window(job: WindowJob, index: int, window: list) -> dict:
     digest = hashlib.sha256()
     marker = {"window": index, "documents": len(documents), "tokens": sum(len(s[0]) for d in documents for s in d)}
     marker["splits"] = {}
+    vocab_size = tokenizer.get_vocab_size()
+    counts = np.zeros(vocab_size, np.int64)  # of the train split's tokens
     for split, docs in splits.items():
         if options["mode"] == "pairs":
             rows = _pair_rows(docs, options["seq_len"], options["short_seq_prob"], ids, rng)
         else:
             rows = _packed_rows(docs, options["seq_len"], ids)
         prefix = f"{split}-{index:06d}"
-        vocab_size = tokenizer.get_vocab_size()
         marker["splits"][split] = _write_split(
-            out_dir, prefix, rows, options["seq_len"], vocab_size, job.rows_per_shard, digest
+            out_dir,
+            prefix,
+            rows,
+            options["seq_len"],
+            vocab_size,
+            job.rows_per_shard,
+            digest,
+            counts if split == "train" else None,
         )
+    counts[[getattr(ids, name) for name in NEVER_MASKED]] = 0
+    marker["unigram_counts"] = {str(token): int(counts[token]) for token in np.flatnonzero(counts)}
     marker["digest"] = digest.hexdigest()
     write_text(out_dir / WINDOWS / f"{index:06d}.json", json.dumps(marker))  # after its shards are on disk
     return marker
@@ -485,9 +531,17 @@ def _packed_rows(documents, seq_len: int, ids: SpecialIds):
 
 
 def _write_split(
-    out_dir: Path, name: str, rows, seq_len: int, vocab_size: int, rows_per_shard: int, fingerprint
+    out_dir: Path,
+    name: str,
+    rows,
+    seq_len: int,
+    vocab_size: int,
+    rows_per_shard: int,
+    fingerprint,
+    counts: np.ndarray | None = None,
 ) -> dict:
-    """Writes rows as shards named {name}-{k:03d}; adds every array written to `fingerprint` (a hashlib hash).
+    """Writes rows as shards named {name}-{k:03d}; adds every array written to `fingerprint` (a hashlib hash),
+    and (given counts, [vocab_size]) each token id's occurrences in the rows, padding aside.
     Each shard: its prefix, rows, and files: {field: {"bytes", "sha256"}} of its .npy files."""
     id_dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max else np.int32
     shards, buffer = [], []
@@ -507,6 +561,8 @@ def _write_split(
             arrays["input_ids"][k, : len(tokens)] = tokens
             arrays["token_type_ids"][k, : len(tokens)] = types
             arrays["word_start"][k, : len(tokens)] = starts
+        if counts is not None:
+            np.add(counts, np.bincount(np.concatenate([r[0] for r in buffer]), minlength=vocab_size), out=counts)
         prefix = f"{name}-{len(shards):03d}"
         files: dict[str, dict] = {field: {} for field in FIELDS}
         for field in FIELDS:

@@ -42,8 +42,8 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
 
 
 def classification_report(labels: np.ndarray, predictions: np.ndarray, names: list[str]) -> dict:
-    """Precision, recall, F1 and support of each class, their unweighted (macro) means, and the
-    confusion matrix; a class never predicted (or never true) has precision (recall) 0."""
+    """Precision, recall, F1 and support of each class, their unweighted (macro) and support-weighted
+    means, and the confusion matrix; a class never predicted (or never true) has precision (recall) 0."""
     matrix = confusion_matrix(labels, predictions, len(names))
     hits, predicted, support = np.diag(matrix), matrix.sum(0), matrix.sum(1)
     precision = np.divide(hits, predicted, out=np.zeros(len(names)), where=predicted > 0)
@@ -55,7 +55,10 @@ def classification_report(labels: np.ndarray, predictions: np.ndarray, names: li
         for name, p, r, f, n in zip(names, precision, recall, f1_scores, support)
     }
     macro = {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1_scores.mean())}
-    return {"per_class": per_class, "macro": macro, "labels": list(names), "confusion_matrix": matrix.tolist()}
+    share = support / max(support.sum(), 1)
+    weighted = {"precision": float(precision @ share), "recall": float(recall @ share), "f1": float(f1_scores @ share)}
+    out = {"per_class": per_class, "macro": macro, "weighted": weighted}
+    return {**out, "labels": list(names), "confusion_matrix": matrix.tolist()}
 
 
 def pearson(labels: np.ndarray, predictions: np.ndarray) -> float:
@@ -109,3 +112,16 @@ def entity_f1(label_sequences: list[list[str]], predicted_sequences: list[list[s
 
 CLASSIFICATION_METRICS = {"accuracy": accuracy, "f1": f1, "macro_f1": macro_f1, "mcc": matthews_corrcoef}
 REGRESSION_METRICS = {"pearson": pearson, "spearman": spearman}
+
+
+ONE_CLASS = (
+    "the model predicts one class for every evaluation example (MCC 0): it has learned how often each "
+    "label occurs, not the task. A lower l2.weight (or l2.reference=init from a pretrained model), "
+    "another optim.lr or more epochs may help."
+)
+
+
+def one_class(scores: dict[str, float]) -> bool:
+    """Whether classification scores are those of a model that predicts one class for every
+    example: its Matthews correlation is exactly 0 (undefined, as when one label is predicted)."""
+    return scores.get("mcc") == 0.0

