@@ -80,6 +80,20 @@ def corpus_vocab(text, out_dir, vocab_size: int = 200):
     return out_dir
 
 
+def tiny_hf_bert(root: Path, documents: int = 40) -> Path:
+    """root/bert: a tiny random BERT in Hugging Face format (TINY_MODEL, 200 tokens) with a
+    vocabulary trained on root/corpus.txt, a corpus of the test generator."""
+    import jax
+
+    from jft.models import hf
+    from jft.models.bert import BertConfig, BertForPreTraining, init_params
+
+    corpus_vocab(write_corpus(root / "corpus.txt", documents=documents), root / "bert")
+    config = BertConfig(vocab_size=200, **TINY_MODEL)
+    hf.save(root / "bert", config, init_params(BertForPreTraining(config), jax.random.PRNGKey(0)))
+    return root / "bert"
+
+
 def tiny_hf_config(**overrides) -> transformers.BertConfig:
     """A small random BERT in Hugging Face's config class."""
     values = dict(

@@ -6,15 +6,12 @@ import importlib.util
 import json
 import re
 
-import jax
 import pytest
 
-from conftest import TINY_MODEL, corpus_vocab, write_corpus, write_topic_task
+from conftest import tiny_hf_bert, write_topic_task
 from jft import cli, sweep
 from jft.defaults import GUARD, build
 from jft.errors import JftError
-from jft.models import hf
-from jft.models.bert import BertConfig, BertForPreTraining, init_params
 from jft.tasks.metrics import ONE_CLASS
 from jft.train import log as log_module
 from jft.train import rundir
@@ -27,9 +24,7 @@ pytestmark = pytest.mark.xdist_group("console")
 def task(tmp_path_factory):
     """A tiny Hugging Face BERT with its vocabulary, and a labeled task."""
     root = tmp_path_factory.mktemp("console")
-    corpus_vocab(write_corpus(root / "corpus.txt", documents=30), root / "bert")
-    config = BertConfig(vocab_size=200, **TINY_MODEL)
-    hf.save(root / "bert", config, init_params(BertForPreTraining(config), jax.random.PRNGKey(0)))
+    tiny_hf_bert(root, documents=30)
     write_topic_task(root / "train.csv", 32, seed=0)
     write_topic_task(root / "dev.csv", 16, seed=1)
     return root

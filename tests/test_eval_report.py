@@ -6,15 +6,12 @@ import csv
 import json
 import re
 
-import jax
 import pytest
 from matplotlib.colors import to_rgb
 from sklearn.metrics import classification_report
 
-from conftest import TINY_MODEL, corpus_vocab, write_corpus, write_topic_task
+from conftest import tiny_hf_bert, write_topic_task
 from jft import cli, plots
-from jft.models import hf
-from jft.models.bert import BertConfig, BertForPreTraining, init_params
 from jft.tasks.report import format_report
 
 NUMBER = r"-?\d+\.\d{4}|nan|n/a"
@@ -24,9 +21,7 @@ NUMBER = r"-?\d+\.\d{4}|nan|n/a"
 def run(tmp_path_factory):
     """A tiny classifier fine-tuned for an epoch from a tiny random BERT, and its dev file."""
     root = tmp_path_factory.mktemp("eval_report")
-    corpus_vocab(write_corpus(root / "corpus.txt", documents=40), root / "bert")
-    config = BertConfig(vocab_size=200, **TINY_MODEL)
-    hf.save(root / "bert", config, init_params(BertForPreTraining(config), jax.random.PRNGKey(0)))
+    tiny_hf_bert(root)
     train = write_topic_task(root / "train.csv", 48, seed=0)
     dev = write_topic_task(root / "dev.csv", 24, seed=1)
     flags = {"init_from": root / "bert", "data.train": train, "data.seq_len": 32, "progress": "false"}

@@ -15,13 +15,13 @@ import safetensors.numpy
 import torch
 import transformers
 
-from conftest import TINY_MODEL, corpus_vocab, set_keys, write_corpus, write_topic_task
+from conftest import TINY_MODEL, set_keys, tiny_hf_bert, write_topic_task
 from jft import cli
 from jft.data.synthetic import sentence_lengths, write_vocab
 from jft.errors import JftError
 from jft.finetune import default_config, train_and_evaluate
 from jft.models import hf
-from jft.models.bert import BertConfig, BertForPreTraining, BertForSequenceClassification, init_params
+from jft.models.bert import BertConfig, BertForSequenceClassification, init_params
 from jft.params import flatten, unflatten
 from jft.tasks.predictor import FinetunedModel
 from jft.train.masking import MaskingConfig, mask_batch
@@ -199,12 +199,7 @@ def test_eight_devices_give_the_one_device_update():
 @pytest.fixture(scope="module")
 def tiny_hf_dir(tmp_path_factory):
     """A small random BERT in Hugging Face format with a vocabulary trained on the test corpus."""
-    root = tmp_path_factory.mktemp("hfbert")
-    text = write_corpus(root / "corpus.txt", documents=40)
-    corpus_vocab(text, root / "bert")
-    config = BertConfig(vocab_size=200, **TINY_MODEL)
-    hf.save(root / "bert", config, init_params(BertForPreTraining(config), jax.random.PRNGKey(0)))
-    return root / "bert"
+    return tiny_hf_bert(tmp_path_factory.mktemp("hfbert"))
 
 
 def _config(train, eval_file=None, **changes):
