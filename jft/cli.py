@@ -159,7 +159,7 @@ def _run_vocab(args, _):
         documents = read_documents(args.corpus, text_field=args.text_field, tfds_data_dir=args.tfds_data_dir)
         return (line for doc in documents for line in doc)
 
-    inputs = [source for source in args.corpus if Path(source).exists()]
+    inputs = _corpus_files(args.corpus)
     corpus = " ".join(args.corpus)
     with output_directory(args.out, "a vocabulary", corpus, inputs=inputs, overwrite=args.overwrite) as staging:
         tokenizer = train_vocab(
@@ -167,6 +167,13 @@ def _run_vocab(args, _):
         )
     out = Path(args.out)
     print(f"wrote {out / 'vocab.txt'} and {out / 'tokenizer.json'} ({tokenizer.get_vocab_size():,} tokens)")
+
+
+def _corpus_files(corpus: list[str]) -> list[str]:
+    """The files a corpus argument names (globs expanded), the inputs an output must not touch."""
+    from jft.data.corpus import sources_of
+
+    return [source for source in sources_of(corpus) if Path(source).exists()]
 
 
 def _prepare_arguments(parser):
@@ -202,10 +209,15 @@ def _prepare_arguments(parser):
 
 
 def _run_prepare(args, _):
-    from jft.data.prepare import prepare
-    from jft.outputs import check
+    from jft.data.prepare import is_prepared, prepare
+    from jft.outputs import check, check_inputs
 
-    check(args.out, [source for source in args.corpus if Path(source).exists()], "--out", "rows")
+    out = Path(args.out)
+    if is_prepared(out):  # its own earlier output, a run's rows too: replaced whole, once the new rows are made
+        inside = Path(os.path.realpath(args.vocab)).is_relative_to(os.path.realpath(out))
+        check_inputs(out, [*_corpus_files(args.corpus), *([] if inside else [args.vocab])], "--out", "rows")
+    else:
+        check(out, [*_corpus_files(args.corpus), args.vocab], "--out", "rows")
     meta = prepare(
         args.corpus,
         args.vocab,

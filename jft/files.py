@@ -86,11 +86,12 @@ def read_json_object(file: Path, what: str = "") -> dict:
     return value
 
 
-def appended_records(file: Path, required: tuple[str, ...]) -> list[dict]:
+def appended_records(file: Path, required: tuple[str, ...], warn: bool = True) -> list[dict]:
     """The records of a JSONL file jft appends to as it goes (metrics.jsonl, members.jsonl), read
     as a crash or a hand may leave it: a torn last line (no line end: the writer was stopped) is
     left out, and so is a line that is not a JSON object with the `required` keys, each with a
-    warning that names the file and line. A missing file has no records."""
+    warning that names the file and line (when warn: one process of several says it). A missing
+    file has no records."""
     try:
         data = file.read_bytes()
     except FileNotFoundError:
@@ -105,6 +106,8 @@ def appended_records(file: Path, required: tuple[str, ...]) -> list[dict]:
             record = None
         if isinstance(record, dict) and all(key in record for key in required):
             records.append(record)
+        elif not warn:
+            continue
         elif number == len(lines):
             _warn(f"{file}:{number}: the last line was cut short (a stopped writer); it is left out.")
         else:
@@ -121,7 +124,10 @@ def cut_torn_line(file: Path) -> None:
         return
     with out:
         size = out.seek(0, os.SEEK_END)
-        if size == 0 or (out.seek(size - 1) and out.read(1) == b"\n"):
+        if size == 0:
+            return
+        out.seek(size - 1)
+        if out.read(1) == b"\n":
             return
         out.seek(0)
         whole = out.read().rfind(b"\n") + 1

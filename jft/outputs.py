@@ -35,6 +35,18 @@ OVERWRITE = "add --overwrite to replace it whole"
 def check(path: str | Path, inputs: Iterable[str | Path], what: str, example: str) -> Path:
     """path, absolute, once it is known not to be an input, inside one, holding one, or inside a
     run directory. what: the argument that named it (e.g. "--out"); example: a name to suggest."""
+    path = check_inputs(path, inputs, what, example)
+    for directory in (path, *path.parents):
+        if (directory / RUN_FILE).is_file():
+            raise JftError(
+                f"{what} {path} is inside the run directory {directory}, whose files its training writes; "
+                f"write outside it, e.g. {directory.parent / example}."
+            )
+    return path
+
+
+def check_inputs(path: str | Path, inputs: Iterable[str | Path], what: str, example: str) -> Path:
+    """path, absolute, once it is known not to be one of `inputs`, inside one or holding one."""
     path = Path(os.path.realpath(path))
     for given in inputs:
         source = Path(os.path.realpath(given))
@@ -46,12 +58,6 @@ def check(path: str | Path, inputs: Iterable[str | Path], what: str, example: st
             )
         if path in source.parents:
             raise JftError(f"{what} {path} holds an input of this command ({given}); write to another path.")
-    for directory in (path, *path.parents):
-        if (directory / RUN_FILE).is_file():
-            raise JftError(
-                f"{what} {path} is inside the run directory {directory}, whose files its training writes; "
-                f"write outside it, e.g. {directory.parent / example}."
-            )
     return path
 
 

@@ -223,7 +223,8 @@ def _recorded_reference(workdir: Path) -> str | None:
 
 def _read_members(workdir: Path) -> dict[int, dict]:
     """The members finished before a stop, by index (a line cut short by the stop is left out)."""
-    return {result["member"]: result for result in appended_records(workdir / MEMBERS, ("member",))}
+    results = appended_records(workdir / MEMBERS, ("member",), warn=jax.process_index() == 0)
+    return {result["member"]: result for result in results}
 
 
 def _populations(members: list[Member], shared: SweepData, most: int) -> list[list[Member]]:

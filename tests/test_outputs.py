@@ -280,6 +280,24 @@ CASES = [
         lambda t, f: ["prepare", str(f / "corpus.txt"), "--vocab", str(f / "vocab"), "--out", str(f)],
         "jft prepare: error: --out {files} holds an input of this command ({files}/corpus.txt); write to another path.",
     ),
+    Case(
+        "prepare over its vocabulary",
+        lambda t, f: ["prepare", f / "corpus.txt", "--vocab", f / "vocab", "--out", f / "vocab", "--overwrite"],
+        "jft prepare: error: --out {files}/vocab is an input of this command ({files}/vocab); write to another path, "
+        "e.g. {files}/rows.",
+    ),
+    Case(
+        "vocab over the folder of its corpus, given as a glob",
+        lambda t, f: [
+            "vocab",
+            str(_mkfile(t / "books" / "a.txt", "the ship sails.\n").parent / "*.txt"),
+            "--out",
+            str(t / "books"),
+            "--overwrite",
+        ],  # fmt: skip
+        "jft vocab: error: --out {tmp}/books holds an input of this command ({tmp}/books/a.txt); write to another "
+        "path.",
+    ),
     # init_from, run.json, tokenizer.json, config names, sweeps
     Case(
         "init_from a model whose tokenizer is another model's",
@@ -493,3 +511,37 @@ def test_a_sweep_stopped_between_populations_resumes(files, tmp_path, monkeypatc
     monkeypatch.setattr(jft.sweep, "train_population", real)
     assert cli.main(command) == 0
     assert len((tmp_path / "sweep" / "members.jsonl").read_text().splitlines()) == 4
+
+
+def test_a_runs_own_rows_are_prepared_again_where_they_are(files, tmp_path, capsys):
+    """The advice for a damaged shard of a run that prepared its own rows (RUN/data) names
+    `jft prepare ... --out RUN/data`: prepare owns prepared directories, inside a run too."""
+    from jft.data.prepare import prepare, prepare_command
+
+    run = tmp_path / "run"
+    _mkfile(run / "run.json", "{}")
+    meta = prepare(str(files / "corpus.txt"), files / "vocab", run / "data", seq_len=32, progress=False)
+    rows = lambda: {k: v for k, v in _digests(run / "data").items() if k != "metadata.json"}  # noqa: E731
+    before = rows()
+    command = prepare_command(run / "data", meta).split()[1:]
+    assert cli.main(command) == 0 and rows() == before  # the same rows, whole (metadata.json: a new time)
+    assert json.loads((run / "data" / "metadata.json").read_text())["fingerprint"] == meta["fingerprint"]
+    elsewhere = [str(run / "other") if part == str(run / "data") else part for part in command]
+    assert cli.main(elsewhere) == 2  # anything else inside the run stays refused
+
+
+def test_small_rules_of_the_console_and_the_side_files(tmp_path, capsys):
+    from jft.defaults import finetune
+    from jft.files import cut_torn_line
+    from jft.tasks.finetuning import describe_penalty
+    from jft.tasks.metrics import one_class
+
+    assert one_class({"mcc": 0.0, "accuracy": 0.7}) and not one_class({"mcc": 0.0, "accuracy": 1.0})
+    config = finetune()
+    config.l2.reference, config.l2.weight = "init", 0.1
+    assert describe_penalty(config).endswith("pulling toward 0 (l2.reference=init)")  # no init_from: 0
+    config.init_from = "runs/pretrained"
+    assert "the weights it starts from (L2-SP)" in describe_penalty(config)
+    _mkfile(tmp_path / "metrics.jsonl", "\n")
+    cut_torn_line(tmp_path / "metrics.jsonl")
+    assert capsys.readouterr().err == "" and (tmp_path / "metrics.jsonl").read_text() == "\n"

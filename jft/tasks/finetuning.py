@@ -153,7 +153,7 @@ def describe_penalty(config: ConfigDict) -> str:
     l2 = config.l2
     if not l2.weight:
         return f"l2: λ = 0, no penalty (l2.reference={l2.reference})"
-    toward = "the weights it starts from (L2-SP)" if l2.reference == "init" else "0"
+    toward = "the weights it starts from (L2-SP)" if l2.reference == "init" and config.init_from else "0"
     return f"l2: λ = {l2.weight:g}, pulling toward {toward} (l2.reference={l2.reference})"
 
 

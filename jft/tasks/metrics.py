@@ -123,5 +123,6 @@ ONE_CLASS = (
 
 def one_class(scores: dict[str, float]) -> bool:
     """Whether classification scores are those of a model that predicts one class for every
-    example: its Matthews correlation is exactly 0 (undefined, as when one label is predicted)."""
-    return scores.get("mcc") == 0.0
+    example: its Matthews correlation is exactly 0 (undefined, as when one label is predicted),
+    and it is not simply right about data of one class."""
+    return scores.get("mcc") == 0.0 and scores.get("accuracy", 0.0) < 1.0

@@ -121,8 +121,8 @@ def _stop_on_signals() -> Iterator[None]:
     """SIGTERM and SIGINT stop a run outside its training loop (which first saves: StopRequest) at
     once, as a RunStopped that lets go of the workdir on its way out (not a silent kill that
     leaves run.lock behind)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if threading.current_thread() is not threading.main_thread() or jax.process_count() > 1:
+        yield  # several processes: a process waiting in a collective could not run the handler
         return
 
     def stop(signum, frame):

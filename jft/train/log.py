@@ -246,4 +246,4 @@ def last_metrics(workdir: str | Path) -> dict[str, float]:
 def read_metrics(workdir: str | Path) -> list[dict]:
     """The records of <workdir>/metrics.jsonl ({"step", "split", metrics...}), a line cut short by a
     stop or damaged by hand left out with a warning."""
-    return appended_records(Path(workdir) / METRICS, ("step", "split"))
+    return appended_records(Path(workdir) / METRICS, ("step", "split"), warn=jax.process_index() == 0)
