@@ -42,7 +42,7 @@ from jft.train.loop import train_loop
 from jft.train.masking import MaskingConfig
 from jft.train.objectives import means
 from jft.train.optim import check_optim, learning_rate_schedule, make_optimizer
-from jft.train.parallel import Runner
+from jft.train.parallel import Runner, agree
 from jft.train.session import RunSession
 from jft.train.steps import PretrainSetup, create_state, pretrain_eval_step, pretrain_step
 
@@ -131,7 +131,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
             )
             if jax.process_index() == 0:
                 print(_prepared_line(rows_dir, prepared), flush=True)
-        loaders = _loaders(config, rows_dir)  # their errors (streams, missing shards) before run.json
+        loaders = _loaders(config, rows_dir)  # their errors (streams, missing or damaged shards) before run.json
         meta = loaders[0].data.metadata
         identity = {key: meta[key] for key in ("fingerprint", "seq_len", "mode", "sources")}
         if meta.get("unigram_entropy") is not None:
@@ -399,13 +399,27 @@ def _tokenizer(config: ConfigDict, session: RunSession, rows_dir: Path | None):
 
 
 def _loaders(config: ConfigDict, data_dir: Path) -> tuple[Loader, Loader | None]:
-    """This process's loaders of the training rows and of the held-out rows (None: none held out)."""
+    """This process's loaders of the training rows and of the held-out rows (None: none held out).
+    With several processes each checks the shards it reads (sizes, SHA-256) here and all agree on
+    what any found: a damaged shard that one process alone met in a step would leave the others
+    waiting in the next collective."""
     here = dict(process_index=jax.process_index(), process_count=jax.process_count(), streams=config.data.streams)
-    train = Loader(PretrainRows(data_dir, "train"), config.batch_size, config.seed, **here)
-    eval_rows = PretrainRows(data_dir, "eval")
-    if len(eval_rows) == 0 or config.eval_batches <= 0:
-        return train, None
-    return train, Loader(eval_rows, config.batch_size, config.seed, single_pass=True, **here)
+    error, loaders = None, (None, None)
+    try:
+        train = Loader(PretrainRows(data_dir, "train"), config.batch_size, config.seed, **here)
+        eval_rows = PretrainRows(data_dir, "eval")
+        held_out = len(eval_rows) > 0 and config.eval_batches > 0
+        loaders = (
+            train,
+            Loader(eval_rows, config.batch_size, config.seed, single_pass=True, **here) if held_out else None,
+        )
+        if jax.process_count() > 1:  # one process: each shard is checked at its first use, in the prefetch thread
+            for loader in filter(None, loaders):
+                loader.verify()
+    except JftError as found:
+        error = found
+    agree(error)
+    return loaders
 
 
 def _evaluator(

@@ -253,6 +253,26 @@ def test_a_refusal_reaches_every_process_as_the_same_line(tmp_path, one_device_r
 
 
 @pytest.mark.xdist_group("multihost")
+def test_a_damaged_shard_that_one_process_reads_stops_both_with_the_same_line(tmp_path, one_device_run, capsys):
+    """Process 1 alone reads the damaged shard: it finds it before the first step, and both
+    processes say so and end, instead of process 0 waiting for it in a collective."""
+    rows, _ = one_device_run
+    damaged = tmp_path / "rows"
+    shutil.copytree(rows, damaged)
+    assert cli.main(["shards", str(rows), "--streams", str(STREAMS), "--process", "1"]) == 0
+    victim = next(name for name in capsys.readouterr().out.split() if name.startswith("train-") and "input_ids" in name)
+    with (damaged / victim).open("r+b") as file:
+        file.seek(200)
+        file.write(b"\xff\xff\xff")
+    processes = _start_two(lambda parallel: _command(tmp_path / "run", damaged, **parallel))
+    outputs = [p.communicate(timeout=120)[0] for p in processes]
+    said = [[line for line in output.splitlines() if line.startswith("jft pretrain: ")] for output in outputs]
+    assert [p.returncode for p in processes] == [2, 2], outputs
+    assert said[0] == said[1] and len(said[0]) == 1, said
+    assert said[0][0].startswith(f"jft pretrain: error: {damaged / victim} is damaged (its SHA-256 is not"), said
+
+
+@pytest.mark.xdist_group("multihost")
 def test_a_stop_is_agreed_at_the_next_steps_however_far_apart_log_steps_are(tmp_path, one_device_run):
     """SIGTERM to process 0 of a run that logs every 10,000 steps: both processes stop after the
     same step, a few steps on, with that step saved."""

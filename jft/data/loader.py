@@ -230,12 +230,18 @@ class Loader:
         self.epoch_rows = min(sizes)  # of each stream
         self.passes = math.ceil(max(sizes) / self.slot)  # batches in a single pass
         mine = sorted({int(p) // self.slot for p in self.local_start + np.arange(self.local_batch)})
-        data.check_files([k for stream in mine for k in dealt[stream]], f"process {process_index}")
+        self.shards = [k for stream in mine for k in dealt[stream]]  # the shards this process reads
+        data.check_files(self.shards, f"process {process_index}")
         # Global row indices of the streams this process reads (the others stay unread).
         self.stream_rows = {
             c: np.concatenate([data.shard_rows(k) for k in dealt[c]] or [np.zeros(0, np.int64)]) for c in mine
         }
         self._orders: dict[int, tuple[int, np.ndarray]] = {}
+
+    def verify(self) -> None:
+        """Checks every shard this process reads against its recorded SHA-256 now, not at first use."""
+        for shard in self.shards:
+            self.data._arrays(shard)
 
     def _order(self, stream: int, epoch: int) -> np.ndarray:
         cached = self._orders.get(stream)
