@@ -1,6 +1,7 @@
 """Files in and out with errors that name the file: every file jft writes is written whole or not
 at all (atomic_write), JSON read with the line of a fault, and the permissions a user expects."""
 
+import hashlib
 import json
 import math
 import os
@@ -147,7 +148,7 @@ def atomic_write(file: Path, write: Callable[[Path], Any]) -> None:
     temporary = file.with_name(f".{file.name}.tmp")
     try:
         write(temporary)
-        _fsync(temporary)
+        fsync(temporary)
         os.replace(temporary, file)
     except OSError as error:  # a write's own error (a full disk) names no file: name it
         if error.filename is None:
@@ -155,10 +156,11 @@ def atomic_write(file: Path, write: Callable[[Path], Any]) -> None:
         raise
     finally:
         temporary.unlink(missing_ok=True)
-    _fsync(file.parent)
+    fsync(file.parent)
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
+    """Flushes a file, or a directory's entries (a rename in it), to the disk."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
@@ -186,6 +188,15 @@ def finite_or_null(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [finite_or_null(v) for v in value]
     return value
+
+
+def file_sha256(file: Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read a piece at a time."""
+    digest = hashlib.sha256()
+    with Path(file).open("rb") as reading:
+        while chunk := reading.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def usual_permissions(file: Path) -> None:

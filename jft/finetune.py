@@ -18,7 +18,6 @@ Data -> model -> state -> loop -> outputs, in the order of jft.train.session (st
 """
 
 import functools
-import hashlib
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from jft.data.corpus import source_identity
 from jft.data.loader import prefetch
 from jft.defaults import finetune as default_config
 from jft.errors import JftError
-from jft.files import atomic_write
+from jft.files import atomic_write, file_sha256
 from jft.params import flatten, unflatten
 from jft.pretrain import context_warning
 from jft.tasks.batches import fill_rows, step_inputs
@@ -157,7 +156,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, runner: Runner |
             if reference is not None and jax.process_index() == 0:  # θ_ref, its digest in run.json for a resume
                 file = workdir / rundir.REFERENCE
                 atomic_write(file, lambda path: safetensors.numpy.save_file(flatten(reference), path))
-                session.record(session.run["config"], reference_sha256=_digest(file))
+                session.record(session.run["config"], reference_sha256=file_sha256(file))
         best_value = -np.inf
         saved_best = best.restore_newest_good(set_aside=workdir / rundir.DAMAGED)
         if saved_best is not None and saved_best[1].get("value") is not None:
@@ -280,15 +279,11 @@ def _check_reference(workdir: Path, run: dict) -> None:
             "(init_from makes it anew)."
         )
     expected = run.get("reference_sha256")
-    if expected is not None and _digest(file) != expected:
+    if expected is not None and file_sha256(file) != expected:
         raise JftError(
             f"{file} is not the θ_ref this run saved (its SHA-256 differs from run.json's): it was changed or "
             "damaged. Put the run's own file back, or start a new --workdir."
         )
-
-
-def _digest(file: Path) -> str:
-    return hashlib.sha256(file.read_bytes()).hexdigest()
 
 
 def _length_change(config: ConfigDict, session: RunSession, steps_an_epoch: int) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from jft import __version__
 from jft.errors import JftError
-from jft.files import read_json_object, write_json
+from jft.files import fsync, read_json_object, write_json
 
 RUN_FILE = "run.json"  # what makes a directory a run directory (jft.train.rundir)
 MARKER = ".jft-output.json"  # in a directory a command wrote: its kind and the jft that wrote it
@@ -133,11 +133,7 @@ def put_in_place(new: Path, path: Path) -> None:
         os.rename(new, path)
         os.rename(aside, new)
     shutil.rmtree(new, ignore_errors=True)
-    descriptor = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    fsync(path.parent)
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -9,13 +9,12 @@ stand for the files they match, sorted.
 """
 
 import glob
-import hashlib
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from jft.errors import JftError
-from jft.files import jsonl_objects, text_lines
+from jft.files import file_sha256, jsonl_objects, text_lines
 
 Document = list[str]
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -68,11 +67,7 @@ def source_identity(source: str) -> dict:
     path = Path(source)
     if not path.is_file():
         raise JftError(f"data file not found: {path}")
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(1 << 18):
-            digest.update(chunk)
-    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def split_sentences(text: str) -> Document:

@@ -17,7 +17,6 @@ into a batch; a damaged file is an error that names it and the `jft prepare` com
 it again.
 """
 
-import hashlib
 import itertools
 import math
 import queue
@@ -29,7 +28,7 @@ import numpy as np
 
 from jft.data.prepare import FIELDS, FORMAT, prepare_command
 from jft.errors import JftError
-from jft.files import read_json_object
+from jft.files import file_sha256, read_json_object
 
 
 class PretrainRows:
@@ -106,11 +105,7 @@ class PretrainRows:
         if shard not in self._open:
             for file, recorded in self._recorded(shard):
                 self._check_size(file, recorded)
-                digest = hashlib.sha256()
-                with file.open("rb") as reading:
-                    while chunk := reading.read(1 << 20):
-                        digest.update(chunk)
-                if digest.hexdigest() != recorded["sha256"]:
+                if file_sha256(file) != recorded["sha256"]:
                     raise self._damaged(file, "its SHA-256 is not the one jft prepare recorded")
             prefix = self.directory / self.shards[shard]["prefix"]
             self._open[shard] = {field: np.load(f"{prefix}.{field}.npy", mmap_mode="r") for field in FIELDS}
