@@ -4,8 +4,10 @@
                              problem_type for a fine-tuned classifier
     model.safetensors        and/or flax_model.msgpack (--format safetensors | msgpack | both)
     tokenizer.json           the run's tokenizer, as jft uses it
-    vocab.txt                the same vocabulary, one token a line
-    tokenizer_config.json    BertTokenizer, its casing and special tokens, model_max_length
+    vocab.txt                the same vocabulary, one token a line (WordPiece)
+    vocab.json, merges.txt   the same vocabulary and its merges (byte-level BPE, GPT-2's files)
+    tokenizer_config.json    BertTokenizer, its casing and special tokens (or GPT2Tokenizer,
+                             <|endoftext|>), model_max_length
     special_tokens_map.json
 
 A pretraining run exports its newest good checkpoint with its pretraining heads (for BERT, the
@@ -19,7 +21,14 @@ from pathlib import Path
 
 import tokenizers
 
-from jft.data.tokenizer import SPECIAL_TOKENS, save_tokenizer, special_ids
+from jft.data.tokenizer import (
+    END_OF_TEXT,
+    SPECIAL_TOKENS,
+    end_of_text_id,
+    save_tokenizer,
+    special_ids,
+    tokenizer_kind,
+)
 from jft.errors import JftError
 from jft.files import write_json
 from jft.models import hf
@@ -57,22 +66,43 @@ def export(
 
 
 def save_hf_tokenizer(tokenizer: tokenizers.Tokenizer, out: Path, max_length: int) -> None:
-    """tokenizer.json, vocab.txt, tokenizer_config.json and special_tokens_map.json, so that
-    transformers' AutoTokenizer gives the token ids jft gives."""
+    """The tokenizer's files (save_tokenizer), tokenizer_config.json and special_tokens_map.json, so
+    that transformers' AutoTokenizer (4.57 and 5) gives the token ids jft gives: a BertTokenizer for
+    WordPiece, a GPT2Tokenizer for byte-level BPE."""
+    names, config = (_gpt2_config if tokenizer_kind(tokenizer) == "bytelevel" else _bert_config)(tokenizer)
+    save_tokenizer(tokenizer, out)
+    write_json(out / "special_tokens_map.json", names)
+    config.update(clean_up_tokenization_spaces=False, model_max_length=max_length, **names)
+    write_json(out / "tokenizer_config.json", config)
+
+
+def _bert_config(tokenizer: tokenizers.Tokenizer) -> tuple[dict, dict]:
+    """The special tokens and the tokenizer_config.json settings of BERT's WordPiece tokenizer."""
     special_ids(tokenizer)  # BERT's special tokens must be there
     normalizer = json.loads(tokenizer.to_str()).get("normalizer") or {}
     if normalizer.get("type") != "BertNormalizer":
         raise JftError(f"the run's tokenizer is not BERT's WordPiece (normalizer {normalizer.get('type')}).")
-    save_tokenizer(tokenizer, out)
     names = dict(zip(("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"), SPECIAL_TOKENS, strict=True))
-    write_json(out / "special_tokens_map.json", names)
     config = {
         "tokenizer_class": "BertTokenizer",
         "do_lower_case": normalizer["lowercase"],
         "strip_accents": normalizer["strip_accents"],
         "tokenize_chinese_chars": normalizer["handle_chinese_chars"],
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": max_length,
-        **names,
     }
-    write_json(out / "tokenizer_config.json", config)
+    return names, config
+
+
+def _gpt2_config(tokenizer: tokenizers.Tokenizer) -> tuple[dict, dict]:
+    """The special tokens and the tokenizer_config.json settings of GPT-2's byte-level BPE tokenizer.
+    transformers 5 builds a GPT2Tokenizer from the vocabulary and merges of tokenizer.json, with no
+    normalizer, a ByteLevel pre-tokenizer (GPT-2's regex, add_prefix_space of the config) and
+    <|endoftext|> as its bos, eos and unk: the tokenizer must be that one."""
+    end_of_text_id(tokenizer)
+    pre = tokenizer.pre_tokenizer
+    if tokenizer.normalizer is not None or not pre.use_regex:
+        raise JftError(
+            "the run's tokenizer is not GPT-2's byte-level BPE (it has a normalizer, or a ByteLevel pre-tokenizer "
+            "without GPT-2's word splitting); transformers' GPT2Tokenizer would give other token ids."
+        )
+    names = {"bos_token": END_OF_TEXT, "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT}
+    return names, {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": pre.add_prefix_space}

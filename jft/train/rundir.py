@@ -30,7 +30,7 @@ from typing import Any
 import tokenizers
 
 from jft import __version__, outputs
-from jft.data.tokenizer import load_tokenizer, save_tokenizer, vocabulary_fingerprint
+from jft.data.tokenizer import TOKENIZER_FILES, load_tokenizer, save_tokenizer, vocabulary_fingerprint
 from jft.errors import JftError
 from jft.files import read_json_object, write_json
 from jft.models import Family, family_of, get, hf
@@ -182,7 +182,7 @@ def open_init(path: str | Path, role: str = "init_from") -> InitSource:
         model, params = hf.load(path)
         family = family_of(model)
         directory = path if path.is_dir() else path.parent
-        has_tokenizer = any((directory / name).is_file() for name in ("tokenizer.json", "vocab.txt"))
+        has_tokenizer = any(all((directory / name).is_file() for name in names) for names in TOKENIZER_FILES)
         tokenizer = load_tokenizer(directory) if has_tokenizer else None
         if tokenizer is not None and tokenizer.get_vocab_size() > model.vocab_size:
             raise JftError(
