@@ -18,7 +18,15 @@ LAYERS = {
     "train": ("jft.train", "jft.train."),
     "tasks": ("jft.tasks", "jft.tasks."),
     "perf": ("jft.perf", "jft.perf."),
-    "stages": ("jft.pretrain", "jft.finetune", "jft.population", "jft.sweep", "jft.quickstart", "jft.export"),
+    "stages": (
+        "jft.pretrain",
+        "jft.finetune",
+        "jft.population",
+        "jft.sweep",
+        "jft.quickstart",
+        "jft.export",
+        "jft.generate",
+    ),
     "cli": ("jft.cli",),
 }
 # Only the command line imports inside functions: a command loads what it runs (a stage pulls in

@@ -70,6 +70,12 @@ class Family:
     weights_from_hf: Callable[[Mapping[str, Any], str], dict[str, Any]]
     weights_to_hf: Callable[[Mapping[str, Any]], dict[str, Any]]
     flops: Callable[..., float]
+    vocabulary: str = "wordpiece"  # the kind of vocabulary a run trains on its corpus (jft.data.tokenizer.KINDS)
+    # A next-word family's empty key/value cache for generation: (config, batch, max_len, dtype) -> cache.
+    init_cache: Callable[..., Any] | None = None
+    # The fields a model from scratch takes from its vocabulary (a tokenizers.Tokenizer): GPT-2's
+    # end-of-text id as bos_token_id and eos_token_id.
+    token_fields: Callable[[Any], dict[str, Any]] | None = None
 
     def __repr__(self) -> str:
         return f"Family({self.name!r})"

@@ -1,7 +1,8 @@
 """Layers every family of models shares: attention (XLA's, cuDNN's, TPU splash), dropout, gathers.
 
 Attention works on [batch, seq, heads, head_dim] with a boolean mask [batch, 1, q, k] (or
-[batch, 1, 1, k] for key padding alone); splash takes the [batch, seq] segments instead.
+[batch, 1, 1, k] for key padding alone); splash takes the [batch, seq] segments instead. With
+`causal` (a decoder's attention) each query also sees only the keys at or before its own position.
 """
 
 import functools
@@ -25,6 +26,11 @@ def attention_mask_4d(attention_mask: jax.Array, segment_ids: jax.Array | None =
     return keys & same_segment
 
 
+def causal_mask(queries: int, keys: int) -> jax.Array:
+    """Boolean [1, 1, queries, keys]: query i sees keys j <= i (both counted from the row's start)."""
+    return jnp.tril(jnp.ones((queries, keys), bool))[None, None]
+
+
 def attention(
     query: jax.Array,
     key: jax.Array,
@@ -34,6 +40,7 @@ def attention(
     implementation: str,
     dropout_rate: float,
     dropout_rng: jax.Array | None,
+    causal: bool = False,
 ) -> jax.Array:
     """Scaled dot-product attention over [batch, seq, heads, head_dim] with a boolean mask.
 
@@ -44,11 +51,14 @@ def attention(
     whatever the compute dtype; with dropout (XLA only; BertConfig forbids it for the kernels) it is
     applied to the probabilities, as BERT does. "cudnn" is jax.nn.dot_product_attention's cuDNN
     kernel; for "splash" the mask is the [batch, seq] segments that `splash_attention` takes.
+    causal: each query also sees only the keys at or before it (the mask and causal_mask combined).
     """
     if implementation == "splash":
-        return splash_attention(query, key, value, mask)
+        return splash_attention(query, key, value, mask, causal=causal)
     if implementation != "xla":
-        return fused_attention(query, key, value, mask, implementation)
+        return fused_attention(query, key, value, mask, implementation, causal=causal)
+    if causal:
+        mask = mask & causal_mask(query.shape[1], key.shape[1])
     query, key, value = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))  # [batch, heads, seq, head_dim]
     logits = jnp.einsum("bnth,bnsh->bnts", query, key, preferred_element_type=jnp.float32)
     logits = logits / math.sqrt(query.shape[-1])
@@ -59,16 +69,19 @@ def attention(
     return jnp.swapaxes(jnp.einsum("bnts,bnsh->bnth", probs.astype(value.dtype), value), 1, 2)
 
 
-def fused_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, implementation: str):
+def fused_attention(
+    query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, implementation: str, causal: bool = False
+):
     """jax.nn.dot_product_attention's kernel (cuDNN). A key-padding mask [batch, 1, 1, seq] goes in as
     each row's number of real keys (rows are padded on the right), which the kernel skips; cuDNN
-    takes a boolean mask only at its full [batch, 1, q, k] size, as a bias."""
+    takes a boolean mask only at its full [batch, 1, q, k] size, as a bias. causal: the kernel's own
+    causal mask on top (it skips the blocks above the diagonal)."""
     if mask.shape[2] == 1:
         lengths = mask[:, 0, 0, :].sum(axis=-1, dtype=jnp.int32)
         return jax.nn.dot_product_attention(
-            query, key, value, key_value_seq_lengths=lengths, implementation=implementation
+            query, key, value, key_value_seq_lengths=lengths, is_causal=causal, implementation=implementation
         )
-    return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=implementation)
+    return jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=causal, implementation=implementation)
 
 
 def kept(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
@@ -100,12 +113,16 @@ SPLASH_INTERPRET = False
 SPLASH_BLOCK = 128
 
 
-def splash_attention(query: jax.Array, key: jax.Array, value: jax.Array, segments: jax.Array) -> jax.Array:
+def splash_attention(
+    query: jax.Array, key: jax.Array, value: jax.Array, segments: jax.Array, causal: bool = False
+) -> jax.Array:
     """Attention over [batch, seq, heads, head_dim] by Pallas's TPU splash kernel: blockwise, the
     [seq, seq] probabilities never stored; segment ids mask within each block.
 
     segments: [batch, seq] int, tokens attend to keys of their own segment: the packed example ids,
-    or the attention mask (1 for tokens, 0 for padding, whose outputs nothing reads)."""
+    or the attention mask (1 for tokens, 0 for padding, whose outputs nothing reads).
+    causal: each query also sees only the keys at or before it (the kernel skips the blocks above
+    the diagonal)."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
 
@@ -114,8 +131,9 @@ def splash_attention(query: jax.Array, key: jax.Array, value: jax.Array, segment
     blocks = -(-seq // SPLASH_BLOCK) * SPLASH_BLOCK
     query, key, value = (jnp.pad(x, ((0, 0), (0, blocks - seq), (0, 0), (0, 0))) for x in (query, key, value))
     segments = jnp.pad(segments.astype(jnp.int32), ((0, 0), (0, blocks - seq)), constant_values=-1)
+    block_mask = masks.CausalMask((blocks, blocks)) if causal else masks.FullMask((blocks, blocks))
     kernel = splash.make_splash_mha(
-        masks.MultiHeadMask([masks.FullMask((blocks, blocks))] * heads),
+        masks.MultiHeadMask([block_mask] * heads),
         head_shards=1,
         q_seq_shards=1,
         interpret=SPLASH_INTERPRET,

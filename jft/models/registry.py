@@ -4,14 +4,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from jft.errors import JftError, did_you_mean
-from jft.models import bert
+from jft.models import bert, gpt2
 from jft.models.family import Family
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (bert.FAMILY,)}
+FAMILIES: dict[str, Family] = {family.name: family for family in (bert.FAMILY, gpt2.FAMILY)}
 
 
 def get(name: str) -> Family:
-    """The family called `name` ('bert')."""
+    """The family called `name` ('bert', 'gpt2')."""
     if name not in FAMILIES:
         raise JftError(f"unknown model family '{name}'; jft has {sorted(FAMILIES)}.{did_you_mean(name, FAMILIES)}")
     return FAMILIES[name]

@@ -7,7 +7,7 @@ encoder's layers stacked on a leading axis; Hugging Face numbers them (encoder.l
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -21,7 +21,7 @@ from jft.models.family import Head
 # PyTorch buffers and tied copies that carry no weights of their own.
 _TIED_DECODER = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 _BUFFERS = re.compile(r"(bert\.)?embeddings\.position_ids$")
-_LAYER = re.compile(r"^bert/encoder/layer/(\d+)/(.+)$")
+_LAYERS = "bert/encoder/layer"
 
 
 def head_of(params: Mapping[str, Any]) -> Head:
@@ -55,36 +55,49 @@ def weights_from_hf(tensors: Mapping[str, np.ndarray], layout: str, config, sour
         flat = dict(tensors)
         if not any(key.startswith("bert/") for key in flat):  # FlaxBertModel's layout
             flat = {f"bert/{key}": value for key, value in flat.items()}
-    params = _stack_layers(flat, source)
-    layers = params.get("bert", {}).get("encoder", {}).get("layer")
-    found = None if not layers else int(np.shape(jax.tree.leaves(layers)[0])[0])
-    if found is not None and found != config.num_hidden_layers and _fits(config, params, num_hidden_layers=found):
-        raise JftError(
-            f"{source} has {found} encoder layers, but its config.json says num_hidden_layers="
-            f"{config.num_hidden_layers}; the weights and the config must come from the same model."
-        )
+    params = stack_layers(flat, source, _LAYERS, "encoder layers")
+    check_layer_count(params, config, source, _LAYERS, "encoder layers", "num_hidden_layers", build, head_of)
     return params
 
 
 def weights_to_hf(params: Mapping[str, Any], layout: str) -> dict[str, np.ndarray]:
     """The tensors of jft's tree under Hugging Face's names: layout "torch" or "flax" (see
     weights_from_hf); an encoder alone is written as BertModel's, without the "bert" prefix."""
-    flat = {k: np.asarray(v) for k, v in _unstack_layers(params).items()}
+    flat = {k: np.asarray(v) for k, v in unstack_layers(params, _LAYERS).items()}
     encoder_only = set(params) == {"bert"}
     if layout == "flax":
         return {k.removeprefix("bert/"): v for k, v in flat.items()} if encoder_only else flat
     return _to_torch_names(flat, strip_prefix=encoder_only)
 
 
-def _fits(config, params: Mapping[str, Any], **changes: Any) -> bool:
-    """Whether params have the shapes of config's model with `changes` (then only those differ)."""
-    module = build(dataclasses.replace(config, **changes), head_of(params))
-    expected = jax.eval_shape(lambda: init_params(module, jax.random.key(0)))
+def check_layer_count(
+    params: Mapping[str, Any],
+    config,
+    source: str,
+    prefix: str,
+    what: str,
+    field: str,
+    build_module: Callable,
+    head_of_params: Callable,
+) -> None:
+    """Raises when the stacked layers under `prefix` ('a/b/layers') are not as many as config's
+    `field` says while every other shape fits: then the layer count is the one mistake, said plainly."""
+    node = params
+    for part in prefix.split("/"):
+        node = node.get(part, {}) if isinstance(node, Mapping) else {}
+    found = None if not node else int(np.shape(jax.tree.leaves(node)[0])[0])
+    expected = getattr(config, field)
+    if found is None or found == expected:
+        return
+    module = build_module(dataclasses.replace(config, **{field: found}), head_of_params(params))
     try:
-        ptree.check_shapes(expected, params, what="")
+        ptree.check_shapes(jax.eval_shape(lambda: init_params(module, jax.random.key(0))), params, what="")
     except JftError:
-        return False
-    return True
+        return  # other shapes differ too: the whole list of problems says more
+    raise JftError(
+        f"{source} has {found} {what}, but its config.json says {field}={expected}; the weights and the config "
+        "must come from the same model."
+    )
 
 
 def _from_torch_names(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -134,20 +147,21 @@ def _to_torch_names(flat: Mapping[str, np.ndarray], *, strip_prefix: bool) -> di
     return tensors
 
 
-def _stack_layers(flat: Mapping[str, np.ndarray], source: str) -> dict[str, Any]:
-    """bert/encoder/layer/{i}/... (one entry a layer) -> bert/encoder/layer/... stacked on axis 0;
-    every layer must have every tensor the others have."""
+def stack_layers(flat: Mapping[str, np.ndarray], source: str, prefix: str, what: str) -> dict[str, Any]:
+    """{prefix}/{i}/... (one entry a layer, '/'-joined paths) -> the tree with {prefix}/... stacked on
+    axis 0; every layer must have every tensor the others have. what: the layers' name in errors."""
+    layer_path = re.compile(rf"^{re.escape(prefix)}/(\d+)/(.+)$")
     per_layer: dict[str, dict[int, np.ndarray]] = {}
     rest = {}
     for path, value in flat.items():
-        match = _LAYER.match(path)
+        match = layer_path.match(path)
         if match:
             per_layer.setdefault(match.group(2), {})[int(match.group(1))] = value
         else:
             rest[path] = value
     found = sorted({i for layers in per_layer.values() for i in layers})
     if per_layer and found != list(range(len(found))):
-        raise JftError(f"{source} has encoder layers {found}; they must be numbered 0, 1, 2, ... without gaps.")
+        raise JftError(f"{source} has {what} {found}; they must be numbered 0, 1, 2, ... without gaps.")
     missing = [f"layer {i} has no {suffix}" for suffix, layers in per_layer.items() for i in found if i not in layers]
     if missing:
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
@@ -155,18 +169,20 @@ def _stack_layers(flat: Mapping[str, np.ndarray], source: str) -> dict[str, Any]
     for suffix, layers in per_layer.items():
         if len({np.shape(v) for v in layers.values()}) > 1:
             shapes = {i: np.shape(v) for i, v in sorted(layers.items())}
-            raise JftError(f"encoder layers of '{suffix}' in {source} differ in shape: {shapes}.")
-        rest[f"bert/encoder/layer/{suffix}"] = np.stack([layers[i] for i in range(len(layers))])
+            raise JftError(f"{what} of '{suffix}' in {source} differ in shape: {shapes}.")
+        rest[f"{prefix}/{suffix}"] = np.stack([layers[i] for i in range(len(layers))])
     return ptree.unflatten(rest)
 
 
-def _unstack_layers(params: Mapping[str, Any]) -> dict[str, Any]:
+def unstack_layers(params: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The flat '/'-joined paths of params, with each stacked array under `prefix` split into one
+    entry a layer: {prefix}/{i}/..."""
     flat = {}
     for path, value in ptree.flatten(params).items():
-        if path.startswith("bert/encoder/layer/"):
-            suffix = path.removeprefix("bert/encoder/layer/")
+        if path.startswith(f"{prefix}/"):
+            suffix = path.removeprefix(f"{prefix}/")
             for i in range(np.shape(value)[0]):
-                flat[f"bert/encoder/layer/{i}/{suffix}"] = value[i]
+                flat[f"{prefix}/{i}/{suffix}"] = value[i]
         else:
             flat[path] = value
     return flat
