@@ -1,10 +1,13 @@
-"""`jft bench` at a real size: BERT-base or -large in bf16 with cuDNN attention, for a GPU.
+"""`jft bench` at a real size: BERT-base or -large, or GPT-2, in bf16 with cuDNN attention, for a GPU.
 
     jft bench --config configs/bench.py:base --config.batch_size=256 --config.seq_len=128
     jft bench --config configs/bench.py:large --config.workloads=pretrain --config.seq_len=512
+    jft bench --config bench:gpt2_small --config.workloads=pretrain --config.seq_len=1024
 
-The text after ':' picks the size (tiny, mini, base, large). On a CPU, use `jft bench` without
---config (a tiny model in float32).
+The text after ':' picks the size: BERT's tiny, mini, base, large, or GPT-2's gpt2_tiny,
+gpt2_small (124M), gpt2_medium, gpt2_large (next-word pretraining over every token; its
+fine-tuning workload is sequence classification from the last token). On a CPU, use `jft bench`
+without --config (a tiny model in float32).
 """
 
 from ml_collections import ConfigDict
@@ -13,6 +16,19 @@ from jft.defaults import bench, model_fields
 
 
 def get_config(size: str = "base") -> ConfigDict:
+    if size.startswith("gpt2_"):
+        config = bench("gpt2")
+        config.model = model_fields(
+            size.removeprefix("gpt2_"),
+            "gpt2",
+            vocab_size=50257,
+            dtype="bfloat16",
+            attention_impl="cudnn",
+            attn_pdrop=0.0,
+        )
+        config.seq_len = 1024
+        config.batch_size = 32
+        return config
     config = bench()
     config.model = model_fields(size, dtype="bfloat16", attention_impl="cudnn", attention_probs_dropout_prob=0.0)
     config.batch_size = 256

@@ -142,11 +142,19 @@ def _vocab_arguments(parser):
     parser.add_argument(
         "corpus", nargs="+", help="text or JSONL files (or globs, quoted: 'books/*.txt'), or tfds:NAME[:SPLIT]"
     )
-    parser.add_argument("--out", required=True, help="directory for vocab.txt and tokenizer.json")
+    parser.add_argument(
+        "--out", required=True, help="directory for tokenizer.json and vocab.txt (bytelevel: vocab.json, merges.txt)"
+    )
     _overwrite_argument(parser)
+    parser.add_argument(
+        "--kind",
+        choices=("wordpiece", "bytelevel"),
+        default="wordpiece",
+        help="wordpiece: BERT's; bytelevel: GPT-2's byte-level BPE, always cased, <|endoftext|> its special token",
+    )
     parser.add_argument("--vocab-size", type=int, default=30522, help="tokens in the vocabulary")
     parser.add_argument("--min-frequency", type=int, default=2, help="merges seen fewer times are not made")
-    parser.add_argument("--cased", action="store_true", help="keep case (default: lowercase)")
+    parser.add_argument("--cased", action="store_true", help="keep case (default: lowercase; wordpiece only)")
     parser.add_argument("--text-field", default="text", help="the text field of JSONL and TFDS records")
     parser.add_argument("--tfds-data-dir", default=None, help="where TFDS datasets are prepared")
 
@@ -163,10 +171,17 @@ def _run_vocab(args, _):
     corpus = " ".join(args.corpus)
     with output_directory(args.out, "a vocabulary", corpus, inputs=inputs, overwrite=args.overwrite) as staging:
         tokenizer = train_vocab(
-            lines, staging, vocab_size=args.vocab_size, lowercase=not args.cased, min_frequency=args.min_frequency
+            lines,
+            staging,
+            vocab_size=args.vocab_size,
+            lowercase=not args.cased,
+            min_frequency=args.min_frequency,
+            kind=args.kind,
         )
     out = Path(args.out)
-    print(f"wrote {out / 'vocab.txt'} and {out / 'tokenizer.json'} ({tokenizer.get_vocab_size():,} tokens)")
+    names = ("vocab.json", "merges.txt") if args.kind == "bytelevel" else ("vocab.txt",)
+    files = ", ".join(str(out / name) for name in names)
+    print(f"wrote {files} and {out / 'tokenizer.json'} ({tokenizer.get_vocab_size():,} tokens)")
 
 
 def _corpus_files(corpus: list[str]) -> list[str]:
@@ -186,9 +201,10 @@ def _prepare_arguments(parser):
     parser.add_argument("--seq-len", type=int, default=128, help="tokens a row")
     parser.add_argument(
         "--mode",
-        choices=("pairs", "packed"),
+        choices=("pairs", "packed", "causal"),
         default="pairs",
-        help="pairs: sentence pairs with next-sentence labels; packed: full rows, no NSP",
+        help="pairs: sentence pairs with next-sentence labels; packed: full rows, no NSP (both BERT's); "
+        "causal: documents one after another, <|endoftext|> between (next-word models: GPT-2)",
     )
     parser.add_argument("--seed", type=int, default=0, help="the rows and the pairs drawn: the same for a seed")
     parser.add_argument("--eval-fraction", type=float, default=0.01, help="documents held out for evaluation")
@@ -401,6 +417,35 @@ def _run_predict(args, config):
     print(f"wrote {len(predictions)} predictions of {model.source} to {args.output}")
 
 
+def _generate_arguments(parser):
+    parser.add_argument(
+        "--workdir", required=True, help="a next-word (gpt2) jft run, or a Hugging Face GPT-2 directory"
+    )
+    parser.add_argument("prompt", nargs="*", help="text to continue (several: one batch)")
+    parser.add_argument("--prompts", default="", help="a text file of prompts, one a line (empty lines skipped)")
+    parser.add_argument("--max-new-tokens", type=int, default=50, help="tokens added to each prompt at most")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy; above: sampled at it")
+    parser.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (0: all)")
+    parser.add_argument("--seed", type=int, default=0, help="the draws of sampling")
+    parser.add_argument("--json", action="store_true", help='one {"prompt", "completion", "token_ids"} a line')
+
+
+def _run_generate(args, _):
+    from jft.files import text_lines
+    from jft.generate import Generator, Sampling
+
+    prompts = list(args.prompt)
+    if args.prompts:
+        if not Path(args.prompts).is_file():
+            raise JftError(f"--prompts {args.prompts} is not a file; give a text file with one prompt a line.")
+        prompts += [line for _, line in text_lines(Path(args.prompts)) if line.strip()]
+    if not prompts:
+        raise JftError('no prompt: give one (jft generate --workdir RUN "Once upon a time") or --prompts FILE.')
+    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.seed)
+    for result in Generator(args.workdir).generate(prompts, sampling):
+        print(json.dumps(result, ensure_ascii=False) if args.json else result["prompt"] + result["completion"] + "\n")
+
+
 def _export_arguments(parser):
     parser.add_argument("--workdir", required=True, help="a jft run directory: pretraining or fine-tuning")
     parser.add_argument("--out", required=True, help="directory for config.json, the weights and the tokenizer")
@@ -493,7 +538,12 @@ COMMANDS = (
         True,
         _quickstart_config,
     ),
-    Command("vocab", "train a WordPiece vocabulary on a corpus", _vocab_arguments, _run_vocab),
+    Command(
+        "vocab",
+        "train a vocabulary on a corpus: WordPiece (BERT's) or byte-level BPE (GPT-2's)",
+        _vocab_arguments,
+        _run_vocab,
+    ),
     Command("prepare", "tokenize a corpus into fixed-length pretraining rows", _prepare_arguments, _run_prepare),
     Command(
         "shards",
@@ -545,6 +595,12 @@ COMMANDS = (
         _run_predict,
         True,
         _inference_config,
+    ),
+    Command(
+        "generate",
+        "continue prompts with a next-word model (GPT-2): greedy or sampled, with a key/value cache",
+        _generate_arguments,
+        _run_generate,
     ),
     Command("export", "write a run's model and tokenizer in Hugging Face format", _export_arguments, _run_export),
     Command("init", "write a randomly initialised BERT in Hugging Face format", _init_arguments, _run_init, True),

@@ -28,7 +28,11 @@ MODEL: Table = {
         "",
         f"the family of a model from scratch: {', '.join(FAMILIES)} (empty: bert; init_from: its own)",
     ),
-    "model.preset": ("", "architecture of a run from scratch: tiny, mini, base or large (init_from: the checkpoint's)"),
+    "model.preset": (
+        "",
+        "architecture of a run from scratch: bert tiny, mini, base, large; gpt2 tiny, small, medium, large "
+        "(init_from: the checkpoint's)",
+    ),
 }
 OPTIM: Table = {
     "optim.name": ("adamw", "adamw or lamb"),
@@ -71,21 +75,24 @@ RUN: Table = {
 PRETRAIN: Table = {
     **MODEL,
     "data.corpus": ("", "text file(s) (comma-separated), JSONL, or tfds:NAME[:SPLIT]; prepared into <workdir>/data"),
-    "data.vocab": ("", "vocab.txt or tokenizer.json (empty: init_from's, or trained on the corpus)"),
-    "data.vocab_size": (8000, "size of a vocabulary trained on the corpus"),
+    "data.vocab": ("", "vocab.txt, tokenizer.json or vocab.json + merges.txt (empty: init_from's, or trained)"),
+    "data.vocab_size": (8000, "size of a vocabulary trained on the corpus (bert: WordPiece; gpt2: byte-level BPE)"),
     "data.lowercase": (True, "lowercase the text (a vocab.txt's casing)"),
     "data.text_field": ("text", "the text field of JSONL and TFDS records"),
     "data.tfds_data_dir": ("", "where TFDS datasets are built (empty: TFDS's default)"),
     "data.prepared": ("", "a `jft prepare` directory, instead of data.corpus"),
     "data.seq_len": (128, "tokens a row"),
-    "data.mode": ("pairs", "pairs (masked-LM + next-sentence) or packed (masked-LM only)"),
+    "data.mode": (
+        "pairs",
+        "pairs (masked-LM + next-sentence), packed (masked-LM only) or causal (next-word: gpt2)",
+    ),
     # jft prepare's default, so that both prepare the same rows from the same corpus.
     "data.eval_fraction": (EVAL_FRACTION, "documents held out for evaluation (as `jft prepare --eval-fraction`)"),
     "data.streams": (
         1,
         "streams of whole shards a batch draws from equally (processes or a multiple: each reads its own)",
     ),
-    "masking.rate": (0.15, "fraction of tokens masked"),
+    "masking.rate": (0.15, "fraction of tokens masked (masked-LM)"),
     "masking.max_predictions": (20, "at most this many masked tokens a row"),
     "masking.whole_word": (False, "mask all pieces of a word together"),
     **OPTIM,
@@ -135,7 +142,11 @@ FINETUNE: Table = {
     "optim.lr": (2e-5, "peak learning rate"),
     "optim.warmup_steps": (0, "steps of linear warmup (fine-tuning, 0: warmup_fraction of all steps)"),
     "optim.weight_decay": (0.0, "AdamW's decoupled decay (never on biases or LayerNorm)"),
-    "joint_mlm.weight": (0.0, "μ of the joint objective: + μ·(masked-LM loss on the task's text); 0: off"),
+    "joint_mlm.weight": (
+        0.0,
+        "μ of the joint objective: + μ·(the family's pretraining loss on the task's text: masked-LM, or next-word "
+        "for gpt2); 0: off",
+    ),
     "joint_mlm.rate": (0.15, "joint objective: fraction of tokens masked"),
     "joint_mlm.max_predictions": (20, "joint objective: at most this many masked tokens a row"),
     "warmup_fraction": (0.1, "warmup as a fraction of all steps, when optim.warmup_steps is 0"),

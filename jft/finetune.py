@@ -41,7 +41,7 @@ from jft.tasks.finetuning import (
     encode_splits,
     finetune_setup,
     initial_params,
-    joint_masking,
+    joint_objective,
     planned_steps,
     read_task,
     resolve_reference,
@@ -98,7 +98,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, runner: Runner |
         data = {"train": source_identity(config.data.train)}
         data["eval"] = source_identity(config.data.eval) if config.data.eval else None
         tokenizer = task_tokenizer(config, workdir if session.resuming else None, session.init)
-        family, model = session.model(config.model, tokenizer.get_vocab_size())
+        family, model = session.model(config.model, tokenizer)
         session.compare(config.to_dict())
         if session.resuming:
             session.differ(
@@ -117,8 +117,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, runner: Runner |
         if weak and jax.process_index() == 0:  # said at the start, once, before the time is spent
             print(f"warning: init_from {session.init.path}: {weak}", file=sys.stderr, flush=True)
         encoded = encode_splits(task, tokenizer, model, records)
-        masking = joint_masking(config, tokenizer, model)
-        module = family.module(model, task.head(mlm=masking is not None))
+        joint = joint_objective(config, family, tokenizer, model)
+        module = family.module(model, task.head(mlm=joint[0] is not None))
         batches = task_batches(config, encoded["train"], task, config.seed)
         total_steps = planned_steps(config, len(batches))
         longer = _length_change(config, session, len(batches))
@@ -131,7 +131,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, runner: Runner |
         config = with_warmup(config, total_steps)
         tx, schedule = make_optimizer(config.optim, total_steps)
         params = family.init_params(module, jax.random.fold_in(jax.random.PRNGKey(config.seed), 0))
-        setup = finetune_setup(config, family, module, tx, schedule, task, params, masking)
+        setup = finetune_setup(config, family, module, tx, schedule, task, params, joint)
 
         # The state: restored, or new (with init_from's weights, and θ_ref written for L2-SP).
         host_state = {

@@ -26,7 +26,7 @@ from jft.tasks.evaluate import predict_all, task_scores
 from jft.tasks.finetuning import (
     finetune_setup,
     initial_params,
-    joint_masking,
+    joint_objective,
     planned_steps,
     task_batches,
     with_warmup,
@@ -103,7 +103,7 @@ def population_step(population: Population, batch: dict, rng, *, setup: Populati
 
     def member(state, member_batch, member_rng, hyper):
         tx, schedule = make_optimizer(setup.optim, setup.total_steps, lr=hyper["lr"])
-        mlm = hyper["mlm"] if setup.finetune.masking is not None else 0.0
+        mlm = hyper["mlm"] if setup.finetune.joint else 0.0
         own = dataclasses.replace(setup.finetune, tx=tx, schedule=schedule, l2=hyper["l2"], mlm_weight=mlm)
         state = state.replace(reference=population.reference)
         new, metrics = finetune_step(state, member_batch, member_rng, setup=own, axis_name=axis_name)
@@ -174,8 +174,8 @@ def start_population(members: list[Member], shared: SweepData, runner: Runner, l
     member's parameters as its own fine-tuning run would start, its data (its training folds) in
     the order of its seed."""
     config, task = members[0].config, shared.task
-    masking = joint_masking(config, shared.tokenizer, shared.model)
-    model = shared.family.module(shared.model, task.head(mlm=masking is not None))
+    joint = joint_objective(config, shared.family, shared.tokenizer, shared.model)
+    model = shared.family.module(shared.model, task.head(mlm=joint[0] is not None))
     batches = [task_batches(m.config, shared.training(m.fold), task, m.config.seed) for m in members]
     total_steps = planned_steps(config, len(batches[0]))
     config = with_warmup(config, total_steps)
@@ -191,7 +191,7 @@ def start_population(members: list[Member], shared: SweepData, runner: Runner, l
     }
     population = Population(jax.tree.map(lambda *xs: np.stack(xs), *states), hyper, reference)
     setup = PopulationSetup(
-        finetune_setup(config, shared.family, model, tx, schedule, task, params, masking), config.optim, total_steps
+        finetune_setup(config, shared.family, model, tx, schedule, task, params, joint), config.optim, total_steps
     )
     step = runner.compile(functools.partial(population_step, setup=setup))
     rngs = np.stack([np.asarray(jax.random.PRNGKey(m.config.seed)) for m in members])

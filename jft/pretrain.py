@@ -12,7 +12,7 @@ Data -> model -> state -> loop -> outputs, in the order of jft.train.session (st
    checkpoint_every steps, at the end and on SIGTERM/SIGINT (then RunStopped).
 
 Each evaluation reports context_gain when the rows record their unigram entropy (jft.data.prepare):
-that entropy minus the held-out masked-LM loss, in nats, what the model knows beyond token
+that entropy minus the held-out loss (masked-LM or next-word), in nats, what the model knows beyond token
 frequencies. A run that ends with less than guard.min_context_gain is warned about on stderr
 (`context_warning` gives the same text for a run directory, for a fine-tuning that starts from it).
 """
@@ -34,6 +34,7 @@ from jft.defaults import GUARD
 from jft.defaults import pretrain as default_config
 from jft.errors import JftError
 from jft.models import Head
+from jft.models import get as get_family
 from jft.params import merge
 from jft.train import rundir
 from jft.train.checkpoint import Checkpoints, saved_steps
@@ -47,6 +48,9 @@ from jft.train.session import RunSession
 from jft.train.steps import PretrainSetup, create_state, pretrain_eval_step, pretrain_step
 
 __all__ = ["context_warning", "default_config", "train_and_evaluate"]
+
+# The pretraining objective of the rows of each jft prepare mode.
+OBJECTIVES = {"pairs": "mlm+nsp", "packed": "mlm", "causal": "next_word"}
 
 # Settings a resumed run may change: where things are (the rows are compared by content instead),
 # logging, saving, devices, and total_steps (its own rule: not below the step reached). The model
@@ -92,15 +96,16 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
                 "a copy of them, or data.corpus to prepare them again."
             )
         tokenizer = _tokenizer(config, session, rows_dir)
-        family, model = session.model(config.model, tokenizer.get_vocab_size())
+        family, model = session.model(config.model, tokenizer)
         session.compare(config.to_dict())
         rows = PretrainRows(rows_dir, "train") if rows_dir is not None else None
         mode, seq_len = (rows.metadata["mode"], rows.seq_len) if rows else (config.data.mode, config.data.seq_len)
-        objective = {"pairs": "mlm+nsp", "packed": "mlm"}[mode]
+        objective = OBJECTIVES[mode]
         if objective not in family.objectives:
+            modes = " or ".join(f"'{m}'" for m, o in OBJECTIVES.items() if o in family.objectives)
             raise JftError(
                 f"a {family.name} model pretrains with {' or '.join(family.objectives)}, not {objective} "
-                f"(rows in mode '{mode}'); prepare the rows in a mode it trains with."
+                f"(rows in mode '{mode}'); prepare the rows in mode {modes} (data.mode, or jft prepare --mode)."
             )
         if seq_len > model.max_position_embeddings:
             raise JftError(
@@ -143,17 +148,21 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
 
         # The state: restored, or new (with init_from's weights).
         loader, eval_loader = loaders
-        masking = MaskingConfig.for_vocabulary(
-            meta["special_ids"],
-            meta["vocab_size"],
-            max_predictions=config.masking.max_predictions,
-            rate=config.masking.rate,
-            whole_word=config.masking.whole_word,
-        )
+        masking = None
+        if objective != "next_word":
+            masking = MaskingConfig.for_vocabulary(
+                meta["special_ids"],
+                meta["vocab_size"],
+                max_predictions=config.masking.max_predictions,
+                rate=config.masking.rate,
+                whole_word=config.masking.whole_word,
+            )
         head = Head("pretraining", nsp=meta["mode"] == "pairs")
         module = family.module(model, head)
         tx, schedule = make_optimizer(config.optim, config.total_steps)
-        setup = PretrainSetup(module, tx, schedule, masking, config.accum_steps, head.nsp, family.inputs)
+        setup = PretrainSetup(
+            module, tx, schedule, masking, config.accum_steps, head.nsp, family.inputs, objective.removesuffix("+nsp")
+        )
         rng = jax.random.PRNGKey(config.seed)
         params = family.init_params(module, jax.random.fold_in(rng, 0))
         host_state = jax.tree.map(np.asarray, {"train": create_state(params, tx), "rng": rng})
@@ -221,7 +230,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
             log.close()
         gain = log.last.get("eval_context_gain")
         if gain is not None and jax.process_index() == 0:
-            text = _context_text(log.last["eval_mlm_loss"], gain, config.guard.min_context_gain)
+            text = _context_text(*_held_out_loss(log.last, "eval_"), gain, config.guard.min_context_gain)
             if text:
                 print(f"warning: {text}", file=sys.stderr, flush=True)
         return log.last
@@ -246,21 +255,29 @@ def context_warning(workdir: str | Path, min_gain: float | None = None) -> str |
     evaluations = [
         row
         for row in read_metrics(workdir)
-        if row["split"] == "eval" and row.get("context_gain") is not None and row.get("mlm_loss") is not None
+        if row["split"] == "eval" and row.get("context_gain") is not None and _held_out_loss(row)[1] is not None
     ]
     if not evaluations:
         return None
-    return _context_text(evaluations[-1]["mlm_loss"], evaluations[-1]["context_gain"], min_gain)
+    return _context_text(*_held_out_loss(evaluations[-1]), evaluations[-1]["context_gain"], min_gain)
 
 
-def _context_text(loss: float, gain: float, min_gain: float) -> str | None:
+def _held_out_loss(metrics: dict, prefix: str = "") -> tuple[str, float | None]:
+    """The pretraining objective's name and held-out loss in a row of metrics: next-word or MLM."""
+    if f"{prefix}lm_loss" in metrics:
+        return "next-word", metrics[f"{prefix}lm_loss"]
+    return "MLM", metrics.get(f"{prefix}mlm_loss")
+
+
+def _context_text(objective: str, loss: float, gain: float, min_gain: float) -> str | None:
     """The warning about a context gain below min_gain (None: not below, or min_gain 0)."""
     if not min_gain or not math.isfinite(gain) or gain >= min_gain:
         return None
     return (
-        f"the held-out MLM loss ({loss:.2f}) is not below the unigram entropy of the data ({loss + gain:.2f}) by "
-        f"guard.min_context_gain ({min_gain:g}): this pretraining has learned token frequencies, not context; "
-        "fine-tuning from it may do worse than from scratch. Train longer, or with a higher optim.lr."
+        f"the held-out {objective} loss ({loss:.2f}) is not below the unigram entropy of the data "
+        f"({loss + gain:.2f}) by guard.min_context_gain ({min_gain:g}): this pretraining has learned token "
+        "frequencies, not context; fine-tuning from it may do worse than from scratch. Train longer, or with a "
+        "higher optim.lr."
     )
 
 
@@ -391,7 +408,8 @@ def _tokenizer(config: ConfigDict, session: RunSession, rows_dir: Path | None):
             )
             return (line for document in documents for line in document)
 
-        tokenizer = train_vocab(lines, vocab_size=data.vocab_size, lowercase=data.lowercase)
+        kind = get_family(config.model.family or "bert").vocabulary
+        tokenizer = train_vocab(lines, vocab_size=data.vocab_size, lowercase=data.lowercase, kind=kind)
     for other, what in others:
         if other is not None and other is not tokenizer:
             rundir.check_same_vocabulary(tokenizer, other, what)
@@ -425,8 +443,9 @@ def _loaders(config: ConfigDict, data_dir: Path) -> tuple[Loader, Loader | None]
 def _evaluator(
     config: ConfigDict, loader: Loader | None, runner: Runner, setup: PretrainSetup, unigram_entropy: float | None
 ):
-    """evaluate(params) -> MLM accuracy, loss, perplexity (and NSP accuracy) on the held-out rows,
-    and context_gain (unigram_entropy - MLM loss, nats) when the rows record their unigram entropy."""
+    """evaluate(params) -> the objective's loss, accuracy and perplexity on the held-out rows
+    (lm_* for next-word, mlm_* and nsp_accuracy for masked-LM), and context_gain (unigram_entropy
+    minus that loss, nats) when the rows record their unigram entropy."""
     if loader is None:
         return None
     eval_step = runner.compile(functools.partial(pretrain_eval_step, setup=setup), state_argnum=None)
@@ -438,11 +457,12 @@ def _evaluator(
         for index in range(num_batches):
             sums = runner.get(eval_step(params, runner.put_batch(loader.batch(index)), eval_key))
             totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
-        mlm = means(totals["mlm"])
-        metrics = {"mlm_loss": float(mlm["loss"]), "mlm_accuracy": float(mlm["accuracy"])}
-        metrics["perplexity"] = float(np.exp(metrics["mlm_loss"]))
+        name = "lm" if "lm" in totals else "mlm"
+        found = means(totals[name])
+        metrics = {f"{name}_loss": float(found["loss"]), f"{name}_accuracy": float(found["accuracy"])}
+        metrics["perplexity"] = float(np.exp(metrics[f"{name}_loss"]))
         if unigram_entropy is not None:
-            metrics["context_gain"] = unigram_entropy - metrics["mlm_loss"]
+            metrics["context_gain"] = unigram_entropy - metrics[f"{name}_loss"]
         if "nsp" in totals:
             metrics["nsp_accuracy"] = float(means(totals["nsp"])["accuracy"])
         return metrics

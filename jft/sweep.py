@@ -135,7 +135,7 @@ def sweep_data(config: ConfigDict) -> SweepData:
         raise JftError(f"sweep.metric '{metric}' is not a score of this task; choose one of {choices}.")
     init = open_init(config.init_from) if config.init_from else None
     tokenizer = task_tokenizer(config, None, init)
-    family, model = new_model(config.model, tokenizer.get_vocab_size(), init)
+    family, model = new_model(config.model, tokenizer, init)
     data = encode_splits(task, tokenizer, model, records)
     if config.sweep.folds > len(data["train"]):
         raise JftError(

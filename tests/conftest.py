@@ -3,8 +3,10 @@
 import dataclasses
 import os
 import re
+import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,6 +71,30 @@ def pretrain_command(workdir, **overrides) -> list[str]:
     return [sys.executable, "-m", "jft.cli", "pretrain", "--config", config, "--workdir", str(workdir)] + [
         f"--config.{key}={value}" for key, value in settings.items()
     ]
+
+
+def start_and_signal(command, checkpoint_dir, after_step, sig):
+    """Starts a run, waits for a complete checkpoint of after_step, then sends sig; returns the exit status."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not (checkpoint_dir / str(after_step)).is_dir():
+        assert process.poll() is None, process.stdout.read()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    process.send_signal(sig)
+    output, _ = process.communicate(timeout=120)
+    return process.returncode, output
+
+
+def final_state(workdir, step=150):
+    from jft.train.checkpoint import Checkpoints
+
+    checkpoints = Checkpoints(workdir / "checkpoints")
+    assert checkpoints.latest_step() == step
+    state, meta = checkpoints.restore()
+    checkpoints.close()
+    return state, meta
 
 
 def corpus_vocab(text, out_dir, vocab_size: int = 200):

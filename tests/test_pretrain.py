@@ -5,14 +5,21 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import jax
 import numpy as np
 import optax
 import pytest
 
-from conftest import SMALL_PRETRAIN, TINY_MODEL, corpus_vocab, pretrain_command, write_corpus
+from conftest import (
+    SMALL_PRETRAIN,
+    TINY_MODEL,
+    corpus_vocab,
+    final_state,
+    pretrain_command,
+    start_and_signal,
+    write_corpus,
+)
 from jft.data.loader import Loader, PretrainRows
 from jft.data.prepare import prepare
 from jft.errors import JftError
@@ -257,30 +264,6 @@ def _pretrain_command(workdir, corpus_file, vocab):
     )
 
 
-def _start_and_signal(command, checkpoint_dir, after_step, sig):
-    """Starts a run, waits for a complete checkpoint of after_step, then sends sig; returns the exit status."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 240
-    while not (checkpoint_dir / str(after_step)).is_dir():
-        assert process.poll() is None, process.stdout.read()
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.02)
-    process.send_signal(sig)
-    output, _ = process.communicate(timeout=120)
-    return process.returncode, output
-
-
-def _final_state(workdir, step=150):
-    from jft.train.checkpoint import Checkpoints
-
-    checkpoints = Checkpoints(workdir / "checkpoints")
-    assert checkpoints.latest_step() == step
-    state, meta = checkpoints.restore()
-    checkpoints.close()
-    return state, meta
-
-
 def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(corpus, tmp_path):
     text, rows = corpus
     vocab = rows / "tokenizer.json"
@@ -289,17 +272,17 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(corpus, tmp_path)
 
     interrupted = tmp_path / "interrupted"
     command = _pretrain_command(interrupted, text, vocab)
-    code, output = _start_and_signal(command, interrupted / "checkpoints", 20, signal.SIGTERM)
+    code, output = start_and_signal(command, interrupted / "checkpoints", 20, signal.SIGTERM)
     assert code == 143 and "stopped by SIGTERM at step" in output and "run the same command to resume" in output
-    code, _ = _start_and_signal(command, interrupted / "checkpoints", 60, signal.SIGKILL)
+    code, _ = start_and_signal(command, interrupted / "checkpoints", 60, signal.SIGKILL)
     assert code == -signal.SIGKILL
     latest = max(int(p.name) for p in (interrupted / "checkpoints").iterdir() if p.name.isdigit())
     assert 60 <= latest < 150
     resumed = subprocess.run(command, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
 
-    straight, _ = _final_state(tmp_path / "straight")
-    state, meta = _final_state(interrupted)
+    straight, _ = final_state(tmp_path / "straight")
+    state, meta = final_state(interrupted)
     assert meta["loader_position"] == 150 * 16
     for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(state)):
         np.testing.assert_array_equal(a, b)  # bitwise: same device count, CPU

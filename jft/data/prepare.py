@@ -1,10 +1,13 @@
 """`jft prepare`: tokenize a corpus once into shards of fixed-length rows for pretraining.
 
-Two modes:
+Three modes:
 - "pairs": [CLS] A [SEP] B [SEP] with next-sentence labels; half the B segments come from another
   document of the same window (label 1), as in the original BERT's create_pretraining_data,
   which draws them from the same input file.
 - "packed": [CLS] tokens [SEP], a document's tokens cut into full rows, no NSP.
+- "causal" (next-word models: GPT-2): the window's documents as one stream, each line ending in a
+  newline and each document in <|endoftext|>, cut into full rows with no padding (but the last
+  row of a window); word_start marks where each document (and each row) starts.
 
 The corpus streams through in windows of a fixed number of documents; each window is tokenized,
 made into rows and written as its own shards by one of several processes, so that memory depends
@@ -54,13 +57,13 @@ import tokenizers
 from tqdm import tqdm
 
 from jft.data.corpus import read_documents, source_identity, sources_of
-from jft.data.tokenizer import SpecialIds, load_tokenizer, special_ids, vocabulary_fingerprint
+from jft.data.tokenizer import SpecialIds, end_of_text_id, load_tokenizer, special_ids, vocabulary_fingerprint
 from jft.errors import JftError, RunFailed
 from jft.files import atomic_write, write_text
 from jft.outputs import put_in_place
 
 FORMAT = "jft-pretraining-rows/2"
-MODES = ("pairs", "packed")
+MODES = ("pairs", "packed", "causal")
 FIELDS = ("input_ids", "token_type_ids", "word_start", "lengths", "nsp_labels")
 Segment = tuple[np.ndarray, np.ndarray]  # token ids, word-start flags
 WINDOW_DOCUMENTS = 10000  # documents a window: what prepare holds at once, a worker
@@ -105,7 +108,7 @@ def prepare(
     if mode not in MODES:
         raise JftError(f"mode '{mode}' is not one of {MODES}.")
     if seq_len < 8:
-        raise JftError(f"seq_len {seq_len} is too short for BERT rows; use 128 or 512.")
+        raise JftError(f"seq_len {seq_len} is too short for pretraining rows; use 128 or more.")
     if window_documents < 1 or workers < 0:
         raise JftError(
             f"window_documents must be at least 1 and workers 0 (a core each) or more: {window_documents}, {workers}."
@@ -113,6 +116,7 @@ def prepare(
     out_dir = Path(out_dir)
     check_output_directory(out_dir, overwrite)
     tokenizer = vocab if isinstance(vocab, tokenizers.Tokenizer) else load_tokenizer(vocab, lowercase=lowercase)
+    specials = mode_special_ids(tokenizer, mode)  # the tokens the mode needs must be there, before any work
     sources = sources_of(sources)
     # By absolute path: metadata.json says where the text was, for prepare_command.
     identities = [{"source": _absolute(source), **source_identity(source)} for source in sources]
@@ -164,7 +168,7 @@ def prepare(
         "mode": mode,
         "seq_len": seq_len,
         "vocab_size": tokenizer.get_vocab_size(),
-        "special_ids": vars(special_ids(tokenizer)),
+        "special_ids": specials,
         "seed": seed,
         "sources": identities,
         "fingerprint": fingerprint.hexdigest(),
@@ -197,9 +201,18 @@ def prepare(
     return metadata
 
 
+def mode_special_ids(tokenizer: tokenizers.Tokenizer, mode: str) -> dict[str, int]:
+    """The special tokens the rows of `mode` are made with: BERT's [PAD], [UNK], [CLS], [SEP],
+    [MASK]; for "causal", <|endoftext|> ("eot"). A vocabulary without them is an error."""
+    if mode == "causal":
+        return {"eot": end_of_text_id(tokenizer)}
+    return vars(special_ids(tokenizer))
+
+
 def unigram_entropy(markers: Sequence[dict], vocab_size: int) -> float | None:
     """The entropy in nats of the tokens counted in the windows' markers (the train split's tokens
-    that masking can pick); None when there are none."""
+    that the objective predicts: that masking can pick, or every one for next-word); None when
+    there are none."""
     counts = np.zeros(vocab_size, np.int64)
     for marker in markers:
         for token, count in marker["unigram_counts"].items():
@@ -354,10 +367,12 @@ def prepare_window(job: WindowJob, index: int, window: list) -> dict:
     """Rows of one window of documents, written as its shards in job.out_dir, then its marker
     (written last, atomically: a window without one is prepared again)."""
     tokenizer, options = _tokenizer(job.tokenizer_json), job.options
-    documents = list(_tokenized_documents(tokenizer, window, progress=False))
+    causal = options["mode"] == "causal"
+    documents = list(_tokenized_documents(tokenizer, window, progress=False, line_end="\n" if causal else ""))
     rng = random.Random(options["seed"] + index * 2**32)  # window 0: the seed itself
     splits = _split_documents(documents, options["eval_fraction"], rng)
-    out_dir, ids = Path(job.out_dir), special_ids(tokenizer)
+    out_dir = Path(job.out_dir)
+    ids = None if causal else special_ids(tokenizer)
     digest = hashlib.sha256()
     marker = {"window": index, "documents": len(documents), "tokens": sum(len(s[0]) for d in documents for s in d)}
     marker["splits"] = {}
@@ -366,6 +381,8 @@ def prepare_window(job: WindowJob, index: int, window: list) -> dict:
     for split, docs in splits.items():
         if options["mode"] == "pairs":
             rows = _pair_rows(docs, options["seq_len"], options["short_seq_prob"], ids, rng)
+        elif causal:
+            rows = _causal_rows(docs, options["seq_len"], end_of_text_id(tokenizer))
         else:
             rows = _packed_rows(docs, options["seq_len"], ids)
         prefix = f"{split}-{index:06d}"
@@ -379,7 +396,8 @@ def prepare_window(job: WindowJob, index: int, window: list) -> dict:
             digest,
             counts if split == "train" else None,
         )
-    counts[[getattr(ids, name) for name in NEVER_MASKED]] = 0
+    if not causal:
+        counts[[getattr(ids, name) for name in NEVER_MASKED]] = 0
     marker["unigram_counts"] = {str(token): int(counts[token]) for token in np.flatnonzero(counts)}
     marker["digest"] = digest.hexdigest()
     write_text(out_dir / WINDOWS / f"{index:06d}.json", json.dumps(marker))  # after its shards are on disk
@@ -408,9 +426,10 @@ def is_prepared(directory: Path) -> bool:
 
 
 def _tokenized_documents(
-    tokenizer: tokenizers.Tokenizer, documents, progress: bool, docs_per_batch: int = 512
+    tokenizer: tokenizers.Tokenizer, documents, progress: bool, docs_per_batch: int = 512, line_end: str = ""
 ) -> Iterator[list[Segment]]:
-    """Documents as lists of (token ids, word-start flags), encoded many documents at a time."""
+    """Documents as lists of (token ids, word-start flags), encoded many documents at a time;
+    line_end is added to each line (sentence) first."""
     vocab = tokenizer.get_vocab()
     continuation = np.zeros(tokenizer.get_vocab_size(), bool)
     continuation[[i for token, i in vocab.items() if token.startswith("##")]] = True
@@ -418,7 +437,8 @@ def _tokenized_documents(
     # disable=None: a bar only on a terminal (in a log file it would be thousands of updates)
     with tqdm(desc="tokenizing", unit=" docs", disable=None if progress else True) as bar:
         while batch := list(itertools.islice(documents, docs_per_batch)):
-            encodings = iter(tokenizer.encode_batch([s for doc in batch for s in doc], add_special_tokens=False))
+            lines = [s + line_end for doc in batch for s in doc]
+            encodings = iter(tokenizer.encode_batch(lines, add_special_tokens=False))
             for document in batch:
                 segments = []
                 for _ in document:
@@ -528,6 +548,22 @@ def _packed_rows(documents, seq_len: int, ids: SpecialIds):
         tokens, starts = _concat(document)
         for begin in range(0, len(tokens), width):
             yield _row([((tokens[begin : begin + width], starts[begin : begin + width]), 0)], ids, -1)
+
+
+def _causal_rows(documents, seq_len: int, eot: int):
+    """The documents as one stream, each followed by <|endoftext|>, cut into rows of seq_len (the
+    last one shorter); word_start is True where a document or a row starts."""
+    if not documents:
+        return
+    pieces = [np.append(_concat(document)[0], np.int32(eot)).astype(np.int32) for document in documents]
+    tokens = np.concatenate(pieces)
+    starts = np.zeros(len(tokens), bool)
+    starts[np.cumsum([0] + [len(piece) for piece in pieces[:-1]])] = True
+    for begin in range(0, len(tokens), seq_len):
+        row_starts = starts[begin : begin + seq_len].copy()
+        row_starts[0] = True
+        row = tokens[begin : begin + seq_len]
+        yield row, np.zeros(len(row), np.int32), row_starts, -1
 
 
 def _write_split(

@@ -142,24 +142,35 @@ class Workload:
 
 
 def pretrain_workload(config: ConfigDict, family: Family, cfg, model=None) -> Workload:
-    """pretrain_step (of `model`, by default the family's pretraining module) on one batch of random rows."""
+    """pretrain_step (of `model`, by default the family's pretraining module) on one batch of random
+    rows: masked-LM (+ NSP), or next-word over every token for a next-word family (one document a
+    row: GPT-2's full rows)."""
     batch, seq = config.batch_size, config.seq_len
-    model = model or family.module(cfg, Head("pretraining", nsp=config.nsp))
+    next_word = "next_word" in family.objectives
+    nsp = config.nsp and not next_word
+    model = model or family.module(cfg, Head("pretraining", nsp=nsp))
     tx, schedule = make_optimizer(defaults.pretrain().optim, 10_000)
-    masking = MaskingConfig(
-        mask_id=103, vocab_size=cfg.vocab_size, special_ids=(0, 101, 102, 103), max_predictions=config.max_predictions
-    )
+    masking = None
+    if not next_word:
+        masking = MaskingConfig(
+            mask_id=103,
+            vocab_size=cfg.vocab_size,
+            special_ids=(0, 101, 102, 103),
+            max_predictions=config.max_predictions,
+        )
     rng = np.random.default_rng(config.seed)
     ids = rng.integers(cfg.vocab_size // 2, cfg.vocab_size, (batch, seq)).astype(np.int32)
     host = {
         "input_ids": ids,
         "token_type_ids": (np.arange(seq)[None] >= seq // 2).astype(np.int32).repeat(batch, 0),
         "attention_mask": np.ones_like(ids),
-        "word_start": np.ones_like(ids, bool),
+        "word_start": np.ones_like(ids, bool) if not next_word else np.arange(seq)[None].repeat(batch, 0) == 0,
         "nsp_labels": rng.integers(0, 2, batch).astype(np.int32),
         "row_ids": np.arange(batch, dtype=np.int32),
     }
-    setup = PretrainSetup(model, tx, schedule, masking, nsp=config.nsp, inputs=family.inputs)
+    objective = "next_word" if next_word else "mlm"
+    setup = PretrainSetup(model, tx, schedule, masking, nsp=nsp, inputs=family.inputs, objective=objective)
+    predictions = seq if next_word else config.max_predictions
     return Workload(
         "pretrain",
         functools.partial(pretrain_step, setup=setup),
@@ -167,8 +178,8 @@ def pretrain_workload(config: ConfigDict, family: Family, cfg, model=None) -> Wo
         [host],
         [batch],
         [batch * seq],
-        [family.flops(cfg, batch, seq, predictions=config.max_predictions)],
-        f"seq {seq}",
+        [family.flops(cfg, batch, seq, predictions=predictions)],
+        f"seq {seq}" + (", next-word" if next_word else ""),
     )
 
 

@@ -157,15 +157,19 @@ def describe_penalty(config: ConfigDict) -> str:
     return f"l2: λ = {l2.weight:g}, pulling toward {toward} (l2.reference={l2.reference})"
 
 
-def joint_masking(config: ConfigDict, tokenizer, model) -> MaskingConfig | None:
-    """The masking of the joint objective's masked-LM loss; None when joint_mlm.weight is 0."""
+def joint_objective(config: ConfigDict, family, tokenizer, model) -> tuple[str | None, MaskingConfig | None]:
+    """The joint objective's loss, the family's pretraining loss on the task's own text ("mlm" or
+    "next_word"; None when joint_mlm.weight is 0), and its masking (masked-LM only)."""
     joint = config.joint_mlm
     if not joint.weight:
-        return None
+        return None, None
+    if "next_word" in family.objectives:
+        return "next_word", None
     special = dataclasses.asdict(special_ids(tokenizer))
-    return MaskingConfig.for_vocabulary(
+    masking = MaskingConfig.for_vocabulary(
         special, model.vocab_size, rate=joint.rate, max_predictions=joint.max_predictions
     )
+    return "mlm", masking
 
 
 def task_batches(config: ConfigDict, train_data: Encoded, task: Task, seed: int) -> TaskBatches:
@@ -197,9 +201,11 @@ def with_warmup(config: ConfigDict, total_steps: int) -> ConfigDict:
     return config
 
 
-def finetune_setup(config: ConfigDict, family, model, tx, schedule, task: Task, params, masking) -> FinetuneSetup:
+def finetune_setup(
+    config: ConfigDict, family, model, tx, schedule, task: Task, params, joint: tuple[str | None, MaskingConfig | None]
+) -> FinetuneSetup:
     """The static parts of the fine-tuning step of config: the family's module and inputs, the
-    optimizer, λ with the leaves it applies to, μ and the joint objective's masking."""
+    optimizer, λ with the leaves it applies to, μ and the joint objective (joint_objective's)."""
     if config.l2.exclude_bias_and_layer_norm:
         mask = weight_decay_mask(params)
     else:
@@ -212,7 +218,8 @@ def finetune_setup(config: ConfigDict, family, model, tx, schedule, task: Task, 
         config.l2.weight,
         mask,
         config.joint_mlm.weight,
-        masking,
+        joint[1],
         config.accum_steps,
         family.inputs,
+        joint[0],
     )

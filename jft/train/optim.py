@@ -51,8 +51,11 @@ def learning_rate_schedule(config: ConfigDict, total_steps: int, lr=None) -> opt
 
 
 def weight_decay_mask(params) -> dict:
-    """True for weights that decay: kernels and embeddings. Biases and LayerNorm never decay."""
-    return unflatten({path: not (path.endswith("/bias") or "/LayerNorm/" in path) for path in flatten(params)})
+    """True for weights that decay: kernels and embeddings. Biases and LayerNorm never decay (a
+    LayerNorm's leaves are its scale and bias, under any name: BERT's LayerNorm, GPT-2's ln_1)."""
+    return unflatten(
+        {path: not (path.endswith(("/bias", "/scale")) or "/LayerNorm/" in path) for path in flatten(params)}
+    )
 
 
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:

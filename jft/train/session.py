@@ -100,12 +100,12 @@ class RunSession:
     def resuming(self) -> bool:
         return self.run is not None
 
-    def model(self, group: Mapping, vocab_size: int) -> tuple[Family, Any]:
+    def model(self, group: Mapping, tokenizer: tokenizers.Tokenizer) -> tuple[Family, Any]:
         """The run's family and model (step 3 of the module docstring): a resumed run's own, whose
         other settings are differences; else new_model's."""
         if self.run is None:
-            return new_model(group, vocab_size, self.init)
-        return _trainable(self._resumed_model(group, _set_fields(group)), vocab_size)
+            return new_model(group, tokenizer, self.init)
+        return _trainable(self._resumed_model(group, _set_fields(group)), tokenizer.get_vocab_size())
 
     def _resumed_model(self, group: Mapping, values: dict) -> tuple[Family, Any]:
         family, saved = rundir.run_model(self.run)
@@ -184,13 +184,16 @@ class RunSession:
         return last_metrics(self.workdir)
 
 
-def new_model(group: Mapping, vocab_size: int, init: rundir.InitSource | None = None) -> tuple[Family, Any]:
+def new_model(
+    group: Mapping, tokenizer: tokenizers.Tokenizer, init: rundir.InitSource | None = None
+) -> tuple[Family, Any]:
     """The family and model of a run that starts now: init_from's architecture (a config may set
-    only the family's changeable fields differently), else one from scratch; it must be able to
-    train here, and the vocabulary must fit its embedding table."""
+    only the family's changeable fields differently), else one from scratch, which takes its
+    vocabulary's size (and the family's token_fields); it must be able to train here, and the
+    vocabulary must fit its embedding table."""
     values = _set_fields(group)
-    found = _checkpoint_model(init, group, values) if init is not None else _new_model(group, values, vocab_size)
-    return _trainable(found, vocab_size)
+    found = _checkpoint_model(init, group, values) if init is not None else _new_model(group, values, tokenizer)
+    return _trainable(found, tokenizer.get_vocab_size())
 
 
 def _set_fields(group: Mapping) -> dict:
@@ -238,15 +241,16 @@ def _checkpoint_model(init: rundir.InitSource, group: Mapping, values: dict) -> 
     return family, family.config({**theirs, **values})
 
 
-def _new_model(group: Mapping, values: dict, vocab_size: int) -> tuple[Family, Any]:
-    """A model from scratch: the preset's sizes, then the fields the config sets; vocab_size
-    defaults to the vocabulary's."""
+def _new_model(group: Mapping, values: dict, tokenizer: tokenizers.Tokenizer) -> tuple[Family, Any]:
+    """A model from scratch: the preset's sizes, the vocabulary's size and the family's
+    token_fields, then the fields the config sets."""
     family = get(group.get("family") or "bert")
     if group["preset"] and group["preset"] not in family.presets:
         raise JftError(f"unknown model.preset '{group['preset']}'; choose one of {sorted(family.presets)}.")
-    values = {**family.presets.get(group["preset"], {}), **values}
-    if vocab_size and "vocab_size" not in values:
-        values["vocab_size"] = vocab_size
+    from_tokenizer = {"vocab_size": tokenizer.get_vocab_size()}
+    if family.token_fields is not None:
+        from_tokenizer |= family.token_fields(tokenizer)
+    values = {**family.presets.get(group["preset"], {}), **from_tokenizer, **values}
     missing = [name for name in family.size_fields if name not in values]
     if missing:
         raise JftError(

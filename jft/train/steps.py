@@ -19,6 +19,7 @@ import optax
 
 from jft.models.family import TEXT_INPUTS
 from jft.train.masking import MaskingConfig, mask_batch
+from jft.train.next_word import causal_inputs, task_next_tokens
 from jft.train.objectives import l2_penalty, means, squared_error, weighted_cross_entropy
 from jft.train.parallel import AXIS
 
@@ -56,16 +57,18 @@ def create_state(params, tx: optax.GradientTransformation) -> TrainState:
 class PretrainSetup:
     """The static parts of a pretraining step, bound with functools.partial before compiling.
 
-    model: a family's pretraining module (masked-LM, and next-sentence when `nsp`); inputs: the
-    batch arrays it takes by name (the family's)."""
+    model: a family's pretraining module; objective: "mlm" (masked-LM, with `masking`, and
+    next-sentence when `nsp`) or "next_word" (every token predicts the next of its document:
+    jft.train.next_word); inputs: the batch arrays the model takes by name (the family's)."""
 
     model: Any
     tx: optax.GradientTransformation
     schedule: optax.Schedule
-    masking: MaskingConfig
+    masking: MaskingConfig | None
     accum_steps: int = 1
     nsp: bool = True
     inputs: tuple[str, ...] = TEXT_INPUTS
+    objective: str = "mlm"
 
 
 def _psum(x, axis_name):
@@ -100,8 +103,28 @@ def _apply(setup, params, batch: dict, dropout_key, **kwargs) -> dict:
     )
 
 
+def _pretraining_inputs(setup: PretrainSetup, batch: dict, key: jax.Array) -> dict:
+    """The batch with what the objective predicts: masked positions and labels, or next tokens."""
+    if setup.objective == "next_word":
+        return causal_inputs(batch)
+    return _masked_inputs(setup.masking, batch, key)
+
+
+def _prediction_counts(setup: PretrainSetup, inputs: dict) -> dict:
+    """This device's number of predictions of each loss term (the weights its sums are over)."""
+    if setup.objective == "next_word":
+        return {"lm": inputs["next_weights"].sum()}
+    counts = {"mlm": inputs["masked_weights"].sum()}
+    if setup.nsp:
+        counts["nsp"] = (inputs["nsp_labels"] >= 0).sum()
+    return counts
+
+
 def _pretraining_stats(setup: PretrainSetup, params, inputs: dict, dropout_key) -> dict:
-    """Sums for the MLM (and NSP) losses and accuracies of one (micro-)batch."""
+    """Sums for the losses and accuracies of one (micro-)batch: next-word ("lm"), or MLM (and NSP)."""
+    if setup.objective == "next_word":
+        out = _apply(setup, params, inputs, dropout_key)
+        return {"lm": weighted_cross_entropy(out["lm_logits"], inputs["next_labels"], inputs["next_weights"])}
     out = _apply(setup, params, inputs, dropout_key, masked_positions=inputs["masked_positions"])
     stats = {"mlm": weighted_cross_entropy(out["mlm_logits"], inputs["masked_labels"], inputs["masked_weights"])}
     if setup.nsp:
@@ -111,7 +134,8 @@ def _pretraining_stats(setup: PretrainSetup, params, inputs: dict, dropout_key) 
 
 
 def _summarise(stats: dict) -> dict:
-    """mlm_loss, mlm_accuracy (nsp_loss, nsp_accuracy) and their total loss, from the sums."""
+    """lm_loss, lm_accuracy, or mlm_loss, mlm_accuracy (nsp_loss, nsp_accuracy), and their total
+    loss, from the sums."""
     metrics = {f"{name}_{k}": v for name, sums in stats.items() for k, v in means(sums).items()}
     metrics["loss"] = sum(metrics[f"{name}_loss"] for name in stats)
     return metrics
@@ -121,21 +145,20 @@ def _summarise(stats: dict) -> dict:
 def pretrain_step(
     state: TrainState, batch: dict, rng: jax.Array, *, setup: PretrainSetup, axis_name: str | None = AXIS
 ) -> tuple[TrainState, dict]:
-    """One optimizer step of masked-LM (+ NSP) pretraining on this device's rows.
+    """One optimizer step of pretraining on this device's rows: masked-LM (+ NSP) or next-word.
 
-    batch: input_ids, token_type_ids, attention_mask, word_start [rows, seq]; nsp_labels,
-    row_ids [rows]. rng: the run's key; the step folds in state.step (masking) and the device
-    index (dropout). Gradient accumulation splits the rows into setup.accum_steps micro-batches.
+    batch: input_ids, token_type_ids, attention_mask, word_start [rows, seq] (next-word: where
+    documents start); nsp_labels, row_ids [rows]. rng: the run's key; the step folds in state.step
+    (masking) and the device index (dropout). Gradient accumulation splits the rows into
+    setup.accum_steps micro-batches.
     """
     step_key = jax.random.fold_in(rng, state.step)
     mask_key, dropout_key = jax.random.split(step_key)
-    inputs = _masked_inputs(setup.masking, batch, mask_key)
+    inputs = _pretraining_inputs(setup, batch, mask_key)
     num_devices = _psum(1, axis_name)
     # Mean counts per device: each device divides its sums by these, and pmean of the gradients
     # then equals the gradient of the loss over the global batch.
-    norms = {"mlm": _psum(inputs["masked_weights"].sum(), axis_name) / num_devices}
-    if setup.nsp:
-        norms["nsp"] = _psum((inputs["nsp_labels"] >= 0).sum(), axis_name) / num_devices
+    norms = {name: _psum(count, axis_name) / num_devices for name, count in _prediction_counts(setup, inputs).items()}
     dropout_key = jax.random.fold_in(dropout_key, _device_index(axis_name))
 
     def loss_fn(params, micro, index):
@@ -212,8 +235,8 @@ def _apply_gradients(
 def pretrain_eval_step(
     params, batch: dict, rng: jax.Array, *, setup: PretrainSetup, axis_name: str | None = AXIS
 ) -> dict:
-    """Sums of MLM (and NSP) losses and hits on held-out rows, masked with a fixed key, no dropout."""
-    inputs = _masked_inputs(setup.masking, batch, rng)
+    """Sums of the losses and hits on held-out rows (masked with a fixed key), no dropout."""
+    inputs = _pretraining_inputs(setup, batch, rng)
     return _psum(_pretraining_stats(setup, params, inputs, None), axis_name)
 
 
@@ -242,12 +265,14 @@ class FinetuneSetup:
     kind: str
     l2: float
     penalty_mask: Any
-    # The optional joint objective: + mlm_weight (μ) · the masked-LM loss on the batch's own text,
-    # masked as in pretraining (the model needs mlm=True).
+    # The optional joint objective: + mlm_weight (μ) · the family's pretraining loss on the batch's
+    # own text (the model needs mlm=True). joint "mlm": masked as in pretraining (with `masking`);
+    # "next_word": every token predicting the next, from the task's own forward pass; None: off.
     mlm_weight: float = 0.0
     masking: MaskingConfig | None = None
     accum_steps: int = 1  # micro-batches a step (gradient accumulation)
     inputs: tuple[str, ...] = TEXT_INPUTS  # the batch arrays the model takes (the family's)
+    joint: str | None = None
 
 
 def _weighted(weight) -> bool:
@@ -293,25 +318,34 @@ def finetune_step(
     num_devices = _psum(1, axis_name)
     count = _psum(batch["weights"].sum(), axis_name) / num_devices
     inputs = {"task": batch}
-    if _weighted(setup.mlm_weight):
+    joint = "lm" if setup.joint == "next_word" else "mlm"  # the joint term's name in the metrics
+    if _weighted(setup.mlm_weight) and joint == "lm":
+        next_labels, next_weights = task_next_tokens(batch)
+        inputs["task"] = {**batch, "next_labels": next_labels, "next_weights": next_weights}
+        joint_count = _psum(next_weights.sum(), axis_name) / num_devices
+    elif _weighted(setup.mlm_weight):
         inputs["mlm"] = _task_masked(setup, batch, mask_key, axis_name)
-        mlm_count = _psum(inputs["mlm"]["masked_weights"].sum(), axis_name) / num_devices
+        joint_count = _psum(inputs["mlm"]["masked_weights"].sum(), axis_name) / num_devices
 
     def loss_fn(params, micro, index):
         # one micro-batch keeps the keys of a whole batch, so accum_steps=1 is the step as it was
         task_key, mlm_key = (
             k if setup.accum_steps == 1 else jax.random.fold_in(k, index) for k in (dropout_key, mlm_dropout_key)
         )
-        logits = _apply(setup, params, micro["task"], task_key)["logits"]
-        stats = {"task": task_stats(setup.kind, logits, micro["task"])}
+        task = micro["task"]
+        out = _apply(setup, params, task, task_key)
+        stats = {"task": task_stats(setup.kind, out["logits"], task)}
         loss = stats["task"]["loss_sum"] / jnp.maximum(count, 1e-9)
-        if _weighted(setup.mlm_weight):
+        if _weighted(setup.mlm_weight) and joint == "lm":  # from the task's own forward pass
+            stats["lm"] = weighted_cross_entropy(out["lm_logits"], task["next_labels"], task["next_weights"])
+        elif _weighted(setup.mlm_weight):
             masked = micro["mlm"]
             mlm_logits = _apply(setup, params, masked, mlm_key, masked_positions=masked["masked_positions"])[
                 "mlm_logits"
             ]
             stats["mlm"] = weighted_cross_entropy(mlm_logits, masked["masked_labels"], masked["masked_weights"])
-            loss = loss + setup.mlm_weight * stats["mlm"]["loss_sum"] / jnp.maximum(mlm_count, 1e-9)
+        if joint in stats:
+            loss = loss + setup.mlm_weight * stats[joint]["loss_sum"] / jnp.maximum(joint_count, 1e-9)
         return loss, stats
 
     grads, stats = _gradients(loss_fn, state.params, inputs, setup.accum_steps)
@@ -337,9 +371,9 @@ def finetune_step(
     }
     if "accuracy" in task:
         metrics["accuracy"] = task["accuracy"]
-    if "mlm" in stats:
-        metrics.update({f"mlm_{k}": v for k, v in means(stats["mlm"]).items()})
-        metrics["loss"] = metrics["loss"] + setup.mlm_weight * metrics["mlm_loss"]
+    if joint in stats:
+        metrics.update({f"{joint}_{k}": v for k, v in means(stats[joint]).items()})
+        metrics["loss"] = metrics["loss"] + setup.mlm_weight * metrics[f"{joint}_loss"]
     return new_state, metrics
 
 

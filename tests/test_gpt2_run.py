@@ -1,0 +1,275 @@
+"""GPT-2 through everything jft has: causal rows, next-word pretraining (devices, accumulation,
+learning, resume), generation, export to transformers, L2-SP fine-tuning with the joint next-word
+term, eval and predict, and the errors of a GPT-2 given where a BERT is needed and the reverse."""
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from conftest import final_state, set_keys, start_and_signal, tiny_hf_bert, write_corpus, write_topic_task
+from jft.data.corpus import read_documents
+from jft.data.loader import Loader, PretrainRows
+from jft.data.prepare import prepare
+from jft.data.tokenizer import END_OF_TEXT, load_tokenizer, train_vocab
+from jft.models import Head
+from jft.models import get as get_family
+from jft.pretrain import train_and_evaluate
+from jft.train.optim import make_optimizer
+from jft.train.parallel import Runner
+from jft.train.steps import PretrainSetup, create_state, pretrain_step
+
+# configs/pretrain/gpt2_tiny made small enough for seconds of CPU training, without dropout
+# (so that device counts compare exactly).
+SMALL_GPT2 = {
+    "model.n_embd": 32,
+    "model.n_layer": 2,
+    "model.n_head": 2,
+    "model.n_positions": 64,
+    "model.resid_pdrop": 0.0,
+    "model.embd_pdrop": 0.0,
+    "model.attn_pdrop": 0.0,
+    "data.seq_len": 32,
+    "batch_size": 16,
+    "eval_batches": 2,
+    "progress": False,
+}
+PROMPTS = ["the cat", "a river runs", "music and", "the old engine", "ships"]
+
+
+def jft_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "jft.cli", *map(str, args)]
+
+
+def run(command, cwd, **kwargs) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, **kwargs)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A corpus of the test generator, a byte-level vocabulary trained on it and its causal rows."""
+    root = tmp_path_factory.mktemp("gpt2")
+    text = write_corpus(root / "corpus.txt", documents=120)
+    lines = lambda: (line for document in read_documents(str(text)) for line in document)  # noqa: E731
+    train_vocab(lines, root / "vocab", vocab_size=300, kind="bytelevel")
+    prepare(str(text), root / "vocab", root / "rows", seq_len=32, mode="causal", eval_fraction=0.1, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pretrained(corpus):
+    """A tiny GPT-2 pretrained in-process for 200 steps on the causal rows; its last metrics."""
+    from jft.configs.pretrain.gpt2_tiny import get_config
+
+    config = get_config()
+    set_keys(config, {**SMALL_GPT2, "data.prepared": str(corpus / "rows"), "total_steps": 200})
+    set_keys(config, {"optim.lr": 3e-3, "optim.warmup_steps": 20, "eval_every": 200, "checkpoint_every": 200})
+    metrics = train_and_evaluate(config, corpus / "run")
+    return corpus / "run", metrics
+
+
+def _documents(directory, split):
+    """The documents of a split of causal rows, decoded, and whether each starts where word_start says."""
+    tokenizer = load_tokenizer(directory / "tokenizer.json")
+    rows = PretrainRows(directory, split)
+    data = rows.rows(np.arange(len(rows)))
+    lengths = data["attention_mask"].sum(1)
+    assert (lengths[:-1] == 32).all()  # no padding but in the last row of the window
+    stream = np.concatenate([ids[:n] for ids, n in zip(data["input_ids"], lengths)])
+    starts = np.concatenate([s[:n] for s, n in zip(data["word_start"], lengths)])
+    after_end = np.concatenate([[True], stream[:-1] == tokenizer.token_to_id(END_OF_TEXT)])
+    assert starts[after_end].all()  # a document starts at the first token and after each end-of-text
+    return tokenizer.decode(stream.tolist(), skip_special_tokens=False).split(END_OF_TEXT)
+
+
+def test_causal_rows_hold_every_document_in_order_each_ended_by_end_of_text(corpus):
+    expected = ["".join(line + "\n" for line in doc) for doc in read_documents(str(corpus / "corpus.txt"))]
+    train, held_out = (_documents(corpus / "rows", split) for split in ("train", "eval"))
+    assert train[-1] == held_out[-1] == ""  # each split's stream ends with an end-of-text
+    train, held_out = train[:-1], held_out[:-1]
+    assert len(train) + len(held_out) == len(expected) and held_out
+    assert [doc for doc in expected if doc not in held_out] == train
+
+
+def _next_word_setup(rows, accum_steps=1):
+    family = get_family("gpt2")
+    config = family.config(
+        dict(vocab_size=rows.metadata["vocab_size"], n_embd=32, n_layer=2, n_head=2, n_positions=64)
+        | dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    )
+    model = family.module(config, Head("pretraining"))
+    tx, schedule = make_optimizer(get_config_optim(), 10)
+    return family, PretrainSetup(model, tx, schedule, None, accum_steps, False, family.inputs, "next_word")
+
+
+def get_config_optim():
+    from jft.defaults import pretrain
+
+    return pretrain().optim
+
+
+def _steps(family, setup, rows, backend, steps=3):
+    runner = Runner(backend)
+    step = runner.compile(functools.partial(pretrain_step, setup=setup))
+    state = runner.put_replicated(create_state(family.init_params(setup.model, jax.random.PRNGKey(0)), setup.tx))
+    rng = runner.put_replicated(jax.random.PRNGKey(1))
+    loader = Loader(rows, 16, seed=0)
+    for index in range(steps):
+        state, metrics = step(state, runner.put_batch(loader.batch(index)), rng)
+    return runner.get(state), runner.get(metrics)
+
+
+def _max_diff(a, b):
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_eight_devices_and_accumulation_give_the_one_device_update(corpus):
+    rows = PretrainRows(corpus / "rows")
+    family, setup = _next_word_setup(rows)
+    one, one_metrics = _steps(family, setup, rows, "jit")
+    eight, eight_metrics = _steps(family, setup, rows, "shard_map")
+    accumulated, _ = _steps(family, _next_word_setup(rows, accum_steps=4)[1], rows, "jit")
+    assert _max_diff(one.params, eight.params) < 1e-6
+    assert abs(one_metrics["loss"] - eight_metrics["loss"]) < 1e-5
+    assert _max_diff(one.params, accumulated.params) < 1e-6
+    assert set(one_metrics) >= {"lm_loss", "lm_accuracy", "loss"}
+
+
+def test_next_word_pretraining_learns_more_than_token_frequencies(pretrained):
+    workdir, metrics = pretrained
+    evaluations = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    last = [row for row in evaluations if row["split"] == "eval"][-1]
+    assert last["context_gain"] > 0.5, last  # nats below the unigram entropy of the rows
+    assert np.isclose(last["perplexity"], np.exp(last["lm_loss"]))
+    assert metrics["eval_lm_loss"] == last["lm_loss"]
+
+
+def test_sigterm_and_resume_end_like_an_uninterrupted_run(corpus, tmp_path):
+    settings = {**SMALL_GPT2, "data.prepared": corpus / "rows", "total_steps": 60, "checkpoint_every": 10}
+    settings |= {"log_every": 10, "eval_every": 1000}
+
+    def command(workdir):
+        return jft_command("pretrain", "--config", "pretrain/gpt2_tiny", "--workdir", workdir) + [
+            f"--config.{key}={value}" for key, value in settings.items()
+        ]
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    run(command(tmp_path / "straight"), tmp_path, env=env)
+    code, output = start_and_signal(
+        command(tmp_path / "stopped"), tmp_path / "stopped" / "checkpoints", 20, signal.SIGTERM
+    )
+    assert code == 143 and "stopped by SIGTERM at step" in output
+    run(command(tmp_path / "stopped"), tmp_path, env=env)
+    straight, _ = final_state(tmp_path / "straight", 60)
+    resumed, _ = final_state(tmp_path / "stopped", 60)
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_generate_and_the_export_agree_with_transformers(pretrained, tmp_path):
+    workdir, _ = pretrained
+    done = run(jft_command("generate", "--workdir", workdir, *PROMPTS, "--max-new-tokens", 12, "--json"), tmp_path)
+    generated = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [g["prompt"] for g in generated] == PROMPTS
+    run(jft_command("export", "--workdir", workdir, "--out", "hf"), tmp_path)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert type(model).__name__ == "GPT2LMHeadModel"
+    ours = load_tokenizer(workdir)
+    for prompt, result in zip(PROMPTS, generated):
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        assert ids[0].tolist() == ours.encode(prompt, add_special_tokens=False).ids
+        out = model.generate(ids, do_sample=False, max_new_tokens=12, pad_token_id=tokenizer.eos_token_id)
+        theirs = out[0, ids.shape[1] :].tolist()
+        if tokenizer.eos_token_id in theirs:
+            theirs = theirs[: theirs.index(tokenizer.eos_token_id)]
+        assert theirs == result["token_ids"], prompt
+        assert result["completion"] == tokenizer.decode(theirs)
+    # sampled: the same seed gives the same text, another seed another one
+    sampled = [
+        run(
+            jft_command(
+                "generate", "--workdir", workdir, "the cat", "--temperature", 1.0, "--top-k", 20, "--seed", seed
+            ),
+            tmp_path,
+        ).stdout
+        for seed in (0, 0, 1)
+    ]
+    assert sampled[0] == sampled[1] != sampled[2]
+
+
+def test_l2_sp_fine_tuning_with_the_joint_next_word_term_exports_a_classifier(pretrained, tmp_path):
+    workdir, _ = pretrained
+    write_topic_task(tmp_path / "train.csv", examples=64, seed=1)
+    write_topic_task(tmp_path / "dev.csv", examples=32, seed=2)
+    settings = {"init_from": workdir, "data.train": "train.csv", "data.eval": "dev.csv", "data.seq_len": 32}
+    settings |= {"l2.weight": 0.01, "joint_mlm.weight": 0.5, "epochs": 15, "optim.lr": 3e-3, "batch_size": 8}
+    settings |= {"progress": False}
+    done = run(
+        jft_command("finetune", "--config", "finetune/tiny", "--workdir", "task")
+        + [f"--config.{key}={value}" for key, value in settings.items()],
+        tmp_path,
+    )
+    assert "L2-SP" in done.stdout + done.stderr
+    rows = [json.loads(line) for line in (tmp_path / "task" / "metrics.jsonl").read_text().splitlines()]
+    train = [row for row in rows if row["split"] == "train"]
+    assert train and all("lm_loss" in row and "l2_penalty" in row for row in train)
+    report = json.loads(run(jft_command("eval", "--workdir", "task", "--data", "dev.csv", "--json"), tmp_path).stdout)
+    assert report["metrics"]["accuracy"] > 0.5
+    run(jft_command("predict", "--workdir", "task", "--input", "dev.csv", "--output", "preds.jsonl"), tmp_path)
+    predictions = [json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()]
+    run(jft_command("export", "--workdir", "task", "--out", "hf"), tmp_path)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert type(model).__name__ == "GPT2ForSequenceClassification"
+    texts = [line.split(",")[0] for line in (tmp_path / "dev.csv").read_text().splitlines()[1:]]
+    with torch.no_grad():
+        for text, prediction in zip(texts, predictions):
+            logits = model(**tokenizer(text, return_tensors="pt")).logits[0]
+            probabilities = torch.softmax(logits, -1).numpy()
+            labels = [model.config.id2label[i] for i in range(len(probabilities))]
+            ours = np.array([prediction["probabilities"][label] for label in labels])
+            np.testing.assert_allclose(probabilities, ours, atol=1e-5)
+
+
+def test_a_gpt2_where_a_bert_is_needed_and_the_reverse(pretrained, tmp_path):
+    workdir, _ = pretrained
+    bert = tiny_hf_bert(tmp_path)
+    cases = {
+        "generate from a BERT": (
+            jft_command("generate", "--workdir", bert, "hello"),
+            "holds a bert model, which does not predict the next word",
+        ),
+        "causal rows for a BERT": (
+            jft_command("pretrain", "--config", "pretrain/tiny", "--workdir", "bert-run")
+            + [f"--config.data.prepared={workdir.parent / 'rows'}", "--config.progress=false"],
+            "pretrains with mlm",
+        ),
+        "a WordPiece vocabulary for a GPT-2": (
+            jft_command("finetune", "--config", "finetune/tiny", "--workdir", "task")
+            + [f"--config.init_from={workdir}", f"--config.data.vocab={bert}", "--config.data.train=x.csv"],
+            "the vocabularies differ",
+        ),
+        "a GPT-2 export given to a BERT's joint masked-LM": (
+            jft_command("finetune", "--config", "finetune/tiny", "--workdir", "task2")
+            + [f"--config.init_from={bert}", f"--config.data.vocab={workdir / 'tokenizer.json'}"]
+            + ["--config.data.train=x.csv"],
+            "the vocabularies differ",
+        ),
+    }
+    write_topic_task(tmp_path / "x.csv", examples=8)
+    for name, (command, expected) in cases.items():
+        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("jft "), (name, done.stderr)
+        assert expected in lines[0], (name, lines[0])
