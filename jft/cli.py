@@ -422,7 +422,9 @@ def _generate_arguments(parser):
         "--workdir", required=True, help="a next-word (gpt2) jft run, or a Hugging Face GPT-2 directory"
     )
     parser.add_argument("prompt", nargs="*", help="text to continue (several: one batch)")
-    parser.add_argument("--prompts", default="", help="a text file of prompts, one a line (empty lines skipped)")
+    parser.add_argument(
+        "--prompts", default="", help="a text file of prompts, one a line (empty lines skipped; -: standard input)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=50, help="tokens added to each prompt at most")
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy; above: sampled at it")
     parser.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (0: all)")
@@ -435,8 +437,10 @@ def _run_generate(args, _):
     from jft.generate import Generator, Sampling
 
     prompts = list(args.prompt)
-    if args.prompts:
-        if not Path(args.prompts).is_file():
+    if args.prompts == "-":
+        prompts += [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+    elif args.prompts:  # a file, or a pipe (<(...))
+        if not Path(args.prompts).exists() or Path(args.prompts).is_dir():
             raise JftError(f"--prompts {args.prompts} is not a file; give a text file with one prompt a line.")
         prompts += [line for _, line in text_lines(Path(args.prompts)) if line.strip()]
     if not prompts:

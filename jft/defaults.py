@@ -62,6 +62,16 @@ GUARD: Table = {
         "of its data (context_gain): it learned token frequencies, not context (0: never)",
     ),
 }
+# The regulariser the project is named for, part of the loss (coupled L2).
+L2: Table = {
+    "l2.weight": (1e-4, "λ of the penalty λ·Σ‖θ − θ_ref‖² (part of the loss)"),
+    "l2.reference": (
+        "auto",
+        "θ_ref: zero (λ‖θ‖²), init (λ‖θ − θ_init‖², L2-SP: the weights the run started from, heads aside), "
+        "or auto: init with init_from, zero from scratch",
+    ),
+    "l2.exclude_bias_and_layer_norm": (True, "leave biases and LayerNorm out of the penalty"),
+}
 RUN: Table = {
     "init_from": ("", "a jft run or a Hugging Face directory to start from (its architecture and vocabulary)"),
     "batch_size": (256, "global batch: rows (pretraining) or examples (fine-tuning) a step, over all devices"),
@@ -95,6 +105,9 @@ PRETRAIN: Table = {
     "masking.rate": (0.15, "fraction of tokens masked (masked-LM)"),
     "masking.max_predictions": (20, "at most this many masked tokens a row"),
     "masking.whole_word": (False, "mask all pieces of a word together"),
+    # Continued pretraining on a domain corpus pulled toward the weights it starts from (L2-SP).
+    **L2,
+    "l2.weight": (0.0, "λ of the penalty λ·Σ‖θ − θ_ref‖² (part of the loss; 0: none, the usual from scratch)"),
     **OPTIM,
     **RUN,
     "total_steps": (1000, "optimizer steps of the run (may be raised on resume: the schedule stretches)"),
@@ -129,14 +142,7 @@ FINETUNE: Table = {
     "data.buckets": (4, "bucketed: at most this many batch widths, each a compiled program"),
     "data.max_segments": (16, "packed: at most this many examples a row"),
     "data.tfds_data_dir": ("", "where TFDS datasets are built"),
-    # The regulariser the project is named for, part of the loss (coupled L2).
-    "l2.weight": (1e-4, "λ of the penalty λ·Σ‖θ − θ_ref‖² (part of the loss)"),
-    "l2.reference": (
-        "auto",
-        "θ_ref: zero (λ‖θ‖²), init (λ‖θ − θ_init‖², L2-SP: the weights the run started from, heads aside), "
-        "or auto: init with init_from, zero from scratch",
-    ),
-    "l2.exclude_bias_and_layer_norm": (True, "leave biases and LayerNorm out of the penalty"),
+    **L2,
     **OPTIM,
     # AdamW's decoupled decay is a different regulariser: off, so the L2 term is the only one.
     "optim.lr": (2e-5, "peak learning rate"),

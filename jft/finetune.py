@@ -23,15 +23,12 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import safetensors.numpy
 from ml_collections import ConfigDict
 
 from jft.data.corpus import source_identity
 from jft.data.loader import prefetch
 from jft.defaults import finetune as default_config
 from jft.errors import JftError
-from jft.files import atomic_write, file_sha256
-from jft.params import flatten, unflatten
 from jft.pretrain import context_warning
 from jft.tasks.batches import fill_rows, step_inputs
 from jft.tasks.evaluate import evaluate_data
@@ -110,8 +107,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, runner: Runner |
             )
             if task.labels != run["task"]["labels"]:
                 session.differ(f"labels: run {run['task']['labels']}, now {task.labels}")
-            if _uses_reference(run) and saved_steps(workdir / rundir.CHECKPOINTS):
-                _check_reference(workdir, run)
+            if session.uses_reference() and saved_steps(workdir / rundir.CHECKPOINTS):
+                session.check_reference()
         session.verified()
         weak = context_warning(session.init.path) if session.init and session.init.kind == "pretraining" else None
         if weak and jax.process_index() == 0:  # said at the start, once, before the time is spent
@@ -148,15 +145,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, runner: Runner |
         reference = None
         if restored is not None:
             host_state = restored[0]
-            if (workdir / rundir.REFERENCE).is_file():
-                reference = unflatten(safetensors.numpy.load_file(workdir / rundir.REFERENCE))
+            reference = session.saved_reference()
         else:
             params, reference = initial_params(params, config, session.init, task)
             host_state["train"] = jax.tree.map(np.asarray, create_finetune_state(params, tx))
-            if reference is not None and jax.process_index() == 0:  # θ_ref, its digest in run.json for a resume
-                file = workdir / rundir.REFERENCE
-                atomic_write(file, lambda path: safetensors.numpy.save_file(flatten(reference), path))
-                session.record(session.run["config"], reference_sha256=file_sha256(file))
+            if reference is not None:
+                session.save_reference(reference)
         best_value = -np.inf
         saved_best = best.restore_newest_good(set_aside=workdir / rundir.DAMAGED)
         if saved_best is not None and saved_best[1].get("value") is not None:
@@ -261,29 +255,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, runner: Runner |
                 manager.close()
             log.close()
         return log.last
-
-
-def _uses_reference(run: dict) -> bool:
-    """Whether a run pulls toward θ_ref read from reference.safetensors (L2-SP from init_from)."""
-    return run["config"]["l2"]["reference"] == "init" and run.get("init") is not None
-
-
-def _check_reference(workdir: Path, run: dict) -> None:
-    """θ_ref of a resumed L2-SP run must be the file it saved (run.json keeps its SHA-256; runs of
-    jft before it did, only that it is there): without it the penalty would pull toward 0."""
-    file = workdir / rundir.REFERENCE
-    if not file.is_file():
-        raise JftError(
-            f"{file} is missing: it holds θ_ref, the weights this L2-SP run (l2.reference=init) pulls toward, "
-            "and without it the penalty would pull toward 0. Put the file back, or start a new --workdir "
-            "(init_from makes it anew)."
-        )
-    expected = run.get("reference_sha256")
-    if expected is not None and file_sha256(file) != expected:
-        raise JftError(
-            f"{file} is not the θ_ref this run saved (its SHA-256 differs from run.json's): it was changed or "
-            "damaged. Put the run's own file back, or start a new --workdir."
-        )
 
 
 def _length_change(config: ConfigDict, session: RunSession, steps_an_epoch: int) -> str:

@@ -78,6 +78,12 @@ def merge(target: Params, loaded: Params) -> tuple[dict[str, Any], MergeReport]:
     return unflatten(merged), report
 
 
+def subtree(params: Params, paths: list[str]) -> dict[str, Any]:
+    """The leaves of params at paths ('bert/encoder/...'), as NumPy arrays, in a tree of their own."""
+    flat = flatten(params)
+    return unflatten({path: np.asarray(flat[path]) for path in paths})
+
+
 def key_path(keys) -> str:
     """'bert/encoder/...': the path of a leaf from jax.tree_util.tree_flatten_with_path."""
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keys)

@@ -35,17 +35,25 @@ from jft.defaults import pretrain as default_config
 from jft.errors import JftError
 from jft.models import Head
 from jft.models import get as get_family
-from jft.params import merge
+from jft.params import merge, subtree
+from jft.tasks.finetuning import REFERENCES, describe_penalty, resolve_reference
 from jft.train import rundir
 from jft.train.checkpoint import Checkpoints, saved_steps
 from jft.train.log import TrainingLog, check_guard, read_metrics
 from jft.train.loop import train_loop
 from jft.train.masking import MaskingConfig
 from jft.train.objectives import means
-from jft.train.optim import check_optim, learning_rate_schedule, make_optimizer
+from jft.train.optim import check_optim, learning_rate_schedule, make_optimizer, weight_decay_mask
 from jft.train.parallel import Runner, agree
 from jft.train.session import RunSession
-from jft.train.steps import PretrainSetup, create_state, pretrain_eval_step, pretrain_step
+from jft.train.steps import (
+    PretrainSetup,
+    create_state,
+    pretrain_eval_step,
+    pretrain_step,
+    with_reference,
+    without_reference,
+)
 
 __all__ = ["context_warning", "default_config", "train_and_evaluate"]
 
@@ -84,6 +92,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
     runner.check_batch(config.batch_size, config.accum_steps)
     with RunSession.open(workdir, "pretraining", config.init_from, MAY_CHANGE_ON_RESUME) as session:
         workdir = session.workdir
+        recorded = session.run["config"].get("l2", {}).get("reference") if session.resuming else None
+        config = resolve_reference(config, recorded)  # a run keeps its θ_ref
         if session.init is not None and session.init.kind == "finetuning":
             raise JftError(
                 f"init_from {session.init.path} is a fine-tuning run; pretraining starts from a pretraining run "
@@ -97,7 +107,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
             )
         tokenizer = _tokenizer(config, session, rows_dir)
         family, model = session.model(config.model, tokenizer)
+        if session.resuming and "l2" not in session.run["config"]:  # a run of a jft without it: it had none
+            session.run["config"]["l2"] = default_config().l2.to_dict()
         session.compare(config.to_dict())
+        if session.uses_reference() and saved_steps(workdir / rundir.CHECKPOINTS):
+            session.check_reference()
         rows = PretrainRows(rows_dir, "train") if rows_dir is not None else None
         mode, seq_len = (rows.metadata["mode"], rows.seq_len) if rows else (config.data.mode, config.data.seq_len)
         objective = OBJECTIVES[mode]
@@ -160,11 +174,23 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
         head = Head("pretraining", nsp=meta["mode"] == "pairs")
         module = family.module(model, head)
         tx, schedule = make_optimizer(config.optim, config.total_steps)
-        setup = PretrainSetup(
-            module, tx, schedule, masking, config.accum_steps, head.nsp, family.inputs, objective.removesuffix("+nsp")
-        )
         rng = jax.random.PRNGKey(config.seed)
         params = family.init_params(module, jax.random.fold_in(rng, 0))
+        penalty_mask = jax.tree.map(lambda _: True, params)
+        if config.l2.exclude_bias_and_layer_norm:
+            penalty_mask = weight_decay_mask(params)
+        setup = PretrainSetup(
+            module,
+            tx,
+            schedule,
+            masking,
+            config.accum_steps,
+            head.nsp,
+            family.inputs,
+            objective.removesuffix("+nsp"),
+            config.l2.weight,
+            penalty_mask,
+        )
         host_state = jax.tree.map(np.asarray, {"train": create_state(params, tx), "rng": rng})
         checkpoints = Checkpoints(
             workdir / rundir.CHECKPOINTS,
@@ -176,13 +202,18 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
         if restored is not None and restored[2] == config.total_steps:
             checkpoints.close()
             return session.finished(config.total_steps)
+        reference = None  # θ_ref of L2-SP: the weights init_from gave
         if restored is not None:
             host_state = restored[0]
+            reference = session.saved_reference() if session.uses_reference() else None
         elif session.init is not None:
             merged, report = merge(host_state["train"].params, session.init.params)
             host_state["train"] = host_state["train"].replace(params=jax.tree.map(np.asarray, merged))
             if jax.process_index() == 0:
                 print(f"init from {session.init.describe()}: {report.summary()}", flush=True)
+            if config.l2.weight and config.l2.reference == "init":
+                reference = subtree(merged, report.loaded)
+                session.save_reference(reference)
         start = int(host_state["train"].step)
         if jax.process_index() == 0:
             num_params = sum(x.size for x in jax.tree.leaves(host_state["train"].params))
@@ -194,9 +225,13 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
                 f"{epoch if config.data.streams > 1 else ''}; {where}",
                 flush=True,
             )
+            if config.l2.weight:
+                print(describe_penalty(config), flush=True)
 
         # The loop.
         state, rng = runner.put_replicated(host_state["train"]), runner.put_replicated(host_state["rng"])
+        if reference is not None:
+            state = with_reference(state, runner.put_replicated(reference))
         log = TrainingLog(workdir, config.total_steps, start, "pretraining", "sequences", config.progress, config.guard)
         evaluator = _evaluator(config, eval_loader, runner, setup, meta.get("unigram_entropy"))
 
@@ -205,7 +240,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
             return False
 
         def save(step, state, final):
-            saved = {"train": runner.replica(state), "rng": host_state["rng"]}
+            saved = {"train": runner.replica(without_reference(state)), "rng": host_state["rng"]}
             checkpoints.save(step, saved, {"loader_position": step * config.batch_size}, force=final)
 
         try:
@@ -302,6 +337,11 @@ def check_settings(config: ConfigDict) -> None:
             raise JftError(f"{key} must be at least 1, got {config[key]}.")
     check_optim(config.optim)
     check_guard(config.guard)
+    if not config.l2.weight >= 0 or config.l2.reference not in REFERENCES:
+        raise JftError(
+            f"l2.weight must be 0 or more and l2.reference one of {REFERENCES}, got {config.l2.weight} and "
+            f"'{config.l2.reference}'."
+        )
     if not config.guard.min_context_gain >= 0:
         raise JftError(f"guard.min_context_gain must be 0 (off) or more, got {config.guard.min_context_gain}.")
     if not 0 < config.masking.rate < 1 or config.masking.max_predictions < 1:

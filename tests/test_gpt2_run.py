@@ -273,3 +273,65 @@ def test_a_gpt2_where_a_bert_is_needed_and_the_reverse(pretrained, tmp_path):
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("jft "), (name, done.stderr)
         assert expected in lines[0], (name, lines[0])
+
+
+def test_continued_pretraining_pulls_toward_its_start_and_resumes_bit_exact(pretrained, corpus, tmp_path):
+    """Next-word training on a new corpus from the pretrained run with λ‖θ − θ_pre‖² (L2-SP): θ_ref
+    is the run's own file, checked on resume; stopped by SIGTERM and resumed, it ends as a run that
+    was not stopped."""
+    workdir, _ = pretrained
+    domain = write_corpus(tmp_path / "domain.txt", documents=60, seed=7)
+    settings = {**SMALL_GPT2, "init_from": workdir, "data.corpus": domain, "l2.weight": 0.1, "total_steps": 40}
+    settings |= {"checkpoint_every": 10, "log_every": 10, "eval_every": 1000, "optim.lr": 3e-3}
+
+    def command(run_dir):
+        return jft_command("pretrain", "--config", "pretrain/gpt2_tiny", "--workdir", run_dir) + [
+            f"--config.{key}={value}" for key, value in settings.items()
+        ]
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    done = run(command(tmp_path / "straight"), tmp_path, env=env)
+    assert "pulling toward the weights it starts from (L2-SP)" in done.stdout
+    rows = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    penalties = [row["l2_penalty"] for row in rows if row["split"] == "train"]
+    assert 0 < penalties[0] < penalties[-1]  # θ moves away from θ_ref, and the penalty says how far
+    assert (tmp_path / "straight" / "reference.safetensors").is_file()
+
+    stopped = tmp_path / "stopped"
+    code, output = start_and_signal(command(stopped), stopped / "checkpoints", 20, signal.SIGTERM)
+    assert code == 143, output
+    (stopped / "reference.safetensors").rename(stopped / "elsewhere.safetensors")
+    refused = subprocess.run(command(stopped), cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "reference.safetensors is missing" in refused.stderr
+    (stopped / "elsewhere.safetensors").rename(stopped / "reference.safetensors")
+    run(command(stopped), tmp_path, env=env)
+    straight, _ = final_state(tmp_path / "straight", 40)
+    resumed, _ = final_state(stopped, 40)
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_sweep_member_with_the_joint_term_ends_where_its_own_run_ends(pretrained, tmp_path):
+    from jft import population, sweep
+    from jft.defaults import finetune
+    from jft.finetune import train_and_evaluate as finetune_run
+    from jft.params import flatten
+    from jft.tasks.predictor import FinetunedModel
+
+    workdir, _ = pretrained
+    config = finetune()
+    settings = {"init_from": str(workdir), "data.seq_len": 32, "batch_size": 8, "epochs": 2, "progress": False}
+    settings |= {"data.train": str(write_topic_task(tmp_path / "train.csv", 32, seed=3)), "optim.lr": 3e-3}
+    settings |= {"data.eval": str(write_topic_task(tmp_path / "dev.csv", 16, seed=4)), "parallel.backend": "jit"}
+    set_keys(config, settings)
+    config.sweep.grid = {"joint_mlm.weight": [0.2, 0.8]}  # one population: μ on for both (a head)
+    members = sweep.plan(config)
+    _, params = population.train_population(members, sweep.sweep_data(config), Runner("jit"))
+    own = config.copy_and_resolve_references()
+    set_keys(own, {"joint_mlm.weight": 0.8, "data.eval": ""})
+    finetune_run(own, tmp_path / "own")
+    ours, theirs = flatten(jax.tree.map(lambda x: x[1], params)), flatten(FinetunedModel(tmp_path / "own").params)
+    assert ours.keys() == theirs.keys()
+    assert max(float(np.max(np.abs(np.asarray(ours[k]) - np.asarray(theirs[k])))) for k in ours) < 1e-5
+    other = flatten(jax.tree.map(lambda x: x[0], params))
+    assert max(float(np.max(np.abs(np.asarray(ours[k]) - np.asarray(other[k])))) for k in ours) > 1e-4

@@ -157,3 +157,19 @@ def test_a_small_model_compiles_for_a_v5e_topology(attention, tmp_path):
     assert row["arguments_gib"] * 2**30 == pytest.approx(3 * 4 * parameters, rel=0.05)
     assert row["tflop_per_device_step"] == pytest.approx(family.flops(cfg, 8, 64, num_labels=2) / 1e12)
     assert "v5e:2x2 (TPU v5e, 4 devices of 16 GiB HBM)" in done.stdout and "| finetune |" in done.stdout
+
+
+def test_a_small_gpt2_compiles_for_a_v5e_topology_with_the_causal_splash_kernel(tmp_path):
+    """GPT-2's next-word pretraining and its classifier, compiled for v5e:2x2 by libtpu: cuDNN's
+    attention becomes the splash kernel with a causal mask; the FLOPs are GPT-2's formula."""
+    command = [sys.executable, "-m", "jft.cli", "bench", "--topology", "v5e:2x2", "--config", "bench:gpt2_tiny"]
+    command += ["--config.batch_size=8", "--config.seq_len=128", "--config.model.vocab_size=1000"]
+    command += ["--config.model.n_layer=1", "--out", str(tmp_path / "tpu.json")]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "attention_impl 'cudnn' is a GPU kernel: Pallas's splash kernel on a TPU" in done.stdout + done.stderr
+    report = json.loads((tmp_path / "tpu.json").read_text())
+    rows = {row["workload"]: row for row in report["results"]}
+    assert set(rows) == {"pretrain", "finetune"} and all(row["fits"] for row in rows.values())
+    family, cfg = config_of(model_fields("tiny", "gpt2", vocab_size=1000, n_layer=1))
+    assert rows["pretrain"]["tflop_per_device_step"] == pytest.approx(family.flops(cfg, 2, 128, predictions=128) / 1e12)

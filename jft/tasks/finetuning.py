@@ -6,12 +6,11 @@ import dataclasses
 from pathlib import Path
 
 import jax
-import numpy as np
 from ml_collections import ConfigDict
 
 from jft.data.tokenizer import load_tokenizer, special_ids
 from jft.errors import JftError
-from jft.params import flatten, merge, unflatten
+from jft.params import merge, subtree
 from jft.tasks.batches import LAYOUTS, TaskBatches
 from jft.tasks.records import KINDS, Columns, Encoded, Task, encode, label_vocabulary, read_records
 from jft.train import rundir
@@ -132,8 +131,7 @@ def initial_params(params: dict, config: ConfigDict, init, task: Task, quiet: bo
         print(f"init from {init.describe()}: {report.summary()}", flush=True)
     if config.l2.reference != "init":
         return params, None
-    flat = flatten(params)
-    return params, unflatten({path: np.asarray(flat[path]) for path in report.loaded})
+    return params, subtree(params, report.loaded)
 
 
 def resolve_reference(config: ConfigDict, recorded: str | None = None) -> ConfigDict:

@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import safetensors.numpy
 import tokenizers
 
 from jft.errors import JftError
-from jft.files import finite_or_null
+from jft.files import atomic_write, file_sha256, finite_or_null
 from jft.models import Family, get
+from jft.params import flatten, unflatten
 from jft.train import rundir
 from jft.train.checkpoint import Checkpoints, saved_steps
 from jft.train.lock import hold
@@ -164,6 +166,41 @@ class RunSession:
         self.run = {**self.run, "config": dict(config), **fields}
         if jax.process_index() == 0:
             rundir.write_run(self.workdir, self.run)
+
+    def uses_reference(self) -> bool:
+        """Whether the run pulls toward θ_ref read from reference.safetensors (l2.reference=init
+        from init_from: L2-SP)."""
+        l2 = self.run["config"].get("l2", {}) if self.run else {}
+        return l2.get("reference") == "init" and self.run.get("init") is not None
+
+    def check_reference(self) -> None:
+        """θ_ref of a resumed L2-SP run must be the file it saved (run.json keeps its SHA-256; runs
+        of a jft before it did, only that it is there): without it the penalty would pull toward 0."""
+        file = self.workdir / rundir.REFERENCE
+        if not file.is_file():
+            raise JftError(
+                f"{file} is missing: it holds θ_ref, the weights this L2-SP run (l2.reference=init) pulls toward, "
+                "and without it the penalty would pull toward 0. Put the file back, or start a new --workdir "
+                "(init_from makes it anew)."
+            )
+        expected = self.run.get("reference_sha256")
+        if expected is not None and file_sha256(file) != expected:
+            raise JftError(
+                f"{file} is not the θ_ref this run saved (its SHA-256 differs from run.json's): it was changed or "
+                "damaged. Put the run's own file back, or start a new --workdir."
+            )
+
+    def saved_reference(self) -> dict | None:
+        """θ_ref as the run saved it (None: it saved none)."""
+        file = self.workdir / rundir.REFERENCE
+        return unflatten(safetensors.numpy.load_file(file)) if file.is_file() else None
+
+    def save_reference(self, reference: Mapping) -> None:
+        """Writes θ_ref (process 0), its digest in run.json for a resume to check."""
+        if jax.process_index() == 0:
+            file = self.workdir / rundir.REFERENCE
+            atomic_write(file, lambda path: safetensors.numpy.save_file(flatten(reference), path))
+            self.record(self.run["config"], reference_sha256=file_sha256(file))
 
     def restore(self, checkpoints: Checkpoints, template: Any) -> tuple[Any, dict, int] | None:
         """(state, meta, step) of the run's newest good checkpoint, damaged newer ones set aside in

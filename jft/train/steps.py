@@ -69,6 +69,10 @@ class PretrainSetup:
     nsp: bool = True
     inputs: tuple[str, ...] = TEXT_INPUTS
     objective: str = "mlm"
+    # λ of the coupled penalty λ·Σ‖θ − θ_ref‖² (0: none) and the leaves it applies to; θ_ref is the
+    # state's `reference` (a FinetuneState: continued pretraining pulled toward its start), else 0.
+    l2: float = 0.0
+    penalty_mask: Any = None
 
 
 def _psum(x, axis_name):
@@ -169,17 +173,31 @@ def pretrain_step(
     grads, stats = _gradients(loss_fn, state.params, inputs, setup.accum_steps)
     grads = _pmean(grads, axis_name)
     stats = _psum(stats, axis_name)
+    grads, penalty = _penalised(setup.l2, setup.penalty_mask, state, grads)
 
     learning_rate = setup.schedule(state.step - state.skipped)  # skipped steps do not advance optax
     new_state, grad_norm = _apply_gradients(setup.tx, state, grads, learning_rate)
+    metrics = _summarise(stats)
+    if _weighted(setup.l2):
+        metrics |= {"loss": metrics["loss"] + penalty, "l2_penalty": penalty}
     metrics = {
-        **_summarise(stats),
+        **metrics,
         "learning_rate": learning_rate,
         "grad_norm": grad_norm,
         "skipped_updates": new_state.skipped,
         "skipped_in_a_row": new_state.skipped_in_a_row,
     }
     return new_state, metrics
+
+
+def _penalised(l2, mask, state, grads) -> tuple[Any, jax.Array | float]:
+    """grads plus the gradient of λ·Σ‖θ − θ_ref‖² (θ_ref: the state's reference, if it has one,
+    else 0), and the penalty; the same on every device, so added after the mean over them."""
+    if not _weighted(l2):
+        return grads, 0.0
+    reference = getattr(state, "reference", None)
+    penalty, penalty_grads = jax.value_and_grad(lambda p: l2 * l2_penalty(p, reference, mask))(state.params)
+    return jax.tree.map(jnp.add, grads, penalty_grads), jnp.asarray(penalty, jnp.float32)
 
 
 def _gradients(loss_fn, params, inputs: dict, accum_steps: int):
@@ -246,8 +264,18 @@ class FinetuneState(TrainState):
 
 
 def create_finetune_state(params, tx: optax.GradientTransformation, reference=None) -> FinetuneState:
-    base = create_state(params, tx)
-    return FinetuneState(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)}, reference=reference)
+    return with_reference(create_state(params, tx), reference)
+
+
+def with_reference(state: TrainState, reference) -> FinetuneState:
+    """state with θ_ref, the weights the L2 penalty pulls toward."""
+    fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(TrainState)}
+    return FinetuneState(**fields, reference=reference)
+
+
+def without_reference(state: TrainState) -> TrainState:
+    """state without θ_ref (a pretraining checkpoint holds none: the run keeps it in its own file)."""
+    return TrainState(**{f.name: getattr(state, f.name) for f in dataclasses.fields(TrainState)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,12 +379,7 @@ def finetune_step(
     grads, stats = _gradients(loss_fn, state.params, inputs, setup.accum_steps)
     stats = _psum(stats, axis_name)
     grads = _pmean(grads, axis_name)
-    penalty = 0.0
-    if _weighted(setup.l2):  # the same on every device: added after the mean over them
-        penalty, penalty_grads = jax.value_and_grad(
-            lambda p: setup.l2 * l2_penalty(p, state.reference, setup.penalty_mask)
-        )(state.params)
-        grads = jax.tree.map(jnp.add, grads, penalty_grads)
+    grads, penalty = _penalised(setup.l2, setup.penalty_mask, state, grads)
     learning_rate = setup.schedule(state.step - state.skipped)  # skipped steps do not advance optax
     new_state, grad_norm = _apply_gradients(setup.tx, state, grads, learning_rate)
     task = means(stats["task"])
