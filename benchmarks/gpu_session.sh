@@ -12,7 +12,7 @@
 #                bash benchmarks/gpu_session.sh wait 540    # again, back to back (the machine goes
 #                                                            # back after 30 s idle), until "all done"
 #
-# Results land in $OUT (gpu_checks.json, ablations.md, peers.md, large.md, checkpoint_vocab.md,
+# Results land in $OUT (gpu_checks.json, ablations.md, peers.md, large.md, gpt2.md, checkpoint_vocab.md,
 # sweep_population.md, log.txt), to be copied into benchmarks/RESULTS.md by hand.
 # SMOKE=1 runs tiny shapes, to check this script on any machine.
 set -u
@@ -48,6 +48,12 @@ jobs() {
             echo "BERT-large seq $seq batch $batch did not run (out of memory?)" >> $work/large.md
         done
     done
+    # GPT-2 small: next-word pretraining (cuDNN's causal attention) and its classifier (RESULTS.md, pending)
+    gpt2=gpt2_small
+    [ -n "$smoke" ] && gpt2=gpt2_tiny
+    python3 -m jft.cli bench --config bench:$gpt2 --config.seq_len=$((1024 / shrink)) \
+        --config.batch_size=$((16 / shrink)) "${cpu[@]}" --out $work/gpt2.json > $work/gpt2.md ||
+        echo "GPT-2 small did not run (out of memory?)" >> $work/gpt2.md
     # a checkpoint save's step-time hiccup, and the padded vocabulary's speed (RESULTS.md, pending)
     (cd benchmarks && python3 save_hiccup.py --size $base --batch $((64 / shrink)) &&
         python3 vocab_padding.py --size $base --batch $((64 / shrink)) --rounds 10 --topology "") > $work/checkpoint_vocab.md

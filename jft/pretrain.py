@@ -108,7 +108,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
         tokenizer = _tokenizer(config, session, rows_dir)
         family, model = session.model(config.model, tokenizer)
         if session.resuming and "l2" not in session.run["config"]:  # a run of a jft without it: it had none
-            session.run["config"]["l2"] = default_config().l2.to_dict()
+            session.run["config"]["l2"] = {**config.l2.to_dict(), "weight": 0.0}
         session.compare(config.to_dict())
         if session.uses_reference() and saved_steps(workdir / rundir.CHECKPOINTS):
             session.check_reference()

@@ -109,7 +109,7 @@ def test_other_model_types_are_refused(saved):
     path, _, _ = saved
     hf_config = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**hf_config, "model_type": "roberta"}))
-    with pytest.raises(JftError, match="'roberta' model; jft loads bert models"):
+    with pytest.raises(JftError, match="'roberta' model; jft loads bert, gpt2 models"):
         hf.load(path)
 
 

@@ -2,7 +2,6 @@
 
 from jft.models.bert.config import (
     CHANGEABLE_FIELDS,
-    COMPUTE_FIELDS,
     FIELD_MEANINGS,
     PRESETS,
     SIZE_FIELDS,
@@ -19,6 +18,7 @@ from jft.models.bert.modules import (
 )
 from jft.models.bert.weights import architecture, head_of, weights_from_hf, weights_to_hf
 from jft.models.family import TEXT_INPUTS, Family
+from jft.models.options import COMPUTE_FIELDS
 
 
 def flops(

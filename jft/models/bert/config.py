@@ -4,17 +4,15 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
+from jft.errors import JftError
+from jft.models.options import (
+    ACTIVATIONS,
+    JFT_FIELD_MEANINGS,
+    JFT_FIELDS,
+    ConfigOptions,
+    type_problems,
+)
 
-from jft.errors import JftError, did_you_mean
-
-ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-ATTENTION_IMPLS = ("xla", "cudnn", "splash")
-REMAT = ("none", "dots", "full")
-# The attention kernels that run on one platform only.
-KERNEL_PLATFORMS = {"cudnn": "gpu", "splash": "tpu"}
 # What a run may set differently from the checkpoint it starts from: regularisation, the new
 # heads' initialisation, and how the same function is computed. Every other field is the
 # checkpoint's architecture (sizes, activation, LayerNorm eps, vocabulary, ...) and comes with it.
@@ -29,8 +27,6 @@ CHANGEABLE_FIELDS = (
     "scan_layers",
     "vocab_multiple",
 )
-# How the same function is computed: may change even when a run resumes.
-COMPUTE_FIELDS = ("dtype", "attention_impl", "remat", "scan_layers", "vocab_multiple")
 # What a run from scratch must know: a preset names them all.
 SIZE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
@@ -50,11 +46,7 @@ FIELD_MEANINGS = {
     "layer_norm_eps": "LayerNorm epsilon",
     "pad_token_id": "id of [PAD]",
     "classifier_dropout": "dropout before the task head (unset: hidden_dropout_prob)",
-    "dtype": "compute dtype: float32, bfloat16 or auto (bf16 on GPU/TPU); may change on resume",
-    "param_dtype": "dtype of the weights (keep float32)",
-    "attention_impl": "xla; cudnn (fused GPU kernel) or splash (Pallas TPU kernel): no attention dropout",
-    "remat": "recompute in the backward pass: none (no matmul twice), dots (attention's too), full (least kept)",
-    "scan_layers": "layers as one loop (compiles fast at any depth); false: unrolled (same weights)",
+    **JFT_FIELD_MEANINGS,
     "vocab_multiple": "pad the masked-LM decoder's vocabulary to a multiple of this (e.g. 128); never exported",
 }
 
@@ -68,8 +60,10 @@ PRESETS: dict[str, dict[str, int]] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class BertConfig:
+class BertConfig(ConfigOptions):
     """Model hyper-parameters. Field names and defaults follow transformers.BertConfig (BERT-base)."""
+
+    presets = PRESETS
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -108,7 +102,7 @@ class BertConfig:
     vocab_multiple: int = 1
 
     def __post_init__(self):
-        problems = _type_problems(self)
+        problems = type_problems(self)
         if problems:
             raise JftError("invalid model config: " + "; ".join(problems) + ".")
         if self.hidden_size % self.num_attention_heads:
@@ -117,23 +111,7 @@ class BertConfig:
             )
         if self.hidden_act not in ACTIVATIONS:
             problems.append(f"hidden_act '{self.hidden_act}' is not one of {ACTIVATIONS}")
-        for field in ("dtype", "param_dtype"):
-            value = getattr(self, field)
-            allowed = (*DTYPES, "auto") if field == "dtype" else tuple(DTYPES)
-            if value not in allowed:
-                problems.append(f"{field} '{value}' is not one of {allowed}")
-        if self.attention_impl not in ATTENTION_IMPLS:
-            problems.append(f"attention_impl '{self.attention_impl}' is not one of {ATTENTION_IMPLS}")
-        if self.remat not in REMAT:
-            problems.append(f"remat '{self.remat}' is not one of {REMAT}")
-        if self.attention_impl in KERNEL_PLATFORMS and self.attention_probs_dropout_prob != 0:  # fused: no dropout
-            problems.append(
-                f"attention_impl '{self.attention_impl}' has no attention dropout: set attention_probs_dropout_prob=0 "
-                "to use it, or attention_impl='xla' to keep the dropout"
-            )
-        if self.attention_impl == "cudnn":
-            if self.dtype == "float32":
-                problems.append("attention_impl 'cudnn' needs dtype 'bfloat16' or 'float16' (or 'auto' on a GPU)")
+        problems += self.option_problems("attention_probs_dropout_prob")
         for field in (
             "vocab_size",
             "hidden_size",
@@ -151,48 +129,6 @@ class BertConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
-
-    def platform_problem(self, platform: str) -> str | None:
-        """Why this config's attention kernel cannot run on `platform` ('cpu', 'gpu', 'tpu'), or None."""
-        needs = KERNEL_PLATFORMS.get(self.attention_impl)
-        if needs is None or needs == platform:
-            return None
-        return (
-            f"attention_impl '{self.attention_impl}' is a {needs.upper()} kernel and this is {platform} "
-            "(--config.model.attention_impl=xla runs anywhere)"
-        )
-
-    @property
-    def padded_vocab_size(self) -> int:
-        """vocab_size rounded up to a multiple of vocab_multiple: the decoder matmul's width."""
-        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
-
-    @property
-    def compute_dtype(self) -> jnp.dtype:
-        """The dtype activations are computed in; 'auto' is bfloat16 on GPU/TPU, float32 on CPU."""
-        if self.dtype == "auto":
-            return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
-        return DTYPES[self.dtype]
-
-    @property
-    def params_dtype(self) -> jnp.dtype:
-        return DTYPES[self.param_dtype]
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "BertConfig":
-        """Builds a config from a mapping; an unknown key is an error naming the closest field."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in values:
-            if key not in names:
-                raise JftError(f"unknown model config key '{key}'.{did_you_mean(key, names)}")
-        return cls(**dict(values))
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "BertConfig":
-        """A named size ('tiny', 'mini', 'base', 'large') with optional field overrides."""
-        if name not in PRESETS:
-            raise JftError(f"unknown model size '{name}'; choose one of {sorted(PRESETS)}.")
-        return cls.from_dict({**PRESETS[name], **overrides})
 
     @classmethod
     def from_hf(cls, hf_config: Mapping[str, Any], source: str = "config.json") -> "BertConfig":
@@ -212,7 +148,7 @@ class BertConfig:
             raise JftError(
                 f"position_embedding_type '{position_type}' is not supported; jft implements 'absolute' only."
             )
-        hf_names = [f.name for f in dataclasses.fields(cls)][:_FIRST_JFT_FIELD]
+        hf_names = [f.name for f in dataclasses.fields(cls) if f.name not in JFT_FIELDS]
         try:
             return cls(**{name: hf_config[name] for name in hf_names if name in hf_config})
         except JftError as error:
@@ -220,28 +156,4 @@ class BertConfig:
 
     def to_hf(self) -> dict[str, Any]:
         """The Hugging Face config.json fields of this config (jft's own fields left out)."""
-        values = dataclasses.asdict(self)
-        hf = {name: values[name] for name in list(values)[:_FIRST_JFT_FIELD]}
-        return {"model_type": "bert", "position_embedding_type": "absolute", **hf}
-
-
-_FIRST_JFT_FIELD = [f.name for f in dataclasses.fields(BertConfig)].index("dtype")
-
-
-def _type_problems(config: BertConfig) -> list[str]:
-    """'field must be an integer, got '384'' for every field of the wrong type."""
-    problems = []
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        kind = field.type if isinstance(field.type, type) else float  # float | None: classifier_dropout
-        if value is None and field.default is None:
-            continue
-        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            problems.append(f"{field.name} must be an integer, got {value!r}")
-        elif kind is float and (isinstance(value, bool) or not isinstance(value, int | float)):
-            problems.append(f"{field.name} must be a number, got {value!r}")
-        elif kind is bool and not isinstance(value, bool):
-            problems.append(f"{field.name} must be true or false, got {value!r}")
-        elif kind is str and not isinstance(value, str):
-            problems.append(f"{field.name} must be a string, got {value!r}")
-    return problems
+        return {"model_type": "bert", "position_embedding_type": "absolute", **self.hf_fields()}

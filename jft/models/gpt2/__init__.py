@@ -3,7 +3,6 @@
 from jft.models.family import Family
 from jft.models.gpt2.config import (
     CHANGEABLE_FIELDS,
-    COMPUTE_FIELDS,
     FIELD_MEANINGS,
     PRESETS,
     SIZE_FIELDS,
@@ -20,6 +19,7 @@ from jft.models.gpt2.modules import (
     init_params,
 )
 from jft.models.gpt2.weights import architecture, head_of, weights_from_hf, weights_to_hf
+from jft.models.options import COMPUTE_FIELDS
 
 # GPT-2's one special token: the end of a document, which also begins and pads.
 END_OF_TEXT = "<|endoftext|>"

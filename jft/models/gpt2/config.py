@@ -9,17 +9,14 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from jft.errors import JftError, did_you_mean
-from jft.models.bert.config import (
+from jft.errors import JftError
+from jft.models.options import (
     ACTIVATIONS,
-    ATTENTION_IMPLS,
-    DTYPES,
-    KERNEL_PLATFORMS,
-    REMAT,
-    BertConfig,
-    _type_problems,
+    JFT_FIELD_MEANINGS,
+    JFT_FIELDS,
+    ConfigOptions,
+    type_problems,
 )
-from jft.models.bert.config import FIELD_MEANINGS as BERT_FIELD_MEANINGS
 
 # What a run may set differently from the checkpoint it starts from (regularisation, the new heads'
 # initialisation, how the same function is computed, the padding id a classifier reads past).
@@ -36,8 +33,6 @@ CHANGEABLE_FIELDS = (
     "vocab_multiple",
     "pad_token_id",
 )
-# How the same function is computed: may change even when a run resumes.
-COMPUTE_FIELDS = ("dtype", "attention_impl", "remat", "scan_layers", "vocab_multiple")
 # What a run from scratch must know: a preset names them all.
 SIZE_FIELDS = ("vocab_size", "n_embd", "n_layer", "n_head")
 
@@ -59,7 +54,7 @@ FIELD_MEANINGS = {
     "eos_token_id": "id of the end-of-text token (<|endoftext|>)",
     "pad_token_id": "id of the padding token (GPT-2 has none; transformers' sequence classifier needs one)",
     "classifier_dropout": "dropout before the token classifier (unset: 0.1, as transformers' GPT-2)",
-    **{name: BERT_FIELD_MEANINGS[name] for name in ("dtype", "param_dtype", "attention_impl", "remat", "scan_layers")},
+    **JFT_FIELD_MEANINGS,
     "vocab_multiple": "pad the LM head's vocabulary to a multiple of this (e.g. 128); never exported",
 }
 
@@ -83,8 +78,10 @@ _HF_FIXED = {
 
 
 @dataclasses.dataclass(frozen=True)
-class Gpt2Config:
+class Gpt2Config(ConfigOptions):
     """Model hyper-parameters. Field names and defaults follow transformers.GPT2Config (GPT-2 124M)."""
+
+    presets = PRESETS
 
     vocab_size: int = 50257
     n_positions: int = 1024
@@ -113,12 +110,7 @@ class Gpt2Config:
     vocab_multiple: int = 1
 
     def __post_init__(self):
-        problems = _type_problems(self)
-        # _type_problems takes `int | None` for a number: an integer is meant
-        for field in ("n_inner", "pad_token_id"):
-            value = getattr(self, field)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                problems.append(f"{field} must be an integer, got {value!r}")
+        problems = type_problems(self)
         if problems:
             raise JftError("invalid model config: " + "; ".join(problems) + ".")
         for field in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "vocab_multiple"):
@@ -132,21 +124,7 @@ class Gpt2Config:
             problems.append(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
         if self.activation_function not in ACTIVATIONS:
             problems.append(f"activation_function '{self.activation_function}' is not one of {ACTIVATIONS}")
-        if self.dtype not in (*DTYPES, "auto"):
-            problems.append(f"dtype '{self.dtype}' is not one of {(*DTYPES, 'auto')}")
-        if self.param_dtype not in DTYPES:
-            problems.append(f"param_dtype '{self.param_dtype}' is not one of {tuple(DTYPES)}")
-        if self.attention_impl not in ATTENTION_IMPLS:
-            problems.append(f"attention_impl '{self.attention_impl}' is not one of {ATTENTION_IMPLS}")
-        if self.remat not in REMAT:
-            problems.append(f"remat '{self.remat}' is not one of {REMAT}")
-        if self.attention_impl in KERNEL_PLATFORMS and self.attn_pdrop != 0:  # fused: no dropout
-            problems.append(
-                f"attention_impl '{self.attention_impl}' has no attention dropout: set attn_pdrop=0 to use it, "
-                "or attention_impl='xla' to keep the dropout"
-            )
-        if self.attention_impl == "cudnn" and self.dtype == "float32":
-            problems.append("attention_impl 'cudnn' needs dtype 'bfloat16' or 'float16' (or 'auto' on a GPU)")
+        problems += self.option_problems("attn_pdrop")
         if problems:
             raise JftError("invalid model config: " + "; ".join(problems) + ".")
 
@@ -175,29 +153,6 @@ class Gpt2Config:
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
-    # BertConfig's own: they read the fields both configs share (vocab_size, vocab_multiple, dtype,
-    # param_dtype, attention_impl) and mean the same.
-    padded_vocab_size = BertConfig.padded_vocab_size
-    compute_dtype = BertConfig.compute_dtype
-    params_dtype = BertConfig.params_dtype
-    platform_problem = BertConfig.platform_problem
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "Gpt2Config":
-        """Builds a config from a mapping; an unknown key is an error naming the closest field."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in values:
-            if key not in names:
-                raise JftError(f"unknown model config key '{key}'.{did_you_mean(key, names)}")
-        return cls(**dict(values))
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "Gpt2Config":
-        """A named size ('tiny', 'small', 'medium', 'large') with optional field overrides."""
-        if name not in PRESETS:
-            raise JftError(f"unknown model size '{name}'; choose one of {sorted(PRESETS)}.")
-        return cls.from_dict({**PRESETS[name], **overrides})
-
     @classmethod
     def from_hf(cls, hf_config: Mapping[str, Any], source: str = "config.json") -> "Gpt2Config":
         """Reads the fields jft uses from a Hugging Face config.json mapping; the sizes must be there
@@ -218,7 +173,7 @@ class Gpt2Config:
                     f"{source} sets {name}: {json.dumps(hf_config[name])}; jft's GPT-2 implements only "
                     f"{name}: {json.dumps(supported)}, so these weights would compute another function here."
                 )
-        hf_names = [f.name for f in dataclasses.fields(cls)][:_FIRST_JFT_FIELD]
+        hf_names = [f.name for f in dataclasses.fields(cls) if f.name not in JFT_FIELDS]
         try:
             return cls(**{name: hf_config[name] for name in hf_names if name in hf_config})
         except JftError as error:
@@ -228,11 +183,7 @@ class Gpt2Config:
         """The Hugging Face config.json fields of this config (jft's own fields left out). Without a
         pad_token_id, the end-of-text token pads (as GPT-2's users set it): transformers'
         GPT2ForSequenceClassification finds each row's last token by it, and refuses batches without it."""
-        values = dataclasses.asdict(self)
-        hf = {name: values[name] for name in list(values)[:_FIRST_JFT_FIELD]}
+        hf = self.hf_fields()
         if hf["pad_token_id"] is None:
             hf["pad_token_id"] = self.eos_token_id
         return {"model_type": "gpt2", **hf}
-
-
-_FIRST_JFT_FIELD = [f.name for f in dataclasses.fields(Gpt2Config)].index("dtype")
