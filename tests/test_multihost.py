@@ -306,3 +306,32 @@ def test_two_processes_sweep_and_train_the_best(tmp_path, one_device_finetune):
     assert [p.returncode for p in processes] == [0, 0], outputs
     assert len((tmp_path / "members.jsonl").read_text().splitlines()) == 2
     assert (tmp_path / "best_run" / "run.json").is_file()
+
+
+@pytest.mark.xdist_group("multihost")
+def test_next_word_pretraining_on_two_processes_matches_one_device(tmp_path):
+    """GPT-2 on causal rows, two streams of whole shards, 2 processes × 4 devices: the update of
+    one device with the whole batch."""
+    from jft.data.corpus import read_documents
+    from jft.data.tokenizer import train_vocab
+
+    text = write_corpus(tmp_path / "corpus.txt", documents=60)
+    train_vocab(
+        lambda: (s for d in read_documents(str(text)) for s in d), tmp_path / "vocab", vocab_size=300, kind="bytelevel"
+    )
+    rows = tmp_path / "rows"
+    prepare(str(text), tmp_path / "vocab", rows, seq_len=32, mode="causal", window_documents=20, progress=False)
+    gpt2 = {"model.n_embd": 32, "model.n_layer": 2, "model.n_head": 2, "model.n_positions": 32}
+    gpt2 |= {f"model.{name}": 0.0 for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop")}
+    gpt2 |= {**RUN, "data.prepared": rows, "data.streams": STREAMS, "data.seq_len": 32, "batch_size": 16}
+    gpt2 |= {"progress": False, "eval_batches": 2}
+
+    def command(workdir, **settings):
+        config = str(REPO / "configs" / "pretrain" / "gpt2_tiny.py")
+        return [sys.executable, "-m", "jft.cli", "pretrain", "--config", config, "--workdir", str(workdir)] + [
+            f"--config.{key}={value}" for key, value in {**gpt2, **settings}.items()
+        ]
+
+    _run_here(command(tmp_path / "single", **{"parallel.backend": "jit"}))
+    _run_two_processes(lambda parallel: command(tmp_path / "multi", **parallel))
+    assert _max_difference(_final_params(tmp_path / "single"), _final_params(tmp_path / "multi")) < 1e-6
