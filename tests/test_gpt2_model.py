@@ -15,7 +15,7 @@ import transformers
 from conftest import tiny_hf_config
 from jft import params as ptree
 from jft.errors import JftError
-from jft.models import family_of_hf, hf
+from jft.models import config_of, family_of_hf, hf
 from jft.models.gpt2 import (
     FAMILY,
     Gpt2Config,
@@ -334,3 +334,15 @@ def test_an_untied_lm_head_is_refused(reference):
     tensors["lm_head.weight"] = tensors["lm_head.weight"] + 1.0
     with pytest.raises(JftError, match="differs from its token embeddings"):
         FAMILY.weights_from_hf(tensors, "torch", config, "model.safetensors")
+
+
+def test_init_writes_a_gpt2_and_a_bert_config_turned_gpt2_is_refused_in_one_line(tmp_path):
+    from jft import cli
+    from jft.models.bert import BertConfig
+
+    assert cli.main(["init", "--config", "init:gpt2_tiny", "--out", str(tmp_path / "gpt2")]) == 0
+    config, params = hf.load(tmp_path / "gpt2")
+    assert isinstance(config, Gpt2Config) and FAMILY.head_of(params).kind == "pretraining"
+    bert_fields = {**dataclasses.asdict(BertConfig.preset("tiny")), "family": "gpt2"}
+    with pytest.raises(JftError, match="model.family is gpt2, but the model group holds another family's fields"):
+        config_of(bert_fields)

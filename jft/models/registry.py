@@ -1,5 +1,6 @@
 """The families of models jft trains, by name and by Hugging Face model_type."""
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,4 +40,12 @@ def config_of(fields: Mapping[str, Any]) -> tuple[Family, Any]:
     """The family and config of a mapping of every field and 'family' (a bench or init config's
     `model` group, jft.defaults.model_fields)."""
     family = get(fields.get("family") or "bert")
-    return family, family.config({name: value for name, value in fields.items() if name != "family"})
+    values = {name: value for name, value in fields.items() if name != "family"}
+    foreign = [name for name in values if name not in {f.name for f in dataclasses.fields(family.config_type)}]
+    if foreign and fields.get("family"):
+        raise JftError(
+            f"model.family is {family.name}, but the model group holds another family's fields "
+            f"({', '.join(foreign[:3])}); start from a config made for {family.name} (`jft config` lists them: "
+            "init:gpt2_tiny, bench:gpt2_small, ...) instead of changing model.family."
+        )
+    return family, family.config(values)
