@@ -22,11 +22,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
+import functools  # noqa: E402
+
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import transformers  # noqa: E402
 
+from jft.data.loader import Loader  # noqa: E402
 from jft.data.synthetic import write_corpus, write_topic_task, write_vocab  # noqa: E402, F401
+from jft.models.bert import init_params  # noqa: E402
+from jft.train.parallel import Runner  # noqa: E402
+from jft.train.steps import create_state, pretrain_step  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # A model small enough for seconds of CPU training, without dropout (so device counts compare exactly).
@@ -95,6 +102,25 @@ def final_state(workdir, step=150):
     state, meta = checkpoints.restore()
     checkpoints.close()
     return state, meta
+
+
+def pretrain_steps(setup, rows, backend: str, steps: int = 3, params=None):
+    """`steps` pretraining steps of `setup` (any family's) on batches of 16 prepared rows under a
+    Runner of `backend`, from params (default: fresh, key 0); the state and the last metrics."""
+    runner = Runner(backend)
+    step = runner.compile(functools.partial(pretrain_step, setup=setup))
+    params = init_params(setup.model, jax.random.PRNGKey(0)) if params is None else params
+    state = runner.put_replicated(create_state(params, setup.tx))
+    rng = runner.put_replicated(jax.random.PRNGKey(1))
+    loader = Loader(rows, 16, seed=0)
+    for index in range(steps):
+        state, metrics = step(state, runner.put_batch(loader.batch(index)), rng)
+    return runner.get(state), runner.get(metrics)
+
+
+def largest_difference(a, b) -> float:
+    """The largest absolute difference between the leaves of two trees of the same shapes."""
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def corpus_vocab(text, out_dir, vocab_size: int = 200):

@@ -2,7 +2,6 @@
 learning, resume), generation, export to transformers, L2-SP fine-tuning with the joint next-word
 term, eval and predict, and the errors of a GPT-2 given where a BERT is needed and the reverse."""
 
-import functools
 import json
 import os
 import signal
@@ -15,17 +14,27 @@ import pytest
 import torch
 import transformers
 
-from conftest import final_state, set_keys, start_and_signal, tiny_hf_bert, write_corpus, write_topic_task
+from conftest import (
+    final_state,
+    largest_difference,
+    pretrain_steps,
+    set_keys,
+    start_and_signal,
+    tiny_hf_bert,
+    write_corpus,
+    write_topic_task,
+)
 from jft.data.corpus import read_documents
-from jft.data.loader import Loader, PretrainRows
+from jft.data.loader import PretrainRows
 from jft.data.prepare import prepare
 from jft.data.tokenizer import END_OF_TEXT, load_tokenizer, train_vocab
+from jft.defaults import pretrain as pretrain_defaults
 from jft.models import Head
 from jft.models import get as get_family
 from jft.pretrain import train_and_evaluate
 from jft.train.optim import make_optimizer
 from jft.train.parallel import Runner
-from jft.train.steps import PretrainSetup, create_state, pretrain_step
+from jft.train.steps import PretrainSetup
 
 # configs/pretrain/gpt2_tiny made small enough for seconds of CPU training, without dropout
 # (so that device counts compare exactly).
@@ -108,40 +117,19 @@ def _next_word_setup(rows, accum_steps=1):
         | dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     )
     model = family.module(config, Head("pretraining"))
-    tx, schedule = make_optimizer(get_config_optim(), 10)
-    return family, PretrainSetup(model, tx, schedule, None, accum_steps, False, family.inputs, "next_word")
-
-
-def get_config_optim():
-    from jft.defaults import pretrain
-
-    return pretrain().optim
-
-
-def _steps(family, setup, rows, backend, steps=3):
-    runner = Runner(backend)
-    step = runner.compile(functools.partial(pretrain_step, setup=setup))
-    state = runner.put_replicated(create_state(family.init_params(setup.model, jax.random.PRNGKey(0)), setup.tx))
-    rng = runner.put_replicated(jax.random.PRNGKey(1))
-    loader = Loader(rows, 16, seed=0)
-    for index in range(steps):
-        state, metrics = step(state, runner.put_batch(loader.batch(index)), rng)
-    return runner.get(state), runner.get(metrics)
-
-
-def _max_diff(a, b):
-    return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    tx, schedule = make_optimizer(pretrain_defaults().optim, 10)
+    return PretrainSetup(model, tx, schedule, None, accum_steps, False, family.inputs, "next_word")
 
 
 def test_eight_devices_and_accumulation_give_the_one_device_update(corpus):
     rows = PretrainRows(corpus / "rows")
-    family, setup = _next_word_setup(rows)
-    one, one_metrics = _steps(family, setup, rows, "jit")
-    eight, eight_metrics = _steps(family, setup, rows, "shard_map")
-    accumulated, _ = _steps(family, _next_word_setup(rows, accum_steps=4)[1], rows, "jit")
-    assert _max_diff(one.params, eight.params) < 1e-6
+    setup = _next_word_setup(rows)
+    one, one_metrics = pretrain_steps(setup, rows, "jit")
+    eight, eight_metrics = pretrain_steps(setup, rows, "shard_map")
+    accumulated, _ = pretrain_steps(_next_word_setup(rows, accum_steps=4), rows, "jit")
+    assert largest_difference(one.params, eight.params) < 1e-6
     assert abs(one_metrics["loss"] - eight_metrics["loss"]) < 1e-5
-    assert _max_diff(one.params, accumulated.params) < 1e-6
+    assert largest_difference(one.params, accumulated.params) < 1e-6
     assert set(one_metrics) >= {"lm_loss", "lm_accuracy", "loss"}
 
 

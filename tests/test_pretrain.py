@@ -1,6 +1,5 @@
 """The pretraining stage: step, backends, accumulation, skipping, the loop, resume, bad input."""
 
-import functools
 import json
 import os
 import signal
@@ -16,7 +15,9 @@ from conftest import (
     TINY_MODEL,
     corpus_vocab,
     final_state,
+    largest_difference,
     pretrain_command,
+    pretrain_steps,
     start_and_signal,
     write_corpus,
 )
@@ -29,7 +30,7 @@ from jft.pretrain import default_config, train_and_evaluate
 from jft.train.masking import MaskingConfig
 from jft.train.optim import clip_by_global_norm, make_optimizer, weight_decay_mask
 from jft.train.parallel import Runner
-from jft.train.steps import PretrainSetup, create_state, pretrain_step
+from jft.train.steps import PretrainSetup
 
 
 def small_config(**overrides):
@@ -62,39 +63,23 @@ def _setup(rows: PretrainRows, accum_steps=1, **model_overrides):
     return PretrainSetup(model, tx, schedule, masking, accum_steps)
 
 
-def _run_steps(setup, rows, backend, steps=3, params=None):
-    runner = Runner(backend)
-    step = runner.compile(functools.partial(pretrain_step, setup=setup))
-    params = init_params(setup.model, jax.random.PRNGKey(0)) if params is None else params
-    state = runner.put_replicated(create_state(params, setup.tx))
-    rng = runner.put_replicated(jax.random.PRNGKey(1))
-    loader = Loader(rows, 16, seed=0)
-    for index in range(steps):
-        state, metrics = step(state, runner.put_batch(loader.batch(index)), rng)
-    return runner.get(state), runner.get(metrics)
-
-
-def _max_diff(a, b):
-    return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
 @pytest.mark.parametrize("backend", ["shard_map", "pmap"])
 def test_eight_devices_give_the_one_device_update(corpus, backend):
     rows = PretrainRows(corpus[1])
     setup = _setup(rows)
-    one, one_metrics = _run_steps(setup, rows, "jit")
-    eight, eight_metrics = _run_steps(setup, rows, backend)
+    one, one_metrics = pretrain_steps(setup, rows, "jit")
+    eight, eight_metrics = pretrain_steps(setup, rows, backend)
     assert Runner(backend).num_devices == 8
     # Same rows, same masks (keyed by row), dropout off: only the order of float sums differs.
-    assert _max_diff(one.params, eight.params) < 1e-6
+    assert largest_difference(one.params, eight.params) < 1e-6
     assert abs(one_metrics["loss"] - eight_metrics["loss"]) < 1e-5
 
 
 def test_gradient_accumulation_equals_one_big_batch(corpus):
     rows = PretrainRows(corpus[1])
-    whole, _ = _run_steps(_setup(rows, accum_steps=1), rows, "jit")
-    accumulated, _ = _run_steps(_setup(rows, accum_steps=4), rows, "jit")
-    assert _max_diff(whole.params, accumulated.params) < 1e-6
+    whole, _ = pretrain_steps(_setup(rows, accum_steps=1), rows, "jit")
+    accumulated, _ = pretrain_steps(_setup(rows, accum_steps=4), rows, "jit")
+    assert largest_difference(whole.params, accumulated.params) < 1e-6
 
 
 def test_a_padded_vocabulary_trains_like_the_unpadded_one_and_stores_no_padding(corpus):
@@ -110,12 +95,12 @@ def test_a_padded_vocabulary_trains_like_the_unpadded_one_and_stores_no_padding(
         program = jax.jit(lambda p, ids, setup=setup: setup.model.apply({"params": p}, ids)["mlm_logits"])
         params = init_params(setup.model, jax.random.PRNGKey(0))
         text = program.lower(params, np.zeros((2, 8), np.int32)).as_text()
-        runs[multiple] = (*_run_steps(setup, rows, "jit"), f"x{padded}x" in text)
+        runs[multiple] = (*pretrain_steps(setup, rows, "jit"), f"x{padded}x" in text)
     (unpadded, unpadded_metrics, _), (padded_state, padded_metrics, padded_in_program) = runs[1], runs[128]
     assert padded_in_program and not runs[1][2]
     assert jax.tree.map(np.shape, padded_state.params) == jax.tree.map(np.shape, unpadded.params)
     assert padded_state.params["cls"]["predictions"]["bias"].shape == (vocab,)
-    assert _max_diff(unpadded.params, padded_state.params) < 1e-6
+    assert largest_difference(unpadded.params, padded_state.params) < 1e-6
     assert abs(unpadded_metrics["loss"] - padded_metrics["loss"]) < 1e-5
 
 
@@ -124,7 +109,7 @@ def test_non_finite_gradients_skip_the_update_and_are_counted(corpus):
     setup = _setup(rows)
     params = init_params(setup.model, jax.random.PRNGKey(0))
     params["bert"]["embeddings"]["word_embeddings"]["embedding"] *= 1e38  # overflows to inf
-    state, metrics = _run_steps(setup, rows, "jit", steps=2, params=params)
+    state, metrics = pretrain_steps(setup, rows, "jit", steps=2, params=params)
     assert int(state.step) == 2 and int(state.skipped) == 2 and metrics["skipped_updates"] == 2
     assert not np.isfinite(metrics["grad_norm"])
     np.testing.assert_array_equal(state.params["cls"]["predictions"]["bias"], params["cls"]["predictions"]["bias"])
