@@ -25,6 +25,8 @@ from jft.errors import JftError
 from jft.models import Head
 from jft.train import rundir
 
+PROMPT_MULTIPLE = 16
+
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
@@ -77,11 +79,14 @@ class Generator:
                 f"the longest prompt has {longest} tokens; with max_new_tokens {sampling.max_new_tokens} that is more "
                 f"than the model's {room} positions; shorten the prompt or ask for fewer new tokens."
             )
-        ids = np.full((len(encoded), longest), self.end, np.int32)
-        mask = np.zeros((len(encoded), longest), np.int32)
+        # Prompts padded to a multiple of PROMPT_MULTIPLE tokens (the padding is masked out): prompts of
+        # other lengths share one compiled program.
+        width = min(-(-longest // PROMPT_MULTIPLE) * PROMPT_MULTIPLE, room - sampling.max_new_tokens)
+        ids = np.full((len(encoded), width), self.end, np.int32)
+        mask = np.zeros((len(encoded), width), np.int32)
         for row, tokens in enumerate(encoded):  # left-padded: every prompt ends at the same slot
-            ids[row, longest - len(tokens) :] = tokens
-            mask[row, longest - len(tokens) :] = 1
+            ids[row, width - len(tokens) :] = tokens
+            mask[row, width - len(tokens) :] = 1
         tokens = np.asarray(
             _generate(
                 self.module,

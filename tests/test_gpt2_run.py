@@ -323,3 +323,15 @@ def test_a_sweep_member_with_the_joint_term_ends_where_its_own_run_ends(pretrain
     assert max(float(np.max(np.abs(np.asarray(ours[k]) - np.asarray(theirs[k])))) for k in ours) < 1e-5
     other = flatten(jax.tree.map(lambda x: x[0], params))
     assert max(float(np.max(np.abs(np.asarray(ours[k]) - np.asarray(other[k])))) for k in ours) > 1e-4
+
+
+def test_prompts_of_other_lengths_share_a_compiled_program_and_their_padding_changes_nothing(pretrained):
+    from jft.generate import Generator, Sampling, _generate
+
+    generator = Generator(pretrained[0])
+    before = _generate._cache_size()
+    alone = [generator.generate([prompt], Sampling(max_new_tokens=8))[0] for prompt in PROMPTS]
+    together = generator.generate(PROMPTS, Sampling(max_new_tokens=8))
+    assert len({len(generator.tokenizer.encode(p).ids) for p in PROMPTS}) > 1  # prompts of several lengths
+    assert _generate._cache_size() - before == 2  # one program for a prompt alone, one for the five
+    assert [result["token_ids"] for result in alone] == [result["token_ids"] for result in together]
