@@ -43,7 +43,7 @@ from jft.train.log import TrainingLog, check_guard, read_metrics
 from jft.train.loop import train_loop
 from jft.train.masking import MaskingConfig
 from jft.train.objectives import means
-from jft.train.optim import check_optim, learning_rate_schedule, make_optimizer, weight_decay_mask
+from jft.train.optim import check_optim, learning_rate_schedule, make_optimizer, penalty_mask
 from jft.train.parallel import Runner, agree
 from jft.train.session import RunSession
 from jft.train.steps import (
@@ -176,9 +176,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
         tx, schedule = make_optimizer(config.optim, config.total_steps)
         rng = jax.random.PRNGKey(config.seed)
         params = family.init_params(module, jax.random.fold_in(rng, 0))
-        penalty_mask = jax.tree.map(lambda _: True, params)
-        if config.l2.exclude_bias_and_layer_norm:
-            penalty_mask = weight_decay_mask(params)
         setup = PretrainSetup(
             module,
             tx,
@@ -189,7 +186,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
             family.inputs,
             objective.removesuffix("+nsp"),
             config.l2.weight,
-            penalty_mask,
+            penalty_mask(params, config.l2.exclude_bias_and_layer_norm),
         )
         host_state = jax.tree.map(np.asarray, {"train": create_state(params, tx), "rng": rng})
         checkpoints = Checkpoints(

@@ -26,6 +26,21 @@ def attention_mask_4d(attention_mask: jax.Array, segment_ids: jax.Array | None =
     return keys & same_segment
 
 
+def rematerialised(run, remat: str, scan_layers: bool):
+    """A layer function `run` as a family's layer loop runs it: remat "none" keeps the matmuls'
+    outputs only (in a scanned loop, the elementwise work is recomputed inside the backward pass's
+    fusions: jft.models.bert.modules.BertEncoder says why), "dots" keeps those without batch
+    dimensions too, "full" keeps only the layer's input; unrolled with remat "none", as it is."""
+    policy = {
+        "full": None,
+        "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        "none": jax.checkpoint_policies.dots_saveable,
+    }[remat]
+    if remat == "none" and not scan_layers:
+        return run
+    return jax.checkpoint(run, policy=policy, prevent_cse=not scan_layers)  # CSE would undo it unrolled
+
+
 def causal_mask(queries: int, keys: int) -> jax.Array:
     """Boolean [1, 1, queries, keys]: query i sees keys j <= i (both counted from the row's start)."""
     return jnp.tril(jnp.ones((queries, keys), bool))[None, None]

@@ -16,7 +16,7 @@ from jft.tasks.records import KINDS, Columns, Encoded, Task, encode, label_vocab
 from jft.train import rundir
 from jft.train.log import check_guard
 from jft.train.masking import MaskingConfig
-from jft.train.optim import check_optim, weight_decay_mask
+from jft.train.optim import check_optim, penalty_mask
 from jft.train.steps import FinetuneSetup
 
 REFERENCES = ("auto", "zero", "init")
@@ -204,17 +204,13 @@ def finetune_setup(
 ) -> FinetuneSetup:
     """The static parts of the fine-tuning step of config: the family's module and inputs, the
     optimizer, λ with the leaves it applies to, μ and the joint objective (joint_objective's)."""
-    if config.l2.exclude_bias_and_layer_norm:
-        mask = weight_decay_mask(params)
-    else:
-        mask = jax.tree.map(lambda _: True, params)
     return FinetuneSetup(
         model,
         tx,
         schedule,
         task.kind,
         config.l2.weight,
-        mask,
+        penalty_mask(params, config.l2.exclude_bias_and_layer_norm),
         config.joint_mlm.weight,
         joint[1],
         config.accum_steps,

@@ -58,6 +58,13 @@ def weight_decay_mask(params) -> dict:
     )
 
 
+def penalty_mask(params, exclude_bias_and_layer_norm: bool) -> dict:
+    """True for the leaves the L2 penalty pulls (l2.exclude_bias_and_layer_norm: as weight decay's)."""
+    if exclude_bias_and_layer_norm:
+        return weight_decay_mask(params)
+    return jax.tree.map(lambda _: True, params)
+
+
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
     """optax.clip_by_global_norm (the same state and the same updates) that takes the gradients'
     norm from the step when given (`grad_norm=`): the step has computed it for its finite check and

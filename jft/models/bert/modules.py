@@ -22,6 +22,7 @@ from jft.models.layers import (
     attention_mask_4d,
     gather_positions,
     query_rows_mask,
+    rematerialised,
 )
 
 ACTIVATION_FNS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -175,13 +176,7 @@ class BertEncoder(nn.Module):
             rngs = None if key is None else {"dropout": key}
             return layer.apply({"params": params}, x, mask, deterministic, positions, rngs=rngs)
 
-        policy = {
-            "full": None,
-            "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-            "none": jax.checkpoint_policies.dots_saveable,  # the loop's elementwise work only: see the docstring
-        }[cfg.remat]
-        if cfg.remat != "none" or cfg.scan_layers:
-            run = jax.checkpoint(run, policy=policy, prevent_cse=not cfg.scan_layers)  # CSE would undo it unrolled
+        run = rematerialised(run, cfg.remat, cfg.scan_layers)
         layers = cfg.num_hidden_layers
         keys = None if deterministic else jax.random.split(self.make_rng("dropout"), layers)
         looped = layers if query_positions is None else layers - 1

@@ -20,7 +20,7 @@ from jft.errors import JftError
 from jft.models.bert.modules import ACTIVATION_FNS, init_params
 from jft.models.family import Head
 from jft.models.gpt2.config import Gpt2Config
-from jft.models.layers import Dropout, attention, attention_mask_4d, gather_positions
+from jft.models.layers import Dropout, attention, attention_mask_4d, gather_positions, rematerialised
 
 # transformers' GPT2ForTokenClassification drops this before its classifier when config.json sets
 # no classifier_dropout (it does not read resid_pdrop).
@@ -219,13 +219,7 @@ def _run_layers(config: Gpt2Config, stack, x, mask, deterministic: bool, keys, k
         rngs = None if key is None else {"dropout": key}
         return layer.apply({"params": params}, x, mask, deterministic, layer_kv, index, rngs=rngs)
 
-    policy = {
-        "full": None,
-        "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-        "none": jax.checkpoint_policies.dots_saveable,  # the loop's elementwise work only
-    }[config.remat]
-    if config.remat != "none" or config.scan_layers:
-        run = jax.checkpoint(run, policy=policy, prevent_cse=not config.scan_layers)  # CSE would undo it unrolled
+    run = rematerialised(run, config.remat, config.scan_layers)
 
     def body(x, xs):
         params, key, layer_kv = xs
