@@ -335,3 +335,16 @@ def test_prompts_of_other_lengths_share_a_compiled_program_and_their_padding_cha
     assert len({len(generator.tokenizer.encode(p).ids) for p in PROMPTS}) > 1  # prompts of several lengths
     assert _generate._cache_size() - before == 2  # one program for a prompt alone, one for the five
     assert [result["token_ids"] for result in alone] == [result["token_ids"] for result in together]
+
+
+def test_continued_pretraining_without_the_pull_resumes_without_a_reference_file(pretrained, corpus, tmp_path):
+    """λ = 0 from init_from (l2.reference auto: init) keeps no θ_ref, and a resume asks for none."""
+    from jft.configs.pretrain.gpt2_tiny import get_config
+
+    config = get_config()
+    set_keys(config, {**SMALL_GPT2, "init_from": str(pretrained[0]), "data.prepared": str(corpus / "rows")})
+    set_keys(config, {"total_steps": 4, "checkpoint_every": 2, "eval_every": 100})
+    train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "reference.safetensors").exists()
+    set_keys(config, {"total_steps": 6})
+    assert train_and_evaluate(config, tmp_path / "run")  # resumed at step 4, extended to 6

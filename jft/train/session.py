@@ -168,10 +168,11 @@ class RunSession:
             rundir.write_run(self.workdir, self.run)
 
     def uses_reference(self) -> bool:
-        """Whether the run pulls toward θ_ref read from reference.safetensors (l2.reference=init
-        from init_from: L2-SP)."""
+        """Whether the run pulls toward θ_ref read from reference.safetensors (L2-SP: l2.weight
+        above 0, l2.reference=init, from init_from); with λ = 0 nothing pulls, and a pretraining
+        keeps no θ_ref."""
         l2 = self.run["config"].get("l2", {}) if self.run else {}
-        return l2.get("reference") == "init" and self.run.get("init") is not None
+        return bool(l2.get("weight")) and l2.get("reference") == "init" and self.run.get("init") is not None
 
     def check_reference(self) -> None:
         """θ_ref of a resumed L2-SP run must be the file it saved (run.json keeps its SHA-256; runs
