@@ -1,18 +1,20 @@
-"""`jft bench` at a real size: BERT-base or -large, or GPT-2, in bf16 with cuDNN attention, for a GPU.
+"""`jft bench` at a real size: BERT, GPT-2 or RoBERTa / XLM-R, in bf16 with cuDNN attention, for a GPU.
 
     jft bench --config configs/bench.py:base --config.batch_size=256 --config.seq_len=128
     jft bench --config configs/bench.py:large --config.workloads=pretrain --config.seq_len=512
     jft bench --config bench:gpt2_small --config.workloads=pretrain --config.seq_len=1024
+    jft bench --config bench:roberta_base --config.seq_len=512
 
-The text after ':' picks the size: BERT's tiny, mini, base, large, or GPT-2's gpt2_tiny,
+The text after ':' picks the size: BERT's tiny, mini, base, large; GPT-2's gpt2_tiny,
 gpt2_small (124M), gpt2_medium, gpt2_large (next-word pretraining over every token; its
-fine-tuning workload is sequence classification from the last token). On a CPU, use `jft bench`
-without --config (a tiny model in float32).
+fine-tuning workload is sequence classification from the last token); RoBERTa's roberta_tiny,
+roberta_base, roberta_large and xlm_roberta_base (masked-LM alone; 250,002 tokens). On a CPU,
+use `jft bench` without --config (a tiny model in float32).
 """
 
 from ml_collections import ConfigDict
 
-from jft.defaults import bench, model_fields
+from jft.defaults import bench, model_fields, roberta_vocabulary
 
 
 def get_config(size: str = "base") -> ConfigDict:
@@ -27,6 +29,20 @@ def get_config(size: str = "base") -> ConfigDict:
             attn_pdrop=0.0,
         )
         config.seq_len = 1024
+        config.batch_size = 32
+        return config
+    if size.startswith(("roberta_", "xlm_roberta_")):
+        config = bench("roberta")
+        config.nsp = False
+        config.model = model_fields(
+            size.split("roberta_")[1],
+            "roberta",
+            **roberta_vocabulary(size),
+            dtype="bfloat16",
+            attention_impl="cudnn",
+            attention_probs_dropout_prob=0.0,
+        )
+        config.seq_len = 512
         config.batch_size = 32
         return config
     config = bench()

@@ -113,7 +113,8 @@ def _run_inspect(args, _):
         config, params = hf.load(args.path)
         what = args.path
     family = family_of(config)
-    print(f"{what}: {family.architecture(family.head_of(params))} ({family.name}), {_count(params):,} parameters")
+    architecture = family.architecture(config, family.head_of(params))
+    print(f"{what}: {architecture} ({family.name}), {_count(params):,} parameters")
     for name, value in dc.asdict(config).items():
         print(f"  {name} = {value}")
     groups: dict[str, int] = {}
@@ -143,14 +144,18 @@ def _vocab_arguments(parser):
         "corpus", nargs="+", help="text or JSONL files (or globs, quoted: 'books/*.txt'), or tfds:NAME[:SPLIT]"
     )
     parser.add_argument(
-        "--out", required=True, help="directory for tokenizer.json and vocab.txt (bytelevel: vocab.json, merges.txt)"
+        "--out",
+        required=True,
+        help="directory for tokenizer.json and vocab.txt (bytelevel, roberta: vocab.json, merges.txt; unigram: only "
+        "tokenizer.json)",
     )
     _overwrite_argument(parser)
     parser.add_argument(
         "--kind",
-        choices=("wordpiece", "bytelevel"),
+        choices=("wordpiece", "bytelevel", "roberta", "unigram"),  # jft.data.tokenizer.KINDS
         default="wordpiece",
-        help="wordpiece: BERT's; bytelevel: GPT-2's byte-level BPE, always cased, <|endoftext|> its special token",
+        help="wordpiece: BERT's; bytelevel: GPT-2's byte-level BPE, always cased, <|endoftext|> its special token; "
+        "roberta: byte-level BPE with <s>, </s>, <pad>, <unk>, <mask>; unigram: XLM-R's SentencePiece Unigram",
     )
     parser.add_argument("--vocab-size", type=int, default=30522, help="tokens in the vocabulary")
     parser.add_argument("--min-frequency", type=int, default=2, help="merges seen fewer times are not made")
@@ -179,9 +184,9 @@ def _run_vocab(args, _):
             kind=args.kind,
         )
     out = Path(args.out)
-    names = ("vocab.json", "merges.txt") if args.kind == "bytelevel" else ("vocab.txt",)
-    files = ", ".join(str(out / name) for name in names)
-    print(f"wrote {files} and {out / 'tokenizer.json'} ({tokenizer.get_vocab_size():,} tokens)")
+    names = {"wordpiece": ("vocab.txt",), "unigram": ()}.get(args.kind, ("vocab.json", "merges.txt"))
+    files = "".join(f"{out / name}, " for name in names[:-1]) + (f"{out / names[-1]} and " if names else "")
+    print(f"wrote {files}{out / 'tokenizer.json'} ({tokenizer.get_vocab_size():,} tokens)")
 
 
 def _corpus_files(corpus: list[str]) -> list[str]:

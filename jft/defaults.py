@@ -86,7 +86,12 @@ PRETRAIN: Table = {
     **MODEL,
     "data.corpus": ("", "text file(s) (comma-separated), JSONL, or tfds:NAME[:SPLIT]; prepared into <workdir>/data"),
     "data.vocab": ("", "vocab.txt, tokenizer.json or vocab.json + merges.txt (empty: init_from's, or trained)"),
-    "data.vocab_size": (8000, "size of a vocabulary trained on the corpus (bert: WordPiece; gpt2: byte-level BPE)"),
+    "data.vocab_size": (8000, "size of a vocabulary trained on the corpus"),
+    "data.vocab_kind": (
+        "",
+        "the vocabulary trained on the corpus: wordpiece, bytelevel, roberta or unigram (XLM-R's); empty: the "
+        "family's (bert: wordpiece, gpt2: bytelevel, roberta: roberta)",
+    ),
     "data.lowercase": (True, "lowercase the text (a vocab.txt's casing)"),
     "data.text_field": ("text", "the text field of JSONL and TFDS records"),
     "data.tfds_data_dir": ("", "where TFDS datasets are built (empty: TFDS's default)"),
@@ -267,6 +272,14 @@ def model_fields(size: str, family: str = "bert", **overrides: Any) -> ConfigDic
     when the model is built, so a placeholder may stand for what the run fills in."""
     values = dataclasses.asdict(get_family(family).preset(size))
     return ConfigDict({"family": family, **values, **overrides})
+
+
+def roberta_vocabulary(size: str) -> dict[str, Any]:
+    """The vocabulary fields of a named RoBERTa size ('roberta_base'): RoBERTa's 50,265 tokens, or
+    for an xlm_roberta_ size XLM-R's 250,002 and its model_type."""
+    if size.startswith("xlm_"):
+        return {"vocab_size": 250002, "model_type": "xlm-roberta"}
+    return {"vocab_size": 50265}
 
 
 def _with_model(table: Table, model: ConfigDict) -> ConfigDict:

@@ -6,8 +6,9 @@
     tokenizer.json           the run's tokenizer, as jft uses it
     vocab.txt                the same vocabulary, one token a line (WordPiece)
     vocab.json, merges.txt   the same vocabulary and its merges (byte-level BPE, GPT-2's files)
-    tokenizer_config.json    BertTokenizer, its casing and special tokens (or GPT2Tokenizer,
-                             <|endoftext|>), model_max_length
+    tokenizer_config.json    BertTokenizer, its casing and special tokens (GPT2Tokenizer,
+                             <|endoftext|>; PreTrainedTokenizerFast, RoBERTa's or XLM-R's
+                             special tokens), model_max_length
     special_tokens_map.json
 
 A pretraining run exports its newest good checkpoint with its pretraining heads (for BERT, the
@@ -27,6 +28,7 @@ from jft.data.tokenizer import (
     end_of_text_id,
     save_tokenizer,
     special_ids,
+    special_tokens,
     tokenizer_kind,
 )
 from jft.errors import JftError
@@ -61,15 +63,22 @@ def export(
         labels=task.get("labels") or None,
         problem_type=PROBLEM_TYPES.get(task.get("kind")),
     )
-    save_hf_tokenizer(source.tokenizer, out, source.model.max_position_embeddings)
+    save_hf_tokenizer(source.tokenizer, out, source.model.max_length)
     return out
 
 
 def save_hf_tokenizer(tokenizer: tokenizers.Tokenizer, out: Path, max_length: int) -> None:
     """The tokenizer's files (save_tokenizer), tokenizer_config.json and special_tokens_map.json, so
     that transformers' AutoTokenizer (4.57 and 5) gives the token ids jft gives: a BertTokenizer for
-    WordPiece, a GPT2Tokenizer for byte-level BPE."""
-    names, config = (_gpt2_config if tokenizer_kind(tokenizer) == "bytelevel" else _bert_config)(tokenizer)
+    WordPiece, a GPT2Tokenizer for GPT-2's byte-level BPE, and for RoBERTa's, XLM-R's (or any other
+    encoder's) a PreTrainedTokenizerFast, which is tokenizer.json as it is."""
+    kind = tokenizer_kind(tokenizer)
+    if kind == "wordpiece":
+        names, config = _bert_config(tokenizer)
+    elif kind == "bytelevel" and tokenizer.token_to_id(END_OF_TEXT) is not None:
+        names, config = _gpt2_config(tokenizer)
+    else:
+        names, config = _encoder_config(tokenizer)
     save_tokenizer(tokenizer, out)
     write_json(out / "special_tokens_map.json", names)
     config.update(clean_up_tokenization_spaces=False, model_max_length=max_length, **names)
@@ -106,3 +115,12 @@ def _gpt2_config(tokenizer: tokenizers.Tokenizer) -> tuple[dict, dict]:
         )
     names = {"bos_token": END_OF_TEXT, "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT}
     return names, {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": pre.add_prefix_space}
+
+
+def _encoder_config(tokenizer: tokenizers.Tokenizer) -> tuple[dict, dict]:
+    """The special tokens (by role, RoBERTa's or BERT's names) and tokenizer_config.json of an
+    encoder's tokenizer.json read as it is: <s> (or [CLS]) begins a text and </s> (or [SEP]) ends it."""
+    roles = special_tokens(tokenizer)
+    names = {f"{role}_token": token for role, token in roles.items()}
+    names |= {"bos_token": roles["cls"], "eos_token": roles["sep"]}
+    return names, {"tokenizer_class": "PreTrainedTokenizerFast"}

@@ -189,7 +189,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, runner: Runner |
                 if step == total_steps and best.latest_step() != step:
                     best.save(
                         step,
-                        {"params": _task_params(runner, state)},
+                        {"params": _task_params(runner, state, family)},
                         {"metric": None, "value": None, "step": step},
                         force=True,
                     )
@@ -199,7 +199,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, runner: Runner |
             if scores[best_metric] > best_value:
                 best_value, progress["without_gain"] = scores[best_metric], 0
                 meta = {"metric": best_metric, "value": float(best_value), "step": step}
-                best.save(step, {"params": _task_params(runner, state)}, meta, force=True)
+                best.save(step, {"params": _task_params(runner, state, family)}, meta, force=True)
             log.write(step, "eval", scores, best=f"best {best_metric} {best_value:.4f} at step {best.latest_step()}")
             if one_class(scores) and (not progress.get("one_class") or step == total_steps):
                 progress["one_class"] = True
@@ -284,6 +284,6 @@ def _length_change(config: ConfigDict, session: RunSession, steps_an_epoch: int)
     )
 
 
-def _task_params(runner: Runner, state) -> dict:
+def _task_params(runner: Runner, state, family) -> dict:
     """The parameters a fine-tuned model keeps: without the joint objective's masked-LM head."""
-    return {name: tree for name, tree in runner.replica(state.params).items() if name != "cls"}
+    return family.task_params(runner.replica(state.params))

@@ -70,6 +70,7 @@ MAY_CHANGE_ON_RESUME = (
     "data.prepared",
     "data.eval_fraction",  # the rows are compared by content (its default was 0.02 before jft prepare's 0.01)
     "data.vocab",
+    "data.vocab_kind",  # a resumed run reads its own vocabulary, trained or given (compared by content)
     "data.tfds_data_dir",
     "log_every",
     "eval_every",
@@ -121,11 +122,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
                 f"a {family.name} model pretrains with {' or '.join(family.objectives)}, not {objective} "
                 f"(rows in mode '{mode}'); prepare the rows in mode {modes} (data.mode, or jft prepare --mode)."
             )
-        if seq_len > model.max_position_embeddings:
+        if seq_len > model.max_length:
             raise JftError(
                 f"rows of {seq_len} tokens are longer than the position table "
                 f"(max_position_embeddings={model.max_position_embeddings}); use data.seq_len <= "
-                f"{model.max_position_embeddings}, or a model with a larger table."
+                f"{model.max_length}, or a model with a larger table."
             )
         if rows is not None:
             _compare_rows(config, session, rows)
@@ -445,7 +446,7 @@ def _tokenizer(config: ConfigDict, session: RunSession, rows_dir: Path | None):
             )
             return (line for document in documents for line in document)
 
-        kind = get_family(config.model.family or "bert").vocabulary
+        kind = data.vocab_kind or get_family(config.model.family or "bert").vocabulary
         tokenizer = train_vocab(lines, vocab_size=data.vocab_size, lowercase=data.lowercase, kind=kind)
     for other, what in others:
         if other is not None and other is not tokenizer:

@@ -108,8 +108,12 @@ def test_untied_mlm_decoder_is_refused(saved):
 def test_other_model_types_are_refused(saved):
     path, _, _ = saved
     hf_config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**hf_config, "model_type": "t5"}))
+    with pytest.raises(JftError, match="'t5' model; jft loads bert, gpt2, roberta, xlm-roberta models"):
+        hf.load(path)
+    # a model type jft has, over another family's weights: one line, not a list of every tensor
     (path / "config.json").write_text(json.dumps({**hf_config, "model_type": "roberta"}))
-    with pytest.raises(JftError, match="'roberta' model; jft loads bert, gpt2 models"):
+    with pytest.raises(JftError, match=r"model.safetensors holds a bert's weights \(bert\.\*\), not a roberta's"):
         hf.load(path)
 
 

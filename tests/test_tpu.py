@@ -12,6 +12,7 @@ from jft import cli, defaults
 from jft.defaults import model_fields
 from jft.errors import JftError
 from jft.models import config_of
+from jft.models import get as get_family
 from jft.perf import bench, tpu
 from jft.train.parallel import Runner
 
@@ -173,3 +174,21 @@ def test_a_small_gpt2_compiles_for_a_v5e_topology_with_the_causal_splash_kernel(
     assert set(rows) == {"pretrain", "finetune"} and all(row["fits"] for row in rows.values())
     family, cfg = config_of(model_fields("tiny", "gpt2", vocab_size=1000, n_layer=1))
     assert rows["pretrain"]["tflop_per_device_step"] == pytest.approx(family.flops(cfg, 2, 128, predictions=128) / 1e12)
+
+
+def test_a_small_xlm_r_compiles_for_a_v5e_topology_as_masked_lm_alone(tmp_path):
+    """RoBERTa's masked-LM pretraining (no next-sentence head) and its classifier, compiled for
+    v5e:2x2 by libtpu with the splash kernel; the FLOPs are BERT's formula without the NSP head."""
+    command = [sys.executable, "-m", "jft.cli", "bench", "--topology", "v5e:2x2", "--config", "bench:xlm_roberta_tiny"]
+    command += ["--config.batch_size=8", "--config.seq_len=128", "--config.model.vocab_size=1000"]
+    command += ["--config.model.num_hidden_layers=1", "--out", str(tmp_path / "tpu.json")]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "tpu.json").read_text())
+    rows = {row["workload"]: row for row in report["results"]}
+    assert set(rows) == {"pretrain", "finetune"} and all(row["fits"] for row in rows.values())
+    family, cfg = config_of(model_fields("tiny", "roberta", vocab_size=1000, num_hidden_layers=1))
+    predictions = defaults.bench().max_predictions
+    flops = family.flops(cfg, 2, 128, predictions=predictions)
+    assert rows["pretrain"]["tflop_per_device_step"] == pytest.approx(flops / 1e12)
+    assert flops < get_family("bert").flops(cfg, 2, 128, predictions=predictions)  # no pooler, no NSP head

@@ -57,7 +57,14 @@ import tokenizers
 from tqdm import tqdm
 
 from jft.data.corpus import read_documents, source_identity, sources_of
-from jft.data.tokenizer import SpecialIds, end_of_text_id, load_tokenizer, special_ids, vocabulary_fingerprint
+from jft.data.tokenizer import (
+    SpecialIds,
+    end_of_text_id,
+    load_tokenizer,
+    special_ids,
+    tokenizer_kind,
+    vocabulary_fingerprint,
+)
 from jft.errors import JftError, RunFailed
 from jft.files import atomic_write, write_text
 from jft.outputs import put_in_place
@@ -430,9 +437,7 @@ def _tokenized_documents(
 ) -> Iterator[list[Segment]]:
     """Documents as lists of (token ids, word-start flags), encoded many documents at a time;
     line_end is added to each line (sentence) first."""
-    vocab = tokenizer.get_vocab()
-    continuation = np.zeros(tokenizer.get_vocab_size(), bool)
-    continuation[[i for token, i in vocab.items() if token.startswith("##")]] = True
+    continuation = continuation_tokens(tokenizer)
     documents = iter(documents)
     # disable=None: a bar only on a terminal (in a log file it would be thousands of updates)
     with tqdm(desc="tokenizing", unit=" docs", disable=None if progress else True) as bar:
@@ -444,10 +449,29 @@ def _tokenized_documents(
                 for _ in document:
                     ids = np.array(next(encodings).ids, np.int32)
                     if len(ids):
-                        segments.append((ids, ~continuation[ids]))
+                        starts = ~continuation[ids]
+                        starts[0] = True  # a line begins a word ('Ġ' and '▁' mark only words after a space)
+                        segments.append((ids, starts))
                 if segments:
                     yield segments
             bar.update(len(batch))
+
+
+def continuation_tokens(tokenizer: tokenizers.Tokenizer) -> np.ndarray:
+    """[vocab_size] bool: the tokens that continue a word (whole-word masking keeps them with its
+    first token). WordPiece marks them ('##ing'); byte-level BPE and Unigram mark the others, a
+    word's first token, with the space before it ('Ġthe', '▁the'); special tokens begin words."""
+    vocab = tokenizer.get_vocab()
+    continuation = np.zeros(tokenizer.get_vocab_size(), bool)
+    kind = tokenizer_kind(tokenizer)
+    if kind == "wordpiece":
+        continuing = [i for token, i in vocab.items() if token.startswith("##")]
+    else:
+        space = "Ġ" if kind == "bytelevel" else "▁"
+        special = {token.content for token in tokenizer.get_added_tokens_decoder().values() if token.special}
+        continuing = [i for token, i in vocab.items() if not token.startswith(space) and token not in special]
+    continuation[continuing] = True
+    return continuation
 
 
 def _split_documents(documents, eval_fraction: float, rng: random.Random) -> dict[str, list]:

@@ -1,5 +1,6 @@
-"""Tokenizers (Hugging Face `tokenizers`) of two kinds, and vocabulary training: BERT's WordPiece
-(tokenizer.json, or vocab.txt) and GPT-2's byte-level BPE (tokenizer.json, or vocab.json with merges.txt)."""
+"""Tokenizers (Hugging Face `tokenizers`) and vocabulary training: BERT's WordPiece (tokenizer.json,
+or vocab.txt), byte-level BPE (GPT-2's and RoBERTa's: tokenizer.json, or vocab.json with
+merges.txt) and SentencePiece's Unigram (XLM-R's tokenizer.json)."""
 
 import dataclasses
 import hashlib
@@ -9,15 +10,20 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import tokenizers
-from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers.implementations import BertWordPieceTokenizer
 
 from jft.errors import JftError
 from jft.files import atomic_write, read_json_object, read_text, write_text
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# RoBERTa's and XLM-R's names of the same five (<s> begins a text, </s> ends and separates).
+ROBERTA_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "<mask>")
 END_OF_TEXT = "<|endoftext|>"  # GPT-2's one special token: between documents, and its bos, eos and unk
-KINDS = ("wordpiece", "bytelevel")
+ROBERTA_ORDER = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # their ids in RoBERTa's vocabulary: 0, 1, 2, 3, ...
+# The vocabularies train_vocab makes: BERT's WordPiece, GPT-2's byte-level BPE, RoBERTa's (byte-level
+# BPE with <s>, </s>, <pad>, <unk>, <mask>) and XLM-R's (SentencePiece Unigram, the same five).
+KINDS = ("wordpiece", "bytelevel", "roberta", "unigram")
 # The files of a tokenizer that load_tokenizer finds in a directory, in the order it tries them.
 TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("vocab.txt",))
 
@@ -79,17 +85,26 @@ def vocabulary_fingerprint(tokenizer: tokenizers.Tokenizer) -> str:
 
 
 def tokenizer_kind(tokenizer: tokenizers.Tokenizer) -> str:
-    """The tokenizer's kind (KINDS): wordpiece for a WordPiece tokenizer (BERT's), bytelevel for a BPE
-    one with a ByteLevel pre-tokenizer (GPT-2's, RoBERTa's); any other is an error."""
+    """The tokenizer's model: wordpiece for a WordPiece tokenizer (BERT's), bytelevel for a BPE one
+    with a ByteLevel pre-tokenizer (GPT-2's, RoBERTa's, ModernBERT's), unigram for SentencePiece's
+    Unigram (XLM-R's); any other is an error."""
     if isinstance(tokenizer.model, models.WordPiece):
         return "wordpiece"
-    if isinstance(tokenizer.model, models.BPE) and isinstance(tokenizer.pre_tokenizer, pre_tokenizers.ByteLevel):
+    if isinstance(tokenizer.model, models.BPE) and _has_byte_level(tokenizer):
         return "bytelevel"
+    if isinstance(tokenizer.model, models.Unigram):
+        return "unigram"
     pre = type(tokenizer.pre_tokenizer).__name__ if tokenizer.pre_tokenizer else "no"
     raise JftError(
         f"the tokenizer is a {type(tokenizer.model).__name__} model with {pre} pre-tokenizer; jft takes WordPiece "
-        "(BERT's) and byte-level BPE (GPT-2's) tokenizers."
+        "(BERT's), byte-level BPE (GPT-2's, RoBERTa's) and Unigram (XLM-R's) tokenizers."
     )
+
+
+def _has_byte_level(tokenizer: tokenizers.Tokenizer) -> bool:
+    """Whether the tokenizer's pre-tokenizer is ByteLevel, alone or in a Sequence."""
+    pre = json.loads(tokenizer.to_str()).get("pre_tokenizer") or {}
+    return any(step.get("type") == "ByteLevel" for step in [pre, *pre.get("pretokenizers", [])])
 
 
 def end_of_text_id(tokenizer: tokenizers.Tokenizer) -> int:
@@ -103,13 +118,23 @@ def end_of_text_id(tokenizer: tokenizers.Tokenizer) -> int:
     return i
 
 
+def special_tokens(tokenizer: tokenizers.Tokenizer) -> dict[str, str]:
+    """The special tokens of an encoder's vocabulary by role (pad, unk, cls, sep, mask): BERT's
+    [PAD] ... [MASK], or RoBERTa's <pad> ... <mask> (XLM-R's too); a vocabulary without one of
+    them is an error."""
+    for names in (SPECIAL_TOKENS, ROBERTA_TOKENS):
+        if all(tokenizer.token_to_id(token) is not None for token in names):
+            return dict(zip(("pad", "unk", "cls", "sep", "mask"), names, strict=True))
+    found = [token for token in (*SPECIAL_TOKENS, *ROBERTA_TOKENS) if tokenizer.token_to_id(token) is not None]
+    raise JftError(
+        f"the vocabulary lacks an encoder's special tokens: it needs BERT's {list(SPECIAL_TOKENS)} or RoBERTa's "
+        f"{list(ROBERTA_TOKENS)} (it has {found or 'none of them'}); train one with `jft vocab`."
+    )
+
+
 def special_ids(tokenizer: tokenizers.Tokenizer) -> SpecialIds:
-    """The ids of BERT's special tokens; a vocabulary without one of them is an error."""
-    ids = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
-    missing = [token for token, i in ids.items() if i is None]
-    if missing:
-        raise JftError(f"the vocabulary lacks the special tokens {missing}; BERT needs {list(SPECIAL_TOKENS)}.")
-    return SpecialIds(*(ids[token] for token in SPECIAL_TOKENS))
+    """The ids of an encoder's special tokens (special_tokens); a vocabulary without them is an error."""
+    return SpecialIds(**{role: tokenizer.token_to_id(token) for role, token in special_tokens(tokenizer).items()})
 
 
 def train_vocab(
@@ -127,12 +152,19 @@ def train_vocab(
     texts: returns the corpus lines; called once or twice.
     wordpiece: BERT's, with its five special tokens; lowercased unless `lowercase` is false.
     bytelevel: GPT-2's byte-level BPE: the 256 bytes are its first tokens, so every text encodes;
-    <|endoftext|> is its one special token. Always cased, as GPT-2 is: `lowercase` is ignored.
+    <|endoftext|> is its one special token. roberta: the same BPE with RoBERTa's five special
+    tokens (ids 0-4: <s>, <pad>, </s>, <unk>, <mask>), a text framed as <s> text </s> and a pair as
+    <s> a </s></s> b </s>. unigram: XLM-R's SentencePiece Unigram (NFKC, '▁' before each word) with
+    the same special tokens and framing. The byte-level and Unigram kinds are always cased, as
+    their models are: `lowercase` is ignored.
     """
     if kind not in KINDS:
         raise JftError(f"unknown vocabulary kind {kind!r}; choose one of {', '.join(KINDS)}.")
-    if kind == "bytelevel":
-        trained = _train_bytelevel(texts, vocab_size, min_frequency)
+    if kind in ("bytelevel", "roberta"):
+        specials = ROBERTA_ORDER if kind == "roberta" else [END_OF_TEXT]
+        trained = _train_bytelevel(texts, vocab_size, min_frequency, specials)
+    elif kind == "unigram":
+        trained = _train_unigram(texts, vocab_size)
     else:
         trained = _train_wordpiece(texts, vocab_size, lowercase, min_frequency)
     if out_dir is not None:
@@ -162,7 +194,9 @@ def _train_wordpiece(
     return BertWordPieceTokenizer({token: i for i, (token, _) in enumerate(vocab)}, lowercase=lowercase)._tokenizer
 
 
-def _train_bytelevel(texts: Callable[[], Iterable[str]], vocab_size: int, min_frequency: int) -> tokenizers.Tokenizer:
+def _train_bytelevel(
+    texts: Callable[[], Iterable[str]], vocab_size: int, min_frequency: int, specials: list[str]
+) -> tokenizers.Tokenizer:
     """Deterministic as it is: the trainer numbers the alphabet (every byte's symbol) in character
     order, and each merge's token in the order it makes them; it breaks ties between equally
     frequent merges by those numbers (tests/test_bytelevel.py trains in two processes)."""
@@ -171,7 +205,7 @@ def _train_bytelevel(texts: Callable[[], Iterable[str]], vocab_size: int, min_fr
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=[END_OF_TEXT],
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -179,11 +213,61 @@ def _train_bytelevel(texts: Callable[[], Iterable[str]], vocab_size: int, min_fr
     vocab, merges = _vocab_and_merges(tokenizer)
     if not merges:
         raise JftError(
-            f"the corpus gave no tokens beyond the 256 bytes and {END_OF_TEXT} (vocab_size {vocab_size}, "
+            f"the corpus gave no tokens beyond the 256 bytes and the special tokens (vocab_size {vocab_size}, "
             f"min_frequency {min_frequency}); is it empty?"
         )
     # Rebuilt with GPT-2's components, as a vocab.json and merges.txt load (_read_bpe_files).
     return _bytelevel_tokenizer(vocab, merges)
+
+
+def _train_unigram(texts: Callable[[], Iterable[str]], vocab_size: int) -> tokenizers.Tokenizer:
+    """XLM-R's kind of vocabulary: SentencePiece's Unigram over NFKC-normalised text, each word
+    prefixed with '▁', RoBERTa's special tokens first.
+
+    Made the same every time: the trainer sums scores in hash order (two trainings differ in the
+    last bits: rounded to 1e-9 here) and appends the corpus's characters that no piece covers in
+    hash order, each 1e-4 below the one before: here in character order, with the same steps.
+    """
+    trained = tokenizers.Tokenizer(models.Unigram())
+    trained.normalizer = normalizers.NFKC()
+    trained.pre_tokenizer = pre_tokenizers.Metaspace()
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=ROBERTA_ORDER, unk_token="<unk>", show_progress=False
+    )
+    trained.train_from_iterator(texts(), trainer)
+    pieces = [(piece, score) for piece, score in json.loads(trained.to_str())["model"]["vocab"]]
+    pieces = [piece for piece in pieces if piece[0] not in ROBERTA_ORDER]
+    if not pieces:
+        raise JftError("the corpus gave no vocabulary beyond the special tokens; is it empty?")
+    lowest_word = min((score for piece, score in pieces if len(piece) > 1), default=0.0)
+    characters = sorted(piece for piece, score in pieces if len(piece) == 1 and score < lowest_word)
+    learned = [(piece, round(score, 9)) for piece, score in pieces if piece not in characters]
+    top = max((score for piece, score in pieces if piece in characters), default=0.0)
+    appended = [(c, round(top - 1e-4 * i, 9)) for i, c in enumerate(characters)]
+    specials = [(token, 0.0) for token in ROBERTA_ORDER]
+    ordered = sorted(learned, key=lambda p: (-p[1], p[0])) + appended
+    tokenizer = tokenizers.Tokenizer(models.Unigram(specials + ordered, unk_id=ROBERTA_ORDER.index("<unk>")))
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    tokenizer.post_processor = _framing(tokenizer)
+    tokenizer.add_special_tokens(_roberta_added_tokens())
+    return tokenizer
+
+
+def _framing(tokenizer: tokenizers.Tokenizer) -> processors.TemplateProcessing:
+    """RoBERTa's framing of a text (<s> text </s>) and a pair (<s> a </s></s> b </s>), all type 0."""
+    ids = [("<s>", tokenizer.token_to_id("<s>")), ("</s>", tokenizer.token_to_id("</s>"))]
+    return processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=ids)
+
+
+def _roberta_added_tokens() -> list[tokenizers.AddedToken]:
+    """RoBERTa's special tokens as its tokenizer.json declares them: <mask> takes the space before it,
+    so that "a <mask>" encodes as "a" and the mask (fill-mask's prompts)."""
+    return [
+        tokenizers.AddedToken(token, special=True, normalized=False, lstrip=token == "<mask>")
+        for token in ROBERTA_ORDER
+    ]
 
 
 def save_tokenizer(tokenizer: tokenizers.Tokenizer, out_dir: str | Path) -> Path:
@@ -194,6 +278,8 @@ def save_tokenizer(tokenizer: tokenizers.Tokenizer, out_dir: str | Path) -> Path
     out_dir.mkdir(parents=True, exist_ok=True)
     kind = tokenizer_kind(tokenizer)
     atomic_write(out_dir / "tokenizer.json", lambda path: tokenizer.save(str(path)))
+    if kind == "unigram":
+        return out_dir  # XLM-R's vocabulary is its tokenizer.json
     if kind == "bytelevel":
         vocab, merges = _vocab_and_merges(tokenizer)
         write_text(out_dir / "vocab.json", json.dumps(vocab, ensure_ascii=False) + "\n")
@@ -212,12 +298,19 @@ def _vocab_and_merges(tokenizer: tokenizers.Tokenizer) -> tuple[dict[str, int], 
 
 def _bytelevel_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> tokenizers.Tokenizer:
     """GPT-2's byte-level BPE tokenizer (the components of its tokenizer.json) on a vocabulary and
-    its merges, <|endoftext|> special when the vocabulary has it."""
+    its merges, <|endoftext|> special when the vocabulary has it; with RoBERTa's special tokens,
+    RoBERTa's (its framing of texts and pairs)."""
     model = models.BPE(vocab, merges, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False)
     tokenizer = tokenizers.Tokenizer(model)
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     tokenizer.decoder = decoders.ByteLevel()
+    if all(token in vocab for token in ROBERTA_ORDER):
+        tokenizer.post_processor = processors.RobertaProcessing(
+            sep=("</s>", vocab["</s>"]), cls=("<s>", vocab["<s>"]), trim_offsets=True, add_prefix_space=False
+        )
+        tokenizer.add_special_tokens(_roberta_added_tokens())
+        return tokenizer
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     if END_OF_TEXT in vocab:
         tokenizer.add_special_tokens([tokenizers.AddedToken(END_OF_TEXT, special=True, normalized=False)])
     return tokenizer

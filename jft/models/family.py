@@ -64,7 +64,7 @@ class Family:
     module: Callable[[Any, Head], nn.Module]
     init_params: Callable[[nn.Module, jax.Array], dict]
     head_of: Callable[[Mapping[str, Any]], Head]
-    architecture: Callable[[Head], str]
+    architecture: Callable[[Any, Head], str]  # (config, head) -> transformers' class name
     config_from_hf: Callable[[Mapping[str, Any], str], Any]
     config_to_hf: Callable[[Any], dict[str, Any]]
     weights_from_hf: Callable[[Mapping[str, Any], str], dict[str, Any]]
@@ -76,6 +76,9 @@ class Family:
     # The fields a model from scratch takes from its vocabulary (a tokenizers.Tokenizer): GPT-2's
     # end-of-text id as bos_token_id and eos_token_id.
     token_fields: Callable[[Any], dict[str, Any]] | None = None
+    # The top-level scope of the masked-LM head a task model carries for the joint objective (BERT's
+    # "cls"), which the fine-tuned model leaves out; None where that head has no weights (GPT-2's).
+    joint_head: str | None = "cls"
 
     def __repr__(self) -> str:
         return f"Family({self.name!r})"
@@ -92,6 +95,10 @@ class Family:
     def init(self, config, head: Head, rng: jax.Array) -> dict:
         """Fresh parameters of the family's model with `head`."""
         return self.init_params(self.module(config, head), rng)
+
+    def task_params(self, params: dict) -> dict:
+        """A fine-tuned model's parameters: without the joint objective's head (joint_head)."""
+        return {name: tree for name, tree in params.items() if name != self.joint_head}
 
     def shapes(self, config, head: Head) -> dict:
         """The parameters' shapes and dtypes (jax.ShapeDtypeStruct), computing nothing."""

@@ -88,7 +88,7 @@ def save(
     head = family.head_of(params)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    hf_config = {**family.config_to_hf(config), "architectures": [family.architecture(head)]}
+    hf_config = {**family.config_to_hf(config), "architectures": [family.architecture(config, head)]}
     if head.num_labels:
         labels = labels or [f"LABEL_{i}" for i in range(head.num_labels)]
         if len(labels) != head.num_labels:

@@ -5,23 +5,24 @@ from collections.abc import Mapping
 from typing import Any
 
 from jft.errors import JftError, did_you_mean
-from jft.models import bert, gpt2
+from jft.models import bert, gpt2, roberta
 from jft.models.family import Family
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (bert.FAMILY, gpt2.FAMILY)}
+FAMILIES: dict[str, Family] = {family.name: family for family in (bert.FAMILY, gpt2.FAMILY, roberta.FAMILY)}
 
 
 def get(name: str) -> Family:
-    """The family called `name` ('bert', 'gpt2')."""
+    """The family called `name` ('bert', 'gpt2', 'roberta')."""
     if name not in FAMILIES:
         raise JftError(f"unknown model family '{name}'; jft has {sorted(FAMILIES)}.{did_you_mean(name, FAMILIES)}")
     return FAMILIES[name]
 
 
 def family_of(config: Any) -> Family:
-    """The family whose config `config` is (a BertConfig: BERT's)."""
+    """The family whose config `config` is (a BertConfig: BERT's; a RobertaConfig, a BertConfig's
+    subclass: RoBERTa's)."""
     for family in FAMILIES.values():
-        if isinstance(config, family.config_type):
+        if type(config) is family.config_type:
             return family
     raise JftError(f"{type(config).__name__} is not the config of a model family jft has ({sorted(FAMILIES)}).")
 

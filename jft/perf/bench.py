@@ -84,10 +84,10 @@ def checked_workloads(config: ConfigDict) -> tuple[list[str], Family, Any]:
     if config.finetune.layout not in LAYOUTS:
         raise JftError(f"finetune.layout '{config.finetune.layout}' is not one of {LAYOUTS}.")
     family, cfg = config_of(config.model)
-    if config.seq_len > cfg.max_position_embeddings:
+    if config.seq_len > cfg.max_length:
         raise JftError(
-            f"seq_len {config.seq_len} is longer than the position table ({cfg.max_position_embeddings}); "
-            f"use seq_len <= {cfg.max_position_embeddings}."
+            f"seq_len {config.seq_len} is longer than the position table ({cfg.max_length}); "
+            f"use seq_len <= {cfg.max_length}."
         )
     return workloads, family, cfg
 
@@ -147,7 +147,7 @@ def pretrain_workload(config: ConfigDict, family: Family, cfg, model=None) -> Wo
     row: GPT-2's full rows)."""
     batch, seq = config.batch_size, config.seq_len
     next_word = "next_word" in family.objectives
-    nsp = config.nsp and not next_word
+    nsp = config.nsp and "mlm+nsp" in family.objectives
     model = model or family.module(cfg, Head("pretraining", nsp=nsp))
     tx, schedule = make_optimizer(defaults.pretrain().optim, 10_000)
     masking = None

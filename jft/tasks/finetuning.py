@@ -103,10 +103,10 @@ def task_tokenizer(config: ConfigDict, workdir: Path | None, init: rundir.InitSo
 def encode_splits(task: Task, tokenizer, model, records: dict[str, list]) -> dict[str, Encoded | None]:
     """The records of each split tokenized (None for a split without records), once the sequence
     length is known to fit the model's position table."""
-    if task.seq_len > model.max_position_embeddings:
+    if task.seq_len > model.max_length:
         raise JftError(
             f"data.seq_len {task.seq_len} is longer than the position table "
-            f"({model.max_position_embeddings}); use data.seq_len <= {model.max_position_embeddings}."
+            f"({model.max_length}); use data.seq_len <= {model.max_length}."
         )
     return {
         split: encode(split_records, tokenizer, task.kind, task.columns, task.labels, task.seq_len)

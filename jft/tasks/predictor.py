@@ -35,7 +35,7 @@ class FinetunedModel:
         if columns:
             self.task.columns = dataclasses.replace(self.task.columns, **{k: v for k, v in columns.items() if v})
         self.family, self.model_config = rundir.run_model(run)
-        self.params, self.source, self.meta = _model_params(workdir, step)
+        self.params, self.source, self.meta = _model_params(workdir, step, self.family)
         self.tokenizer = rundir.run_tokenizer(workdir)
         self.runner = Runner(backend)
         model = self.family.module(self.model_config, self.task.head())
@@ -135,7 +135,7 @@ def is_predictions(file: Path) -> bool:
 PREDICTIONS = {"label", "score", "tags"}  # what a record's prediction is called, by task kind
 
 
-def _model_params(workdir: Path, step: int | None) -> tuple[dict, str, dict]:
+def _model_params(workdir: Path, step: int | None, family) -> tuple[dict, str, dict]:
     """The parameters to use, what they are, and their checkpoint's meta: the best model (its
     metric, score and step), or the checkpoint of `step`."""
     best, checkpoints = workdir / rundir.BEST, workdir / rundir.CHECKPOINTS
@@ -149,7 +149,7 @@ def _model_params(workdir: Path, step: int | None) -> tuple[dict, str, dict]:
         params, what = state["params"], f"the best model (step {step}) in {best}"
     elif step in saved_steps(checkpoints):
         state, meta = _restore_step(checkpoints, step)
-        params = {name: tree for name, tree in state["train"]["params"].items() if name != "cls"}
+        params = family.task_params(state["train"]["params"])
         what = f"the checkpoint of step {step} in {checkpoints}"
     else:
         have = sorted(set(saved_steps(best)) | set(saved_steps(checkpoints)))

@@ -22,7 +22,14 @@ from jft.models.options import COMPUTE_FIELDS
 
 
 def flops(
-    cfg: BertConfig, batch: int, seq: int, *, predictions: int = 0, num_labels: int = 0, pooled_per_row: int = 1
+    cfg: BertConfig,
+    batch: int,
+    seq: int,
+    *,
+    predictions: int = 0,
+    num_labels: int = 0,
+    pooled_per_row: int = 1,
+    nsp: bool = True,
 ) -> float:
     """Training FLOPs of one step: 3 × the forward matmul FLOPs (backward = 2 × forward).
 
@@ -30,8 +37,8 @@ def flops(
     QKᵀ and AV over a row of s tokens. The last layer computes only the rows the heads read (its
     keys and values still span the row): the masked predictions and the [CLS] row in pretraining,
     the pooled [CLS] rows in fine-tuning (one a row, or max_segments a packed row). Pretraining adds
-    2·(h² + hV) per masked prediction (transform and tied decoder) and the pooler + NSP head per
-    row; fine-tuning the pooler and the classifier per pooled output. Counted on the shapes the
+    2·(h² + hV) per masked prediction (transform and tied decoder) and, with `nsp`, the pooler +
+    NSP head per row; fine-tuning the pooler and the classifier per pooled output. Counted on the shapes the
     step computes, padding included; embedding lookups, softmax, LayerNorm and the optimizer are
     left out (a few percent).
     """
@@ -43,7 +50,7 @@ def flops(
     asked = predictions + 1 if predictions else pooled_per_row if num_labels else seq
     forward = batch * ((layers - 1) * layer(seq) + layer(asked))
     if predictions:
-        forward += batch * predictions * 2 * (h * h + h * cfg.vocab_size) + batch * 2 * (h * h + 2 * h)
+        forward += batch * predictions * 2 * (h * h + h * cfg.vocab_size) + nsp * batch * 2 * (h * h + 2 * h)
     if num_labels:
         forward += batch * pooled_per_row * 2 * (h * h + h * num_labels)
     return 3.0 * forward

@@ -64,6 +64,7 @@ class BertConfig(ConfigOptions):
     """Model hyper-parameters. Field names and defaults follow transformers.BertConfig (BERT-base)."""
 
     presets = PRESETS
+    model_types = ("bert",)  # config.json's model_type of this architecture
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -130,6 +131,16 @@ class BertConfig(ConfigOptions):
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def position_offset(self) -> int:
+        """Where the position table's rows for the tokens begin: BERT's at 0."""
+        return 0
+
+    @property
+    def max_length(self) -> int:
+        """The longest row the model takes: the position table's rows from position_offset on."""
+        return self.max_position_embeddings - self.position_offset
+
     @classmethod
     def from_hf(cls, hf_config: Mapping[str, Any], source: str = "config.json") -> "BertConfig":
         """Reads the fields jft uses from a Hugging Face config.json mapping; the sizes must be there
@@ -140,9 +151,9 @@ class BertConfig(ConfigOptions):
                 f"{source} lacks {', '.join(missing)}; jft does not guess a model's sizes. Use the config.json "
                 "that came with the weights."
             )
-        model_type = hf_config.get("model_type", "bert")
-        if model_type != "bert":
-            raise JftError(f"config.json describes a '{model_type}' model; jft loads BERT ('bert') models only.")
+        model_type = hf_config.get("model_type", cls.model_types[0])
+        if model_type not in cls.model_types:
+            raise JftError(f"{source} describes a '{model_type}' model, not one of {cls.model_types}.")
         position_type = hf_config.get("position_embedding_type", "absolute")
         if position_type != "absolute":
             raise JftError(
@@ -156,4 +167,4 @@ class BertConfig(ConfigOptions):
 
     def to_hf(self) -> dict[str, Any]:
         """The Hugging Face config.json fields of this config (jft's own fields left out)."""
-        return {"model_type": "bert", "position_embedding_type": "absolute", **self.hf_fields()}
+        return {"model_type": self.model_types[0], "position_embedding_type": "absolute", **self.hf_fields()}

@@ -37,7 +37,7 @@ ACTIVATION_FNS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
-def _dense(config: BertConfig, features: int, name: str) -> nn.Dense:
+def dense(config: BertConfig, features: int, name: str) -> nn.Dense:
     return nn.Dense(
         features,
         dtype=config.compute_dtype,
@@ -47,7 +47,7 @@ def _dense(config: BertConfig, features: int, name: str) -> nn.Dense:
     )
 
 
-def _layer_norm(config: BertConfig, name: str = "LayerNorm") -> nn.LayerNorm:
+def layer_norm(config: BertConfig, name: str = "LayerNorm") -> nn.LayerNorm:
     return nn.LayerNorm(
         epsilon=config.layer_norm_eps, dtype=config.compute_dtype, param_dtype=config.params_dtype, name=name
     )
@@ -75,7 +75,7 @@ class BertEmbeddings(nn.Module):
             + embed(cfg.max_position_embeddings, "position_embeddings")(position_ids)
             + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
         )
-        x = _layer_norm(cfg)(x)
+        x = layer_norm(cfg)(x)
         return Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
@@ -96,8 +96,8 @@ class BertSelfAttention(nn.Module):
         def heads(y):
             return y.reshape(*y.shape[:-1], cfg.num_attention_heads, cfg.head_dim)
 
-        q = heads(_dense(cfg, cfg.hidden_size, "query")(queries))
-        k, v = (heads(_dense(cfg, cfg.hidden_size, name)(x)) for name in ("key", "value"))
+        q = heads(dense(cfg, cfg.hidden_size, "query")(queries))
+        k, v = (heads(dense(cfg, cfg.hidden_size, name)(x)) for name in ("key", "value"))
         rate = cfg.attention_probs_dropout_prob
         dropout_rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
         out = attention(q, k, v, mask, implementation=implementation, dropout_rate=rate, dropout_rng=dropout_rng)
@@ -112,9 +112,9 @@ class BertResidualOutput(nn.Module):
     @nn.compact
     def __call__(self, x, residual, deterministic: bool):
         cfg = self.config
-        x = _dense(cfg, cfg.hidden_size, "dense")(x)
+        x = dense(cfg, cfg.hidden_size, "dense")(x)
         x = Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
-        return _layer_norm(cfg)(x + residual)
+        return layer_norm(cfg)(x + residual)
 
 
 class BertAttention(nn.Module):
@@ -133,7 +133,7 @@ class BertIntermediate(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg = self.config
-        return ACTIVATION_FNS[cfg.hidden_act](_dense(cfg, cfg.intermediate_size, "dense")(x))
+        return ACTIVATION_FNS[cfg.hidden_act](dense(cfg, cfg.intermediate_size, "dense")(x))
 
 
 class BertLayer(nn.Module):
@@ -211,7 +211,7 @@ class BertPooler(nn.Module):
 
     @nn.compact
     def __call__(self, first):
-        return jnp.tanh(_dense(self.config, self.config.hidden_size, "dense")(first))
+        return jnp.tanh(dense(self.config, self.config.hidden_size, "dense")(first))
 
 
 class BertModel(nn.Module):
@@ -244,11 +244,13 @@ class BertModel(nn.Module):
         """input_ids, attention_mask (1 = token), token_type_ids, position_ids, segment_ids: [batch, seq]."""
         cfg = self.config
         seq_len = input_ids.shape[-1]
-        if seq_len > cfg.max_position_embeddings:
+        longest = cfg.max_length
+        if seq_len > longest:
+            offset = f", of which the first {cfg.position_offset} precede the tokens" if cfg.position_offset else ""
             raise JftError(
                 f"sequences of {seq_len} tokens are longer than the position table "
-                f"(max_position_embeddings={cfg.max_position_embeddings}); truncate them to "
-                f"{cfg.max_position_embeddings} tokens or use a model with a larger position table."
+                f"(max_position_embeddings={cfg.max_position_embeddings}{offset}); truncate them to "
+                f"{longest} tokens or use a model with a larger position table."
             )
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
@@ -256,6 +258,8 @@ class BertModel(nn.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(seq_len), input_ids.shape)
+        if cfg.position_offset:  # RoBERTa's numbering: tokens from pad_token_id + 1, padding at pad_token_id
+            position_ids = jnp.where(attention_mask != 0, position_ids + cfg.position_offset, cfg.pad_token_id)
         x = BertEmbeddings(cfg, name="embeddings")(input_ids, token_type_ids, position_ids, deterministic)
         if cfg.attention_impl == "splash":  # the kernel takes the segments themselves
             mask = attention_mask if segment_ids is None else segment_ids
@@ -282,7 +286,7 @@ class BertPredictionHeadTransform(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg = self.config
-        return _layer_norm(cfg)(ACTIVATION_FNS[cfg.hidden_act](_dense(cfg, cfg.hidden_size, "dense")(x)))
+        return layer_norm(cfg)(ACTIVATION_FNS[cfg.hidden_act](dense(cfg, cfg.hidden_size, "dense")(x)))
 
 
 class BertLMPredictionHead(nn.Module):
@@ -313,7 +317,7 @@ class BertPreTrainingHeads(nn.Module):
     def __call__(self, hidden, pooled, word_embeddings) -> dict[str, jax.Array]:
         out = {"mlm_logits": BertLMPredictionHead(self.config, name="predictions")(hidden, word_embeddings)}
         if self.nsp:
-            out["nsp_logits"] = _dense(self.config, 2, "seq_relationship")(pooled).astype(jnp.float32)
+            out["nsp_logits"] = dense(self.config, 2, "seq_relationship")(pooled).astype(jnp.float32)
         return out
 
 
@@ -447,7 +451,7 @@ def _with_mlm(model: nn.Module, bert: BertModel, hidden, masked_positions, logit
 def _classifier(config: BertConfig, num_labels: int, x: jax.Array, deterministic: bool) -> jax.Array:
     rate = config.hidden_dropout_prob if config.classifier_dropout is None else config.classifier_dropout
     x = Dropout(rate)(x, deterministic=deterministic)
-    return _dense(config, num_labels, "classifier")(x).astype(jnp.float32)
+    return dense(config, num_labels, "classifier")(x).astype(jnp.float32)
 
 
 def build(config: BertConfig, head: Head) -> nn.Module:

@@ -18,10 +18,27 @@ from jft.errors import JftError
 from jft.models.bert.modules import build, init_params
 from jft.models.family import Head
 
-# PyTorch buffers and tied copies that carry no weights of their own.
-_TIED_DECODER = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
-_BUFFERS = re.compile(r"(bert\.)?embeddings\.position_ids$")
-_LAYERS = "bert/encoder/layer"
+
+@dataclasses.dataclass(frozen=True)
+class Names:
+    """How a family of BERT's shape names its weights: the encoder's scope, the heads' scopes, and
+    the PyTorch names of the MLM decoder tied to the word embeddings and of its bias."""
+
+    encoder: str
+    heads: tuple[str, ...]
+    decoder: str
+    decoder_bias: str
+
+    @property
+    def layers(self) -> str:
+        return f"{self.encoder}/encoder/layer"
+
+
+BERT_NAMES = Names("bert", ("cls", "classifier"), "cls.predictions.decoder", "cls.predictions.bias")
+# The scopes other families' encoders are stored under (a checkpoint whose config.json names another model)
+OTHER_SCOPES = {"bert", "roberta", "transformer", "model"}
+# PyTorch buffers, no weights
+_BUFFERS = re.compile(r"^(\w+\.)?embeddings\.(position_ids|token_type_ids)$")
 
 
 def head_of(params: Mapping[str, Any]) -> Head:
@@ -37,7 +54,7 @@ def head_of(params: Mapping[str, Any]) -> Head:
     return Head("encoder", pooler="pooler" in params["bert"])
 
 
-def architecture(head: Head) -> str:
+def architecture(config, head: Head) -> str:
     """transformers' class for a BERT with `head` (config.json's "architectures")."""
     return {
         "classification": "BertForSequenceClassification",
@@ -49,24 +66,51 @@ def architecture(head: Head) -> str:
 def weights_from_hf(tensors: Mapping[str, np.ndarray], layout: str, config, source: str) -> dict[str, Any]:
     """jft's tree from a checkpoint's tensors: layout "torch" (PyTorch names, kernels [out, in]) or
     "flax" ('/'-joined Flax paths, FlaxBertModel's without the "bert" level)."""
-    if layout == "torch":
-        flat = _from_torch_names(tensors)
-    else:
-        flat = dict(tensors)
-        if not any(key.startswith("bert/") for key in flat):  # FlaxBertModel's layout
-            flat = {f"bert/{key}": value for key, value in flat.items()}
-    params = stack_layers(flat, source, _LAYERS, "encoder layers")
-    check_layer_count(params, config, source, _LAYERS, "encoder layers", "num_hidden_layers", build, head_of)
-    return params
+    return encoder_weights_from_hf(tensors, layout, config, source, BERT_NAMES, build, head_of)
 
 
 def weights_to_hf(params: Mapping[str, Any], layout: str) -> dict[str, np.ndarray]:
     """The tensors of jft's tree under Hugging Face's names: layout "torch" or "flax" (see
     weights_from_hf); an encoder alone is written as BertModel's, without the "bert" prefix."""
-    flat = {k: np.asarray(v) for k, v in unstack_layers(params, _LAYERS).items()}
-    encoder_only = set(params) == {"bert"}
+    return encoder_weights_to_hf(params, layout, BERT_NAMES)
+
+
+def encoder_weights_from_hf(
+    tensors: Mapping[str, np.ndarray],
+    layout: str,
+    config,
+    source: str,
+    names: Names,
+    build_module: Callable,
+    head_of_params: Callable,
+) -> dict[str, Any]:
+    """weights_from_hf of a family of BERT's shape that names its weights `names`."""
+    tops = {name.split("." if layout == "torch" else "/")[0] for name in tensors}
+    other = sorted(tops & (OTHER_SCOPES - {names.encoder}))
+    if other and names.encoder not in tops:
+        raise JftError(
+            f"{source} holds a {other[0]}'s weights ({other[0]}.*), not a {names.encoder}'s: its config.json's "
+            "model_type does not match them. Use the config.json that came with the weights."
+        )
+    if layout == "torch":
+        flat = _from_torch_names(tensors, names)
+    else:
+        flat = dict(tensors)
+        if not any(key.startswith(f"{names.encoder}/") for key in flat):  # the bare encoder's layout
+            flat = {f"{names.encoder}/{key}": value for key, value in flat.items()}
+    params = stack_layers(flat, source, names.layers, "encoder layers")
+    check_layer_count(
+        params, config, source, names.layers, "encoder layers", "num_hidden_layers", build_module, head_of_params
+    )
+    return params
+
+
+def encoder_weights_to_hf(params: Mapping[str, Any], layout: str, names: Names) -> dict[str, np.ndarray]:
+    """weights_to_hf of a family of BERT's shape that names its weights `names`."""
+    flat = {k: np.asarray(v) for k, v in unstack_layers(params, names.layers).items()}
+    encoder_only = set(params) == {names.encoder}
     if layout == "flax":
-        return {k.removeprefix("bert/"): v for k, v in flat.items()} if encoder_only else flat
+        return {k.removeprefix(f"{names.encoder}/"): v for k, v in flat.items()} if encoder_only else flat
     return _to_torch_names(flat, strip_prefix=encoder_only)
 
 
@@ -100,35 +144,37 @@ def check_layer_count(
     )
 
 
-def _from_torch_names(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """PyTorch state-dict names (weight [out, in]) -> Flax paths (kernel [in, out])."""
+def _from_torch_names(tensors: Mapping[str, np.ndarray], names: Names) -> dict[str, np.ndarray]:
+    """PyTorch state-dict names (weight [out, in]) -> Flax paths (kernel [in, out]). The tied
+    decoder is left out (checked to equal the word embeddings); its bias is the head's bias."""
     flat = {}
     for name, value in tensors.items():
-        if _BUFFERS.match(name) or name in _TIED_DECODER:
+        if _BUFFERS.match(name) or name == f"{names.decoder}.weight":
             continue
+        if name == f"{names.decoder}.bias":  # the same tensor as the head's bias, saved under both names
+            name = names.decoder_bias
         parts = name.split(".")
-        if parts[0] not in ("bert", "cls", "classifier"):
-            parts = ["bert", *parts]  # BertModel's names have no prefix
+        if parts[0] not in (names.encoder, *names.heads):
+            parts = [names.encoder, *parts]  # the bare encoder's names have no prefix
         parent, leaf = parts[-2], {"gamma": "weight", "beta": "bias"}.get(parts[-1], parts[-1])
         if leaf == "weight":
-            if parent == "LayerNorm":
+            if parent in ("LayerNorm", "layer_norm"):
                 leaf = "scale"
             elif parent.endswith("_embeddings"):
                 leaf = "embedding"
             else:
                 leaf, value = "kernel", value.T
         flat["/".join([*parts[:-1], leaf])] = value
-    _check_tied_decoder(tensors, flat)
+    _check_tied_decoder(tensors.get(f"{names.decoder}.weight"), flat, names)
     return flat
 
 
-def _check_tied_decoder(tensors: Mapping[str, np.ndarray], flat: Mapping[str, np.ndarray]) -> None:
-    decoder = tensors.get("cls.predictions.decoder.weight")
-    embedding = flat.get("bert/embeddings/word_embeddings/embedding")
+def _check_tied_decoder(decoder, flat: Mapping[str, np.ndarray], names: Names) -> None:
+    embedding = flat.get(f"{names.encoder}/embeddings/word_embeddings/embedding")
     if decoder is not None and embedding is not None and not np.array_equal(decoder, embedding):
         raise JftError(
             "this checkpoint's MLM decoder differs from its word embeddings; jft ties the two, as BERT does. "
-            "Load it without the MLM head (drop the cls.* tensors) to use its encoder."
+            f"Load it without the MLM head (drop the {names.decoder.split('.')[0]}.* tensors) to use its encoder."
         )
 
 

@@ -77,6 +77,7 @@ FAMILY = Family(
     vocabulary="bytelevel",
     init_cache=init_cache,
     token_fields=token_fields,
+    joint_head=None,
 )
 
 __all__ = [

@@ -134,6 +134,11 @@ class Gpt2Config(ConfigOptions):
         return self.n_positions
 
     @property
+    def max_length(self) -> int:
+        """The longest row the model takes."""
+        return self.n_positions
+
+    @property
     def hidden_size(self) -> int:
         return self.n_embd
 

@@ -40,7 +40,7 @@ def head_of(params: Mapping[str, Any]) -> Head:
     return Head("pretraining")
 
 
-def architecture(head: Head) -> str:
+def architecture(config, head: Head) -> str:
     """transformers' class for a GPT-2 with `head` (config.json's "architectures")."""
     return {
         "pretraining": "GPT2LMHeadModel",

@@ -1,0 +1,339 @@
+"""RoBERTa and XLM-R through everything jft has: their vocabularies, packed masked-LM rows,
+pretraining (devices, accumulation, learning), the export and continued pretraining from it with
+L2-SP (stopped and resumed), fine-tuning with L2-SP and the joint term from a Hugging Face
+directory, eval, predict, the export's predictions in PyTorch, a sweep, and the refusals."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from conftest import (
+    final_state,
+    largest_difference,
+    pretrain_steps,
+    set_keys,
+    start_and_signal,
+    tiny_hf_bert,
+    write_corpus,
+    write_topic_task,
+)
+from jft.data.corpus import read_documents
+from jft.data.loader import PretrainRows
+from jft.data.prepare import prepare
+from jft.data.tokenizer import load_tokenizer, train_vocab
+from jft.defaults import pretrain as pretrain_defaults
+from jft.models import Head
+from jft.models import get as get_family
+from jft.pretrain import train_and_evaluate
+from jft.train.masking import MaskingConfig
+from jft.train.optim import make_optimizer
+from jft.train.parallel import Runner
+from jft.train.steps import PretrainSetup
+
+# configs/pretrain/roberta_tiny (2 layers of 64) on short rows, without dropout. (Width 32 is too
+# narrow here: masked-LM never asks <s> for anything, and a pretrained <s> state that hardly varies
+# between texts takes a narrow classifier more steps to break than these tests run.)
+SMALL_ROBERTA = {
+    "model.max_position_embeddings": 34,
+    "model.hidden_dropout_prob": 0.0,
+    "model.attention_probs_dropout_prob": 0.0,
+    "data.seq_len": 32,
+    "batch_size": 16,
+    "eval_batches": 2,
+    "progress": False,
+}
+# What people type: accents, CJK, several spaces, a tab, punctuation, the mask token.
+SENTENCES = [
+    "the cat sees the moon.",
+    "Ünïcödé naïve café, déjà vu",
+    "東京 と 大阪 の 距離",
+    "two  spaces\tand a tab",
+    "a <mask> in the harbor",
+    "1,234.56 kg -- (approximately)!",
+]
+
+
+def jft_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "jft.cli", *map(str, args)]
+
+
+def run(command, cwd, **kwargs) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, **kwargs)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def settings_args(settings: dict) -> list[str]:
+    return [f"--config.{key}={value}" for key, value in settings.items()]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A corpus of the test generator, a RoBERTa vocabulary trained on it (every word of the generator
+    whole: 448 tokens) and its packed rows."""
+    root = tmp_path_factory.mktemp("roberta")
+    text = write_corpus(root / "corpus.txt", documents=120)
+    lines = lambda: (line for document in read_documents(str(text)) for line in document)  # noqa: E731
+    train_vocab(lines, root / "vocab", vocab_size=600, kind="roberta")
+    prepare(str(text), root / "vocab", root / "rows", seq_len=32, mode="packed", eval_fraction=0.1, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pretrained(corpus):
+    """A tiny RoBERTa pretrained in-process for 200 steps on the packed rows; its last metrics."""
+    from jft.configs.pretrain.roberta_tiny import get_config
+
+    config = get_config()
+    set_keys(config, {**SMALL_ROBERTA, "data.prepared": str(corpus / "rows"), "total_steps": 200})
+    set_keys(config, {"optim.lr": 3e-3, "optim.warmup_steps": 20, "eval_every": 200, "checkpoint_every": 200})
+    metrics = train_and_evaluate(config, corpus / "run")
+    return corpus / "run", metrics
+
+
+def test_packed_rows_frame_each_piece_with_s_and_end_of_text(corpus):
+    tokenizer = load_tokenizer(corpus / "vocab")
+    rows = PretrainRows(corpus / "rows")
+    data = rows.rows(np.arange(len(rows)))
+    lengths = data["attention_mask"].sum(1)
+    assert (data["input_ids"][:, 0] == tokenizer.token_to_id("<s>")).all()
+    assert (data["input_ids"][np.arange(len(lengths)), lengths - 1] == tokenizer.token_to_id("</s>")).all()
+    # whole words: a word starts at a token with the space before it ('Ġ') or at a line's start
+    first = [tokenizer.id_to_token(int(i)) for i, start in zip(data["input_ids"][0, 1:20], data["word_start"][0, 1:20])]
+    starts = data["word_start"][0, 1:20]
+    assert all(start for token, start in zip(first, starts) if token.startswith("Ġ"))
+    assert not all(starts)
+
+
+def _mlm_setup(rows, accum_steps=1):
+    family = get_family("roberta")
+    config = family.config(
+        dict(vocab_size=rows.metadata["vocab_size"], hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+        | dict(intermediate_size=64, max_position_embeddings=34, hidden_dropout_prob=0.0)
+        | dict(attention_probs_dropout_prob=0.0)
+    )
+    model = family.module(config, Head("pretraining"))
+    tx, schedule = make_optimizer(pretrain_defaults().optim, 10)
+    masking = MaskingConfig.for_vocabulary(rows.metadata["special_ids"], config.vocab_size, max_predictions=5)
+    return PretrainSetup(model, tx, schedule, masking, accum_steps, False, family.inputs, "mlm")
+
+
+def test_eight_devices_and_accumulation_give_the_one_device_update(corpus):
+    rows = PretrainRows(corpus / "rows")
+    setup = _mlm_setup(rows)
+    one, one_metrics = pretrain_steps(setup, rows, "jit")
+    eight, eight_metrics = pretrain_steps(setup, rows, "shard_map")
+    accumulated, _ = pretrain_steps(_mlm_setup(rows, accum_steps=4), rows, "jit")
+    assert largest_difference(one.params, eight.params) < 1e-6
+    assert abs(one_metrics["loss"] - eight_metrics["loss"]) < 1e-5
+    assert largest_difference(one.params, accumulated.params) < 1e-6
+    assert set(one_metrics) >= {"mlm_loss", "mlm_accuracy", "loss"} and "nsp_loss" not in one_metrics
+
+
+def test_masked_lm_pretraining_learns_more_than_token_frequencies(pretrained):
+    workdir, metrics = pretrained
+    evaluations = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    last = [row for row in evaluations if row["split"] == "eval"][-1]
+    assert last["context_gain"] > 0.3, last  # nats below the unigram entropy of the rows
+    assert metrics["eval_mlm_loss"] == last["mlm_loss"]
+
+
+@pytest.fixture(scope="module")
+def exported(pretrained, tmp_path_factory):
+    """The pretraining run exported: a Hugging Face RobertaForMaskedLM directory with its tokenizer."""
+    out = tmp_path_factory.mktemp("export") / "hf"
+    run(jft_command("export", "--workdir", pretrained[0], "--out", out), out.parent)
+    return out
+
+
+def test_the_export_loads_in_pytorch_with_jfts_tokens_and_logits(pretrained, exported):
+    from jft.models import hf
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(exported)
+    model = transformers.AutoModelForMaskedLM.from_pretrained(exported).eval()
+    assert type(model).__name__ == "RobertaForMaskedLM"
+    ours = load_tokenizer(pretrained[0])
+    for sentence in SENTENCES:
+        assert tokenizer(sentence)["input_ids"] == ours.encode(sentence).ids, sentence
+    pair = tokenizer("the first", "the second")["input_ids"]
+    assert pair == ours.encode("the first", "the second").ids and pair.count(ours.token_to_id("</s>")) == 3
+    config, params = hf.load(exported)
+    encoded = tokenizer(SENTENCES, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    with torch.no_grad():
+        theirs = model(**encoded).logits.numpy()
+    module = get_family("roberta").module(config, Head("pretraining"))
+    logits = module.apply(
+        {"params": params}, input_ids=encoded["input_ids"].numpy(), attention_mask=encoded["attention_mask"].numpy()
+    )["mlm_logits"]
+    real = encoded["attention_mask"].numpy() == 1
+    assert float(np.max(np.abs(np.asarray(logits)[real] - theirs[real]))) < 1e-4
+
+
+def test_continued_pretraining_from_the_export_pulls_toward_it_and_resumes_bit_exact(exported, tmp_path):
+    """Masked-LM training on a new corpus from the Hugging Face directory with λ‖θ − θ_pre‖²,
+    from another directory; stopped by SIGTERM and resumed, it ends as a run that was not stopped."""
+    domain = write_corpus(tmp_path / "domain.txt", documents=60, seed=7)
+    settings = {**SMALL_ROBERTA, "init_from": exported, "data.corpus": domain, "l2.weight": 0.1, "total_steps": 40}
+    settings |= {"checkpoint_every": 10, "log_every": 10, "eval_every": 1000, "optim.lr": 3e-3}
+    settings = {k: v for k, v in settings.items() if not k.startswith("model.") or "dropout" in k}
+
+    def command(run_dir):
+        return jft_command("pretrain", "--config", "pretrain/roberta_tiny", "--workdir", run_dir) + settings_args(
+            settings
+        )
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    done = run(command(tmp_path / "straight"), tmp_path, env=env)
+    assert "pulling toward the weights it starts from (L2-SP)" in done.stdout
+    rows = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    penalties = [row["l2_penalty"] for row in rows if row["split"] == "train"]
+    assert 0 < penalties[0] < penalties[-1]
+    stopped = tmp_path / "stopped"
+    code, output = start_and_signal(command(stopped), stopped / "checkpoints", 20, signal.SIGTERM)
+    assert code == 143 and "stopped by SIGTERM at step" in output
+    run(command(stopped), tmp_path, env=env)
+    straight, _ = final_state(tmp_path / "straight", 40)
+    resumed, _ = final_state(stopped, 40)
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_l2_sp_fine_tuning_from_the_export_gives_pytorch_its_predictions(exported, tmp_path):
+    write_topic_task(tmp_path / "train.csv", examples=64, seed=1)
+    write_topic_task(tmp_path / "dev.csv", examples=32, seed=2)
+    settings = {"init_from": exported, "data.train": "train.csv", "data.eval": "dev.csv", "data.seq_len": 32}
+    settings |= {"l2.weight": 0.01, "joint_mlm.weight": 0.5, "epochs": 30, "optim.lr": 3e-3, "batch_size": 8}
+    settings |= {"progress": False, "data.layout": "packed"}
+    done = run(
+        jft_command("finetune", "--config", "finetune/tiny", "--workdir", "task") + settings_args(settings), tmp_path
+    )
+    assert "L2-SP" in done.stdout + done.stderr
+    rows = [json.loads(line) for line in (tmp_path / "task" / "metrics.jsonl").read_text().splitlines()]
+    train = [row for row in rows if row["split"] == "train"]
+    assert train and all("mlm_loss" in row and "l2_penalty" in row for row in train)
+    report = json.loads(run(jft_command("eval", "--workdir", "task", "--data", "dev.csv", "--json"), tmp_path).stdout)
+    assert report["metrics"]["accuracy"] > 0.5  # of 4 balanced topics
+    run(jft_command("predict", "--workdir", "task", "--input", "dev.csv", "--output", "preds.jsonl"), tmp_path)
+    predictions = [json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()]
+    run(jft_command("export", "--workdir", "task", "--out", "hf"), tmp_path)
+    model, info = transformers.AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "hf", output_loading_info=True
+    )
+    assert type(model).__name__ == "RobertaForSequenceClassification" and not info["unexpected_keys"]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    texts = [line.split(",")[0] for line in (tmp_path / "dev.csv").read_text().splitlines()[1:]]
+    with torch.no_grad():
+        logits = model.eval()(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+    probabilities = torch.softmax(logits, -1).numpy()
+    labels = [model.config.id2label[i] for i in range(probabilities.shape[1])]
+    ours = np.array([[prediction["probabilities"][label] for label in labels] for prediction in predictions])
+    np.testing.assert_allclose(probabilities, ours, atol=1e-5)
+
+
+def test_xlm_r_from_scratch_with_its_unigram_vocabulary_tags_and_exports(corpus, tmp_path):
+    """An XLM-R (model_type xlm-roberta) pretrained from scratch on a SentencePiece Unigram vocabulary,
+    then fine-tuned for token classification: the loss falls, and XLMRobertaForTokenClassification
+    with AutoTokenizer gives jft's tokens and logits."""
+    from jft.configs.pretrain.roberta_tiny import get_config
+    from jft.defaults import finetune
+    from jft.finetune import train_and_evaluate as finetune_run
+    from jft.models import hf
+    from jft.tasks.predictor import FinetunedModel
+
+    config = get_config()
+    set_keys(config, {**SMALL_ROBERTA, "data.corpus": str(corpus / "corpus.txt"), "data.vocab_kind": "unigram"})
+    set_keys(config, {"model.model_type": "xlm-roberta", "data.vocab_size": 400, "total_steps": 10})
+    set_keys(config, {"eval_every": 100, "checkpoint_every": 100})
+    train_and_evaluate(config, tmp_path / "xlmr")
+    tokenizer = load_tokenizer(tmp_path / "xlmr")
+    assert type(tokenizer.model).__name__ == "Unigram" and tokenizer.token_to_id("<mask>") == 4
+
+    words, tags = ["the", "harbor", "sailor", "sees", "the", "moon"], ["O", "LOC", "PER", "O", "O", "LOC"]
+    tagged = [{"tokens": words, "tags": tags}]
+    (tmp_path / "ner.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tagged * 16))
+    task = finetune()
+    set_keys(task, {"init_from": str(tmp_path / "xlmr"), "task": "token_classification", "data.seq_len": 32})
+    set_keys(task, {"data.train": str(tmp_path / "ner.jsonl"), "data.eval": str(tmp_path / "ner.jsonl")})
+    set_keys(task, {"data.text_column": "tokens", "data.label_column": "tags", "epochs": 8, "optim.lr": 3e-3})
+    set_keys(task, {"batch_size": 8, "progress": False, "l2.weight": 0.01, "log_every": 2})
+    final = finetune_run(task, tmp_path / "ner")
+    rows = [json.loads(line) for line in (tmp_path / "ner" / "metrics.jsonl").read_text().splitlines()]
+    train = [row["task_loss"] for row in rows if row["split"] == "train"]
+    assert train[-1] < train[0] and final["eval_token_accuracy"] > 0.6
+
+    out = tmp_path / "hf"
+    run(jft_command("export", "--workdir", tmp_path / "ner", "--out", out), tmp_path)
+    model, info = transformers.AutoModelForTokenClassification.from_pretrained(out, output_loading_info=True)
+    assert type(model).__name__ == "XLMRobertaForTokenClassification" and not info["unexpected_keys"]
+    theirs = transformers.AutoTokenizer.from_pretrained(out)
+    for sentence in SENTENCES:
+        assert theirs(sentence)["input_ids"] == tokenizer.encode(sentence).ids, sentence
+    encoded = theirs(SENTENCES, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    with torch.no_grad():
+        expected = model.eval()(**encoded).logits.numpy()
+    config, params = hf.load(out)
+    module = get_family("roberta").module(config, FinetunedModel(tmp_path / "ner").task.head())
+    logits = module.apply(
+        {"params": params}, input_ids=encoded["input_ids"].numpy(), attention_mask=encoded["attention_mask"].numpy()
+    )["logits"]
+    real = encoded["attention_mask"].numpy() == 1
+    assert float(np.max(np.abs(np.asarray(logits)[real] - expected[real]))) < 1e-4
+
+
+def test_a_sweep_member_with_the_joint_term_ends_where_its_own_run_ends(exported, tmp_path):
+    from jft import population, sweep
+    from jft.defaults import finetune
+    from jft.finetune import train_and_evaluate as finetune_run
+    from jft.params import flatten
+    from jft.tasks.predictor import FinetunedModel
+
+    config = finetune()
+    settings = {"init_from": str(exported), "data.seq_len": 32, "batch_size": 8, "epochs": 2, "progress": False}
+    settings |= {"data.train": str(write_topic_task(tmp_path / "train.csv", 32, seed=3)), "optim.lr": 3e-3}
+    settings |= {"data.eval": str(write_topic_task(tmp_path / "dev.csv", 16, seed=4)), "parallel.backend": "jit"}
+    set_keys(config, settings)
+    config.sweep.grid = {"joint_mlm.weight": [0.2, 0.8]}
+    members = sweep.plan(config)
+    _, params = population.train_population(members, sweep.sweep_data(config), Runner("jit"))
+    own = config.copy_and_resolve_references()
+    set_keys(own, {"joint_mlm.weight": 0.8, "data.eval": ""})
+    finetune_run(own, tmp_path / "own")
+    theirs = flatten(FinetunedModel(tmp_path / "own").params)
+    ours = {k: v for k, v in flatten(jax.tree.map(lambda x: x[1], params)).items() if k in theirs}
+    assert ours.keys() == theirs.keys() and not any(k.startswith("lm_head/") for k in theirs)
+    assert max(float(np.max(np.abs(np.asarray(ours[k]) - np.asarray(theirs[k])))) for k in ours) < 1e-5
+
+
+def test_a_roberta_where_a_bert_is_given_and_the_reverse_are_one_line(exported, corpus, tmp_path):
+    bert = tiny_hf_bert(tmp_path)
+    cases = {
+        "a RoBERTa export for a BERT's pretraining (next-sentence rows)": (
+            jft_command("pretrain", "--config", "pretrain/tiny", "--workdir", "a")
+            + [f"--config.init_from={exported}", f"--config.data.corpus={corpus / 'corpus.txt'}"],
+            "a roberta model pretrains with mlm, not mlm+nsp",
+        ),
+        "a RoBERTa export for a config that says bert": (
+            jft_command("pretrain", "--config", "pretrain/tiny", "--workdir", "b")
+            + [f"--config.init_from={exported}", "--config.model.family=bert", "--config.data.mode=packed"]
+            + [f"--config.data.corpus={corpus / 'corpus.txt'}"],
+            "model.family='bert' (it is a 'roberta' model)",
+        ),
+        "a BERT export for RoBERTa's config": (
+            jft_command("pretrain", "--config", "pretrain/roberta_tiny", "--workdir", "c")
+            + [f"--config.init_from={bert}", f"--config.data.corpus={corpus / 'corpus.txt'}"],
+            "model.family='roberta' (it is a 'bert' model)",
+        ),
+    }
+    for name, (command, expected) in cases.items():
+        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("jft "), (name, done.stderr)
+        assert expected in lines[0], (name, lines[0])
