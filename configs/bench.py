@@ -8,8 +8,10 @@
 The text after ':' picks the size: BERT's tiny, mini, base, large; GPT-2's gpt2_tiny,
 gpt2_small (124M), gpt2_medium, gpt2_large (next-word pretraining over every token; its
 fine-tuning workload is sequence classification from the last token); RoBERTa's roberta_tiny,
-roberta_base, roberta_large and xlm_roberta_base (masked-LM alone; 250,002 tokens). On a CPU,
-use `jft bench` without --config (a tiny model in float32).
+roberta_base, roberta_large and xlm_roberta_base (masked-LM alone; 250,002 tokens); ModernBERT's
+modernbert_tiny, modernbert_base, modernbert_large (masked-LM at 30%: 154 predictions a row of
+512; --config.seq_len=8192 for long rows). On a CPU, use `jft bench` without --config (a tiny
+model in float32).
 """
 
 from ml_collections import ConfigDict
@@ -29,6 +31,16 @@ def get_config(size: str = "base") -> ConfigDict:
             attn_pdrop=0.0,
         )
         config.seq_len = 1024
+        config.batch_size = 32
+        return config
+    if size.startswith("modernbert_"):
+        config = bench("modernbert")
+        config.nsp = False
+        config.max_predictions = 154  # 30% of 512
+        config.model = model_fields(
+            size.removeprefix("modernbert_"), "modernbert", dtype="bfloat16", attention_impl="cudnn"
+        )
+        config.seq_len = 512
         config.batch_size = 32
         return config
     if size.startswith(("roberta_", "xlm_roberta_")):

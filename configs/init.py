@@ -1,4 +1,4 @@
-"""A randomly initialised BERT, GPT-2 or RoBERTa / XLM-R, in Hugging Face format (a from-scratch start).
+"""A randomly initialised BERT, GPT-2, RoBERTa / XLM-R or ModernBERT in Hugging Face format (a fresh start).
 
     jft init --config configs/init.py:base --out DIR --config.format=msgpack
     jft init --config init:gpt2_small --out DIR
@@ -6,8 +6,9 @@
 
 The text after ':' picks the size: BERT's tiny (default), mini, base or large; GPT-2's gpt2_tiny,
 gpt2_small, gpt2_medium or gpt2_large (heads: pretraining is its next-word head); RoBERTa's
-roberta_tiny, roberta_base, roberta_large, or xlm_roberta_base (heads: pretraining is the
-masked-LM head). Any model field can be overridden, e.g. --config.model.num_hidden_layers=6.
+roberta_tiny, roberta_base, roberta_large, or xlm_roberta_base, and ModernBERT's modernbert_tiny,
+modernbert_base or modernbert_large (heads: pretraining is the masked-LM head). Any model field
+can be overridden, e.g. --config.model.num_hidden_layers=6.
 """
 
 from ml_collections import ConfigDict
@@ -18,6 +19,10 @@ from jft.defaults import init, roberta_vocabulary
 def get_config(size: str = "tiny") -> ConfigDict:
     if size.startswith("gpt2_"):
         return init(size.removeprefix("gpt2_"), "gpt2")
+    if size.startswith("modernbert_"):
+        config = init(size.removeprefix("modernbert_"), "modernbert")
+        config.heads = "mlm"
+        return config
     if size.startswith(("roberta_", "xlm_roberta_")):
         config = init(size.split("roberta_")[1], "roberta")
         config.model.update(roberta_vocabulary(size))

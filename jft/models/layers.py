@@ -56,6 +56,7 @@ def attention(
     dropout_rate: float,
     dropout_rng: jax.Array | None,
     causal: bool = False,
+    window: int | None = None,
 ) -> jax.Array:
     """Scaled dot-product attention over [batch, seq, heads, head_dim] with a boolean mask.
 
@@ -67,13 +68,17 @@ def attention(
     applied to the probabilities, as BERT does. "cudnn" is jax.nn.dot_product_attention's cuDNN
     kernel; for "splash" the mask is the [batch, seq] segments that `splash_attention` takes.
     causal: each query also sees only the keys at or before it (the mask and causal_mask combined).
+    window: each query also sees only the keys at most `window` positions away (sliding-window
+    attention: ModernBERT's local layers); the kernels skip the blocks outside the band.
     """
     if implementation == "splash":
-        return splash_attention(query, key, value, mask, causal=causal)
+        return splash_attention(query, key, value, mask, causal=causal, window=window)
     if implementation != "xla":
-        return fused_attention(query, key, value, mask, implementation, causal=causal)
+        return fused_attention(query, key, value, mask, implementation, causal=causal, window=window)
     if causal:
         mask = mask & causal_mask(query.shape[1], key.shape[1])
+    if window is not None:
+        mask = mask & band_mask(query.shape[1], key.shape[1], window)
     query, key, value = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))  # [batch, heads, seq, head_dim]
     logits = jnp.einsum("bnth,bnsh->bnts", query, key, preferred_element_type=jnp.float32)
     logits = logits / math.sqrt(query.shape[-1])
@@ -84,19 +89,32 @@ def attention(
     return jnp.swapaxes(jnp.einsum("bnts,bnsh->bnth", probs.astype(value.dtype), value), 1, 2)
 
 
+def band_mask(queries: int, keys: int, window: int) -> jax.Array:
+    """Boolean [1, 1, queries, keys]: query i sees keys j with |i - j| <= window (row positions)."""
+    distance = jnp.arange(queries)[:, None] - jnp.arange(keys)[None, :]
+    return (jnp.abs(distance) <= window)[None, None]
+
+
 def fused_attention(
-    query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, implementation: str, causal: bool = False
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    mask: jax.Array,
+    implementation: str,
+    causal: bool = False,
+    window: int | None = None,
 ):
     """jax.nn.dot_product_attention's kernel (cuDNN). A key-padding mask [batch, 1, 1, seq] goes in as
     each row's number of real keys (rows are padded on the right), which the kernel skips; cuDNN
     takes a boolean mask only at its full [batch, 1, q, k] size, as a bias. causal: the kernel's own
-    causal mask on top (it skips the blocks above the diagonal)."""
+    causal mask on top (it skips the blocks above the diagonal); window: its sliding window."""
+    options = dict(is_causal=causal, implementation=implementation)
+    if window is not None:
+        options["local_window_size"] = (window, window)
     if mask.shape[2] == 1:
         lengths = mask[:, 0, 0, :].sum(axis=-1, dtype=jnp.int32)
-        return jax.nn.dot_product_attention(
-            query, key, value, key_value_seq_lengths=lengths, is_causal=causal, implementation=implementation
-        )
-    return jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=causal, implementation=implementation)
+        return jax.nn.dot_product_attention(query, key, value, key_value_seq_lengths=lengths, **options)
+    return jax.nn.dot_product_attention(query, key, value, mask=mask, **options)
 
 
 def kept(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
@@ -129,7 +147,12 @@ SPLASH_BLOCK = 128
 
 
 def splash_attention(
-    query: jax.Array, key: jax.Array, value: jax.Array, segments: jax.Array, causal: bool = False
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    segments: jax.Array,
+    causal: bool = False,
+    window: int | None = None,
 ) -> jax.Array:
     """Attention over [batch, seq, heads, head_dim] by Pallas's TPU splash kernel: blockwise, the
     [seq, seq] probabilities never stored; segment ids mask within each block.
@@ -137,7 +160,8 @@ def splash_attention(
     segments: [batch, seq] int, tokens attend to keys of their own segment: the packed example ids,
     or the attention mask (1 for tokens, 0 for padding, whose outputs nothing reads).
     causal: each query also sees only the keys at or before it (the kernel skips the blocks above
-    the diagonal)."""
+    the diagonal). window: only the keys at most `window` positions away (the blocks outside the
+    band skipped)."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
 
@@ -146,7 +170,12 @@ def splash_attention(
     blocks = -(-seq // SPLASH_BLOCK) * SPLASH_BLOCK
     query, key, value = (jnp.pad(x, ((0, 0), (0, blocks - seq), (0, 0), (0, 0))) for x in (query, key, value))
     segments = jnp.pad(segments.astype(jnp.int32), ((0, 0), (0, blocks - seq)), constant_values=-1)
-    block_mask = masks.CausalMask((blocks, blocks)) if causal else masks.FullMask((blocks, blocks))
+    if window is not None:
+        block_mask = masks.LocalMask((blocks, blocks), window_size=(window, 0 if causal else window), offset=0)
+    elif causal:
+        block_mask = masks.CausalMask((blocks, blocks))
+    else:
+        block_mask = masks.FullMask((blocks, blocks))
     kernel = splash.make_splash_mha(
         masks.MultiHeadMask([block_mask] * heads),
         head_shards=1,

@@ -5,14 +5,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from jft.errors import JftError, did_you_mean
-from jft.models import bert, gpt2, roberta
+from jft.models import bert, gpt2, modernbert, roberta
 from jft.models.family import Family
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (bert.FAMILY, gpt2.FAMILY, roberta.FAMILY)}
+FAMILIES: dict[str, Family] = {
+    family.name: family for family in (bert.FAMILY, gpt2.FAMILY, roberta.FAMILY, modernbert.FAMILY)
+}
 
 
 def get(name: str) -> Family:
-    """The family called `name` ('bert', 'gpt2', 'roberta')."""
+    """The family called `name` ('bert', 'gpt2', 'roberta', 'modernbert')."""
     if name not in FAMILIES:
         raise JftError(f"unknown model family '{name}'; jft has {sorted(FAMILIES)}.{did_you_mean(name, FAMILIES)}")
     return FAMILIES[name]

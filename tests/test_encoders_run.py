@@ -1,7 +1,8 @@
-"""RoBERTa and XLM-R through everything jft has: their vocabularies, packed masked-LM rows,
-pretraining (devices, accumulation, learning), the export and continued pretraining from it with
-L2-SP (stopped and resumed), fine-tuning with L2-SP and the joint term from a Hugging Face
-directory, eval, predict, the export's predictions in PyTorch, a sweep, and the refusals."""
+"""RoBERTa, XLM-R and ModernBERT through everything jft has: their vocabularies, packed masked-LM
+rows, pretraining (devices, accumulation, learning), the export and continued pretraining from it
+with L2-SP (stopped and resumed), fine-tuning with L2-SP and the joint term from a Hugging Face
+directory (ModernBERT's unpadded: several texts a row), eval, predict, the export's predictions in
+PyTorch, a sweep, and the refusals."""
 
 import json
 import os
@@ -25,6 +26,7 @@ from conftest import (
     write_corpus,
     write_topic_task,
 )
+from jft.config import load_config
 from jft.data.corpus import read_documents
 from jft.data.loader import PretrainRows
 from jft.data.prepare import prepare
@@ -38,18 +40,21 @@ from jft.train.optim import make_optimizer
 from jft.train.parallel import Runner
 from jft.train.steps import PretrainSetup
 
-# configs/pretrain/roberta_tiny (2 layers of 64) on short rows, without dropout. (Width 32 is too
+# configs/pretrain/{family}_tiny (widths of 64) on short rows, without dropout. (Width 32 is too
 # narrow here: masked-LM never asks <s> for anything, and a pretrained <s> state that hardly varies
-# between texts takes a narrow classifier more steps to break than these tests run.)
-SMALL_ROBERTA = {
-    "model.max_position_embeddings": 34,
-    "model.hidden_dropout_prob": 0.0,
-    "model.attention_probs_dropout_prob": 0.0,
-    "data.seq_len": 32,
-    "batch_size": 16,
-    "eval_batches": 2,
-    "progress": False,
+# between texts takes a narrow classifier more steps to break than these tests run.) ModernBERT's
+# local layers see 4 tokens each side, global attention every second layer.
+RUN = {"data.seq_len": 32, "batch_size": 16, "eval_batches": 2, "progress": False}
+MODELS = {
+    "roberta": {
+        "model.max_position_embeddings": 34,
+        "model.hidden_dropout_prob": 0.0,
+        "model.attention_probs_dropout_prob": 0.0,
+    },
+    "modernbert": {"model.local_attention": 8, "model.global_attn_every_n_layers": 2, "masking.max_predictions": 10},
 }
+SMALL_ROBERTA = {**MODELS["roberta"], **RUN}
+EXPORTED = {"roberta": "Roberta", "modernbert": "ModernBert"}
 # What people type: accents, CJK, several spaces, a tab, punctuation, the mask token.
 SENTENCES = [
     "the cat sees the moon.",
@@ -87,16 +92,16 @@ def corpus(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def pretrained(corpus):
-    """A tiny RoBERTa pretrained in-process for 200 steps on the packed rows; its last metrics."""
-    from jft.configs.pretrain.roberta_tiny import get_config
-
-    config = get_config()
-    set_keys(config, {**SMALL_ROBERTA, "data.prepared": str(corpus / "rows"), "total_steps": 200})
+@pytest.fixture(scope="module", params=["roberta", "modernbert"])
+def pretrained(request, corpus):
+    """A tiny RoBERTa or ModernBERT pretrained in-process for 200 steps on the packed rows; the
+    run directory, its last metrics and the family's name."""
+    family = request.param
+    config = load_config(f"pretrain/{family}_tiny", [], "pretraining")
+    set_keys(config, {**MODELS[family], **RUN, "data.prepared": str(corpus / "rows"), "total_steps": 200})
     set_keys(config, {"optim.lr": 3e-3, "optim.warmup_steps": 20, "eval_every": 200, "checkpoint_every": 200})
-    metrics = train_and_evaluate(config, corpus / "run")
-    return corpus / "run", metrics
+    metrics = train_and_evaluate(config, corpus / family)
+    return corpus / family, metrics, family
 
 
 def test_packed_rows_frame_each_piece_with_s_and_end_of_text(corpus):
@@ -113,12 +118,18 @@ def test_packed_rows_frame_each_piece_with_s_and_end_of_text(corpus):
     assert not all(starts)
 
 
-def _mlm_setup(rows, accum_steps=1):
-    family = get_family("roberta")
+SETUP_MODELS = {
+    "roberta": dict(intermediate_size=64, max_position_embeddings=34, hidden_dropout_prob=0.0)
+    | dict(attention_probs_dropout_prob=0.0),
+    "modernbert": dict(intermediate_size=48, local_attention=8, global_attn_every_n_layers=2),
+}
+
+
+def _mlm_setup(rows, name, accum_steps=1):
+    family = get_family(name)
     config = family.config(
         dict(vocab_size=rows.metadata["vocab_size"], hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
-        | dict(intermediate_size=64, max_position_embeddings=34, hidden_dropout_prob=0.0)
-        | dict(attention_probs_dropout_prob=0.0)
+        | SETUP_MODELS[name]
     )
     model = family.module(config, Head("pretraining"))
     tx, schedule = make_optimizer(pretrain_defaults().optim, 10)
@@ -126,12 +137,13 @@ def _mlm_setup(rows, accum_steps=1):
     return PretrainSetup(model, tx, schedule, masking, accum_steps, False, family.inputs, "mlm")
 
 
-def test_eight_devices_and_accumulation_give_the_one_device_update(corpus):
+@pytest.mark.parametrize("name", ["roberta", "modernbert"])
+def test_eight_devices_and_accumulation_give_the_one_device_update(corpus, name):
     rows = PretrainRows(corpus / "rows")
-    setup = _mlm_setup(rows)
+    setup = _mlm_setup(rows, name)
     one, one_metrics = pretrain_steps(setup, rows, "jit")
     eight, eight_metrics = pretrain_steps(setup, rows, "shard_map")
-    accumulated, _ = pretrain_steps(_mlm_setup(rows, accum_steps=4), rows, "jit")
+    accumulated, _ = pretrain_steps(_mlm_setup(rows, name, accum_steps=4), rows, "jit")
     assert largest_difference(one.params, eight.params) < 1e-6
     assert abs(one_metrics["loss"] - eight_metrics["loss"]) < 1e-5
     assert largest_difference(one.params, accumulated.params) < 1e-6
@@ -139,7 +151,7 @@ def test_eight_devices_and_accumulation_give_the_one_device_update(corpus):
 
 
 def test_masked_lm_pretraining_learns_more_than_token_frequencies(pretrained):
-    workdir, metrics = pretrained
+    workdir, metrics, _ = pretrained
     evaluations = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     last = [row for row in evaluations if row["split"] == "eval"][-1]
     assert last["context_gain"] > 0.3, last  # nats below the unigram entropy of the rows
@@ -148,7 +160,7 @@ def test_masked_lm_pretraining_learns_more_than_token_frequencies(pretrained):
 
 @pytest.fixture(scope="module")
 def exported(pretrained, tmp_path_factory):
-    """The pretraining run exported: a Hugging Face RobertaForMaskedLM directory with its tokenizer."""
+    """The pretraining run exported: a Hugging Face ...ForMaskedLM directory with its tokenizer."""
     out = tmp_path_factory.mktemp("export") / "hf"
     run(jft_command("export", "--workdir", pretrained[0], "--out", out), out.parent)
     return out
@@ -157,9 +169,10 @@ def exported(pretrained, tmp_path_factory):
 def test_the_export_loads_in_pytorch_with_jfts_tokens_and_logits(pretrained, exported):
     from jft.models import hf
 
+    family = pretrained[2]
     tokenizer = transformers.AutoTokenizer.from_pretrained(exported)
     model = transformers.AutoModelForMaskedLM.from_pretrained(exported).eval()
-    assert type(model).__name__ == "RobertaForMaskedLM"
+    assert type(model).__name__ == f"{EXPORTED[family]}ForMaskedLM"
     ours = load_tokenizer(pretrained[0])
     for sentence in SENTENCES:
         assert tokenizer(sentence)["input_ids"] == ours.encode(sentence).ids, sentence
@@ -169,7 +182,7 @@ def test_the_export_loads_in_pytorch_with_jfts_tokens_and_logits(pretrained, exp
     encoded = tokenizer(SENTENCES, padding=True, truncation=True, max_length=32, return_tensors="pt")
     with torch.no_grad():
         theirs = model(**encoded).logits.numpy()
-    module = get_family("roberta").module(config, Head("pretraining"))
+    module = get_family(family).module(config, Head("pretraining"))
     logits = module.apply(
         {"params": params}, input_ids=encoded["input_ids"].numpy(), attention_mask=encoded["attention_mask"].numpy()
     )["mlm_logits"]
@@ -177,18 +190,19 @@ def test_the_export_loads_in_pytorch_with_jfts_tokens_and_logits(pretrained, exp
     assert float(np.max(np.abs(np.asarray(logits)[real] - theirs[real]))) < 1e-4
 
 
-def test_continued_pretraining_from_the_export_pulls_toward_it_and_resumes_bit_exact(exported, tmp_path):
+def test_continued_pretraining_from_the_export_pulls_toward_it_and_resumes_bit_exact(pretrained, exported, tmp_path):
     """Masked-LM training on a new corpus from the Hugging Face directory with λ‖θ − θ_pre‖²,
     from another directory; stopped by SIGTERM and resumed, it ends as a run that was not stopped."""
+    family = pretrained[2]
     domain = write_corpus(tmp_path / "domain.txt", documents=60, seed=7)
-    settings = {**SMALL_ROBERTA, "init_from": exported, "data.corpus": domain, "l2.weight": 0.1, "total_steps": 40}
-    settings |= {"checkpoint_every": 10, "log_every": 10, "eval_every": 1000, "optim.lr": 3e-3}
-    settings = {k: v for k, v in settings.items() if not k.startswith("model.") or "dropout" in k}
+    settings = {**MODELS[family], **RUN, "init_from": exported, "data.corpus": domain, "l2.weight": 0.1}
+    settings |= {"total_steps": 40, "checkpoint_every": 10, "log_every": 10, "eval_every": 1000, "optim.lr": 3e-3}
+    changeable = get_family(family).changeable_fields  # the architecture is the export's
+    settings = {k: v for k, v in settings.items() if not k.startswith("model.") or k[6:] in changeable}
 
     def command(run_dir):
-        return jft_command("pretrain", "--config", "pretrain/roberta_tiny", "--workdir", run_dir) + settings_args(
-            settings
-        )
+        config = f"pretrain/{family}_tiny"
+        return jft_command("pretrain", "--config", config, "--workdir", run_dir) + settings_args(settings)
 
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     done = run(command(tmp_path / "straight"), tmp_path, env=env)
@@ -206,7 +220,8 @@ def test_continued_pretraining_from_the_export_pulls_toward_it_and_resumes_bit_e
         np.testing.assert_array_equal(a, b)
 
 
-def test_l2_sp_fine_tuning_from_the_export_gives_pytorch_its_predictions(exported, tmp_path):
+def test_l2_sp_fine_tuning_from_the_export_gives_pytorch_its_predictions(pretrained, exported, tmp_path):
+    """Several texts a row (data.layout packed: for ModernBERT, unpadded computation)."""
     write_topic_task(tmp_path / "train.csv", examples=64, seed=1)
     write_topic_task(tmp_path / "dev.csv", examples=32, seed=2)
     settings = {"init_from": exported, "data.train": "train.csv", "data.eval": "dev.csv", "data.seq_len": 32}
@@ -227,7 +242,8 @@ def test_l2_sp_fine_tuning_from_the_export_gives_pytorch_its_predictions(exporte
     model, info = transformers.AutoModelForSequenceClassification.from_pretrained(
         tmp_path / "hf", output_loading_info=True
     )
-    assert type(model).__name__ == "RobertaForSequenceClassification" and not info["unexpected_keys"]
+    assert type(model).__name__ == f"{EXPORTED[pretrained[2]]}ForSequenceClassification"
+    assert not info["unexpected_keys"]
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     texts = [line.split(",")[0] for line in (tmp_path / "dev.csv").read_text().splitlines()[1:]]
     with torch.no_grad():
@@ -288,7 +304,7 @@ def test_xlm_r_from_scratch_with_its_unigram_vocabulary_tags_and_exports(corpus,
     assert float(np.max(np.abs(np.asarray(logits)[real] - expected[real]))) < 1e-4
 
 
-def test_a_sweep_member_with_the_joint_term_ends_where_its_own_run_ends(exported, tmp_path):
+def test_a_sweep_member_with_the_joint_term_ends_where_its_own_run_ends(pretrained, exported, tmp_path):
     from jft import population, sweep
     from jft.defaults import finetune
     from jft.finetune import train_and_evaluate as finetune_run
@@ -308,11 +324,21 @@ def test_a_sweep_member_with_the_joint_term_ends_where_its_own_run_ends(exported
     finetune_run(own, tmp_path / "own")
     theirs = flatten(FinetunedModel(tmp_path / "own").params)
     ours = {k: v for k, v in flatten(jax.tree.map(lambda x: x[1], params)).items() if k in theirs}
-    assert ours.keys() == theirs.keys() and not any(k.startswith("lm_head/") for k in theirs)
+    joint_head = get_family(pretrained[2]).joint_head
+    assert ours.keys() == theirs.keys() and not any(k.startswith(f"{joint_head}/") for k in theirs)
     assert max(float(np.max(np.abs(np.asarray(ours[k]) - np.asarray(theirs[k])))) for k in ours) < 1e-5
 
 
-def test_a_roberta_where_a_bert_is_given_and_the_reverse_are_one_line(exported, corpus, tmp_path):
+def test_a_roberta_where_a_bert_is_given_and_the_reverse_are_one_line(corpus, tmp_path):
+    from jft.export import save_hf_tokenizer
+    from jft.models import hf
+
+    roberta = get_family("roberta")
+    tokenizer = load_tokenizer(corpus / "vocab")
+    config = roberta.preset("tiny", vocab_size=tokenizer.get_vocab_size())
+    exported = tmp_path / "roberta"
+    hf.save(exported, config, roberta.init(config, Head("pretraining"), jax.random.key(0)))
+    save_hf_tokenizer(tokenizer, exported, config.max_length)
     bert = tiny_hf_bert(tmp_path)
     cases = {
         "a RoBERTa export for a BERT's pretraining (next-sentence rows)": (
