@@ -12,7 +12,7 @@
 #                bash benchmarks/gpu_session.sh wait 540    # again, back to back (the machine goes
 #                                                            # back after 30 s idle), until "all done"
 #
-# Results land in $OUT (gpu_checks.json, ablations.md, peers.md, large.md, gpt2.md, checkpoint_vocab.md,
+# Results land in $OUT (gpu_checks.json, ablations.md, peers.md, large.md, gpt2.md, modernbert.md, checkpoint_vocab.md,
 # sweep_population.md, log.txt), to be copied into benchmarks/RESULTS.md by hand.
 # SMOKE=1 runs tiny shapes, to check this script on any machine.
 set -u
@@ -54,6 +54,13 @@ jobs() {
     python3 -m jft.cli bench --config bench:$gpt2 --config.seq_len=$((1024 / shrink)) \
         --config.batch_size=$((16 / shrink)) "${cpu[@]}" --out $work/gpt2.json > $work/gpt2.md ||
         echo "GPT-2 small did not run (out of memory?)" >> $work/gpt2.md
+    # ModernBERT-base: masked-LM at 30% over rows of 512 (cuDNN with its sliding window) and its
+    # classifier (RESULTS.md, pending)
+    modernbert=modernbert_base
+    [ -n "$smoke" ] && modernbert=modernbert_tiny
+    python3 -m jft.cli bench --config bench:$modernbert --config.seq_len=$((512 / shrink)) \
+        --config.max_predictions=$((154 / shrink)) --config.batch_size=$((32 / shrink)) "${cpu[@]}" --out $work/modernbert.json > $work/modernbert.md ||
+        echo "ModernBERT-base did not run (out of memory?)" >> $work/modernbert.md
     # a checkpoint save's step-time hiccup, and the padded vocabulary's speed (RESULTS.md, pending)
     (cd benchmarks && python3 save_hiccup.py --size $base --batch $((64 / shrink)) &&
         python3 vocab_padding.py --size $base --batch $((64 / shrink)) --rounds 10 --topology "") > $work/checkpoint_vocab.md

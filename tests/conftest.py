@@ -199,3 +199,24 @@ class FaultCase:
         pattern = pattern.replace(re.escape("{*}"), ".*")
         assert err.endswith("\n") and err.count("\n") == 1 and re.fullmatch(pattern, err[:-1]), err
         assert code == self.code
+
+
+def perturbed(model, seed: int):
+    """A PyTorch model with every weight moved by noise, so that zero biases and unit LayerNorm
+    scales show a misplaced array; in eval mode."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for weight in model.parameters():
+            weight.add_(0.05 * torch.randn(weight.shape, generator=generator))
+    return model.eval()
+
+
+def padded_ids(seed: int, vocab: int, pad: int, first: int, batch: int = 3, seq: int = 12):
+    """input_ids (first .. vocab-1, `pad` on padding) and attention_mask [batch, seq], rows padded
+    on the right (the first row not at all)."""
+    rng = np.random.default_rng(seed)
+    lengths = np.concatenate([[seq], rng.integers(2, seq, batch - 1)])
+    mask = (np.arange(seq)[None] < lengths[:, None]).astype(np.int32)
+    return np.where(mask == 1, rng.integers(first, vocab, (batch, seq)), pad).astype(np.int32), mask

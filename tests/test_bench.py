@@ -9,7 +9,8 @@ import pytest
 from jft import cli, defaults
 from jft.config import apply_overrides
 from jft.errors import JftError
-from jft.models import bert
+from jft.models import Head, bert
+from jft.models import get as get_family
 from jft.models.bert import BertConfig, BertForPreTraining, BertForSequenceClassification, init_params
 from jft.perf import bench
 
@@ -102,3 +103,33 @@ def test_bench_bad_input(override, message):
     apply_overrides(config, [override])
     with pytest.raises(JftError, match=message):
         bench.run(config)
+
+
+@pytest.mark.parametrize("workload", ["pretrain", "finetune"])
+@pytest.mark.parametrize("name", ["roberta", "modernbert"])
+def test_the_encoder_families_flop_formulas_agree_with_xla(name, workload):
+    """RoBERTa's (BERT's without the next-sentence head) and ModernBERT's (GeGLU, windowed layers)
+    forward FLOPs against XLA's count, unrolled; ModernBERT's window covers the row here, as XLA's
+    attention computes it all, and a window shorter than the row counts fewer."""
+    family = get_family(name)
+    sizes = dict(vocab_size=2000, hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256)
+    extra = {"roberta": dict(max_position_embeddings=130), "modernbert": dict(local_attention=256)}[name]
+    cfg = family.config({**sizes, **extra, "scan_layers": False})
+    batch, seq, predictions = 4, 128, 20
+    ids = jnp.ones((batch, seq), jnp.int32)
+    if workload == "pretrain":
+        model = family.module(cfg, Head("pretraining"))
+        positions = jnp.zeros((batch, predictions), jnp.int32)
+        forward = lambda p: model.apply({"params": p}, ids, masked_positions=positions)  # noqa: E731
+        formula = family.flops(cfg, batch, seq, predictions=predictions)
+    else:
+        model = family.module(cfg, Head("classification", 2))
+        forward = lambda p: model.apply({"params": p}, ids)  # noqa: E731
+        formula = family.flops(cfg, batch, seq, num_labels=2)
+    params = family.init_params(model, jax.random.key(0))
+    xla = jax.jit(forward).lower(params).compile().cost_analysis()
+    xla = xla[0] if isinstance(xla, list) else xla
+    assert formula / 3 == pytest.approx(xla["flops"], rel=0.1)
+    if name == "modernbert":
+        windowed = family.config({**sizes, "local_attention": 16})
+        assert family.flops(windowed, batch, seq, num_labels=2) < family.flops(cfg, batch, seq, num_labels=2)

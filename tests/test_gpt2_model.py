@@ -12,7 +12,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import tiny_hf_config
+from conftest import padded_ids, perturbed, tiny_hf_config
 from jft import params as ptree
 from jft.errors import JftError
 from jft.models import config_of, family_of_hf, hf
@@ -37,22 +37,8 @@ def _hf_config(**overrides) -> transformers.GPT2Config:
     return transformers.GPT2Config(**{**values, **overrides})
 
 
-def _perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """model with every weight moved by noise, so zero biases and unit LayerNorm scales show a misplaced array."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for weight in model.parameters():
-            weight.add_(0.05 * torch.randn(weight.shape, generator=generator))
-    return model.eval()
-
-
 def _batch(seed: int, batch: int = 3, seq: int = 12) -> tuple[np.ndarray, np.ndarray]:
-    """input_ids (1 .. VOCAB-1, 0 on padding) and attention_mask [batch, seq], rows padded on the right
-    (the first row not at all)."""
-    rng = np.random.default_rng(seed)
-    lengths = np.concatenate([[seq], rng.integers(2, seq, batch - 1)])
-    mask = (np.arange(seq)[None] < lengths[:, None]).astype(np.int32)
-    return np.where(mask == 1, rng.integers(1, VOCAB, (batch, seq)), 0).astype(np.int32), mask
+    return padded_ids(seed, VOCAB, 0, 1, batch, seq)
 
 
 def _with_head(module, params: dict, seed: int) -> dict:
@@ -77,7 +63,7 @@ def _next_word_loss(logits, input_ids, attention_mask):
 def reference(tmp_path_factory):
     """A random PyTorch GPT2LMHeadModel saved with save_pretrained (safetensors), and jft's load of it."""
     torch.manual_seed(0)
-    model = _perturbed(transformers.GPT2LMHeadModel(_hf_config()), seed=1)
+    model = perturbed(transformers.GPT2LMHeadModel(_hf_config()), seed=1)
     path = tmp_path_factory.mktemp("gpt2")
     model.save_pretrained(path)
     config, params = hf.load(path)

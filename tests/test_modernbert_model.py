@@ -12,6 +12,7 @@ import pytest
 import torch
 import transformers
 
+from conftest import padded_ids, perturbed
 from jft import params as ptree
 from jft.errors import JftError
 from jft.models import hf
@@ -49,21 +50,8 @@ def _hf_config(**overrides) -> transformers.ModernBertConfig:
     return transformers.ModernBertConfig(**{**values, **overrides})
 
 
-def _perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """model with every weight moved by noise, so zero biases and unit LayerNorm scales show a misplaced array."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for weight in model.parameters():
-            weight.add_(0.05 * torch.randn(weight.shape, generator=generator))
-    return model.eval()
-
-
 def _batch(seed: int, batch: int = 3, seq: int = 12) -> tuple[np.ndarray, np.ndarray]:
-    """input_ids (3 .. VOCAB-1, [PAD] = 0 on padding) and attention_mask, rows padded on the right."""
-    rng = np.random.default_rng(seed)
-    lengths = np.concatenate([[seq], rng.integers(2, seq, batch - 1)])
-    mask = (np.arange(seq)[None] < lengths[:, None]).astype(np.int32)
-    return np.where(mask == 1, rng.integers(3, VOCAB, (batch, seq)), 0).astype(np.int32), mask
+    return padded_ids(seed, VOCAB, 0, 3, batch, seq)
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["no biases", "biases"])
@@ -72,7 +60,7 @@ def reference(request, tmp_path_factory):
     with save_pretrained, and jft's load of it."""
     biases = dict.fromkeys(("norm_bias", "attention_bias", "mlp_bias", "classifier_bias"), request.param)
     torch.manual_seed(0)
-    model = _perturbed(transformers.ModernBertForMaskedLM(_hf_config(**biases)), seed=1)
+    model = perturbed(transformers.ModernBertForMaskedLM(_hf_config(**biases)), seed=1)
     path = tmp_path_factory.mktemp("modernbert")
     model.save_pretrained(path)
     config, params = hf.load(path)

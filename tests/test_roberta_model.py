@@ -12,6 +12,7 @@ import pytest
 import torch
 import transformers
 
+from conftest import padded_ids, perturbed
 from jft import params as ptree
 from jft.errors import JftError
 from jft.models import hf
@@ -45,22 +46,8 @@ def _hf_config(model_type: str, **overrides):
     return config_class(**{**values, **overrides})
 
 
-def _perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """model with every weight moved by noise, so zero biases and unit LayerNorm scales show a misplaced array."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for weight in model.parameters():
-            weight.add_(0.05 * torch.randn(weight.shape, generator=generator))
-    return model.eval()
-
-
 def _batch(seed: int, batch: int = 3, seq: int = 12) -> tuple[np.ndarray, np.ndarray]:
-    """input_ids (3 .. VOCAB-1, <pad> = 1 on padding) and attention_mask [batch, seq], rows padded on
-    the right (the first row not at all)."""
-    rng = np.random.default_rng(seed)
-    lengths = np.concatenate([[seq], rng.integers(2, seq, batch - 1)])
-    mask = (np.arange(seq)[None] < lengths[:, None]).astype(np.int32)
-    return np.where(mask == 1, rng.integers(3, VOCAB, (batch, seq)), PAD).astype(np.int32), mask
+    return padded_ids(seed, VOCAB, PAD, 3, batch, seq)
 
 
 def _with_head(module, params: dict, seed: int) -> dict:
@@ -79,7 +66,7 @@ def reference(request, tmp_path_factory):
     """A random PyTorch ...ForMaskedLM saved with save_pretrained (safetensors), and jft's load of it."""
     torch.manual_seed(0)
     model_class = getattr(transformers, f"{CLASSES[request.param]}ForMaskedLM")
-    model = _perturbed(model_class(_hf_config(request.param)), seed=1)
+    model = perturbed(model_class(_hf_config(request.param)), seed=1)
     path = tmp_path_factory.mktemp(request.param)
     model.save_pretrained(path)
     config, params = hf.load(path)

@@ -87,6 +87,14 @@ def test_the_largest_batch_search_finds_what_checking_every_batch_finds(fixed, p
     assert len(compiles) == len(set(compiles)) <= (12 if fails_from else 6)
 
 
+def test_long_rows_are_counted_one_by_one():
+    """At 8,192 tokens a row a device holds a few rows: searched in steps of one from one, not of 8
+    (where 5 rows that fit would read as none)."""
+    peak = lambda batch: 2.0 + 2.5 * batch  # noqa: E731
+    assert tpu.largest_batch(peak, 16.0) == 0
+    assert tpu.largest_batch(peak, 16.0, multiple=1, first=1) == 5
+
+
 def test_abstract_inputs_compile_the_program_the_real_arrays_run():
     """The TPU path compiles from shapes alone; on the CPU's 8 devices, that program's memory
     equals the one compiled from real state and batches (bench.time_steps)."""

@@ -320,7 +320,10 @@ def compile_report(
         if search:
             row["largest_batch_per_device"] = {
                 remat: largest_batch(
-                    lambda b, remat=remat: _peak_or_inf(compile_at(remat, b)[0]), per_device_hbm, first=per_device
+                    lambda b, remat=remat: _peak_or_inf(compile_at(remat, b)[0]),
+                    per_device_hbm,
+                    multiple=min(8, per_device),  # long rows (8,192 tokens): a few a device, counted one by one
+                    first=per_device,
                 )
                 for remat in remats
             }

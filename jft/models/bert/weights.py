@@ -111,7 +111,7 @@ def encoder_weights_to_hf(params: Mapping[str, Any], layout: str, names: Names) 
     encoder_only = set(params) == {names.encoder}
     if layout == "flax":
         return {k.removeprefix(f"{names.encoder}/"): v for k, v in flat.items()} if encoder_only else flat
-    return _to_torch_names(flat, strip_prefix=encoder_only)
+    return to_torch_names(flat, strip_prefix=encoder_only)
 
 
 def check_layer_count(
@@ -178,7 +178,9 @@ def _check_tied_decoder(decoder, flat: Mapping[str, np.ndarray], names: Names) -
         )
 
 
-def _to_torch_names(flat: Mapping[str, np.ndarray], *, strip_prefix: bool) -> dict[str, np.ndarray]:
+def to_torch_names(flat: Mapping[str, np.ndarray], *, strip_prefix: bool) -> dict[str, np.ndarray]:
+    """jft's '/'-joined paths (kernel [in, out]) -> PyTorch state-dict names (weight [out, in]);
+    strip_prefix: without the first level (a bare encoder's names)."""
     tensors = {}
     for path, value in flat.items():
         parts = path.split("/")

@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 
 from jft.errors import JftError
-from jft.models.bert.weights import OTHER_SCOPES, check_layer_count, stack_layers, unstack_layers
+from jft.models.bert.weights import OTHER_SCOPES, check_layer_count, stack_layers, to_torch_names, unstack_layers
 from jft.models.family import Head
 from jft.models.modernbert.modules import build
 
 _LAYERS = "model/layers"
 _NORMS = ("norm", "attn_norm", "mlp_norm", "final_norm")
+_SCOPES = ("model", "head", "decoder", "classifier", "token_classifier")
 _DECODER = "decoder.weight"  # tied to model.embeddings.tok_embeddings.weight
 
 
@@ -60,14 +61,8 @@ def weights_from_hf(tensors: Mapping[str, np.ndarray], layout: str, config, sour
             "model_type does not match them. Use the config.json that came with the weights."
         )
     flat = _from_torch_names(tensors) if layout == "torch" else dict(tensors)
-    flat = {
-        (
-            path
-            if path.split("/")[0] in ("model", "head", "decoder", "classifier", "token_classifier")
-            else f"model/{path}"
-        ): value
-        for path, value in flat.items()
-    }
+    # the bare ModernBertModel's names have no "model" prefix
+    flat = {path if path.split("/")[0] in _SCOPES else f"model/{path}": value for path, value in flat.items()}
     layer_zero = {key.removeprefix(f"{_LAYERS}/1/") for key in flat if key.startswith(f"{_LAYERS}/1/attn_norm/")}
     for leaf in layer_zero:  # Hugging Face's Identity: a LayerNorm's weights that are never read
         if f"{_LAYERS}/0/{leaf}" not in flat:
@@ -88,21 +83,8 @@ def weights_to_hf(params: Mapping[str, Any], layout: str) -> dict[str, np.ndarra
     }
     if layout == "flax":
         return flat
-    encoder_only = set(params) == {"model"}
-    tensors = {}
-    for path, value in flat.items():
-        parts = path.split("/")
-        if parts[0] == "token_classifier":
-            parts[0] = "classifier"
-        if encoder_only:
-            parts = parts[1:]
-        leaf = parts[-1]
-        if leaf == "kernel":
-            value = value.T
-        if leaf in ("kernel", "scale", "embedding"):
-            leaf = "weight"
-        tensors[".".join([*parts[:-1], leaf])] = np.ascontiguousarray(value)
-    return tensors
+    renamed = {path.replace("token_classifier/", "classifier/", 1): value for path, value in flat.items()}
+    return to_torch_names(renamed, strip_prefix=set(params) == {"model"})
 
 
 def _from_torch_names(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
