@@ -86,7 +86,7 @@ class ModernBertAttention(nn.Module):
     config: ModernBertConfig
 
     @nn.compact
-    def __call__(self, x, mask, rotary, is_global, deterministic: bool):
+    def __call__(self, x, masks, rotary, is_global, deterministic: bool):
         cfg = self.config
         batch, seq, _ = x.shape
         layers = cfg.num_hidden_layers
@@ -97,13 +97,13 @@ class ModernBertAttention(nn.Module):
         q, k, v = rotate(qkv[:, :, 0], cos, sin), rotate(qkv[:, :, 1], cos, sin), qkv[:, :, 2]
         rate = cfg.attention_dropout
         dropout_rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
+        global_mask, local_mask = masks
         if cfg.attention_impl == "xla":
-            local = mask & band_mask(seq, seq, cfg.window)
             out = attention(
                 q,
                 k,
                 v,
-                jnp.where(is_global, mask, local),
+                jnp.where(is_global, global_mask, local_mask),
                 implementation="xla",
                 dropout_rate=rate,
                 dropout_rng=dropout_rng,
@@ -112,7 +112,14 @@ class ModernBertAttention(nn.Module):
 
             def attend(window):
                 return lambda q, k, v: attention(
-                    q, k, v, mask, implementation=cfg.attention_impl, dropout_rate=0.0, dropout_rng=None, window=window
+                    q,
+                    k,
+                    v,
+                    global_mask,
+                    implementation=cfg.attention_impl,
+                    dropout_rate=0.0,
+                    dropout_rng=None,
+                    window=window,
                 )
 
             out = jax.lax.cond(is_global, attend(None), attend(cfg.window), q, k, v)
@@ -142,11 +149,11 @@ class ModernBertLayer(nn.Module):
     config: ModernBertConfig
 
     @nn.compact
-    def __call__(self, x, mask, rotary, index, deterministic: bool):
+    def __call__(self, x, masks, rotary, index, deterministic: bool):
         cfg = self.config
         normed = jnp.where(index == 0, x, _norm(cfg, "attn_norm")(x))
         is_global = index % cfg.global_attn_every_n_layers == 0
-        x = x + ModernBertAttention(cfg, name="attn")(normed, mask, rotary, is_global, deterministic)
+        x = x + ModernBertAttention(cfg, name="attn")(normed, masks, rotary, is_global, deterministic)
         return x + ModernBertMLP(cfg, name="mlp")(_norm(cfg, "mlp_norm")(x), deterministic)
 
 
@@ -198,6 +205,8 @@ class ModernBertModel(nn.Module):
             mask = attention_mask if segment_ids is None else segment_ids
         else:
             mask = attention_mask_4d(attention_mask, segment_ids)
+        # the global layers' mask and the local ones' (a kernel applies the window itself), once for all layers
+        masks = (mask, mask & band_mask(seq, seq, cfg.window) if cfg.attention_impl == "xla" else mask)
         rotary = (
             rotary_tables(position_ids, cfg.head_dim, cfg.global_rope_theta),
             rotary_tables(position_ids, cfg.head_dim, cfg.local_rope_theta),
@@ -207,7 +216,7 @@ class ModernBertModel(nn.Module):
 
         def run(params, x, index, key):
             rngs = None if key is None else {"dropout": key}
-            return layer.apply({"params": params}, x, mask, rotary, index, deterministic, rngs=rngs)
+            return layer.apply({"params": params}, x, masks, rotary, index, deterministic, rngs=rngs)
 
         run = rematerialised(run, cfg.remat, cfg.scan_layers)
         count = cfg.num_hidden_layers
@@ -228,7 +237,8 @@ class ModernBertModel(nn.Module):
         tables = rotary_tables(jnp.zeros((1, 1), jnp.int32), cfg.head_dim, 1.0)
 
         def one(layer_key):
-            return plain.init(layer_key, x, jnp.ones((1, 1, 1, 1), bool), (tables, tables), 1, True)["params"]
+            mask = jnp.ones((1, 1, 1, 1), bool)
+            return plain.init(layer_key, x, (mask, mask), (tables, tables), 1, True)["params"]
 
         return jax.vmap(one)(jax.random.split(key, cfg.num_hidden_layers))
 
