@@ -19,6 +19,10 @@ HEADS = ("encoder", "pretraining", "classification", "token_classification")
 # What a text model takes, by name, as batches carry it: tokens, their mask and types, and for
 # packed rows the positions restarting at each example, the example ids and where each starts.
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "segment_ids", "cls_positions")
+# What an image model takes: normalised pixels [batch, height, width, channels] and which rows are
+# real (BatchNorm's statistics leave out the rows that only fill a batch).
+IMAGE_INPUTS = ("pixel_values", "row_mask")
+MODALITIES = ("text", "image")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +62,7 @@ class Family:
     changeable_fields: tuple[str, ...]
     compute_fields: tuple[str, ...]
     field_meanings: Mapping[str, str]
-    objectives: tuple[str, ...]  # the pretraining losses it trains with: "mlm", "mlm+nsp"
+    objectives: tuple[str, ...]  # the pretraining losses it trains with: "mlm", "mlm+nsp", "next_word", "classify"
     inputs: tuple[str, ...]
     hf_model_types: tuple[str, ...]
     module: Callable[[Any, Head], nn.Module]
@@ -79,6 +83,9 @@ class Family:
     # The top-level scope of the masked-LM head a task model carries for the joint objective (BERT's
     # "cls"), which the fine-tuned model leaves out; None where that head has no weights (GPT-2's).
     joint_head: str | None = "cls"
+    # What the family reads: "text" (tokens) or "image" (pixels: no vocabulary, image data, the
+    # step's augmentation; jft.data.images).
+    modality: str = "text"
 
     def __repr__(self) -> str:
         return f"Family({self.name!r})"

@@ -5,16 +5,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from jft.errors import JftError, did_you_mean
-from jft.models import bert, gpt2, modernbert, roberta
+from jft.models import bert, gpt2, modernbert, resnet, roberta
 from jft.models.family import Family
 
 FAMILIES: dict[str, Family] = {
-    family.name: family for family in (bert.FAMILY, gpt2.FAMILY, roberta.FAMILY, modernbert.FAMILY)
+    family.name: family for family in (bert.FAMILY, gpt2.FAMILY, roberta.FAMILY, modernbert.FAMILY, resnet.FAMILY)
 }
 
 
 def get(name: str) -> Family:
-    """The family called `name` ('bert', 'gpt2', 'roberta', 'modernbert')."""
+    """The family called `name` ('bert', 'gpt2', 'roberta', 'modernbert', 'resnet')."""
     if name not in FAMILIES:
         raise JftError(f"unknown model family '{name}'; jft has {sorted(FAMILIES)}.{did_you_mean(name, FAMILIES)}")
     return FAMILIES[name]
