@@ -134,7 +134,11 @@ SWEEP: Table = {
 FINETUNE: Table = {
     **MODEL,
     "task": ("classification", "classification, regression or token_classification"),
-    "data.train": ("", "CSV, TSV or JSONL file, or tfds:NAME:SPLIT"),
+    "data.train": (
+        "",
+        "CSV, TSV or JSONL file, or tfds:NAME:SPLIT; an image model's: a folder a class (DIR/<class>/<image>), an "
+        ".npz (images, labels) or a TFDS image dataset",
+    ),
     "data.eval": ("", "evaluation data (empty: none; the last weights count as best)"),
     "data.test": ("", "test data, evaluated once at the end with the best model"),
     "data.text_column": ("text", "the text column (token classification: the list of words)"),
@@ -147,6 +151,9 @@ FINETUNE: Table = {
     "data.buckets": (4, "bucketed: at most this many batch widths, each a compiled program"),
     "data.max_segments": (16, "packed: at most this many examples a row"),
     "data.tfds_data_dir": ("", "where TFDS datasets are built"),
+    "data.skip_bad_images": (False, "images: leave out files PIL cannot read (else each is an error naming it)"),
+    "data.augment": (True, "images: random resized crop and horizontal flip in training (on the device)"),
+    "data.min_crop": (0.08, "images: the smallest crop, a fraction of the image's area"),
     **L2,
     **OPTIM,
     # AdamW's decoupled decay is a different regulariser: off, so the L2 term is the only one.

@@ -10,6 +10,8 @@
                              <|endoftext|>; PreTrainedTokenizerFast, RoBERTa's or XLM-R's
                              special tokens), model_max_length
     special_tokens_map.json
+    preprocessor_config.json an image model's processor instead of a tokenizer: resize to its side,
+                             scale, normalise (AutoImageProcessor)
 
 A pretraining run exports its newest good checkpoint with its pretraining heads (for BERT, the
 masked-LM decoder tied to the word embeddings, so `pipeline("fill-mask")` works, and the
@@ -53,7 +55,7 @@ def export(
     run = rundir.read_run(workdir) if workdir.is_dir() else None
     rundir.require_stage(workdir, run, None, "give the directory of a jft run")
     source = rundir.open_init(workdir, role="")  # the newest good checkpoint, or the best model; finite weights
-    task = source.task or {}
+    task = source.task or run.get("task") or {}  # an image pretraining run's classes are its run's task
     out = hf.save(
         out,
         source.model,
@@ -63,7 +65,10 @@ def export(
         labels=task.get("labels") or None,
         problem_type=PROBLEM_TYPES.get(task.get("kind")),
     )
-    save_hf_tokenizer(source.tokenizer, out, source.model.max_length)
+    if source.family.modality == "image":
+        hf.save_image_processor(source.model, out)
+    else:
+        save_hf_tokenizer(source.tokenizer, out, source.model.max_length)
     return out
 
 

@@ -37,15 +37,18 @@ from jft.tasks.finetuning import (
     describe_penalty,
     encode_splits,
     finetune_setup,
+    image_joint_objective,
     initial_params,
     joint_objective,
     planned_steps,
     read_task,
     resolve_reference,
     task_batches,
+    task_modality,
     task_tokenizer,
     with_warmup,
 )
+from jft.tasks.images import read_image_task
 from jft.tasks.metrics import ONE_CLASS, one_class
 from jft.train import rundir
 from jft.train.checkpoint import Checkpoints, saved_steps
@@ -81,21 +84,31 @@ MAY_CHANGE_ON_RESUME = (
 )
 
 
-def train_and_evaluate(config: ConfigDict, workdir: str | Path, runner: Runner | None = None) -> dict[str, float]:
+def train_and_evaluate(
+    config: ConfigDict, workdir: str | Path, runner: Runner | None = None, stage: str = "finetuning"
+) -> dict[str, float]:
     """Fine-tunes per config in workdir (resuming the run it holds); returns the last metrics.
-    runner: the devices' runner when the caller has one (a sweep). Raises RunStopped after saving
-    when SIGTERM or SIGINT stops the run."""
+    runner: the devices' runner when the caller has one (a sweep). stage: "pretraining" for an
+    image model's supervised pretraining (jft.pretrain). Raises RunStopped after saving when
+    SIGTERM or SIGINT stops the run."""
     check_settings(config)
     runner = runner or Runner.start(config.parallel)
     runner.check_batch(config.batch_size, config.accum_steps)
-    with RunSession.open(workdir, "finetuning", config.init_from, MAY_CHANGE_ON_RESUME) as session:
+    with RunSession.open(workdir, stage, config.init_from, MAY_CHANGE_ON_RESUME) as session:
         workdir, run = session.workdir, session.run
         config = resolve_reference(config, run["config"]["l2"]["reference"] if run else None)
-        task, best_metric, records = read_task(config)
-        data = {"train": source_identity(config.data.train)}
-        data["eval"] = source_identity(config.data.eval) if config.data.eval else None
-        tokenizer = task_tokenizer(config, workdir if session.resuming else None, session.init)
-        family, model = session.model(config.model, tokenizer)
+        images = task_modality(config, session) == "image"
+        if images:  # no tokenizer; the images read at the model's side
+            tokenizer = None
+            family, model = session.model(config.model, None)
+            task, best_metric, encoded = read_image_task(config, model.image_size)
+            data = {split: encoded[split] and encoded[split].identity() for split in ("train", "eval")}
+        else:
+            task, best_metric, records = read_task(config)
+            data = {"train": source_identity(config.data.train)}
+            data["eval"] = source_identity(config.data.eval) if config.data.eval else None
+            tokenizer = task_tokenizer(config, workdir if session.resuming else None, session.init)
+            family, model = session.model(config.model, tokenizer)
         session.compare(config.to_dict())
         if session.resuming:
             session.differ(
@@ -113,10 +126,14 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, runner: Runner |
         weak = context_warning(session.init.path) if session.init and session.init.kind == "pretraining" else None
         if weak and jax.process_index() == 0:  # said at the start, once, before the time is spent
             print(f"warning: init_from {session.init.path}: {weak}", file=sys.stderr, flush=True)
-        encoded = encode_splits(task, tokenizer, model, records)
-        joint = joint_objective(config, family, tokenizer, model)
+        if images:
+            joint = image_joint_objective(config)
+            batches = encoded["train"].batches(config.batch_size, config.seed, shuffle=True)
+        else:
+            encoded = encode_splits(task, tokenizer, model, records)
+            joint = joint_objective(config, family, tokenizer, model)
+            batches = task_batches(config, encoded["train"], task, config.seed)
         module = family.module(model, task.head(mlm=joint[0] is not None))
-        batches = task_batches(config, encoded["train"], task, config.seed)
         total_steps = planned_steps(config, len(batches))
         longer = _length_change(config, session, len(batches))
 
@@ -128,7 +145,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path, runner: Runner |
         config = with_warmup(config, total_steps)
         tx, schedule = make_optimizer(config.optim, total_steps)
         params = family.init_params(module, jax.random.fold_in(jax.random.PRNGKey(config.seed), 0))
-        setup = finetune_setup(config, family, module, tx, schedule, task, params, joint)
+        setup = finetune_setup(config, family, module, tx, schedule, task, params, joint, model)
 
         # The state: restored, or new (with init_from's weights, and θ_ref written for L2-SP).
         host_state = {

@@ -10,6 +10,7 @@ formats, sharded or not, are read and written; transformers loads what `save` wr
 PyTorch files are refused.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -27,11 +28,12 @@ from flax import serialization
 
 from jft import params as ptree
 from jft.errors import JftError
-from jft.files import atomic_write, read_json_object, usual_permissions, write_text
+from jft.files import atomic_write, read_json_object, usual_permissions, write_json, write_text
 from jft.models.family import Head
 from jft.models.registry import family_of, family_of_hf
 
 CONFIG = "config.json"
+PROCESSOR = "preprocessor_config.json"  # an image model's processor
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 MSGPACK, MSGPACK_INDEX = "flax_model.msgpack", "flax_model.msgpack.index.json"
 FORMATS = ("safetensors", "msgpack")
@@ -115,6 +117,43 @@ def save(
         _write_shards(path, MSGPACK, MSGPACK_INDEX, flat, max_shard_size, _write_msgpack)
     write_text(path / CONFIG, json.dumps(hf_config, indent=2) + "\n")
     return path
+
+
+def save_image_processor(config, out: Path) -> None:
+    """preprocessor_config.json: a ViTImageProcessor that resizes to the model's side (bilinear, as
+    jft.data.images), scales to [0, 1] and normalises with the model's mean and std, so that
+    AutoImageProcessor gives the pixels jft predicts from."""
+    side = config.image_size
+    write_json(
+        Path(out) / PROCESSOR,
+        {
+            "image_processor_type": "ViTImageProcessor",
+            "do_resize": True,
+            "size": {"height": side, "width": side},
+            "resample": 2,  # PIL.Image.BILINEAR
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": True,
+            "image_mean": list(config.image_mean),
+            "image_std": list(config.image_std),
+            "do_convert_rgb": True,
+        },
+    )
+
+
+def read_image_processor(directory: Path, config):
+    """config with the image side, mean and std of a Hugging Face directory's preprocessor_config.json
+    (the crop a ConvNextImageProcessor ends with, or the size a ViTImageProcessor resizes to); config
+    as it is without one."""
+    file = directory / PROCESSOR
+    if not file.is_file():
+        return config
+    values = read_json_object(file)
+    size = values.get("crop_size") or values.get("size") or {}
+    side = size.get("height") or size.get("shortest_edge") if isinstance(size, dict) else size
+    fields = {"image_size": side, "image_mean": values.get("image_mean"), "image_std": values.get("image_std")}
+    fields = {name: tuple(v) if isinstance(v, list) else v for name, v in fields.items() if v is not None}
+    return dataclasses.replace(config, **fields)
 
 
 def model_for(config, params: Mapping[str, Any]) -> tuple[nn.Module, Head]:

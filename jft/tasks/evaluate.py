@@ -43,7 +43,10 @@ def task_scores(task: Task, logits, labels) -> dict[str, float]:
 def predict_all(runner: Runner, predict, params, data, task: Task, batch_size: int, members: int = 0):
     """Logits and labels of every example of data, in the data's order. With `members`, predict is
     a population's (logits [rows, members, ...], jft.sweep): a list of them, one a member."""
-    batches = TaskBatches(data, task.kind, batch_size, shuffle=False, max_len=task.seq_len)
+    if hasattr(data, "batches"):  # images (jft.tasks.images.ImageData)
+        batches = data.batches(batch_size)
+    else:
+        batches = TaskBatches(data, task.kind, batch_size, shuffle=False, max_len=task.seq_len)
     views = range(members) if members else [None]
     logits = [[None] * len(data) for _ in views]
     labels = [None] * len(data)
@@ -53,8 +56,8 @@ def predict_all(runner: Runner, predict, params, data, task: Task, batch_size: i
         out = runner.get_rows(predict(params, runner.put_global_batch(inputs), no_key))
         for row, example in enumerate(batch["example_ids"]):
             if example >= 0:
-                n = len(data.input_ids[example])
                 tokens = task.kind == "token_classification"
+                n = len(data.input_ids[example]) if tokens else 0
                 for view, member in enumerate(views):
                     row_out = out[row] if member is None else out[row, member]
                     logits[view][example] = row_out[:n] if tokens else row_out

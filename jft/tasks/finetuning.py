@@ -10,10 +10,12 @@ from ml_collections import ConfigDict
 
 from jft.data.tokenizer import load_tokenizer, special_ids
 from jft.errors import JftError
+from jft.models import get as get_family
 from jft.params import merge, subtree
 from jft.tasks.batches import LAYOUTS, TaskBatches
 from jft.tasks.records import KINDS, Columns, Encoded, Task, encode, label_vocabulary, read_records
 from jft.train import rundir
+from jft.train.augment import ImageInputs
 from jft.train.log import check_guard
 from jft.train.masking import MaskingConfig
 from jft.train.optim import check_optim, penalty_mask
@@ -155,6 +157,29 @@ def describe_penalty(config: ConfigDict) -> str:
     return f"l2: λ = {l2.weight:g}, pulling toward {toward} (l2.reference={l2.reference})"
 
 
+def task_modality(config: ConfigDict, session) -> str:
+    """What the run's model reads, "text" or "image": the family of the run it resumes, else of
+    init_from, else of model.family (bert when empty)."""
+    if session.resuming:
+        family = rundir.run_model(session.run)[0]
+    elif session.init is not None:
+        family = session.init.family
+    else:
+        family = get_family(config.model.family or "bert")
+    return family.modality
+
+
+def image_joint_objective(config: ConfigDict) -> tuple[None, None]:
+    """An image model's joint objective: none (μ·L_pre needs the pretraining task's labels beside
+    the task's, which an image run does not read); joint_mlm.weight > 0 is refused."""
+    if config.joint_mlm.weight:
+        raise JftError(
+            "joint_mlm.weight is for text models (μ · the pretraining loss on the task's own text); an image model "
+            "has no such loss on its task's images. Set joint_mlm.weight=0."
+        )
+    return None, None
+
+
 def joint_objective(config: ConfigDict, family, tokenizer, model) -> tuple[str | None, MaskingConfig | None]:
     """The joint objective's loss, the family's pretraining loss on the task's own text ("mlm" or
     "next_word"; None when joint_mlm.weight is 0), and its masking (masked-LM only)."""
@@ -200,10 +225,22 @@ def with_warmup(config: ConfigDict, total_steps: int) -> ConfigDict:
 
 
 def finetune_setup(
-    config: ConfigDict, family, model, tx, schedule, task: Task, params, joint: tuple[str | None, MaskingConfig | None]
+    config: ConfigDict,
+    family,
+    model,
+    tx,
+    schedule,
+    task: Task,
+    params,
+    joint: tuple[str | None, MaskingConfig | None],
+    model_config=None,
 ) -> FinetuneSetup:
     """The static parts of the fine-tuning step of config: the family's module and inputs, the
-    optimizer, λ with the leaves it applies to, μ and the joint objective (joint_objective's)."""
+    optimizer, λ with the leaves it applies to, μ and the joint objective (joint_objective's); an
+    image model's augmentation and normalisation (from model_config, its config)."""
+    images = None
+    if family.modality == "image":
+        images = ImageInputs.of(model_config, config.data.augment, config.data.min_crop)
     return FinetuneSetup(
         model,
         tx,
@@ -216,4 +253,5 @@ def finetune_setup(
         config.accum_steps,
         family.inputs,
         joint[0],
+        images,
     )

@@ -12,12 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
+from jft.data.images import ImageSet, read_images
 from jft.errors import JftError
 from jft.params import check_finite
 from jft.tasks import metrics
 from jft.tasks.evaluate import predict_all, task_scores
+from jft.tasks.images import image_data
 from jft.tasks.records import Task, encode, read_records
 from jft.train import rundir
+from jft.train.augment import ImageInputs
 from jft.train.checkpoint import Checkpoints, DamagedCheckpoint, restore_latest, saved_steps
 from jft.train.parallel import Runner
 from jft.train.steps import FinetuneSetup, predict_step
@@ -36,11 +39,23 @@ class FinetunedModel:
             self.task.columns = dataclasses.replace(self.task.columns, **{k: v for k, v in columns.items() if v})
         self.family, self.model_config = rundir.run_model(run)
         self.params, self.source, self.meta = _model_params(workdir, step, self.family)
-        self.tokenizer = rundir.run_tokenizer(workdir)
+        self.images = self.family.modality == "image"
+        self.tokenizer = None if self.images else rundir.run_tokenizer(workdir)
         self.runner = Runner(backend)
         model = self.family.module(self.model_config, self.task.head())
-        setup = FinetuneSetup(model, None, None, self.task.kind, 0.0, None, inputs=self.family.inputs)
+        images = ImageInputs.of(self.model_config, augment=False) if self.images else None
+        setup = FinetuneSetup(model, None, None, self.task.kind, 0.0, None, inputs=self.family.inputs, images=images)
         self.predict_fn = self.runner.compile_rows(functools.partial(predict_step, setup=setup))
+
+    def _image_logits(self, source: str, batch_size: int, labeled: bool) -> tuple[np.ndarray, np.ndarray, ImageSet]:
+        """Logits and label ids of the images of source (folder, .npz or tfds:), and the images."""
+        images = read_images(source, self.model_config.image_size)
+        if labeled and images.labels is None:
+            raise JftError(f"{source} has no labels (no class folders: DIR/<class>/<image>); it cannot be scored.")
+        data = image_data(images if labeled else dataclasses.replace(images, labels=None), self.task.labels, source)
+        params = self.runner.put_replicated(self.params)
+        logits, labels = predict_all(self.runner, self.predict_fn, params, data, self.task, batch_size)
+        return logits, labels, images
 
     def _logits(self, records: list, batch_size: int, with_labels: bool):
         """Logits and labels (None without labels) of records, in their order."""
@@ -59,16 +74,23 @@ class FinetunedModel:
     def _labeled(self, source: str) -> list:
         return read_records(source, self.task.columns, self.task.kind)
 
+    def _labeled_logits(self, source: str, batch_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Logits and labels of the labeled examples of source, and how many there are."""
+        if self.images:
+            logits, labels, images = self._image_logits(source, batch_size, labeled=True)
+            return logits, labels, len(images)
+        records = self._labeled(source)
+        return *self._logits(records, batch_size, with_labels=True), len(records)
+
     def evaluate(self, source: str, batch_size: int = 32) -> dict[str, float]:
-        """The task's metrics on a labeled file (as during training)."""
-        return task_scores(self.task, *self._logits(self._labeled(source), batch_size, with_labels=True))
+        """The task's metrics on labeled data (as during training)."""
+        return task_scores(self.task, *self._labeled_logits(source, batch_size)[:2])
 
     def report(self, source: str, batch_size: int = 32) -> dict:
         """evaluate's metrics, which model and how many records; for classification also each class's
         precision, recall and F1, their macro means, the confusion matrix and the binary F1's positive label."""
-        records = self._labeled(source)
-        logits, labels = self._logits(records, batch_size, with_labels=True)
-        out = {"model": self.source, "data": source, "records": len(records)}
+        logits, labels, count = self._labeled_logits(source, batch_size)
+        out = {"model": self.source, "data": source, "records": count}
         out["metrics"] = task_scores(self.task, logits, labels)
         if self.task.kind == "classification":
             out.update(metrics.classification_report(labels, logits.argmax(-1), self.task.labels))
@@ -81,6 +103,9 @@ class FinetunedModel:
         text(s) when with_text, and label and probabilities (classification), score (regression),
         or one tag a word (token classification: records longer than seq_len are predicted in
         windows of whole words; a word the tokenizer drops entirely gets the tag null)."""
+        if self.images:  # one prediction an image: its file (or index), label and probabilities
+            logits, _, images = self._image_logits(source, batch_size, labeled=False)
+            return [{"path": name, **output} for name, output in zip(images.names, self._classes(logits))]
         records = read_records(source, dataclasses.replace(self.task.columns, label=None), self.task.kind)
         if id_column and id_column not in records[0]:
             raise JftError(f"{source} has no column {id_column!r} for the ids (columns: {sorted(records[0])}).")
@@ -99,6 +124,10 @@ class FinetunedModel:
         logits, _ = self._logits(records, batch_size, with_labels=False)
         if self.task.kind == "regression":
             return [{"score": float(example_logits[0])} for example_logits in logits]
+        return self._classes(logits)
+
+    def _classes(self, logits: np.ndarray) -> list[dict]:
+        """Each example's label and the probability of every label."""
         out = []
         for probs in _softmax(logits):
             label = self.task.labels[int(probs.argmax())]
@@ -129,7 +158,7 @@ def is_predictions(file: Path) -> bool:
             first = json.loads(text.readline())
     except (OSError, ValueError):
         return False
-    return isinstance(first, dict) and bool({"row", "id"} & set(first)) and bool(PREDICTIONS & set(first))
+    return isinstance(first, dict) and bool({"row", "id", "path"} & set(first)) and bool(PREDICTIONS & set(first))
 
 
 PREDICTIONS = {"label", "score", "tags"}  # what a record's prediction is called, by task kind

@@ -7,6 +7,7 @@ import optax
 from ml_collections import ConfigDict
 
 from jft.errors import JftError
+from jft.models.batch_norm import is_statistic
 from jft.params import flatten, unflatten
 
 OPTIMIZERS = ("adamw", "lamb")
@@ -51,18 +52,23 @@ def learning_rate_schedule(config: ConfigDict, total_steps: int, lr=None) -> opt
 
 
 def weight_decay_mask(params) -> dict:
-    """True for weights that decay: kernels and embeddings. Biases and LayerNorm never decay (a
-    LayerNorm's leaves are its scale and bias, under any name: BERT's LayerNorm, GPT-2's ln_1)."""
+    """True for weights that decay: kernels and embeddings. Biases and LayerNorm (and BatchNorm)
+    never decay (a norm's leaves are its scale and bias, under any name: BERT's LayerNorm, GPT-2's
+    ln_1, ResNet's normalization), nor do BatchNorm's statistics, which are no weights."""
     return unflatten(
-        {path: not (path.endswith(("/bias", "/scale")) or "/LayerNorm/" in path) for path in flatten(params)}
+        {
+            path: not (path.endswith(("/bias", "/scale")) or "/LayerNorm/" in path or is_statistic(path))
+            for path in flatten(params)
+        }
     )
 
 
 def penalty_mask(params, exclude_bias_and_layer_norm: bool) -> dict:
-    """True for the leaves the L2 penalty pulls (l2.exclude_bias_and_layer_norm: as weight decay's)."""
+    """True for the leaves the L2 penalty pulls (l2.exclude_bias_and_layer_norm: as weight decay's);
+    never BatchNorm's statistics."""
     if exclude_bias_and_layer_norm:
         return weight_decay_mask(params)
-    return jax.tree.map(lambda _: True, params)
+    return unflatten({path: not is_statistic(path) for path in flatten(params)})
 
 
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:

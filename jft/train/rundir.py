@@ -182,6 +182,9 @@ def open_init(path: str | Path, role: str = "init_from") -> InitSource:
         model, params = hf.load(path)
         family = family_of(model)
         directory = path if path.is_dir() else path.parent
+        if family.modality == "image":  # its side, mean and std are its processor's
+            model = hf.read_image_processor(directory, model)
+            return InitSource("huggingface", path, family, model, params, None)
         has_tokenizer = any(all((directory / name).is_file() for name in names) for names in TOKENIZER_FILES)
         tokenizer = load_tokenizer(directory) if has_tokenizer else None
         if tokenizer is not None and tokenizer.get_vocab_size() > model.vocab_size:
@@ -196,9 +199,14 @@ def open_init(path: str | Path, role: str = "init_from") -> InitSource:
         state, _ = restore_latest(path / CHECKPOINTS, f"{role}{path} has no complete checkpoint yet.")
         params, step = state["train"]["params"], int(state["train"]["step"])
         check_finite(params, f"the checkpoint of step {step} in {path / CHECKPOINTS}")
-        return InitSource("pretraining", path, family, model, params, run_tokenizer(path), step=step)
+        return InitSource("pretraining", path, family, model, params, _own_tokenizer(path), step=step)
     state, meta = restore_latest(path / BEST, f"{role}{path} has no best model yet (best/ is empty).")
     check_finite(state["params"], f"the best model (step {meta['step']}) in {path / BEST}")
     return InitSource(
-        "finetuning", path, family, model, state["params"], run_tokenizer(path), run["task"], meta["step"]
+        "finetuning", path, family, model, state["params"], _own_tokenizer(path), run["task"], meta["step"]
     )
+
+
+def _own_tokenizer(workdir: Path) -> tokenizers.Tokenizer | None:
+    """A run's tokenizer; None for a run without one (an image model's)."""
+    return run_tokenizer(workdir) if (workdir / TOKENIZER).is_file() else None

@@ -107,7 +107,7 @@ class RunSession:
         other settings are differences; else new_model's."""
         if self.run is None:
             return new_model(group, tokenizer, self.init)
-        return _trainable(self._resumed_model(group, _set_fields(group)), tokenizer.get_vocab_size())
+        return _trainable(self._resumed_model(group, _set_fields(group)), _vocab_size(tokenizer))
 
     def _resumed_model(self, group: Mapping, values: dict) -> tuple[Family, Any]:
         family, saved = rundir.run_model(self.run)
@@ -231,7 +231,7 @@ def new_model(
     vocabulary must fit its embedding table."""
     values = _set_fields(group)
     found = _checkpoint_model(init, group, values) if init is not None else _new_model(group, values, tokenizer)
-    return _trainable(found, tokenizer.get_vocab_size())
+    return _trainable(found, _vocab_size(tokenizer))
 
 
 def _set_fields(group: Mapping) -> dict:
@@ -239,7 +239,12 @@ def _set_fields(group: Mapping) -> dict:
     return {name: value for name, value in group.items() if name not in ("family", "preset") and value is not None}
 
 
-def _trainable(found: tuple[Family, Any], vocab_size: int) -> tuple[Family, Any]:
+def _vocab_size(tokenizer: tokenizers.Tokenizer | None) -> int | None:
+    """The tokens of a run's vocabulary; None for a run without one (an image model's)."""
+    return None if tokenizer is None else tokenizer.get_vocab_size()
+
+
+def _trainable(found: tuple[Family, Any], vocab_size: int | None) -> tuple[Family, Any]:
     """found, once its model can train on this platform with a vocabulary of vocab_size tokens."""
     _, model = found
     problem = model.platform_problem(jax.default_backend())
@@ -250,7 +255,7 @@ def _trainable(found: tuple[Family, Any], vocab_size: int) -> tuple[Family, Any]
             "model.dtype float16 cannot train: jft has no loss scaling, so small gradients would vanish; "
             "use bfloat16 (the same speed on GPUs and TPUs, float32's range) or float32."
         )
-    if vocab_size > model.vocab_size:
+    if vocab_size is not None and vocab_size > model.vocab_size:
         raise JftError(
             f"the vocabulary has {vocab_size} tokens, more than the model's vocab_size {model.vocab_size}; "
             "use the vocabulary the model was made with, or a model with a larger embedding table."
@@ -285,8 +290,8 @@ def _new_model(group: Mapping, values: dict, tokenizer: tokenizers.Tokenizer) ->
     family = get(group.get("family") or "bert")
     if group["preset"] and group["preset"] not in family.presets:
         raise JftError(f"unknown model.preset '{group['preset']}'; choose one of {sorted(family.presets)}.")
-    from_tokenizer = {"vocab_size": tokenizer.get_vocab_size()}
-    if family.token_fields is not None:
+    from_tokenizer = {} if tokenizer is None else {"vocab_size": tokenizer.get_vocab_size()}
+    if family.token_fields is not None and tokenizer is not None:
         from_tokenizer |= family.token_fields(tokenizer)
     values = {**family.presets.get(group["preset"], {}), **from_tokenizer, **values}
     missing = [name for name in family.size_fields if name not in values]

@@ -17,7 +17,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jft.models.batch_norm import STATS, variables
 from jft.models.family import TEXT_INPUTS
+from jft.train.augment import ImageInputs, image_inputs
 from jft.train.masking import MaskingConfig, mask_batch
 from jft.train.next_word import causal_inputs, task_next_tokens
 from jft.train.objectives import l2_penalty, means, squared_error, weighted_cross_entropy
@@ -95,16 +97,25 @@ def _masked_inputs(masking: MaskingConfig, batch: dict, key: jax.Array) -> dict:
     return {**batch, **masked}
 
 
-def _apply(setup, params, batch: dict, dropout_key, **kwargs) -> dict:
+def _apply(setup, params, batch: dict, dropout_key, axis_name=None, **kwargs) -> dict:
     """setup.model on the batch arrays it takes (setup.inputs, those the batch has: packed
-    batches add segment and position ids); dropout only with a key."""
+    batches add segment and position ids); dropout only with a key. A model with BatchNorm
+    statistics (params[STATS]) trains with the batch's, over the devices of axis_name, and returns
+    the updated ones as out[STATS]; without a key it uses them."""
     kwargs.update({name: batch[name] for name in setup.inputs if name in batch})
-    return setup.model.apply(
-        {"params": params},
+    training_statistics = STATS in params and dropout_key is not None
+    model = setup.model.clone(axis_name=axis_name) if training_statistics else setup.model
+    result = model.apply(
+        variables(params),
         deterministic=dropout_key is None,
         rngs={} if dropout_key is None else {"dropout": dropout_key},
+        mutable=[STATS] if training_statistics else False,
         **kwargs,
     )
+    if training_statistics:
+        out, updates = result
+        return {**out, STATS: updates[STATS]}
+    return result
 
 
 def _pretraining_inputs(setup: PretrainSetup, batch: dict, key: jax.Array) -> dict:
@@ -301,6 +312,7 @@ class FinetuneSetup:
     accum_steps: int = 1  # micro-batches a step (gradient accumulation)
     inputs: tuple[str, ...] = TEXT_INPUTS  # the batch arrays the model takes (the family's)
     joint: str | None = None
+    images: ImageInputs | None = None  # an image model's: its batches' pixels augmented and normalised
 
 
 def _weighted(weight) -> bool:
@@ -340,6 +352,9 @@ def finetune_step(
     """
     step_key = jax.random.fold_in(rng, state.step)
     mask_key, dropout_key, mlm_dropout_key = jax.random.split(step_key, 3)
+    if setup.images is not None:  # the crops depend on the global row, not on the device
+        rows = batch["weights"].shape[0]
+        batch = image_inputs(setup.images, batch, mask_key, _device_index(axis_name) * rows)
     dropout_key, mlm_dropout_key = (
         jax.random.fold_in(k, _device_index(axis_name)) for k in (dropout_key, mlm_dropout_key)
     )
@@ -361,8 +376,10 @@ def finetune_step(
             k if setup.accum_steps == 1 else jax.random.fold_in(k, index) for k in (dropout_key, mlm_dropout_key)
         )
         task = micro["task"]
-        out = _apply(setup, params, task, task_key)
+        out = _apply(setup, params, task, task_key, axis_name)
         stats = {"task": task_stats(setup.kind, out["logits"], task)}
+        if STATS in out:
+            stats[STATS] = out[STATS]
         loss = stats["task"]["loss_sum"] / jnp.maximum(count, 1e-9)
         if _weighted(setup.mlm_weight) and joint == "lm":  # from the task's own forward pass
             stats["lm"] = weighted_cross_entropy(out["lm_logits"], task["next_labels"], task["next_weights"])
@@ -377,11 +394,14 @@ def finetune_step(
         return loss, stats
 
     grads, stats = _gradients(loss_fn, state.params, inputs, setup.accum_steps)
+    statistics = stats.pop(STATS, None)  # the same on every device: summed over micro-batches only
     stats = _psum(stats, axis_name)
     grads = _pmean(grads, axis_name)
     grads, penalty = _penalised(setup.l2, setup.penalty_mask, state, grads)
     learning_rate = setup.schedule(state.step - state.skipped)  # skipped steps do not advance optax
     new_state, grad_norm = _apply_gradients(setup.tx, state, grads, learning_rate)
+    if statistics is not None:
+        new_state = _with_statistics(new_state, state, statistics, setup.accum_steps)
     task = means(stats["task"])
     metrics = {
         "loss": task["loss"] + penalty,
@@ -400,7 +420,17 @@ def finetune_step(
     return new_state, metrics
 
 
+def _with_statistics(new_state: TrainState, state: TrainState, statistics, accum_steps: int) -> TrainState:
+    """new_state with the BatchNorm statistics of this step's forward passes (their mean over the
+    micro-batches), kept only where the update was (a skipped update changes nothing)."""
+    applied = new_state.skipped == state.skipped
+    moved = jax.tree.map(lambda new, old: jnp.where(applied, new / accum_steps, old), statistics, state.params[STATS])
+    return new_state.replace(params={**new_state.params, STATS: moved})
+
+
 def predict_step(params, batch: dict, rng: jax.Array, *, setup: FinetuneSetup, axis_name: str | None = AXIS):
     """Logits of this device's rows, no dropout: [rows, labels] or [rows, seq, labels]."""
     del rng, axis_name  # inference is per row: no randomness, no collectives
+    if setup.images is not None:
+        batch = image_inputs(setup.images, batch, None, 0)
     return _apply(setup, params, batch, None)["logits"]

@@ -1,0 +1,236 @@
+"""Image models through the whole pipeline on real images (scikit-learn's handwritten digits,
+written as PNG folders): supervised pretraining, L2-SP fine-tuning, eval, predict, export that
+PyTorch and AutoImageProcessor reload with the same predictions, resume after SIGTERM, 8 devices
+= 1 device with BatchNorm, the step's augmentation, and the damaged images a tired person gives."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import final_state, set_keys, start_and_signal
+from jft.data.images import read_images, write_folder
+from jft.errors import JftError
+from jft.finetune import train_and_evaluate
+from jft.train.augment import ImageInputs, image_inputs
+from jft.train.checkpoint import Checkpoints
+
+ONE_DEVICE = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+SMALL = {"progress": False, "log_every": 5, "model.preset": "tiny"}
+
+
+def jft_command(*args) -> list[str]:
+    return [sys.executable, "-m", "jft.cli", *map(str, args)]
+
+
+def run(command, cwd, env=None) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env or ONE_DEVICE)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def settings_args(settings: dict) -> list[str]:
+    return [f"--config.{key}={value}" for key, value in settings.items()]
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """Digits 0-4 to pretrain on (train, dev), 5-9 to fine-tune on (5 a class) and score (the rest)."""
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("digits")
+    data = load_digits()
+    images = np.round(data.images * 255 / 16).astype(np.uint8)
+    order = np.random.default_rng(0).permutation(len(images))
+    low, high = order[data.target[order] < 5], order[data.target[order] >= 5]
+    few = np.concatenate([high[data.target[high] == c][:5] for c in range(5, 10)])
+    rest = np.setdiff1d(high, few)[:200]
+    for name, rows in (("pre_train", low[:400]), ("pre_dev", low[400:600]), ("train", few), ("dev", rest)):
+        write_folder(root / name, images[rows], data.target[rows])
+    return root
+
+
+@pytest.fixture(scope="module")
+def pretrained(digits):
+    run(
+        jft_command("pretrain", "--config", "pretrain/resnet_tiny", "--workdir", "pre")
+        + settings_args({**SMALL, "data.train": "pre_train", "data.eval": "pre_dev", "epochs": 3, "batch_size": 32}),
+        digits,
+    )
+    return digits / "pre"
+
+
+def test_pretrain_finetune_eval_predict_export_reload_in_pytorch(digits, pretrained, tmp_path):
+    run_json = json.loads((pretrained / "run.json").read_text())
+    assert run_json["stage"] == "pretraining" and run_json["task"]["labels"] == ["0", "1", "2", "3", "4"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    settings = {**SMALL, "init_from": pretrained, "data.train": digits / "train", "data.eval": digits / "dev"}
+    settings |= {"epochs": 15, "batch_size": 8, "l2.weight": 0.01}
+    del settings["model.preset"]  # the architecture is init_from's
+    done = run(
+        jft_command("finetune", "--config", "finetune/resnet_tiny", "--workdir", "task") + settings_args(settings),
+        elsewhere,
+    )
+    assert "pulling toward the weights it starts from (L2-SP)" in done.stdout
+    assert "created new (2): classifier/" in done.stdout  # 5 new classes, a new head
+    report = json.loads(
+        run(jft_command("eval", "--workdir", "task", "--data", digits / "dev", "--json"), elsewhere).stdout
+    )
+    assert report["records"] == 200 and report["confusion_matrix"] and 0.3 < report["metrics"]["accuracy"] <= 1
+    run(jft_command("predict", "--workdir", "task", "--input", digits / "dev" / "7", "--output", "p.jsonl"), elsewhere)
+    predictions = [json.loads(line) for line in (elsewhere / "p.jsonl").read_text().splitlines()]
+    assert predictions and set(predictions[0]["probabilities"]) == {"5", "6", "7", "8", "9"}
+    run(jft_command("export", "--workdir", "task", "--out", "hf"), elsewhere)
+
+    import torch
+    import transformers
+
+    processor = transformers.AutoImageProcessor.from_pretrained(elsewhere / "hf")
+    model = transformers.AutoModelForImageClassification.from_pretrained(elsewhere / "hf").eval()
+    files = [p["path"] for p in predictions]
+    with torch.no_grad():
+        inputs = processor(images=[Image.open(f) for f in files], return_tensors="pt")
+        probabilities = torch.softmax(model(**inputs).logits, -1).numpy()
+    ours = np.array([[p["probabilities"][model.config.id2label[i]] for i in range(5)] for p in predictions])
+    np.testing.assert_allclose(probabilities, ours, atol=1e-5)
+
+
+def test_resumed_after_sigterm_ends_as_the_run_that_was_not_stopped(digits, tmp_path):
+    settings = {**SMALL, "data.train": digits / "pre_train", "epochs": 2, "batch_size": 16, "max_steps": 40}
+
+    def command(workdir):
+        return jft_command("finetune", "--config", "finetune/resnet_tiny", "--workdir", workdir) + settings_args(
+            settings
+        )
+
+    run(command(tmp_path / "straight"), tmp_path)
+    stopped = tmp_path / "stopped"
+    code, output = start_and_signal(command(stopped), stopped / "checkpoints", 25, signal.SIGTERM)
+    assert code == 143 and "stopped by SIGTERM at step" in output
+    run(command(stopped), tmp_path)
+    straight, _ = final_state(tmp_path / "straight", 40)
+    resumed, _ = final_state(stopped, 40)
+    assert "batch_stats" in straight["train"]["params"]
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
+
+
+def _finetuned_state(digits, workdir, backend: str, accum: int = 1):
+    from jft.config import load_config
+    from jft.defaults import finetune as default_config
+
+    config = load_config("finetune/resnet_tiny")
+    set_keys(config, {"data.train": str(digits / "pre_train"), "epochs": 1, "max_steps": 3, "batch_size": 24})
+    set_keys(config, {"parallel.backend": backend, "progress": False, "accum_steps": accum})
+    del default_config
+    train_and_evaluate(config, workdir)
+    checkpoints = Checkpoints(workdir / "checkpoints")
+    state, _ = checkpoints.restore()
+    checkpoints.close()
+    return state["train"]["params"]
+
+
+def test_eight_devices_give_the_one_device_update_with_batch_norm(digits, tmp_path):
+    """The batch's statistics are summed over the devices (and the last batch's filler rows, 400 =
+    16 × 24 + 16, left out): 8 devices compute one device's weights and running statistics."""
+    assert len(jax.devices()) == 8
+    one = _finetuned_state(digits, tmp_path / "one", "jit")
+    eight = _finetuned_state(digits, tmp_path / "eight", "shard_map")
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+    moved = [not np.allclose(a, 1.0) for a in jax.tree.leaves(one["batch_stats"])]
+    assert any(moved)
+
+
+def test_augmentation_is_the_step_key_and_row_s_not_the_device_s():
+    spec = ImageInputs(16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), crop_scale=(0.3, 1.0))
+    images = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3)).astype(np.uint8)
+    batch = {"pixel_values": jnp.asarray(images), "weights": jnp.array([1, 1, 1, 1, 1, 0.0])}
+    key = jax.random.key(3)
+    once, again = image_inputs(spec, batch, key, 0), image_inputs(spec, batch, key, 0)
+    np.testing.assert_array_equal(once["pixel_values"], again["pixel_values"])
+    assert once["row_mask"].tolist() == [True] * 5 + [False]
+    other_step = image_inputs(spec, batch, jax.random.key(4), 0)
+    assert not np.allclose(once["pixel_values"], other_step["pixel_values"])
+    # rows 3..5 on a second device are augmented as rows 3..5 of the whole batch
+    second = image_inputs(spec, {k: v[3:] for k, v in batch.items()}, key, 3)
+    np.testing.assert_array_equal(second["pixel_values"], once["pixel_values"][3:])
+    plain = image_inputs(spec, batch, None, 0)["pixel_values"]  # predicting: normalised only
+    np.testing.assert_allclose(plain, (images / 255.0 - 0.5) / 0.25, atol=1e-6)
+
+
+def test_images_of_every_kind_become_rgb_at_the_model_side(tmp_path):
+    """Grayscale, RGBA, palette and 16-bit PNGs, a JPEG and images of mixed sizes; an empty class
+    folder, a corrupt file (one line naming it, or left out when asked) and an .npz."""
+    data = tmp_path / "data"
+    for name in ("gray", "color"):
+        (data / name).mkdir(parents=True)
+    Image.fromarray(np.full((8, 8), 200, np.uint8), "L").save(data / "gray" / "a.png")
+    Image.fromarray(np.full((5, 9), 65535 // 2, np.uint16)).save(data / "gray" / "b16.png")
+    rgba = np.zeros((12, 12, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 255, 128
+    Image.fromarray(rgba, "RGBA").save(data / "color" / "c.png")
+    Image.fromarray(np.full((20, 10, 3), (0, 0, 255), np.uint8)).convert("P").save(data / "color" / "d.png")
+    Image.fromarray(np.full((30, 30, 3), 60, np.uint8)).save(data / "color" / "e.jpg")
+    images = read_images(str(data), 6)
+    assert images.pixels.shape == (5, 6, 6, 3) and images.pixels.dtype == np.uint8
+    assert images.classes == ["color", "gray"] and images.labels == ["color"] * 3 + ["gray"] * 2
+    by_file = dict(zip([os.path.basename(n) for n in images.names], images.pixels))
+    assert (by_file["a.png"] == 200).all()
+    assert (by_file["b16.png"] == 127).all()  # 16-bit scaled to 8, not clipped to white
+    assert (by_file["c.png"][..., 0] == 255).all() and (by_file["c.png"][..., 1:] == 0).all()
+    assert (by_file["d.png"] == (0, 0, 255)).all()
+
+    (data / "color" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(JftError, match=r"broken\.png.*\n.*skip_bad_images=true"):
+        read_images(str(data), 6)
+    assert read_images(str(data), 6, skip_bad=True).skipped == [str(data / "color" / "broken.png")]
+    (data / "empty").mkdir()
+    with pytest.raises(JftError, match=r"class folder .*empty holds no images"):
+        read_images(str(data), 6, skip_bad=True)
+
+    np.savez(tmp_path / "d.npz", images=np.zeros((3, 8, 8), np.uint8), labels=np.array([10, 2, 2]))
+    npz = read_images(str(tmp_path / "d.npz"), 4)
+    assert npz.classes == ["2", "10"] and npz.pixels.shape == (3, 4, 4, 3)
+    np.savez(tmp_path / "bad.npz", pixels=np.zeros((3, 8, 8), np.uint8))
+    with pytest.raises(JftError, match="no array 'images'"):
+        read_images(str(tmp_path / "bad.npz"), 4)
+    with pytest.raises(JftError, match="image data not found"):
+        read_images(str(tmp_path / "nowhere"), 4)
+
+
+def test_wrong_settings_for_an_image_model_are_refused(digits, tmp_path):
+    settings = {**SMALL, "data.train": digits / "train", "joint_mlm.weight": 0.5}
+    done = subprocess.run(
+        jft_command("finetune", "--config", "finetune/resnet_tiny", "--workdir", "w") + settings_args(settings),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=ONE_DEVICE,
+    )
+    assert done.returncode != 0 and "joint_mlm.weight is for text models" in done.stderr
+    unknown = subprocess.run(
+        jft_command("finetune", "--config", "finetune/resnet_tiny", "--workdir", "w2")
+        + settings_args({**SMALL, "data.train": digits / "train", "data.eval": digits / "pre_dev"}),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=ONE_DEVICE,
+    )
+    assert unknown.returncode != 0 and "has classes the task does not know: ['0', '1', '2', '3', '4']" in unknown.stderr
+    text = subprocess.run(
+        jft_command("pretrain", "--config", "pretrain/tiny", "--workdir", "w3", "--config.model.family=resnet"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=ONE_DEVICE,
+    )
+    assert text.returncode != 0 and "use --config pretrain/resnet_tiny" in text.stderr
