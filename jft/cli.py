@@ -268,9 +268,12 @@ def _pretrain_arguments(parser):
 
 
 def _run_pretrain(args, config):
-    from jft.pretrain import train_and_evaluate
+    from jft import finetune, pretrain
 
-    _print_finished(train_and_evaluate(config, args.workdir))
+    if pretrain.is_supervised(config):  # an image model, on labeled images
+        _print_finished(finetune.train_and_evaluate(config, args.workdir, stage="pretraining"))
+    else:
+        _print_finished(pretrain.train_and_evaluate(config, args.workdir))
 
 
 def _finetune_arguments(parser):

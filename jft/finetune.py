@@ -173,10 +173,11 @@ def train_and_evaluate(
         if saved_best is not None and saved_best[1].get("value") is not None:
             best_value = saved_best[1]["value"]  # the best model's own score: a replayed evaluation must beat it
         start = int(host_state["train"].step)
+        activity = "pretraining" if stage == "pretraining" else "fine-tuning"  # what the log lines say
         if jax.process_index() == 0:
             where = f"resuming at step {start} of {total_steps}" if start else f"starting at step 0 of {total_steps}"
             print(
-                f"fine-tuning for {task.kind} ({len(task.labels) or 'a score'} labels) on {len(encoded['train']):,} "
+                f"{activity} for {task.kind} ({len(task.labels) or 'a score'} labels) on {len(encoded['train']):,} "
                 f"examples, {len(batches)} steps an epoch; {where}",
                 flush=True,
             )
@@ -197,7 +198,7 @@ def train_and_evaluate(
         progress = {"without_gain": restored[1].get("evals_without_gain", 0) if restored is not None else 0}
         progress["early"] = False
         log = TrainingLog(
-            workdir, total_steps, start, "fine-tuning", "examples", config.progress, config.guard, weights=rundir.BEST
+            workdir, total_steps, start, activity, "examples", config.progress, config.guard, weights=rundir.BEST
         )
 
         def evaluate(step, state) -> bool:

@@ -88,10 +88,12 @@ MAY_CHANGE_ON_RESUME = (
 def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, float]:
     """Pretrains per config in workdir (resuming the run it holds); returns the last metrics.
     Raises RunStopped after saving when SIGTERM or SIGINT stops the run. An image model's config
-    (pretrain/resnet_tiny) pretrains supervised, on labeled images: jft.finetune's loop, recorded
-    as a pretraining run."""
-    if "epochs" in config or get_family(config.model.family or "bert").modality == "image":
-        return _supervised(config, workdir)
+    (pretrain/resnet_tiny) pretrains supervised (is_supervised), in jft.finetune's loop."""
+    if is_supervised(config):
+        raise JftError(
+            "this config pretrains an image model on labeled images: jft.finetune.train_and_evaluate(config, "
+            "workdir, stage='pretraining') runs it (as `jft pretrain` does)."
+        )
     check_settings(config)
     runner = Runner.start(config.parallel)
     runner.check_batch(config.batch_size, config.accum_steps)
@@ -273,20 +275,20 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
         return log.last
 
 
-def _supervised(config: ConfigDict, workdir: str | Path) -> dict[str, float]:
-    """Supervised pretraining of an image model (L_pre: cross-entropy on the pretraining labels, +
-    λ‖θ‖²), in the labeled loop of jft.finetune; its run is a pretraining run, which init_from
-    reads as one (the newest checkpoint; its classifier dropped for the new task's)."""
-    from jft import finetune
-
+def is_supervised(config: ConfigDict) -> bool:
+    """Whether config pretrains supervised: an image model on labeled images (L_pre: cross-entropy
+    on the pretraining classes, + λ‖θ‖²), which runs in jft.finetune's labeled loop as a pretraining
+    run (init_from reads its newest checkpoint; its classifier is dropped for the new task's). A
+    text pretraining config that names an image family, or the reverse, is refused."""
+    labeled = "epochs" in config
     family = get_family(config.model.family or "bert")
-    if "epochs" not in config or family.modality != "image":
+    if labeled != (family.modality == "image"):
         raise JftError(
             f"supervised pretraining (a config with epochs and data.train) is for image models, and this config "
-            f"{'is a text pretraining one' if 'epochs' not in config else f'names a {family.name} model'}: "
+            f"{'is a text pretraining one' if not labeled else f'names a {family.name} model'}: "
             "use --config pretrain/resnet_tiny (model.family=resnet) for images, pretrain/tiny for text."
         )
-    return finetune.train_and_evaluate(config, workdir, stage="pretraining")
+    return labeled
 
 
 def context_warning(workdir: str | Path, min_gain: float | None = None) -> str | None:

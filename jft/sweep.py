@@ -37,6 +37,7 @@ from jft.defaults import build
 from jft.errors import JftError
 from jft.files import appended_records, cut_torn_line, read_json_object, write_text
 from jft.finetune import train_and_evaluate
+from jft.models import get as get_family
 from jft.population import Member, SweepData, train_population
 from jft.tasks.finetuning import (
     check_settings,
@@ -128,12 +129,17 @@ def _group_key(member: Member, steps: int) -> str:
 def sweep_data(config: ConfigDict) -> SweepData:
     """The task, its data (with each training example's fold), tokenizer, model and init_from
     that every member of config's sweep shares."""
+    init = open_init(config.init_from) if config.init_from else None
+    if (init.family if init else get_family(config.model.family or "bert")).modality == "image":
+        raise JftError(
+            "jft sweep trains populations of text models; for an image model it is not built yet. Run `jft finetune` "
+            "once a grid point (--config.optim.lr=..., --config.l2.weight=...) in its own workdir."
+        )
     task, metric, records = read_task(config)
     metric = config.sweep.metric or metric
     if metric not in task.metrics() or metric == "mse":
         choices = [name for name in task.metrics() if name != "mse"]
         raise JftError(f"sweep.metric '{metric}' is not a score of this task; choose one of {choices}.")
-    init = open_init(config.init_from) if config.init_from else None
     tokenizer = task_tokenizer(config, None, init)
     family, model = new_model(config.model, tokenizer, init)
     data = encode_splits(task, tokenizer, model, records)

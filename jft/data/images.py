@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jft.data.corpus import tfds_records
 from jft.errors import JftError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -189,8 +190,6 @@ def _npz_images(path: Path, side: int) -> ImageSet:
 
 
 def _tfds_images(source: str, side: int, data_dir: str | None) -> ImageSet:
-    from jft.data.corpus import tfds_records
-
     records, features = tfds_records(source.removeprefix("tfds:"), data_dir)
     image_key = next((key for key in ("image", "img") if key in features), None)
     if image_key is None:

@@ -75,11 +75,7 @@ class TaskBatches:
 
     def stream(self, start: int) -> Iterator[dict[str, np.ndarray]]:
         """The batches from step `start` (counted from 0 over all epochs) on, epoch after epoch."""
-        epoch, index = divmod(start, len(self))
-        while True:
-            for indices in self.epoch_indices(epoch)[index:]:
-                yield self.batch(indices)
-            epoch, index = epoch + 1, 0
+        return stream(self, start)
 
     def epoch_indices(self, epoch: int) -> list:
         """What each batch of one epoch holds, a function of (seed, epoch): example indices, or
@@ -169,6 +165,16 @@ class TaskBatches:
             else:
                 out["labels"][example], out["weights"][example] = label, 1.0
         return start + n
+
+
+def stream(batches, start: int) -> Iterator[dict[str, np.ndarray]]:
+    """The batches of `batches` (anything with len, epoch_indices and batch: a TaskBatches, an
+    ImageBatches) from step `start` (counted from 0 over all epochs) on, epoch after epoch."""
+    epoch, index = divmod(start, len(batches))
+    while True:
+        for indices in batches.epoch_indices(epoch)[index:]:
+            yield batches.batch(indices)
+        epoch, index = epoch + 1, 0
 
 
 def bucket_widths(longest, buckets: int, fit) -> list[int]:

@@ -16,6 +16,8 @@ from ml_collections import ConfigDict
 
 from jft.data.images import ImageSet, read_images
 from jft.errors import JftError
+from jft.tasks.batches import stream
+from jft.tasks.finetuning import DEFAULT_METRIC
 from jft.tasks.records import Columns, Task
 
 
@@ -49,8 +51,6 @@ def image_data(images: ImageSet, classes: list[str], source: str) -> ImageData:
 def read_image_task(config: ConfigDict, side: int) -> tuple[Task, str, dict[str, ImageData | None]]:
     """The task (its classes: the training data's), the score that picks the best model, and the
     train, eval and test splits at side × side (None when not set)."""
-    from jft.tasks.finetuning import DEFAULT_METRIC
-
     if config.task != "classification":
         raise JftError(f"an image model classifies: task must be classification, not {config.task}.")
     data, tfds_dir = config.data, config.data.tfds_data_dir or None
@@ -125,8 +125,4 @@ class ImageBatches:
 
     def stream(self, start: int) -> Iterator[dict[str, np.ndarray]]:
         """The batches from step `start` on (counted from 0 over all epochs), epoch after epoch."""
-        epoch, index = divmod(start, len(self))
-        while True:
-            for indices in self.epoch_indices(epoch)[index:]:
-                yield self.batch(indices)
-            epoch, index = epoch + 1, 0
+        return stream(self, start)

@@ -27,6 +27,8 @@ import jax
 import safetensors.numpy
 import tokenizers
 
+from jft.config import leaf_keys, value_at
+from jft.defaults import defaults_of, stage_of
 from jft.errors import JftError
 from jft.files import atomic_write, file_sha256, finite_or_null
 from jft.models import Family, get
@@ -128,9 +130,17 @@ class RunSession:
         return family, family.config({**saved, **compute})
 
     def compare(self, config: Mapping) -> None:
-        """A resumed run's settings against the config's (the may_change keys aside)."""
+        """A resumed run's settings against the config's (the may_change keys aside). A key the run
+        does not record, made by a jft from before the key existed, counts as its default, which
+        keeps what that jft did."""
         if self.run is not None:
-            self.differ(*config_differences(self.run["config"], config, self.may_change))
+            recorded = flatten(self.run["config"])
+            defaults = defaults_of(stage_of(config))
+            for key in leaf_keys(defaults) if defaults is not None else []:
+                path = key.replace(".", "/")
+                if path not in recorded and not any(p.startswith(path + "/") for p in recorded):
+                    recorded[path] = value_at(defaults, key)
+            self.differ(*config_differences(unflatten(recorded), config, self.may_change))
 
     def differ(self, *differences: str) -> None:
         """Records what a resumed run would change (refused by `verified`)."""
