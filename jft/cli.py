@@ -85,8 +85,7 @@ def _run_convert(args, _):
     )
     with written as staging:
         if export.is_run(args.src):
-            export.export(args.src, staging, format=args.format, max_shard_size=args.max_shard_size)
-            what = "with the run's tokenizer"
+            what = export.export(args.src, staging, format=args.format, max_shard_size=args.max_shard_size)
         else:
             config, params = hf.load(args.src)
             hf.save(staging, config, params, format=args.format, max_shard_size=args.max_shard_size)
@@ -470,8 +469,8 @@ def _run_export(args, _):
 
     source = os.path.realpath(args.workdir)
     with output_directory(args.out, HF_MODEL, source, inputs=[args.workdir], overwrite=args.overwrite) as staging:
-        export(args.workdir, staging, format=args.format)
-    print(f"wrote {args.out} ({args.format}, with the tokenizer); transformers loads it with from_pretrained")
+        what = export(args.workdir, staging, format=args.format)
+    print(f"wrote {args.out} ({args.format}, {what})")
 
 
 def _quickstart_arguments(parser):

@@ -49,8 +49,9 @@ def is_run(path: str | Path) -> bool:
 
 def export(
     workdir: str | Path, out: str | Path, format: str = "safetensors", max_shard_size: int | str | None = None
-) -> Path:
-    """Writes the model of a jft run directory, and its tokenizer, as a Hugging Face directory."""
+) -> str:
+    """Writes the model of a jft run directory, and its tokenizer (or image processor), as a Hugging
+    Face directory. Returns what it wrote beside the weights and what loads it, in words."""
     workdir = Path(workdir).absolute()
     run = rundir.read_run(workdir) if workdir.is_dir() else None
     rundir.require_stage(workdir, run, None, "give the directory of a jft run")
@@ -67,9 +68,11 @@ def export(
     )
     if source.family.modality == "image":
         hf.save_image_processor(source.model, out)
+        beside = "with its image processor"
     else:
         save_hf_tokenizer(source.tokenizer, out, source.model.max_length)
-    return out
+        beside = "with the tokenizer"
+    return f"{beside}; {source.family.how_to_load(source.model, source.family.head_of(source.params))}"
 
 
 def save_hf_tokenizer(tokenizer: tokenizers.Tokenizer, out: Path, max_length: int) -> None:

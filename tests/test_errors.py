@@ -110,7 +110,7 @@ def test_other_model_types_are_refused(saved):
     hf_config = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**hf_config, "model_type": "t5"}))
     with pytest.raises(
-        JftError, match="'t5' model; jft loads bert, gpt2, modernbert, resnet, roberta, xlm-roberta models"
+        JftError, match="'t5' model; jft loads bert, gpt2, modernbert, resnet, roberta, vgg, xlm-roberta models"
     ):
         hf.load(path)
     # a model type jft has, over another family's weights: one line, not a list of every tensor

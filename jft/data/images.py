@@ -208,11 +208,11 @@ def _tfds_images(source: str, side: int, data_dir: str | None) -> ImageSet:
     return ImageSet(np.stack(pixels), labels if label is not None else None, names, classes)
 
 
-def write_folder(directory: Path, images: np.ndarray, labels: Sequence[str]) -> None:
+def write_folder(directory: str | Path, images: np.ndarray, labels: Sequence[str]) -> None:
     """Writes images (uint8 [n, h, w(, c)]) as PNGs in a folder per class: directory/<label>/<index>.png."""
     from PIL import Image
 
     for index, (image, label) in enumerate(zip(images, labels)):
-        folder = directory / str(label)
+        folder = Path(directory) / str(label)
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.asarray(image, np.uint8)).save(folder / f"{index:05d}.png")

@@ -29,6 +29,22 @@ def variables(params: dict) -> dict:
     return {"params": weights, STATS: jax.lax.stop_gradient(params[STATS])}
 
 
+def trains_statistics(config, deterministic: bool, row_mask=None) -> tuple[bool, jax.Array | None]:
+    """(whether BatchNorm normalises with the batch's statistics and updates the running ones:
+    in training unless config.freeze_batch_norm; the row mask as booleans, or None)."""
+    train = not deterministic and not config.freeze_batch_norm
+    return train, None if row_mask is None else row_mask.astype(bool)
+
+
+def init_image_model(module: nn.Module, rng: jax.Array) -> dict:
+    """Fresh parameters of an image model from one blank image of its side, with the BatchNorm
+    statistics under STATS when it has BatchNorm."""
+    cfg = module.config
+    pixels = jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.num_channels), jnp.float32)
+    initial = module.init({"params": rng}, pixels)
+    return {**initial["params"], **({STATS: initial[STATS]} if STATS in initial else {})}
+
+
 class BatchNorm(nn.Module):
     """Batch normalisation over every axis but the last, as torch.nn.BatchNorm2d: in training the
     batch's mean and (biased) variance normalise, and the running statistics move by `momentum`

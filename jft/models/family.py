@@ -86,6 +86,9 @@ class Family:
     # What the family reads: "text" (tokens) or "image" (pixels: no vocabulary, image data, the
     # step's augmentation; jft.data.images).
     modality: str = "text"
+    # How a user loads what jft exports, in words: (config, head) -> "torchvision.models.vgg16(...)";
+    # None: transformers' from_pretrained.
+    loaded_by: Callable[[Any, Head], str] | None = None
 
     def __repr__(self) -> str:
         return f"Family({self.name!r})"
@@ -102,6 +105,10 @@ class Family:
     def init(self, config, head: Head, rng: jax.Array) -> dict:
         """Fresh parameters of the family's model with `head`."""
         return self.init_params(self.module(config, head), rng)
+
+    def how_to_load(self, config, head: Head) -> str:
+        """What loads this family's export (transformers' from_pretrained unless loaded_by says)."""
+        return self.loaded_by(config, head) if self.loaded_by else "transformers loads it with from_pretrained"
 
     def task_params(self, params: dict) -> dict:
         """A fine-tuned model's parameters: without the joint objective's head (joint_head)."""

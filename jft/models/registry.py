@@ -5,16 +5,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from jft.errors import JftError, did_you_mean
-from jft.models import bert, gpt2, modernbert, resnet, roberta
+from jft.models import bert, gpt2, modernbert, resnet, roberta, vgg
 from jft.models.family import Family
 
 FAMILIES: dict[str, Family] = {
-    family.name: family for family in (bert.FAMILY, gpt2.FAMILY, roberta.FAMILY, modernbert.FAMILY, resnet.FAMILY)
+    family.name: family
+    for family in (bert.FAMILY, gpt2.FAMILY, roberta.FAMILY, modernbert.FAMILY, resnet.FAMILY, vgg.FAMILY)
 }
 
 
 def get(name: str) -> Family:
-    """The family called `name` ('bert', 'gpt2', 'roberta', 'modernbert', 'resnet')."""
+    """The family called `name` ('bert', 'gpt2', 'roberta', 'modernbert', 'resnet', 'vgg')."""
     if name not in FAMILIES:
         raise JftError(f"unknown model family '{name}'; jft has {sorted(FAMILIES)}.{did_you_mean(name, FAMILIES)}")
     return FAMILIES[name]

@@ -1,5 +1,6 @@
 """ResNet behind jft's model interface: its config, Flax modules, Hugging Face names and FLOPs."""
 
+from jft.models.batch_norm import init_image_model
 from jft.models.family import IMAGE_INPUTS, Family
 from jft.models.resnet.config import (
     CHANGEABLE_FIELDS,
@@ -14,7 +15,6 @@ from jft.models.resnet.modules import (
     ResNetForImageClassification,
     ResNetModel,
     build,
-    init_params,
 )
 from jft.models.resnet.weights import architecture, head_of, weights_from_hf, weights_to_hf
 
@@ -70,7 +70,7 @@ FAMILY = Family(
     inputs=IMAGE_INPUTS,
     hf_model_types=("resnet",),
     module=build,
-    init_params=init_params,
+    init_params=init_image_model,
     head_of=head_of,
     architecture=architecture,
     config_from_hf=ResNetConfig.from_hf,
@@ -92,5 +92,4 @@ __all__ = [
     "build",
     "conv_shapes",
     "flops",
-    "init_params",
 ]

@@ -7,14 +7,11 @@ in the train state's parameter tree under STATS (see jft.models.batch_norm), so 
 best/, init_from, sweeps and export carry it like any weight.
 """
 
-from typing import Any
-
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from jft.errors import JftError
-from jft.models.batch_norm import STATS, BatchNorm
+from jft.models.batch_norm import BatchNorm, trains_statistics
 from jft.models.family import Head
 from jft.models.resnet.config import ResNetConfig
 
@@ -137,8 +134,7 @@ class ResNetForImageClassification(nn.Module):
 
     @nn.compact
     def __call__(self, pixel_values, row_mask=None, deterministic: bool = True):
-        train = not deterministic and not self.config.freeze_batch_norm
-        mask = None if row_mask is None else row_mask.astype(bool)
+        train, mask = trains_statistics(self.config, deterministic, row_mask)
         out = ResNetModel(self.config, self.axis_name, name="resnet")(pixel_values, train, mask)
         logits = nn.Dense(
             self.num_labels, param_dtype=self.config.params_dtype, kernel_init=DENSE_INIT, name="classifier"
@@ -154,8 +150,7 @@ class ResNetEncoderOnly(nn.Module):
 
     @nn.compact
     def __call__(self, pixel_values, row_mask=None, deterministic: bool = True):
-        train = not deterministic and not self.config.freeze_batch_norm
-        mask = None if row_mask is None else row_mask.astype(bool)
+        train, mask = trains_statistics(self.config, deterministic, row_mask)
         return ResNetModel(self.config, self.axis_name, name="resnet")(pixel_values, train, mask)
 
 
@@ -167,11 +162,3 @@ def build(config: ResNetConfig, head: Head) -> nn.Module:
     if head.kind in ("encoder", "pretraining"):
         return ResNetEncoderOnly(config)
     raise JftError(f"a ResNet has no {head.kind} head; it classifies images (task classification).")
-
-
-def init_params(module: nn.Module, rng: jax.Array) -> dict[str, Any]:
-    """Fresh parameters with the BatchNorm statistics under STATS, from a small image."""
-    cfg = module.config
-    pixels = jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.num_channels), jnp.float32)
-    variables = module.init({"params": rng}, pixels)
-    return {**variables["params"], STATS: variables[STATS]}

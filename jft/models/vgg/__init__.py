@@ -1,0 +1,73 @@
+"""VGG behind jft's model interface: its config, Flax modules, torchvision names and FLOPs."""
+
+from jft.models.batch_norm import init_image_model
+from jft.models.family import IMAGE_INPUTS, Family
+from jft.models.vgg.config import (
+    CHANGEABLE_FIELDS,
+    COMPUTE_FIELDS,
+    FIELD_MEANINGS,
+    PRESETS,
+    SIZE_FIELDS,
+    VGGConfig,
+)
+from jft.models.vgg.modules import (
+    VGGEncoderOnly,
+    VGGForImageClassification,
+    VGGModel,
+    adaptive_average_pool,
+    build,
+)
+from jft.models.vgg.weights import architecture, head_of, loaded_by, weights_from_hf, weights_to_hf
+
+
+def flops(cfg: VGGConfig, batch: int, image_size: int, *, num_labels: int = 0, **_) -> float:
+    """Training FLOPs of one step: 3 × the forward FLOPs of the convolutions (2·9·c_in·c_out per
+    output pixel) and the linear layers (2·in·out per image), backward = 2 × forward. BatchNorm,
+    ReLU, pooling, the augmentation and the optimizer are left out (under 1%)."""
+    forward, side, channels = 0, image_size, cfg.num_channels
+    for width, depth in zip(cfg.hidden_sizes, cfg.depths):
+        for _ in range(depth):
+            forward += 2 * 9 * channels * width * side * side
+            channels = width
+        side //= 2
+    widths = [channels * cfg.pool_size**2, cfg.hidden_size, cfg.hidden_size, num_labels]
+    forward += sum(2 * a * b for a, b in zip(widths, widths[1:]))
+    return 3.0 * batch * forward
+
+
+FAMILY = Family(
+    name="vgg",
+    config_type=VGGConfig,
+    presets=PRESETS,
+    size_fields=SIZE_FIELDS,
+    changeable_fields=CHANGEABLE_FIELDS,
+    compute_fields=COMPUTE_FIELDS,
+    field_meanings=FIELD_MEANINGS,
+    objectives=("classify",),
+    inputs=IMAGE_INPUTS,
+    hf_model_types=("vgg",),
+    module=build,
+    init_params=init_image_model,
+    head_of=head_of,
+    architecture=architecture,
+    config_from_hf=VGGConfig.from_hf,
+    config_to_hf=VGGConfig.to_hf,
+    weights_from_hf=weights_from_hf,
+    weights_to_hf=weights_to_hf,
+    flops=flops,
+    vocabulary="",
+    joint_head=None,
+    modality="image",
+    loaded_by=loaded_by,
+)
+
+__all__ = [
+    "FAMILY",
+    "VGGConfig",
+    "VGGEncoderOnly",
+    "VGGForImageClassification",
+    "VGGModel",
+    "adaptive_average_pool",
+    "build",
+    "flops",
+]
