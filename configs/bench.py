@@ -10,8 +10,12 @@ gpt2_small (124M), gpt2_medium, gpt2_large (next-word pretraining over every tok
 fine-tuning workload is sequence classification from the last token); RoBERTa's roberta_tiny,
 roberta_base, roberta_large and xlm_roberta_base (masked-LM alone; 250,002 tokens); ModernBERT's
 modernbert_tiny, modernbert_base, modernbert_large (masked-LM at 30%: 154 predictions a row of
-512; --config.seq_len=8192 for long rows). On a CPU, use `jft bench` without --config (a tiny
-model in float32).
+512; --config.seq_len=8192 for long rows); images: resnet_tiny, resnet18, resnet50, resnet101,
+vgg_tiny, vgg16, vgg16_bn (at 224 pixels; pretrain is supervised on 1,000 classes, finetune on
+finetune.num_labels; the seq/s column counts images). On a CPU, use `jft bench` without --config
+(a tiny model in float32).
+
+    jft bench --config bench:resnet50 --config.batch_size=256
 """
 
 from ml_collections import ConfigDict
@@ -20,6 +24,13 @@ from jft.defaults import bench, model_fields, roberta_vocabulary
 
 
 def get_config(size: str = "base") -> ConfigDict:
+    if size.startswith(("resnet", "vgg")):
+        family = "vgg" if size.startswith("vgg") else "resnet"
+        preset = "tiny" if size.endswith("_tiny") else size
+        config = bench(family)
+        config.model = model_fields(preset, family, dtype="bfloat16")
+        config.batch_size = 32 if preset == "tiny" else 256
+        return config
     if size.startswith("gpt2_"):
         config = bench("gpt2")
         config.model = model_fields(

@@ -114,12 +114,7 @@ def _summary(config, workdir: Path, finals: dict, pretrain_seconds: float, finet
     train = _read_metrics(workdir / "pretrain", "train")
     evaluation = _read_metrics(workdir / "pretrain", "eval")[-1]
     accuracy = {init: [final["eval_accuracy"] for final in runs] for init, runs in finals.items()}
-    pretrained, scratch = (np.array(accuracy[k]) for k in ("pretrained", "scratch"))
-    # 95% interval of the accuracy difference, pooled over seeds: each accuracy is a mean over
-    # n = seeds × held-out examples predictions (normal approximation of the binomial).
-    n = len(pretrained) * config.finetune.eval_examples
-    p, q = pretrained.mean(), scratch.mean()
-    half_width = 1.96 * math.sqrt((p * (1 - p) + q * (1 - q)) / n)
+    difference, interval = difference_95(accuracy["pretrained"], accuracy["scratch"], config.finetune.eval_examples)
     return {
         "pretrain": {
             "steps": config.pretrain.steps,
@@ -135,12 +130,20 @@ def _summary(config, workdir: Path, finals: dict, pretrain_seconds: float, finet
             # the last logged training loss of each run: both fit the labeled sentences
             "pretrained_train_loss": [final["train_task_loss"] for final in finals["pretrained"]],
             "scratch_train_loss": [final["train_task_loss"] for final in finals["scratch"]],
-            "difference": float(p - q),
-            "difference_95": [float(p - q - half_width), float(p - q + half_width)],
+            "difference": difference,
+            "difference_95": interval,
             "chance": 1 / len(TOPICS),
             "seconds": finetune_seconds,
         },
     }
+
+
+def difference_95(pretrained: list[float], scratch: list[float], examples: int) -> tuple[float, list[float]]:
+    """The difference of mean accuracies and its 95% interval, pooled over seeds: each accuracy is
+    a mean over n = seeds × `examples` held-out predictions (normal approximation of the binomial)."""
+    p, q = float(np.mean(pretrained)), float(np.mean(scratch))
+    half_width = 1.96 * math.sqrt((p * (1 - p) + q * (1 - q)) / (len(pretrained) * examples))
+    return p - q, [p - q - half_width, p - q + half_width]
 
 
 def table(summary: dict) -> str:

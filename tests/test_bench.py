@@ -9,7 +9,7 @@ import pytest
 from jft import cli, defaults
 from jft.config import apply_overrides
 from jft.errors import JftError
-from jft.models import Head, bert
+from jft.models import Head, bert, config_of
 from jft.models import get as get_family
 from jft.models.bert import BertConfig, BertForPreTraining, BertForSequenceClassification, init_params
 from jft.perf import bench
@@ -133,3 +133,21 @@ def test_the_encoder_families_flop_formulas_agree_with_xla(name, workload):
     if name == "modernbert":
         windowed = family.config({**sizes, "local_attention": 16})
         assert family.flops(windowed, batch, seq, num_labels=2) < family.flops(cfg, batch, seq, num_labels=2)
+
+
+@pytest.mark.parametrize("size", ["resnet_tiny", "vgg_tiny"])
+def test_image_models_bench_images_a_second_and_their_flops(size, tmp_path, capsys):
+    """An image model's workloads: its classifier's step on random images at its side (1,000
+    classes to pretrain, finetune.num_labels to fine-tune), images counted as the seq/s column."""
+    out = tmp_path / "bench.json"
+    args = ["bench", "--config", f"bench:{size}", "--out", str(out), "--config.batch_size=16", "--config.backend=jit"]
+    args += ["--config.windows=2", "--config.window_steps=2", "--config.warmup_steps=1", "--config.finetune.batches=2"]
+    assert cli.main([*args, "--config.model.dtype=float32"]) == 0
+    assert "32×32 images, 1000 classes" in capsys.readouterr().out
+    family, cfg = config_of(json.loads(out.read_text())["config"]["model"])
+    for result in json.loads(out.read_text())["results"]:
+        labels = 1000 if result["workload"] == "pretrain" else 2
+        step_seconds = result["step_ms"] / 1e3
+        assert result["sequences_per_second"] == pytest.approx(16 / step_seconds) and result["tokens_per_second"] == 0
+        flops = family.flops(cfg, 16, 32, num_labels=labels)
+        assert result["model_tflops_per_second"] == pytest.approx(flops / step_seconds / 1e12, rel=1e-6)

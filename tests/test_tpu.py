@@ -200,3 +200,21 @@ def test_a_small_xlm_r_compiles_for_a_v5e_topology_as_masked_lm_alone(tmp_path):
     flops = family.flops(cfg, 2, 128, predictions=predictions)
     assert rows["pretrain"]["tflop_per_device_step"] == pytest.approx(flops / 1e12)
     assert flops < get_family("bert").flops(cfg, 2, 128, predictions=predictions)  # no pooler, no NSP head
+
+
+def test_a_small_vgg_with_batch_norm_compiles_for_a_v5e_topology(tmp_path):
+    """An image model's supervised pretraining step (augmentation, BatchNorm summed over the
+    devices, 1,000 classes) compiled for v5e:2x2 by libtpu; no remat choice to search."""
+    command = [sys.executable, "-m", "jft.cli", "bench", "--topology", "v5e:2x2", "--config", "bench:vgg_tiny"]
+    command += ["--config.batch_size=16", "--config.workloads=pretrain", "--out", str(tmp_path / "tpu.json")]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads((tmp_path / "tpu.json").read_text())["results"]
+    assert (row["shape"], row["batch_per_device"], row["remat"], row["fits"]) == (
+        "32×32 images, 1000 classes",
+        4,
+        "none",
+        True,
+    )
+    family, cfg = config_of(model_fields("tiny", "vgg"))
+    assert row["tflop_per_device_step"] == pytest.approx(family.flops(cfg, 4, 32, num_labels=1000) / 1e12)

@@ -33,7 +33,9 @@ from jft.models import Family, Head, config_of
 from jft.perf import tpu
 from jft.perf.memory import peak_bytes
 from jft.tasks.batches import LAYOUTS, TaskBatches, fill_rows, step_inputs
+from jft.tasks.images import ImageData
 from jft.tasks.records import Encoded
+from jft.train.augment import ImageInputs
 from jft.train.masking import MaskingConfig
 from jft.train.optim import make_optimizer, weight_decay_mask
 from jft.train.parallel import Runner
@@ -47,6 +49,7 @@ from jft.train.steps import (
 )
 
 WORKLOADS = ("pretrain", "finetune")
+IMAGENET_CLASSES = 1000  # an image model's pretraining workload: the ImageNet recipe
 # Dense bf16 tensor-core peaks (FLOP/s) by device kind, for MFU; other devices report no MFU.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L4": 121e12}
 
@@ -84,7 +87,7 @@ def checked_workloads(config: ConfigDict) -> tuple[list[str], Family, Any]:
     if config.finetune.layout not in LAYOUTS:
         raise JftError(f"finetune.layout '{config.finetune.layout}' is not one of {LAYOUTS}.")
     family, cfg = config_of(config.model)
-    if config.seq_len > cfg.max_length:
+    if family.modality == "text" and config.seq_len > cfg.max_length:
         raise JftError(
             f"seq_len {config.seq_len} is longer than the position table ({cfg.max_length}); "
             f"use seq_len <= {cfg.max_length}."
@@ -218,8 +221,45 @@ def finetune_workload(config: ConfigDict, family: Family, cfg, row_multiple: int
     )
 
 
+def image_workload(name: str, config: ConfigDict, family: Family, cfg, row_multiple: int = 1) -> Workload:
+    """An image classifier's finetune_step (the step supervised pretraining runs too) on
+    finetune.batches batches of random uint8 images at the model's side, cropped, flipped and
+    normalised in the step: 'pretrain' with ImageNet's 1,000 classes, 'finetune' with
+    finetune.num_labels. Reported per second: images (the seq/s column); tokens: none."""
+    labels = IMAGENET_CLASSES if name == "pretrain" else config.finetune.num_labels
+    model = family.module(cfg, Head("classification", labels))
+    ft = defaults.finetune()
+    tx, schedule = make_optimizer(ft.optim, 10_000)
+    mask = weight_decay_mask(jax.eval_shape(lambda: family.init_params(model, jax.random.key(0))))
+    images = ImageInputs.of(cfg)
+    setup = FinetuneSetup(
+        model, tx, schedule, "classification", ft.l2.weight, mask, inputs=family.inputs, images=images
+    )
+    rng, side, count = np.random.default_rng(config.seed), cfg.image_size, config.finetune.batches * config.batch_size
+    pixels = rng.integers(0, 256, (count, side, side, cfg.num_channels), dtype=np.uint8)
+    data = ImageData(pixels, rng.integers(0, labels, count).astype(np.int32), [])
+    batches = data.batches(config.batch_size, config.seed, shuffle=False)
+    examples, host_batches = [], []
+    for indices in batches.epoch_indices(0):
+        count, host = step_inputs(batches.batch(indices))
+        examples.append(count)
+        host_batches.append(fill_rows(host, row_multiple))
+    return Workload(
+        name,
+        functools.partial(finetune_step, setup=setup),
+        lambda: create_finetune_state(family.init_params(model, jax.random.key(config.seed)), tx),
+        host_batches,
+        examples,
+        [0] * len(host_batches),
+        [family.flops(cfg, len(b["labels"]), side, num_labels=labels) for b in host_batches],
+        f"{side}×{side} images, {labels} classes",
+    )
+
+
 def workload(name: str, config: ConfigDict, family: Family, cfg, row_multiple: int = 1) -> Workload:
     """The workload called `name` ('pretrain' or 'finetune') of a bench config."""
+    if family.modality == "image":
+        return image_workload(name, config, family, cfg, row_multiple)
     if name == "pretrain":
         return pretrain_workload(config, family, cfg)
     return finetune_workload(config, family, cfg, row_multiple)
@@ -310,7 +350,7 @@ def _report(workload, config, timing, examples, tokens, flops, shape) -> dict:
         "batch_size": config.batch_size,
         "backend": config.backend,
         "dtype": dtype,
-        "attention_impl": config.model.attention_impl,
+        "attention_impl": config.model.get("attention_impl"),
         "step_ms": 1e3 * step_seconds,
         "step_ms_spread": [1e3 * s / timing["steps_per_pass"] for s in np.percentile(timing["pass_seconds"], [10, 90])],
         "sequences_per_second": sum(examples) / median,

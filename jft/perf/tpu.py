@@ -18,6 +18,7 @@ import math
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -146,7 +147,7 @@ def target_model(model: ConfigDict) -> tuple[ConfigDict, list[str]]:
     if model.dtype == "auto":
         model.dtype = "bfloat16"
         changes.append("dtype 'auto' is bfloat16 on a TPU")
-    if model.attention_impl == "cudnn":  # both fused kernels without dropout
+    if model.get("attention_impl") == "cudnn":  # both fused kernels without dropout
         model.attention_impl = "splash"
         changes.append("attention_impl 'cudnn' is a GPU kernel: Pallas's splash kernel on a TPU")
     return model, changes
@@ -171,18 +172,44 @@ class Compiled:
     error: str = ""
 
 
+# libtpu's compiler recurses over the graph: a ResNet-50 step overflows the 8 MiB stack a thread
+# gets by default (a segfault in MigrateInstructionUsers), so compiles run in a thread of this size.
+COMPILER_STACK_BYTES = 1 << 30
+
+
+def _with_large_stack(function: Callable[[], Any]) -> Any:
+    """function() run in a thread with a COMPILER_STACK_BYTES stack; its result or its exception."""
+    outcome: dict[str, Any] = {}
+
+    def target():
+        try:
+            outcome["value"] = function()
+        except BaseException as error:  # re-raised in the caller's thread
+            outcome["error"] = error
+
+    previous = threading.stack_size(COMPILER_STACK_BYTES)
+    try:
+        thread = threading.Thread(target=target, name="tpu-compile")
+        thread.start()
+    finally:
+        threading.stack_size(previous)
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def compile_step(runner: Runner, step: Callable, state_shapes, batch) -> Compiled:
     """Compiles step(state, batch, rng) under runner for abstract inputs (state replicated, batch
     split over the devices); a compile libtpu refuses (out of HBM or vmem) gives its first line."""
     replicated, split = NamedSharding(runner.mesh, P()), NamedSharding(runner.mesh, P(AXIS))
     key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
     start = time.perf_counter()
+    lowered = runner.compile(step).lower(
+        abstract(state_shapes, replicated), abstract(batch, split), abstract(key, replicated)
+    )
     try:
-        program = (
-            runner.compile(step)
-            .lower(abstract(state_shapes, replicated), abstract(batch, split), abstract(key, replicated))
-            .compile()
-        )
+        program = _with_large_stack(lowered.compile)
     except Exception as error:  # XLA's compile errors have no narrower public type
         first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
         return Compiled(seconds=time.perf_counter() - start, error=first)
@@ -265,6 +292,8 @@ def compile_report(
     runner = Runner("shard_map", devices=devices)
     per_device_hbm = topology.chip.hbm_gib * GIB * topology.chips / len(devices)
     model, changes = target_model(config.model)
+    if "remat" not in model:  # an image model: no remat choice
+        remats = ("none",)
     report = {
         "topology": topology.name,
         "chip": topology.chip.kind,
@@ -280,14 +309,16 @@ def compile_report(
         def trial(remat: str, per_device: int) -> ConfigDict:
             values = config.copy_and_resolve_references()
             values.model = model.copy_and_resolve_references()
-            values.model.remat, values.batch_size = remat, per_device * len(devices)
+            values.batch_size = per_device * len(devices)
+            if "remat" in values.model:
+                values.model.remat = remat
             return values
 
         def compile_at(remat: str, per_device: int, name=name, compiled=compiled) -> tuple[Compiled, Any]:
             if (remat, per_device) not in compiled:
                 values = trial(remat, per_device)
                 work = workload_fn(name, values, *config_of(values.model), len(devices))
-                widest = max(work.batches, key=lambda b: b["input_ids"].size)
+                widest = max(work.batches, key=lambda b: sum(value.size for value in b.values()))
                 result = compile_step(runner, work.step, jax.eval_shape(work.init_state), widest)
                 compiled[(remat, per_device)] = result, work
                 print(
@@ -301,14 +332,14 @@ def compile_report(
             return compiled[(remat, per_device)]
 
         per_device = config.batch_size // len(devices)
-        result, work = compile_at(model.remat, per_device)
+        result, work = compile_at(model.get("remat", "none"), per_device)
         row = {
             "workload": name,
             "shape": work.shape,
             "batch_per_device": per_device,
             "dtype": model.dtype,
-            "attention_impl": model.attention_impl,
-            "remat": model.remat,
+            "attention_impl": model.get("attention_impl"),
+            "remat": model.get("remat", "none"),
             **{
                 f"{k}_gib": getattr(result, k) / GIB for k in ("arguments", "outputs", "aliased", "temporaries", "peak")
             },
