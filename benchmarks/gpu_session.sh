@@ -12,7 +12,7 @@
 #                bash benchmarks/gpu_session.sh wait 540    # again, back to back (the machine goes
 #                                                            # back after 30 s idle), until "all done"
 #
-# Results land in $OUT (gpu_checks.json, ablations.md, peers.md, large.md, gpt2.md, modernbert.md, checkpoint_vocab.md,
+# Results land in $OUT (gpu_checks.json, ablations.md, peers.md, large.md, gpt2.md, modernbert.md, images.md, checkpoint_vocab.md,
 # sweep_population.md, log.txt), to be copied into benchmarks/RESULTS.md by hand.
 # SMOKE=1 runs tiny shapes, to check this script on any machine.
 set -u
@@ -20,9 +20,10 @@ mode=${1:?"wheels, start or wait"}
 work=/tmp/jft-gpu
 smoke=${SMOKE:+--smoke}
 # sizes, and for a smoke run on a CPU: float32 and XLA attention, tiny shapes
-base=base large=large shrink=1 cpu=()
+base=base large=large shrink=1 cpu=() image_cpu=()
 if [ -n "$smoke" ]; then
     base=tiny large=tiny shrink=8 cpu=(--config.model.dtype=float32 --config.model.attention_impl=xla)
+    image_cpu=(--config.model.dtype=float32)
 fi
 
 jobs() {
@@ -61,6 +62,15 @@ jobs() {
     python3 -m jft.cli bench --config bench:$modernbert --config.seq_len=$((512 / shrink)) \
         --config.max_predictions=$((154 / shrink)) --config.batch_size=$((32 / shrink)) "${cpu[@]}" --out $work/modernbert.json > $work/modernbert.md ||
         echo "ModernBERT-base did not run (out of memory?)" >> $work/modernbert.md
+    # ResNet-50 and VGG-16 (BatchNorm) at 224: supervised pretraining's step, augmentation in it, in
+    # images a second (RESULTS.md, pending)
+    resnet=resnet50 vgg=vgg16_bn
+    [ -n "$smoke" ] && resnet=resnet_tiny vgg=vgg_tiny
+    for image_model in $resnet $vgg; do
+        python3 -m jft.cli bench --config bench:$image_model --config.workloads=pretrain \
+            --config.batch_size=$((256 / shrink)) "${image_cpu[@]}" --out $work/$image_model.json >> $work/images.md ||
+            echo "$image_model did not run (out of memory?)" >> $work/images.md
+    done
     # a checkpoint save's step-time hiccup, and the padded vocabulary's speed (RESULTS.md, pending)
     (cd benchmarks && python3 save_hiccup.py --size $base --batch $((64 / shrink)) &&
         python3 vocab_padding.py --size $base --batch $((64 / shrink)) --rounds 10 --topology "") > $work/checkpoint_vocab.md

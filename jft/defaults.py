@@ -190,6 +190,7 @@ BENCH: Table = {
     "finetune.layout": ("padded", "padded, bucketed or packed"),
     "finetune.max_segments": (16, "packed: examples a row at most"),
     "finetune.batches": (16, "distinct batches in the timed stream"),
+    "augment": (True, "image models: random resized crop and flip in the step, as training does"),
     "backend": ("shard_map", "shard_map, pmap or jit"),
     "warmup_steps": (3, "untimed steps after compiling"),
     "windows": (10, "timed windows (the figure is their median)"),

@@ -224,14 +224,14 @@ def finetune_workload(config: ConfigDict, family: Family, cfg, row_multiple: int
 def image_workload(name: str, config: ConfigDict, family: Family, cfg, row_multiple: int = 1) -> Workload:
     """An image classifier's finetune_step (the step supervised pretraining runs too) on
     finetune.batches batches of random uint8 images at the model's side, cropped, flipped and
-    normalised in the step: 'pretrain' with ImageNet's 1,000 classes, 'finetune' with
+    normalised in the step (unless not config.augment): 'pretrain' with ImageNet's 1,000 classes, 'finetune' with
     finetune.num_labels. Reported per second: images (the seq/s column); tokens: none."""
     labels = IMAGENET_CLASSES if name == "pretrain" else config.finetune.num_labels
     model = family.module(cfg, Head("classification", labels))
     ft = defaults.finetune()
     tx, schedule = make_optimizer(ft.optim, 10_000)
     mask = weight_decay_mask(jax.eval_shape(lambda: family.init_params(model, jax.random.key(0))))
-    images = ImageInputs.of(cfg)
+    images = ImageInputs.of(cfg, augment=config.augment)
     setup = FinetuneSetup(
         model, tx, schedule, "classification", ft.l2.weight, mask, inputs=family.inputs, images=images
     )

@@ -213,8 +213,15 @@ def _penalised(l2, mask, state, grads) -> tuple[Any, jax.Array | float]:
 
 def _gradients(loss_fn, params, inputs: dict, accum_steps: int):
     """Gradients and summed stats of loss_fn(params, micro_batch, index) -> (loss, stats) over the
-    rows of inputs, split into accum_steps micro-batches (a loop over them) whose gradients add up."""
+    rows of inputs, split into accum_steps micro-batches (a loop over them) whose gradients add up.
+
+    One micro-batch is no loop: XLA's CPU compiler leaves the kernel-gradient convolutions inside
+    a while loop (even of one trip) uncanonicalised, as naive loops, and a ResNet-18 step took 25×
+    as long (benchmarks/image_peers.py)."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if accum_steps == 1:
+        (_, stats), grads = grad_fn(params, inputs, jnp.zeros((), jnp.int32))
+        return grads, stats
 
     def micro_step(grads, micro_and_index):
         micro, index = micro_and_index
