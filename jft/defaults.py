@@ -134,6 +134,7 @@ SWEEP: Table = {
 FINETUNE: Table = {
     **MODEL,
     "task": ("classification", "classification, regression or token_classification"),
+    "label_smoothing": (0.0, "classification: ε of the target spread over every class (0.1 in the ImageNet recipe)"),
     "data.train": (
         "",
         "CSV, TSV or JSONL file, or tfds:NAME:SPLIT; an image model's: a folder a class (DIR/<class>/<image>), an "
@@ -154,6 +155,7 @@ FINETUNE: Table = {
     "data.skip_bad_images": (False, "images: leave out files PIL cannot read (else each is an error naming it)"),
     "data.augment": (True, "images: random resized crop and horizontal flip in training (on the device)"),
     "data.min_crop": (0.08, "images: the smallest crop, a fraction of the image's area"),
+    "data.mixup": (0.0, "images: mixup's α (neighbouring rows mixed with Beta(α, α) weights; 0.2 is usual; 0: off)"),
     **L2,
     **OPTIM,
     # AdamW's decoupled decay is a different regulariser: off, so the L2 term is the only one.

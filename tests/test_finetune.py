@@ -411,3 +411,27 @@ def test_an_epoch_at_seq_512_compiles_a_bounded_number_of_programs(tmp_path):
     counts = collections.Counter(compiled)
     train_steps, predictions = counts["jit(finetune_step)"], counts["jit(predict_step)"]
     assert 2 <= train_steps <= 4 and 2 <= predictions <= 4, counts
+
+
+def test_label_smoothing_and_mixed_targets_are_torchs_cross_entropy():
+    """Label smoothing as PyTorch's cross_entropy(label_smoothing=ε) computes it, and mixup's rows
+    as (1 − s) · the loss on their labels + s · on their partners'; weights leave rows out."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 5)).astype(np.float32)
+    labels, other = np.array([0, 4, 2, 2, 1, 3]), np.array([1, 1, 0, 4, 1, 2])
+    weights, share = np.array([1, 1, 1, 1, 1, 0.0]), np.array([0.3, 0, 0.5, 0.9, 0.2, 0.4], np.float32)
+
+    def torch_loss(targets, epsilon):
+        t = torch.nn.functional.cross_entropy(
+            torch.from_numpy(logits), torch.from_numpy(targets), label_smoothing=epsilon, reduction="none"
+        )
+        return t.numpy()
+
+    smoothed = weighted_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weights), 0.1)
+    np.testing.assert_allclose(float(smoothed["loss_sum"]), (torch_loss(labels, 0.1) * weights).sum(), rtol=1e-6)
+    mixed = weighted_cross_entropy(
+        jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weights), 0.1, (jnp.asarray(other), jnp.asarray(share))
+    )
+    expected = (1 - share) * torch_loss(labels, 0.1) + share * torch_loss(other, 0.1)
+    np.testing.assert_allclose(float(mixed["loss_sum"]), (expected * weights).sum(), rtol=1e-6)
+    assert float(mixed["correct"]) == float(smoothed["correct"]) == ((logits.argmax(-1) == labels) * weights).sum()

@@ -114,14 +114,15 @@ def test_pretrain_finetune_eval_predict_export_reload_in_pytorch(digits, pretrai
     )
     assert "pulling toward the weights it starts from (L2-SP)" in done.stdout
     assert "created new (2): classifier/" in done.stdout  # 5 new classes, a new head
+    (elsewhere / "task").rename(elsewhere / "moved")  # a run directory moves whole
     report = json.loads(
-        run(jft_command("eval", "--workdir", "task", "--data", digits / "dev", "--json"), elsewhere).stdout
+        run(jft_command("eval", "--workdir", "moved", "--data", digits / "dev", "--json"), elsewhere).stdout
     )
     assert report["records"] == 200 and report["confusion_matrix"] and 0.3 < report["metrics"]["accuracy"] <= 1
-    run(jft_command("predict", "--workdir", "task", "--input", digits / "dev" / "7", "--output", "p.jsonl"), elsewhere)
+    run(jft_command("predict", "--workdir", "moved", "--input", digits / "dev" / "7", "--output", "p.jsonl"), elsewhere)
     predictions = [json.loads(line) for line in (elsewhere / "p.jsonl").read_text().splitlines()]
     assert predictions and set(predictions[0]["probabilities"]) == {"5", "6", "7", "8", "9"}
-    exported = run(jft_command("export", "--workdir", "task", "--out", "hf"), elsewhere).stdout
+    exported = run(jft_command("export", "--workdir", "moved", "--out", "hf"), elsewhere).stdout
     assert ("torchvision" if family == "vgg" else "transformers loads it") in exported
     probabilities, labels = _reloaded_probabilities(elsewhere / "hf", [p["path"] for p in predictions])
     ours = np.array([[p["probabilities"][label] for label in labels] for p in predictions])
@@ -152,8 +153,8 @@ def _finetuned_state(digits, workdir, family: str, backend: str):
     from jft.config import load_config
 
     config = load_config(f"finetune/{family}_tiny")
-    set_keys(config, {"data.train": str(digits / "pre_train"), "epochs": 1, "max_steps": 3, "batch_size": 24})
-    set_keys(config, {"parallel.backend": backend, "progress": False})
+    set_keys(config, {"data.train": str(digits / "pre_train"), "epochs": 1, "max_steps": 3, "batch_size": 32})
+    set_keys(config, {"parallel.backend": backend, "progress": False, "data.mixup": 0.2, "label_smoothing": 0.1})
     if family == "vgg":
         config.model.dropout = 0.0  # dropout draws its masks a device (as for text models)
         # The hidden layers' gradients, under N(0, 0.01) weights, are near Adam's epsilon (1e-6),
@@ -169,8 +170,8 @@ def _finetuned_state(digits, workdir, family: str, backend: str):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_eight_devices_give_the_one_device_update_with_batch_norm(digits, tmp_path, family):
-    """The batch's statistics are summed over the devices (and the last batch's filler rows, 400 =
-    16 × 24 + 16, left out): 8 devices compute one device's weights and running statistics."""
+    """The batch's statistics are summed over the devices, mixup pairs rows by their place in the
+    whole batch, label smoothing on: 8 devices compute one device's weights and running statistics."""
     assert len(jax.devices()) == 8
     one = _finetuned_state(digits, tmp_path / "one", family, "jit")
     eight = _finetuned_state(digits, tmp_path / "eight", family, "shard_map")
@@ -264,3 +265,28 @@ def test_wrong_settings_for_an_image_model_are_refused(digits, tmp_path):
         env=ONE_DEVICE,
     )
     assert text.returncode != 0 and "use --config pretrain/resnet_tiny" in text.stderr
+
+
+def test_mixup_mixes_neighbouring_rows_alike_on_any_devices():
+    """Rows 2k and 2k + 1 mixed with one Beta(α, α) draw a pair, their labels kept for the loss;
+    a row whose partner only fills the batch is left as it is; two devices of 4 rows mix as one of 8."""
+    spec = ImageInputs(8, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), augment=False, mixup=0.4)
+    images = np.random.default_rng(1).integers(0, 256, (8, 8, 8, 3)).astype(np.uint8)
+    batch = {
+        "pixel_values": jnp.asarray(images),
+        "labels": jnp.arange(8, dtype=jnp.int32),
+        "weights": jnp.array([1, 1, 1, 1, 1, 1, 1, 0.0]),
+    }
+    key = jax.random.key(7)
+    whole = image_inputs(spec, batch, key, 0)
+    share = np.asarray(whole["mix_share"])
+    assert whole["mix_labels"].tolist() == [1, 0, 3, 2, 5, 4, 7, 6]
+    assert share[6] == 0 and np.all((share[:6] > 0) & (share[:6] < 1)) and share[0] == share[1]
+    plain = (images / 255.0 - 0.5) / 0.25
+    for row in range(7):
+        expected = (1 - share[row]) * plain[row] + share[row] * plain[row ^ 1]
+        np.testing.assert_allclose(np.asarray(whole["pixel_values"][row]), expected, atol=1e-5)
+    halves = [image_inputs(spec, {k: v[i : i + 4] for k, v in batch.items()}, key, i) for i in (0, 4)]
+    for name in ("pixel_values", "mix_labels", "mix_share"):
+        np.testing.assert_array_equal(np.concatenate([h[name] for h in halves]), whole[name])
+    assert "mix_share" not in image_inputs(spec, batch, None, 0)  # predicting: no mixup

@@ -240,7 +240,9 @@ def finetune_setup(
     image model's augmentation and normalisation (from model_config, its config)."""
     images = None
     if family.modality == "image":
-        images = ImageInputs.of(model_config, config.data.augment, config.data.min_crop)
+        images = ImageInputs.of(model_config, config.data.augment, config.data.min_crop, config.data.mixup)
+    elif config.data.mixup:
+        raise JftError("data.mixup mixes images; a text model's run takes no mixup. Set data.mixup=0.")
     return FinetuneSetup(
         model,
         tx,
@@ -254,4 +256,5 @@ def finetune_setup(
         family.inputs,
         joint[0],
         images,
+        config.label_smoothing if task.kind != "regression" else 0.0,
     )

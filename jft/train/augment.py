@@ -13,6 +13,10 @@ import jax
 import jax.numpy as jnp
 
 
+# mixup's draws: the step's key folded with this (the crops fold in rows, counted from 0)
+MIXUP_STREAM = 2**31 - 1
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageInputs:
     """How a step turns a batch's uint8 images into the model's pixel_values.
@@ -28,10 +32,12 @@ class ImageInputs:
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip: bool = True
+    mixup: float = 0.0  # mixup's α: each pair of neighbouring rows mixed with Beta(α, α) weights; 0: off
 
     @classmethod
-    def of(cls, model_config, augment: bool = True, min_crop: float = 0.08) -> "ImageInputs":
-        return cls(model_config.image_size, model_config.image_mean, model_config.image_std, augment, (min_crop, 1.0))
+    def of(cls, model_config, augment: bool = True, min_crop: float = 0.08, mixup: float = 0.0) -> "ImageInputs":
+        mean, std = model_config.image_mean, model_config.image_std
+        return cls(model_config.image_size, mean, std, augment, (min_crop, 1.0), mixup=mixup)
 
 
 def random_resized_crop(spec: ImageInputs, image: jax.Array, key: jax.Array) -> jax.Array:
@@ -61,9 +67,29 @@ def image_inputs(spec: ImageInputs, batch: dict, key: jax.Array | None, first_ro
     the step's augmentation key (None: predicting, no augmentation); first_row: this device's first
     row in the global batch."""
     images = batch["pixel_values"].astype(jnp.float32) / 255.0
+    rows = first_row + jnp.arange(images.shape[0])
     if key is not None and spec.augment:
-        rows = first_row + jnp.arange(images.shape[0])
         keys = jax.vmap(lambda row: jax.random.fold_in(key, row))(rows)
         images = jax.vmap(lambda image, k: random_resized_crop(spec, image, k))(images, keys)
+    if key is not None and spec.mixup:
+        batch, images = mixup(spec.mixup, batch, images, jax.random.fold_in(key, MIXUP_STREAM), rows)
     mean, std = jnp.asarray(spec.mean, jnp.float32), jnp.asarray(spec.std, jnp.float32)
     return {**batch, "pixel_values": (images - mean) / std, "row_mask": batch["weights"] > 0}
+
+
+def mixup(alpha: float, batch: dict, images: jax.Array, key: jax.Array, rows: jax.Array) -> tuple[dict, jax.Array]:
+    """Mixup (Zhang et al., 2018) of neighbouring rows of the shuffled batch: global rows 2k and
+    2k + 1 each become (1 − s) · themselves + s · the other, s = 1 − λ, λ ~ Beta(α, α) drawn for
+    the pair from key and k, so pairs and weights do not depend on the devices (with an even
+    number of rows a device). The batch gains mix_labels (the partner's) and mix_share (s); a row
+    whose partner only fills the batch, or lies on another device, is not mixed."""
+    count = images.shape[0]
+    local = rows - rows[0]
+    partner = local ^ 1
+    here = partner < count
+    partner = jnp.where(here, partner, local)
+    lam = jax.vmap(lambda pair: jax.random.beta(jax.random.fold_in(key, pair), alpha, alpha))(rows // 2)
+    share = jnp.where(here & (batch["weights"][partner] > 0), 1 - lam, 0.0)
+    shape = (-1,) + (1,) * (images.ndim - 1)
+    mixed = (1 - share.reshape(shape)) * images + share.reshape(shape) * images[partner]
+    return {**batch, "mix_labels": jnp.maximum(batch["labels"][partner], 0), "mix_share": share}, mixed

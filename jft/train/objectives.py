@@ -11,13 +11,29 @@ import optax
 from jft.params import flatten
 
 
-def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> dict[str, jax.Array]:
-    """logits: [..., classes], labels: [...] int, weights: [...] -> {loss_sum, correct, count}, float32."""
+def weighted_cross_entropy(
+    logits: jax.Array, labels: jax.Array, weights: jax.Array, smoothing: float = 0.0, mixed=None
+) -> dict[str, jax.Array]:
+    """logits: [..., classes], labels: [...] int, weights: [...] -> {loss_sum, correct, count}, float32.
+
+    smoothing: label smoothing's ε, the target (1 − ε) on the label and ε spread evenly over every
+    class. mixed: (other_labels, share) [...] of mixup's rows: the loss is (1 − share) · the loss
+    on labels + share · the loss on other_labels (hits count against labels)."""
     logits = logits.astype(jnp.float32)
     weights = weights.astype(jnp.float32)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+    def losses(targets):
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+        if not smoothing:
+            return nll
+        return (1 - smoothing) * nll - smoothing * jax.nn.log_softmax(logits).mean(-1)
+
+    loss = losses(labels)
+    if mixed is not None:
+        other, share = mixed
+        loss = (1 - share) * loss + share * losses(other)
     correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-    return {"loss_sum": (losses * weights).sum(), "correct": (correct * weights).sum(), "count": weights.sum()}
+    return {"loss_sum": (loss * weights).sum(), "correct": (correct * weights).sum(), "count": weights.sum()}
 
 
 def squared_error(predictions: jax.Array, targets: jax.Array, weights: jax.Array) -> dict[str, jax.Array]:

@@ -320,6 +320,7 @@ class FinetuneSetup:
     inputs: tuple[str, ...] = TEXT_INPUTS  # the batch arrays the model takes (the family's)
     joint: str | None = None
     images: ImageInputs | None = None  # an image model's: its batches' pixels augmented and normalised
+    label_smoothing: float = 0.0  # classification's ε (jft.train.objectives.weighted_cross_entropy)
 
 
 def _weighted(weight) -> bool:
@@ -327,11 +328,14 @@ def _weighted(weight) -> bool:
     return not isinstance(weight, (int, float)) or weight != 0
 
 
-def task_stats(kind: str, logits: jax.Array, batch: dict) -> dict:
-    """Sums of the task loss (and hits) of one batch; rows and tokens of weight 0 do not count."""
+def task_stats(kind: str, logits: jax.Array, batch: dict, smoothing: float = 0.0) -> dict:
+    """Sums of the task loss (and hits) of one batch; rows and tokens of weight 0 do not count.
+    smoothing: classification's label smoothing; a batch mixed by mixup carries mix_labels and
+    mix_share (jft.train.augment)."""
     if kind == "regression":
         return squared_error(logits[..., 0], batch["labels"], batch["weights"])
-    return weighted_cross_entropy(logits, jnp.maximum(batch["labels"], 0), batch["weights"])
+    mixed = (batch["mix_labels"], batch["mix_share"]) if "mix_labels" in batch else None
+    return weighted_cross_entropy(logits, jnp.maximum(batch["labels"], 0), batch["weights"], smoothing, mixed)
 
 
 def _task_masked(setup: FinetuneSetup, batch: dict, key: jax.Array, axis_name) -> dict:
@@ -384,7 +388,7 @@ def finetune_step(
         )
         task = micro["task"]
         out = _apply(setup, params, task, task_key, axis_name)
-        stats = {"task": task_stats(setup.kind, out["logits"], task)}
+        stats = {"task": task_stats(setup.kind, out["logits"], task, setup.label_smoothing)}
         if STATS in out:
             stats[STATS] = out[STATS]
         loss = stats["task"]["loss_sum"] / jnp.maximum(count, 1e-9)
