@@ -12,7 +12,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-
 # mixup's draws: the step's key folded with this (the crops fold in rows, counted from 0)
 MIXUP_STREAM = 2**31 - 1
 
