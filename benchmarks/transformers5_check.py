@@ -9,6 +9,13 @@ For each directory it compares, on 200 varied sentences, the ids of transformers
 AutoTokenizer, of the tokenizer.json jft wrote, and of `transformers5_tokenizer` (the rebuild
 tests/test_export.py checks in CI), and exits 1 on any difference. It needs only `tokenizers`
 and `transformers`, not jft.
+
+An image model's export (a directory with preprocessor_config.json) is checked against what
+`jft predict` wrote for the same images: AutoImageProcessor and AutoModelForImageClassification
+(PyTorch) must give its probabilities within 1e-5.
+
+    jft predict --workdir runs/task --input images/ --output preds.jsonl
+    /tmp/tf5/bin/python benchmarks/transformers5_check.py --predictions preds.jsonl /tmp/export
 """
 
 import json
@@ -97,11 +104,40 @@ def transformers5_tokenizer(directory: str | Path) -> tokenizers.Tokenizer:
     return tokenizer
 
 
-def main(directories: list[str]) -> int:
+def image_check(directory: str, predictions: str) -> bool:
+    """Whether transformers' processor and PyTorch model of an image export give, for every image
+    of a `jft predict` output, the probabilities jft gave (within 1e-5); prints the largest gap."""
+    import torch
+    import transformers
+    from PIL import Image
+
+    rows = [json.loads(line) for line in Path(predictions).read_text().splitlines()]
+    processor = transformers.AutoImageProcessor.from_pretrained(directory)
+    model = transformers.AutoModelForImageClassification.from_pretrained(directory).eval()
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    with torch.no_grad():
+        pixels = processor(images=[Image.open(row["path"]) for row in rows], return_tensors="pt")["pixel_values"]
+        theirs = torch.softmax(model(pixel_values=pixels).logits, -1).numpy()
+    gap = max(
+        abs(float(theirs[i, j]) - row["probabilities"][label])
+        for i, row in enumerate(rows)
+        for j, label in enumerate(labels)
+    )
+    print(
+        f"{directory}: transformers {transformers.__version__} {type(processor).__name__} and "
+        f"{type(model).__name__}: {len(rows)} images, largest probability gap {gap:.1e}"
+    )
+    return gap <= 1e-5
+
+
+def main(arguments: list[str]) -> int:
     import transformers
 
+    if arguments[:1] == ["--predictions"]:
+        predictions, directories = arguments[1], arguments[2:]
+        return 0 if all(image_check(directory, predictions) for directory in directories) else 1
     failed = 0
-    for directory in directories:
+    for directory in arguments:
         auto = transformers.AutoTokenizer.from_pretrained(directory)
         written = tokenizers.Tokenizer.from_file(str(Path(directory) / "tokenizer.json"))
         rebuilt = transformers5_tokenizer(directory)
