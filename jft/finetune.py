@@ -128,11 +128,10 @@ def train_and_evaluate(
             print(f"warning: init_from {session.init.path}: {weak}", file=sys.stderr, flush=True)
         if images:
             joint = image_joint_objective(config)
-            batches = encoded["train"].batches(config.batch_size, config.seed, shuffle=True)
         else:
             encoded = encode_splits(task, tokenizer, model, records)
             joint = joint_objective(config, family, tokenizer, model)
-            batches = task_batches(config, encoded["train"], task, config.seed)
+        batches = task_batches(config, encoded["train"], task, config.seed)
         module = family.module(model, task.head(mlm=joint[0] is not None))
         total_steps = planned_steps(config, len(batches))
         longer = _length_change(config, session, len(batches))

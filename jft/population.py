@@ -25,6 +25,7 @@ from jft.tasks.batches import fill_rows, step_inputs
 from jft.tasks.evaluate import predict_all, task_scores
 from jft.tasks.finetuning import (
     finetune_setup,
+    image_joint_objective,
     initial_params,
     joint_objective,
     planned_steps,
@@ -72,8 +73,10 @@ class SweepData:
         return self.by_fold[fold]
 
 
-def subset(data: Encoded, indices: np.ndarray) -> Encoded:
-    """The examples of data at indices, in that order."""
+def subset(data, indices: np.ndarray):
+    """The examples of data (Encoded texts, or images) at indices, in that order."""
+    if hasattr(data, "subset"):
+        return data.subset(indices)
     return Encoded(*([getattr(data, f.name)[i] for i in indices] for f in dataclasses.fields(Encoded)))
 
 
@@ -121,9 +124,9 @@ def population_predict(params, batch: dict, rng, *, setup, axis_name=None):
 def population_batch(parts: list[dict], kind: str, width: int = 0) -> dict:
     """The members' batches of one step as one: [rows, members, ...], each member's padded with
     empty rows and masked columns to the longest (or to `width`): the same loss, as they weigh 0
-    and are not attended to."""
-    rows = max(part["input_ids"].shape[0] for part in parts)
-    width = max([width] + [part["input_ids"].shape[1] for part in parts])
+    and are not attended to. Image batches have rows only."""
+    rows = max(part["weights"].shape[0] for part in parts)
+    width = max([width] + [part["input_ids"].shape[1] for part in parts if "input_ids" in part])
     tokens = {"input_ids", "token_type_ids", "attention_mask", "segment_ids", "position_ids"}
     if kind == "token_classification":
         tokens |= {"labels", "weights"}
@@ -174,7 +177,12 @@ def start_population(members: list[Member], shared: SweepData, runner: Runner, l
     member's parameters as its own fine-tuning run would start, its data (its training folds) in
     the order of its seed."""
     config, task = members[0].config, shared.task
-    joint = joint_objective(config, shared.family, shared.tokenizer, shared.model)
+    images = shared.family.modality == "image"
+    joint = (
+        image_joint_objective(config)
+        if images
+        else joint_objective(config, shared.family, shared.tokenizer, shared.model)
+    )
     model = shared.family.module(shared.model, task.head(mlm=joint[0] is not None))
     batches = [task_batches(m.config, shared.training(m.fold), task, m.config.seed) for m in members]
     total_steps = planned_steps(config, len(batches[0]))
@@ -191,14 +199,16 @@ def start_population(members: list[Member], shared: SweepData, runner: Runner, l
     }
     population = Population(jax.tree.map(lambda *xs: np.stack(xs), *states), hyper, reference)
     setup = PopulationSetup(
-        finetune_setup(config, shared.family, model, tx, schedule, task, params, joint), config.optim, total_steps
+        finetune_setup(config, shared.family, model, tx, schedule, task, params, joint, shared.model),
+        config.optim,
+        total_steps,
     )
     step = runner.compile(functools.partial(population_step, setup=setup))
     rngs = np.stack([np.asarray(jax.random.PRNGKey(m.config.seed)) for m in members])
     population, rngs = runner.put_replicated(population), runner.put_replicated(rngs)
     streams = [b.stream(0) for b in batches]
     first = [step_inputs(next(s)) for s in streams]
-    widest = max(b.widths[-1] if b.layout == "bucketed" else task.seq_len for b in batches)
+    widest = 0 if images else max(b.widths[-1] if b.layout == "bucketed" else task.seq_len for b in batches)
     multiple = runner.batch_multiple() * config.accum_steps
 
     def one_batch(parts, width=0):

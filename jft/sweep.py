@@ -48,6 +48,7 @@ from jft.tasks.finetuning import (
     task_batches,
     task_tokenizer,
 )
+from jft.tasks.images import read_image_task
 from jft.tasks.metrics import ONE_CLASS, one_class
 from jft.train.lock import hold
 from jft.train.parallel import Runner
@@ -128,21 +129,21 @@ def _group_key(member: Member, steps: int) -> str:
 
 def sweep_data(config: ConfigDict) -> SweepData:
     """The task, its data (with each training example's fold), tokenizer, model and init_from
-    that every member of config's sweep shares."""
+    that every member of config's sweep shares; an image model's data are its images at its side."""
     init = open_init(config.init_from) if config.init_from else None
     if (init.family if init else get_family(config.model.family or "bert")).modality == "image":
-        raise JftError(
-            "jft sweep trains populations of text models; for an image model it is not built yet. Run `jft finetune` "
-            "once a grid point (--config.optim.lr=..., --config.l2.weight=...) in its own workdir."
-        )
-    task, metric, records = read_task(config)
+        tokenizer = None
+        family, model = new_model(config.model, None, init)
+        task, metric, data = read_image_task(config, model.image_size)
+    else:
+        task, metric, records = read_task(config)
+        tokenizer = task_tokenizer(config, None, init)
+        family, model = new_model(config.model, tokenizer, init)
+        data = encode_splits(task, tokenizer, model, records)
     metric = config.sweep.metric or metric
     if metric not in task.metrics() or metric == "mse":
         choices = [name for name in task.metrics() if name != "mse"]
         raise JftError(f"sweep.metric '{metric}' is not a score of this task; choose one of {choices}.")
-    tokenizer = task_tokenizer(config, None, init)
-    family, model = new_model(config.model, tokenizer, init)
-    data = encode_splits(task, tokenizer, model, records)
     if config.sweep.folds > len(data["train"]):
         raise JftError(
             f"sweep.folds={config.sweep.folds} holds out each training example once, in one of {config.sweep.folds} "
@@ -150,6 +151,12 @@ def sweep_data(config: ConfigDict) -> SweepData:
         )
     folds = fold_ids(len(data["train"]), config.sweep.folds, config.seed) if config.sweep.folds else None
     return SweepData(task, metric, tokenizer, family, model, data, init, folds)
+
+
+def data_identity(config: ConfigDict, shared: SweepData, split: str) -> dict:
+    """What a split is, by content: its file's (text), or its images' (jft.tasks.images)."""
+    data = shared.data[split]
+    return data.identity() if hasattr(data, "identity") else source_identity(config.data[split])
 
 
 def run_sweep(config: ConfigDict, workdir: str | Path) -> dict:
@@ -163,7 +170,7 @@ def run_sweep(config: ConfigDict, workdir: str | Path) -> dict:
         runner.check_batch(member.config.batch_size, member.config.accum_steps)
     with hold(workdir):
         shared = sweep_data(config)
-        identity = {split: source_identity(config.data[split]) for split in ("train", "eval") if config.data[split]}
+        identity = {split: data_identity(config, shared, split) for split in ("train", "eval") if config.data[split]}
         _hold_settings(workdir, config, identity)
         metric = shared.metric
         done = _read_members(workdir)

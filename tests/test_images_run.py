@@ -238,6 +238,32 @@ def test_images_of_every_kind_become_rgb_at_the_model_side(tmp_path):
         read_images(str(tmp_path / "nowhere"), 4)
 
 
+def test_a_sweep_of_image_models_scores_each_member_as_its_own_run_and_by_folds(digits, tmp_path):
+    """jft sweep of a ResNet: the best member's score is the accuracy of the run best_run/ trains
+    with its setting on the same images; with sweep.folds a VGG's members score held-out folds."""
+    grid = "--config.sweep.grid={'optim.lr': [1e-3, 3e-3]}"
+    settings = {**SMALL, "data.train": digits / "pre_train", "data.eval": digits / "pre_dev", "max_steps": 6}
+    done = run(
+        jft_command("sweep", "--config", "finetune/resnet_tiny", "--workdir", "sweep", grid) + settings_args(settings),
+        tmp_path,
+    )
+    table = [json.loads(line) for line in (tmp_path / "sweep" / "sweep.jsonl").read_text().splitlines()]
+    assert len(table) == 2 and "accuracy mean" in done.stdout
+    best = json.loads((tmp_path / "sweep" / "best_run" / "run.json").read_text())
+    assert best["config"]["optim"]["lr"] == table[0]["setting"]["optim.lr"]
+    final = [json.loads(line) for line in (tmp_path / "sweep" / "best_run" / "metrics.jsonl").read_text().splitlines()]
+    assert table[0]["mean"] == pytest.approx([r for r in final if r["split"] == "eval"][-1]["accuracy"], abs=1e-6)
+
+    folds = {**settings, "sweep.folds": 2, "max_steps": 2}
+    del folds["data.eval"]
+    run(
+        jft_command("sweep", "--config", "finetune/vgg_tiny", "--workdir", "folds", grid) + settings_args(folds),
+        tmp_path,
+    )
+    table = [json.loads(line) for line in (tmp_path / "folds" / "sweep.jsonl").read_text().splitlines()]
+    assert [row["n"] for row in table] == [2, 2] and all(0 <= v <= 1 for row in table for v in row["values"])
+
+
 def test_wrong_settings_for_an_image_model_are_refused(digits, tmp_path):
     settings = {**SMALL, "data.train": digits / "train", "joint_mlm.weight": 0.5}
     done = subprocess.run(

@@ -195,8 +195,11 @@ def joint_objective(config: ConfigDict, family, tokenizer, model) -> tuple[str |
     return "mlm", masking
 
 
-def task_batches(config: ConfigDict, train_data: Encoded, task: Task, seed: int) -> TaskBatches:
-    """The training batches of config's layout, in the order of `seed` (whatever the devices)."""
+def task_batches(config: ConfigDict, train_data, task: Task, seed: int):
+    """The training batches of config's layout, in the order of `seed` (whatever the devices): of
+    Encoded texts, or of images (jft.tasks.images.ImageData, shuffled each epoch)."""
+    if hasattr(train_data, "batches"):
+        return train_data.batches(config.batch_size, seed, shuffle=True)
     return TaskBatches(
         train_data,
         task.kind,

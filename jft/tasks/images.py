@@ -41,6 +41,10 @@ class ImageData:
     def batches(self, batch_size: int, seed: int = 0, shuffle: bool = False) -> "ImageBatches":
         return ImageBatches(self, batch_size, seed, shuffle)
 
+    def subset(self, indices: np.ndarray) -> "ImageData":
+        """The images at indices, in that order (a sweep's training folds)."""
+        return ImageData(self.pixels[indices], self.labels[indices], [self.names[i] for i in indices])
+
 
 def image_data(images: ImageSet, classes: list[str], source: str) -> ImageData:
     """An ImageSet with its labels as ids of `classes` (the task's)."""
