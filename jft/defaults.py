@@ -165,7 +165,11 @@ FINETUNE: Table = {
     "joint_mlm.weight": (
         0.0,
         "μ of the joint objective: + μ·(the family's pretraining loss on the task's text: masked-LM, or next-word "
-        "for gpt2); 0: off",
+        "for gpt2; an image model's: its pretraining classifier's on joint_mlm.data); 0: off",
+    ),
+    "joint_mlm.data": (
+        "",
+        "images: the pretraining images L_pre is computed on (a folder a class; init_from's classes)",
     ),
     "joint_mlm.rate": (0.15, "joint objective: fraction of tokens masked"),
     "joint_mlm.max_predictions": (20, "joint objective: at most this many masked tokens a row"),

@@ -37,6 +37,7 @@ from jft.tasks.finetuning import (
     describe_penalty,
     encode_splits,
     finetune_setup,
+    image_joint_classes,
     image_joint_objective,
     initial_params,
     joint_objective,
@@ -48,7 +49,7 @@ from jft.tasks.finetuning import (
     task_tokenizer,
     with_warmup,
 )
-from jft.tasks.images import read_image_task
+from jft.tasks.images import JointImageBatches, joint_images, read_image_task
 from jft.tasks.metrics import ONE_CLASS, one_class
 from jft.train import rundir
 from jft.train.checkpoint import Checkpoints, saved_steps
@@ -103,7 +104,12 @@ def train_and_evaluate(
             family, model = session.model(config.model, None)
             task, best_metric, encoded = read_image_task(config, model.image_size)
             data = {split: encoded[split] and encoded[split].identity() for split in ("train", "eval")}
+            joint_classes = image_joint_classes(config, session)
+            pretraining_images = joint_images(config, joint_classes, model.image_size)
+            if pretraining_images is not None:
+                data["joint"] = pretraining_images.identity()
         else:
+            joint_classes, pretraining_images = [], None
             task, best_metric, records = read_task(config)
             data = {"train": source_identity(config.data.train)}
             data["eval"] = source_identity(config.data.eval) if config.data.eval else None
@@ -114,8 +120,8 @@ def train_and_evaluate(
             session.differ(
                 *(
                     f"data.{split}: not the data the run was trained with (by content)"
-                    for split in ("train", "eval")
-                    if data[split] != run["data"][split]
+                    for split in ("train", "eval", "joint")
+                    if data.get(split) != run["data"].get(split)
                 )
             )
             if task.labels != run["task"]["labels"]:
@@ -132,12 +138,15 @@ def train_and_evaluate(
             encoded = encode_splits(task, tokenizer, model, records)
             joint = joint_objective(config, family, tokenizer, model)
         batches = task_batches(config, encoded["train"], task, config.seed)
-        module = family.module(model, task.head(mlm=joint[0] is not None))
+        if pretraining_images is not None:
+            batches = JointImageBatches(batches, pretraining_images.batches(config.batch_size, config.seed + 1, True))
+        module = family.module(model, task.head(mlm=joint[0] in ("mlm", "next_word"), joint_labels=len(joint_classes)))
         total_steps = planned_steps(config, len(batches))
         longer = _length_change(config, session, len(batches))
 
         # Everything is checked: from here on, the run writes.
-        session.start(config.to_dict(), family, model, data, tokenizer, task=task.to_json())
+        extra = {"joint_classes": joint_classes} if joint_classes else {}
+        session.start(config.to_dict(), family, model, data, tokenizer, task=task.to_json(), **extra)
         if longer:
             session.record({**run["config"], "epochs": config.epochs, "max_steps": config.max_steps})
             print(longer, flush=True)

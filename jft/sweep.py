@@ -132,6 +132,11 @@ def sweep_data(config: ConfigDict) -> SweepData:
     that every member of config's sweep shares; an image model's data are its images at its side."""
     init = open_init(config.init_from) if config.init_from else None
     if (init.family if init else get_family(config.model.family or "bert")).modality == "image":
+        if config.joint_mlm.weight:
+            raise JftError(
+                "jft sweep of an image model with the joint objective (joint_mlm.weight > 0) is not built; run "
+                "`jft finetune` with it, or sweep with joint_mlm.weight=0."
+            )
         tokenizer = None
         family, model = new_model(config.model, None, init)
         task, metric, data = read_image_task(config, model.image_size)

@@ -4,6 +4,7 @@ that PyTorch (transformers' ResNet, torchvision's VGG) and AutoImageProcessor re
 predictions, resume after SIGTERM, 8 devices = 1 device with BatchNorm, the step's augmentation,
 and the damaged images a tired person gives."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -107,6 +108,7 @@ def test_pretrain_finetune_eval_predict_export_reload_in_pytorch(digits, pretrai
     elsewhere.mkdir()
     settings = {**SMALL, "init_from": pretrained, "data.train": digits / "train", "data.eval": digits / "dev"}
     settings |= {"epochs": 15, "batch_size": 8, "l2.weight": 0.01}
+    settings |= {"joint_mlm.weight": 0.5, "joint_mlm.data": digits / "pre_dev"}  # + μ·L_pre on digits 0-4
     del settings["model.preset"]  # the architecture is init_from's
     done = run(
         jft_command("finetune", "--config", f"finetune/{family}_tiny", "--workdir", "task") + settings_args(settings),
@@ -114,6 +116,8 @@ def test_pretrain_finetune_eval_predict_export_reload_in_pytorch(digits, pretrai
     )
     assert "pulling toward the weights it starts from (L2-SP)" in done.stdout
     assert "created new (2): classifier/" in done.stdout  # 5 new classes, a new head
+    metrics = [json.loads(line) for line in (elsewhere / "task" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= row["pre_accuracy"] <= 1 and row["pre_loss"] > 0 for row in metrics if row["split"] == "train")
     (elsewhere / "task").rename(elsewhere / "moved")  # a run directory moves whole
     report = json.loads(
         run(jft_command("eval", "--workdir", "moved", "--data", digits / "dev", "--json"), elsewhere).stdout
@@ -273,7 +277,16 @@ def test_wrong_settings_for_an_image_model_are_refused(digits, tmp_path):
         text=True,
         env=ONE_DEVICE,
     )
-    assert done.returncode != 0 and "joint_mlm.weight is for text models" in done.stderr
+    assert done.returncode != 0 and "give them as joint_mlm.data=DIR" in done.stderr
+    no_init = subprocess.run(
+        jft_command("finetune", "--config", "finetune/resnet_tiny", "--workdir", "w1")
+        + settings_args({**settings, "joint_mlm.data": digits / "pre_dev"}),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=ONE_DEVICE,
+    )
+    assert no_init.returncode != 0 and "init_from must be the jft run that pretrained it" in no_init.stderr
     unknown = subprocess.run(
         jft_command("finetune", "--config", "finetune/resnet_tiny", "--workdir", "w2")
         + settings_args({**SMALL, "data.train": digits / "train", "data.eval": digits / "pre_dev"}),
@@ -291,6 +304,55 @@ def test_wrong_settings_for_an_image_model_are_refused(digits, tmp_path):
         env=ONE_DEVICE,
     )
     assert text.returncode != 0 and "use --config pretrain/resnet_tiny" in text.stderr
+
+
+def test_the_joint_objective_adds_mu_times_the_pretraining_classifiers_loss():
+    """finetune_step with the joint objective: the task's and the pretraining images go through
+    one forward (BatchNorm's statistics over both), the task loss on the task head, μ · the
+    cross-entropy of the pretraining head (joint_classifier) on the pretraining images."""
+    import optax
+
+    from jft.models import Head
+    from jft.models.batch_norm import STATS, variables
+    from jft.models.resnet import FAMILY, ResNetConfig
+    from jft.train.steps import FinetuneSetup, create_finetune_state, finetune_step
+
+    config = ResNetConfig.preset("tiny", image_size=16)
+    head = Head("classification", 3, joint_labels=4)
+    model = FAMILY.module(config, head)
+    params = FAMILY.init(config, head, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    batch = {
+        "pixel_values": rng.integers(0, 256, (6, 16, 16, 3)).astype(np.uint8),
+        "labels": np.array([0, 1, 2, 2, 1, 0], np.int32),
+        "weights": np.ones(6, np.float32),
+        "joint_pixel_values": rng.integers(0, 256, (6, 16, 16, 3)).astype(np.uint8),
+        "joint_labels": np.array([3, 0, 1, 2, 3, 3], np.int32),
+        "joint_weights": np.array([1, 1, 1, 1, 1, 0], np.float32),
+    }
+    images = ImageInputs(16, config.image_mean, config.image_std, augment=False)
+    tx = optax.sgd(0.0)
+    setup = FinetuneSetup(model, tx, optax.constant_schedule(0.0), "classification", 0.0, None, 0.5, images=images)
+    setup = dataclasses.replace(setup, joint="classify", inputs=FAMILY.inputs)
+    state = create_finetune_state(params, tx)
+    new, metrics = jax.jit(lambda s, b: finetune_step(s, b, jax.random.key(1), setup=setup, axis_name=None))(
+        state, {k: jnp.asarray(v) for k, v in batch.items()}
+    )
+
+    def normalised(pixels):
+        return (pixels / 255.0 - np.array(config.image_mean)) / np.array(config.image_std)
+
+    both = jnp.asarray(np.concatenate([normalised(batch["pixel_values"]), normalised(batch["joint_pixel_values"])]))
+    mask = jnp.asarray(np.concatenate([batch["weights"], batch["joint_weights"]]) > 0)  # filler rows left out
+    out, updates = model.apply(variables(params), both, mask, deterministic=False, mutable=[STATS])
+    task_loss = optax.softmax_cross_entropy_with_integer_labels(out["logits"][:6], batch["labels"]).mean()
+    pre = optax.softmax_cross_entropy_with_integer_labels(out["joint_logits"][6:], batch["joint_labels"])
+    pre_loss = (pre * batch["joint_weights"]).sum() / 5
+    assert float(metrics["task_loss"]) == pytest.approx(float(task_loss), rel=1e-5)
+    assert float(metrics["pre_loss"]) == pytest.approx(float(pre_loss), rel=1e-5)
+    assert float(metrics["loss"]) == pytest.approx(float(task_loss + 0.5 * pre_loss), rel=1e-5)
+    for a, b in zip(jax.tree.leaves(new.params[STATS]), jax.tree.leaves(updates[STATS])):
+        np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 def test_mixup_mixes_neighbouring_rows_alike_on_any_devices():

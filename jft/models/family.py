@@ -29,13 +29,16 @@ MODALITIES = ("text", "image")
 class Head:
     """What sits on the backbone. kind: one of HEADS. num_labels: a task head's outputs (1 for
     regression). nsp: pretraining with next-sentence prediction. mlm: a task model that also keeps
-    the masked-LM head (the joint objective's). pooler: an encoder with its pooled output."""
+    the masked-LM head (the joint objective's). pooler: an encoder with its pooled output.
+    joint_labels: an image task model's second classifier, over the pretraining classes (the joint
+    objective's μ·L_pre)."""
 
     kind: str
     num_labels: int = 0
     nsp: bool = False
     mlm: bool = False
     pooler: bool = True
+    joint_labels: int = 0
 
     def __post_init__(self):
         if self.kind not in HEADS:

@@ -125,6 +125,8 @@ def initial_params(params: dict, config: ConfigDict, init, task: Task, quiet: bo
     if init is None:
         return params, None
     loaded = dict(init.params)
+    if "joint_classifier" in params and "classifier" in loaded:  # the joint objective's pretraining head
+        loaded["joint_classifier"] = loaded["classifier"]
     same_task = init.task is not None and (init.task["kind"], init.task["labels"]) == (task.kind, task.labels)
     if "classifier" in loaded and not same_task:
         del loaded["classifier"]  # another task's head: this task's is created new
@@ -169,15 +171,34 @@ def task_modality(config: ConfigDict, session) -> str:
     return family.modality
 
 
-def image_joint_objective(config: ConfigDict) -> tuple[None, None]:
-    """An image model's joint objective: none (μ·L_pre needs the pretraining task's labels beside
-    the task's, which an image run does not read); joint_mlm.weight > 0 is refused."""
-    if config.joint_mlm.weight:
+def image_joint_objective(config: ConfigDict) -> tuple[str | None, None]:
+    """An image model's joint objective: "classify" (μ · the pretraining classifier's cross-entropy
+    on joint_mlm.data, the pretraining images; image_joint_classes checks what it needs) when
+    joint_mlm.weight > 0, else None."""
+    return ("classify", None) if config.joint_mlm.weight else (None, None)
+
+
+def image_joint_classes(config: ConfigDict, session) -> list[str]:
+    """The pretraining classes of an image model's joint objective: those run.json recorded (a
+    resumed run), or init_from's, whose classifier becomes the joint head; [] without the objective."""
+    if not config.joint_mlm.weight:
+        return []
+    if not config.joint_mlm.data:
         raise JftError(
-            "joint_mlm.weight is for text models (μ · the pretraining loss on the task's own text); an image model "
-            "has no such loss on its task's images. Set joint_mlm.weight=0."
+            "joint_mlm.weight > 0 adds μ · the pretraining loss, and an image model's is its pretraining classifier's "
+            "on the pretraining images: give them as joint_mlm.data=DIR (a folder a class), with init_from the run "
+            "that pretrained on them."
         )
-    return None, None
+    if session.resuming:
+        return list(session.run.get("joint_classes") or [])
+    init = session.init
+    if init is None or not (init.task or {}).get("labels") or "classifier" not in init.params:
+        raise JftError(
+            "joint_mlm.weight > 0 for an image model trains the pretraining classifier beside the task's: "
+            "init_from must be the jft run that pretrained it (its classes in run.json)"
+            + (f", and {init.path} is not one." if init is not None else ", and none is given.")
+        )
+    return list(init.task["labels"])
 
 
 def joint_objective(config: ConfigDict, family, tokenizer, model) -> tuple[str | None, MaskingConfig | None]:

@@ -130,3 +130,34 @@ class ImageBatches:
     def stream(self, start: int) -> Iterator[dict[str, np.ndarray]]:
         """The batches from step `start` on (counted from 0 over all epochs), epoch after epoch."""
         return stream(self, start)
+
+
+def joint_images(config: ConfigDict, classes: list[str], side: int) -> ImageData | None:
+    """The labeled pretraining images of the joint objective μ·L_pre (joint_mlm.data) at side ×
+    side, their labels ids of the pretraining `classes`; None without the objective."""
+    if not classes:
+        return None
+    data = config.joint_mlm.data
+    images = read_images(
+        data, side, skip_bad=config.data.skip_bad_images, tfds_data_dir=config.data.tfds_data_dir or None
+    )
+    if images.labels is None:
+        raise JftError(f"joint_mlm.data {data} has no labels (no class folders); L_pre needs the pretraining classes.")
+    return image_data(images, classes, f"joint_mlm.data {data}")
+
+
+@dataclasses.dataclass
+class JointImageBatches:
+    """The task's batches with a batch of pretraining images beside each (joint_pixel_values,
+    joint_labels, joint_weights: the same number of rows, its own order from seed + 1), step after
+    step; an epoch is the task's."""
+
+    task: ImageBatches
+    joint: ImageBatches
+
+    def __len__(self) -> int:
+        return len(self.task)
+
+    def stream(self, start: int) -> Iterator[dict[str, np.ndarray]]:
+        for batch, joint in zip(self.task.stream(start), self.joint.stream(start)):
+            yield {**batch, **{f"joint_{name}": joint[name] for name in ("pixel_values", "labels", "weights")}}

@@ -59,10 +59,11 @@ class Task:
     def from_json(cls, values: dict) -> "Task":
         return cls(values["kind"], values["labels"], Columns(**values["columns"]), values["seq_len"])
 
-    def head(self, mlm: bool = False) -> Head:
-        """The head of the task's model; mlm: with the joint objective's masked-LM head as well."""
+    def head(self, mlm: bool = False, joint_labels: int = 0) -> Head:
+        """The head of the task's model; mlm: with the joint objective's masked-LM head as well;
+        joint_labels: an image model's pretraining classifier as well (the joint objective's)."""
         kind = "token_classification" if self.kind == "token_classification" else "classification"
-        return Head(kind, max(len(self.labels), 1), mlm=mlm)
+        return Head(kind, max(len(self.labels), 1), mlm=mlm, joint_labels=joint_labels)
 
     def metrics(self) -> tuple[str, ...]:
         """The names of the evaluation metrics of this task (all: higher is better, but mse)."""

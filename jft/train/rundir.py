@@ -199,7 +199,8 @@ def open_init(path: str | Path, role: str = "init_from") -> InitSource:
         state, _ = restore_latest(path / CHECKPOINTS, f"{role}{path} has no complete checkpoint yet.")
         params, step = state["train"]["params"], int(state["train"]["step"])
         check_finite(params, f"the checkpoint of step {step} in {path / CHECKPOINTS}")
-        return InitSource("pretraining", path, family, model, params, _own_tokenizer(path), step=step)
+        task = run.get("task")  # an image model's pretraining classes
+        return InitSource("pretraining", path, family, model, params, _own_tokenizer(path), task, step)
     state, meta = restore_latest(path / BEST, f"{role}{path} has no best model yet (best/ is empty).")
     check_finite(state["params"], f"the best model (step {meta['step']}) in {path / BEST}")
     return InitSource(

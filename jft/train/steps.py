@@ -296,6 +296,12 @@ def without_reference(state: TrainState) -> TrainState:
     return TrainState(**{f.name: getattr(state, f.name) for f in dataclasses.fields(TrainState)})
 
 
+# The joint objective's name in the metrics (pre_loss: an image model's pretraining classifier's),
+# and the key the pretraining images' crops fold in.
+JOINT_METRICS = {"next_word": "lm", "classify": "pre", "mlm": "mlm"}
+JOINT_IMAGES = 2**31 - 2
+
+
 @dataclasses.dataclass(frozen=True)
 class FinetuneSetup:
     """The static parts of a fine-tuning step.
@@ -313,7 +319,8 @@ class FinetuneSetup:
     penalty_mask: Any
     # The optional joint objective: + mlm_weight (μ) · the family's pretraining loss on the batch's
     # own text (the model needs mlm=True). joint "mlm": masked as in pretraining (with `masking`);
-    # "next_word": every token predicting the next, from the task's own forward pass; None: off.
+    # "next_word": every token predicting the next, from the task's own forward pass; "classify":
+    # an image model's pretraining classifier on the batch's joint_* images; None: off.
     mlm_weight: float = 0.0
     masking: MaskingConfig | None = None
     accum_steps: int = 1  # micro-batches a step (gradient accumulation)
@@ -363,20 +370,28 @@ def finetune_step(
     """
     step_key = jax.random.fold_in(rng, state.step)
     mask_key, dropout_key, mlm_dropout_key = jax.random.split(step_key, 3)
+    pretraining_images = {name.removeprefix("joint_"): v for name, v in batch.items() if name.startswith("joint_")}
+    batch = {name: value for name, value in batch.items() if not name.startswith("joint_")}
     if setup.images is not None:  # the crops depend on the global row, not on the device
-        rows = batch["weights"].shape[0]
-        batch = image_inputs(setup.images, batch, mask_key, _device_index(axis_name) * rows)
+        first = _device_index(axis_name) * batch["weights"].shape[0]
+        batch = image_inputs(setup.images, batch, mask_key, first)
+        if pretraining_images:  # the joint objective's: crops of their own
+            key = jax.random.fold_in(mask_key, JOINT_IMAGES)
+            pretraining_images = image_inputs(setup.images, pretraining_images, key, first)
     dropout_key, mlm_dropout_key = (
         jax.random.fold_in(k, _device_index(axis_name)) for k in (dropout_key, mlm_dropout_key)
     )
     num_devices = _psum(1, axis_name)
     count = _psum(batch["weights"].sum(), axis_name) / num_devices
     inputs = {"task": batch}
-    joint = "lm" if setup.joint == "next_word" else "mlm"  # the joint term's name in the metrics
+    joint = JOINT_METRICS.get(setup.joint, "mlm")  # the joint term's name in the metrics
     if _weighted(setup.mlm_weight) and joint == "lm":
         next_labels, next_weights = task_next_tokens(batch)
         inputs["task"] = {**batch, "next_labels": next_labels, "next_weights": next_weights}
         joint_count = _psum(next_weights.sum(), axis_name) / num_devices
+    elif _weighted(setup.mlm_weight) and joint == "pre":
+        inputs["pre"] = pretraining_images
+        joint_count = _psum(pretraining_images["weights"].sum(), axis_name) / num_devices
     elif _weighted(setup.mlm_weight):
         inputs["mlm"] = _task_masked(setup, batch, mask_key, axis_name)
         joint_count = _psum(inputs["mlm"]["masked_weights"].sum(), axis_name) / num_devices
@@ -387,14 +402,22 @@ def finetune_step(
             k if setup.accum_steps == 1 else jax.random.fold_in(k, index) for k in (dropout_key, mlm_dropout_key)
         )
         task = micro["task"]
-        out = _apply(setup, params, task, task_key, axis_name)
+        if "pre" in micro:  # one forward over the task's and the pretraining images: BatchNorm sees both
+            images = {name: jnp.concatenate([task[name], micro["pre"][name]]) for name in ("pixel_values", "row_mask")}
+            out = _apply(setup, params, images, task_key, axis_name)
+            rows = task["weights"].shape[0]
+            pre_logits, out["logits"] = out["joint_logits"][rows:], out["logits"][:rows]
+        else:
+            out = _apply(setup, params, task, task_key, axis_name)
         stats = {"task": task_stats(setup.kind, out["logits"], task, setup.label_smoothing)}
+        if "pre" in micro:
+            stats["pre"] = task_stats("classification", pre_logits, micro["pre"], setup.label_smoothing)
         if STATS in out:
             stats[STATS] = out[STATS]
         loss = stats["task"]["loss_sum"] / jnp.maximum(count, 1e-9)
         if _weighted(setup.mlm_weight) and joint == "lm":  # from the task's own forward pass
             stats["lm"] = weighted_cross_entropy(out["lm_logits"], task["next_labels"], task["next_weights"])
-        elif _weighted(setup.mlm_weight):
+        elif "mlm" in micro:
             masked = micro["mlm"]
             mlm_logits = _apply(setup, params, masked, mlm_key, masked_positions=masked["masked_positions"])[
                 "mlm_logits"

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jft.errors import JftError
 from jft.models.batch_norm import BatchNorm, trains_statistics
 from jft.models.family import Head
+from jft.models.layers import image_classifiers
 from jft.models.resnet.config import ResNetConfig
 
 # PyTorch's (and Hugging Face's) convolution init: He normal over the outputs.
@@ -131,15 +132,14 @@ class ResNetForImageClassification(nn.Module):
     config: ResNetConfig
     num_labels: int
     axis_name: str | None = None
+    joint_labels: int = 0  # > 0: a second classifier, joint_classifier, over the pretraining classes
 
     @nn.compact
     def __call__(self, pixel_values, row_mask=None, deterministic: bool = True):
         train, mask = trains_statistics(self.config, deterministic, row_mask)
         out = ResNetModel(self.config, self.axis_name, name="resnet")(pixel_values, train, mask)
-        logits = nn.Dense(
-            self.num_labels, param_dtype=self.config.params_dtype, kernel_init=DENSE_INIT, name="classifier"
-        )(out["pooled"])
-        return {"logits": logits.astype(jnp.float32)}
+        pooled, dtype = out["pooled"], self.config.params_dtype
+        return image_classifiers(pooled, self.num_labels, self.joint_labels, DENSE_INIT, dtype)
 
 
 class ResNetEncoderOnly(nn.Module):
@@ -158,7 +158,7 @@ def build(config: ResNetConfig, head: Head) -> nn.Module:
     """The module of a ResNet with `head`: classification (a task's, or supervised pretraining's
     classes) or the encoder alone."""
     if head.kind == "classification":
-        return ResNetForImageClassification(config, head.num_labels)
+        return ResNetForImageClassification(config, head.num_labels, joint_labels=head.joint_labels)
     if head.kind in ("encoder", "pretraining"):
         return ResNetEncoderOnly(config)
     raise JftError(f"a ResNet has no {head.kind} head; it classifies images (task classification).")

@@ -33,7 +33,8 @@ def head_of(params: Mapping[str, Any]) -> Head:
     if "resnet" not in params:
         raise JftError(f"a ResNet tree holds the backbone under 'resnet' (found {sorted(params)}).")
     if "classifier" in params:
-        return Head("classification", int(np.shape(params["classifier"]["kernel"])[1]))
+        joint = int(np.shape(params["joint_classifier"]["kernel"])[1]) if "joint_classifier" in params else 0
+        return Head("classification", int(np.shape(params["classifier"]["kernel"])[1]), joint_labels=joint)
     return Head("encoder", pooler=False)
 
 

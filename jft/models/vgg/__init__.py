@@ -56,7 +56,7 @@ FAMILY = Family(
     weights_to_hf=weights_to_hf,
     flops=flops,
     vocabulary="",
-    joint_head=None,
+    joint_head="joint_classifier",
     modality="image",
     loaded_by=loaded_by,
 )

@@ -15,6 +15,7 @@ import numpy as np
 from jft.errors import JftError
 from jft.models.batch_norm import BatchNorm, trains_statistics
 from jft.models.family import Head
+from jft.models.layers import image_classifiers
 from jft.models.vgg.config import VGGConfig
 
 # torchvision's init: convolutions He normal over the outputs, linear layers N(0, 0.01), biases 0.
@@ -81,15 +82,14 @@ class VGGForImageClassification(nn.Module):
     config: VGGConfig
     num_labels: int
     axis_name: str | None = None
+    joint_labels: int = 0  # > 0: a second classifier, joint_classifier, over the pretraining classes
 
     @nn.compact
     def __call__(self, pixel_values, row_mask=None, deterministic: bool = True):
         train, mask = trains_statistics(self.config, deterministic, row_mask)
         out = VGGModel(self.config, self.axis_name, name="vgg")(pixel_values, train, mask, deterministic)
-        logits = nn.Dense(
-            self.num_labels, kernel_init=DENSE_INIT, param_dtype=self.config.params_dtype, name="classifier"
-        )(out["pooled"])
-        return {"logits": logits.astype(jnp.float32)}
+        pooled, dtype = out["pooled"], self.config.params_dtype
+        return image_classifiers(pooled, self.num_labels, self.joint_labels, DENSE_INIT, dtype)
 
 
 class VGGEncoderOnly(nn.Module):
@@ -108,7 +108,7 @@ def build(config: VGGConfig, head: Head) -> nn.Module:
     """The module of a VGG with `head`: classification (a task's, or supervised pretraining's
     classes) or the backbone alone."""
     if head.kind == "classification":
-        return VGGForImageClassification(config, head.num_labels)
+        return VGGForImageClassification(config, head.num_labels, joint_labels=head.joint_labels)
     if head.kind in ("encoder", "pretraining"):
         return VGGEncoderOnly(config)
     raise JftError(f"a VGG has no {head.kind} head; it classifies images (task classification).")

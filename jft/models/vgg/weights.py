@@ -30,7 +30,8 @@ def head_of(params: Mapping[str, Any]) -> Head:
     if "vgg" not in params:
         raise JftError(f"a VGG tree holds the backbone under 'vgg' (found {sorted(params)}).")
     if "classifier" in params:
-        return Head("classification", int(np.shape(params["classifier"]["kernel"])[1]))
+        joint = int(np.shape(params["joint_classifier"]["kernel"])[1]) if "joint_classifier" in params else 0
+        return Head("classification", int(np.shape(params["classifier"]["kernel"])[1]), joint_labels=joint)
     return Head("encoder", pooler=False)
 
 
