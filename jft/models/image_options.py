@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from jft.errors import JftError
+from jft.models.batch_norm import init_image_model
+from jft.models.family import IMAGE_INPUTS, Family
 from jft.models.options import DTYPES, ConfigOptions, type_problems
 
 # jft's own fields of an image config: what the image looks like to the model, how BatchNorm
@@ -116,3 +118,29 @@ class ImageOptions(ConfigOptions):
 def is_count(value) -> bool:
     """Whether value is a positive integer (not a bool)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def image_family(name: str, config_type: type, size_fields: tuple[str, ...], field_meanings, **functions) -> Family:
+    """A family of image classifiers: its config (an ImageOptions), the fields a model from scratch
+    needs, and its functions (module, head_of, architecture, weights_from_hf, weights_to_hf, flops,
+    optionally loaded_by); supervised pretraining ("classify"), pixels in, no vocabulary, the
+    joint objective's head `joint_classifier`."""
+    return Family(
+        name=name,
+        config_type=config_type,
+        presets=config_type.presets,
+        size_fields=size_fields,
+        changeable_fields=CHANGEABLE_FIELDS,
+        compute_fields=COMPUTE_FIELDS,
+        field_meanings=field_meanings,
+        objectives=("classify",),
+        inputs=IMAGE_INPUTS,
+        hf_model_types=(config_type.model_type,),
+        init_params=init_image_model,
+        config_from_hf=config_type.from_hf,
+        config_to_hf=config_type.to_hf,
+        vocabulary="",
+        joint_head="joint_classifier",
+        modality="image",
+        **functions,
+    )

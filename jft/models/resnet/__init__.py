@@ -1,15 +1,7 @@
 """ResNet behind jft's model interface: its config, Flax modules, Hugging Face names and FLOPs."""
 
-from jft.models.batch_norm import init_image_model
-from jft.models.family import IMAGE_INPUTS, Family
-from jft.models.resnet.config import (
-    CHANGEABLE_FIELDS,
-    COMPUTE_FIELDS,
-    FIELD_MEANINGS,
-    PRESETS,
-    SIZE_FIELDS,
-    ResNetConfig,
-)
+from jft.models.image_options import image_family
+from jft.models.resnet.config import FIELD_MEANINGS, SIZE_FIELDS, ResNetConfig
 from jft.models.resnet.modules import (
     ResNetEncoderOnly,
     ResNetForImageClassification,
@@ -58,29 +50,17 @@ def flops(cfg: ResNetConfig, batch: int, image_size: int, *, num_labels: int = 0
     return 3.0 * batch * forward
 
 
-FAMILY = Family(
-    name="resnet",
-    config_type=ResNetConfig,
-    presets=PRESETS,
-    size_fields=SIZE_FIELDS,
-    changeable_fields=CHANGEABLE_FIELDS,
-    compute_fields=COMPUTE_FIELDS,
-    field_meanings=FIELD_MEANINGS,
-    objectives=("classify",),
-    inputs=IMAGE_INPUTS,
-    hf_model_types=("resnet",),
+FAMILY = image_family(
+    "resnet",
+    ResNetConfig,
+    SIZE_FIELDS,
+    FIELD_MEANINGS,
     module=build,
-    init_params=init_image_model,
     head_of=head_of,
     architecture=architecture,
-    config_from_hf=ResNetConfig.from_hf,
-    config_to_hf=ResNetConfig.to_hf,
     weights_from_hf=weights_from_hf,
     weights_to_hf=weights_to_hf,
     flops=flops,
-    vocabulary="",
-    joint_head="joint_classifier",
-    modality="image",
 )
 
 __all__ = [

@@ -13,8 +13,6 @@ from typing import Any
 
 from jft.errors import JftError
 from jft.models.image_options import (
-    CHANGEABLE_FIELDS,
-    COMPUTE_FIELDS,
     IMAGE_FIELD_MEANINGS,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -24,7 +22,6 @@ from jft.models.image_options import (
 
 LAYER_TYPES = ("basic", "bottleneck")
 SIZE_FIELDS = ("embedding_size", "hidden_sizes", "depths", "layer_type")
-__all__ = ["CHANGEABLE_FIELDS", "COMPUTE_FIELDS", "FIELD_MEANINGS", "PRESETS", "SIZE_FIELDS", "ResNetConfig"]
 
 FIELD_MEANINGS = {
     "embedding_size": "channels of the 7×7 stem",

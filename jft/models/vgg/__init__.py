@@ -1,15 +1,7 @@
 """VGG behind jft's model interface: its config, Flax modules, torchvision names and FLOPs."""
 
-from jft.models.batch_norm import init_image_model
-from jft.models.family import IMAGE_INPUTS, Family
-from jft.models.vgg.config import (
-    CHANGEABLE_FIELDS,
-    COMPUTE_FIELDS,
-    FIELD_MEANINGS,
-    PRESETS,
-    SIZE_FIELDS,
-    VGGConfig,
-)
+from jft.models.image_options import image_family
+from jft.models.vgg.config import FIELD_MEANINGS, SIZE_FIELDS, VGGConfig
 from jft.models.vgg.modules import (
     VGGEncoderOnly,
     VGGForImageClassification,
@@ -35,29 +27,17 @@ def flops(cfg: VGGConfig, batch: int, image_size: int, *, num_labels: int = 0, *
     return 3.0 * batch * forward
 
 
-FAMILY = Family(
-    name="vgg",
-    config_type=VGGConfig,
-    presets=PRESETS,
-    size_fields=SIZE_FIELDS,
-    changeable_fields=CHANGEABLE_FIELDS,
-    compute_fields=COMPUTE_FIELDS,
-    field_meanings=FIELD_MEANINGS,
-    objectives=("classify",),
-    inputs=IMAGE_INPUTS,
-    hf_model_types=("vgg",),
+FAMILY = image_family(
+    "vgg",
+    VGGConfig,
+    SIZE_FIELDS,
+    FIELD_MEANINGS,
     module=build,
-    init_params=init_image_model,
     head_of=head_of,
     architecture=architecture,
-    config_from_hf=VGGConfig.from_hf,
-    config_to_hf=VGGConfig.to_hf,
     weights_from_hf=weights_from_hf,
     weights_to_hf=weights_to_hf,
     flops=flops,
-    vocabulary="",
-    joint_head="joint_classifier",
-    modality="image",
     loaded_by=loaded_by,
 )
 

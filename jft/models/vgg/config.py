@@ -14,8 +14,6 @@ from typing import Any
 
 from jft.errors import JftError
 from jft.models.image_options import (
-    CHANGEABLE_FIELDS,
-    COMPUTE_FIELDS,
     IMAGE_FIELD_MEANINGS,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -24,7 +22,6 @@ from jft.models.image_options import (
 )
 
 SIZE_FIELDS = ("hidden_sizes", "depths", "batch_norm", "hidden_size", "pool_size")
-__all__ = ["CHANGEABLE_FIELDS", "COMPUTE_FIELDS", "FIELD_MEANINGS", "PRESETS", "SIZE_FIELDS", "VGGConfig"]
 
 FIELD_MEANINGS = {
     "hidden_sizes": "channels of each stage's convolutions (a list, one a stage)",
