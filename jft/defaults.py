@@ -35,14 +35,15 @@ MODEL: Table = {
     ),
 }
 OPTIM: Table = {
-    "optim.name": ("adamw", "adamw or lamb"),
+    "optim.name": ("adamw", "adamw, lamb or sgd (momentum optim.b1, the ImageNet recipe's)"),
     "optim.lr": (1e-4, "peak learning rate"),
     "optim.warmup_steps": (100, "steps of linear warmup (fine-tuning, 0: warmup_fraction of all steps)"),
     "optim.decay": ("linear", "after warmup: linear, cosine (to 0 at the last step) or constant"),
-    "optim.b1": (0.9, "Adam's first-moment decay"),
+    "optim.b1": (0.9, "Adam's first-moment decay; sgd: the momentum (0: none)"),
+    "optim.nesterov": (True, "sgd: Nesterov's momentum"),
     "optim.b2": (0.999, "Adam's second-moment decay"),
     "optim.eps": (1e-6, "Adam's epsilon"),
-    "optim.weight_decay": (0.01, "AdamW's decoupled decay (never on biases or LayerNorm)"),
+    "optim.weight_decay": (0.01, "AdamW's decoupled decay; sgd: added to the gradients (never on biases or LayerNorm)"),
     "optim.max_grad_norm": (1.0, "clip the global gradient norm to this (0: no clipping)"),
 }
 PARALLEL: Table = {
@@ -161,7 +162,7 @@ FINETUNE: Table = {
     # AdamW's decoupled decay is a different regulariser: off, so the L2 term is the only one.
     "optim.lr": (2e-5, "peak learning rate"),
     "optim.warmup_steps": (0, "steps of linear warmup (fine-tuning, 0: warmup_fraction of all steps)"),
-    "optim.weight_decay": (0.0, "AdamW's decoupled decay (never on biases or LayerNorm)"),
+    "optim.weight_decay": (0.0, "AdamW's decoupled decay; sgd: added to the gradients (never on biases or LayerNorm)"),
     "joint_mlm.weight": (
         0.0,
         "μ of the joint objective: + μ·(the family's pretraining loss on the task's text: masked-LM, or next-word "

@@ -130,9 +130,31 @@ def test_console_script_lists_subcommands():
         "pretrain/tiny.py",
         "pretrain/base.py",
         "pretrain/large.py",
+        "pretrain/resnet50.py",
+        "pretrain/vgg_tiny.py",
+        "finetune/resnet18.py",
+        "finetune/vgg16.py",
+        "finetune/vgg_tiny.py",
     ],
 )
 def test_every_shipped_config_loads(spec):
     path, _, arg = spec.partition(":")
     config = load_config(f"{REPO / 'configs' / path}{':' + arg if arg else ''}", ["seed=3"])
     assert config.seed == 3
+    if config.model.family in ("resnet", "vgg"):  # the image sizes build (shapes only)
+        from jft.models import Head
+        from jft.train.session import new_model
+
+        family, model = new_model(config.model, None)
+        assert model.image_size == (32 if "tiny" in path else 224)
+        assert family.shapes(model, Head("classification", 10))
+
+
+@pytest.mark.parametrize("name", ["resnet", "vgg"])
+def test_every_image_preset_names_every_size_a_model_from_scratch_needs(name):
+    from jft.models import get as get_family
+    from jft.train.session import new_model
+
+    family = get_family(name)
+    for preset in family.presets:
+        assert new_model({"family": name, "preset": preset}, None)[1] == family.preset(preset)

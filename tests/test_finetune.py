@@ -435,3 +435,28 @@ def test_label_smoothing_and_mixed_targets_are_torchs_cross_entropy():
     expected = (1 - share) * torch_loss(labels, 0.1) + share * torch_loss(other, 0.1)
     np.testing.assert_allclose(float(mixed["loss_sum"]), (expected * weights).sum(), rtol=1e-6)
     assert float(mixed["correct"]) == float(smoothed["correct"]) == ((logits.argmax(-1) == labels) * weights).sum()
+
+
+def test_sgd_with_nesterov_momentum_and_weight_decay_is_torchs():
+    """optim.name=sgd: torch.optim.SGD(momentum, nesterov, weight_decay) step for step."""
+    from ml_collections import ConfigDict
+
+    from jft.defaults import finetune as finetune_defaults
+    from jft.train.optim import make_optimizer
+
+    config = ConfigDict(finetune_defaults().optim.to_dict())
+    config.update(name="sgd", lr=0.1, decay="constant", warmup_steps=0, weight_decay=0.01, max_grad_norm=0.0)
+    tx, _ = make_optimizer(config, 10)
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=(3, 4)).astype(np.float32)
+    params, state = {"dense": {"kernel": jnp.asarray(kernel)}}, None
+    state = tx.init(params)
+    theirs = torch.nn.Parameter(torch.from_numpy(kernel.copy()))
+    sgd = torch.optim.SGD([theirs], lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)
+    for _ in range(3):
+        grad = rng.normal(size=(3, 4)).astype(np.float32)
+        updates, state = tx.update({"dense": {"kernel": jnp.asarray(grad)}}, state, params)
+        params = optax.apply_updates(params, updates)
+        theirs.grad = torch.from_numpy(grad)
+        sgd.step()
+    np.testing.assert_allclose(np.asarray(params["dense"]["kernel"]), theirs.detach().numpy(), atol=1e-6)

@@ -10,7 +10,7 @@ from jft.errors import JftError
 from jft.models.batch_norm import is_statistic
 from jft.params import flatten, unflatten
 
-OPTIMIZERS = ("adamw", "lamb")
+OPTIMIZERS = ("adamw", "lamb", "sgd")
 DECAYS = ("linear", "cosine", "constant")
 
 
@@ -89,15 +89,25 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArg
 def make_optimizer(
     config: ConfigDict, total_steps: int, lr=None
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The optax chain a run uses: global-norm clipping, then AdamW or LAMB with masked weight decay.
-    Its update takes the gradients' norm as `grad_norm=` (computed once by the step). `lr` (may be
-    traced: a population member's) replaces config.lr."""
+    """The optax chain a run uses: global-norm clipping, then AdamW or LAMB with masked weight decay,
+    or SGD with (Nesterov) momentum, weight decay added to the gradients before it (the ImageNet
+    recipe's, as torch.optim.SGD). Its update takes the gradients' norm as `grad_norm=` (computed
+    once by the step). `lr` (may be traced: a population member's) replaces config.lr."""
     if config.name not in OPTIMIZERS:
         raise JftError(f"optim.name '{config.name}' is not one of {OPTIMIZERS}.")
     schedule = learning_rate_schedule(config, total_steps, lr)
-    make = {"adamw": optax.adamw, "lamb": optax.lamb}[config.name]
-    optimizer = make(
-        schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay, mask=weight_decay_mask
-    )
+    if config.name == "sgd":
+        decay = [optax.add_decayed_weights(config.weight_decay, weight_decay_mask)] if config.weight_decay else []
+        optimizer = optax.chain(*decay, optax.sgd(schedule, momentum=config.b1 or None, nesterov=config.nesterov))
+    else:
+        make = {"adamw": optax.adamw, "lamb": optax.lamb}[config.name]
+        optimizer = make(
+            schedule,
+            b1=config.b1,
+            b2=config.b2,
+            eps=config.eps,
+            weight_decay=config.weight_decay,
+            mask=weight_decay_mask,
+        )
     chain = [clip_by_global_norm(config.max_grad_norm)] if config.max_grad_norm > 0 else []
     return optax.chain(*chain, optimizer), schedule

@@ -38,8 +38,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(embedding_size=16, hidden_sizes=(16, 32), depths=(1, 1), layer_type="basic", image_size=32),
     "resnet18": dict(embedding_size=64, hidden_sizes=(64, 128, 256, 512), depths=(2, 2, 2, 2), layer_type="basic"),
     "resnet34": dict(embedding_size=64, hidden_sizes=(64, 128, 256, 512), depths=(3, 4, 6, 3), layer_type="basic"),
-    "resnet50": dict(embedding_size=64, hidden_sizes=(256, 512, 1024, 2048), depths=(3, 4, 6, 3)),
-    "resnet101": dict(embedding_size=64, hidden_sizes=(256, 512, 1024, 2048), depths=(3, 4, 23, 3)),
+    "resnet50": dict(
+        embedding_size=64, hidden_sizes=(256, 512, 1024, 2048), depths=(3, 4, 6, 3), layer_type="bottleneck"
+    ),
+    "resnet101": dict(
+        embedding_size=64, hidden_sizes=(256, 512, 1024, 2048), depths=(3, 4, 23, 3), layer_type="bottleneck"
+    ),
 }
 
 

@@ -35,12 +35,16 @@ FIELD_MEANINGS = {
 
 _WIDTHS = (64, 128, 256, 512, 512)
 _DEPTHS = {"vgg11": (1, 1, 2, 2, 2), "vgg13": (2, 2, 2, 2, 2), "vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
+_HEAD = dict(hidden_size=4096, pool_size=7)  # torchvision's
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         hidden_sizes=(8, 16, 32), depths=(1, 1, 2), batch_norm=True, hidden_size=64, pool_size=2, image_size=32
     ),
-    **{name: dict(hidden_sizes=_WIDTHS, depths=depths, batch_norm=False) for name, depths in _DEPTHS.items()},
-    **{f"{name}_bn": dict(hidden_sizes=_WIDTHS, depths=depths, batch_norm=True) for name, depths in _DEPTHS.items()},
+    **{name: dict(hidden_sizes=_WIDTHS, depths=depths, batch_norm=False, **_HEAD) for name, depths in _DEPTHS.items()},
+    **{
+        f"{name}_bn": dict(hidden_sizes=_WIDTHS, depths=depths, batch_norm=True, **_HEAD)
+        for name, depths in _DEPTHS.items()
+    },
 }
 
 
