@@ -141,8 +141,9 @@ CASES = [
     ),
     Case(
         "several optimizer mistakes at once",
-        lambda t, f: _finetune(t, f, **{"optim.b2": 1.0, "optim.eps": 0.0, "optim.name": "sgd"}),
-        "jft finetune: error: optim.name 'sgd' is not one of ('adamw', 'lamb'); optim.b2 must be in [0, 1), got 1.0; "
+        lambda t, f: _finetune(t, f, **{"optim.b2": 1.0, "optim.eps": 0.0, "optim.name": "adam"}),
+        "jft finetune: error: optim.name 'adam' is not one of ('adamw', 'lamb', 'sgd'); optim.b2 must be in [0, 1), "
+        "got 1.0; "
         "optim.eps must be a positive number, got 0.0.",
     ),
     Case(

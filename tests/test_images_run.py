@@ -135,7 +135,9 @@ def test_pretrain_finetune_eval_predict_export_reload_in_pytorch(digits, pretrai
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_resumed_after_sigterm_ends_as_the_run_that_was_not_stopped(digits, tmp_path, family):
-    settings = {**SMALL, "data.train": digits / "pre_train", "epochs": 2, "batch_size": 16, "max_steps": 40}
+    # 25 steps an epoch: stopped after the first epoch's checkpoint, with 125 steps to go (a ResNet's
+    # step takes milliseconds on a CPU: fewer would finish before the signal lands)
+    settings = {**SMALL, "data.train": digits / "pre_train", "epochs": 6, "batch_size": 16, "max_steps": 150}
 
     def command(workdir):
         config = f"finetune/{family}_tiny"
@@ -146,8 +148,8 @@ def test_resumed_after_sigterm_ends_as_the_run_that_was_not_stopped(digits, tmp_
     code, output = start_and_signal(command(stopped), stopped / "checkpoints", 25, signal.SIGTERM)
     assert code == 143 and "stopped by SIGTERM at step" in output
     run(command(stopped), tmp_path)
-    straight, _ = final_state(tmp_path / "straight", 40)
-    resumed, _ = final_state(stopped, 40)
+    straight, _ = final_state(tmp_path / "straight", 150)
+    resumed, _ = final_state(stopped, 150)
     assert "batch_stats" in straight["train"]["params"]
     for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(a, b)
