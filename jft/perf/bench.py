@@ -186,6 +186,17 @@ def pretrain_workload(config: ConfigDict, family: Family, cfg, model=None) -> Wo
     )
 
 
+def one_epoch(batches, row_multiple: int) -> tuple[list[int], list[dict]]:
+    """The first epoch of batches (a TaskBatches or an ImageBatches) as the step takes them, each
+    filled out to a multiple of row_multiple rows, and the examples each holds."""
+    examples, host_batches = [], []
+    for indices in batches.epoch_indices(0):
+        count, host = step_inputs(batches.batch(indices))
+        examples.append(count)
+        host_batches.append(fill_rows(host, row_multiple))
+    return examples, host_batches
+
+
 def finetune_workload(config: ConfigDict, family: Family, cfg, row_multiple: int = 1) -> Workload:
     """finetune_step on config.finetune.batches batches of random examples laid out per
     finetune.layout, each filled out to a multiple of row_multiple rows (the devices)."""
@@ -199,11 +210,7 @@ def finetune_workload(config: ConfigDict, family: Family, cfg, row_multiple: int
     batches = TaskBatches(
         data, "classification", batch, config.seed, layout=f.layout, max_len=seq, max_segments=f.max_segments
     )
-    examples, host_batches = [], []
-    for indices in batches.epoch_indices(0):
-        count, host = step_inputs(batches.batch(indices))
-        examples.append(count)
-        host_batches.append(fill_rows(host, row_multiple))
+    examples, host_batches = one_epoch(batches, row_multiple)
     pooled = f.max_segments if f.layout == "packed" else 1
     lengths = "full rows" if not f.mean_length else f"mean length {np.mean([len(x) for x in data.input_ids]):.1f}"
     return Workload(
@@ -239,11 +246,7 @@ def image_workload(name: str, config: ConfigDict, family: Family, cfg, row_multi
     pixels = rng.integers(0, 256, (count, side, side, cfg.num_channels), dtype=np.uint8)
     data = ImageData(pixels, rng.integers(0, labels, count).astype(np.int32), [])
     batches = data.batches(config.batch_size, config.seed, shuffle=False)
-    examples, host_batches = [], []
-    for indices in batches.epoch_indices(0):
-        count, host = step_inputs(batches.batch(indices))
-        examples.append(count)
-        host_batches.append(fill_rows(host, row_multiple))
+    examples, host_batches = one_epoch(batches, row_multiple)
     return Workload(
         name,
         functools.partial(finetune_step, setup=setup),
