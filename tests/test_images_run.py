@@ -86,9 +86,10 @@ def _reloaded_probabilities(out, files: list[str]) -> tuple[np.ndarray, list[str
     from torchvision_vgg import torchvision_model
 
     processor = transformers.AutoImageProcessor.from_pretrained(out)
-    if json.loads((out / "config.json").read_text())["model_type"] == "vgg":
-        config, params = hf.load(out)
-        labels = list(json.loads((out / "config.json").read_text())["id2label"].values())
+    written = json.loads((out / "config.json").read_text())
+    if written["model_type"] == "vgg":
+        config, _ = hf.load(out)
+        labels = list(written["id2label"].values())
         model = torchvision_model(config, len(labels))
         model.load_state_dict(safetensors.torch.load_file(out / "model.safetensors"), strict=True)
     else:
