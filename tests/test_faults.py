@@ -730,7 +730,10 @@ def test_a_damaged_best_model_is_reported_not_used(files, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["eval", "--workdir", str(tmp_path / "run"), "--data", str(files / "train.csv")]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err[0].startswith(f"warning: the checkpoint {best} does not match its checksums")
+    # which file is largest, and so whether the flip garbles compressed bytes or a stored value, varies by run
+    assert re.match(
+        rf"warning: the checkpoint {re.escape(str(best))} (does not match its checksums|cannot be read)", err[0]
+    )
     assert (
         err[1] == f"jft eval: error: every checkpoint in {tmp_path}/run/best is damaged (see the warnings above); "
         "nothing can be read."
