@@ -197,10 +197,13 @@ def _corpus_files(corpus: list[str]) -> list[str]:
 
 def _prepare_arguments(parser):
     parser.add_argument(
-        "corpus", nargs="+", help="text or JSONL files (or globs, quoted: 'books/*.txt'), or tfds:NAME[:SPLIT]"
+        "corpus",
+        nargs="+",
+        help="text or JSONL files (or globs, quoted: 'books/*.txt'), or tfds:NAME[:SPLIT]; with --side, one image "
+        "source: a folder a class, an .npz, or a TFDS image dataset",
     )
-    parser.add_argument("--vocab", required=True, help="vocab.txt, tokenizer.json, or a directory with one")
-    parser.add_argument("--out", required=True, help="a new or empty directory for the row shards")
+    parser.add_argument("--vocab", help="text: vocab.txt, tokenizer.json, or a directory with one")
+    parser.add_argument("--out", required=True, help="a new or empty directory for the row shards (or images)")
     _overwrite_argument(parser)
     parser.add_argument("--seq-len", type=int, default=128, help="tokens a row")
     parser.add_argument(
@@ -226,12 +229,21 @@ def _prepare_arguments(parser):
     parser.add_argument("--cased", action="store_true", help="keep case when reading vocab.txt")
     parser.add_argument("--text-field", default="text", help="the text field of JSONL and TFDS records")
     parser.add_argument("--tfds-data-dir", default=None, help="where TFDS datasets are prepared")
+    images = parser.add_argument_group("images (with --side; --workers: decoding threads)")
+    images.add_argument("--side", type=int, help="decode and resize images to side × side: the model's image_size")
+    images.add_argument("--window-images", type=int, default=1024, help="images decoded at once (resumed a window)")
+    images.add_argument("--skip-bad-images", action="store_true", help="leave out files PIL cannot read")
 
 
 def _run_prepare(args, _):
+    from jft.data.images import is_image_source
     from jft.data.prepare import is_prepared, prepare
     from jft.outputs import check, check_inputs
 
+    if args.side is not None or is_image_source(args.corpus[0]):
+        return _prepare_images(args)
+    if args.vocab is None:
+        raise JftError("give --vocab (vocab.txt, tokenizer.json or a directory with one) to tokenize text.")
     out = Path(args.out)
     if is_prepared(out):  # its own earlier output, a run's rows too: replaced whole, once the new rows are made
         inside = Path(os.path.realpath(args.vocab)).is_relative_to(os.path.realpath(out))
@@ -259,6 +271,36 @@ def _run_prepare(args, _):
     print(
         f"wrote {args.out}: {meta['documents']:,} documents, {meta['tokens']:,} tokens, rows: {rows}; "
         f"{meta['tokens'] / meta['seconds']:,.0f} tokens/s"
+    )
+
+
+def _prepare_images(args):
+    from jft.data.image_prepare import prepare_images
+    from jft.outputs import check
+
+    if args.side is None:
+        raise JftError(
+            f"{args.corpus[0]} holds images: give --side, the model's image_size (e.g. --side 224 for ResNet-50), "
+            "or text files and --vocab to tokenize text."
+        )
+    if len(args.corpus) > 1 or args.vocab:
+        raise JftError("images: give one source (a folder a class, an .npz or tfds:NAME:SPLIT) and no --vocab.")
+    source = args.corpus[0]
+    check(args.out, [] if source.startswith("tfds:") else [source], "--out", "prepared")
+    meta = prepare_images(
+        source,
+        args.out,
+        side=args.side,
+        workers=args.workers,
+        window_images=args.window_images,
+        skip_bad=args.skip_bad_images,
+        tfds_data_dir=args.tfds_data_dir,
+        overwrite=args.overwrite,
+    )
+    skipped = f", {len(meta['skipped'])} files left out" if meta["skipped"] else ""
+    print(
+        f"wrote {args.out}: {meta['images']:,} images of {args.side}×{args.side}, {len(meta['classes'])} classes"
+        f"{skipped}; {meta['images'] / max(meta['seconds'], 1e-9):,.0f} images/s"
     )
 
 
@@ -555,7 +597,12 @@ COMMANDS = (
         _vocab_arguments,
         _run_vocab,
     ),
-    Command("prepare", "tokenize a corpus into fixed-length pretraining rows", _prepare_arguments, _run_prepare),
+    Command(
+        "prepare",
+        "tokenize a corpus into pretraining rows, or decode images once (--side)",
+        _prepare_arguments,
+        _run_prepare,
+    ),
     Command(
         "shards",
         "the files of prepared rows one host reads with data.streams (to copy to its own disk)",

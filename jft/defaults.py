@@ -139,7 +139,7 @@ FINETUNE: Table = {
     "data.train": (
         "",
         "CSV, TSV or JSONL file, or tfds:NAME:SPLIT; an image model's: a folder a class (DIR/<class>/<image>), an "
-        ".npz (images, labels) or a TFDS image dataset",
+        ".npz (images, labels), a TFDS image dataset, or a `jft prepare --side` directory of them",
     ),
     "data.eval": ("", "evaluation data (empty: none; the last weights count as best)"),
     "data.test": ("", "test data, evaluated once at the end with the best model"),

@@ -10,7 +10,7 @@ stand for the files they match, sorted.
 
 import glob
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from jft.errors import JftError
@@ -110,9 +110,10 @@ def _tfds_documents(spec: str, text_field: str, data_dir: str | None) -> Iterato
             yield document
 
 
-def tfds_records(spec: str, data_dir: str | None) -> tuple[Iterator[dict], object]:
+def tfds_records(spec: str, data_dir: str | None) -> tuple[Iterable[dict], object]:
     """Records of a prepared TFDS dataset and its features: tfds.data_source (array_record, no
-    TensorFlow needed), or tfds.load for other file formats when TensorFlow is installed."""
+    TensorFlow needed; it also has len() and indexing), or tfds.load for other file formats when
+    TensorFlow is installed."""
     import importlib.util
 
     import tensorflow_datasets as tfds
@@ -121,11 +122,11 @@ def tfds_records(spec: str, data_dir: str | None) -> tuple[Iterator[dict], objec
     split = split or "train"
     try:
         source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-        return iter(source), source.dataset_info.features
+        return source, source.dataset_info.features
     except Exception as error:  # tfds raises several types for a dataset it cannot open this way
         if importlib.util.find_spec("tensorflow") is not None:
             dataset, info = tfds.load(name, split=split, data_dir=data_dir, download=False, with_info=True)
-            return iter(tfds.as_numpy(dataset)), info.features
+            return tfds.as_numpy(dataset), info.features
         raise JftError(
             f"cannot open TFDS dataset '{name}' split '{split}' ({error}). Build it first, in array_record "
             f"format, where the network is reachable (`tfds build {name} --file_format=array_record`), and "

@@ -49,7 +49,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +141,7 @@ def prepare(
         "unigram_counts": "train tokens masking can pick",  # the same: windows without counts are not resumed
     }
     tmp_dir = out_dir.with_name(out_dir.name + ".tmp")
-    done = _resumable(tmp_dir, settings)
+    done = resumable(tmp_dir, settings)
     if done and progress:
         print(f"resuming the prepare in {tmp_dir}: {len(done)} windows done", flush=True)
     job = WindowJob(tokenizer.to_str(), str(tmp_dir), options, rows_per_shard)
@@ -161,7 +161,7 @@ def prepare(
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     except OSError as error:
-        raise _write_failed(error, tmp_dir) from None
+        raise write_failed(error, tmp_dir) from None
     markers = [done[index] for index in sorted(done)]
     num_tokens = sum(marker["tokens"] for marker in markers)
     if num_tokens == 0:
@@ -201,7 +201,7 @@ def prepare(
         atomic_write(tmp_dir / "tokenizer.json", lambda path: tokenizer.save(str(path)))
         write_text(tmp_dir / "metadata.json", json.dumps(metadata, indent=2) + "\n")
     except OSError as error:
-        raise _write_failed(error, tmp_dir) from None
+        raise write_failed(error, tmp_dir) from None
     shutil.rmtree(tmp_dir / WINDOWS, ignore_errors=True)
     (tmp_dir / SETTINGS).unlink()
     put_in_place(tmp_dir, out_dir)
@@ -257,7 +257,7 @@ def _absolute(source: str) -> str:
     return source if source.startswith("tfds:") else os.path.abspath(source)
 
 
-def _write_failed(error: OSError, tmp_dir: Path) -> Exception:
+def write_failed(error: OSError, tmp_dir: Path) -> Exception:
     """What a write of prepare into tmp_dir that failed is: one line that says what is kept."""
     if error.filename is None or tmp_dir not in Path(error.filename).parents:
         return error  # not a write of prepare (reading the corpus): as it is
@@ -288,7 +288,7 @@ def _save_array(array: np.ndarray, record: dict, path: Path) -> None:
     record.update(bytes=hashing.bytes, sha256=hashing.sha256.hexdigest())
 
 
-def _resumable(tmp_dir: Path, settings: dict) -> dict[int, dict]:
+def resumable(tmp_dir: Path, settings: dict) -> dict[int, dict]:
     """The windows done by an earlier prepare with the same settings in tmp_dir, by index; any
     other content of tmp_dir is removed and it starts empty."""
     try:
@@ -301,7 +301,7 @@ def _resumable(tmp_dir: Path, settings: dict) -> dict[int, dict]:
             (tmp_dir / WINDOWS).mkdir(parents=True)
             write_text(tmp_dir / SETTINGS, json.dumps(settings, indent=1))
         except OSError as error:
-            raise _write_failed(error, tmp_dir) from None
+            raise write_failed(error, tmp_dir) from None
         return {}
     done = {}
     for path in (tmp_dir / WINDOWS).glob("*.json"):
@@ -411,12 +411,14 @@ def prepare_window(job: WindowJob, index: int, window: list) -> dict:
     return marker
 
 
-def check_output_directory(out_dir: Path, overwrite: bool = False) -> None:
-    """prepare writes only into a new or empty directory, or over its own earlier output (or with
-    overwrite, over anything)."""
+def check_output_directory(
+    out_dir: Path, overwrite: bool = False, ours: Callable[[Path], bool] | None = None, what: str = "rows"
+) -> None:
+    """prepare writes only into a new or empty directory, or over its own earlier output (ours:
+    is_prepared unless given), or with overwrite over anything."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise JftError(f"--out {out_dir} is a file; give a directory for the prepared rows.")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not is_prepared(out_dir) and not overwrite:
+        raise JftError(f"--out {out_dir} is a file; give a directory for the prepared {what}.")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (ours or is_prepared)(out_dir) and not overwrite:
         raise JftError(
             f"--out {out_dir} is a directory that holds other files; prepare writes only into a new or "
             "empty directory (or over its own earlier output), so nothing of yours is replaced; add --overwrite "

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from jft.data.images import ImageSet, read_images
+from jft.data.images import ImageSet, pixels_sha256, read_images
 from jft.errors import JftError
 from jft.tasks.batches import stream
 from jft.tasks.finetuning import DEFAULT_METRIC
@@ -23,18 +23,20 @@ from jft.tasks.records import Columns, Task
 
 @dataclasses.dataclass
 class ImageData:
-    """A split's images (uint8 [n, side, side, 3]), label ids (-1: none) and names (file or index)."""
+    """A split's images (uint8 [n, side, side, 3]), label ids (-1: none), names (file or index),
+    and the SHA-256 of its pixels when known (a prepared directory's; else computed)."""
 
     pixels: np.ndarray
     labels: np.ndarray
     names: list[str]
+    pixels_sha256: str | None = None
 
     def __len__(self) -> int:
         return len(self.pixels)
 
     def identity(self) -> dict:
-        """The split by content: its count and a SHA-256 of its pixels and labels."""
-        digest = hashlib.sha256(np.ascontiguousarray(self.pixels).tobytes())
+        """The split by content: its count and a SHA-256 of its pixels' SHA-256 and its labels."""
+        digest = hashlib.sha256((self.pixels_sha256 or pixels_sha256(self.pixels)).encode())
         digest.update(np.ascontiguousarray(self.labels).tobytes())
         return {"images": len(self), "side": int(self.pixels.shape[1]), "sha256": digest.hexdigest()}
 
@@ -49,7 +51,7 @@ class ImageData:
 def image_data(images: ImageSet, classes: list[str], source: str) -> ImageData:
     """An ImageSet with its labels as ids of `classes` (the task's)."""
     labels = np.full(len(images), -1, np.int32) if images.labels is None else images.label_ids(classes, source)
-    return ImageData(images.pixels, labels, images.names)
+    return ImageData(images.pixels, labels, images.names, images.pixels_sha256)
 
 
 def read_image_task(config: ConfigDict, side: int) -> tuple[Task, str, dict[str, ImageData | None]]:
