@@ -104,7 +104,8 @@ def train_and_evaluate(
             family, model = session.model(config.model, None)
             task, best_metric, encoded = read_image_task(config, model.image_size)
             data = {split: encoded[split] and encoded[split].identity() for split in ("train", "eval")}
-            joint_classes = image_joint_classes(config, session)
+            recorded = (session.run.get("joint_classes") or []) if session.resuming else None
+            joint_classes = image_joint_classes(config, session.init, recorded)
             pretraining_images = joint_images(config, joint_classes, model.image_size)
             if pretraining_images is not None:
                 data["joint"] = pretraining_images.identity()

@@ -32,6 +32,7 @@ from jft.tasks.finetuning import (
     task_batches,
     with_warmup,
 )
+from jft.tasks.images import JointImageBatches
 from jft.tasks.records import IGNORE, Encoded, Task
 from jft.train.loop import train_loop
 from jft.train.optim import make_optimizer
@@ -63,6 +64,8 @@ class SweepData:
     data: dict  # split -> Encoded | None
     init: Any
     folds: np.ndarray | None  # each training example's fold
+    joint: Any = None  # an image model's pretraining images (jft.tasks.images.ImageData) for μ·L_pre
+    joint_classes: list = dataclasses.field(default_factory=list)  # their classes: the joint head's
     by_fold: dict = dataclasses.field(default_factory=dict, repr=False)  # training(fold), made once
 
     def training(self, fold: int | None) -> Encoded:
@@ -183,8 +186,11 @@ def start_population(members: list[Member], shared: SweepData, runner: Runner, l
         if images
         else joint_objective(config, shared.family, shared.tokenizer, shared.model)
     )
-    model = shared.family.module(shared.model, task.head(mlm=joint[0] is not None))
-    batches = [task_batches(m.config, shared.training(m.fold), task, m.config.seed) for m in members]
+    joint_labels = len(shared.joint_classes) if joint[0] == "classify" else 0
+    model = shared.family.module(
+        shared.model, task.head(mlm=joint[0] in ("mlm", "next_word"), joint_labels=joint_labels)
+    )
+    batches = [member_batches(m, shared, joint[0] == "classify") for m in members]
     total_steps = planned_steps(config, len(batches[0]))
     config = with_warmup(config, total_steps)
     tx, schedule = make_optimizer(config.optim, total_steps)
@@ -222,6 +228,16 @@ def start_population(members: list[Member], shared: SweepData, runner: Runner, l
             yield one_batch([step_inputs(next(s)) for s in streams])
 
     return PopulationRun(setup, step, population, rngs, stream(), total_steps, peak)
+
+
+def member_batches(member: Member, shared: SweepData, joint_images: bool):
+    """A member's training batches, as its own fine-tuning run's: its folds in the order of its
+    seed, with a batch of the pretraining images beside each for an image model's μ·L_pre."""
+    batches = task_batches(member.config, shared.training(member.fold), shared.task, member.config.seed)
+    if joint_images:
+        pretraining = shared.joint.batches(member.config.batch_size, member.config.seed + 1, True)
+        batches = JointImageBatches(batches, pretraining)
+    return batches
 
 
 def train_population(members: list[Member], shared: SweepData, runner: Runner, log=print) -> tuple[list[dict], Any]:

@@ -42,13 +42,14 @@ from jft.population import Member, SweepData, train_population
 from jft.tasks.finetuning import (
     check_settings,
     encode_splits,
+    image_joint_classes,
     planned_steps,
     read_task,
     resolve_reference,
     task_batches,
     task_tokenizer,
 )
-from jft.tasks.images import read_image_task
+from jft.tasks.images import joint_images, read_image_task
 from jft.tasks.metrics import ONE_CLASS, one_class
 from jft.train.lock import hold
 from jft.train.parallel import Runner
@@ -131,15 +132,15 @@ def sweep_data(config: ConfigDict) -> SweepData:
     """The task, its data (with each training example's fold), tokenizer, model and init_from
     that every member of config's sweep shares; an image model's data are its images at its side."""
     init = open_init(config.init_from) if config.init_from else None
+    joint, joint_classes = None, []
     if (init.family if init else get_family(config.model.family or "bert")).modality == "image":
-        if config.joint_mlm.weight:
-            raise JftError(
-                "jft sweep of an image model with the joint objective (joint_mlm.weight > 0) is not built; run "
-                "`jft finetune` with it, or sweep with joint_mlm.weight=0."
-            )
         tokenizer = None
         family, model = new_model(config.model, None, init)
         task, metric, data = read_image_task(config, model.image_size)
+        most = config.copy_and_resolve_references()  # μ·L_pre's images, when any member has μ > 0
+        most.joint_mlm.weight = max([most.joint_mlm.weight, *dict(config.sweep.grid).get("joint_mlm.weight", [])])
+        joint_classes = image_joint_classes(most, init)
+        joint = joint_images(config, joint_classes, model.image_size)
     else:
         task, metric, records = read_task(config)
         tokenizer = task_tokenizer(config, None, init)
@@ -155,7 +156,7 @@ def sweep_data(config: ConfigDict) -> SweepData:
             f"folds, and data.train has {len(data['train'])} examples; use at most that many folds, or more data."
         )
     folds = fold_ids(len(data["train"]), config.sweep.folds, config.seed) if config.sweep.folds else None
-    return SweepData(task, metric, tokenizer, family, model, data, init, folds)
+    return SweepData(task, metric, tokenizer, family, model, data, init, folds, joint, joint_classes)
 
 
 def data_identity(config: ConfigDict, shared: SweepData, split: str) -> dict:
@@ -176,6 +177,8 @@ def run_sweep(config: ConfigDict, workdir: str | Path) -> dict:
     with hold(workdir):
         shared = sweep_data(config)
         identity = {split: data_identity(config, shared, split) for split in ("train", "eval") if config.data[split]}
+        if shared.joint is not None:
+            identity["joint"] = shared.joint.identity()
         _hold_settings(workdir, config, identity)
         metric = shared.metric
         done = _read_members(workdir)

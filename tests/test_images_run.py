@@ -271,6 +271,37 @@ def test_a_sweep_of_image_models_scores_each_member_as_its_own_run_and_by_folds(
     assert [row["n"] for row in table] == [2, 2] and all(0 <= v <= 1 for row in table for v in row["values"])
 
 
+def test_a_sweep_member_with_the_joint_objective_ends_where_its_own_run_ends(digits, pretrained, tmp_path):
+    """μ·L_pre in a population: each member trains the pretraining classifier on batches of the
+    pretraining images in its own order, as `jft finetune` with its μ does."""
+    from jft import population, sweep
+    from jft.config import load_config
+    from jft.params import flatten
+    from jft.tasks.predictor import FinetunedModel
+    from jft.train.parallel import Runner
+
+    family = pretrained.name.removeprefix("pre-")
+    config = load_config(f"finetune/{family}_tiny")
+    settings = {"init_from": str(pretrained), "data.train": str(digits / "train"), "data.eval": str(digits / "dev")}
+    settings |= {"joint_mlm.data": str(digits / "pre_dev"), "epochs": 2, "batch_size": 8, "progress": False}
+    # a VGG's hidden layers have gradients near Adam's ε, where the rounding of a vmapped step is
+    # amplified as between 8 devices and 1 (test_eight_devices_give_the_one_device_update_...)
+    set_keys(config, {**settings, "parallel.backend": "jit", "optim.eps": 1e-3 if family == "vgg" else 1e-6})
+    config.sweep.grid = {"joint_mlm.weight": [0.2, 0.8]}
+    members = sweep.plan(config)
+    results, params = population.train_population(members, sweep.sweep_data(config), Runner("jit"))
+    own = config.copy_and_resolve_references()
+    set_keys(own, {"joint_mlm.weight": 0.8})
+    train_and_evaluate(own, tmp_path / "own")
+    theirs = flatten(FinetunedModel(tmp_path / "own").params)
+    ours = {k: v for k, v in flatten(jax.tree.map(lambda x: x[1], params)).items() if k in theirs}
+    assert ours.keys() == theirs.keys() and any(k.startswith("joint_classifier/") for k in flatten(params))
+    assert max(float(np.max(np.abs(np.asarray(ours[k]) - np.asarray(theirs[k])))) for k in ours) < 1e-5
+    final = [json.loads(line) for line in (tmp_path / "own" / "metrics.jsonl").read_text().splitlines()]
+    accuracy = [r for r in final if r["split"] == "eval"][-1]["accuracy"]
+    assert results[1]["scores"]["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+
+
 def test_wrong_settings_for_an_image_model_are_refused(digits, tmp_path):
     settings = {**SMALL, "data.train": digits / "train", "joint_mlm.weight": 0.5}
     done = subprocess.run(

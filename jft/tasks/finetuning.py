@@ -178,9 +178,10 @@ def image_joint_objective(config: ConfigDict) -> tuple[str | None, None]:
     return ("classify", None) if config.joint_mlm.weight else (None, None)
 
 
-def image_joint_classes(config: ConfigDict, session) -> list[str]:
-    """The pretraining classes of an image model's joint objective: those run.json recorded (a
-    resumed run), or init_from's, whose classifier becomes the joint head; [] without the objective."""
+def image_joint_classes(config: ConfigDict, init, recorded: list[str] | None = None) -> list[str]:
+    """The pretraining classes of an image model's joint objective: those a resumed run recorded
+    (recorded), or init_from's (init), whose classifier becomes the joint head; [] without the
+    objective (joint_mlm.weight 0)."""
     if not config.joint_mlm.weight:
         return []
     if not config.joint_mlm.data:
@@ -189,9 +190,8 @@ def image_joint_classes(config: ConfigDict, session) -> list[str]:
             "on the pretraining images: give them as joint_mlm.data=DIR (a folder a class), with init_from the run "
             "that pretrained on them."
         )
-    if session.resuming:
-        return list(session.run.get("joint_classes") or [])
-    init = session.init
+    if recorded is not None:
+        return list(recorded)
     if init is None or not (init.task or {}).get("labels") or "classifier" not in init.params:
         raise JftError(
             "joint_mlm.weight > 0 for an image model trains the pretraining classifier beside the task's: "
