@@ -13,7 +13,7 @@ from jft import params as ptree
 from jft.errors import JftError
 from jft.models import Head, hf
 from jft.models.batch_norm import STATS, variables
-from jft.models.resnet import FAMILY, ResNetConfig, ResNetForImageClassification, flops
+from jft.models.resnet import FAMILY, ResNetConfig, build, flops
 
 TOL = 1e-5
 # Odd sizes: a stage that keeps the resolution (downsample_in_first_stage False), shortcuts where
@@ -56,7 +56,7 @@ def _pixels(seed: int, batch: int = 4, side: int = 29) -> np.ndarray:
 
 
 def _apply(config, params, pixels, train: bool, row_mask=None):
-    module = ResNetForImageClassification(config, 3)
+    module = build(config, Head("classification", 3))
     return module.apply(
         variables(params), jnp.asarray(pixels), row_mask, deterministic=not train, mutable=[STATS] if train else False
     )
@@ -136,7 +136,7 @@ def test_statistics_over_devices_are_the_whole_batch():
     config, params = _ours(model)
     pixels = _pixels(5, batch=16, side=21)
     mask = jnp.asarray(np.arange(16) % 3 != 0)
-    module = ResNetForImageClassification(config, 3, axis_name="batch")
+    module = build(config, Head("classification", 3)).clone(axis_name="batch")
     single = _apply(config, params, pixels, True, mask)
 
     def step(pixels, mask):

@@ -15,7 +15,7 @@ from jft import params as ptree
 from jft.errors import JftError
 from jft.models import Head, hf
 from jft.models.batch_norm import STATS, variables
-from jft.models.vgg import FAMILY, VGGConfig, VGGForImageClassification, adaptive_average_pool, flops
+from jft.models.vgg import FAMILY, VGGConfig, adaptive_average_pool, build, flops
 from torchvision_vgg import CFGS, TorchVGG, make_layers, torchvision_model
 
 TOL = 1e-5
@@ -46,7 +46,7 @@ def _pixels(seed: int, batch: int = 4, side: int = 37) -> np.ndarray:
 
 
 def _apply(config, params, pixels, train: bool, num_labels: int = 6):
-    module = VGGForImageClassification(config, num_labels)
+    module = build(config, Head("classification", num_labels))
     return module.apply(
         variables(params),
         jnp.asarray(pixels),

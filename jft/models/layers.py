@@ -206,15 +206,3 @@ def query_rows_mask(mask: jax.Array, positions: jax.Array, implementation: str) 
 def gather_positions(hidden: jax.Array, positions: jax.Array) -> jax.Array:
     """hidden: [batch, seq, hidden], positions: [batch, n] int -> [batch, n, hidden]."""
     return jnp.take_along_axis(hidden, positions[..., None], axis=1)
-
-
-def image_classifiers(pooled, num_labels: int, joint_labels: int, kernel_init, param_dtype) -> dict:
-    """An image model's heads on its pooled features, called inside its compact __call__:
-    {"logits"} from `classifier`, and with joint_labels {"joint_logits"} from `joint_classifier`
-    (the pretraining classes' head the joint objective trains beside the task's)."""
-    out = {}
-    for name, key, labels in (("classifier", "logits", num_labels), ("joint_classifier", "joint_logits", joint_labels)):
-        if labels:
-            dense = nn.Dense(labels, kernel_init=kernel_init, param_dtype=param_dtype, name=name)
-            out[key] = dense(pooled).astype(jnp.float32)
-    return out

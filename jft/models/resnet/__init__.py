@@ -3,8 +3,6 @@
 from jft.models.image_options import image_family
 from jft.models.resnet.config import FIELD_MEANINGS, SIZE_FIELDS, ResNetConfig
 from jft.models.resnet.modules import (
-    ResNetEncoderOnly,
-    ResNetForImageClassification,
     ResNetModel,
     build,
 )
@@ -66,8 +64,6 @@ FAMILY = image_family(
 __all__ = [
     "FAMILY",
     "ResNetConfig",
-    "ResNetEncoderOnly",
-    "ResNetForImageClassification",
     "ResNetModel",
     "build",
     "conv_shapes",

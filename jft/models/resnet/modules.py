@@ -11,9 +11,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jft.errors import JftError
-from jft.models.batch_norm import BatchNorm, trains_statistics
+from jft.models.batch_norm import BatchNorm
 from jft.models.family import Head
-from jft.models.layers import image_classifiers
+from jft.models.image_model import ImageModel
 from jft.models.resnet.config import ResNetConfig
 
 # PyTorch's (and Hugging Face's) convolution init: He normal over the outputs.
@@ -94,7 +94,8 @@ class ResNetModel(nn.Module):
     axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, pixel_values, train: bool, mask=None):
+    def __call__(self, pixel_values, train: bool, mask=None, deterministic: bool = True):
+        """deterministic: unused (a ResNet has no dropout); ImageModel passes it to every backbone."""
         cfg = self.config
         if pixel_values.ndim != 4 or pixel_values.shape[-1] != cfg.num_channels:
             raise JftError(
@@ -121,44 +122,10 @@ class ResNetModel(nn.Module):
         return {"hidden": x, "pooled": x.astype(jnp.float32).mean((1, 2))}
 
 
-class ResNetForImageClassification(nn.Module):
-    """The backbone and a linear classifier on its pooled features: {"logits": [batch, num_labels]}.
-
-    Inputs: pixel_values [batch, height, width, channels], normalised floats; row_mask [batch]
-    (False: a row that only fills the batch, left out of BatchNorm's statistics). deterministic:
-    inference (BatchNorm's running statistics); else training (the batch's, over every device of
-    axis_name, and the running statistics updated), unless config.freeze_batch_norm."""
-
-    config: ResNetConfig
-    num_labels: int
-    axis_name: str | None = None
-    joint_labels: int = 0  # > 0: a second classifier, joint_classifier, over the pretraining classes
-
-    @nn.compact
-    def __call__(self, pixel_values, row_mask=None, deterministic: bool = True):
-        train, mask = trains_statistics(self.config, deterministic, row_mask)
-        out = ResNetModel(self.config, self.axis_name, name="resnet")(pixel_values, train, mask)
-        pooled, dtype = out["pooled"], self.config.params_dtype
-        return image_classifiers(pooled, self.num_labels, self.joint_labels, DENSE_INIT, dtype)
-
-
-class ResNetEncoderOnly(nn.Module):
-    """The backbone alone: {"hidden", "pooled"} (ResNetModel's outputs)."""
-
-    config: ResNetConfig
-    axis_name: str | None = None
-
-    @nn.compact
-    def __call__(self, pixel_values, row_mask=None, deterministic: bool = True):
-        train, mask = trains_statistics(self.config, deterministic, row_mask)
-        return ResNetModel(self.config, self.axis_name, name="resnet")(pixel_values, train, mask)
-
-
 def build(config: ResNetConfig, head: Head) -> nn.Module:
-    """The module of a ResNet with `head`: classification (a task's, or supervised pretraining's
-    classes) or the encoder alone."""
-    if head.kind == "classification":
-        return ResNetForImageClassification(config, head.num_labels, joint_labels=head.joint_labels)
-    if head.kind in ("encoder", "pretraining"):
-        return ResNetEncoderOnly(config)
-    raise JftError(f"a ResNet has no {head.kind} head; it classifies images (task classification).")
+    """The module of a ResNet with `head` (jft.models.image_model.ImageModel): classification (a
+    task's, or supervised pretraining's classes) or the backbone alone."""
+    if head.kind not in ("classification", "encoder", "pretraining"):
+        raise JftError(f"a ResNet has no {head.kind} head; it classifies images (task classification).")
+    labels = (head.num_labels, head.joint_labels) if head.kind == "classification" else (0, 0)
+    return ImageModel(ResNetModel, "resnet", config, DENSE_INIT, *labels)

@@ -3,8 +3,6 @@
 from jft.models.image_options import image_family
 from jft.models.vgg.config import FIELD_MEANINGS, SIZE_FIELDS, VGGConfig
 from jft.models.vgg.modules import (
-    VGGEncoderOnly,
-    VGGForImageClassification,
     VGGModel,
     adaptive_average_pool,
     build,
@@ -44,8 +42,6 @@ FAMILY = image_family(
 __all__ = [
     "FAMILY",
     "VGGConfig",
-    "VGGEncoderOnly",
-    "VGGForImageClassification",
     "VGGModel",
     "adaptive_average_pool",
     "build",

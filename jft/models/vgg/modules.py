@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jft.errors import JftError
-from jft.models.batch_norm import BatchNorm, trains_statistics
+from jft.models.batch_norm import BatchNorm
 from jft.models.family import Head
-from jft.models.layers import image_classifiers
+from jft.models.image_model import ImageModel
 from jft.models.vgg.config import VGGConfig
 
 # torchvision's init: convolutions He normal over the outputs, linear layers N(0, 0.01), biases 0.
@@ -75,40 +75,10 @@ class VGGModel(nn.Module):
         return {"hidden": hidden, "pooled": x.astype(jnp.float32)}
 
 
-class VGGForImageClassification(nn.Module):
-    """The backbone and the classifier (torchvision's classifier.6): {"logits": [batch, num_labels]}.
-    Inputs and modes as jft.models.resnet.ResNetForImageClassification's; dropout when not deterministic."""
-
-    config: VGGConfig
-    num_labels: int
-    axis_name: str | None = None
-    joint_labels: int = 0  # > 0: a second classifier, joint_classifier, over the pretraining classes
-
-    @nn.compact
-    def __call__(self, pixel_values, row_mask=None, deterministic: bool = True):
-        train, mask = trains_statistics(self.config, deterministic, row_mask)
-        out = VGGModel(self.config, self.axis_name, name="vgg")(pixel_values, train, mask, deterministic)
-        pooled, dtype = out["pooled"], self.config.params_dtype
-        return image_classifiers(pooled, self.num_labels, self.joint_labels, DENSE_INIT, dtype)
-
-
-class VGGEncoderOnly(nn.Module):
-    """The backbone alone: {"hidden", "pooled"} (VGGModel's outputs)."""
-
-    config: VGGConfig
-    axis_name: str | None = None
-
-    @nn.compact
-    def __call__(self, pixel_values, row_mask=None, deterministic: bool = True):
-        train, mask = trains_statistics(self.config, deterministic, row_mask)
-        return VGGModel(self.config, self.axis_name, name="vgg")(pixel_values, train, mask, deterministic)
-
-
 def build(config: VGGConfig, head: Head) -> nn.Module:
-    """The module of a VGG with `head`: classification (a task's, or supervised pretraining's
-    classes) or the backbone alone."""
-    if head.kind == "classification":
-        return VGGForImageClassification(config, head.num_labels, joint_labels=head.joint_labels)
-    if head.kind in ("encoder", "pretraining"):
-        return VGGEncoderOnly(config)
-    raise JftError(f"a VGG has no {head.kind} head; it classifies images (task classification).")
+    """The module of a VGG with `head` (jft.models.image_model.ImageModel): classification (a
+    task's, or supervised pretraining's classes) or the backbone alone."""
+    if head.kind not in ("classification", "encoder", "pretraining"):
+        raise JftError(f"a VGG has no {head.kind} head; it classifies images (task classification).")
+    labels = (head.num_labels, head.joint_labels) if head.kind == "classification" else (0, 0)
+    return ImageModel(VGGModel, "vgg", config, DENSE_INIT, *labels)
