@@ -32,8 +32,9 @@ TOPOLOGIES = ("v5e:2x2", "v6e:2x2", "v5p:2x2x1", "v4:2x2x1")
 START = {128: 64, 512: 8, 8192: 1}
 
 
-def case(topology: str, size: str, seq: int) -> dict:
+def case(topology: str, size: str, seq: int, shard_state: str = "none", remats: tuple = ("none", "dots")) -> dict:
     config = load_config(f"bench:{size}", [], "bench")
+    config.shard_state = shard_state
     modernbert = size.startswith("modernbert")
     config.workloads, config.seq_len = "pretrain", seq
     config.max_predictions = seq * 3 // 10 if modernbert else seq * 20 // 128
@@ -42,7 +43,7 @@ def case(topology: str, size: str, seq: int) -> dict:
     devices = 4  # every topology of TOPOLOGIES has 4 devices
     config.batch_size = START[seq] * devices
     start = time.perf_counter()
-    report = bench.compile_for(config, topology, search=True, remats=("none", "dots"))
+    report = bench.compile_for(config, topology, search=True, remats=remats)
     (row,) = report["results"]
     return {
         "topology": topology,
@@ -50,6 +51,7 @@ def case(topology: str, size: str, seq: int) -> dict:
         "hbm_gib": report["hbm_gib_per_device"],
         "size": size,
         "seq": seq,
+        "shard_state": shard_state,
         "batch": row["batch_per_device"],
         "peak_gib": row["peak_gib"],
         "error": row["error"],
@@ -75,17 +77,19 @@ def table(records: list[dict]) -> str:
     lines = [
         f"jax {first['jax']}, libtpu {first['libtpu']}, compiled on a 2-core CPU machine, {when}; "
         "pretraining step (BERT: MLM + NSP; ModernBERT: MLM at 30%, splash attention), bf16 compute, float32 "
-        "state, replicated over the devices",
+        "state replicated over the devices or split (shard_state: optimizer, the Adam moments; all, parameters "
+        "and moments)",
         "",
-        "| TPU (HBM a device) | model | seq | peak GiB at batch/device | largest batch/device, no remat "
+        "| TPU (HBM a device) | model | seq | shard_state | peak GiB at batch/device | largest batch/device, no remat "
         "| largest, remat dots | compile s |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         peak = f"{r['peak_gib']:.1f} at {r['batch']}" if not r["error"] else f"at {r['batch']}: {refusal(r['error'])}"
         lines.append(
-            f"| {r['topology']} {r['chip']} ({r['hbm_gib']:.0f} GiB) | {r['size']} | {r['seq']} | {peak} | "
-            f"{r['largest']['none']} | {r['largest']['dots']} | {r['compile_seconds']:.0f} |"
+            f"| {r['topology']} {r['chip']} ({r['hbm_gib']:.0f} GiB) | {r['size']} | {r['seq']} | "
+            f"{r.get('shard_state', 'none')} | {peak} | {r['largest']['none']} | {r['largest'].get('dots', '—')} | "
+            f"{r['compile_seconds']:.0f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -97,20 +101,24 @@ def main():
     parser.add_argument("--topologies", default=",".join(TOPOLOGIES))
     parser.add_argument("--sizes", default="base,large")
     parser.add_argument("--seqs", default="128,512")
+    parser.add_argument("--shard-states", default="none", help="parallel.shard_state values: none, optimizer, all")
+    parser.add_argument("--remats", default="none,dots", help="the remat choices each case searches")
     args = parser.parse_args()
     records_path = Path(args.records)
     records = [json.loads(line) for line in records_path.read_text().splitlines()] if records_path.exists() else []
-    done = {(r["topology"], r["size"], r["seq"]) for r in records}
-    for topology in args.topologies.split(","):
-        for size in args.sizes.split(","):
-            for seq in map(int, args.seqs.split(",")):
-                if (topology, size, seq) in done:
-                    continue
-                record = case(topology, size, seq)
-                records.append(record)
-                with records_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-                print(f"tpu_compile: {topology} {size} seq {seq}: {record}", flush=True)
+    done = {(r["topology"], r["size"], r["seq"], r.get("shard_state", "none")) for r in records}
+    remats = tuple(args.remats.split(","))
+    for shard_state in args.shard_states.split(","):
+        for topology in args.topologies.split(","):
+            for size in args.sizes.split(","):
+                for seq in map(int, args.seqs.split(",")):
+                    if (topology, size, seq, shard_state) in done:
+                        continue
+                    record = case(topology, size, seq, shard_state, remats)
+                    records.append(record)
+                    with records_path.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    print(f"tpu_compile: {topology} {size} seq {seq} {shard_state}: {record}", flush=True)
     text = table(records)
     print(text)
     if args.out:

@@ -48,6 +48,11 @@ OPTIM: Table = {
 }
 PARALLEL: Table = {
     "parallel.backend": ("shard_map", "shard_map, pmap, or jit (one device)"),
+    "parallel.shard_state": (
+        "none",
+        "split the training state over the devices: none (a copy on each), optimizer (Adam's moments: ZeRO-1), "
+        "all (parameters, moments and θ_ref: FSDP); shard_map backend",
+    ),
     "parallel.coordinator_address": ("", "several processes: HOST:PORT of process 0"),
     "parallel.num_processes": (1, "several processes: how many (0: found by jax.distributed on a TPU pod or SLURM)"),
     "parallel.process_id": (0, "several processes: this one's index"),
@@ -199,6 +204,7 @@ BENCH: Table = {
     "finetune.batches": (16, "distinct batches in the timed stream"),
     "augment": (True, "image models: random resized crop and flip in the step, as training does"),
     "backend": ("shard_map", "shard_map, pmap or jit"),
+    "shard_state": ("none", "none, optimizer or all: the training state split over the devices (parallel.shard_state)"),
     "warmup_steps": (3, "untimed steps after compiling"),
     "windows": (10, "timed windows (the figure is their median)"),
     "window_steps": (5, "steps a timed window"),

@@ -199,7 +199,7 @@ def train_and_evaluate(
                 )
 
         # The loop.
-        state = runner.put_replicated(host_state["train"]).replace(reference=runner.put_replicated(reference))
+        state = runner.put_state(host_state["train"].replace(reference=reference))
         rng = runner.put_replicated(host_state["rng"])
         predict = runner.compile_rows(functools.partial(predict_step, setup=setup))
         eval_batch_size = config.eval_batch_size or config.batch_size

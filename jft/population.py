@@ -211,7 +211,7 @@ def start_population(members: list[Member], shared: SweepData, runner: Runner, l
     )
     step = runner.compile(functools.partial(population_step, setup=setup))
     rngs = np.stack([np.asarray(jax.random.PRNGKey(m.config.seed)) for m in members])
-    population, rngs = runner.put_replicated(population), runner.put_replicated(rngs)
+    population, rngs = runner.put_state(population), runner.put_replicated(rngs)
     streams = [b.stream(0) for b in batches]
     first = [step_inputs(next(s)) for s in streams]
     widest = 0 if images else max(b.widths[-1] if b.layout == "bucketed" else task.seq_len for b in batches)
@@ -324,7 +324,7 @@ def _too_big(members: int, peak: int, limit: int, setup, population, batch, runn
     one_batch = jax.tree.map(lambda x: x[:, :1], batch)
     step = runner.compile(functools.partial(population_step, setup=setup))
     rngs = runner.put_replicated(np.zeros((1, 2), np.uint32))
-    single = _peak(step.lower(runner.put_replicated(one), runner.put_global_batch(one_batch), rngs).compile())
+    single = _peak(step.lower(runner.put_state(one), runner.put_global_batch(one_batch), rngs).compile())
     per_member = max((peak - single) / max(members - 1, 1), 1)
     largest = int((limit - single) // per_member) + 1 if single <= limit else 0
     need = f"a population of {members} members needs {peak / GIB:.2f} GiB a device, more than its {limit / GIB:.2f} GiB"

@@ -233,9 +233,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
                 print(describe_penalty(config), flush=True)
 
         # The loop.
-        state, rng = runner.put_replicated(host_state["train"]), runner.put_replicated(host_state["rng"])
-        if reference is not None:
-            state = with_reference(state, runner.put_replicated(reference))
+        state = host_state["train"] if reference is None else with_reference(host_state["train"], reference)
+        state, rng = runner.put_state(state), runner.put_replicated(host_state["rng"])
         log = TrainingLog(workdir, config.total_steps, start, "pretraining", "sequences", config.progress, config.guard)
         evaluator = _evaluator(config, eval_loader, runner, setup, meta.get("unigram_entropy"))
 

@@ -156,12 +156,13 @@ def test_resumed_after_sigterm_ends_as_the_run_that_was_not_stopped(digits, tmp_
         np.testing.assert_array_equal(a, b)
 
 
-def _finetuned_state(digits, workdir, family: str, backend: str):
+def _finetuned_state(digits, workdir, family: str, backend: str, shard_state: str = "none"):
     from jft.config import load_config
 
     config = load_config(f"finetune/{family}_tiny")
     set_keys(config, {"data.train": str(digits / "pre_train"), "epochs": 1, "max_steps": 3, "batch_size": 32})
-    set_keys(config, {"parallel.backend": backend, "progress": False, "data.mixup": 0.2, "label_smoothing": 0.1})
+    set_keys(config, {"parallel.backend": backend, "parallel.shard_state": shard_state, "progress": False})
+    set_keys(config, {"data.mixup": 0.2, "label_smoothing": 0.1})
     if family == "vgg":
         config.model.dropout = 0.0  # dropout draws its masks a device (as for text models)
         # The hidden layers' gradients, under N(0, 0.01) weights, are near Adam's epsilon (1e-6),
@@ -181,9 +182,10 @@ def test_eight_devices_give_the_one_device_update_with_batch_norm(digits, tmp_pa
     whole batch, label smoothing on: 8 devices compute one device's weights and running statistics."""
     assert len(jax.devices()) == 8
     one = _finetuned_state(digits, tmp_path / "one", family, "jit")
-    eight = _finetuned_state(digits, tmp_path / "eight", family, "shard_map")
-    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)):
-        np.testing.assert_allclose(a, b, atol=2e-5)
+    for shard_state in ("none", "all"):  # all: weights, moments and statistics split over the devices
+        eight = _finetuned_state(digits, tmp_path / f"eight-{shard_state}", family, "shard_map", shard_state)
+        for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)):
+            np.testing.assert_allclose(a, b, atol=2e-5)
     moved = [not np.allclose(a, 1.0) for a in jax.tree.leaves(one["batch_stats"])]
     assert any(moved)
 

@@ -120,11 +120,15 @@ def _max_difference(single, multi) -> float:
 
 
 @pytest.mark.xdist_group("multihost")  # one worker, so both share one_device_run
-@pytest.mark.parametrize("backend", ["shard_map", "pmap"])
+@pytest.mark.parametrize("backend", ["shard_map", "pmap", "shard_map:all"])
 def test_two_processes_four_devices_each_match_one_device(tmp_path, one_device_run, backend):
+    """shard_map:all: the state split over the 8 devices of both processes (FSDP), each process
+    saving and restoring what it holds."""
     rows, single = one_device_run
+    backend, _, shard_state = backend.partition(":")
+    settings = {"parallel.backend": backend, "parallel.shard_state": shard_state or "none"}
 
-    _run_two_processes(lambda parallel: _command(tmp_path / "multi", rows, **{"parallel.backend": backend, **parallel}))
+    _run_two_processes(lambda parallel: _command(tmp_path / "multi", rows, **{**settings, **parallel}))
     # 8 devices against 1: the same sums in another order, so float32 rounding apart.
     assert _max_difference(single, _final_params(tmp_path / "multi")) < 1e-6
 

@@ -131,12 +131,14 @@ def test_the_table_shows_the_reference_beside_lambda_and_auto_resolves_per_membe
     assert [m.config.l2.reference for m in sweep.plan(config)] == ["init", "zero"]
 
 
-def test_a_population_over_eight_devices_is_the_population_on_one(task_files):
+@pytest.mark.parametrize("shard_state", ["none", "all"])
+def test_a_population_over_eight_devices_is_the_population_on_one(task_files, shard_state):
+    """With shard_state=all the members' parameters, moments and θ_ref are split over the devices."""
     config = _config(task_files, {"optim.lr": [1e-3, 3e-3], "seed": [0, 1]}, **{"model.hidden_dropout_prob": 0.0})
     config.batch_size, config.epochs, config.data.layout = 16, 1, "padded"
     members, shared = sweep.plan(config), sweep.sweep_data(config)
     one, one_params = population.train_population(members, shared, Runner("jit"))
-    eight, eight_params = population.train_population(members, shared, Runner("shard_map"))
+    eight, eight_params = population.train_population(members, shared, Runner("shard_map", shard_state=shard_state))
     assert len(jax.devices()) == 8
     assert _largest_difference(one_params, eight_params) < 5e-6
     assert [r["scores"] for r in one] == pytest.approx([r["scores"] for r in eight], abs=1e-6)

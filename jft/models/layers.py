@@ -5,12 +5,63 @@ Attention works on [batch, seq, heads, head_dim] with a boolean mask [batch, 1, 
 `causal` (a decoder's attention) each query also sees only the keys at or before its own position.
 """
 
+import contextlib
+import contextvars
 import functools
 import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+# (mesh, axis, whether the parameters are split) while a global-view step is traced, its rows
+# split over the mesh's axis (jft.train.parallel: shard_state "optimizer" or "all"); None otherwise.
+_GLOBAL_VIEW: contextvars.ContextVar = contextvars.ContextVar("global_view", default=None)
+
+
+@contextlib.contextmanager
+def global_view(mesh: Mesh, axis: str, split_parameters: bool):
+    """While tracing a step in the global view (jit over arrays whose rows are split over `axis` of
+    `mesh`): kernels XLA cannot partition (splash attention) run a device's rows each; and with
+    split_parameters (FSDP) each layer of a layer loop gathers its own parameters (gathered) and the
+    activations' rows stay split (rows_split), so XLA gathers weights, a layer at a time, not activations."""
+    token = _GLOBAL_VIEW.set((mesh, axis, split_parameters))
+    try:
+        yield
+    finally:
+        _GLOBAL_VIEW.reset(token)
+
+
+def _split_parameters():
+    view = _GLOBAL_VIEW.get()
+    return view if view is not None and view[2] else None
+
+
+def gathered(params):
+    """params whole on every device inside a split-parameter step (an all-gather, its gradient a
+    reduce-scatter); else as they are."""
+    split = _split_parameters()
+    if split is None:
+        return params
+    return jax.lax.with_sharding_constraint(params, NamedSharding(split[0], P()))
+
+
+def rows_split(tree):
+    """Each array of tree with its rows (first axis) split over the devices inside a
+    split-parameter step, where they divide; else as they are."""
+    split = _split_parameters()
+    if split is None:
+        return tree
+    mesh, axis, _ = split
+
+    def constrain(x):
+        if not hasattr(x, "ndim") or x.ndim == 0 or x.shape[0] % mesh.shape[axis]:
+            return x
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(axis)))
+
+    return jax.tree.map(constrain, tree)
 
 
 def attention_mask_4d(attention_mask: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
@@ -36,9 +87,17 @@ def rematerialised(run, remat: str, scan_layers: bool):
         "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
         "none": jax.checkpoint_policies.dots_saveable,
     }[remat]
+    if _split_parameters() is not None:  # FSDP: a layer gathers its parameters, its rows stay split
+        run = functools.partial(_gathering_layer, run)
     if remat == "none" and not scan_layers:
         return run
     return jax.checkpoint(run, policy=policy, prevent_cse=not scan_layers)  # CSE would undo it unrolled
+
+
+def _gathering_layer(run, params, x, *args, **kwargs):
+    """run on the layer's gathered parameters, its input's and output's rows split over the devices
+    (under jax.checkpoint the gather is not saved: the backward pass gathers again, as FSDP does)."""
+    return rows_split(run(gathered(params), rows_split(x), *args, **kwargs))
 
 
 def causal_mask(queries: int, keys: int) -> jax.Array:
@@ -188,7 +247,13 @@ def splash_attention(
     def one(q, k, v, ids):
         return kernel(q, k, v, segment_ids=splash.SegmentIds(q=ids, kv=ids))
 
-    out = jax.vmap(one)(heads_first(query), heads_first(key), heads_first(value), segments)
+    def rows(q, k, v, ids):
+        return jax.vmap(one)(q, k, v, ids)
+
+    view = _GLOBAL_VIEW.get()
+    if view is not None and query.shape[0] % view[0].shape[view[1]] == 0:  # XLA cannot split a Mosaic kernel
+        rows = jax.shard_map(rows, mesh=view[0], in_specs=P(view[1]), out_specs=P(view[1]), check_vma=False)
+    out = rows(heads_first(query), heads_first(key), heads_first(value), segments)
     return heads_first(out)[:, :seq]
 
 

@@ -57,7 +57,7 @@ PEAK_BF16_FLOPS = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 
 def run(config: ConfigDict) -> dict:
     """Measures each workload of config; returns {"environment": ..., "results": [...]}."""
     workloads, family, cfg = checked_workloads(config)
-    runner = Runner(config.backend)
+    runner = Runner(config.backend, shard_state=config.shard_state)
     runner.check_batch(config.batch_size)
     report = {"environment": environment(), "config": config.to_dict(), "results": [], "skipped": []}
     reason = cfg.platform_problem(jax.default_backend())
@@ -273,7 +273,7 @@ def measure(config: ConfigDict, work: Workload, runner: Runner) -> dict:
     state = work.init_state()
     parameters = _count(state.params)
     step = runner.compile(work.step)
-    timing = time_steps(config, runner, step, runner.put_replicated(state), [runner.put_batch(b) for b in work.batches])
+    timing = time_steps(config, runner, step, runner.put_state(state), [runner.put_batch(b) for b in work.batches])
     report = _report(work.name, config, timing, work.examples, work.tokens, work.flops, work.shape)
     return {**report, "parameters": parameters}
 

@@ -205,9 +205,12 @@ def compile_step(runner: Runner, step: Callable, state_shapes, batch) -> Compile
     replicated, split = NamedSharding(runner.mesh, P()), NamedSharding(runner.mesh, P(AXIS))
     key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
     start = time.perf_counter()
-    lowered = runner.compile(step).lower(
-        abstract(state_shapes, replicated), abstract(batch, split), abstract(key, replicated)
+    state = jax.tree.map(
+        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        state_shapes,
+        runner.state_shardings(state_shapes),
     )
+    lowered = runner.compile(step).lower(state, abstract(batch, split), abstract(key, replicated))
     try:
         program = _with_large_stack(lowered.compile)
     except Exception as error:  # XLA's compile errors have no narrower public type
@@ -289,7 +292,7 @@ def compile_report(
             f"the global batch of {config.batch_size} does not divide over the {len(devices)} devices of "
             f"{topology.name}; use a multiple of {len(devices)}."
         )
-    runner = Runner("shard_map", devices=devices)
+    runner = Runner("shard_map", devices=devices, shard_state=config.shard_state)
     per_device_hbm = topology.chip.hbm_gib * GIB * topology.chips / len(devices)
     model, changes = target_model(config.model)
     if "remat" not in model:  # an image model: no remat choice

@@ -8,6 +8,14 @@ compiles it for one backend and moves state and batches to where that backend wa
   devices and the step's pmean would make the update n times too large.
 - "pmap": state and rng carry a leading device axis (replicated); the batch is split over local devices.
 - "jit": one device, no collectives.
+
+shard_state (ZeRO / FSDP) splits the training state over the devices instead of copying it:
+"optimizer" the optimizer's moments (ZeRO-1), "all" the parameters, moments and θ_ref too (FSDP).
+Each such leaf is split along its largest dimension that divides by the device count (a stacked
+layers' array along a layer's own dimension, so the scanned layer loop gathers one layer at a
+time). The step is then jitted in the global view: written as for one device (axis_name=None),
+over global arrays, XLA's partitioner inserting the all-gathers and reduce-scatters; its
+mathematics, and its dropout masks, are one device's.
 """
 
 import dataclasses
@@ -24,9 +32,13 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from jft.errors import JftError
+from jft.models.layers import global_view
 
 AXIS = "batch"  # the devices' axis: steps average over it (jax.lax.pmean(..., AXIS))
 BACKENDS = ("shard_map", "pmap", "jit")
+SHARD_STATE = ("none", "optimizer", "all")
+# The state's fields each shard_state splits (by name anywhere in a leaf's path).
+SHARDED_FIELDS = {"none": (), "optimizer": ("opt_state",), "all": ("params", "opt_state", "reference")}
 
 
 def initialize_distributed(coordinator_address: str, num_processes: int, process_id: int) -> None:
@@ -67,10 +79,18 @@ class Runner:
 
     backend: str = "shard_map"
     devices: list | None = None
+    shard_state: str = "none"
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise JftError(f"parallel backend '{self.backend}' is not one of {BACKENDS}.")
+        if self.shard_state not in SHARD_STATE:
+            raise JftError(f"parallel.shard_state '{self.shard_state}' is not one of {SHARD_STATE}.")
+        if self.shard_state != "none" and self.backend == "pmap":
+            raise JftError(
+                f"parallel.shard_state={self.shard_state} splits the state over a mesh of the devices, which pmap "
+                "does not have: use parallel.backend=shard_map (the default)."
+            )
         if self.devices is not None and self.backend != "shard_map":
             raise JftError(f"a Runner over given devices uses the shard_map backend, not '{self.backend}'.")
         if self.devices is None:
@@ -86,7 +106,7 @@ class Runner:
         """The Runner of a training config's `parallel` group, after starting jax.distributed when
         it asks for several processes (before any other JAX work)."""
         initialize_distributed(parallel.coordinator_address, parallel.num_processes, parallel.process_id)
-        return cls(parallel.backend)
+        return cls(parallel.backend, shard_state=parallel.shard_state)
 
     @property
     def num_devices(self) -> int:
@@ -105,9 +125,27 @@ class Runner:
                 f"{accum_steps} accumulation steps; use a multiple of {devices * accum_steps}."
             )
 
+    @property
+    def global_view(self) -> bool:
+        """Whether steps run in the global view (jit over global arrays), as shard_state asks."""
+        return self.shard_state != "none"
+
     def compile(self, step: Callable, *, state_argnum: int | None = 0) -> Callable:
-        """step(state, batch, rng, axis_name=...) -> compiled fn(state, batch, rng); state donated."""
+        """step(state, batch, rng, axis_name=...) -> compiled fn(state, batch, rng); state donated
+        (a step given state_argnum returns (state, metrics), else its outputs)."""
         donate = () if state_argnum is None else (state_argnum,)
+        if self.global_view:
+            replicated = NamedSharding(self.mesh, P())
+
+            def global_step(state, batch, rng):
+                with global_view(self.mesh, AXIS, split_parameters=self.shard_state == "all"):
+                    out = step(state, batch, rng, axis_name=None)
+                if state_argnum is None:
+                    return jax.lax.with_sharding_constraint(out, replicated)
+                new_state, metrics = out
+                return self.constrain_state(new_state), jax.lax.with_sharding_constraint(metrics, replicated)
+
+            return jax.jit(global_step, donate_argnums=donate)
         if self.backend == "jit":
             return jax.jit(functools.partial(step, axis_name=None), donate_argnums=donate)
         if self.backend == "pmap":
@@ -144,6 +182,34 @@ class Runner:
         if jax.process_count() > 1:
             return multihost_utils.process_allgather(tree, tiled=True)
         return jax.tree.map(np.asarray, tree)
+
+    def state_shardings(self, tree: Any) -> Any:
+        """Where each leaf of a training state (arrays or their shapes) lives: split along its
+        largest dimension that divides by the devices when shard_state splits its field, else
+        copied to every device."""
+        fields, n = SHARDED_FIELDS[self.shard_state], self.num_devices
+
+        def sharding(path, leaf) -> NamedSharding:
+            shape = np.shape(leaf)
+            names = {getattr(key, "name", getattr(key, "key", None)) for key in path}
+            dims = [i for i, size in enumerate(shape) if size % n == 0 and size >= n]
+            if not dims or not names & set(fields) or n == 1:
+                return NamedSharding(self.mesh, P())
+            dim = max(dims, key=lambda i: (shape[i], i))
+            return NamedSharding(self.mesh, P(*(AXIS if i == dim else None for i in range(len(shape)))))
+
+        return jax.tree_util.tree_map_with_path(sharding, tree)
+
+    def constrain_state(self, tree: Any) -> Any:
+        """A traced state held to state_shardings (inside a global-view step)."""
+        return jax.lax.with_sharding_constraint(tree, self.state_shardings(tree))
+
+    def put_state(self, tree: Any) -> Any:
+        """A training state (or population) to where the compiled step reads it: split as
+        state_shardings says in the global view, else as put_replicated."""
+        if not self.global_view:
+            return self.put_replicated(tree)
+        return jax.tree.map(lambda x, s: _global_array(np.asarray(x), s), tree, self.state_shardings(tree))
 
     def put_replicated(self, tree: Any) -> Any:
         """State (or params) to where the compiled step reads it."""
@@ -184,9 +250,20 @@ class Runner:
 
 
 def first_copy(tree: Any) -> Any:
-    """This process's first copy of each replicated array of tree, as NumPy (a view, not a copy,
-    for an array in host memory; a device-to-host transfer for one on a GPU or TPU)."""
-    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
+    """Each array of tree whole, as NumPy: this process's first copy of a replicated one (a view,
+    not a copy, for an array in host memory; a device-to-host transfer for one on a GPU or TPU),
+    a split one's pieces put together (from every process: each must call it)."""
+
+    def whole(x):
+        if not isinstance(x, jax.Array):
+            return x
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        if x.is_fully_addressable:
+            return np.asarray(x)
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(whole, tree)
 
 
 def _global_array(value: np.ndarray, sharding: NamedSharding) -> jax.Array:

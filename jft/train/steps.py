@@ -19,6 +19,7 @@ import optax
 
 from jft.models.batch_norm import STATS, variables
 from jft.models.family import TEXT_INPUTS
+from jft.models.layers import rows_split
 from jft.train.augment import ImageInputs, image_inputs
 from jft.train.masking import MaskingConfig, mask_batch
 from jft.train.next_word import causal_inputs, task_next_tokens
@@ -114,8 +115,8 @@ def _apply(setup, params, batch: dict, dropout_key, axis_name=None, **kwargs) ->
     )
     if training_statistics:
         out, updates = result
-        return {**out, STATS: updates[STATS]}
-    return result
+        return {**rows_split(out), STATS: updates[STATS]}
+    return rows_split(result)  # kept split over the devices when the parameters are (FSDP)
 
 
 def _pretraining_inputs(setup: PretrainSetup, batch: dict, key: jax.Array) -> dict:
