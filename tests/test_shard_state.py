@@ -35,7 +35,8 @@ from jft.train.steps import (
     pretrain_step,
 )
 
-DROPOUT = {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}  # the global view draws one device's masks
+# the global view draws each row's dropout masks alike on any number of devices
+DROPOUT = {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def _finetuning(runner: Runner, steps: int = 3):
     model = BertForSequenceClassification(BertConfig(vocab_size=120, **{**TINY_MODEL, **DROPOUT}), 3, mlm=True)
     params = init_params(model, jax.random.PRNGKey(0))
     masking = MaskingConfig(mask_id=4, vocab_size=120, special_ids=(0, 1, 2, 3), max_predictions=4)
-    tx = optax.adam(1e-3)
+    tx = optax.adam(1e-3, eps=1e-6)  # jft's optim.eps
     setup = FinetuneSetup(
         model, tx, optax.constant_schedule(1e-3), "classification", 0.01, weight_decay_mask(params), 0.5, masking
     )
@@ -94,9 +95,8 @@ def _split(array) -> bool:
 def test_a_split_state_steps_as_one_device(rows, shard_state):
     runner = Runner("shard_map", shard_state=shard_state)
     assert runner.num_devices == 8
-    # fine-tuning's Adam steps are about ±lr·sign(g) = 1e-3 from the start: rounding weighs more there
-    for run, tolerance in ((functools.partial(_pretraining, rows), 1e-6), (_finetuning, 5e-6)):
-        one, one_metrics = run(Runner("jit"))
+    for run in (functools.partial(_pretraining, rows), _finetuning):
+        one, one_metrics = run(Runner("jit", shard_state=shard_state))
         split, split_metrics = run(runner)
         moments = [x for x in jax.tree.leaves(split.opt_state) if x.ndim == 2]
         assert moments and all(_split(x) for x in moments)
@@ -104,7 +104,7 @@ def test_a_split_state_steps_as_one_device(rows, shard_state):
         assert all(_split(x) == (shard_state == "all") for x in kernels)
         if shard_state == "all" and getattr(split, "reference", None) is not None:
             assert all(_split(x) for x in jax.tree.leaves(split.reference) if x.ndim >= 2)
-        assert largest_difference(runner.get(one.params), runner.get(split.params)) < tolerance
+        assert largest_difference(runner.get(one.params), runner.get(split.params)) < 1e-6
         assert abs(float(one_metrics["loss"]) - float(split_metrics["loss"])) < 1e-5
 
 
@@ -157,24 +157,28 @@ def _params(workdir, step=None):
 
 def test_a_split_run_restores_onto_other_devices_and_settings(rows, tmp_path):
     """`jft pretrain` with the state split over 8 devices, stopped after its step-4 checkpoint:
-    resumed as it was it ends bit-exact; on 1 device replicated, and on 2 with optimizer, it goes on
-    from the same saved values to within float32 rounding of the run that was not stopped."""
+    resumed as it was it ends bit-exact; on 1 device and on 2 with optimizer it goes on from the
+    same saved values to within float32 rounding of the run that was not stopped; replicated
+    (shard_state none, which draws its masks another way) it goes on from them too."""
     settings = {"data.prepared": rows, "total_steps": 8, "checkpoint_every": 4, "log_every": 4, "eval_every": 8}
     settings |= {"async_checkpoints": False, "parallel.shard_state": "all"}
     assert cli.main(pretrain_command(tmp_path / "run", **settings)[3:]) == 0
     straight = _params(tmp_path / "run")
     resumed = tmp_path / "resumed"
     resumed.mkdir()
-    eight = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    again = _steps_after(tmp_path / "run", 4, eight, settings, resumed)
+
+    def devices(n):
+        return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+
+    again = _steps_after(tmp_path / "run", 4, devices(8), settings, resumed)
     for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(again)):
         np.testing.assert_array_equal(a, b)
-    one = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    replicated = _steps_after(tmp_path / "run", 4, one, {**settings, "parallel.shard_state": "none"}, resumed)
-    assert largest_difference(straight["params"], replicated["params"]) < 1e-6
-    two = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    optimizer = _steps_after(tmp_path / "run", 4, two, {**settings, "parallel.shard_state": "optimizer"}, resumed)
-    assert largest_difference(straight["params"], optimizer["params"]) < 1e-6
+    one = _steps_after(tmp_path / "run", 4, devices(1), settings, resumed)
+    assert largest_difference(straight["params"], one["params"]) < 1e-6
+    two = _steps_after(tmp_path / "run", 4, devices(2), {**settings, "parallel.shard_state": "optimizer"}, resumed)
+    assert largest_difference(straight["params"], two["params"]) < 1e-6
+    replicated = _steps_after(tmp_path / "run", 4, devices(8), {**settings, "parallel.shard_state": "none"}, resumed)
+    assert 0 < largest_difference(straight["params"], replicated["params"]) < 1e-2
 
 
 def test_a_split_state_needs_a_mesh():

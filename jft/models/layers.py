@@ -34,6 +34,11 @@ def global_view(mesh: Mesh, axis: str, split_parameters: bool):
         _GLOBAL_VIEW.reset(token)
 
 
+def in_global_view() -> bool:
+    """Whether a global-view step is being traced."""
+    return _GLOBAL_VIEW.get() is not None
+
+
 def _split_parameters():
     view = _GLOBAL_VIEW.get()
     return view if view is not None and view[2] else None

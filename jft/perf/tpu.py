@@ -177,7 +177,7 @@ class Compiled:
 COMPILER_STACK_BYTES = 1 << 30
 
 
-def _with_large_stack(function: Callable[[], Any]) -> Any:
+def with_large_stack(function: Callable[[], Any]) -> Any:
     """function() run in a thread with a COMPILER_STACK_BYTES stack; its result or its exception."""
     outcome: dict[str, Any] = {}
 
@@ -212,7 +212,7 @@ def compile_step(runner: Runner, step: Callable, state_shapes, batch) -> Compile
     )
     lowered = runner.compile(step).lower(state, abstract(batch, split), abstract(key, replicated))
     try:
-        program = _with_large_stack(lowered.compile)
+        program = with_large_stack(lowered.compile)
     except Exception as error:  # XLA's compile errors have no narrower public type
         first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
         return Compiled(seconds=time.perf_counter() - start, error=first)

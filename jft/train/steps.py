@@ -19,7 +19,7 @@ import optax
 
 from jft.models.batch_norm import STATS, variables
 from jft.models.family import TEXT_INPUTS
-from jft.models.layers import rows_split
+from jft.models.layers import in_global_view, rows_split
 from jft.train.augment import ImageInputs, image_inputs
 from jft.train.masking import MaskingConfig, mask_batch
 from jft.train.next_word import causal_inputs, task_next_tokens
@@ -32,11 +32,13 @@ def classic_threefry(step):
     (jax_threefry_partitionable=False), for this step only. Each device draws its own bits here
     (pmap, shard_map), so the partitionable variant, JAX's default, has nothing to partition and
     takes longer: on a CPU, a small BERT's dropout masks for one fine-tuning step take 70 ms by
-    it, 26 ms classic (benchmarks/cpu_finetune_gap.py)."""
+    it, 26 ms classic (benchmarks/cpu_finetune_gap.py). In the global view (shard_state) the
+    partitionable one: each device draws the bits of its own rows, the same whatever the devices,
+    where the classic one would draw every row's on every device."""
 
     @functools.wraps(step)
     def wrapped(*args, **kwargs):
-        with jax.threefry_partitionable(False):
+        with jax.threefry_partitionable(in_global_view()):
             return step(*args, **kwargs)
 
     return wrapped
