@@ -163,6 +163,9 @@ def test_a_split_run_restores_onto_other_devices_and_settings(rows, tmp_path):
     settings = {"data.prepared": rows, "total_steps": 8, "checkpoint_every": 4, "log_every": 4, "eval_every": 8}
     settings |= {"async_checkpoints": False, "parallel.shard_state": "all"}
     assert cli.main(pretrain_command(tmp_path / "run", **settings)[3:]) == 0
+    checkpoints = Checkpoints(tmp_path / "run" / "checkpoints")
+    assert "fingerprints" in checkpoints.restore()[1]  # saved as it lay, split: digested on the devices
+    checkpoints.close()
     straight = _params(tmp_path / "run")
     resumed = tmp_path / "resumed"
     resumed.mkdir()

@@ -104,8 +104,11 @@ def sha256_checksums(tree: Any) -> dict[str, str]:
 
 
 def _in_host_memory(tree: Any) -> bool:
+    """Whether every array of tree is whole in host memory: NumPy, or a copy on each CPU device. A
+    state split over the devices (shard_state) is saved as it lies, each process writing its pieces."""
     return all(
-        not isinstance(x, jax.Array) or all(d.platform == "cpu" for d in x.devices()) for x in jax.tree.leaves(tree)
+        not isinstance(x, jax.Array) or (x.is_fully_replicated and all(d.platform == "cpu" for d in x.devices()))
+        for x in jax.tree.leaves(tree)
     )
 
 
