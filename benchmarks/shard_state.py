@@ -7,11 +7,11 @@ its collectives move, read from the program XLA compiles (no device runs it).
 For each of none, optimizer and all, the pretraining step (jft.perf.bench's workload) is compiled
 for the topology's chips (libtpu's compiler, as `jft bench --topology`) or for 8 CPU devices, its
 layers unrolled (model.scan_layers=False) so that every collective of every layer is written out
-in the program, and the program's text is read: each all-reduce, all-gather, reduce-scatter,
-all-to-all and collective-permute with the bytes of its result. An all-reduce moves about twice
-its bytes over a ring, an all-gather or reduce-scatter once (of the whole result): the "ring
-bytes" column. Memory: XLA's memory analysis (arguments, temporaries, peak) of the scanned
-program, as training compiles it.
+in the program, and the program's text is read: each all-reduce, all-gather, reduce-scatter (a
+TPU's fused all-reduce-scatter too), all-to-all and collective-permute with the bytes of its
+result (a reduce-scatter's: its whole input). An all-reduce moves about twice its bytes over a
+ring, an all-gather or reduce-scatter once: the "ring bytes" column. Memory: XLA's memory
+analysis (arguments, temporaries, peak) of the scanned program, as training compiles it.
 """
 
 import argparse
@@ -41,13 +41,25 @@ INSTRUCTION = re.compile(r"=\s*(\([^()]*\)|[a-z0-9]+\[[0-9,]*\][^\s]*)\s+(" + "|
 ARRAY = re.compile(r"([a-z0-9]+)\[([0-9,]*)\]")
 
 
-def collective_bytes(text: str) -> dict[str, float]:
-    """Bytes of the results of each kind of collective in an HLO module's text."""
+# A TPU's fused reduce-scatter:
+# "%fusion.7 = (bf16[768,192], ...) fusion(...), kind=kCustom, calls=%all-reduce-scatter.74"
+FUSED_REDUCE_SCATTER = re.compile(r"=\s*(\([^()]*\)|[a-z0-9]+\[[0-9,]*\][^\s]*)\s+fusion\(.*calls=%all-reduce-scatter")
+
+
+def collective_bytes(text: str, devices: int) -> dict[str, float]:
+    """Bytes of each kind of collective in an HLO module's text: of its result, and for a
+    reduce-scatter (XLA's, or a TPU's fused all-reduce-scatter) of its whole input."""
     found = collections.Counter()
-    for result, op in INSTRUCTION.findall(text):
+
+    def add(op: str, result: str, factor: int = 1):
         for dtype, dims in ARRAY.findall(result):
             size = int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
-            found[op] += size * DTYPE_BYTES.get(dtype, 4)
+            found[op] += size * DTYPE_BYTES.get(dtype, 4) * factor
+
+    for result, op in INSTRUCTION.findall(text):
+        add(op, result, devices if op == "reduce-scatter" else 1)
+    for result in FUSED_REDUCE_SCATTER.findall(text):
+        add("reduce-scatter", result, devices)
     return dict(found)
 
 
@@ -96,7 +108,7 @@ def main():
         program, devices = compile_mode(config, shard_state, args.topology or None, scan_layers=True)
         memory = program.memory_analysis()
         unrolled, _ = compile_mode(config, shard_state, args.topology or None, scan_layers=False)
-        moved = collective_bytes(unrolled.as_text())
+        moved = collective_bytes(unrolled.as_text(), devices)
         ring = sum(RING[op] * size for op, size in moved.items())
         rows.append((shard_state, memory, moved, ring))
         print(f"shard_state.py: {shard_state} compiled", file=sys.stderr, flush=True)
