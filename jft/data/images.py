@@ -128,7 +128,7 @@ def list_images(source: str, tfds_data_dir: str | None = None) -> Listing:
         [str(f) for f in files],
         [f.name for f in folders],
         bool(folders),
-        lambda start: zip(files[start:], labels[start:]),
+        lambda start: ((files[i], labels[i]) for i in range(start, len(files))),
     )
 
 
@@ -239,7 +239,13 @@ def _npz_listing(path: Path) -> Listing:
         raise JftError(f"{path}: {len(images)} images but {len(labels)} labels.")
     names = [f"{path}:{i}" for i in range(len(images))]
     label_names = [None] * len(images) if labels is None else [str(v.item()) for v in labels]
-    return Listing(str(path), names, [], labels is not None, lambda start: zip(images[start:], label_names[start:]))
+    return Listing(
+        str(path),
+        names,
+        [],
+        labels is not None,
+        lambda start: ((images[i], label_names[i]) for i in range(start, len(images))),
+    )
 
 
 def _tfds_listing(source: str, data_dir: str | None) -> Listing:
