@@ -439,8 +439,15 @@ def _run_eval(args, config):
 
 def _predict_arguments(parser):
     _workdir_argument(parser)
-    parser.add_argument("--input", required=True, help="CSV/TSV/JSONL file with the text column(s)")
-    parser.add_argument("--output", required=True, help="JSONL file to write, one line a record")
+    parser.add_argument("--input", required=True, help="CSV/TSV/JSONL file with the text column(s); SQuAD's .json")
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="JSONL file to write, one line a record (question answering: JSON {id: answer}, SQuAD's format)",
+    )
+    parser.add_argument(
+        "--nbest", default="", help="question answering: also write each question's n-best answers here"
+    )
     _overwrite_argument(parser)
 
 
@@ -459,10 +466,29 @@ def _run_predict(args, config):
     except OSError as error:
         raise JftError(f"cannot write --output {output}: {error.strerror}: {output.parent}.") from None
     model = _finetuned(args, config)
+    if args.nbest and model.task.kind != "question_answering":
+        raise JftError(f"--nbest writes a question's candidate answers; {args.workdir} is a {model.task.kind} run.")
+    nbest = None
+    if args.nbest:
+        nbest = output_file(
+            args.nbest,
+            inputs=inputs,
+            overwrite=args.overwrite,
+            ours=is_predictions,
+            example="nbest.json",
+            flag="--nbest",
+        )
     predictions = model.predict(
         args.input, batch_size=config.batch_size, id_column=config.data.id_column, with_text=config.with_text
     )
-    write_text(output, "".join(json.dumps(finite_or_null(p), allow_nan=False) + "\n" for p in predictions))
+    if model.task.kind == "question_answering":
+        key = "id" if "id" in predictions[0] else "row"
+        write_text(output, json.dumps({str(p[key]): p["answer"] for p in predictions}, ensure_ascii=False) + "\n")
+        if nbest is not None:
+            candidates = {str(p[key]): finite_or_null(p["nbest"]) for p in predictions}
+            write_text(nbest, json.dumps(candidates, ensure_ascii=False, allow_nan=False) + "\n")
+    else:
+        write_text(output, "".join(json.dumps(finite_or_null(p), allow_nan=False) + "\n" for p in predictions))
     print(f"wrote {len(predictions)} predictions of {model.source} to {args.output}")
 
 

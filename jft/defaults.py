@@ -139,8 +139,12 @@ SWEEP: Table = {
 }
 FINETUNE: Table = {
     **MODEL,
-    "task": ("classification", "classification, regression or token_classification"),
+    "task": ("classification", "classification, regression, token_classification or question_answering"),
     "label_smoothing": (0.0, "classification: ε of the target spread over every class (0.1 in the ImageNet recipe)"),
+    "qa.max_answer_length": (30, "question answering: the longest answer, in tokens"),
+    "qa.n_best": (20, "question answering: the start and end tokens tried, and the candidate answers kept"),
+    "qa.unanswerable": (False, "question answering: a question may have no answer (SQuAD v2.0)"),
+    "qa.null_threshold": (0.0, "unanswerable: answer nothing when the no-answer score beats the best span's by more"),
     "data.train": (
         "",
         "CSV, TSV or JSONL file, or tfds:NAME:SPLIT; an image model's: a folder a class (DIR/<class>/<image>), an "
@@ -148,10 +152,11 @@ FINETUNE: Table = {
     ),
     "data.eval": ("", "evaluation data (empty: none; the last weights count as best)"),
     "data.test": ("", "test data, evaluated once at the end with the best model"),
-    "data.text_column": ("text", "the text column (token classification: the list of words)"),
-    "data.text_pair_column": ("", "the second text of sentence-pair tasks"),
-    "data.label_column": ("label", "the label column (token classification: the list of tags)"),
-    "data.seq_len": (128, "longer texts are truncated"),
+    "data.text_column": ("text", "the text column (token classification: the list of words; QA: the question)"),
+    "data.text_pair_column": ("", "the second text of sentence-pair tasks (question answering: the context)"),
+    "data.label_column": ("label", "the label column (token classification: the list of tags; QA: the answers)"),
+    "data.seq_len": (128, "longer texts are truncated (question answering: cut into windows)"),
+    "data.doc_stride": (128, "question answering: the tokens of context two windows of one question share"),
     "data.vocab": ("", "vocab.txt or tokenizer.json (empty: init_from's)"),
     "data.lowercase": (True, "lowercase the text (a vocab.txt's casing)"),
     "data.layout": ("bucketed", "padded, bucketed (similar lengths a batch) or packed (several short texts a row)"),

@@ -136,7 +136,7 @@ def train_and_evaluate(
         if images:
             joint = image_joint_objective(config)
         else:
-            encoded = encode_splits(task, tokenizer, model, records)
+            encoded = encode_splits(task, tokenizer, family, model, records)
             joint = joint_objective(config, family, tokenizer, model)
         batches = task_batches(config, encoded["train"], task, config.seed)
         if pretraining_images is not None:
@@ -185,11 +185,12 @@ def train_and_evaluate(
         activity = "pretraining" if stage == "pretraining" else "fine-tuning"  # what the log lines say
         if jax.process_index() == 0:
             where = f"resuming at step {start} of {total_steps}" if start else f"starting at step 0 of {total_steps}"
-            print(
-                f"{activity} for {task.kind} ({len(task.labels) or 'a score'} labels) on {len(encoded['train']):,} "
-                f"examples, {len(batches)} steps an epoch; {where}",
-                flush=True,
-            )
+            train = encoded["train"]
+            if task.kind == "question_answering":
+                what = f"(answer spans) on {len(train.ids):,} questions in {len(train):,} windows"
+            else:
+                what = f"({len(task.labels) or 'a score'} labels) on {len(train):,} examples"
+            print(f"{activity} for {task.kind} {what}, {len(batches)} steps an epoch; {where}", flush=True)
             print(describe_penalty(config), flush=True)
             if config.data.layout == "packed":
                 print(

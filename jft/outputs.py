@@ -62,19 +62,25 @@ def check_inputs(path: str | Path, inputs: Iterable[str | Path], what: str, exam
 
 
 def output_file(
-    path: str | Path, *, inputs: Iterable[str | Path], overwrite: bool, ours: Callable[[Path], bool], example: str
+    path: str | Path,
+    *,
+    inputs: Iterable[str | Path],
+    overwrite: bool,
+    ours: Callable[[Path], bool],
+    example: str,
+    flag: str = "--output",
 ) -> Path:
-    """The path of a file output (--output), checked as `check` does; an existing file is replaced
-    only when ours(file) says it is this command's earlier output, or with overwrite. Its folder
-    is made."""
-    path = check(path, inputs, "--output", example)
+    """The path of a file output (flag: --output), checked as `check` does; an existing file is
+    replaced only when ours(file) says it is this command's earlier output, or with overwrite. Its
+    folder is made."""
+    path = check(path, inputs, flag, example)
     if path.is_dir():
-        raise JftError(f"--output {path} is a directory; give a file path, e.g. {path / example}.")
+        raise JftError(f"{flag} {path} is a directory; give a file path, e.g. {path / example}.")
     if path.exists() and not overwrite and not ours(path):
-        raise JftError(f"--output {path} is a file this command did not write; give a new path, or {OVERWRITE}.")
+        raise JftError(f"{flag} {path} is a file this command did not write; give a new path, or {OVERWRITE}.")
     blocking = next((folder for folder in path.parents if folder.exists() and not folder.is_dir()), None)
     if blocking is not None:
-        raise JftError(f"cannot write --output {path}: {blocking} is a file, not a folder.")
+        raise JftError(f"cannot write {flag} {path}: {blocking} is a file, not a folder.")
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 

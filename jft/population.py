@@ -33,7 +33,7 @@ from jft.tasks.finetuning import (
     with_warmup,
 )
 from jft.tasks.images import JointImageBatches
-from jft.tasks.records import IGNORE, Encoded, Task
+from jft.tasks.records import IGNORE, PER_TOKEN, Encoded, Task
 from jft.train.loop import train_loop
 from jft.train.optim import make_optimizer
 from jft.train.parallel import Runner
@@ -270,16 +270,17 @@ def train_population(members: list[Member], shared: SweepData, runner: Runner, l
     results = []
     for k, (m, index) in enumerate(zip(members, held_out)):
         logits, labels = scored["train" if index is not None else "eval"][k]
+        data = shared.data["train" if index is not None else "eval"]
         if index is not None:
-            logits, labels = [logits[i] for i in index], [labels[i] for i in index]
-            if task.kind != "token_classification":
+            logits, labels, data = [logits[i] for i in index], [labels[i] for i in index], subset(data, index)
+            if task.kind not in PER_TOKEN:
                 logits, labels = np.stack(logits), np.stack(labels)
         results.append(
             {
                 "member": m.index,
                 "setting": m.setting,
                 "fold": m.fold,
-                "scores": task_scores(task, logits, labels),
+                "scores": task_scores(task, logits, labels, data),
                 "steps": run.total_steps,
                 "population": len(members),
                 "train_seconds": seconds,

@@ -51,6 +51,7 @@ from jft.tasks.finetuning import (
 )
 from jft.tasks.images import joint_images, read_image_task
 from jft.tasks.metrics import ONE_CLASS, one_class
+from jft.tasks.records import Windows
 from jft.train.lock import hold
 from jft.train.parallel import Runner
 from jft.train.rundir import open_init
@@ -145,17 +146,22 @@ def sweep_data(config: ConfigDict) -> SweepData:
         task, metric, records = read_task(config)
         tokenizer = task_tokenizer(config, None, init)
         family, model = new_model(config.model, tokenizer, init)
-        data = encode_splits(task, tokenizer, model, records)
+        data = encode_splits(task, tokenizer, family, model, records)
     metric = config.sweep.metric or metric
     if metric not in task.metrics() or metric == "mse":
         choices = [name for name in task.metrics() if name != "mse"]
         raise JftError(f"sweep.metric '{metric}' is not a score of this task; choose one of {choices}.")
-    if config.sweep.folds > len(data["train"]):
+    # a question's windows stay in one fold (question answering), else each example is its own
+    grouped = np.array(data["train"].questions) if isinstance(data["train"], Windows) else None
+    examples = len(data["train"].ids) if grouped is not None else len(data["train"])
+    if config.sweep.folds > examples:
         raise JftError(
             f"sweep.folds={config.sweep.folds} holds out each training example once, in one of {config.sweep.folds} "
-            f"folds, and data.train has {len(data['train'])} examples; use at most that many folds, or more data."
+            f"folds, and data.train has {examples} examples; use at most that many folds, or more data."
         )
-    folds = fold_ids(len(data["train"]), config.sweep.folds, config.seed) if config.sweep.folds else None
+    folds = fold_ids(examples, config.sweep.folds, config.seed) if config.sweep.folds else None
+    if folds is not None and grouped is not None:
+        folds = folds[grouped]
     return SweepData(task, metric, tokenizer, family, model, data, init, folds, joint, joint_classes)
 
 

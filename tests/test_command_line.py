@@ -55,7 +55,10 @@ def test_configs_are_found_by_name_from_any_directory(tmp_path):
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     assert "optim.lr = 3e-05  (default 2e-05)  # peak learning rate" in lines
-    assert "data.text_pair_column = 'sentence2'  (default '')  # the second text of sentence-pair tasks" in lines
+    assert (
+        "data.text_pair_column = 'sentence2'  (default '')  # the second text of sentence-pair tasks "
+        "(question answering: the context)" in lines
+    )
     assert all(" # " in line for line in lines), [line for line in lines if " # " not in line]
     assert (
         load_config("tiny", stage="pretrain").total_steps == load_config(REPO / "configs/pretrain/tiny.py").total_steps

@@ -15,7 +15,7 @@ import transformers
 from conftest import padded_ids, perturbed
 from jft import params as ptree
 from jft.errors import JftError
-from jft.models import hf
+from jft.models import Head, hf
 from jft.models.modernbert import (
     FAMILY,
     ModernBertForMaskedLM,
@@ -118,6 +118,7 @@ def _with_head(module, params: dict, seed: int) -> dict:
         ("ModernBertForSequenceClassification", ModernBertForSequenceClassification, "cls"),
         ("ModernBertForSequenceClassification", ModernBertForSequenceClassification, "mean"),
         ("ModernBertForTokenClassification", ModernBertForTokenClassification, "cls"),
+        ("ModernBertForQuestionAnswering", "question_answering", "cls"),
         ("ModernBertModel", "encoder", "cls"),
     ],
 )
@@ -133,6 +134,9 @@ def test_safetensors_from_jft_loads_in_pytorch(reference, tmp_path, max_abs_diff
     elif module == "encoder":
         params = {"model": params["model"]}
         module = FAMILY.module(config, FAMILY.head_of(params))
+    elif module == "question_answering":
+        module = FAMILY.module(config, Head("question_answering", 2))
+        params = _with_head(module, {"model": params["model"], "head": params["head"]}, seed=2)
     else:
         params = _with_head(module(config, num_labels=3), {"model": params["model"], "head": params["head"]}, seed=2)
         module = module(config, num_labels=3)
@@ -148,6 +152,9 @@ def test_safetensors_from_jft_loads_in_pytorch(reference, tmp_path, max_abs_diff
     out = jax.jit(module.apply)({"params": params}, input_ids=ids, attention_mask=mask)
     if architecture == "ModernBertModel":
         expected, ours = ref_out.last_hidden_state.numpy(), np.asarray(out["hidden"])
+    elif architecture == "ModernBertForQuestionAnswering":
+        expected = np.stack([ref_out.start_logits.numpy(), ref_out.end_logits.numpy()], -1)
+        ours = np.asarray(out["logits"])
     else:
         key = "mlm_logits" if architecture == "ModernBertForMaskedLM" else "logits"
         expected, ours = ref_out.logits.numpy(), np.asarray(out[key])
@@ -157,7 +164,8 @@ def test_safetensors_from_jft_loads_in_pytorch(reference, tmp_path, max_abs_diff
         assert ours.shape == (3, 3) and max_abs_diff(ours, expected) <= TOL
     config2, params2 = hf.load(tmp_path)
     assert config2 == config
-    if architecture != "ModernBertForTokenClassification":  # read back, a classifier is a sequence classifier's
+    # read back, a per-token classifier is a sequence classifier's (Hugging Face's names do not say)
+    if architecture not in ("ModernBertForTokenClassification", "ModernBertForQuestionAnswering"):
         assert FAMILY.head_of(params2) == FAMILY.head_of(params)
         assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params, params2))
 

@@ -75,3 +75,25 @@ def test_task_heads_match_hf_flax(tmp_path, max_abs_diff, ref_cls, jft_cls):
     batch = make_batch(4)
     logits = module.apply({"params": params}, **batch)["logits"]
     assert max_abs_diff(logits, ref(**batch).logits) <= TOL
+
+
+def test_the_question_answering_head_matches_hf_flax_and_pytorch(tmp_path, max_abs_diff):
+    """FlaxBertForQuestionAnswering's weights read as jft's span head ('qa_outputs', no dropout):
+    start and end logits as HF Flax's; saved by jft, PyTorch's BertForQuestionAnswering gives them too."""
+    ref = transformers.FlaxBertForQuestionAnswering(tiny_hf_config(), seed=6)
+    ref.save_pretrained(tmp_path / "flax")
+    config, params = hf.load(tmp_path / "flax")
+    module, head = hf.model_for(config, params)
+    assert (head.kind, head.num_labels, module.head_name) == ("question_answering", 2, "qa_outputs")
+    batch = make_batch(6)
+    logits = np.asarray(module.apply({"params": params}, **batch)["logits"])
+    ref_out = ref(**batch)
+    real = batch["attention_mask"] == 1
+    assert max_abs_diff(logits[..., 0][real], np.asarray(ref_out.start_logits)[real]) <= TOL
+    assert max_abs_diff(logits[..., 1][real], np.asarray(ref_out.end_logits)[real]) <= TOL
+    hf.save(tmp_path / "torch", config, params, format="safetensors")
+    torch_model = transformers.BertForQuestionAnswering.from_pretrained(tmp_path / "torch").eval()
+    with torch.no_grad():
+        torch_out = torch_model(**{k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()})
+    assert max_abs_diff(logits[..., 0][real], torch_out.start_logits.numpy()[real]) <= TOL
+    assert max_abs_diff(logits[..., 1][real], torch_out.end_logits.numpy()[real]) <= TOL

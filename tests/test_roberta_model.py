@@ -15,7 +15,7 @@ import transformers
 from conftest import padded_ids, perturbed
 from jft import params as ptree
 from jft.errors import JftError
-from jft.models import hf
+from jft.models import Head, hf
 from jft.models.roberta import (
     FAMILY,
     RobertaForMaskedLM,
@@ -145,6 +145,7 @@ def test_msgpack_from_jft_loads_in_flax(reference, tmp_path, max_abs_diff):
         ("ForMaskedLM", None),
         ("ForSequenceClassification", RobertaForSequenceClassification),
         ("ForTokenClassification", RobertaForTokenClassification),
+        ("ForQuestionAnswering", "question_answering"),
         ("Model", "encoder"),
     ],
 )
@@ -159,6 +160,9 @@ def test_safetensors_from_jft_loads_in_pytorch(reference, tmp_path, max_abs_diff
         params = {"roberta": {**params["roberta"]}}
         params["roberta"]["pooler"] = {"dense": {"kernel": 0.1 * jnp.ones((48, 48)), "bias": 0.1 * jnp.ones(48)}}
         module = FAMILY.module(config, FAMILY.head_of(params))
+    elif module == "question_answering":
+        module = FAMILY.module(config, Head("question_answering", 2))
+        params = _with_head(module, {"roberta": params["roberta"]}, seed=2)
     else:
         module = module(config, num_labels=3)
         params = _with_head(module, {"roberta": params["roberta"]}, seed=2)
@@ -171,7 +175,10 @@ def test_safetensors_from_jft_loads_in_pytorch(reference, tmp_path, max_abs_diff
     with torch.no_grad():
         ref_out = ref.eval()(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask))
     out = jax.jit(module.apply)({"params": params}, input_ids=ids, attention_mask=mask)
-    if suffix == "Model":
+    if suffix == "ForQuestionAnswering":
+        expected = np.stack([ref_out.start_logits.numpy(), ref_out.end_logits.numpy()], -1)
+        assert max_abs_diff(np.asarray(out["logits"])[mask == 1], expected[mask == 1]) <= TOL
+    elif suffix == "Model":
         assert max_abs_diff(out["pooled"], ref_out.pooler_output.numpy()) <= TOL
         assert max_abs_diff(np.asarray(out["hidden"])[mask == 1], ref_out.last_hidden_state.numpy()[mask == 1]) <= TOL
     else:

@@ -253,3 +253,34 @@ def test_a_stopped_sweep_keeps_its_finished_populations_and_resumes_with_the_res
     assert sweep.run_sweep(config, workdir)["n"] == 1
     assert calls == [[0, 1], [2], [2]]  # the second start trains only the population not yet written
     assert (workdir / "members.jsonl").read_text().splitlines()[:2] == first
+
+
+def test_question_answering_folds_keep_a_questions_windows_together_and_a_member_is_its_run(tmp_path):
+    """k-fold on SQuAD-format data whose contexts need several windows: every window of a question
+    is in its question's fold, and a fold member ends where `jft finetune` on the other folds'
+    questions ends, with the same exact match and F1 on its held-out questions."""
+    from jft.data.synthetic import write_qa_task
+
+    squad = json.loads(write_qa_task(tmp_path / "qa.json", 12, seed=5).read_text())
+    files = {"train": tmp_path / "qa.json", "eval": tmp_path / "qa.json", "vocab": write_vocab(tmp_path / "vocab.txt")}
+    config = _config(files, {"optim.lr": [1e-3]}, **{"sweep.folds": 2, "task": "question_answering"})
+    set_keys(config, {"data.text_column": "question", "data.text_pair_column": "context"})
+    set_keys(config, {"data.label_column": "answers", "data.doc_stride": 8, "best_metric": "f1"})
+    shared = sweep.sweep_data(config)
+    windows = shared.data["train"]
+    assert len(windows) > 20  # several windows a question
+    for question in range(12):
+        assert len({int(shared.folds[i]) for i, q in enumerate(windows.questions) if q == question}) == 1
+    members = sweep.plan(config)
+    results, params = population.train_population(members, shared, Runner("jit"))
+    assert set(results[1]["scores"]) == {"exact_match", "f1"}
+    question_fold = {q: int(shared.folds[i]) for i, q in enumerate(windows.questions)}
+    paragraphs = squad["data"][0]["paragraphs"]
+    for name, fold_kept in (("part.json", lambda f: f != 1), ("held_out.json", lambda f: f == 1)):
+        kept = [p for q, p in enumerate(paragraphs) if fold_kept(question_fold[q])]
+        (tmp_path / name).write_text(json.dumps({"data": [{"title": "t", "paragraphs": kept}]}))
+    own_params, own_scores = _standalone(
+        config, tmp_path / "fold1", members[1].setting, train=tmp_path / "part.json", eval=tmp_path / "held_out.json"
+    )
+    assert _largest_difference(_member(params, 1), own_params) < 1e-5
+    assert results[1]["scores"] == pytest.approx(own_scores, abs=1e-6)

@@ -150,3 +150,30 @@ def test_conll2003_built_by_tfds_fine_tunes_through_its_config(tmp_path, built):
     assert {"eval_entity_f1", "eval_token_accuracy"} <= set(final)
     tags = conll2003.Conll2003(data_dir=data_dir).info.features["ner"].feature.names
     assert FinetunedModel(tmp_path / "ner").task.labels == tags  # TFDS's tag names, in its order
+
+
+def test_squad_built_by_tfds_fine_tunes_through_the_squad_config(tmp_path, built, monkeypatch):
+    """TFDS's squad/v1.1 builder makes its dataset from SQuAD-format files (generated here); the
+    records it gives (answers a feature dict of bytes) train and score through finetune/squad."""
+    from tensorflow_datasets.question_answering import squad
+
+    from jft.data.synthetic import write_qa_task
+
+    files = {
+        "train": write_qa_task(tmp_path / "train.json", 16),
+        "dev": write_qa_task(tmp_path / "dev.json", 8, seed=1),
+    }
+    monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", lambda self, urls: files)
+    builder = squad.Squad(config="v1.1", data_dir=str(tmp_path / "tfds"))
+    builder.download_and_prepare(file_format="array_record")
+    config = _run_config(
+        "finetune/squad",
+        str(tmp_path / "tfds"),
+        write_vocab(tmp_path / "vocab.txt"),
+        **{"data.train": "tfds:squad/v1.1:train", "data.eval": "tfds:squad/v1.1:validation"},
+        **{"data.seq_len": 64, "data.doc_stride": 16, "model.max_position_embeddings": 64},
+    )
+    final = train_and_evaluate(config, tmp_path / "squad")
+    assert {"eval_exact_match", "eval_f1"} <= set(final)
+    model = FinetunedModel(tmp_path / "squad")
+    assert model.task.kind == "question_answering" and model.task.spans.doc_stride == 16

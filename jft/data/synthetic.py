@@ -6,6 +6,7 @@ Documents keep to one topic, so masked-LM and next-sentence prediction have some
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +75,38 @@ def sentence_lengths(rng: np.random.Generator, count: int, mean: float, longest:
     """Token counts skewed like sentences' (a gamma of shape 2.5, tail toward `longest`), 3 to
     `longest` tokens: SST-2's texts average about 25 tokens."""
     return np.clip(np.round(rng.gamma(2.5, mean / 2.5, count)), 3, longest).astype(int)
+
+
+def write_qa_task(path, questions: int = 64, seed: int = 0, unanswerable: float = 0.0, sentences: int = 4):
+    """A SQuAD-format JSON file of questions about contexts of the corpus generator's sentences:
+    "what does the ship follow?" of a context holding "the old ship follows the wave near the
+    tide." answers "wave" (its character offset given). With `unanswerable`, that share of the
+    questions asks about a noun no sentence of the context starts with (SQuAD v2.0's kind: no answer)."""
+    rng = np.random.default_rng(seed)
+    nouns = sorted({w for ws in TOPICS.values() for w in ws})
+    paragraphs = []
+    for number in range(questions):
+        subjects = rng.choice(nouns, sentences + 1, replace=False)
+        parts, facts = [], []
+        for subject in subjects[:sentences]:
+            verb, obj = rng.choice(_VERBS), rng.choice([n for n in nouns if n != subject])
+            sentence = f"the {rng.choice(_ADJECTIVES)} {subject} {verb} the "
+            start = sum(len(p) + 1 for p in parts) + len(sentence)
+            parts.append(f"{sentence}{obj} near the {rng.choice(nouns)}.")
+            facts.append((subject, verb, obj, start))
+        if rng.random() < unanswerable:
+            subject, verb = subjects[-1], rng.choice(_VERBS)
+            answers = []
+        else:
+            subject, verb, obj, start = facts[rng.integers(sentences)]
+            answers = [{"text": obj, "answer_start": int(start)}]
+        qa = {
+            "id": f"q{number}",
+            "question": f"what does the {subject} {verb[:-2] if verb.endswith('ches') else verb[:-1]}?",
+            "answers": answers,
+            "is_impossible": not answers,
+        }
+        paragraphs.append({"context": " ".join(parts), "qas": [qa]})
+    path = Path(path)
+    write_text(path, json.dumps({"version": "generated", "data": [{"title": "world", "paragraphs": paragraphs}]}))
+    return path

@@ -49,6 +49,11 @@ class TaskBatches:
     def __post_init__(self):
         if self.layout not in LAYOUTS:
             raise JftError(f"data layout '{self.layout}' is not one of {LAYOUTS}.")
+        if self.layout == "packed" and self.kind == "question_answering":
+            raise JftError(
+                "question answering's windows fill their rows (the question and as much context as fits): use "
+                "data.layout=bucketed or padded, not packed."
+            )
         if self.layout in ("padded", "packed") and not self.max_len:
             raise JftError(f"the {self.layout} layout needs max_len (the task's seq_len).")
         self.lengths = np.array([len(ids) for ids in self.data.input_ids])
@@ -137,6 +142,9 @@ class TaskBatches:
         if self.kind == "token_classification":
             out["labels"] = np.full((rows, width), IGNORE, np.int32)
             out["weights"] = np.zeros((rows, width), np.float32)
+        elif self.kind == "question_answering":  # the answer's first and last token
+            out["labels"] = np.zeros((*per_example, 2), np.int32)
+            out["weights"] = np.zeros(per_example, np.float32)
         else:
             out["labels"] = np.zeros(per_example, np.float32 if self.kind == "regression" else np.int32)
             out["weights"] = np.zeros(per_example, np.float32)

@@ -5,18 +5,22 @@ import jax
 import numpy as np
 
 from jft.tasks import metrics
+from jft.tasks.answers import answer_scores
 from jft.tasks.batches import TaskBatches, fill_rows, step_inputs
-from jft.tasks.records import IGNORE, Task
+from jft.tasks.records import IGNORE, PER_TOKEN, Task
 from jft.train.parallel import Runner
 
 
 def evaluate_data(runner: Runner, predict, params, data, task: Task, batch_size: int) -> dict[str, float]:
     """Task metrics of params on encoded data (every example once, in order)."""
-    return task_scores(task, *predict_all(runner, predict, params, data, task, batch_size))
+    return task_scores(task, *predict_all(runner, predict, params, data, task, batch_size), data)
 
 
-def task_scores(task: Task, logits, labels) -> dict[str, float]:
-    """The task's metrics from the logits and labels of every example."""
+def task_scores(task: Task, logits, labels, data=None) -> dict[str, float]:
+    """The task's metrics from the logits and labels of every example (question answering: of
+    every window, and data the Windows they are of)."""
+    if task.kind == "question_answering":
+        return answer_scores(data, logits, task.spans)
     if task.kind == "regression":
         scores = logits[:, 0]
         return {
@@ -56,12 +60,14 @@ def predict_all(runner: Runner, predict, params, data, task: Task, batch_size: i
         out = runner.get_rows(predict(params, runner.put_global_batch(inputs), no_key))
         for row, example in enumerate(batch["example_ids"]):
             if example >= 0:
-                tokens = task.kind == "token_classification"
+                tokens = task.kind in PER_TOKEN
                 n = len(data.input_ids[example]) if tokens else 0
                 for view, member in enumerate(views):
                     row_out = out[row] if member is None else out[row, member]
                     logits[view][example] = row_out[:n] if tokens else row_out
-                labels[example] = batch["labels"][row, :n] if tokens else batch["labels"][row]
-    if task.kind != "token_classification":
+                labels[example] = (
+                    batch["labels"][row, :n] if task.kind == "token_classification" else batch["labels"][row]
+                )
+    if task.kind not in PER_TOKEN:
         logits, labels = [np.stack(each) for each in logits], np.stack(labels)
     return [(each, labels) for each in logits] if members else (logits[0], labels)

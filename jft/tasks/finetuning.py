@@ -10,10 +10,11 @@ from ml_collections import ConfigDict
 
 from jft.data.tokenizer import load_tokenizer, special_ids
 from jft.errors import JftError
+from jft.models import FAMILIES
 from jft.models import get as get_family
 from jft.params import merge, subtree
 from jft.tasks.batches import LAYOUTS, TaskBatches
-from jft.tasks.records import KINDS, Columns, Encoded, Task, encode, label_vocabulary, read_records
+from jft.tasks.records import KINDS, Columns, Encoded, Spans, Task, encode, label_vocabulary, read_records
 from jft.train import rundir
 from jft.train.augment import ImageInputs
 from jft.train.log import check_guard
@@ -22,7 +23,18 @@ from jft.train.optim import check_optim, penalty_mask
 from jft.train.steps import FinetuneSetup
 
 REFERENCES = ("auto", "zero", "init")
-DEFAULT_METRIC = {"classification": "accuracy", "regression": "pearson", "token_classification": "entity_f1"}
+# The tasks each head serves, in words.
+FAMILY_OF_HEAD = {
+    "classification": "classification and regression",
+    "token_classification": "token classification",
+    "question_answering": "question answering",
+}
+DEFAULT_METRIC = {
+    "classification": "accuracy",
+    "regression": "pearson",
+    "token_classification": "entity_f1",
+    "question_answering": "f1",
+}
 
 
 def check_settings(config: ConfigDict) -> None:
@@ -62,6 +74,36 @@ def check_settings(config: ConfigDict) -> None:
         )
     if not config.data.train:
         raise JftError("no training data: set data.train (a CSV, TSV or JSONL file, or tfds:NAME:SPLIT).")
+    if config.task == "question_answering":
+        check_spans(config)
+
+
+def check_spans(config: ConfigDict) -> None:
+    """Question answering's settings."""
+    if config.label_smoothing:
+        raise JftError("label_smoothing spreads a class's target over the others; question answering has none: set 0.")
+    if not 0 <= config.data.doc_stride < config.data.seq_len:
+        raise JftError(f"data.doc_stride must be in [0, data.seq_len), got {config.data.doc_stride}.")
+    for key in ("qa.max_answer_length", "qa.n_best"):
+        if config[key] < 1:
+            raise JftError(f"{key} must be at least 1, got {config[key]}.")
+
+
+def check_answered(records: dict[str, list], columns: Columns) -> None:
+    """Every question of records has an answer (SQuAD v1.1), else a JftError naming the first that has none."""
+    for split_records in records.values():
+        unanswered = [r for r in split_records if not r[columns.label]["text"]]
+        if unanswered:
+            raise JftError(
+                f"{unanswered[0].where} has no answer ({len(unanswered)} of {len(split_records)} questions there have "
+                "none), as in SQuAD v2.0: fine-tune with --config finetune/squad_v2 (qa.unanswerable=true)."
+            )
+
+
+def spans_of(config: ConfigDict) -> Spans:
+    """Question answering's settings of config (jft.tasks.records.Spans)."""
+    qa = config.qa
+    return Spans(config.data.doc_stride, qa.max_answer_length, qa.n_best, qa.unanswerable, qa.null_threshold)
 
 
 def read_task(config: ConfigDict) -> tuple[Task, str, dict[str, list]]:
@@ -75,7 +117,10 @@ def read_task(config: ConfigDict) -> tuple[Task, str, dict[str, list]]:
         for split in ("train", "eval", "test")
     }
     labels = label_vocabulary(records["train"], config.task, columns.label, source=data.train, tfds_data_dir=tfds_dir)
-    task = Task(config.task, labels, columns, data.seq_len)
+    spans = spans_of(config) if config.task == "question_answering" else None
+    task = Task(config.task, labels, columns, data.seq_len, spans)
+    if spans and not spans.unanswerable:
+        check_answered(records, columns)
     best_metric = config.best_metric or DEFAULT_METRIC[task.kind]
     if best_metric not in task.metrics() or best_metric == "mse":
         choices = [name for name in task.metrics() if name != "mse"]
@@ -102,16 +147,24 @@ def task_tokenizer(config: ConfigDict, workdir: Path | None, init: rundir.InitSo
     return tokenizer
 
 
-def encode_splits(task: Task, tokenizer, model, records: dict[str, list]) -> dict[str, Encoded | None]:
-    """The records of each split tokenized (None for a split without records), once the sequence
-    length is known to fit the model's position table."""
+def encode_splits(task: Task, tokenizer, family, model, records: dict[str, list]) -> dict[str, Encoded | None]:
+    """The records of each split tokenized (None for a split without records), once the family is
+    known to have the task's head and the sequence length to fit the model's position table."""
+    head = task.head().kind
+    if head not in family.task_heads:
+        having = [FAMILY_OF_HEAD[h] for h in family.task_heads if h in FAMILY_OF_HEAD]
+        others = [f.name for f in FAMILIES.values() if head in f.task_heads]
+        raise JftError(
+            f"a {family.name} model has no {head} head (it fine-tunes for {', '.join(having)}); the families with "
+            f"one: {', '.join(others)}."
+        )
     if task.seq_len > model.max_length:
         raise JftError(
             f"data.seq_len {task.seq_len} is longer than the position table "
             f"({model.max_length}); use data.seq_len <= {model.max_length}."
         )
     return {
-        split: encode(split_records, tokenizer, task.kind, task.columns, task.labels, task.seq_len)
+        split: encode(split_records, tokenizer, task.kind, task.columns, task.labels, task.seq_len, spans=task.spans)
         if split_records
         else None
         for split, split_records in records.items()

@@ -16,6 +16,7 @@ from jft.data.images import ImageSet, read_images
 from jft.errors import JftError
 from jft.params import check_finite
 from jft.tasks import metrics
+from jft.tasks.answers import best_answers
 from jft.tasks.evaluate import predict_all, task_scores
 from jft.tasks.images import image_data
 from jft.tasks.records import Task, encode, read_records
@@ -58,7 +59,8 @@ class FinetunedModel:
         return logits, labels, images
 
     def _logits(self, records: list, batch_size: int, with_labels: bool):
-        """Logits and labels (None without labels) of records, in their order."""
+        """Logits and labels (None without labels) of records, in their order, and the encoded
+        records they are of (question answering: their windows)."""
         data = encode(
             records,
             self.tokenizer,
@@ -67,31 +69,35 @@ class FinetunedModel:
             self.task.labels,
             self.task.seq_len,
             with_labels=with_labels,
+            spans=self.task.spans,
         )
         params = self.runner.put_replicated(self.params)
-        return predict_all(self.runner, self.predict_fn, params, data, self.task, batch_size)
+        return *predict_all(self.runner, self.predict_fn, params, data, self.task, batch_size), data
 
     def _labeled(self, source: str) -> list:
         return read_records(source, self.task.columns, self.task.kind)
 
-    def _labeled_logits(self, source: str, batch_size: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """Logits and labels of the labeled examples of source, and how many there are."""
+    def _labeled_logits(self, source: str, batch_size: int) -> tuple[np.ndarray, np.ndarray, int, object]:
+        """Logits and labels of the labeled examples of source, how many there are, and the
+        encoded examples (None for images)."""
         if self.images:
             logits, labels, images = self._image_logits(source, batch_size, labeled=True)
-            return logits, labels, len(images)
+            return logits, labels, len(images), None
         records = self._labeled(source)
-        return *self._logits(records, batch_size, with_labels=True), len(records)
+        logits, labels, data = self._logits(records, batch_size, with_labels=True)
+        return logits, labels, len(records), data
 
     def evaluate(self, source: str, batch_size: int = 32) -> dict[str, float]:
         """The task's metrics on labeled data (as during training)."""
-        return task_scores(self.task, *self._labeled_logits(source, batch_size)[:2])
+        logits, labels, _, data = self._labeled_logits(source, batch_size)
+        return task_scores(self.task, logits, labels, data)
 
     def report(self, source: str, batch_size: int = 32) -> dict:
         """evaluate's metrics, which model and how many records; for classification also each class's
         precision, recall and F1, their macro means, the confusion matrix and the binary F1's positive label."""
-        logits, labels, count = self._labeled_logits(source, batch_size)
+        logits, labels, count, data = self._labeled_logits(source, batch_size)
         out = {"model": self.source, "data": source, "records": count}
-        out["metrics"] = task_scores(self.task, logits, labels)
+        out["metrics"] = task_scores(self.task, logits, labels, data)
         if self.task.kind == "classification":
             out.update(metrics.classification_report(labels, logits.argmax(-1), self.task.labels))
             if len(self.task.labels) == 2:
@@ -102,18 +108,24 @@ class FinetunedModel:
         """One dict a record: its id (id_column's value, else its row: 0 for the first record), its
         text(s) when with_text, and label and probabilities (classification), score (regression),
         or one tag a word (token classification: records longer than seq_len are predicted in
-        windows of whole words; a word the tokenizer drops entirely gets the tag null)."""
+        windows of whole words; a word the tokenizer drops entirely gets the tag null), or the
+        answer, its score, the no-answer score and the n-best answers with their probabilities
+        (question answering; the id is the record's "id" when it has one)."""
         if self.images:  # one prediction an image: its file (or index), label and probabilities
             logits, _, images = self._image_logits(source, batch_size, labeled=False)
             return [{"path": name, **output} for name, output in zip(images.names, self._classes(logits))]
         records = read_records(source, dataclasses.replace(self.task.columns, label=None), self.task.kind)
+        if self.task.kind == "question_answering" and not id_column and "id" in records[0]:
+            id_column = "id"
         if id_column and id_column not in records[0]:
             raise JftError(f"{source} has no column {id_column!r} for the ids (columns: {sorted(records[0])}).")
-        outputs = (
-            self._predict_tags(records, batch_size)
-            if self.task.kind == "token_classification"
-            else (self._predict_records(records, batch_size))
-        )
+        if self.task.kind == "token_classification":
+            outputs = self._predict_tags(records, batch_size)
+        elif self.task.kind == "question_answering":
+            logits, _, windows = self._logits(records, batch_size, with_labels=False)
+            outputs = best_answers(windows, logits, self.task.spans)
+        else:
+            outputs = self._predict_records(records, batch_size)
         texts = [c for c in (self.task.columns.text, self.task.columns.text_pair) if c] if with_text else []
         return [
             {**({"id": record[id_column]} if id_column else {"row": row}), **{c: record[c] for c in texts}, **output}
@@ -121,7 +133,7 @@ class FinetunedModel:
         ]
 
     def _predict_records(self, records: list, batch_size: int) -> list[dict]:
-        logits, _ = self._logits(records, batch_size, with_labels=False)
+        logits, _, _ = self._logits(records, batch_size, with_labels=False)
         if self.task.kind == "regression":
             return [{"score": float(example_logits[0])} for example_logits in logits]
         return self._classes(logits)
@@ -142,7 +154,7 @@ class FinetunedModel:
             for start, end in _word_windows(self.tokenizer, record[text], self.task.seq_len)
         ]
         pieces = [{text: records[index][text][start:end]} for index, start, end in windows]
-        logits, _ = self._logits(pieces, batch_size, with_labels=False)
+        logits, _, _ = self._logits(pieces, batch_size, with_labels=False)
         tags: list[list] = [[] for _ in records]
         for (index, _, _), piece, encoding_logits in zip(windows, pieces, logits):
             first = _first_pieces(self.tokenizer, piece[text])
@@ -152,16 +164,19 @@ class FinetunedModel:
 
 def is_predictions(file: Path) -> bool:
     """Whether file holds predictions `FinetunedModel.predict` made, as `jft predict` writes them
-    (JSONL; its first line an object with a record's row or id and its prediction)."""
+    (JSONL, its first line an object with a record's row or id and its prediction; or question
+    answering's one object of answers by id)."""
     try:
         with file.open(encoding="utf-8") as text:
             first = json.loads(text.readline())
     except (OSError, ValueError):
         return False
+    if isinstance(first, dict) and first and all(isinstance(v, str) for v in first.values()):
+        return True  # question answering's {id: answer}, SQuAD's predictions format
     return isinstance(first, dict) and bool({"row", "id", "path"} & set(first)) and bool(PREDICTIONS & set(first))
 
 
-PREDICTIONS = {"label", "score", "tags"}  # what a record's prediction is called, by task kind
+PREDICTIONS = {"label", "score", "tags", "answer"}  # what a record's prediction is called, by task kind
 
 
 def _model_params(workdir: Path, step: int | None, family) -> tuple[dict, str, dict]:

@@ -3,12 +3,15 @@
 Sources: CSV, TSV or JSONL files with a column mapping (text, text_pair, label), or a TFDS
 dataset by name (tfds:glue/sst2:train, ...). Token classification reads a list of words and a
 list of tags per record; the tag goes on the first word-piece of each word, the other pieces
-are ignored by the loss.
+are ignored by the loss. Question answering reads SQuAD's JSON files (or records with a question,
+a context and answers {text: [...], answer_start: [...]}) and cuts each question with its context
+into windows of seq_len tokens that overlap by doc_stride (`Windows`).
 """
 
 import csv
 import dataclasses
 import io
+import json
 import math
 import re
 import struct
@@ -24,7 +27,8 @@ from jft.errors import JftError
 from jft.files import jsonl_objects, read_text
 from jft.models import Head
 
-KINDS = ("classification", "regression", "token_classification")
+KINDS = ("classification", "regression", "token_classification", "question_answering")
+PER_TOKEN = ("token_classification", "question_answering")  # kinds whose model gives logits a token
 IGNORE = -1  # label of word-pieces and padding that the token loss skips
 # Python's csv reads fields of at most 128 KiB by default; long documents are fine (the largest C long).
 CSV_FIELD_LIMIT = min(sys.maxsize, 2 ** (8 * struct.calcsize("l") - 1) - 1)
@@ -38,6 +42,20 @@ class Columns:
     label: str = "label"
 
 
+@dataclasses.dataclass(frozen=True)
+class Spans:
+    """Question answering's settings: the tokens two windows of a long context share (doc_stride,
+    Hugging Face's stride), the longest answer in tokens, how many candidate answers a question
+    keeps (n_best), whether a question may have no answer (SQuAD v2.0: unanswerable) and by how much
+    the no-answer score must beat the best span's to answer nothing (null_threshold)."""
+
+    doc_stride: int = 128
+    max_answer_length: int = 30
+    n_best: int = 20
+    unanswerable: bool = False
+    null_threshold: float = 0.0
+
+
 @dataclasses.dataclass
 class Task:
     """What a fine-tuned model needs to read new data and name its outputs (kept in run.json)."""
@@ -46,22 +64,27 @@ class Task:
     labels: list[str]
     columns: Columns
     seq_len: int
+    spans: Spans | None = None  # question answering's
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "kind": self.kind,
             "labels": self.labels,
             "columns": dataclasses.asdict(self.columns),
             "seq_len": self.seq_len,
         }
+        return {**out, "spans": dataclasses.asdict(self.spans)} if self.spans else out
 
     @classmethod
     def from_json(cls, values: dict) -> "Task":
-        return cls(values["kind"], values["labels"], Columns(**values["columns"]), values["seq_len"])
+        spans = Spans(**values["spans"]) if values.get("spans") else None
+        return cls(values["kind"], values["labels"], Columns(**values["columns"]), values["seq_len"], spans)
 
     def head(self, mlm: bool = False, joint_labels: int = 0) -> Head:
         """The head of the task's model; mlm: with the joint objective's masked-LM head as well;
         joint_labels: an image model's pretraining classifier as well (the joint objective's)."""
+        if self.kind == "question_answering":
+            return Head("question_answering", 2, mlm=mlm)
         kind = "token_classification" if self.kind == "token_classification" else "classification"
         return Head(kind, max(len(self.labels), 1), mlm=mlm, joint_labels=joint_labels)
 
@@ -71,6 +94,9 @@ class Task:
             return ("pearson", "spearman", "mse")
         if self.kind == "classification":
             return ("accuracy", "mcc", "f1" if len(self.labels) == 2 else "macro_f1")
+        if self.kind == "question_answering":
+            both = ("HasAns_exact_match", "HasAns_f1", "NoAns_exact_match", "NoAns_f1")
+            return ("exact_match", "f1", *(both if self.spans and self.spans.unanswerable else ()))
         return ("entity_f1", "entity_precision", "entity_recall", "token_accuracy")
 
 
@@ -95,10 +121,13 @@ def read_records(source: str, columns: Columns, kind: str, *, tfds_data_dir: str
             raise JftError(f"data file not found: {path}")
         if path.suffix == ".jsonl":
             records = _jsonl_records(path)
+        elif path.suffix == ".json" and kind == "question_answering":
+            records = _squad_records(path)
         elif path.suffix in (".csv", ".tsv"):
             records = _csv_records(path, "\t" if path.suffix == ".tsv" else ",")
         else:
-            raise JftError(f"cannot read {path}: use .csv, .tsv or .jsonl (or tfds:NAME[:SPLIT]).")
+            squad = ", SQuAD's .json" if kind == "question_answering" else ""
+            raise JftError(f"cannot read {path}: use .csv, .tsv or .jsonl{squad} (or tfds:NAME[:SPLIT]).")
     if not records:
         raise JftError(f"{source} holds no records.")
     wanted = [c for c in (columns.text, columns.text_pair, columns.label) if c]
@@ -121,6 +150,39 @@ def _record(values: dict, where: str, json: bool = False) -> Record:
 
 def _jsonl_records(path: Path) -> list[Record]:
     return [_record(values, f"{path}:{number}", json=True) for number, values in jsonl_objects(path)]
+
+
+def _squad_records(path: Path) -> list[Record]:
+    """The questions of a SQuAD v1.1 / v2.0 file ({"data": [{"title", "paragraphs": [{"context",
+    "qas": [{"id", "question", "answers", "is_impossible"}]}]}]}) as records with an id, a
+    question, a context and answers {"text": [...], "answer_start": [...]} (none: unanswerable)."""
+    try:
+        articles = json.loads(read_text(path))["data"]
+        records = []
+        for a, article in enumerate(articles):
+            for p, paragraph in enumerate(article["paragraphs"]):
+                for q, qa in enumerate(paragraph["qas"]):
+                    where = f"{path}: data[{a}].paragraphs[{p}].qas[{q}]"
+                    answers = qa["answers"] if not qa.get("is_impossible") else []
+                    values = {
+                        "id": qa["id"],
+                        "title": article.get("title", ""),
+                        "question": qa["question"],
+                        "context": paragraph["context"],
+                        "answers": {
+                            "text": [answer["text"] for answer in answers],
+                            "answer_start": [answer["answer_start"] for answer in answers],
+                        },
+                    }
+                    records.append(_record(values, where, json=True))
+    except ValueError as error:
+        raise JftError(f"{path} is not valid JSON ({error}).") from None
+    except (KeyError, TypeError, IndexError) as error:
+        raise JftError(
+            f"{path} is not in SQuAD's format (data[].paragraphs[].qas[] with id, question and answers[] of text and "
+            f"answer_start): {type(error).__name__} {error}."
+        ) from None
+    return records
 
 
 def _csv_records(path: Path, delimiter: str) -> list[Record]:
@@ -165,6 +227,9 @@ def _check_record(record: Record, kind: str, columns: Columns) -> None:
     words = record[columns.text]
     if not columns.label:
         return
+    if kind == "question_answering":
+        _check_answers(record, columns)
+        return
     label = record.get(columns.label)
     if label is None or label == "":
         raise JftError(f"{record.where} has no value in column {columns.label!r} (the label).")
@@ -180,6 +245,42 @@ def _check_record(record: Record, kind: str, columns: Columns) -> None:
             raise JftError(f"{record.where}: column {columns.label!r} must be a list of tags, got {label!r:.80}.")
         if len(label) != len(words):
             raise JftError(f"{record.where} has {len(words)} words but {len(label)} tags; give one tag a word.")
+
+
+def _check_answers(record: Record, columns: Columns) -> None:
+    """A JftError naming the record unless its answers are {"text": [...], "answer_start": [...]}
+    (a CSV cell: that object as JSON), each text found in the context where it is said to start;
+    the record's answers are left parsed."""
+    answers = record.get(columns.label)
+    if isinstance(answers, str) and not record.json:
+        try:
+            answers = record[columns.label] = json.loads(answers)
+        except ValueError:
+            answers = None
+    shape = '{"text": [...], "answer_start": [...]}'
+    if not (
+        isinstance(answers, dict)
+        and isinstance(answers.get("text"), list)
+        and isinstance(answers.get("answer_start"), list)
+        and len(answers["text"]) == len(answers["answer_start"])
+    ):
+        raise JftError(
+            f"{record.where}: column {columns.label!r} must be the answers as {shape} (lists of the same length; "
+            f"empty for a question without an answer), got {answers!r:.80}."
+        )
+    context = record[columns.text_pair]
+    for text, start in zip(answers["text"], answers["answer_start"]):
+        if not isinstance(start, int) or isinstance(start, bool) or not isinstance(text, str) or not text:
+            raise JftError(
+                f"{record.where}: an answer must be a text and the integer where it starts, got {text!r}, {start!r}."
+            )
+        if context[start : start + len(text)] != text:
+            found = context.find(text)
+            hint = f"it is at {found}" if found >= 0 else "the context does not hold it"
+            raise JftError(
+                f"{record.where}: the answer {text!r:.60} does not start at character {start} of the context ({hint}); "
+                "answer_start counts characters from 0."
+            )
 
 
 def _check_text(record: Record, column: str, words: bool) -> None:
@@ -241,6 +342,8 @@ def _decode(record: dict, label_column: str | None, names: list[str] | None) -> 
             v = v.tolist()
         if isinstance(v, list):
             return [value(x) for x in v]
+        if isinstance(v, dict):  # a TFDS feature dict, as SQuAD's answers
+            return {k: value(x) for k, x in v.items()}
         return v.decode("utf-8") if isinstance(v, bytes) else v
 
     out = {k: value(v) for k, v in record.items()}
@@ -259,7 +362,7 @@ def label_vocabulary(
     """The label names of a classification task (tags, for token classification): a TFDS
     dataset's own class names in its order (so class 1 stays the positive class of F1), else
     the sorted names found in the records."""
-    if kind == "regression":
+    if kind in ("regression", "question_answering"):
         return []
     if source.startswith("tfds:"):
         _, features = tfds_records(source.removeprefix("tfds:"), tfds_data_dir)
@@ -285,6 +388,30 @@ class Encoded:
         return len(self.input_ids)
 
 
+@dataclasses.dataclass
+class Windows(Encoded):
+    """Question answering's windows: Encoded rows (labels: [start, end] token positions of the
+    answer, [0, 0] where the window does not hold it or there is none), and what turns their logits
+    back into answers: each window's question (an index into ids, contexts and answers) and its
+    tokens' character offsets in that context ([tokens, 2]; -1 for the question's and special tokens)."""
+
+    questions: list[int] = dataclasses.field(default_factory=list)
+    offsets: list[np.ndarray] = dataclasses.field(default_factory=list)
+    ids: list[str] = dataclasses.field(default_factory=list)
+    contexts: list[str] = dataclasses.field(default_factory=list)
+    answers: list[list[str]] = dataclasses.field(default_factory=list)  # the gold texts, a list a question
+
+    def subset(self, indices) -> "Windows":
+        """The windows at indices, in that order (a sweep's folds: all of a question's windows
+        together), with every question still indexable."""
+
+        def pick(values):
+            return [values[i] for i in indices]
+
+        rows = (pick(self.input_ids), pick(self.token_type_ids), pick(self.labels))
+        return Windows(*rows, pick(self.questions), pick(self.offsets), self.ids, self.contexts, self.answers)
+
+
 def encode(
     records: Sequence[dict],
     tokenizer: tokenizers.Tokenizer,
@@ -294,10 +421,14 @@ def encode(
     seq_len: int,
     *,
     with_labels: bool = True,
+    spans: Spans | None = None,
 ) -> Encoded:
-    """Tokenizes records, truncated to seq_len tokens; labels mapped to ids (checked against `labels`)."""
+    """Tokenizes records, truncated to seq_len tokens; labels mapped to ids (checked against `labels`).
+    Question answering (spans: its settings): the windows of encode_windows."""
     if kind not in KINDS:
         raise JftError(f"task kind '{kind}' is not one of {KINDS}.")
+    if kind == "question_answering":
+        return encode_windows(records, tokenizer, columns, seq_len, spans or Spans(), with_labels=with_labels)
     tokenizer = tokenizers.Tokenizer.from_str(tokenizer.to_str())  # truncation without touching the caller's
     tokenizer.enable_truncation(seq_len)
     tokenizer.no_padding()
@@ -337,3 +468,62 @@ def encode(
                 previous = word
             out.labels.append(token_labels)
     return out
+
+
+def encode_windows(
+    records: Sequence[dict],
+    tokenizer: tokenizers.Tokenizer,
+    columns: Columns,
+    seq_len: int,
+    spans: Spans,
+    *,
+    with_labels: bool = True,
+) -> Windows:
+    """Each record's question (columns.text) with its context (columns.text_pair) as rows of at
+    most seq_len tokens: the whole question, then as much of the context as fits, the next row's
+    context starting doc_stride tokens before this one's ends (Hugging Face's run_qa windows)."""
+    tokenizer = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    questions = [str(r[columns.text]).lstrip() for r in records]
+    contexts = [str(r[columns.text_pair]) for r in records]
+    special = tokenizer.post_processor.num_special_tokens_to_add(True) if tokenizer.post_processor else 0
+    for record, question in zip(records, tokenizer.encode_batch(questions, add_special_tokens=False)):
+        room = seq_len - special - len(question.ids)
+        if room <= spans.doc_stride:
+            where = getattr(record, "where", "")
+            raise JftError(
+                f"{where + ': ' if where else ''}the question has {len(question.ids)} tokens, which leaves "
+                f"{max(room, 0)} of data.seq_len={seq_len} for its context: fewer than data.doc_stride="
+                f"{spans.doc_stride} + 1. Raise data.seq_len or lower data.doc_stride."
+            )
+    tokenizer.enable_truncation(seq_len, stride=spans.doc_stride, strategy="only_second")
+    out = Windows([], [], [], ids=[str(r.get("id", i)) for i, r in enumerate(records)], contexts=contexts)
+    for index, (record, encoding) in enumerate(zip(records, tokenizer.encode_batch(list(zip(questions, contexts))))):
+        answers = record[columns.label] if with_labels else None
+        if answers is not None:
+            out.answers.append(list(answers["text"]))
+        for window in [encoding, *encoding.overflowing]:
+            in_context = np.array([s == 1 for s in window.sequence_ids])
+            offsets = np.where(in_context[:, None], np.array(window.offsets, np.int64).reshape(-1, 2), -1)
+            out.input_ids.append(np.array(window.ids, np.int32))
+            out.token_type_ids.append(np.array(window.type_ids, np.int32))
+            out.questions.append(index)
+            out.offsets.append(offsets)
+            out.labels.append(None if answers is None else _answer_tokens(answers, offsets, in_context))
+    return out
+
+
+def _answer_tokens(answers: dict, offsets: np.ndarray, in_context: np.ndarray) -> np.ndarray:
+    """[start, end]: the window's tokens that cover the first answer's characters, or [0, 0] (the
+    first token's, no answer here) when the window does not hold all of it or there is none."""
+    if not answers["text"]:
+        return np.zeros(2, np.int32)
+    start_char = answers["answer_start"][0]
+    end_char = start_char + len(answers["text"][0])
+    context = np.flatnonzero(in_context)
+    if not len(context) or offsets[context[0], 0] > start_char or offsets[context[-1], 1] < end_char:
+        return np.zeros(2, np.int32)
+    start = context[offsets[context, 0] <= start_char][-1]
+    end = context[offsets[context, 1] >= end_char][0]
+    return np.array([start, end], np.int32)

@@ -303,6 +303,8 @@ def without_reference(state: TrainState) -> TrainState:
 # and the key the pretraining images' crops fold in.
 JOINT_METRICS = {"next_word": "lm", "classify": "pre", "mlm": "mlm"}
 JOINT_IMAGES = 2**31 - 2
+# The logit of a padding token as a span's start or end: none (a finite value keeps the loss finite).
+NO_POSITION = -1e9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,7 +316,7 @@ class FinetuneSetup:
     may be traced scalars (a population's member's, jft.sweep): their terms are then computed.
     """
 
-    model: Any  # a family's module with a classification or token_classification head
+    model: Any  # a family's module with a task head (classification, token_classification, question_answering)
     tx: optax.GradientTransformation
     schedule: optax.Schedule
     kind: str
@@ -344,6 +346,10 @@ def task_stats(kind: str, logits: jax.Array, batch: dict, smoothing: float = 0.0
     mix_share (jft.train.augment)."""
     if kind == "regression":
         return squared_error(logits[..., 0], batch["labels"], batch["weights"])
+    if kind == "question_answering":  # BERT's: the mean of the start's and the end's cross-entropy over the row
+        positions = jnp.where(batch["attention_mask"][:, None, :] > 0, jnp.swapaxes(logits, 1, 2), NO_POSITION)
+        weights = jnp.broadcast_to(batch["weights"][:, None], batch["labels"].shape)
+        return weighted_cross_entropy(positions, batch["labels"], weights)
     mixed = (batch["mix_labels"], batch["mix_share"]) if "mix_labels" in batch else None
     return weighted_cross_entropy(logits, jnp.maximum(batch["labels"], 0), batch["weights"], smoothing, mixed)
 

@@ -76,6 +76,7 @@ FAMILY = Family(
     weights_from_hf=weights_from_hf,
     weights_to_hf=weights_to_hf,
     flops=flops,
+    task_heads=("classification", "token_classification", "question_answering"),
 )
 
 __all__ = [

@@ -396,11 +396,15 @@ class BertForTokenClassification(nn.Module):
     """Encoder + dropout + linear classifier per token: {"logits": [batch, seq, num_labels]}, float32.
 
     `mlm` as in BertForSequenceClassification; packed rows give segment_ids and position_ids.
+    Question answering's span head is this with 2 outputs (start, end), named 'qa_outputs' and
+    without dropout (BertForQuestionAnswering's).
     """
 
     config: BertConfig
     num_labels: int
     mlm: bool = False
+    head_name: str = "classifier"
+    dropout: bool = True
 
     @nn.compact
     def __call__(
@@ -415,7 +419,7 @@ class BertForTokenClassification(nn.Module):
     ) -> dict[str, jax.Array]:
         bert = BertModel(self.config, add_pooling_layer=False, name="bert")
         hidden, _ = bert(input_ids, attention_mask, token_type_ids, position_ids, segment_ids, None, deterministic)
-        logits = _classifier(self.config, self.num_labels, hidden, deterministic)
+        logits = _classifier(self.config, self.num_labels, hidden, deterministic or not self.dropout, self.head_name)
         if masked_positions is not None:
             hidden = gather_positions(hidden, masked_positions)
         return _with_mlm(self, bert, hidden, masked_positions, logits)
@@ -448,10 +452,12 @@ def _with_mlm(model: nn.Module, bert: BertModel, hidden, masked_positions, logit
     return {"logits": logits} if masked_positions is None else {"logits": logits, "mlm_logits": mlm_logits}
 
 
-def _classifier(config: BertConfig, num_labels: int, x: jax.Array, deterministic: bool) -> jax.Array:
+def _classifier(
+    config: BertConfig, num_labels: int, x: jax.Array, deterministic: bool, scope: str = "classifier"
+) -> jax.Array:
     rate = config.hidden_dropout_prob if config.classifier_dropout is None else config.classifier_dropout
     x = Dropout(rate)(x, deterministic=deterministic)
-    return dense(config, num_labels, "classifier")(x).astype(jnp.float32)
+    return dense(config, num_labels, scope)(x).astype(jnp.float32)
 
 
 def build(config: BertConfig, head: Head) -> nn.Module:
@@ -462,6 +468,8 @@ def build(config: BertConfig, head: Head) -> nn.Module:
         return BertForSequenceClassification(config, max(head.num_labels, 1), mlm=head.mlm)
     if head.kind == "token_classification":
         return BertForTokenClassification(config, max(head.num_labels, 1), mlm=head.mlm)
+    if head.kind == "question_answering":
+        return BertForTokenClassification(config, 2, mlm=head.mlm, head_name="qa_outputs", dropout=False)
     return BertEncoderOnly(config, add_pooling_layer=head.pooler)
 
 

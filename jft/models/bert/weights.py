@@ -34,7 +34,7 @@ class Names:
         return f"{self.encoder}/encoder/layer"
 
 
-BERT_NAMES = Names("bert", ("cls", "classifier"), "cls.predictions.decoder", "cls.predictions.bias")
+BERT_NAMES = Names("bert", ("cls", "classifier", "qa_outputs"), "cls.predictions.decoder", "cls.predictions.bias")
 # The scopes other families' encoders are stored under (a checkpoint whose config.json names another model)
 OTHER_SCOPES = {"bert", "roberta", "transformer", "model"}
 # PyTorch buffers, no weights
@@ -49,6 +49,8 @@ def head_of(params: Mapping[str, Any]) -> Head:
         num_labels = int(np.shape(params["classifier"]["bias"])[0])
         kind = "classification" if "pooler" in params["bert"] else "token_classification"
         return Head(kind, num_labels, mlm="cls" in params)
+    if "qa_outputs" in params:
+        return Head("question_answering", 2, mlm="cls" in params)
     if "cls" in params:
         return Head("pretraining", nsp="seq_relationship" in params["cls"])
     return Head("encoder", pooler="pooler" in params["bert"])
@@ -59,6 +61,7 @@ def architecture(config, head: Head) -> str:
     return {
         "classification": "BertForSequenceClassification",
         "token_classification": "BertForTokenClassification",
+        "question_answering": "BertForQuestionAnswering",
         "pretraining": "BertForPreTraining" if head.nsp else "BertForMaskedLM",
     }.get(head.kind, "BertModel")
 

@@ -77,6 +77,7 @@ FAMILY = Family(
     vocabulary="roberta",
     token_fields=token_fields,
     joint_head="decoder",
+    task_heads=("classification", "token_classification", "question_answering"),
 )
 
 __all__ = [

@@ -350,11 +350,13 @@ class ModernBertForTokenClassification(nn.Module):
     """Encoder + prediction head + dropout + a classifier per token: {"logits": [batch, seq,
     num_labels]}, float32. The classifier is 'token_classifier' in jft's tree (a sequence
     classifier's has the same shapes), 'classifier' in Hugging Face's. `mlm` as the sequence
-    classifier's."""
+    classifier's. Question answering's span head is this with 2 outputs, named 'qa_outputs'
+    (ModernBertForQuestionAnswering's 'classifier')."""
 
     config: ModernBertConfig
     num_labels: int
     mlm: bool = False
+    head_name: str = "token_classifier"
 
     @nn.compact
     def __call__(
@@ -376,7 +378,7 @@ class ModernBertForTokenClassification(nn.Module):
             dtype=cfg.compute_dtype,
             param_dtype=cfg.params_dtype,
             kernel_init=_init(cfg),
-            name="token_classifier",
+            name=self.head_name,
         )(states).astype(jnp.float32)
         return _with_mlm(self, model, head, hidden, masked_positions, logits)
 
@@ -414,4 +416,6 @@ def build(config: ModernBertConfig, head: Head) -> nn.Module:
         return ModernBertForSequenceClassification(config, max(head.num_labels, 1), mlm=head.mlm)
     if head.kind == "token_classification":
         return ModernBertForTokenClassification(config, max(head.num_labels, 1), mlm=head.mlm)
+    if head.kind == "question_answering":
+        return ModernBertForTokenClassification(config, 2, mlm=head.mlm, head_name="qa_outputs")
     return ModernBertEncoderOnly(config)

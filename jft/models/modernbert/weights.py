@@ -2,13 +2,15 @@
 
 jft's tree is {"model": encoder (embeddings, the stacked "layers", final_norm), and the heads it
 has: "head" (the prediction head every head reads through), "decoder" (the masked-LM decoder's
-bias; its weight is the token embeddings), "classifier" (a sequence classifier) or
-"token_classifier" (a token classifier, "classifier" in Hugging Face's names)}. Layer 0 has no
+bias; its weight is the token embeddings), "classifier" (a sequence classifier),
+"token_classifier" (a token classifier) or "qa_outputs" (question answering's span head): the last
+two are "classifier" in Hugging Face's names}. Layer 0 has no
 attn_norm in Hugging Face's checkpoints (an Identity); jft's stack holds one, unused: ones and
 zeros on the way in, left out on the way out. There is no Flax ModernBERT; the "flax" layout is
 jft's own tree with the layers numbered.
 """
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +23,7 @@ from jft.models.modernbert.modules import build
 
 _LAYERS = "model/layers"
 _NORMS = ("norm", "attn_norm", "mlp_norm", "final_norm")
-_SCOPES = ("model", "head", "decoder", "classifier", "token_classifier")
+_SCOPES = ("model", "head", "decoder", "classifier", "token_classifier", "qa_outputs")
 _DECODER = "decoder.weight"  # tied to model.embeddings.tok_embeddings.weight
 
 
@@ -34,6 +36,8 @@ def head_of(params: Mapping[str, Any]) -> Head:
         return Head("classification", int(np.shape(params["classifier"]["kernel"])[-1]), mlm=mlm)
     if "token_classifier" in params:
         return Head("token_classification", int(np.shape(params["token_classifier"]["kernel"])[-1]), mlm=mlm)
+    if "qa_outputs" in params:
+        return Head("question_answering", 2, mlm=mlm)
     if "head" in params:
         return Head("pretraining")
     return Head("encoder", pooler=False)
@@ -44,6 +48,7 @@ def architecture(config, head: Head) -> str:
     return {
         "classification": "ModernBertForSequenceClassification",
         "token_classification": "ModernBertForTokenClassification",
+        "question_answering": "ModernBertForQuestionAnswering",
         "pretraining": "ModernBertForMaskedLM",
     }.get(head.kind, "ModernBertModel")
 
@@ -83,7 +88,7 @@ def weights_to_hf(params: Mapping[str, Any], layout: str) -> dict[str, np.ndarra
     }
     if layout == "flax":
         return flat
-    renamed = {path.replace("token_classifier/", "classifier/", 1): value for path, value in flat.items()}
+    renamed = {re.sub(r"^(token_classifier|qa_outputs)/", "classifier/", path): value for path, value in flat.items()}
     return to_torch_names(renamed, strip_prefix=set(params) == {"model"})
 
 

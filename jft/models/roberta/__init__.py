@@ -55,6 +55,7 @@ FAMILY = Family(
     vocabulary="roberta",
     token_fields=token_fields,
     joint_head="lm_head",
+    task_heads=("classification", "token_classification", "question_answering"),
 )
 
 __all__ = [

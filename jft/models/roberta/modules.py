@@ -138,11 +138,14 @@ class RobertaForSequenceClassification(nn.Module):
 
 class RobertaForTokenClassification(nn.Module):
     """Encoder + dropout + a linear classifier per token: {"logits": [batch, seq, num_labels]},
-    float32. `mlm` as in RobertaForSequenceClassification; packed rows give segment_ids."""
+    float32. `mlm` as in RobertaForSequenceClassification; packed rows give segment_ids. Question
+    answering's span head is this with 2 outputs, named 'qa_outputs', without dropout."""
 
     config: RobertaConfig
     num_labels: int
     mlm: bool = False
+    head_name: str = "classifier"
+    dropout: bool = True
 
     @nn.compact
     def __call__(
@@ -159,8 +162,8 @@ class RobertaForTokenClassification(nn.Module):
         roberta = BertModel(cfg, add_pooling_layer=False, name="roberta")
         hidden, _ = roberta(input_ids, attention_mask, token_type_ids, position_ids, segment_ids, None, deterministic)
         rate = cfg.hidden_dropout_prob if cfg.classifier_dropout is None else cfg.classifier_dropout
-        x = Dropout(rate)(hidden, deterministic=deterministic)
-        logits = dense(cfg, self.num_labels, "classifier")(x).astype(jnp.float32)
+        x = Dropout(rate)(hidden, deterministic=deterministic or not self.dropout)
+        logits = dense(cfg, self.num_labels, self.head_name)(x).astype(jnp.float32)
         masked = jnp.zeros((input_ids.shape[0], 0), jnp.int32) if masked_positions is None else masked_positions
         return _with_mlm(self, roberta, gather_positions(hidden, masked), masked_positions, logits)
 
@@ -189,4 +192,6 @@ def build(config: RobertaConfig, head: Head) -> nn.Module:
         return RobertaForSequenceClassification(config, max(head.num_labels, 1), mlm=head.mlm)
     if head.kind == "token_classification":
         return RobertaForTokenClassification(config, max(head.num_labels, 1), mlm=head.mlm)
+    if head.kind == "question_answering":
+        return RobertaForTokenClassification(config, 2, mlm=head.mlm, head_name="qa_outputs", dropout=False)
     return RobertaEncoderOnly(config, add_pooling_layer=head.pooler)

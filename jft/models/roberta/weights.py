@@ -15,7 +15,7 @@ from jft.models.bert.weights import Names, encoder_weights_from_hf, encoder_weig
 from jft.models.family import Head
 from jft.models.roberta.modules import build
 
-NAMES = Names("roberta", ("lm_head", "classifier"), "lm_head.decoder", "lm_head.bias")
+NAMES = Names("roberta", ("lm_head", "classifier", "qa_outputs"), "lm_head.decoder", "lm_head.bias")
 
 
 def head_of(params: Mapping[str, Any]) -> Head:
@@ -27,6 +27,8 @@ def head_of(params: Mapping[str, Any]) -> Head:
         return Head("classification", int(np.shape(classifier["out_proj"]["bias"])[0]), mlm="lm_head" in params)
     if classifier is not None:
         return Head("token_classification", int(np.shape(classifier["bias"])[0]), mlm="lm_head" in params)
+    if "qa_outputs" in params:
+        return Head("question_answering", 2, mlm="lm_head" in params)
     if "lm_head" in params:
         return Head("pretraining")
     return Head("encoder", pooler="pooler" in params["roberta"])
@@ -38,6 +40,7 @@ def architecture(config, head: Head) -> str:
     suffix = {
         "classification": "ForSequenceClassification",
         "token_classification": "ForTokenClassification",
+        "question_answering": "ForQuestionAnswering",
         "pretraining": "ForMaskedLM",
     }.get(head.kind, "Model")
     return prefix + suffix
