@@ -254,6 +254,42 @@ def test_l2_sp_fine_tuning_from_the_export_gives_pytorch_its_predictions(pretrai
     np.testing.assert_allclose(probabilities, ours, atol=1e-5)
 
 
+def test_question_answering_from_the_export_with_l2_sp_and_the_joint_term(pretrained, exported, tmp_path):
+    """finetune/squad from the Hugging Face directory (L2-SP, μ·MLM on the windows' text), eval,
+    predict, export as ...ForQuestionAnswering: transformers' question-answering pipeline gives
+    jft's answer to every question whose context fits one row (over several, the pipeline weighs
+    windows by softmax probabilities where run_qa and jft add logits; one-sentence contexts here)."""
+    from jft.data.synthetic import write_qa_task
+    from jft.tasks.records import Columns, Spans, encode, read_records
+
+    write_qa_task(tmp_path / "qa.json", 32, seed=2, sentences=1)
+    settings = {"init_from": exported, "data.train": "qa.json", "data.eval": "qa.json", "data.seq_len": 32}
+    settings |= {"data.doc_stride": 8, "l2.weight": 0.01, "joint_mlm.weight": 0.3, "epochs": 4, "optim.lr": 1e-3}
+    settings |= {"batch_size": 8, "progress": False}
+    run(jft_command("finetune", "--config", "finetune/squad", "--workdir", "qa") + settings_args(settings), tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "qa" / "metrics.jsonl").read_text().splitlines()]
+    assert all("mlm_loss" in row and "l2_penalty" in row for row in rows if row["split"] == "train")
+    report = json.loads(run(jft_command("eval", "--workdir", "qa", "--data", "qa.json", "--json"), tmp_path).stdout)
+    assert set(report["metrics"]) == {"exact_match", "f1"}
+    run(jft_command("predict", "--workdir", "qa", "--input", "qa.json", "--output", "preds.json"), tmp_path)
+    predictions = json.loads((tmp_path / "preds.json").read_text())
+    run(jft_command("export", "--workdir", "qa", "--out", "hf"), tmp_path)
+    model = transformers.AutoModelForQuestionAnswering.from_pretrained(tmp_path / "hf")
+    assert type(model).__name__ == f"{EXPORTED[pretrained[2]]}ForQuestionAnswering"
+    pipe = transformers.pipeline("question-answering", model=model, tokenizer=str(tmp_path / "hf"))
+    columns = Columns("question", "context", "answers")
+    records = read_records(str(tmp_path / "qa.json"), columns, "question_answering")
+    windows = encode(records, load_tokenizer(tmp_path / "qa"), "question_answering", columns, [], 32, spans=Spans(8))
+    single = [r for i, r in enumerate(records) if windows.questions.count(i) == 1]
+    assert len(single) >= 20  # contexts of one sentence
+    for record in single:
+        # align_to_words: the pipeline would add up the scores of token spans that widen to the same
+        # words; run_qa and jft score token spans
+        question = {"question": record["question"], "context": record["context"]}
+        out = pipe(**question, max_seq_len=32, doc_stride=8, align_to_words=False)
+        assert out["answer"] == predictions[record["id"]], record["question"]
+
+
 def test_xlm_r_from_scratch_with_its_unigram_vocabulary_tags_and_exports(corpus, tmp_path):
     """An XLM-R (model_type xlm-roberta) pretrained from scratch on a SentencePiece Unigram vocabulary,
     then fine-tuned for token classification: the loss falls, and XLMRobertaForTokenClassification
