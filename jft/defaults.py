@@ -139,7 +139,10 @@ SWEEP: Table = {
 }
 FINETUNE: Table = {
     **MODEL,
-    "task": ("classification", "classification, regression, token_classification or question_answering"),
+    "task": (
+        "classification",
+        "classification, regression, token_classification, question_answering or multiple_choice",
+    ),
     "label_smoothing": (0.0, "classification: ε of the target spread over every class (0.1 in the ImageNet recipe)"),
     "qa.max_answer_length": (30, "question answering: the longest answer, in tokens"),
     "qa.n_best": (20, "question answering: the start and end tokens tried, and the candidate answers kept"),
@@ -155,6 +158,7 @@ FINETUNE: Table = {
     "data.text_column": ("text", "the text column (token classification: the list of words; QA: the question)"),
     "data.text_pair_column": ("", "the second text of sentence-pair tasks (question answering: the context)"),
     "data.label_column": ("label", "the label column (token classification: the list of tags; QA: the answers)"),
+    "data.choice_columns": ("", "multiple choice: the candidates' columns, comma-separated (ending0,ending1,...)"),
     "data.seq_len": (128, "longer texts are truncated (question answering: cut into windows)"),
     "data.doc_stride": (128, "question answering: the tokens of context two windows of one question share"),
     "data.vocab": ("", "vocab.txt or tokenizer.json (empty: init_from's)"),

@@ -35,7 +35,7 @@ from jft.data.tokenizer import (
 )
 from jft.errors import JftError
 from jft.files import write_json
-from jft.models import hf
+from jft.models import Head, hf
 from jft.train import rundir
 
 # transformers' names of the loss of each jft task, for config.json's problem_type
@@ -57,14 +57,17 @@ def export(
     rundir.require_stage(workdir, run, None, "give the directory of a jft run")
     source = rundir.open_init(workdir, role="")  # the newest good checkpoint, or the best model; finite weights
     task = source.task or run.get("task") or {}  # an image pretraining run's classes are its run's task
+    choices = task.get("kind") == "multiple_choice"  # one score a candidate: its labels are the candidates'
+    head = Head("multiple_choice", 1) if choices else source.family.head_of(source.params)
     out = hf.save(
         out,
         source.model,
         source.params,
         format=format,
         max_shard_size=max_shard_size,
-        labels=task.get("labels") or None,
+        labels=None if choices else task.get("labels") or None,
         problem_type=PROBLEM_TYPES.get(task.get("kind")),
+        head=head,
     )
     if source.family.modality == "image":
         hf.save_image_processor(source.model, out)
@@ -72,7 +75,7 @@ def export(
     else:
         save_hf_tokenizer(source.tokenizer, out, source.model.max_length)
         beside = "with the tokenizer"
-    return f"{beside}; {source.family.how_to_load(source.model, source.family.head_of(source.params))}"
+    return f"{beside}; {source.family.how_to_load(source.model, head)}"
 
 
 def save_hf_tokenizer(tokenizer: tokenizers.Tokenizer, out: Path, max_length: int) -> None:

@@ -189,7 +189,8 @@ def train_and_evaluate(
             if task.kind == "question_answering":
                 what = f"(answer spans) on {len(train.ids):,} questions in {len(train):,} windows"
             else:
-                what = f"({len(task.labels) or 'a score'} labels) on {len(train):,} examples"
+                outputs = "candidates" if task.kind == "multiple_choice" else "labels"
+                what = f"({len(task.labels) or 'a score'} {outputs}) on {len(train):,} examples"
             print(f"{activity} for {task.kind} {what}, {len(batches)} steps an epoch; {where}", flush=True)
             print(describe_penalty(config), flush=True)
             if config.data.layout == "packed":

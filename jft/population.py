@@ -129,7 +129,7 @@ def population_batch(parts: list[dict], kind: str, width: int = 0) -> dict:
     empty rows and masked columns to the longest (or to `width`): the same loss, as they weigh 0
     and are not attended to. Image batches have rows only."""
     rows = max(part["weights"].shape[0] for part in parts)
-    width = max([width] + [part["input_ids"].shape[1] for part in parts if "input_ids" in part])
+    width = max([width] + [part["input_ids"].shape[-1] for part in parts if "input_ids" in part])
     tokens = {"input_ids", "token_type_ids", "attention_mask", "segment_ids", "position_ids"}
     if kind == "token_classification":
         tokens |= {"labels", "weights"}
@@ -139,8 +139,8 @@ def population_batch(parts: list[dict], kind: str, width: int = 0) -> dict:
         for part in parts:
             array = part[name]
             pad = [(0, rows - array.shape[0])] + [(0, 0)] * (array.ndim - 1)
-            if name in tokens:
-                pad[1] = (0, width - array.shape[1])
+            if name in tokens:  # the last axis: [rows, width], or multiple choice's [rows, candidates, width]
+                pad[-1] = (0, width - array.shape[-1])
             fill = IGNORE if name == "labels" and kind == "token_classification" else 0
             padded.append(np.pad(array, pad, constant_values=fill))
         out[name] = np.stack(padded, axis=1)

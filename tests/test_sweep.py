@@ -284,3 +284,25 @@ def test_question_answering_folds_keep_a_questions_windows_together_and_a_member
     )
     assert _largest_difference(_member(params, 1), own_params) < 1e-5
     assert results[1]["scores"] == pytest.approx(own_scores, abs=1e-6)
+
+
+def test_a_multiple_choice_member_ends_where_its_own_run_ends(tmp_path):
+    """A population's members hold [rows, candidates, width] batches: a member (on data.eval) is its
+    own `jft finetune` run, to the same weights and accuracy."""
+    from jft.data.synthetic import write_choice_task
+
+    files = {
+        "train": write_choice_task(tmp_path / "train.csv", 24, seed=0),
+        "eval": write_choice_task(tmp_path / "dev.csv", 16, seed=1),
+        "vocab": write_vocab(tmp_path / "vocab.txt"),
+    }
+    # Adam's ε 1e-3: a new scorer scores every candidate alike, and Adam's first steps (about ±lr·sign(g))
+    # would turn float rounding in the many gradients near 0 into differences of order lr
+    config = _config(files, {"optim.lr": [1e-3, 3e-3]}, task="multiple_choice", **{"optim.eps": 1e-3})
+    set_keys(config, {"data.text_column": "sent1", "data.text_pair_column": "sent2"})
+    set_keys(config, {"data.choice_columns": "ending0,ending1,ending2,ending3"})
+    members = sweep.plan(config)
+    results, params = population.train_population(members, sweep.sweep_data(config), Runner("jit"))
+    own_params, own_scores = _standalone(config, tmp_path / "member1", members[1].setting)
+    assert _largest_difference(_member(params, 1), own_params) < 1e-5
+    assert results[1]["scores"] == pytest.approx(own_scores, abs=1e-6) and set(own_scores) == {"accuracy"}

@@ -110,3 +110,26 @@ def write_qa_task(path, questions: int = 64, seed: int = 0, unanswerable: float 
     path = Path(path)
     write_text(path, json.dumps({"version": "generated", "data": [{"title": "world", "paragraphs": paragraphs}]}))
     return path
+
+
+def write_choice_task(path, examples: int = 64, seed: int = 0, endings: int = 4):
+    """A multiple-choice CSV in SWAG's columns (sent1, sent2, ending0.., label): a sentence of one
+    topic, the start of the next, and endings each naming a noun of another topic but the right one,
+    whose noun keeps to the first sentence's topic."""
+    rng = np.random.default_rng(seed)
+    topics = list(TOPICS)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["sent1", "sent2", *(f"ending{i}" for i in range(endings)), "label"])
+    for _ in range(examples):
+        order = rng.permutation(len(topics))[:endings]
+        a, b = rng.choice(TOPICS[topics[order[0]]], 2, replace=False)
+        right = int(rng.integers(endings))
+        nouns = [rng.choice(TOPICS[topics[t]]) for t in order[1:]]
+        nouns.insert(right, rng.choice([n for n in TOPICS[topics[order[0]]] if n not in (a, b)]))
+        verb = rng.choice(_VERBS)
+        row = [f"the {rng.choice(_ADJECTIVES)} {a} {verb} the {b}.", f"then the {a}"]
+        writer.writerow([*row, *(f"{rng.choice(_VERBS)} the {noun}." for noun in nouns), right])
+    path = Path(path)
+    atomic_write(path, lambda temporary: temporary.write_text(text.getvalue(), encoding="utf-8", newline=""))
+    return path

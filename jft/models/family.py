@@ -15,7 +15,14 @@ import jax
 
 from jft.errors import JftError
 
-HEADS = ("encoder", "pretraining", "classification", "token_classification", "question_answering")
+HEADS = (
+    "encoder",
+    "pretraining",
+    "classification",
+    "token_classification",
+    "question_answering",
+    "multiple_choice",
+)
 # What a text model takes, by name, as batches carry it: tokens, their mask and types, and for
 # packed rows the positions restarting at each example, the example ids and where each starts.
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "segment_ids", "cls_positions")
@@ -89,7 +96,8 @@ class Family:
     # What the family reads: "text" (tokens) or "image" (pixels: no vocabulary, image data, the
     # step's augmentation; jft.data.images).
     modality: str = "text"
-    # The task heads it has (of HEADS): question answering's span head is an encoder's.
+    # The task heads it has (of HEADS): question answering's span head and multiple choice's scorer
+    # (one score a candidate row, the rows of a question side by side) are an encoder's.
     task_heads: tuple[str, ...] = ("classification", "token_classification")
     # How a user loads what jft exports, in words: (config, head) -> "torchvision.models.vgg16(...)";
     # None: transformers' from_pretrained.

@@ -76,6 +76,7 @@ def save(
     max_shard_size: int | str | None = None,
     labels: list[str] | None = None,
     problem_type: str | None = None,
+    head: Head | None = None,
 ) -> Path:
     """Writes config.json and the weights so that transformers' from_pretrained loads them.
 
@@ -83,11 +84,13 @@ def save(
     (or "500MB", "2GB"); above it the weights are split into shards with an index.json.
     labels: names of a task head's outputs, written as id2label. problem_type: transformers'
     name of the loss of a sequence classifier ("single_label_classification", "regression").
+    head: what the weights are for, where their shapes do not say (a multiple-choice scorer has a
+    regression head's); by default the family's reading of them.
     """
     if format not in (*FORMATS, "both"):
         raise JftError(f"unknown format '{format}'; choose one of {(*FORMATS, 'both')}.")
     family = family_of(config)
-    head = family.head_of(params)
+    head = head or family.head_of(params)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     hf_config = {**family.config_to_hf(config), "architectures": [family.architecture(config, head)]}

@@ -32,7 +32,8 @@ class TaskBatches:
       value. That count does not depend on the devices: `fill_rows` pads a batch to what they
       divide.
 
-    Rows (or example slots) that fill a batch have weight 0 and example_id -1.
+    Rows (or example slots) that fill a batch have weight 0 and example_id -1. A multiple-choice
+    example is a row of candidates: its token arrays are [rows, candidates, width].
     """
 
     data: Encoded
@@ -49,14 +50,14 @@ class TaskBatches:
     def __post_init__(self):
         if self.layout not in LAYOUTS:
             raise JftError(f"data layout '{self.layout}' is not one of {LAYOUTS}.")
-        if self.layout == "packed" and self.kind == "question_answering":
+        if self.layout == "packed" and self.kind in ("question_answering", "multiple_choice"):
             raise JftError(
-                "question answering's windows fill their rows (the question and as much context as fits): use "
-                "data.layout=bucketed or padded, not packed."
+                f"{self.kind}'s rows are not packed (question answering's windows fill theirs; a multiple-choice "
+                "example is a row a candidate): use data.layout=bucketed or padded."
             )
         if self.layout in ("padded", "packed") and not self.max_len:
             raise JftError(f"the {self.layout} layout needs max_len (the task's seq_len).")
-        self.lengths = np.array([len(ids) for ids in self.data.input_ids])
+        self.lengths = np.array([np.shape(ids)[-1] for ids in self.data.input_ids])
         self.rows = self.batch_size
         if self.layout == "packed":
             order = np.random.default_rng([self.seed, 0]).permutation(len(self.data))
@@ -131,10 +132,11 @@ class TaskBatches:
     def _empty(self, rows: int, width: int, slots: int) -> dict[str, np.ndarray]:
         """Zero-weight arrays of a batch; slots > 0: per-example arrays are [rows, slots] (packed)."""
         per_example = (rows, slots) if slots else (rows,)
+        tokens = (rows, *np.shape(self.data.input_ids[0])[:-1], width)  # multiple choice: [rows, candidates, width]
         out = {
-            "input_ids": np.zeros((rows, width), np.int32),
-            "token_type_ids": np.zeros((rows, width), np.int32),
-            "attention_mask": np.zeros((rows, width), np.int32),
+            "input_ids": np.zeros(tokens, np.int32),
+            "token_type_ids": np.zeros(tokens, np.int32),
+            "attention_mask": np.zeros(tokens, np.int32),
             "example_ids": np.full(per_example, -1, np.int32),
         }
         if slots and self.kind != "token_classification":
@@ -153,12 +155,12 @@ class TaskBatches:
     def _place(self, out: dict, row: int, start: int, index: int, slot: int | None) -> int:
         """Writes example `index` into `row` from token `start` (packed: as example `slot`); returns
         where the next example starts."""
-        n = len(self.data.input_ids[index])
+        n = np.shape(self.data.input_ids[index])[-1]
         tokens = slice(start, start + n)
         example = (row,) if slot is None else (row, slot)
-        out["input_ids"][row, tokens] = self.data.input_ids[index]
-        out["token_type_ids"][row, tokens] = self.data.token_type_ids[index]
-        out["attention_mask"][row, tokens] = 1
+        out["input_ids"][row, ..., tokens] = self.data.input_ids[index]
+        out["token_type_ids"][row, ..., tokens] = self.data.token_type_ids[index]
+        out["attention_mask"][row, ..., tokens] = self.data.masks[index] if hasattr(self.data, "masks") else 1
         out["example_ids"][example] = index
         if slot is not None:
             out["segment_ids"][row, tokens] = slot + 1

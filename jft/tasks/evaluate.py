@@ -28,6 +28,8 @@ def task_scores(task: Task, logits, labels, data=None) -> dict[str, float]:
             "spearman": metrics.spearman(labels, scores),
             "mse": float(np.mean((scores - labels) ** 2)),
         }
+    if task.kind == "multiple_choice":  # which candidate: the position of the right one means nothing more
+        return {"accuracy": metrics.accuracy(labels, logits.argmax(-1))}
     if task.kind == "classification":
         predicted = logits.argmax(-1)
         out = {"accuracy": metrics.accuracy(labels, predicted), "mcc": metrics.matthews_corrcoef(labels, predicted)}

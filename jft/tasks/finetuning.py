@@ -28,12 +28,14 @@ FAMILY_OF_HEAD = {
     "classification": "classification and regression",
     "token_classification": "token classification",
     "question_answering": "question answering",
+    "multiple_choice": "multiple choice",
 }
 DEFAULT_METRIC = {
     "classification": "accuracy",
     "regression": "pearson",
     "token_classification": "entity_f1",
     "question_answering": "f1",
+    "multiple_choice": "accuracy",
 }
 
 
@@ -76,6 +78,11 @@ def check_settings(config: ConfigDict) -> None:
         raise JftError("no training data: set data.train (a CSV, TSV or JSONL file, or tfds:NAME:SPLIT).")
     if config.task == "question_answering":
         check_spans(config)
+    if config.task == "multiple_choice" and len(choice_columns(config)) < 2:
+        raise JftError(
+            "multiple choice scores candidates: name their columns, at least two, in data.choice_columns "
+            "(SWAG's: ending0,ending1,ending2,ending3)."
+        )
 
 
 def check_spans(config: ConfigDict) -> None:
@@ -87,6 +94,11 @@ def check_spans(config: ConfigDict) -> None:
     for key in ("qa.max_answer_length", "qa.n_best"):
         if config[key] < 1:
             raise JftError(f"{key} must be at least 1, got {config[key]}.")
+
+
+def choice_columns(config: ConfigDict) -> tuple[str, ...]:
+    """data.choice_columns as a tuple of names ("ending0,ending1" -> ("ending0", "ending1"))."""
+    return tuple(name.strip() for name in config.data.choice_columns.split(",") if name.strip())
 
 
 def check_answered(records: dict[str, list], columns: Columns) -> None:
@@ -110,13 +122,16 @@ def read_task(config: ConfigDict) -> tuple[Task, str, dict[str, list]]:
     """The task (its labels from the training data; TFDS: its class names), the score that picks
     the best model, and the records of the train, eval and test splits (empty when not set)."""
     data = config.data
-    columns = Columns(data.text_column, data.text_pair_column or None, data.label_column)
+    choices = choice_columns(config) if config.task == "multiple_choice" else ()
+    columns = Columns(data.text_column, data.text_pair_column or None, data.label_column, choices)
     tfds_dir = data.tfds_data_dir or None
     records = {
         split: read_records(data[split], columns, config.task, tfds_data_dir=tfds_dir) if data[split] else []
         for split in ("train", "eval", "test")
     }
-    labels = label_vocabulary(records["train"], config.task, columns.label, source=data.train, tfds_data_dir=tfds_dir)
+    labels = label_vocabulary(
+        records["train"], config.task, columns.label, source=data.train, tfds_data_dir=tfds_dir, choices=len(choices)
+    )
     spans = spans_of(config) if config.task == "question_answering" else None
     task = Task(config.task, labels, columns, data.seq_len, spans)
     if spans and not spans.unanswerable:

@@ -3,7 +3,9 @@
 Sources: CSV, TSV or JSONL files with a column mapping (text, text_pair, label), or a TFDS
 dataset by name (tfds:glue/sst2:train, ...). Token classification reads a list of words and a
 list of tags per record; the tag goes on the first word-piece of each word, the other pieces
-are ignored by the loss. Question answering reads SQuAD's JSON files (or records with a question,
+are ignored by the loss. Multiple choice reads a context (text, and text_pair: the start its
+candidates continue) and the candidate columns (SWAG's ending0..ending3), the label being the
+right candidate's number. Question answering reads SQuAD's JSON files (or records with a question,
 a context and answers {text: [...], answer_start: [...]}) and cuts each question with its context
 into windows of seq_len tokens that overlap by doc_stride (`Windows`).
 """
@@ -27,7 +29,7 @@ from jft.errors import JftError
 from jft.files import jsonl_objects, read_text
 from jft.models import Head
 
-KINDS = ("classification", "regression", "token_classification", "question_answering")
+KINDS = ("classification", "regression", "token_classification", "question_answering", "multiple_choice")
 PER_TOKEN = ("token_classification", "question_answering")  # kinds whose model gives logits a token
 IGNORE = -1  # label of word-pieces and padding that the token loss skips
 # Python's csv reads fields of at most 128 KiB by default; long documents are fine (the largest C long).
@@ -40,6 +42,10 @@ class Columns:
     text: str = "text"
     text_pair: str | None = None
     label: str = "label"
+    choices: tuple[str, ...] = ()  # multiple choice: the candidates' columns
+
+    def __post_init__(self):
+        object.__setattr__(self, "choices", tuple(self.choices))  # run.json keeps a list
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +89,8 @@ class Task:
     def head(self, mlm: bool = False, joint_labels: int = 0) -> Head:
         """The head of the task's model; mlm: with the joint objective's masked-LM head as well;
         joint_labels: an image model's pretraining classifier as well (the joint objective's)."""
-        if self.kind == "question_answering":
-            return Head("question_answering", 2, mlm=mlm)
+        if self.kind in ("question_answering", "multiple_choice"):
+            return Head(self.kind, 2 if self.kind == "question_answering" else 1, mlm=mlm)
         kind = "token_classification" if self.kind == "token_classification" else "classification"
         return Head(kind, max(len(self.labels), 1), mlm=mlm, joint_labels=joint_labels)
 
@@ -94,6 +100,8 @@ class Task:
             return ("pearson", "spearman", "mse")
         if self.kind == "classification":
             return ("accuracy", "mcc", "f1" if len(self.labels) == 2 else "macro_f1")
+        if self.kind == "multiple_choice":
+            return ("accuracy",)
         if self.kind == "question_answering":
             both = ("HasAns_exact_match", "HasAns_f1", "NoAns_exact_match", "NoAns_f1")
             return ("exact_match", "f1", *(both if self.spans and self.spans.unanswerable else ()))
@@ -130,7 +138,7 @@ def read_records(source: str, columns: Columns, kind: str, *, tfds_data_dir: str
             raise JftError(f"cannot read {path}: use .csv, .tsv or .jsonl{squad} (or tfds:NAME[:SPLIT]).")
     if not records:
         raise JftError(f"{source} holds no records.")
-    wanted = [c for c in (columns.text, columns.text_pair, columns.label) if c]
+    wanted = [c for c in (columns.text, columns.text_pair, *columns.choices, columns.label) if c]
     missing = [c for c in wanted if c not in records[0]]
     if missing:
         raise JftError(
@@ -221,7 +229,7 @@ def _csv_records(path: Path, delimiter: str) -> list[Record]:
 
 def _check_record(record: Record, kind: str, columns: Columns) -> None:
     """A JftError naming the record when it cannot be a record of this task."""
-    for column in (columns.text, columns.text_pair):
+    for column in (columns.text, columns.text_pair, *columns.choices):
         if column:
             _check_text(record, column, words=kind == "token_classification" and column == columns.text)
     words = record[columns.text]
@@ -357,13 +365,22 @@ def _decode(record: dict, label_column: str | None, names: list[str] | None) -> 
 
 
 def label_vocabulary(
-    records: Sequence[dict], kind: str, label_column: str, *, source: str = "", tfds_data_dir: str | None = None
+    records: Sequence[dict],
+    kind: str,
+    label_column: str,
+    *,
+    source: str = "",
+    tfds_data_dir: str | None = None,
+    choices: int = 0,
 ) -> list[str]:
-    """The label names of a classification task (tags, for token classification): a TFDS
+    """The label names of a classification task (tags, for token classification; the candidates'
+    numbers, 0 to choices - 1, for multiple choice): a TFDS
     dataset's own class names in its order (so class 1 stays the positive class of F1), else
     the sorted names found in the records."""
     if kind in ("regression", "question_answering"):
         return []
+    if kind == "multiple_choice":
+        return [str(i) for i in range(choices)]
     if source.startswith("tfds:"):
         _, features = tfds_records(source.removeprefix("tfds:"), tfds_data_dir)
         names = _class_names(features, label_column)
@@ -386,6 +403,22 @@ class Encoded:
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+
+@dataclasses.dataclass
+class Choices(Encoded):
+    """Multiple choice's examples: each one's candidates as rows of one array (input_ids and
+    token_type_ids [candidates, longest]) with masks [candidates, longest] (1: a token)."""
+
+    masks: list[np.ndarray] = dataclasses.field(default_factory=list)
+
+    def subset(self, indices) -> "Choices":
+        """The examples at indices, in that order (a sweep's folds)."""
+
+        def pick(values):
+            return [values[i] for i in indices]
+
+        return Choices(pick(self.input_ids), pick(self.token_type_ids), pick(self.labels), pick(self.masks))
 
 
 @dataclasses.dataclass
@@ -429,19 +462,11 @@ def encode(
         raise JftError(f"task kind '{kind}' is not one of {KINDS}.")
     if kind == "question_answering":
         return encode_windows(records, tokenizer, columns, seq_len, spans or Spans(), with_labels=with_labels)
+    if kind == "multiple_choice":
+        return encode_choices(records, tokenizer, columns, labels, seq_len, with_labels=with_labels)
     tokenizer = tokenizers.Tokenizer.from_str(tokenizer.to_str())  # truncation without touching the caller's
     tokenizer.enable_truncation(seq_len)
     tokenizer.no_padding()
-    label_ids = {name: i for i, name in enumerate(labels)}
-
-    def label_id(name, record) -> int:
-        if str(name) not in label_ids:
-            where = getattr(record, "where", "")  # file:line (or dataset and index) of a Record
-            raise JftError(
-                f"{where + ': ' if where else ''}label {str(name)!r} is not in the task's label set {list(labels)}; "
-                "fix the data, or fine-tune again with this label in the training data."
-            )
-        return label_ids[str(name)]
 
     if kind == "token_classification":
         encodings = tokenizer.encode_batch([r[columns.text] for r in records], is_pretokenized=True)
@@ -456,7 +481,7 @@ def encode(
         if not with_labels:
             out.labels.append(None)
         elif kind == "classification":
-            out.labels.append(label_id(record[columns.label], record))
+            out.labels.append(_label_id(record[columns.label], record, labels))
         elif kind == "regression":
             out.labels.append(float(record[columns.label]))
         else:
@@ -464,10 +489,21 @@ def encode(
             token_labels, previous = np.full(len(encoding.ids), IGNORE, np.int32), None
             for position, word in enumerate(encoding.word_ids):
                 if word is not None and word != previous:
-                    token_labels[position] = label_id(tags[word], record)
+                    token_labels[position] = _label_id(tags[word], record, labels)
                 previous = word
             out.labels.append(token_labels)
     return out
+
+
+def _label_id(name, record, labels: Sequence[str]) -> int:
+    """The index of label `name` in labels, or a JftError naming the record."""
+    if str(name) not in labels:
+        where = getattr(record, "where", "")  # file:line (or dataset and index) of a Record
+        raise JftError(
+            f"{where + ': ' if where else ''}label {str(name)!r} is not in the task's label set {list(labels)}; "
+            "fix the data, or fine-tune again with this label in the training data."
+        )
+    return list(labels).index(str(name))
 
 
 def encode_windows(
@@ -527,3 +563,39 @@ def _answer_tokens(answers: dict, offsets: np.ndarray, in_context: np.ndarray) -
     start = context[offsets[context, 0] <= start_char][-1]
     end = context[offsets[context, 1] >= end_char][0]
     return np.array([start, end], np.int32)
+
+
+def encode_choices(
+    records: Sequence[dict],
+    tokenizer: tokenizers.Tokenizer,
+    columns: Columns,
+    labels: Sequence[str],
+    seq_len: int,
+    *,
+    with_labels: bool = True,
+) -> Choices:
+    """Each record's candidates as pairs (its text, its text_pair and the candidate, or the
+    candidate alone without a text_pair: SWAG's sent1, sent2 + " " + ending, as Hugging Face's
+    run_swag), truncated to seq_len tokens, padded to the example's longest."""
+    tokenizer = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+    tokenizer.enable_truncation(seq_len)
+    tokenizer.no_padding()
+    count = len(columns.choices)
+    pairs = []
+    for record in records:
+        start = f"{record[columns.text_pair]} " if columns.text_pair else ""
+        pairs += [(str(record[columns.text]), start + str(record[choice])) for choice in columns.choices]
+    encodings = tokenizer.encode_batch(pairs)
+    out = Choices([], [], [], masks=[])
+    for index, record in enumerate(records):
+        candidates = encodings[index * count : (index + 1) * count]
+        width = max(len(e.ids) for e in candidates)
+        ids, types, mask = (np.zeros((count, width), np.int32) for _ in range(3))
+        for row, encoding in enumerate(candidates):
+            n = len(encoding.ids)
+            ids[row, :n], types[row, :n], mask[row, :n] = encoding.ids, encoding.type_ids, 1
+        out.input_ids.append(ids)
+        out.token_type_ids.append(types)
+        out.masks.append(mask)
+        out.labels.append(_label_id(record[columns.label], record, labels) if with_labels else None)
+    return out

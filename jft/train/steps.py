@@ -100,11 +100,22 @@ def _masked_inputs(masking: MaskingConfig, batch: dict, key: jax.Array) -> dict:
     return {**batch, **masked}
 
 
+def _candidate_rows(batch: dict) -> dict:
+    """A multiple-choice batch's candidates as rows: token arrays [rows, candidates, seq] as
+    [rows · candidates, seq] (each example's candidates in a run)."""
+    return {name: v.reshape(-1, v.shape[-1]) if name in TEXT_INPUTS and v.ndim == 3 else v for name, v in batch.items()}
+
+
 def _apply(setup, params, batch: dict, dropout_key, axis_name=None, **kwargs) -> dict:
     """setup.model on the batch arrays it takes (setup.inputs, those the batch has: packed
     batches add segment and position ids); dropout only with a key. A model with BatchNorm
     statistics (params[STATS]) trains with the batch's, over the devices of axis_name, and returns
-    the updated ones as out[STATS]; without a key it uses them."""
+    the updated ones as out[STATS]; without a key it uses them. A multiple-choice batch's
+    candidates are scored as rows, their scores side by side as logits [rows, candidates]."""
+    candidates = batch["input_ids"].shape[1] if "input_ids" in batch and batch["input_ids"].ndim == 3 else 0
+    if candidates:
+        out = _apply(setup, params, _candidate_rows(batch), dropout_key, axis_name, **kwargs)
+        return {**out, "logits": out["logits"].reshape(-1, candidates)}
     kwargs.update({name: batch[name] for name in setup.inputs if name in batch})
     training_statistics = STATS in params and dropout_key is not None
     model = setup.model.clone(axis_name=axis_name) if training_statistics else setup.model
@@ -402,7 +413,7 @@ def finetune_step(
         inputs["pre"] = pretraining_images
         joint_count = _psum(pretraining_images["weights"].sum(), axis_name) / num_devices
     elif _weighted(setup.mlm_weight):
-        inputs["mlm"] = _task_masked(setup, batch, mask_key, axis_name)
+        inputs["mlm"] = _task_masked(setup, _candidate_rows(batch), mask_key, axis_name)
         joint_count = _psum(inputs["mlm"]["masked_weights"].sum(), axis_name) / num_devices
 
     def loss_fn(params, micro, index):

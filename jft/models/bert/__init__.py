@@ -76,7 +76,7 @@ FAMILY = Family(
     weights_from_hf=weights_from_hf,
     weights_to_hf=weights_to_hf,
     flops=flops,
-    task_heads=("classification", "token_classification", "question_answering"),
+    task_heads=("classification", "token_classification", "question_answering", "multiple_choice"),
 )
 
 __all__ = [

@@ -470,6 +470,8 @@ def build(config: BertConfig, head: Head) -> nn.Module:
         return BertForTokenClassification(config, max(head.num_labels, 1), mlm=head.mlm)
     if head.kind == "question_answering":
         return BertForTokenClassification(config, 2, mlm=head.mlm, head_name="qa_outputs", dropout=False)
+    if head.kind == "multiple_choice":  # BertForMultipleChoice: a score a candidate, from the pooled output
+        return BertForSequenceClassification(config, 1, mlm=head.mlm)
     return BertEncoderOnly(config, add_pooling_layer=head.pooler)
 
 

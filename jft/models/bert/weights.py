@@ -62,6 +62,7 @@ def architecture(config, head: Head) -> str:
         "classification": "BertForSequenceClassification",
         "token_classification": "BertForTokenClassification",
         "question_answering": "BertForQuestionAnswering",
+        "multiple_choice": "BertForMultipleChoice",
         "pretraining": "BertForPreTraining" if head.nsp else "BertForMaskedLM",
     }.get(head.kind, "BertModel")
 

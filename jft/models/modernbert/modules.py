@@ -418,4 +418,6 @@ def build(config: ModernBertConfig, head: Head) -> nn.Module:
         return ModernBertForTokenClassification(config, max(head.num_labels, 1), mlm=head.mlm)
     if head.kind == "question_answering":
         return ModernBertForTokenClassification(config, 2, mlm=head.mlm, head_name="qa_outputs")
+    if head.kind == "multiple_choice":  # ModernBertForMultipleChoice: a score a candidate, from the pooled output
+        return ModernBertForSequenceClassification(config, 1, mlm=head.mlm)
     return ModernBertEncoderOnly(config)

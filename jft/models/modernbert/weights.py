@@ -49,6 +49,7 @@ def architecture(config, head: Head) -> str:
         "classification": "ModernBertForSequenceClassification",
         "token_classification": "ModernBertForTokenClassification",
         "question_answering": "ModernBertForQuestionAnswering",
+        "multiple_choice": "ModernBertForMultipleChoice",
         "pretraining": "ModernBertForMaskedLM",
     }.get(head.kind, "ModernBertModel")
 

@@ -55,7 +55,7 @@ FAMILY = Family(
     vocabulary="roberta",
     token_fields=token_fields,
     joint_head="lm_head",
-    task_heads=("classification", "token_classification", "question_answering"),
+    task_heads=("classification", "token_classification", "question_answering", "multiple_choice"),
 )
 
 __all__ = [

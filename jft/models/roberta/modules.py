@@ -19,6 +19,7 @@ from jft.models.roberta.config import RobertaConfig
 __all__ = [
     "RobertaEncoderOnly",
     "RobertaForMaskedLM",
+    "RobertaForMultipleChoice",
     "RobertaForSequenceClassification",
     "RobertaForTokenClassification",
     "build",
@@ -168,6 +169,37 @@ class RobertaForTokenClassification(nn.Module):
         return _with_mlm(self, roberta, gather_positions(hidden, masked), masked_positions, logits)
 
 
+class RobertaForMultipleChoice(nn.Module):
+    """Encoder with its pooler + dropout + a linear score of each row: {"logits": [batch, 1]},
+    float32 (RobertaForMultipleChoice's: unlike the sequence classifier, through the pooler). `mlm`
+    as in RobertaForSequenceClassification."""
+
+    config: RobertaConfig
+    mlm: bool = False
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        masked_positions=None,
+        deterministic: bool = True,
+    ) -> dict[str, jax.Array]:
+        cfg = self.config
+        roberta = BertModel(cfg, name="roberta")
+        masked = jnp.zeros((input_ids.shape[0], 0), jnp.int32) if masked_positions is None else masked_positions
+        # the last layer computes only the rows the heads read: the <s> rows and the masked ones
+        hidden, pooled = roberta(
+            input_ids, attention_mask, token_type_ids, position_ids, None, None, deterministic, masked
+        )
+        rate = cfg.hidden_dropout_prob if cfg.classifier_dropout is None else cfg.classifier_dropout
+        x = Dropout(rate)(pooled, deterministic=deterministic)
+        logits = dense(cfg, 1, "classifier")(x).astype(jnp.float32)
+        return _with_mlm(self, roberta, hidden, masked_positions, logits)
+
+
 class RobertaEncoderOnly(nn.Module):
     """The bare encoder (RobertaModel), under 'roberta': {"hidden": [batch, seq, hidden], "pooled":
     [batch, hidden]} (no "pooled" without the pooler)."""
@@ -194,4 +226,6 @@ def build(config: RobertaConfig, head: Head) -> nn.Module:
         return RobertaForTokenClassification(config, max(head.num_labels, 1), mlm=head.mlm)
     if head.kind == "question_answering":
         return RobertaForTokenClassification(config, 2, mlm=head.mlm, head_name="qa_outputs", dropout=False)
+    if head.kind == "multiple_choice":
+        return RobertaForMultipleChoice(config, mlm=head.mlm)
     return RobertaEncoderOnly(config, add_pooling_layer=head.pooler)

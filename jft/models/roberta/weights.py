@@ -25,6 +25,8 @@ def head_of(params: Mapping[str, Any]) -> Head:
     classifier = params.get("classifier")
     if classifier is not None and "out_proj" in classifier:
         return Head("classification", int(np.shape(classifier["out_proj"]["bias"])[0]), mlm="lm_head" in params)
+    if classifier is not None and "pooler" in params["roberta"]:  # RobertaForMultipleChoice: on the pooled output
+        return Head("multiple_choice", 1, mlm="lm_head" in params)
     if classifier is not None:
         return Head("token_classification", int(np.shape(classifier["bias"])[0]), mlm="lm_head" in params)
     if "qa_outputs" in params:
@@ -41,6 +43,7 @@ def architecture(config, head: Head) -> str:
         "classification": "ForSequenceClassification",
         "token_classification": "ForTokenClassification",
         "question_answering": "ForQuestionAnswering",
+        "multiple_choice": "ForMultipleChoice",
         "pretraining": "ForMaskedLM",
     }.get(head.kind, "Model")
     return prefix + suffix
