@@ -350,3 +350,20 @@ def test_unanswerable_questions_need_squad_v2_and_it_trains_on_them(qa_run, tmp_
     assert done.returncode == 0, done.stderr
     report = _jft("eval", "--workdir", "v2", "--data", "v2.json", "--json", cwd=tmp_path)
     assert {"HasAns_exact_match", "NoAns_f1"} <= set(json.loads(report.stdout)["metrics"])
+
+
+def test_a_family_without_the_head_is_one_line(tmp_path):
+    """GPT-2 has no span head: the run is refused before it writes, naming the families that have one."""
+    from jft.data.tokenizer import train_vocab
+
+    write_qa_task(tmp_path / "qa.json", 4)
+    lines = ["the ship sees the wave near the harbor."] * 20
+    train_vocab(lambda: iter(lines), tmp_path / "vocab", vocab_size=300, kind="bytelevel")
+    done = _jft(
+        "finetune", "--config", "finetune/squad", "--workdir", "run", "--config.model.family=gpt2",
+        "--config.model.preset=tiny", "--config.data.train=qa.json", f"--config.data.vocab={tmp_path / 'vocab'}",
+        "--config.data.seq_len=64", "--config.data.doc_stride=16", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2 and not (tmp_path / "run" / "run.json").exists()
+    assert "a gpt2 model has no question_answering head" in done.stderr
+    assert "bert, roberta, modernbert" in done.stderr
