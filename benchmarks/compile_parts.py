@@ -88,7 +88,7 @@ def parts(family_name: str, workload: str, rounds: int) -> dict:
     elif workload == "pretrain":  # next word: every position predicts the next token
 
         def loss(params):
-            logits = model.apply({"params": params}, **inputs)["logits"]
+            logits = model.apply({"params": params}, **inputs)["lm_logits"]
             return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], batch["input_ids"][:, 1:]).mean()
 
     else:

@@ -202,7 +202,8 @@ CASES = [
     Case(
         "unknown task kind",
         lambda t, f: _finetune(t, f, task="ner"),
-        "jft finetune: error: task 'ner' is not one of ('classification', 'regression', 'token_classification').",
+        "jft finetune: error: task 'ner' is not one of ('classification', 'regression', 'token_classification', "
+        "'question_answering', 'multiple_choice').",
     ),
     Case(
         "negative L2 weight",

@@ -54,8 +54,11 @@ class TrainState:
 
 
 def create_state(params, tx: optax.GradientTransformation) -> TrainState:
+    """Step 0 with tx's initial state of params, made by one compiled program (run op by op, an
+    optimizer's init compiles a program for every shape of leaf). Parameters the init does not read
+    (Adam's moments start at zero) are not even sent to the device: jit leaves unused inputs out."""
     zero = jnp.zeros((), jnp.int32)
-    return TrainState(step=zero, params=params, opt_state=tx.init(params), skipped=zero, skipped_in_a_row=zero)
+    return TrainState(step=zero, params=params, opt_state=jax.jit(tx.init)(params), skipped=zero, skipped_in_a_row=zero)
 
 
 @dataclasses.dataclass(frozen=True)
