@@ -6,6 +6,7 @@ function that runs it. Commands that take a run config get --config FILE[:ARG] a
 """
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import glob
@@ -453,40 +454,50 @@ def _predict_arguments(parser):
 
 def _run_predict(args, config):
     from jft.files import finite_or_null, write_text
-    from jft.tasks.predictor import is_predictions
+    from jft.tasks.predictor import answers_text, is_answers, is_predictions
+    from jft.train import rundir
 
+    workdir = Path(args.workdir)
+    run = rundir.read_run(workdir) if workdir.is_dir() else None
+    answers = ((run or {}).get("task") or {}).get("kind") == "question_answering"
+    if args.nbest and not answers:
+        raise JftError(
+            f"--nbest writes each question's candidate answers; {args.workdir} is no question answering run."
+        )
     inputs = [args.workdir, args.input]
-    output = output_file(
-        args.output, inputs=inputs, overwrite=args.overwrite, ours=is_predictions, example="predictions.jsonl"
-    )
-    probe = output.with_name(f".{output.name}.tmp")
-    try:  # a path that cannot be written fails now, not after every prediction is made
-        probe.touch()
-        probe.unlink()
-    except OSError as error:
-        raise JftError(f"cannot write --output {output}: {error.strerror}: {output.parent}.") from None
-    model = _finetuned(args, config)
-    if args.nbest and model.task.kind != "question_answering":
-        raise JftError(f"--nbest writes a question's candidate answers; {args.workdir} is a {model.task.kind} run.")
+    ours = is_answers if answers else is_predictions  # what an earlier `jft predict` of this run wrote
+    output = output_file(args.output, inputs=inputs, overwrite=args.overwrite, ours=ours, example="predictions.jsonl")
     nbest = None
     if args.nbest:
         nbest = output_file(
             args.nbest,
-            inputs=inputs,
+            inputs=[*inputs, output],
             overwrite=args.overwrite,
-            ours=is_predictions,
+            ours=is_answers,
             example="nbest.json",
             flag="--nbest",
         )
+    for path in filter(None, (output, nbest)):
+        probe = path.with_name(f".{path.name}.tmp")
+        try:  # a path that cannot be written fails now, not after every prediction is made
+            probe.touch()
+            probe.unlink()
+        except OSError as error:
+            raise JftError(f"cannot write {path}: {error.strerror}: {path.parent}.") from None
+    model = _finetuned(args, config)
     predictions = model.predict(
         args.input, batch_size=config.batch_size, id_column=config.data.id_column, with_text=config.with_text
     )
     if model.task.kind == "question_answering":
         key = "id" if "id" in predictions[0] else "row"
-        write_text(output, json.dumps({str(p[key]): p["answer"] for p in predictions}, ensure_ascii=False) + "\n")
+        repeated = [k for k, n in collections.Counter(str(p[key]) for p in predictions).items() if n > 1]
+        if repeated:
+            raise JftError(
+                f"{args.input}: the id {repeated[0]!r} names several questions; {{id: answer}} needs each once."
+            )
+        write_text(output, answers_text({str(p[key]): p["answer"] for p in predictions}))
         if nbest is not None:
-            candidates = {str(p[key]): finite_or_null(p["nbest"]) for p in predictions}
-            write_text(nbest, json.dumps(candidates, ensure_ascii=False, allow_nan=False) + "\n")
+            write_text(nbest, answers_text({str(p[key]): finite_or_null(p["nbest"]) for p in predictions}))
     else:
         write_text(output, "".join(json.dumps(finite_or_null(p), allow_nan=False) + "\n" for p in predictions))
     print(f"wrote {len(predictions)} predictions of {model.source} to {args.output}")

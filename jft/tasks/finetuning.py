@@ -87,6 +87,11 @@ def check_settings(config: ConfigDict) -> None:
 
 def check_spans(config: ConfigDict) -> None:
     """Question answering's settings."""
+    if not config.data.text_pair_column:
+        raise JftError(
+            "question answering reads a question (data.text_column) and its context (data.text_pair_column): set "
+            "both, as finetune/squad does (question, context, and answers in data.label_column)."
+        )
     if config.label_smoothing:
         raise JftError("label_smoothing spreads a class's target over the others; question answering has none: set 0.")
     if not 0 <= config.data.doc_stride < config.data.seq_len:

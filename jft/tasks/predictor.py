@@ -164,19 +164,39 @@ class FinetunedModel:
 
 def is_predictions(file: Path) -> bool:
     """Whether file holds predictions `FinetunedModel.predict` made, as `jft predict` writes them
-    (JSONL, its first line an object with a record's row or id and its prediction; or question
-    answering's one object of answers by id)."""
+    (JSONL; its first line an object with a record's row or id and its prediction)."""
     try:
         with file.open(encoding="utf-8") as text:
             first = json.loads(text.readline())
     except (OSError, ValueError):
         return False
-    if isinstance(first, dict) and first and all(isinstance(v, str) for v in first.values()):
-        return True  # question answering's {id: answer}, SQuAD's predictions format
     return isinstance(first, dict) and bool({"row", "id", "path"} & set(first)) and bool(PREDICTIONS & set(first))
 
 
-PREDICTIONS = {"label", "score", "tags", "answer"}  # what a record's prediction is called, by task kind
+PREDICTIONS = {"label", "score", "tags"}  # what a record's prediction is called, by task kind
+
+
+def answers_text(values: dict) -> str:
+    """Question answering's predictions as `jft predict` writes them: one JSON object, an entry a line."""
+    return json.dumps(values, ensure_ascii=False, allow_nan=False, indent=0) + "\n"
+
+
+def is_answers(file: Path) -> bool:
+    """Whether file holds question answering's predictions as `jft predict` writes them
+    (answers_text): answers by id (SQuAD's format), or n-best lists ({text, score, probability})."""
+    try:
+        text = file.read_text(encoding="utf-8")
+        values = json.loads(text)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(values, dict) or not values or text != answers_text(values):
+        return False
+    answers = all(isinstance(v, str) for v in values.values())
+    candidates = {"text", "score", "probability"}
+    nbest = all(
+        isinstance(v, list) and all(isinstance(c, dict) and candidates <= set(c) for c in v) for v in values.values()
+    )
+    return answers or nbest
 
 
 def _model_params(workdir: Path, step: int | None, family) -> tuple[dict, str, dict]:

@@ -171,7 +171,10 @@ def _squad_records(path: Path) -> list[Record]:
             for p, paragraph in enumerate(article["paragraphs"]):
                 for q, qa in enumerate(paragraph["qas"]):
                     where = f"{path}: data[{a}].paragraphs[{p}].qas[{q}]"
-                    answers = qa["answers"] if not qa.get("is_impossible") else []
+                    impossible = qa.get("is_impossible", False)
+                    if not isinstance(impossible, bool):
+                        raise JftError(f"{where}: is_impossible must be true or false, got {impossible!r}.")
+                    answers = [] if impossible else qa["answers"]
                     values = {
                         "id": qa["id"],
                         "title": article.get("title", ""),
@@ -185,7 +188,7 @@ def _squad_records(path: Path) -> list[Record]:
                     records.append(_record(values, where, json=True))
     except ValueError as error:
         raise JftError(f"{path} is not valid JSON ({error}).") from None
-    except (KeyError, TypeError, IndexError) as error:
+    except (KeyError, TypeError, IndexError, AttributeError) as error:
         raise JftError(
             f"{path} is not in SQuAD's format (data[].paragraphs[].qas[] with id, question and answers[] of text and "
             f"answer_start): {type(error).__name__} {error}."
@@ -278,10 +281,13 @@ def _check_answers(record: Record, columns: Columns) -> None:
         )
     context = record[columns.text_pair]
     for text, start in zip(answers["text"], answers["answer_start"]):
-        if not isinstance(start, int) or isinstance(start, bool) or not isinstance(text, str) or not text:
+        if not isinstance(start, int) or isinstance(start, bool) or start < 0 or not isinstance(text, str):
             raise JftError(
-                f"{record.where}: an answer must be a text and the integer where it starts, got {text!r}, {start!r}."
+                f"{record.where}: an answer is a text and the character it starts at (0 or more), got {text!r}, "
+                f"{start!r}."
             )
+        if not text.strip():
+            raise JftError(f"{record.where}: an answer is empty or only spaces ({text!r}); give its words, or none.")
         if context[start : start + len(text)] != text:
             found = context.find(text)
             hint = f"it is at {found}" if found >= 0 else "the context does not hold it"

@@ -56,7 +56,9 @@ class TrainState:
 def create_state(params, tx: optax.GradientTransformation) -> TrainState:
     """Step 0 with tx's initial state of params, made by one compiled program (run op by op, an
     optimizer's init compiles a program for every shape of leaf). Parameters the init does not read
-    (Adam's moments start at zero) are not even sent to the device: jit leaves unused inputs out."""
+    (Adam's moments start at zero) are not even sent to the device: jit leaves unused inputs out.
+    params on the host or one device (the runner places the state after): the moments come out on
+    the default device, not split as split parameters would be."""
     zero = jnp.zeros((), jnp.int32)
     return TrainState(step=zero, params=params, opt_state=jax.jit(tx.init)(params), skipped=zero, skipped_in_a_row=zero)
 
@@ -362,7 +364,8 @@ def task_stats(kind: str, logits: jax.Array, batch: dict, smoothing: float = 0.0
         return squared_error(logits[..., 0], batch["labels"], batch["weights"])
     if kind == "question_answering":  # BERT's: the mean of the start's and the end's cross-entropy over the row
         positions = jnp.where(batch["attention_mask"][:, None, :] > 0, jnp.swapaxes(logits, 1, 2), NO_POSITION)
-        weights = jnp.broadcast_to(batch["weights"][:, None], batch["labels"].shape)
+        # half a row's weight on each: the sums count rows, as the step's count does
+        weights = jnp.broadcast_to(batch["weights"][:, None] / 2, batch["labels"].shape)
         return weighted_cross_entropy(positions, batch["labels"], weights)
     mixed = (batch["mix_labels"], batch["mix_share"]) if "mix_labels" in batch else None
     return weighted_cross_entropy(logits, jnp.maximum(batch["labels"], 0), batch["weights"], smoothing, mixed)
