@@ -20,6 +20,7 @@ import pytest
 import transformers
 
 from conftest import TINY_MODEL
+from jft.config import load_config
 from jft.data.synthetic import write_qa_task, write_vocab
 from jft.data.tokenizer import load_tokenizer, train_vocab
 from jft.errors import JftError
@@ -28,6 +29,7 @@ from jft.models import get as get_family
 from jft.models.bert import BertConfig
 from jft.tasks.answers import best_answers, normalize_answer, squad_scores, token_f1
 from jft.tasks.batches import TaskBatches, step_inputs
+from jft.tasks.finetuning import check_settings
 from jft.tasks.records import Columns, Spans, Windows, encode, read_records
 from jft.train.objectives import means
 from jft.train.optim import weight_decay_mask
@@ -438,3 +440,9 @@ def test_eight_devices_give_the_one_device_update(tmp_path):
     assert results["jit"][1] == pytest.approx(results["shard_map"][1], abs=1e-6) and results["jit"][1] > 1.0
     pairs = zip(jax.tree.leaves(results["jit"][0]), jax.tree.leaves(results["shard_map"][0]))
     assert max(float(np.max(np.abs(a - b))) for a, b in pairs) < 1e-6
+
+
+def test_question_answering_without_a_context_column_is_one_line():
+    config = load_config("finetune/squad", ["data.train=train.json", "data.text_pair_column="])
+    with pytest.raises(JftError, match="its context \\(data.text_pair_column\\): set both"):
+        check_settings(config)
