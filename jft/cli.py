@@ -488,7 +488,7 @@ def _run_predict(args, config):
     predictions = model.predict(
         args.input, batch_size=config.batch_size, id_column=config.data.id_column, with_text=config.with_text
     )
-    if model.task.kind == "question_answering":
+    if answers:
         key = "id" if "id" in predictions[0] else "row"
         repeated = [k for k, n in collections.Counter(str(p[key]) for p in predictions).items() if n > 1]
         if repeated:

@@ -77,10 +77,10 @@ class SweepData:
 
 
 def subset(data, indices: np.ndarray):
-    """The examples of data (Encoded texts, or images) at indices, in that order."""
+    """The examples of data (Encoded texts and their kinds, or images) at indices, in that order."""
     if hasattr(data, "subset"):
         return data.subset(indices)
-    return Encoded(*([getattr(data, f.name)[i] for i in indices] for f in dataclasses.fields(Encoded)))
+    return type(data)(*([getattr(data, f.name)[i] for i in indices] for f in dataclasses.fields(data)))
 
 
 @flax.struct.dataclass

@@ -418,14 +418,6 @@ class Choices(Encoded):
 
     masks: list[np.ndarray] = dataclasses.field(default_factory=list)
 
-    def subset(self, indices) -> "Choices":
-        """The examples at indices, in that order (a sweep's folds)."""
-
-        def pick(values):
-            return [values[i] for i in indices]
-
-        return Choices(pick(self.input_ids), pick(self.token_type_ids), pick(self.labels), pick(self.masks))
-
 
 @dataclasses.dataclass
 class Windows(Encoded):
