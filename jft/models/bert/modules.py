@@ -176,20 +176,22 @@ class BertEncoder(nn.Module):
             rngs = None if key is None else {"dropout": key}
             return layer.apply({"params": params}, x, mask, deterministic, positions, rngs=rngs)
 
-        run = rematerialised(run, cfg.remat, cfg.scan_layers)
+        looped_run = rematerialised(run, cfg.remat, cfg.scan_layers)
         layers = cfg.num_hidden_layers
         keys = None if deterministic else jax.random.split(self.make_rng("dropout"), layers)
         looped = layers if query_positions is None else layers - 1
 
         def body(x, params_and_key):
             params, key = params_and_key
-            return run(params, x, key), None
+            return looped_run(params, x, key), None
 
         x, _ = jax.lax.scan(body, x, jax.tree.map(lambda a: a[:looped], (stack, keys)), unroll=not cfg.scan_layers)
         if query_positions is None:
             return x
         last_params, last_key = jax.tree.map(lambda a: a[-1], (stack, keys))
-        return run(last_params, x, last_key, query_positions)
+        # outside the loop the last layer is an unrolled one: with remat "none" its backward pass
+        # reads what XLA kept of its n rows instead of computing them again, and it compiles less
+        return rematerialised(run, cfg.remat, scan_layers=False)(last_params, x, last_key, query_positions)
 
     def _init_stack(self, key: jax.Array) -> dict:
         """num_hidden_layers independent initialisations of one layer, stacked."""
