@@ -6,16 +6,30 @@ pass takes more to compile with dropout on (its random draws) than without.
 
     python benchmarks/compile_parts.py                       # 4 layers × 256, seq 128, batch 16, float32
     python benchmarks/compile_parts.py --families bert --rounds 3
+    python benchmarks/compile_parts.py --code    # what XLA:CPU generates: jft's small BERT against HF Flax's
 
 Each figure is the median of --rounds fresh compiles (jax's in-memory caches cleared between
 them; the persistent cache off). The parts do not add up to the whole: XLA compiles one program,
 and what the whole step adds (the finite check, the metrics, the gradient clipping, the L2 term,
 the skipped-update logic) is what the last column leaves.
+
+--code compiles jft's and HF Flax's BERT steps of benchmarks/peers.py's CPU comparison once each
+in a child process with XLA's dumps on, and reads them: the seconds of XLA's HLO passes and of its
+code generation (XLA:CPU's own log), and the kernels it generated with their lines of optimized
+LLVM IR, by the part of the step each comes from (its op_name). Identical kernels are generated
+once, so HF's unrolled layers cost one layer's kernels.
 """
 
 import argparse
+import collections
 import functools
+import glob
+import os
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import jax
@@ -127,13 +141,93 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# (pattern in a kernel's op_name, part): the first that matches names the part
+CODE_PARTS = (
+    (r"threefry|random_bits|_uniform|_bernoulli|_randint", "random bits (dropout, masking)"),
+    (r"^transpose\(jvp.*/while", "layer loop, backward"),
+    (r"^jvp.*/while", "layer loop, forward"),
+    (r"^transpose\(jvp.*/(encoder|layer|h)/", "layers outside a loop, backward"),
+    (r"^jvp.*/(encoder|layer|h)/", "layers outside a loop, forward"),
+    (r"^transpose\(jvp", "rest of the backward pass (embeddings, heads, loss)"),
+    (r"^jvp", "rest of the forward pass"),
+    (r"", "outside the model (the optimizer update, norms, metrics, masking)"),
+)
+PHASE = re.compile(r"(Running HLO passes on|Compiling) \[(jit_\w+)\].*? time: ([\d.]+) (ms|s) ")
+
+
+def code_child(implementation: str, workload: str) -> None:
+    """Compiles one step (run with XLA's dump flags set by `code`)."""
+    import peers
+
+    shape = (workload, peers.CPU_SEQ, peers.CPU_BATCH, peers.CPU_SIZE)
+    if implementation == "jft":
+        peers.jft_step(*shape, False, 0, "shard_map", "")
+    else:
+        peers.flax_step(*shape, False, 0)
+
+
+def code(implementation: str, workload: str) -> dict:
+    """XLA's phase seconds and the generated kernels by part for one implementation's step."""
+    module = {"jft": f"{workload}_step", "hf-flax": "train_step"}[implementation]
+    with tempfile.TemporaryDirectory() as dump:
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="cpu_compiler=1", JAX_PLATFORMS="cpu")
+        env["XLA_FLAGS"] = f"--xla_dump_to={dump} --xla_dump_hlo_module_re=jit_{module}"
+        command = [sys.executable, __file__, "--code-child", implementation, "--workloads", workload]
+        log = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stderr
+        phases = collections.Counter()
+        for kind, name, value, unit in PHASE.findall(log):
+            if name == f"jit_{module}":
+                phases["HLO passes" if kind.startswith("Running") else "code generation"] += float(value) / (
+                    1000 if unit == "ms" else 1
+                )
+        (hlo,) = glob.glob(f"{dump}/*jit_{module}.cpu_after_optimizations.txt")
+        op_names = dict(re.findall(r'^\s+(?:ROOT )?%([\w.\-]+) = .*?op_name="([^"]*)"', open(hlo).read(), re.M))
+        kernels, lines = collections.Counter(), collections.Counter()
+        for path in glob.glob(f"{dump}/*jit_{module}.*_kernel_module.ir-with-opt.ll"):
+            name = re.search(rf"jit_{module}\.(.*)_kernel_module", path).group(1)
+            op_name = re.sub(rf"^jit\({module}\)/", "", op_names.get(name, ""))
+            part = next(part for pattern, part in CODE_PARTS if re.search(pattern, op_name))
+            kernels[part] += 1
+            lines[part] += sum(1 for _ in open(path))
+    return {"phases": dict(phases), "kernels": kernels, "lines": lines}
+
+
+def code_table(workloads: list[str]) -> str:
+    """The --code tables: XLA's phases and the kernels by part, jft against HF Flax."""
+    out = []
+    for workload in workloads:
+        found = {implementation: code(implementation, workload) for implementation in ("jft", "hf-flax")}
+        out += [
+            f"{workload}: XLA's HLO passes, code generation (s): "
+            + "; ".join(
+                f"{i} {r['phases'].get('HLO passes', 0):.2f}, {r['phases'].get('code generation', 0):.2f}"
+                for i, r in found.items()
+            ),
+            "",
+            "| part | jft: kernels, IR lines | HF Flax: kernels, IR lines |",
+            "|---|---|---|",
+        ]
+        for _, part in CODE_PARTS:
+            cells = [f"{r['kernels'][part]}, {r['lines'][part]:,}" for r in found.values()]
+            out.append(f"| {part} | {' | '.join(cells)} |")
+        totals = [f"{sum(r['kernels'].values())}, {sum(r['lines'].values()):,}" for r in found.values()]
+        out += [f"| all | {' | '.join(totals)} |", ""]
+    return "\n".join(out)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", default="bert,roberta,modernbert,gpt2")
     parser.add_argument("--workloads", default="pretrain,finetune")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--code", action="store_true", help="XLA's phases and generated kernels, jft and HF Flax")
+    parser.add_argument("--code-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     jax.config.update("jax_enable_compilation_cache", False)
+    if args.code_child:
+        return code_child(args.code_child, args.workloads)
+    if args.code:
+        return print(code_table(args.workloads.split(",")))
     rows = []
     for family in args.families.split(","):
         for workload in args.workloads.split(","):

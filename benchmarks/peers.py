@@ -19,6 +19,7 @@ random tokens, the same warm-up and median-of-windows timing as `jft bench`.
 """
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -246,10 +247,25 @@ def model_fields(size: str) -> dict:
     return CPU_SIZE if size == "small" else {**PRESETS[size], "vocab_size": 30522}
 
 
-def cpu_side_by_side(rounds: int, window: int) -> str:
+def compile_medians(makers: dict, rounds: int) -> dict:
+    """Median seconds of `rounds` fresh compiles of each JAX implementation's step (makers: name ->
+    a function making (step, sync, compile seconds)), alternated with jax's caches cleared before
+    each, so that none pays alone for the process's first compiles or for a busy moment."""
+    import jax
+
+    seconds = {name: [] for name in makers}
+    for round_ in range(rounds):
+        for name in list(makers)[round_ % len(makers) :] + list(makers)[: round_ % len(makers)]:
+            jax.clear_caches()
+            seconds[name].append(makers[name]()[2])
+    return {name: float(np.median(values)) for name, values in seconds.items()}
+
+
+def cpu_side_by_side(rounds: int, window: int, compile_rounds: int) -> str:
     """jft, HF Flax and PyTorch eager on this CPU in one process, their windows of steps
     alternated (the order rotating each round), so that load and frequency changes fall on every
-    implementation alike; medians of the windows, as a Markdown section with ratios."""
+    implementation alike; medians of the windows, as a Markdown section with ratios. Compile
+    times: compile_medians of the JAX steps."""
     versions, load = _versions(), [os.getloadavg()[0]]
     lines = [
         f"CPU, side by side: `python benchmarks/peers.py --cpu` ({rounds} rounds of {window} steps), "
@@ -261,18 +277,21 @@ def cpu_side_by_side(rounds: int, window: int) -> str:
         f"seq {CPU_SEQ}, batch {CPU_BATCH}, "
         "float32, hidden dropout 0.1, attention dropout 0, AdamW; fine-tuning: classification of full rows.",
         "",
-        "| workload | implementation | step time ÷ jft's, median (p10–p90) | jft's speed × this | compile ÷ jft's |",
+        "| workload | implementation | step time ÷ jft's, median (p10–p90) | jft's speed × this "
+        "| compile: median s, ÷ jft's |",
         "|---|---|---|---|---|",
     ]
     for workload in ("pretrain", "finetune"):
         shape = (workload, CPU_SEQ, CPU_BATCH, CPU_SIZE)
-        steps = {
-            "jft": jft_step(*shape, False, 0, "shard_map", ""),
-            "jft, scan_layers=False": jft_step(*shape, False, 0, "shard_map", "", scan_layers=False),
-            "hf-flax": flax_step(*shape, False, 0),
-            "hf-torch-eager": (*torch_step(*shape, False, 0, False), None),
+        makers = {
+            "jft": functools.partial(jft_step, *shape, False, 0, "shard_map", ""),
+            "jft, scan_layers=False": functools.partial(jft_step, *shape, False, 0, "shard_map", "", scan_layers=False),
+            "hf-flax": functools.partial(flax_step, *shape, False, 0),
         }
-        for step, sync, _ in steps.values():
+        compile_s = compile_medians(makers, compile_rounds)
+        steps = {name: make() for name, make in makers.items()}
+        steps["hf-torch-eager"] = torch_step(*shape, False, 0, False)
+        for step, sync, *_ in steps.values():
             for _ in range(2):
                 step()
             sync()
@@ -280,26 +299,25 @@ def cpu_side_by_side(rounds: int, window: int) -> str:
         names = list(steps)
         for round_ in range(rounds):
             for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
-                step, sync, _ = steps[name]
+                step, sync, *_ = steps[name]
                 start = time.perf_counter()
                 for _ in range(window):
                     step()
                 sync()
                 seconds[name].append((time.perf_counter() - start) / window)
-        jft, jft_compile = float(np.median(seconds["jft"])), steps["jft"][2]
+        jft = float(np.median(seconds["jft"]))
         for name, values in seconds.items():
             p10, p50, p90 = np.percentile(values, [10, 50, 90]) / jft
-            compile_s = steps[name][2]
-            lines.append(
-                f"| {workload} | {name} | {p50:.2f} ({p10:.2f}–{p90:.2f}) | {p50:.2f} | "
-                + ("—" if compile_s is None else f"{compile_s / jft_compile:.2f}")
-                + " |"
-            )
+            compiled = "—"
+            if name in compile_s:
+                compiled = f"{compile_s[name]:.2f} s, {compile_s[name] / compile_s['jft']:.2f}"
+            lines.append(f"| {workload} | {name} | {p50:.2f} ({p10:.2f}–{p90:.2f}) | {p50:.2f} | {compiled} |")
         load.append(os.getloadavg()[0])
     lines += [
         "",
         f"Load average (1 min) at the start and after each workload: {', '.join(f'{x:.2f}' for x in load)}. "
-        "Compile: `lower().compile()` of the whole training step. CPU figures are given only as ratios "
+        f"Compile: `lower().compile()` of the whole training step, the median of {compile_rounds} fresh "
+        "compiles of each JAX implementation, alternated. CPU figures are given only as ratios "
         "of implementations run side by side.",
     ]
     return "\n".join(lines) + "\n"
@@ -343,6 +361,7 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="jft, HF Flax and PyTorch eager side by side on this CPU")
     parser.add_argument("--rounds", type=int, default=9, help="--cpu: rounds of alternated windows")
     parser.add_argument("--window", type=int, default=3, help="--cpu: steps a window")
+    parser.add_argument("--compile-rounds", type=int, default=5, help="--cpu: fresh compiles of each JAX step")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
     parser.add_argument("--seq", type=int, help=argparse.SUPPRESS)
@@ -353,7 +372,7 @@ def main() -> None:
         print("RESULT " + json.dumps(run_child(args)))
         return
     if args.cpu:
-        text = cpu_side_by_side(args.rounds, args.window)
+        text = cpu_side_by_side(args.rounds, args.window, args.compile_rounds)
         print(text)
         if args.out != parser.get_default("out"):
             with open(args.out, "w") as f:
