@@ -287,9 +287,11 @@ def test_a_sweep_member_with_the_joint_objective_ends_where_its_own_run_ends(dig
     family = pretrained.name.removeprefix("pre-")
     config = load_config(f"finetune/{family}_tiny")
     settings = {"init_from": str(pretrained), "data.train": str(digits / "train"), "data.eval": str(digits / "dev")}
-    settings |= {"joint_mlm.data": str(digits / "pre_dev"), "epochs": 2, "batch_size": 8, "progress": False}
     # a VGG's hidden layers have gradients near Adam's ε, where the rounding of a vmapped step is
-    # amplified as between 8 devices and 1 (test_eight_devices_give_the_one_device_update_...)
+    # amplified as between 8 devices and 1 (test_eight_devices_give_the_one_device_update_...): on
+    # an AVX-512 CPU its second epoch drifts to 3e-3 (the first ends within 1e-6), so it trains one
+    epochs = 1 if family == "vgg" else 2
+    settings |= {"joint_mlm.data": str(digits / "pre_dev"), "epochs": epochs, "batch_size": 8, "progress": False}
     set_keys(config, {**settings, "parallel.backend": "jit", "optim.eps": 1e-3 if family == "vgg" else 1e-6})
     config.sweep.grid = {"joint_mlm.weight": [0.2, 0.8]}
     members = sweep.plan(config)
@@ -300,7 +302,9 @@ def test_a_sweep_member_with_the_joint_objective_ends_where_its_own_run_ends(dig
     theirs = flatten(FinetunedModel(tmp_path / "own").params)
     ours = {k: v for k, v in flatten(jax.tree.map(lambda x: x[1], params)).items() if k in theirs}
     assert ours.keys() == theirs.keys() and any(k.startswith("joint_classifier/") for k in flatten(params))
-    assert max(float(np.max(np.abs(np.asarray(ours[k]) - np.asarray(theirs[k])))) for k in ours) < 1e-5
+    # 1e-4: a vmapped convolution rounds otherwise than a plain one (ResNet's first kernel: 2e-5 on
+    # an AVX-512 CPU, the same after one epoch and two); the member with the other μ ends 1e-2 away
+    assert max(float(np.max(np.abs(np.asarray(ours[k]) - np.asarray(theirs[k])))) for k in ours) < 1e-4
     final = [json.loads(line) for line in (tmp_path / "own" / "metrics.jsonl").read_text().splitlines()]
     accuracy = [r for r in final if r["split"] == "eval"][-1]["accuracy"]
     assert results[1]["scores"]["accuracy"] == pytest.approx(accuracy, abs=1e-6)
