@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -181,14 +182,14 @@ def code(implementation: str, workload: str) -> dict:
                     1000 if unit == "ms" else 1
                 )
         (hlo,) = glob.glob(f"{dump}/*jit_{module}.cpu_after_optimizations.txt")
-        op_names = dict(re.findall(r'^\s+(?:ROOT )?%([\w.\-]+) = .*?op_name="([^"]*)"', open(hlo).read(), re.M))
+        op_names = dict(re.findall(r'^\s+(?:ROOT )?%([\w.\-]+) = .*?op_name="([^"]*)"', Path(hlo).read_text(), re.M))
         kernels, lines = collections.Counter(), collections.Counter()
         for path in glob.glob(f"{dump}/*jit_{module}.*_kernel_module.ir-with-opt.ll"):
             name = re.search(rf"jit_{module}\.(.*)_kernel_module", path).group(1)
             op_name = re.sub(rf"^jit\({module}\)/", "", op_names.get(name, ""))
             part = next(part for pattern, part in CODE_PARTS if re.search(pattern, op_name))
             kernels[part] += 1
-            lines[part] += sum(1 for _ in open(path))
+            lines[part] += Path(path).read_text().count("\n")
     return {"phases": dict(phases), "kernels": kernels, "lines": lines}
 
 
