@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Every GPU measurement jft reports, run in the background on the device machine (one H100/H200;
-# 10 minutes a call, 15 minutes of device time a session, start included), in order of need: the
-# cuDNN attention check, the ablations, the peers' cases not yet measured (benchmarks/RESULTS.md),
-# BERT-large, the save hiccup, the padded vocabulary and the sweep's populations. A child process
-# of peers.py takes about 45 s on an H200 (start, compile, 53 steps), so all of it takes more than
-# one session: what finished comes back, the rest is for the next one.
+# 10 minutes a call, 15 minutes of device time a session, start included), in order of need: a
+# kernel-level profile of the step (bf16 against float32 and against the unrolled layers: why the
+# bf16 step is slower than the float32 one, RESULTS.md 2026-12-05), the peers' cases not yet
+# measured, BERT-large, GPT-2, ModernBERT, the images, the save hiccup, the padded vocabulary, the
+# sweep's populations, then again the cuDNN check and the ablations (measured 2026-12-05). A child
+# process of peers.py takes about 45 s on an H200 (start, compile, 53 steps), so all of it takes
+# more than one session: what finished comes back, the rest is for the next one.
 #
 #   here, once:  bash benchmarks/gpu_session.sh wheels       # what that machine lacks, into .whl/
 #   there:       bash benchmarks/gpu_session.sh start 150   # carry .whl; installs, starts the jobs,
@@ -12,8 +14,10 @@
 #                bash benchmarks/gpu_session.sh wait 540    # again, back to back (the machine goes
 #                                                            # back after 30 s idle), until "all done"
 #
-# Results land in $OUT (gpu_checks.json, ablations.md, peers.md, large.md, gpt2.md, modernbert.md, images.md, checkpoint_vocab.md,
-# sweep_population.md, log.txt), to be copied into benchmarks/RESULTS.md by hand.
+# Results land in $OUT as results.tgz (the device tool brings back at most 8 files) holding
+# profile-*.md and profile-*.hlo.txt, peers.md, large.md, gpt2.md, modernbert.md, images.md,
+# checkpoint_vocab.md, sweep_population.md, gpu_checks.json, ablations.md and log.txt, with
+# log.txt beside it, to be copied into benchmarks/RESULTS.md by hand.
 # SMOKE=1 runs tiny shapes, to check this script on any machine.
 set -u
 mode=${1:?"wheels, start or wait"}
@@ -28,9 +32,14 @@ fi
 
 jobs() {
     export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-    [ -z "$smoke" ] && python3 benchmarks/gpu_checks.py --out $work/gpu_checks.json
-    # the ablations first: where jft's step loses to its peers' (RESULTS.md, 2026-12-04)
-    python3 benchmarks/ablations.py --size $base --batch $((256 / shrink / shrink)) --out $work/ablations.md
+    # where the bf16 step's time goes, kernel by kernel: jft's default, float32 with XLA's
+    # attention (1.29x faster on 2026-12-05), the layer loop unrolled (1.19x)
+    for variant in "bf16:" "f32:--model dtype=float32 --model attention_impl=xla" "unrolled:--model scan_layers=false"; do
+        name=${variant%%:*}
+        python3 benchmarks/gpu_profile.py --size $base --batch $((256 / shrink / shrink)) ${variant#*:} \
+            --out $work/profile-$name.md --hlo $work/profile-$name.hlo.txt ||
+            echo "profile $name failed" >> $work/profile-$name.md
+    done
     # peers.py's cases not yet measured on a GPU (1 and 2: RESULTS.md, 2026-12-04)
     python3 benchmarks/peers.py --cases 3,4,5 --out $work/peers.md $smoke
     # BERT-large: the largest batch of these that fits, at each length.
@@ -77,6 +86,9 @@ jobs() {
     # K fine-tunings as one population (jft sweep) against the same K one by one (RESULTS.md, pending)
     python3 benchmarks/sweep_population.py --size $base --members 8,32 --batch 32 --rounds 5 \
         --out $work/sweep_population.md
+    # measured on 2026-12-05: again, for the changes since
+    [ -z "$smoke" ] && python3 benchmarks/gpu_checks.py --out $work/gpu_checks.json
+    python3 benchmarks/ablations.py --size $base --batch $((256 / shrink / shrink)) --out $work/ablations.md
     touch $work/done
 }
 
@@ -102,7 +114,8 @@ wait)
     # its limit still brings back what had finished
     deadline=$((SECONDS + ${2:-540}))
     while :; do
-        cp $work/*.md $work/gpu_checks.json $work/log.txt "${OUT:-/tmp}/" 2> /dev/null
+        tar czf "${OUT:-/tmp}/results.tgz" -C $work --exclude done . 2> /dev/null
+        cp $work/log.txt "${OUT:-/tmp}/" 2> /dev/null
         [ -e $work/done ] || [ $SECONDS -ge $deadline ] && break
         sleep 5
     done
