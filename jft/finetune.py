@@ -153,14 +153,16 @@ def train_and_evaluate(
             print(longer, flush=True)
         config = with_warmup(config, total_steps)
         tx, schedule = make_optimizer(config.optim, total_steps)
-        params = family.init_params(module, jax.random.fold_in(jax.random.PRNGKey(config.seed), 0))
+        with runner.making_state():
+            params = family.init_params(module, jax.random.fold_in(jax.random.PRNGKey(config.seed), 0))
         setup = finetune_setup(config, family, module, tx, schedule, task, params, joint, model)
 
         # The state: restored, or new (with init_from's weights, and θ_ref written for L2-SP).
-        host_state = {
-            "train": jax.tree.map(np.asarray, create_finetune_state(params, tx)),
-            "rng": np.asarray(jax.random.PRNGKey(config.seed)),
-        }
+        with runner.making_state():
+            host_state = {
+                "train": jax.tree.map(np.asarray, create_finetune_state(params, tx)),
+                "rng": np.asarray(jax.random.PRNGKey(config.seed)),
+            }
         checkpoints = Checkpoints(workdir / rundir.CHECKPOINTS, every_steps=max(len(batches), 1), keep=1)
         best = Checkpoints(workdir / rundir.BEST, every_steps=1, keep=1, asynchronous=False)
         restored = session.restore(checkpoints, host_state)
@@ -173,8 +175,9 @@ def train_and_evaluate(
             host_state = restored[0]
             reference = session.saved_reference()
         else:
-            params, reference = initial_params(params, config, session.init, task)
-            host_state["train"] = jax.tree.map(np.asarray, create_finetune_state(params, tx))
+            with runner.making_state():
+                params, reference = initial_params(params, config, session.init, task)
+                host_state["train"] = jax.tree.map(np.asarray, create_finetune_state(params, tx))
             if reference is not None:
                 session.save_reference(reference)
         best_value = -np.inf

@@ -196,9 +196,10 @@ def start_population(members: list[Member], shared: SweepData, runner: Runner, l
     tx, schedule = make_optimizer(config.optim, total_steps)
     states, reference = [], None
     for m in members:
-        params = shared.family.init_params(model, jax.random.fold_in(jax.random.PRNGKey(m.config.seed), 0))
-        params, reference = initial_params(params, m.config, shared.init, task, quiet=True)
-        states.append(jax.tree.map(np.asarray, create_finetune_state(params, tx)))
+        with runner.making_state():
+            params = shared.family.init_params(model, jax.random.fold_in(jax.random.PRNGKey(m.config.seed), 0))
+            params, reference = initial_params(params, m.config, shared.init, task, quiet=True)
+            states.append(jax.tree.map(np.asarray, create_finetune_state(params, tx)))
     hyper = {
         name: np.array([m.config[key] for m in members], np.float32)
         for name, key in (("lr", "optim.lr"), ("l2", "l2.weight"), ("mlm", "joint_mlm.weight"))

@@ -182,7 +182,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
         module = family.module(model, head)
         tx, schedule = make_optimizer(config.optim, config.total_steps)
         rng = jax.random.PRNGKey(config.seed)
-        params = family.init_params(module, jax.random.fold_in(rng, 0))
+        with runner.making_state():
+            params = family.init_params(module, jax.random.fold_in(rng, 0))
         setup = PretrainSetup(
             module,
             tx,
@@ -195,7 +196,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
             config.l2.weight,
             penalty_mask(params, config.l2.exclude_bias_and_layer_norm),
         )
-        host_state = jax.tree.map(np.asarray, {"train": create_state(params, tx), "rng": rng})
+        with runner.making_state():
+            host_state = jax.tree.map(np.asarray, {"train": create_state(params, tx), "rng": rng})
         checkpoints = Checkpoints(
             workdir / rundir.CHECKPOINTS,
             every_steps=config.checkpoint_every,

@@ -16,8 +16,11 @@ import pytest
 
 from conftest import TINY_MODEL, corpus_vocab, largest_difference, pretrain_command, write_corpus
 from jft import cli
+from jft import finetune as finetune_module
+from jft import pretrain as pretrain_module
 from jft.data.loader import Loader, PretrainRows
 from jft.data.prepare import prepare
+from jft.data.synthetic import write_topic_task
 from jft.defaults import pretrain as pretrain_defaults
 from jft.errors import JftError
 from jft.models.bert import BertConfig, BertForPreTraining, BertForSequenceClassification, init_params
@@ -182,6 +185,40 @@ def test_a_split_run_restores_onto_other_devices_and_settings(rows, tmp_path):
     assert largest_difference(straight["params"], two["params"]) < 1e-6
     replicated = _steps_after(tmp_path / "run", 4, devices(8), {**settings, "parallel.shard_state": "none"}, resumed)
     assert 0 < largest_difference(straight["params"], replicated["params"]) < 1e-2
+
+
+def test_a_split_run_makes_its_state_in_host_memory_not_on_one_device(rows, tmp_path, monkeypatch):
+    """A state to be split may be more than one device holds (a v5e:2x2 trains a 3 B-parameter
+    encoder split, RESULTS.md, whose state is 48 GB): `jft pretrain` and `jft finetune` make it on
+    the host's CPU, not on the default device, and put_state then gives each device its share.
+    Device 5 stands in for an accelerator as the default device; replicated, the state is made
+    there, as before."""
+    made = []
+
+    def spying(create):
+        def create_and_look(params, tx):
+            state = create(params, tx)
+            made.append({d for leaf in jax.tree.leaves(state) if isinstance(leaf, jax.Array) for d in leaf.devices()})
+            return state
+
+        return create_and_look
+
+    monkeypatch.setattr(pretrain_module, "create_state", spying(create_state))
+    monkeypatch.setattr(finetune_module, "create_finetune_state", spying(create_finetune_state))
+    host, accelerator = jax.local_devices(backend="cpu")[0], jax.devices()[5]
+    write_topic_task(tmp_path / "train.csv", 16)
+    steps = {"log_every": 2, "progress": False}
+    pretraining = {"data.prepared": rows, "total_steps": 2, "eval_every": 2, "checkpoint_every": 2, **steps}
+    finetuning = {"init_from": tmp_path / "split", "data.train": tmp_path / "train.csv", "data.seq_len": 32, **steps}
+    finetuning |= {"batch_size": 8, "max_steps": 2}
+    with jax.default_device(accelerator):
+        for shard_state, run in (("all", "split"), ("none", "replicated")):
+            split = {"parallel.shard_state": shard_state}
+            assert cli.main(pretrain_command(tmp_path / run, **pretraining, **split)[3:]) == 0
+            command = ["finetune", "--config", "tiny", "--workdir", str(tmp_path / f"task-{run}")]
+            assert cli.main(command + [f"--config.{k}={v}" for k, v in {**finetuning, **split}.items()]) == 0
+    # pretraining, then fine-tuning's restore target and its state with init_from's weights
+    assert made == [{host}] * 3 + [{accelerator}] * 3
 
 
 def test_a_split_state_needs_a_mesh():

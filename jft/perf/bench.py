@@ -270,7 +270,8 @@ def workload(name: str, config: ConfigDict, family: Family, cfg, row_multiple: i
 
 def measure(config: ConfigDict, work: Workload, runner: Runner) -> dict:
     """Times a workload's step under `runner` (see the module docstring); its report row."""
-    state = work.init_state()
+    with runner.making_state():
+        state = work.init_state()
     parameters = _count(state.params)
     step = runner.compile(work.step)
     timing = time_steps(config, runner, step, runner.put_state(state), [runner.put_batch(b) for b in work.batches])

@@ -19,6 +19,7 @@ mathematics is one device's, and its dropout masks (partitionable threefry, each
 its own rows') are the same whatever the number of devices.
 """
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -204,6 +205,19 @@ class Runner:
     def constrain_state(self, tree: Any) -> Any:
         """A traced state held to state_shardings (inside a global-view step)."""
         return jax.lax.with_sharding_constraint(tree, self.state_shardings(tree))
+
+    def making_state(self) -> contextlib.AbstractContextManager:
+        """Where a new state is made (its parameters' init, the optimizer's init): in the global view
+        on this host's CPU, so that no device holds the whole state before put_state splits it (a
+        state split over the devices may be more than one of them holds); otherwise on the default
+        device, as a replicated state fits one."""
+        if not self.global_view:
+            return contextlib.nullcontext()
+        try:
+            host = jax.local_devices(backend="cpu")[0]
+        except RuntimeError:  # JAX_PLATFORMS names no cpu: the default device it is
+            return contextlib.nullcontext()
+        return jax.default_device(host)
 
     def put_state(self, tree: Any) -> Any:
         """A training state (or population) to where the compiled step reads it: split as
