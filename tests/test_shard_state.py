@@ -189,8 +189,9 @@ def test_a_split_run_restores_onto_other_devices_and_settings(rows, tmp_path):
 
 def test_a_split_run_makes_its_state_in_host_memory_not_on_one_device(rows, tmp_path, monkeypatch):
     """A state to be split may be more than one device holds (a v5e:2x2 trains a 3 B-parameter
-    encoder split, RESULTS.md, whose state is 48 GB): `jft pretrain` and `jft finetune` make it on
-    the host's CPU, not on the default device, and put_state then gives each device its share.
+    encoder split, RESULTS.md, whose weights and moments are 36 GB): `jft pretrain` and `jft
+    finetune` make it on the host's CPU, not on the default device, and put_state then gives each
+    device its share.
     Device 5 stands in for an accelerator as the default device; replicated, the state is made
     there, as before."""
     made = []
