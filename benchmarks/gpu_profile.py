@@ -18,6 +18,7 @@ fusion's name can be looked up.
 import argparse
 import collections
 import glob
+import os
 import re
 import tempfile
 import time
@@ -149,9 +150,12 @@ def main() -> None:
     batch = runner.put_batch(work.batches[0])
     key = runner.put_replicated(jax.random.PRNGKey(config.seed))
     compiled = runner.compile(work.step).lower(state, batch, key).compile()
+    hlo = compiled.as_text()
     if args.hlo:
         with open(args.hlo, "w") as f:
-            f.write(compiled.as_text())
+            f.write(hlo)
+    # on a GPU, each loop iteration and conditional may wait for the host to read its predicate
+    control = {op: len(re.findall(rf"\s{op}\(", hlo)) for op in ("while", "conditional")}
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     for _ in range(3):
@@ -174,7 +178,9 @@ def main() -> None:
         f"seq {args.seq}, {config.model.dtype} compute, attention "
         f"{config.model.attention_impl}, overrides {args.model or 'none'}, {args.steps} steps profiled, "
         f"{time.strftime('%Y-%m-%d')}\n\nevents from {source}; XLA's count a step: "
-        f"{cost.get('flops', 0) / 1e9:,.1f} GFLOP, {cost.get('bytes accessed', 0) / 2**30:.2f} GiB accessed\n\n"
+        f"{cost.get('flops', 0) / 1e9:,.1f} GFLOP, {cost.get('bytes accessed', 0) / 2**30:.2f} GiB accessed; "
+        f"XLA_FLAGS {os.environ.get('XLA_FLAGS') or 'none'}; the optimized HLO holds {control['while']} while "
+        f"loops and {control['conditional']} conditionals\n\n"
     )
     text = header + summary(kernels, args.steps, wall_s, args.top)
     if ops:

@@ -32,14 +32,21 @@ fi
 
 jobs() {
     export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-    # where the bf16 step's time goes, kernel by kernel: jft's default, float32 with XLA's
-    # attention (1.29x faster on 2026-12-05), the layer loop unrolled (1.19x)
-    for variant in "bf16:" "f32:--model dtype=float32 --model attention_impl=xla" "unrolled:--model scan_layers=false"; do
-        name=${variant%%:*}
-        python3 benchmarks/gpu_profile.py --size $base --batch $((256 / shrink / shrink)) ${variant#*:} \
-            --out $work/profile-$name.md --hlo $work/profile-$name.hlo.txt ||
+    # where the bf16 step's time goes, kernel by kernel (name|XLA_FLAGS|arguments): jft's default;
+    # float32 with XLA's attention (1.29x faster on 2026-12-05); the layer loop unrolled (1.19x);
+    # the loop and the finite check's conditional inside CUDA graphs (if the host's reads of their
+    # predicates stall the device, this one is busier); fine-tuning at 64 rows (fixed costs)
+    while IFS='|' read -r name flags arguments; do
+        XLA_FLAGS="$flags" python3 benchmarks/gpu_profile.py --size $base --batch $((256 / shrink / shrink)) \
+            $arguments --out $work/profile-$name.md --hlo $work/profile-$name.hlo.txt ||
             echo "profile $name failed" >> $work/profile-$name.md
-    done
+    done << 'VARIANTS'
+bf16||
+f32||--model dtype=float32 --model attention_impl=xla
+unrolled||--model scan_layers=false
+graphs|--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL|
+finetune64||--workload finetune --batch 64
+VARIANTS
     # peers.py's cases not yet measured on a GPU (1 and 2: RESULTS.md, 2026-12-04)
     python3 benchmarks/peers.py --cases 3,4,5 --out $work/peers.md $smoke
     # BERT-large: the largest batch of these that fits, at each length.
