@@ -22,6 +22,7 @@ import os
 import re
 import tempfile
 import time
+from pathlib import Path
 
 import jax
 from jax.profiler import ProfileData
@@ -152,8 +153,7 @@ def main() -> None:
     compiled = runner.compile(work.step).lower(state, batch, key).compile()
     hlo = compiled.as_text()
     if args.hlo:
-        with open(args.hlo, "w") as f:
-            f.write(hlo)
+        Path(args.hlo).write_text(hlo)
     # on a GPU, each loop iteration and conditional may wait for the host to read its predicate
     control = {op: len(re.findall(rf"\s{op}\(", hlo)) for op in ("while", "conditional")}
     cost = compiled.cost_analysis()
@@ -188,8 +188,7 @@ def main() -> None:
         text += summary(ops, args.steps, wall_s, args.top)
     print(text)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+        Path(args.out).write_text(text)
 
 
 if __name__ == "__main__":
