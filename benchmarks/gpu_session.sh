@@ -35,7 +35,8 @@ jobs() {
     # where the bf16 step's time goes, kernel by kernel (name|XLA_FLAGS|arguments): jft's default;
     # float32 with XLA's attention (1.29x faster on 2026-12-05); the layer loop unrolled (1.19x);
     # the loop and the finite check's conditional inside CUDA graphs (if the host's reads of their
-    # predicates stall the device, this one is busier); fine-tuning at 64 rows (fixed costs)
+    # predicates stall the device, this one is busier); every matmul by cuBLAS, none by Triton (bf16
+    # matmuls fused with their converts); fine-tuning at 64 rows (fixed costs)
     while IFS='|' read -r name flags arguments; do
         XLA_FLAGS="$flags" python3 benchmarks/gpu_profile.py --size $base --batch $((256 / shrink / shrink)) \
             $arguments --out $work/profile-$name.md --hlo $work/profile-$name.hlo.txt ||
@@ -45,6 +46,7 @@ bf16||
 f32||--model dtype=float32 --model attention_impl=xla
 unrolled||--model scan_layers=false
 graphs|--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL|
+cublas|--xla_gpu_enable_triton_gemm=false|
 finetune64||--workload finetune --batch 64
 VARIANTS
     # peers.py's cases not yet measured on a GPU (1 and 2: RESULTS.md, 2026-12-04)
