@@ -49,6 +49,10 @@ graphs|--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL|
 cublas|--xla_gpu_enable_triton_gemm=false|
 finetune64||--workload finetune --batch 64
 VARIANTS
+    # the last layer kept to the rows the heads read, against every row: its FLOPs saved against
+    # its compile time (issue #37 asks which to keep)
+    python3 benchmarks/ablations.py --size $base --batch $((256 / shrink / shrink)) --groups "last layer" \
+        --out $work/ablations-last-layer.md
     # peers.py's cases not yet measured on a GPU (1 and 2: RESULTS.md, 2026-12-04)
     python3 benchmarks/peers.py --cases 3,4,5 --out $work/peers.md $smoke
     # BERT-large: the largest batch of these that fits, at each length.

@@ -110,6 +110,15 @@ def jft_step(workload, seq, batch, size, gpu, mean_length, backend, layout, **mo
     return step, lambda: jax.block_until_ready(state), seconds
 
 
+def jft_every_row_step(*args, **model) -> tuple:
+    """jft_step with the encoder's last layer computing every row (ablations.py): what the step
+    compiles and costs without the last layer kept to the rows the heads read."""
+    from ablations import every_row_in_the_last_layer
+
+    with every_row_in_the_last_layer():
+        return jft_step(*args, **model)
+
+
 def _jft_config(workload, seq, batch, size, gpu, mean_length, backend, layout, **model):
     """A bench config for jft's side of a case: bf16 and cuDNN attention on a GPU."""
     from jft import defaults
@@ -301,6 +310,7 @@ def cpu_side_by_side(rounds: int, window: int, compile_rounds: int) -> str:
         makers = {
             "jft": functools.partial(jft_step, *shape, False, 0, "shard_map", ""),
             "jft, scan_layers=False": functools.partial(jft_step, *shape, False, 0, "shard_map", "", scan_layers=False),
+            "jft, last layer every row": functools.partial(jft_every_row_step, *shape, False, 0, "shard_map", ""),
             "hf-flax": functools.partial(flax_step, *shape, False, 0),
         }
         compile_s = compile_medians(makers, compile_rounds)
