@@ -1,17 +1,21 @@
 """`jft bench` on CPU: it runs the real steps and reports consistent figures (not speed)."""
 
 import json
+import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
+from conftest import REPO
 from jft import cli, defaults
 from jft.config import apply_overrides
 from jft.errors import JftError
 from jft.models import Head, bert, config_of
 from jft.models import get as get_family
 from jft.models.bert import BertConfig, BertForPreTraining, BertForSequenceClassification, init_params
+from jft.models.bert.modules import BertEncoder
 from jft.perf import bench
 
 QUICK = [
@@ -151,3 +155,25 @@ def test_image_models_bench_images_a_second_and_their_flops(size, tmp_path, caps
         assert result["sequences_per_second"] == pytest.approx(16 / step_seconds) and result["tokens_per_second"] == 0
         flops = family.flops(cfg, 16, 32, num_labels=labels)
         assert result["model_tflops_per_second"] == pytest.approx(flops / step_seconds / 1e12, rel=1e-6)
+
+
+def test_the_last_layer_at_the_heads_rows_gives_what_every_row_gives():
+    """The encoder's last layer computes only the rows the heads read; benchmarks/ablations.py's
+    every_row_in_the_last_layer (what peers.py and gpu_session.sh time against it) computes every
+    row and gathers them: the same logits, and the split is back in place after it."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from ablations import every_row_in_the_last_layer
+
+    split = BertEncoder.__call__
+    sizes = {"hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2, "intermediate_size": 128}
+    config = BertConfig(vocab_size=200, **sizes)
+    ids = jnp.asarray(np.random.default_rng(0).integers(5, 200, (4, 32)), jnp.int32)
+    masked = {"masked_positions": jnp.tile(jnp.arange(1, 6)[None], (4, 1))}
+    for model, inputs in ((BertForSequenceClassification(config, 3), {}), (BertForPreTraining(config), masked)):
+        params = init_params(model, jax.random.key(0))
+        heads_rows = model.apply({"params": params}, ids, **inputs)
+        with every_row_in_the_last_layer():
+            every_row = model.apply({"params": params}, ids, **inputs)
+        for name, logits in heads_rows.items():
+            np.testing.assert_allclose(logits, every_row[name], atol=1e-6)
+    assert BertEncoder.__call__ is split
