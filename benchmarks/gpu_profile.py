@@ -54,9 +54,11 @@ def device_events(data: ProfileData) -> tuple[list, list, str]:
     the events of the CPU client's XLA threads, and no operations. The third value says which."""
     planes = [p for p in data.planes if p.name.startswith("/device:GPU:")]
     if planes:
+        summaries = ("XLA Modules", "XLA Ops", "Steps", "Launch Stats", "Source")
         lines = [line for line in planes[0].lines if line.name.startswith("Stream")]
+        lines = lines or [line for line in planes[0].lines if line.name not in summaries]  # streams named otherwise
         ops = [line for line in planes[0].lines if line.name == "XLA Ops"]
-        source = f"{planes[0].name}, {len(lines)} streams"
+        source = f"{planes[0].name}, lines {sorted({line.name for line in lines})}"
     else:
         cpu = [p for p in data.planes if p.name == "/host:CPU"]
         lines, ops = [line for p in cpu for line in p.lines if "XLA" in line.name and "Eigen" not in line.name], []
