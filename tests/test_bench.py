@@ -18,6 +18,9 @@ from jft.models.bert import BertConfig, BertForPreTraining, BertForSequenceClass
 from jft.models.bert.modules import BertEncoder
 from jft.perf import bench
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+from ablations import every_row_in_the_last_layer  # noqa: E402
+
 QUICK = [
     "--config.windows=2",
     "--config.window_steps=2",
@@ -161,9 +164,6 @@ def test_the_last_layer_at_the_heads_rows_gives_what_every_row_gives():
     """The encoder's last layer computes only the rows the heads read; benchmarks/ablations.py's
     every_row_in_the_last_layer (what peers.py and gpu_session.sh time against it) computes every
     row and gathers them: the same logits, and the split is back in place after it."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from ablations import every_row_in_the_last_layer
-
     split = BertEncoder.__call__
     sizes = {"hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2, "intermediate_size": 128}
     config = BertConfig(vocab_size=200, **sizes)
