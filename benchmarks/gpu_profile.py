@@ -28,6 +28,7 @@ import jax
 from jax.profiler import ProfileData
 
 from jft import defaults
+from jft.config import apply_overrides
 from jft.models import config_of
 from jft.perf import bench
 from jft.train.parallel import Runner
@@ -110,22 +111,6 @@ def summary(events: list, steps: int, wall_s: float, top: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse_overrides(pairs: list[str]) -> dict:
-    """KEY=VALUE pairs as a dict, values read as int, float or bool where they are one."""
-    out = {}
-    for pair in pairs:
-        key, _, text = pair.partition("=")
-        value = {"true": True, "false": False}.get(text.lower(), text)
-        for kind in (int, float):
-            if isinstance(value, str):
-                try:
-                    value = kind(value)
-                except ValueError:
-                    pass
-        out[key] = value
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="base", help="tiny, mini, base or large")
@@ -142,9 +127,8 @@ def main() -> None:
     gpu = jax.default_backend() == "gpu"
     config = defaults.bench()
     fields = {"dtype": "bfloat16" if gpu else "float32", "attention_impl": "cudnn" if gpu else "xla"}
-    config.model = defaults.model_fields(
-        args.size, **{**fields, "attention_probs_dropout_prob": 0.0, **parse_overrides(args.model)}
-    )
+    config.model = defaults.model_fields(args.size, **fields, attention_probs_dropout_prob=0.0)
+    apply_overrides(config, [f"model.{pair}" for pair in args.model])  # typed and checked as --config.model.KEY
     config.batch_size, config.seq_len, config.backend, config.workloads = args.batch, args.seq, "jit", args.workload
     family, cfg = config_of(config.model)
     work = bench.workload(args.workload, config, family, cfg)
