@@ -30,9 +30,13 @@ TOPOLOGIES = ("v5e:2x2", "v6e:2x2", "v5p:2x2x1", "v4:2x2x1")
 # A per-device batch to start the search from: BERT's own batch (256 of 128 tokens over 4 chips),
 # and 8 rows a device at 512 tokens.
 START = {128: 64, 512: 8, 8192: 1}
+# parallel.shard_state from the least split state to the most: a case holds at least the batch of the one before.
+SPLITS = ("none", "optimizer", "all")
 
 
-def case(topology: str, size: str, seq: int, shard_state: str = "none", remats: tuple = ("none", "dots")) -> dict:
+def case(
+    topology: str, size: str, seq: int, shard_state: str = "none", remats: tuple = ("none", "dots"), fits: int = 0
+) -> dict:
     config = load_config(f"bench:{size}", [], "bench")
     config.shard_state = shard_state
     modernbert = size.startswith("modernbert")
@@ -41,7 +45,8 @@ def case(topology: str, size: str, seq: int, shard_state: str = "none", remats: 
     if not modernbert:
         config.model.attention_impl = "xla"  # the table's attention (vocab_padding.py and the README compare splash)
     devices = 4  # every topology of TOPOLOGIES has 4 devices
-    config.batch_size = START[seq] * devices
+    # the search's secant starts at half a batch known to fit and that batch (fewer compiles than from START)
+    config.batch_size = max(START[seq], fits // 2 // 8 * 8) * devices
     start = time.perf_counter()
     report = bench.compile_for(config, topology, search=True, remats=remats)
     (row,) = report["results"]
@@ -62,6 +67,19 @@ def case(topology: str, size: str, seq: int, shard_state: str = "none", remats: 
         "libtpu": report["libtpu"],
         "date": report["environment"]["date"],
     }
+
+
+def recorded_case(record: dict) -> tuple:
+    """A record's case: (topology, size, seq, shard_state)."""
+    return record["topology"], record["size"], record["seq"], record.get("shard_state", "none")
+
+
+def known_fit(records: list[dict], key: tuple) -> int:
+    """The largest batch a device (no remat) that a less split state of the same case holds: a lower bound."""
+    topology, size, seq, shard_state = key
+    less_split = SPLITS[: SPLITS.index(shard_state)] if shard_state in SPLITS else ()
+    fits = [r["largest"]["none"] for r in records if recorded_case(r) in {(topology, size, seq, s) for s in less_split}]
+    return max(fits, default=0)
 
 
 def refusal(error: str) -> str:
@@ -106,18 +124,23 @@ def main():
     args = parser.parse_args()
     records_path = Path(args.records)
     records = [json.loads(line) for line in records_path.read_text().splitlines()] if records_path.exists() else []
-    done = {(r["topology"], r["size"], r["seq"], r.get("shard_state", "none")) for r in records}
     remats = tuple(args.remats.split(","))
     for shard_state in args.shard_states.split(","):
         for topology in args.topologies.split(","):
             for size in args.sizes.split(","):
                 for seq in map(int, args.seqs.split(",")):
-                    if (topology, size, seq, shard_state) in done:
+                    key = (topology, size, seq, shard_state)
+                    done = next((r for r in records if recorded_case(r) == key), None)
+                    todo = tuple(m for m in remats if done is None or m not in done["largest"])
+                    if not todo:
                         continue
-                    record = case(topology, size, seq, shard_state, remats)
-                    records.append(record)
-                    with records_path.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
+                    record = case(topology, size, seq, shard_state, todo, fits=known_fit(records, key))
+                    if done is None:
+                        records.append(record)
+                    else:  # a finished case searched again for other remat choices: its record gains their columns
+                        done["largest"].update(record["largest"])
+                        done["minutes"] += record["minutes"]
+                    records_path.write_text("".join(json.dumps(r) + "\n" for r in records))
                     print(f"tpu_compile: {topology} {size} seq {seq} {shard_state}: {record}", flush=True)
     text = table(records)
     print(text)
