@@ -578,6 +578,7 @@ def _inference_config() -> ConfigDict:
 
 def _bench_arguments(parser):
     parser.add_argument("--out", default="", help="also write the results as JSON here")
+    _overwrite_argument(parser)
     parser.add_argument(
         "--topology",
         default="",
@@ -596,6 +597,10 @@ def _run_bench(args, config):
 
     if args.largest_batch and not args.topology:
         raise JftError("--largest-batch searches by compiling for a TPU: give --topology too (e.g. v5e:2x2).")
+    if args.out:  # checked before the measuring, not after it
+        output_file(
+            args.out, inputs=(), overwrite=args.overwrite, ours=bench.is_report, example="bench.json", flag="--out"
+        )
     if args.topology:
         report = bench.compile_for(config, args.topology, search=args.largest_batch)
         print(bench.tpu_table(report))

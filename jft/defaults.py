@@ -30,8 +30,9 @@ MODEL: Table = {
     ),
     "model.preset": (
         "",
-        "architecture of a run from scratch: bert tiny, mini, base, large; gpt2 tiny, small, medium, large "
-        "(init_from: the checkpoint's)",
+        "architecture of a run from scratch: bert tiny, mini, base, large; gpt2 tiny, small, medium, large; "
+        "roberta and modernbert tiny, base, large; resnet tiny, resnet18, 34, 50, 101; vgg tiny, vgg11, 13, 16, "
+        "19 (each also _bn) (init_from: the checkpoint's)",
     ),
 }
 OPTIM: Table = {
@@ -96,7 +97,7 @@ PRETRAIN: Table = {
     "data.vocab_kind": (
         "",
         "the vocabulary trained on the corpus: wordpiece, bytelevel, roberta or unigram (XLM-R's); empty: the "
-        "family's (bert: wordpiece, gpt2: bytelevel, roberta: roberta)",
+        "family's (bert: wordpiece, gpt2: bytelevel, roberta and modernbert: roberta)",
     ),
     "data.lowercase": (True, "lowercase the text (a vocab.txt's casing)"),
     "data.text_field": ("text", "the text field of JSONL and TFDS records"),

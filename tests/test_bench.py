@@ -47,6 +47,23 @@ def test_bench_command_times_both_steps_and_writes_json(tmp_path, capsys):
         assert result["mfu"] is None  # no known peak for a CPU
 
 
+def test_bench_out_refuses_a_file_it_did_not_write_before_measuring(tmp_path, capsys, monkeypatch):
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"my": "results"}\n')
+    measured = []
+    report = {"environment": bench.environment(), "config": {}, "results": []}  # the measuring left out
+    monkeypatch.setattr(bench, "run", lambda config: measured.append(config) or report)
+    assert cli.main(["bench", "--out", str(notes), *QUICK]) == 2
+    assert "is a file this command did not write" in capsys.readouterr().err
+    assert notes.read_text() == '{"my": "results"}\n' and not measured  # refused before a step was timed
+    assert cli.main(["bench", "--out", str(tmp_path), *QUICK]) == 2  # a directory
+    assert "is a directory" in capsys.readouterr().err and not measured
+    # its own earlier report is replaced; another file only with --overwrite
+    assert cli.main(["bench", "--out", str(notes), "--overwrite", *QUICK]) == 0
+    assert bench.is_report(notes) and len(measured) == 1
+    assert cli.main(["bench", "--out", str(notes), *QUICK]) == 0 and len(measured) == 2
+
+
 def test_short_texts_bucketed_and_packed_count_real_tokens_and_fewer_flops():
     config = defaults.bench()
     quick = [o.removeprefix("--config.") for o in QUICK]

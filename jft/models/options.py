@@ -24,7 +24,7 @@ KERNEL_PLATFORMS = {"cudnn": "gpu", "splash": "tpu"}
 JFT_FIELDS = ("dtype", "param_dtype", "attention_impl", "remat", "scan_layers", "vocab_multiple")
 COMPUTE_FIELDS = ("dtype", "attention_impl", "remat", "scan_layers", "vocab_multiple")
 JFT_FIELD_MEANINGS = {
-    "dtype": "compute dtype: float32, bfloat16 or auto (bf16 on GPU/TPU); may change on resume",
+    "dtype": "compute dtype: float32, bfloat16, float16 or auto (bf16 on GPU/TPU); may change on resume",
     "param_dtype": "dtype of the weights (keep float32)",
     "attention_impl": "xla; cudnn (fused GPU kernel) or splash (Pallas TPU kernel): no attention dropout",
     "remat": "recompute in the backward pass: none (no matmul twice), dots (attention's too), full (least kept)",

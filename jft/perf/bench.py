@@ -17,6 +17,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import flax
@@ -29,6 +30,7 @@ from ml_collections import ConfigDict
 from jft import defaults
 from jft.data.synthetic import sentence_lengths
 from jft.errors import JftError
+from jft.files import write_json
 from jft.models import Family, Head, config_of
 from jft.perf import tpu
 from jft.perf.memory import peak_bytes
@@ -394,6 +396,14 @@ def table(report: dict) -> str:
 
 
 def write(report: dict, path) -> None:
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
+    """Writes a report as JSON, whole or not at all."""
+    write_json(Path(path), report)
+
+
+def is_report(path: Path) -> bool:
+    """Whether path holds a report `jft bench --out` wrote (one it may replace)."""
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(found, dict) and {"environment", "config", "results"} <= found.keys()

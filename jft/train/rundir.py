@@ -10,7 +10,7 @@ the path it was made under:
     tokenizer.json          the run's tokenizer, and vocab.txt (the same vocabulary)
     checkpoints/<step>/     Orbax: train state and rng ("state"), loader position and meta ("meta")
     best/<step>/            fine-tuning: the parameters of the best evaluation, its score and step
-    reference.safetensors   fine-tuning with l2.reference=init: θ_ref, the weights it started from
+    reference.safetensors   L2-SP (l2.reference=init, from init_from): θ_ref, the weights it started from
     data/                   pretraining from data.corpus: the prepared rows
     damaged/                checkpoints that failed their checksums or could not be read, set aside
     metrics.jsonl, tensorboard/

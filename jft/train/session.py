@@ -179,8 +179,8 @@ class RunSession:
 
     def uses_reference(self) -> bool:
         """Whether the run pulls toward θ_ref read from reference.safetensors (L2-SP: l2.weight
-        above 0, l2.reference=init, from init_from); with λ = 0 nothing pulls, and a pretraining
-        keeps no θ_ref."""
+        above 0, l2.reference=init, from init_from: a fine-tuning, or a pretraining continued from
+        another model); with λ = 0 nothing pulls."""
         l2 = self.run["config"].get("l2", {}) if self.run else {}
         return bool(l2.get("weight")) and l2.get("reference") == "init" and self.run.get("init") is not None
 
