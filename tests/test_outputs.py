@@ -298,6 +298,49 @@ CASES = [
         "jft vocab: error: --out {tmp}/books holds an input of this command ({tmp}/books/a.txt); write to another "
         "path.",
     ),
+    # a training run's --workdir
+    Case(
+        "finetune into a folder of the user's",
+        lambda t, f: _finetune_command(_folder_of_mine(t), f),
+        "jft finetune: error: --workdir {tmp}/mine holds files that are not a jft run's (data, notes.txt); a run "
+        "starts in a new or empty directory, or resumes its own there, so that nothing of yours is written over. "
+        "Give another --workdir, e.g. {tmp}/mine/run.",
+    ),
+    Case(
+        "finetune into an export",
+        lambda t, f: _finetune_command(f / "export", f),
+        "jft finetune: error: --workdir {files}/export holds files that are not a jft run's (config.json, "
+        "model.safetensors, special_tokens_map.json, tokenizer.json, ...); a run starts in a new or empty "
+        "directory, or resumes its own there, so that nothing of yours is written over. Give another --workdir, "
+        "e.g. {files}/export/run.",
+    ),
+    Case(
+        "finetune into the folder of init_from",
+        lambda t, f: _finetune_command(f / "hf", f),
+        "jft finetune: error: --workdir {files}/hf is init_from ({files}/hf), the model this run starts from; a run "
+        "writes into a workdir of its own: give another --workdir, e.g. {files}/hf-next.",
+    ),
+    Case(
+        "finetune inside another run",
+        lambda t, f: _finetune_command(f / "run" / "data", f),
+        "jft finetune: error: --workdir {files}/run/data is inside the run directory {files}/run, whose files its "
+        "training writes; give a workdir outside it, e.g. {files}/data.",
+    ),
+    Case(
+        "pretrain where a data folder of the user's is",
+        lambda t, f: [
+            "pretrain",
+            "--config",
+            "tiny",
+            "--workdir",
+            str(_folder_of_mine(t)),
+            "--config.data.corpus",
+            str(f / "corpus.txt"),
+        ],  # fmt: skip
+        "jft pretrain: error: --workdir {tmp}/mine holds files that are not a jft run's (data, notes.txt); a run "
+        "starts in a new or empty directory, or resumes its own there, so that nothing of yours is written over. "
+        "Give another --workdir, e.g. {tmp}/mine/run.",
+    ),
     # init_from, run.json, tokenizer.json, config names, sweeps
     Case(
         "init_from a model whose tokenizer is another model's",
@@ -338,6 +381,13 @@ CASES = [
         "has 24 examples; use at most that many folds, or more data.",
     ),
 ]
+
+
+def _folder_of_mine(tmp: Path) -> Path:
+    """A project folder of the user's: notes and a data folder (not prepared rows)."""
+    _mkfile(tmp / "mine" / "notes.txt", "my notes\n")
+    _mkfile(tmp / "mine" / "data" / "corpus.txt", "my corpus\n")
+    return tmp / "mine"
 
 
 def _mixed_model(tmp: Path, files: Path) -> Path:

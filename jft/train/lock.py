@@ -14,7 +14,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
@@ -95,13 +95,16 @@ def _describe_holder(content: bytes) -> str:
 
 
 @contextlib.contextmanager
-def hold(workdir: Path) -> Iterator[None]:
+def hold(workdir: Path, check: Callable[[Path], None] | None = None) -> Iterator[None]:
     """Holds workdir for a run (process 0 of a multi-process run holds it for all, and every
-    process learns at once whether it could): creates it if needed, takes run.lock, and at the end
-    lets go and removes the directory again if the run created it and left nothing in it."""
+    process learns at once whether it could): check(workdir) may refuse it first, then it is
+    created if needed and run.lock taken; at the end the run lets go and removes the directory
+    again if it created it and left nothing in it."""
     lock, created, refusal = None, False, None
     if jax.process_index() == 0:
         try:
+            if check is not None:
+                check(workdir)
             created, lock = _take(workdir)
         except JftError as error:
             refusal = error

@@ -30,6 +30,7 @@ from typing import Any
 import tokenizers
 
 from jft import __version__, outputs
+from jft.data.prepare import is_prepared
 from jft.data.tokenizer import TOKENIZER_FILES, load_tokenizer, save_tokenizer, vocabulary_fingerprint
 from jft.errors import JftError
 from jft.files import read_json_object, write_json
@@ -39,6 +40,8 @@ from jft.train.checkpoint import restore_latest
 
 FORMAT = "jft-run/1"
 RUN_FILE = outputs.RUN_FILE
+# What a run leaves in its workdir before it writes run.json: its lock, and the rows it prepares.
+BEFORE_RUN_FILE = ("run.lock", "data", "data.tmp")
 TOKENIZER = "tokenizer.json"
 CHECKPOINTS = "checkpoints"
 BEST = "best"
@@ -72,6 +75,43 @@ def read_run(workdir: Path) -> dict | None:
     if run.get("format") != FORMAT or run.get("stage") not in STAGES:
         raise JftError(f"{file} is not a jft run description (format {FORMAT}).")
     return run
+
+
+def check_workdir(workdir: Path, init_from: str = "") -> None:
+    """A training run writes into a new or empty directory, or its own (run.json, or what a run
+    stopped before writing it left), never inside another run's directory, into init_from or
+    inside it: refused before anything is written, naming what is there."""
+    workdir = Path(workdir).absolute()
+    init = Path(init_from).absolute() if init_from and Path(init_from).exists() else None
+    if init is not None and (workdir.resolve() == init.resolve() or init.resolve() in workdir.resolve().parents):
+        where = "is" if workdir.resolve() == init.resolve() else "is inside"
+        raise JftError(
+            f"--workdir {workdir} {where} init_from ({init_from}), the model this run starts from; a run writes "
+            f"into a workdir of its own: give another --workdir, e.g. {init.parent / (init.name + '-next')}."
+        )
+    for directory in workdir.parents:
+        if (directory / RUN_FILE).is_file():
+            raise JftError(
+                f"--workdir {workdir} is inside the run directory {directory}, whose files its training writes; "
+                f"give a workdir outside it, e.g. {directory.parent / workdir.name}."
+            )
+    if not workdir.is_dir() or read_run(workdir) is not None:  # a run's own (read_run refuses a damaged one)
+        return
+    others = sorted(
+        (
+            p.name
+            for p in workdir.iterdir()
+            if p.name not in BEFORE_RUN_FILE or (p.name == "data" and not is_prepared(p))
+        ),
+        key=lambda name: (name.startswith("."), name),  # hidden ones last
+    )
+    if others:
+        listed = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
+        raise JftError(
+            f"--workdir {workdir} holds files that are not a jft run's ({listed}); a run starts in a new or empty "
+            f"directory, or resumes its own there, so that nothing of yours is written over. Give another "
+            f"--workdir, e.g. {workdir / 'run'}."
+        )
 
 
 def require_stage(workdir: Path, run: dict | None, stage: str | None, action: str) -> None:

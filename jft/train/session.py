@@ -87,7 +87,7 @@ class RunSession:
         (steps 1 of the module docstring). An error before `verified` reaches every process."""
         session = cls(Path(workdir).absolute(), stage, tuple(may_change))
         try:
-            with hold(session.workdir):
+            with hold(session.workdir, check=lambda workdir: rundir.check_workdir(workdir, init_from)):
                 session.run = rundir.read_run(session.workdir)
                 if session.run is not None:
                     rundir.require_stage(session.workdir, session.run, stage, f"give {stage} another --workdir")
