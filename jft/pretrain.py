@@ -28,7 +28,7 @@ from ml_collections import ConfigDict
 
 from jft.data.corpus import read_documents, source_identity, sources_of
 from jft.data.loader import Loader, PretrainRows, check_streams
-from jft.data.prepare import MODES, is_prepared, prepare
+from jft.data.prepare import MODES, is_prepared, none_held_out, prepare
 from jft.data.tokenizer import load_tokenizer, train_vocab
 from jft.defaults import GUARD
 from jft.defaults import pretrain as default_config
@@ -157,6 +157,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
             )
             if jax.process_index() == 0:
                 print(_prepared_line(rows_dir, prepared), flush=True)
+                if warning := none_held_out(prepared):
+                    print(f"warning: {warning}", file=sys.stderr, flush=True)
         loaders = _loaders(config, rows_dir)  # their errors (streams, missing or damaged shards) before run.json
         meta = loaders[0].data.metadata
         identity = {key: meta[key] for key in ("fingerprint", "seq_len", "mode", "sources")}

@@ -301,8 +301,19 @@ def test_vocab_and_prepare_commands(tmp_path, capsys):
         "64",
     ]
     assert cli.main(argv) == 0
-    assert "tokens/s" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "tokens/s" in printed.out and printed.err == ""  # 30 documents: some held out, no warning
     assert PretrainRows(tmp_path / "rows").seq_len == 64
+    # a text without blank lines is one document: nothing held out, and a warning says why
+    lines = [line for line in text.read_text().splitlines() if line.strip()]
+    (tmp_path / "one.txt").write_text("\n".join(lines) + "\n")
+    argv = ["prepare", str(tmp_path / "one.txt"), "--vocab", str(tmp_path / "vocab"), "--out", str(tmp_path / "one")]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().err == (
+        "warning: no rows held out for evaluation: eval_fraction 0.01 of 1 document is none, so a run reports no "
+        "held-out loss. Documents are separated by blank lines (a line is a sentence): a text without blank lines "
+        "is one document.\n"
+    )
     assert cli.main(["prepare", str(tmp_path / "nothing.txt"), "--vocab", "x", "--out", str(tmp_path / "o")]) == 2
     assert "vocabulary not found" in capsys.readouterr().err
 

@@ -336,6 +336,12 @@ CASES = [
         "jft finetune: error: {tmp}/a.csv:3 has no value in column 'label' (the label).",
     ),
     Case(
+        "one label in the training data",
+        lambda t, f: _finetune(t, f, **{"data.train": _write(t / "a.csv", "text,label\nthe ship,sea\nthe boat,sea\n")}),
+        "jft finetune: error: data.train {tmp}/a.csv has one label, 'sea', in column 'label': a classifier learns "
+        "from two classes or more. Check data.label_column, or add examples of the other classes.",
+    ),
+    Case(
         "a row with an empty label",
         lambda t, f: _finetune(t, f, **{"data.train": _write(t / "a.csv", "text,label\nthe ship,sea\nthe cow,\n")}),
         "jft finetune: error: {tmp}/a.csv:3 has no value in column 'label' (the label).",
@@ -408,6 +414,11 @@ CASES = [
         "a data file that is not there",
         lambda t, f: _finetune(t, f, **{"data.train": t / "train.csv"}),
         "jft finetune: error: data file not found: {tmp}/train.csv",
+    ),
+    Case(
+        "a folder given as the data file",
+        lambda t, f: _finetune(t, f, **{"data.train": _write(t / "data" / "train.csv", "text,label\n").parent}),
+        "jft finetune: error: {tmp}/data is a directory; give a data file in it (.csv, .tsv or .jsonl).",
     ),
     Case(
         "sequences longer than the position table",

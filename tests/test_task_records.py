@@ -15,9 +15,11 @@ import pytest
 
 from conftest import REPO
 from jft import cli
+from jft.config import load_config
 from jft.data.synthetic import write_vocab
 from jft.data.tokenizer import load_tokenizer
 from jft.errors import JftError
+from jft.tasks.finetuning import read_task
 from jft.tasks.records import Columns, encode, label_vocabulary, read_records
 
 FINETUNE = str(REPO / "configs" / "finetune" / "tiny.py")
@@ -242,13 +244,9 @@ CASES = [
         "csv text after a closing quote, on the second line of a record",
         "a.csv",
         'text,label\nthe cow,land\n"the ship\nsails" on,sea\n',
-        QUOTE.format(file="{file}", line=4),
-    ),
-    Case(
-        "tsv text after a closing quote",
-        "a.tsv",
-        'text\tlabel\nthe ship\tsea\n"the" cow\tland\n',
-        QUOTE.format(file="{file}", line=3),
+        "{file}:4 has text after the closing quote of a field (a quoted field that opens on line 3: does its quote "
+        'close there?), which is not valid CSV; quote the whole field and write each quote inside it twice ("she '
+        'said ""ahoy"" twice").',
     ),
     Case(
         "csv more fields than the header",
@@ -299,6 +297,20 @@ def test_finetune_says_one_line_and_makes_no_workdir(content, message, tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == [file.name]
 
 
+def test_labels_that_differ_only_in_case_or_spaces_are_warned_of(tmp_path, capsys):
+    file = tmp_path / "a.csv"
+    file.write_text("text,label\nthe ship,sea\nthe boat,Sea \nthe cow,land\nthe hen,land\n")
+    task, _, _ = read_task(load_config(FINETUNE, [f"data.train={file}"], "finetune"))
+    assert task.labels == ["Sea ", "land", "sea"]  # separate classes, as the data says
+    assert capsys.readouterr().err == (
+        f"warning: data.train {file}: labels that differ only in case or spaces are separate classes: 'Sea ' and "
+        "'sea'; make them the same if they are one class.\n"
+    )
+    file.write_text("text,label\nthe ship,sea\nthe cow,land\n")
+    read_task(load_config(FINETUNE, [f"data.train={file}"], "finetune"))
+    assert capsys.readouterr().err == ""
+
+
 def _read(path: Path, content: str, columns: Columns = LABELED, kind: str = "classification") -> list:
     path.write_text(content, newline="")
     return read_records(str(path), columns, kind)
@@ -311,6 +323,17 @@ def test_a_long_csv_field_reads(tmp_path):
     assert [r.where for r in records] == [f"{tmp_path / 'a.csv'}:2", f"{tmp_path / 'a.csv'}:3"]
     tsv = _read(tmp_path / "a.tsv", f"text\tlabel\n{LONG}\tsea\n")
     assert tsv == [{"text": LONG, "label": "sea"}]
+
+
+def test_a_tsv_reads_quotes_as_text(tmp_path):
+    content = 'text\tlabel\n"You" (or "Your") shall mean you\tlicense\nshe said "ahoy\tsea\n"the ship"\tsea\n'
+    records = _read(tmp_path / "a.tsv", content)
+    assert records == [
+        {"text": '"You" (or "Your") shall mean you', "label": "license"},
+        {"text": 'she said "ahoy', "label": "sea"},
+        {"text": '"the ship"', "label": "sea"},
+    ]
+    assert [r.where for r in records] == [f"{tmp_path / 'a.tsv'}:{line}" for line in (2, 3, 4)]
 
 
 def test_a_valid_csv_reads_as_it_is(tmp_path):

@@ -208,6 +208,19 @@ def prepare(
     return metadata
 
 
+def none_held_out(metadata: dict) -> str | None:
+    """The warning for prepared rows that hold nothing out for evaluation though eval_fraction asks
+    for some (too few documents: a text without blank lines is one document); None otherwise."""
+    if metadata["eval_fraction"] <= 0 or metadata["splits"]["eval"]["rows"]:
+        return None
+    documents = metadata["documents"]
+    return (
+        f"no rows held out for evaluation: eval_fraction {metadata['eval_fraction']} of {documents:,} "
+        f"document{'s' if documents != 1 else ''} is none, so a run reports no held-out loss. Documents are "
+        "separated by blank lines (a line is a sentence): a text without blank lines is one document."
+    )
+
+
 def mode_special_ids(tokenizer: tokenizers.Tokenizer, mode: str) -> dict[str, int]:
     """The special tokens the rows of `mode` are made with: BERT's [PAD], [UNK], [CLS], [SEP],
     [MASK]; for "causal", <|endoftext|> ("eot"). A vocabulary without them is an error."""

@@ -3,6 +3,7 @@ settings checked, the task and its data read and encoded, the tokenizer, the sta
 and θ_ref, the batches, the length of the run and the step's setup."""
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import jax
@@ -137,6 +138,8 @@ def read_task(config: ConfigDict) -> tuple[Task, str, dict[str, list]]:
     labels = label_vocabulary(
         records["train"], config.task, columns.label, source=data.train, tfds_data_dir=tfds_dir, choices=len(choices)
     )
+    if config.task in ("classification", "token_classification") and data.train:
+        _check_classes(labels, f"data.train {data.train}", columns.label)
     spans = spans_of(config) if config.task == "question_answering" else None
     task = Task(config.task, labels, columns, data.seq_len, spans)
     if spans and not spans.unanswerable:
@@ -146,6 +149,28 @@ def read_task(config: ConfigDict) -> tuple[Task, str, dict[str, list]]:
         choices = [name for name in task.metrics() if name != "mse"]
         raise JftError(f"best_metric '{best_metric}' is not a score of this task; choose one of {choices}.")
     return task, best_metric, records
+
+
+def _check_classes(labels: list[str], source: str, column: str) -> None:
+    """A classifier learns from two classes or more; labels that differ only in case or spaces
+    (a typo in the data, most often) are separate classes, and a warning says so."""
+    if len(labels) < 2:
+        found = f"one label, {labels[0]!r}," if labels else "no label"
+        raise JftError(
+            f"{source} has {found} in column '{column}': a classifier learns from two classes or more. Check "
+            "data.label_column, or add examples of the other classes."
+        )
+    alike: dict[str, list[str]] = {}
+    for label in labels:
+        alike.setdefault(" ".join(label.split()).casefold(), []).append(label)
+    twins = [" and ".join(repr(label) for label in group) for group in alike.values() if len(group) > 1]
+    if twins and jax.process_index() == 0:
+        print(
+            f"warning: {source}: labels that differ only in case or spaces are separate classes: "
+            f"{'; '.join(twins[:3])}{'; ...' if len(twins) > 3 else ''}; make them the same if they are one class.",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def task_tokenizer(config: ConfigDict, workdir: Path | None, init: rundir.InitSource | None):

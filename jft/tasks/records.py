@@ -125,6 +125,8 @@ def read_records(source: str, columns: Columns, kind: str, *, tfds_data_dir: str
         records = [_record(_decode(r, columns.label, names), f"{source} record {i}") for i, r in enumerate(raw)]
     else:
         path = Path(source)
+        if path.is_dir():
+            raise JftError(f"{path} is a directory; give a data file in it (.csv, .tsv or .jsonl).")
         if not path.is_file():
             raise JftError(f"data file not found: {path}")
         if path.suffix == ".jsonl":
@@ -198,10 +200,13 @@ def _squad_records(path: Path) -> list[Record]:
 
 def _csv_records(path: Path, delimiter: str) -> list[Record]:
     """The rows of a CSV/TSV file under its header (the first line); each record's where is the
-    line it starts on (a quoted field may span lines). Strict: a quote that never closes, or text
-    after a closing quote, is an error naming its line, not a record silently joined or changed."""
+    line it starts on (a quoted CSV field may span lines). CSV is strict: a quote that never closes,
+    or text after a closing quote, is an error naming its line, not a record silently joined or
+    changed. TSV has no quoting (its fields hold no tab or newline; GLUE's files are such): a quote
+    is a character of the text."""
     csv.field_size_limit(CSV_FIELD_LIMIT)
-    rows = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter, strict=True)
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    rows = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter, quoting=quoting, strict=True)
     header, records, first = None, [], 1  # first: the line the next row starts on
     try:
         for row in rows:
@@ -219,9 +224,11 @@ def _csv_records(path: Path, delimiter: str) -> list[Record]:
                 '(and write each quote inside it twice: "she said ""ahoy"" twice").'
             ) from None
         if "expected after" in str(error):  # strict: text after a closing quote ("a"b)
+            opened = f" (a quoted field that opens on line {first}: does its quote close there?)"
             raise JftError(
-                f"{path}:{rows.line_num} has text after the closing quote of a field, which is not valid CSV; quote "
-                'the whole field and write each quote inside it twice ("she said ""ahoy"" twice").'
+                f"{path}:{rows.line_num} has text after the closing quote of a field"
+                f"{opened if first < rows.line_num else ''}, which is not valid CSV; quote the whole field and write "
+                'each quote inside it twice ("she said ""ahoy"" twice").'
             ) from None
         raise JftError(f"{path}:{rows.line_num} is not valid CSV ({error}).") from None
     header = header or []
