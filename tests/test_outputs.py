@@ -527,6 +527,22 @@ def test_a_torn_or_damaged_metrics_line_is_left_out_and_the_run_goes_on(files, t
     assert f"warning: {metrics}:2 is not a record of this file (b'garbage'...); it is left out." in captured.err
 
 
+def test_a_resumed_run_drops_the_metrics_of_the_steps_it_does_again(files, tmp_path):
+    workdir = _copy(files / "run", tmp_path / "run")
+    metrics = workdir / "metrics.jsonl"
+    saved = metrics.read_text()
+    last = max(json.loads(line)["step"] for line in saved.splitlines())  # the run's last checkpoint
+    # what a run stopped after logging steps it had not saved leaves: they are done again on resume
+    metrics.write_text(
+        saved + "".join(json.dumps({"step": last + k, "split": "train", "loss": 9.0}) + "\n" for k in (1, 2))
+    )
+    assert cli.main(_finetune_command(workdir, files, epochs=2)) == 0
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert metrics.read_text().startswith(saved) and {"loss": 9.0} not in [{"loss": r.get("loss")} for r in records]
+    keys = [(r["step"], r["split"]) for r in records]
+    assert len(keys) == len(set(keys)) and max(keys)[0] > last  # each step's record once, the run went on
+
+
 def test_a_signal_outside_the_training_loop_lets_go_of_the_workdir(tmp_path):
     workdir = tmp_path / "run"
     with pytest.raises(RunStopped) as stopped:

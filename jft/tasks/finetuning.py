@@ -13,7 +13,7 @@ from jft.data.tokenizer import load_tokenizer, special_ids
 from jft.errors import JftError
 from jft.models import FAMILIES
 from jft.models import get as get_family
-from jft.params import merge, subtree
+from jft.params import flatten, merge, subtree
 from jft.tasks.batches import LAYOUTS, TaskBatches
 from jft.tasks.records import KINDS, Columns, Encoded, Spans, Task, encode, label_vocabulary, read_records
 from jft.train import rundir
@@ -226,11 +226,13 @@ def initial_params(params: dict, config: ConfigDict, init, task: Task, quiet: bo
     if "joint_classifier" in params and "classifier" in loaded:  # the joint objective's pretraining head
         loaded["joint_classifier"] = loaded["classifier"]
     same_task = init.task is not None and (init.task["kind"], init.task["labels"]) == (task.kind, task.labels)
-    if "classifier" in loaded and not same_task:
-        del loaded["classifier"]  # another task's head: this task's is created new
+    dropped = []
+    if "classifier" in loaded and not same_task:  # another task's head: this task's is created new
+        dropped = [f"classifier/{path}" for path in flatten(loaded.pop("classifier"))]
     params, report = merge(params, loaded)
     if jax.process_index() == 0 and not quiet:
-        print(f"init from {init.describe()}: {report.summary()}", flush=True)
+        head = f"\nnot used, a head of another task or of labels not known ({len(dropped)}): " + ", ".join(dropped)
+        print(f"init from {init.describe()}: {report.summary()}{head if dropped else ''}", flush=True)
     if config.l2.reference != "init":
         return params, None
     return params, subtree(params, report.loaded)

@@ -15,7 +15,7 @@ from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 from jft.errors import JftError, RunFailed
-from jft.files import appended_records, cut_torn_line, finite_or_null
+from jft.files import appended_records, cut_torn_line, finite_or_null, write_text
 from jft.train.checkpoint import saved_steps
 
 METRICS = "metrics.jsonl"
@@ -66,20 +66,43 @@ class DivergenceGuard:
                 _warn(f"step {step}: the evaluation {name} rose {rises} times in a row (now {value:.4g})")
 
 
+def _drop_records_after(file: Path, step: int) -> None:
+    """Rewrites a metrics file (whole, atomic_write) without its records of steps after `step`."""
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines(keepends=True)
+    except FileNotFoundError:
+        return
+    kept = [line for line in lines if _step_of(line) <= step]
+    if len(kept) < len(lines):
+        write_text(file, "".join(kept))
+
+
+def _step_of(line: str) -> float:
+    """The step of a metrics line; lines that are no record are kept (step -inf)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return -math.inf
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int | float) else -math.inf
+
+
 def _warn(text: str) -> None:
     if jax.process_index() == 0:
         print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
 class MetricWriter:
-    """Writes from process 0 only; other processes' writers do nothing."""
+    """Writes from process 0 only; other processes' writers do nothing. A run that resumes at
+    `start` drops the records of the steps after it (a stopped run's, which it does again)."""
 
-    def __init__(self, workdir: str | Path):
+    def __init__(self, workdir: str | Path, start: int = 0):
         self.enabled = jax.process_index() == 0
         if self.enabled:
             workdir = Path(workdir)
             workdir.mkdir(parents=True, exist_ok=True)
             cut_torn_line(workdir / METRICS)
+            _drop_records_after(workdir / METRICS, start)
             self.jsonl = (workdir / METRICS).open("a", encoding="utf-8")
             self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
 
@@ -144,7 +167,7 @@ class TrainingLog:
         weights: str = "checkpoints",
     ):
         """weights: the folder of workdir whose weights another run starts from (init_from)."""
-        self.writer = MetricWriter(workdir)
+        self.writer = MetricWriter(workdir, start)
         self.guard = DivergenceGuard(guard, workdir, weights)
         self.show = progress and jax.process_index() == 0
         self.total, self.desc, self.start = total_steps, desc, start
