@@ -469,6 +469,9 @@ def _run_predict(args, config):
     inputs = [args.workdir, args.input]
     ours = is_answers if answers else is_predictions  # what an earlier `jft predict` of this run wrote
     output = output_file(args.output, inputs=inputs, overwrite=args.overwrite, ours=ours, example="predictions.jsonl")
+    if Path(args.output).suffix.lower() in (".csv", ".tsv"):
+        written = "JSON ({id: answer}, SQuAD's)" if answers else "JSON Lines (a JSON object a line)"
+        raise JftError(f"--output {output}: jft predict writes {written}, not CSV; name it .json or .jsonl.")
     nbest = None
     if args.nbest:
         nbest = output_file(

@@ -300,6 +300,12 @@ CASES = [
         "directory (config.json and weights).",
     ),
     Case(
+        "init_from the folder a model is in",
+        lambda t, f: _finetune(t, f, init_from=shutil.copytree(f / "hf", t / "package" / "model").parent),
+        "jft finetune: error: init_from {tmp}/package is neither a jft workdir (run.json) nor a Hugging Face model "
+        "directory (config.json and weights). There is one inside it: {tmp}/package/model.",
+    ),
+    Case(
         "init_from nowhere",
         lambda t, f: _finetune(t, f, init_from=t / "nowhere"),
         "jft finetune: error: init_from {tmp}/nowhere does not exist; give a jft workdir or a Hugging Face model "
@@ -329,6 +335,12 @@ CASES = [
         "a tab-separated file named .csv",
         lambda t, f: _finetune(t, f, **{"data.train": _write(t / "a.csv", "text\tlabel\nthe ship\tsea\n")}),
         "jft finetune: error: {tmp}/a.csv looks tab-separated (its header is 'text\\tlabel'); name it .tsv.",
+    ),
+    Case(
+        "a semicolon-separated csv",
+        lambda t, f: _finetune(t, f, **{"data.train": _write(t / "a.csv", "text;label\nthe ship, at sea;sea\n")}),
+        "jft finetune: error: {tmp}/a.csv looks semicolon-separated (its header is 'text;label'); jft reads CSV with "
+        "commas: save it with commas (or tabs, as .tsv).",
     ),
     Case(
         "a row without its label",

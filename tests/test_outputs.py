@@ -103,6 +103,12 @@ REPLACE = "give a new or empty directory, or add --overwrite to replace it whole
 CASES = [
     # predict --output
     Case(
+        "predict to a .csv",
+        lambda t, f: _predict(f, t / "predictions.csv"),
+        "jft predict: error: --output {tmp}/predictions.csv: jft predict writes JSON Lines (a JSON object a line), "
+        "not CSV; name it .json or .jsonl.",
+    ),
+    Case(
         "predict over its input",
         lambda t, f: _predict(f, f / "train.csv"),
         "jft predict: error: --output {files}/train.csv is an input of this command ({files}/train.csv); write to "

@@ -213,6 +213,7 @@ def _csv_records(path: Path, delimiter: str) -> list[Record]:
             where, first = f"{path}:{first}", rows.line_num + 1
             if header is None:
                 header = row
+                _check_separator(path, header, delimiter)
             elif row:  # blank lines are skipped
                 if len(row) > len(header):
                     raise JftError(f"{where} has more fields than the header ({len(header)}).")
@@ -231,10 +232,20 @@ def _csv_records(path: Path, delimiter: str) -> list[Record]:
                 'each quote inside it twice ("she said ""ahoy"" twice").'
             ) from None
         raise JftError(f"{path}:{rows.line_num} is not valid CSV ({error}).") from None
-    header = header or []
-    if delimiter == "," and len(header) == 1 and "\t" in header[0]:
-        raise JftError(f"{path} looks tab-separated (its header is {header[0]!r}); name it .tsv.")
     return records
+
+
+def _check_separator(path: Path, header: list[str], delimiter: str) -> None:
+    """A CSV header of one field that holds tabs or semicolons: the file is not comma-separated."""
+    if delimiter != "," or len(header) != 1:
+        return
+    if "\t" in header[0]:
+        raise JftError(f"{path} looks tab-separated (its header is {header[0]!r}); name it .tsv.")
+    if ";" in header[0]:
+        raise JftError(
+            f"{path} looks semicolon-separated (its header is {header[0]!r}); jft reads CSV with commas: save it "
+            "with commas (or tabs, as .tsv)."
+        )
 
 
 def _check_record(record: Record, kind: str, columns: Columns) -> None:

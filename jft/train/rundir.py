@@ -114,11 +114,20 @@ def check_workdir(workdir: Path, init_from: str = "") -> None:
         )
 
 
+def _one_inside(directory: Path) -> str:
+    """' There is one inside it: X.' when a folder right in directory is a run or a Hugging Face model
+    (a sweep's best_run, a package's model/), else ''."""
+    if not directory.is_dir():
+        return ""
+    inside = sorted(p for p in directory.iterdir() if (p / RUN_FILE).is_file() or (p / hf.CONFIG).is_file())
+    return f" There is one inside it: {inside[0]}." if len(inside) == 1 else ""
+
+
 def require_stage(workdir: Path, run: dict | None, stage: str | None, action: str) -> None:
     """A clear error when a workdir holds no run, or (stage given) a run of the other stage."""
     if run is None:
         missing = "does not exist" if not workdir.exists() else f"holds no jft run ({RUN_FILE} is missing)"
-        raise JftError(f"{workdir} {missing}; {action}.")
+        raise JftError(f"{workdir} {missing}; {action}.{_one_inside(workdir)}")
     if stage is not None and run["stage"] != stage:
         raise JftError(f"{workdir} holds a {run['stage']} run, not a {stage} run; {action}.")
 
@@ -217,7 +226,7 @@ def open_init(path: str | Path, role: str = "init_from") -> InitSource:
         if not (path / hf.CONFIG).is_file() and not (path.is_file() and (path.parent / hf.CONFIG).is_file()):
             raise JftError(
                 f"{role}{path} is neither a jft workdir ({RUN_FILE}) nor a Hugging Face model directory "
-                f"({hf.CONFIG} and weights)."
+                f"({hf.CONFIG} and weights).{_one_inside(path)}"
             )
         model, params = hf.load(path)
         family = family_of(model)
