@@ -9,8 +9,10 @@
 4. print a summary table and write quickstart.png (loss curves, accuracies) and summary.json.
 """
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +22,12 @@ from jft import finetune, plots, pretrain
 from jft.data.synthetic import TOPICS, write_corpus, write_topic_task
 from jft.defaults import finetune as finetune_config
 from jft.defaults import pretrain as pretrain_config
-from jft.files import write_json
+from jft.files import read_json_object, write_json
 from jft.train.lock import hold
 from jft.train.log import read_metrics
 from jft.train.rundir import TOKENIZER
 
+SECONDS = "seconds.json"  # the seconds each stage took, over every invocation
 # Half of each topic's nouns for the labeled sentences, the other half for the held-out ones.
 SEEN_NOUNS, UNSEEN_NOUNS = slice(0, 4), slice(4, None)
 
@@ -37,12 +40,11 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
 
 
 def _run(config: ConfigDict, workdir: Path) -> dict:
-    start = time.perf_counter()
     corpus = write_corpus(workdir / "corpus.txt", documents=config.corpus.documents, seed=config.corpus.seed)
     _stage(f"1/2 pretraining a tiny BERT on {corpus} ({config.corpus.documents} synthetic documents)")
     pretrained_dir = workdir / "pretrain"
-    pretrain.train_and_evaluate(_pretrain_config(config, corpus), pretrained_dir)
-    pretrain_seconds = time.perf_counter() - start
+    with _timed(workdir, "pretrain"):
+        pretrain.train_and_evaluate(_pretrain_config(config, corpus), pretrained_dir)
     tokenizer = pretrained_dir / TOKENIZER
 
     data_dir = workdir / "task"
@@ -54,25 +56,47 @@ def _run(config: ConfigDict, workdir: Path) -> dict:
         f"{f.seeds} seeds; accuracy on {f.eval_examples} held-out sentences with unseen nouns"
     )
     finals = {"pretrained": [], "scratch": []}
-    finetune_start = time.perf_counter()
-    for seed in range(f.seeds):
-        train_file = write_topic_task(data_dir / f"train{seed}.csv", f.train_examples, seed=seed, nouns=SEEN_NOUNS)
-        for init in finals:
-            print(f"-- seed {seed + 1} of {f.seeds}, from {init}", flush=True)
-            run_config = _finetune_config(config, train_file, eval_file, seed)
-            if init == "pretrained":
-                run_config.init_from = str(pretrained_dir)
-            else:
-                run_config.model = config.model
-                run_config.data.vocab = str(tokenizer)
-            finals[init].append(finetune.train_and_evaluate(run_config, workdir / f"finetune_{init}{seed}"))
-    summary = _summary(config, workdir, finals, pretrain_seconds, time.perf_counter() - finetune_start)
-    summary["seconds"] = time.perf_counter() - start
+    with _timed(workdir, "finetune"):
+        for seed in range(f.seeds):
+            train_file = write_topic_task(data_dir / f"train{seed}.csv", f.train_examples, seed=seed, nouns=SEEN_NOUNS)
+            for init in finals:
+                print(f"-- seed {seed + 1} of {f.seeds}, from {init}", flush=True)
+                run_config = _finetune_config(config, train_file, eval_file, seed)
+                if init == "pretrained":
+                    run_config.init_from = str(pretrained_dir)
+                else:
+                    run_config.model = config.model
+                    run_config.data.vocab = str(tokenizer)
+                finals[init].append(finetune.train_and_evaluate(run_config, workdir / f"finetune_{init}{seed}"))
+    spent = _spent(workdir)
+    summary = _summary(config, workdir, finals, spent["pretrain"], spent["finetune"])
+    summary["seconds"] = spent["pretrain"] + spent["finetune"]
     write_json(workdir / "summary.json", summary)
     pretraining = {split: _read_metrics(pretrained_dir, split) for split in ("train", "eval")}
     first_seed = {init: _read_metrics(workdir / f"finetune_{init}0", "train") for init in finals}
     summary["figure"] = str(plots.quickstart(pretraining, first_seed, summary, workdir / "quickstart.png"))
     return summary
+
+
+@contextlib.contextmanager
+def _timed(workdir: Path, stage: str) -> Iterator[None]:
+    """Adds the seconds this invocation spends in `stage` to <workdir>/seconds.json, also when it is
+    stopped: the summary's times are a stage's whole, over a stopped run and its resume."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        spent = _spent(workdir)
+        spent[stage] += time.perf_counter() - start
+        write_json(workdir / SECONDS, spent)
+
+
+def _spent(workdir: Path) -> dict[str, float]:
+    """Seconds spent in each stage so far (seconds.json; 0 before any)."""
+    spent = {"pretrain": 0.0, "finetune": 0.0}
+    if (workdir / SECONDS).is_file():
+        spent.update(read_json_object(workdir / SECONDS, "the quickstart's seconds"))
+    return spent
 
 
 def _stage(text: str) -> None:

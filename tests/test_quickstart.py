@@ -34,6 +34,13 @@ def test_shortened_quickstart_shows_pretraining_helps(tmp_path, capsys):
     assert summary["pretrain"]["eval_mlm_accuracy"] > 0.3
     assert (tmp_path / "pretrain" / "checkpoints").is_dir()
 
+    # the same command again finds its runs finished: the same table, the stages' times still the whole runs'
+    assert cli.main(["quickstart", "--workdir", str(tmp_path), *overrides]) == 0
+    again = json.loads((tmp_path / "summary.json").read_text())
+    assert again["finetune"]["pretrained_accuracy"] == f["pretrained_accuracy"]
+    for stage in ("pretrain", "finetune"):
+        assert again[stage]["seconds"] >= summary[stage]["seconds"], (again, summary)
+
     picture = matplotlib.image.imread(tmp_path / "quickstart.png")
     assert picture.shape[0] > 300 and picture.shape[1] > 1000
     assert picture.std() > 0.05  # not a blank canvas
