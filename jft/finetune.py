@@ -95,7 +95,8 @@ def train_and_evaluate(
     check_settings(config)
     runner = runner or Runner.start(config.parallel)
     runner.check_batch(config.batch_size, config.accum_steps)
-    with RunSession.open(workdir, stage, config.init_from, MAY_CHANGE_ON_RESUME) as session:
+    family = config.model.get("family", "")
+    with RunSession.open(workdir, stage, config.init_from, MAY_CHANGE_ON_RESUME, family) as session:
         workdir, run = session.workdir, session.run
         config = resolve_reference(config, run["config"]["l2"]["reference"] if run else None)
         images = task_modality(config, session) == "image"

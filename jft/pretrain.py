@@ -97,7 +97,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
     check_settings(config)
     runner = Runner.start(config.parallel)
     runner.check_batch(config.batch_size, config.accum_steps)
-    with RunSession.open(workdir, "pretraining", config.init_from, MAY_CHANGE_ON_RESUME) as session:
+    family = config.model.get("family", "")
+    with RunSession.open(workdir, "pretraining", config.init_from, MAY_CHANGE_ON_RESUME, family) as session:
         workdir = session.workdir
         recorded = session.run["config"].get("l2", {}).get("reference") if session.resuming else None
         config = resolve_reference(config, recorded)  # a run keeps its θ_ref

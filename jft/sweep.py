@@ -55,7 +55,7 @@ from jft.tasks.records import Windows
 from jft.train.lock import hold
 from jft.train.parallel import Runner
 from jft.train.rundir import open_init
-from jft.train.session import config_differences, new_model
+from jft.train.session import check_init_family, config_differences, new_model
 
 # Settings a member of a population may have of its own: arrays of one value a member.
 ARRAY_KEYS = ("optim.lr", "l2.weight", "joint_mlm.weight", "seed")
@@ -133,6 +133,8 @@ def sweep_data(config: ConfigDict) -> SweepData:
     """The task, its data (with each training example's fold), tokenizer, model and init_from
     that every member of config's sweep shares; an image model's data are its images at its side."""
     init = open_init(config.init_from) if config.init_from else None
+    if init is not None:
+        check_init_family(init, config.model.get("family", ""))
     joint, joint_classes = None, []
     if (init.family if init else get_family(config.model.family or "bert")).modality == "image":
         tokenizer = None

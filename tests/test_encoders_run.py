@@ -393,6 +393,12 @@ def test_a_roberta_where_a_bert_is_given_and_the_reverse_are_one_line(corpus, tm
             + [f"--config.init_from={bert}", f"--config.data.corpus={corpus / 'corpus.txt'}"],
             "model.family='roberta' (it is a 'bert' model)",
         ),
+        "a RoBERTa export for GPT-2's config (its n_positions no field of RoBERTa's)": (
+            jft_command("pretrain", "--config", "pretrain/gpt2_tiny", "--workdir", "d")
+            + [f"--config.init_from={exported}", f"--config.data.corpus={corpus / 'corpus.txt'}"],
+            "model.family='gpt2' (it is a 'roberta' model). A run keeps its checkpoint's architecture; use a roberta "
+            "config, or init_from a gpt2 model.",
+        ),
     }
     for name, (command, expected) in cases.items():
         done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)

@@ -82,9 +82,12 @@ class RunSession:
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls, workdir: str | Path, stage: str, init_from: str, may_change: Sequence[str]) -> Iterator["RunSession"]:
+    def open(
+        cls, workdir: str | Path, stage: str, init_from: str, may_change: Sequence[str], family: str = ""
+    ) -> Iterator["RunSession"]:
         """Holds workdir for a run of `stage` ('pretraining', 'finetuning') and opens what is there
-        (steps 1 of the module docstring). An error before `verified` reaches every process."""
+        (steps 1 of the module docstring; family: the config's model.family, which init_from's must
+        be when set). An error before `verified` reaches every process."""
         session = cls(Path(workdir).absolute(), stage, tuple(may_change))
         try:
             with hold(session.workdir, check=lambda workdir: rundir.check_workdir(workdir, init_from)):
@@ -93,6 +96,7 @@ class RunSession:
                     rundir.require_stage(session.workdir, session.run, stage, f"give {stage} another --workdir")
                 if init_from and not saved_steps(session.workdir / rundir.CHECKPOINTS):
                     session.init = rundir.open_init(init_from)
+                    check_init_family(session.init, family)
                 yield session
         except BaseException as error:
             if session.checking and not getattr(error, "agreed", False):  # the others learn of it in `verified`
@@ -273,18 +277,31 @@ def _trainable(found: tuple[Family, Any], vocab_size: int | None) -> tuple[Famil
     return found
 
 
+def check_init_family(init: rundir.InitSource, family: str) -> None:
+    """init_from's family must be the config's model.family when that is set: one error, before
+    any data is read by the other family's rules."""
+    if family and family != init.family.name:
+        raise JftError(
+            f"the config contradicts the architecture of init_from {init.path}: model.family={family!r} (it is a "
+            f"{init.family.name!r} model). A run keeps its checkpoint's architecture; use a {init.family.name} "
+            f"config, or init_from a {family} model."
+        )
+
+
 def _checkpoint_model(init: rundir.InitSource, group: Mapping, values: dict) -> tuple[Family, Any]:
     """init_from's architecture as it is: a field the config sets must agree with it, but for
     the family's changeable fields; every contradiction is listed in one error."""
+    check_init_family(init, group.get("family", ""))
     family, source = init.family, f"init_from {init.path}"
     theirs = dataclasses.asdict(init.model)
-    clashes = [
-        f"model.{name}={value!r} (it has {theirs[name]!r})"
-        for name, value in values.items()
-        if name not in family.changeable_fields and value != theirs[name]
-    ]
-    if group.get("family") and group["family"] != family.name:
-        clashes.insert(0, f"model.family={group['family']!r} (it is a {family.name!r} model)")
+    clashes = []
+    for name, value in values.items():
+        if name in family.changeable_fields:
+            continue
+        if name not in theirs:
+            clashes.append(f"model.{name}={value!r} (a {family.name} model has no such field)")
+        elif value != theirs[name]:
+            clashes.append(f"model.{name}={value!r} (it has {theirs[name]!r})")
     if clashes:
         raise JftError(
             f"the config contradicts the architecture of {source}: {'; '.join(clashes)}. A run keeps its "
