@@ -167,11 +167,11 @@ def test_training_from_a_prepared_directory_is_training_from_its_source(digits, 
         config = load_config("finetune/resnet_tiny")
         set_keys(config, {"data.train": str(source), "data.eval": str(source), "epochs": 1, "max_steps": 3})
         set_keys(config, {"batch_size": 32, "progress": False, "model.image_size": 8})
-        train_and_evaluate(config, tmp_path / name)
-        checkpoints = Checkpoints(tmp_path / name / "checkpoints")
+        train_and_evaluate(config, tmp_path / f"run_{name}")  # a run beside its data, not in it
+        checkpoints = Checkpoints(tmp_path / f"run_{name}" / "checkpoints")
         states.append(checkpoints.restore()[0]["train"]["params"])
         checkpoints.close()
-        records.append(json.loads((tmp_path / name / "run.json").read_text())["data"])
+        records.append(json.loads((tmp_path / f"run_{name}" / "run.json").read_text())["data"])
     import jax
 
     for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):

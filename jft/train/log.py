@@ -94,21 +94,24 @@ def _warn(text: str) -> None:
 
 class MetricWriter:
     """Writes from process 0 only; other processes' writers do nothing. A run that resumes at
-    `start` drops the records of the steps after it (a stopped run's, which it does again)."""
+    `start` drops the records of the steps after it (a stopped run's, which it does again) when
+    it first writes, so that a run refused before then leaves the file as it was."""
 
     def __init__(self, workdir: str | Path, start: int = 0):
         self.enabled = jax.process_index() == 0
+        self.file, self.start, self.jsonl = Path(workdir) / METRICS, start, None
         if self.enabled:
             workdir = Path(workdir)
             workdir.mkdir(parents=True, exist_ok=True)
-            cut_torn_line(workdir / METRICS)
-            _drop_records_after(workdir / METRICS, start)
-            self.jsonl = (workdir / METRICS).open("a", encoding="utf-8")
+            cut_torn_line(self.file)
             self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
 
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
+        if self.jsonl is None:
+            _drop_records_after(self.file, self.start)
+            self.jsonl = self.file.open("a", encoding="utf-8")
         self.jsonl.write(json.dumps(finite_or_null({"step": step, "split": split, **metrics}), allow_nan=False) + "\n")
         self.jsonl.flush()
         for name, value in metrics.items():
@@ -117,7 +120,8 @@ class MetricWriter:
 
     def close(self) -> None:
         if self.enabled:
-            self.jsonl.close()
+            if self.jsonl is not None:
+                self.jsonl.close()
             self.tensorboard.close()
 
 
