@@ -53,7 +53,7 @@ from jft.tasks.images import JointImageBatches, joint_images, read_image_task
 from jft.tasks.metrics import ONE_CLASS, one_class
 from jft.train import rundir
 from jft.train.checkpoint import Checkpoints, saved_steps
-from jft.train.log import TrainingLog
+from jft.train.log import TrainingLog, last_metrics, read_metrics
 from jft.train.loop import train_loop
 from jft.train.optim import learning_rate_schedule, make_optimizer
 from jft.train.parallel import Runner
@@ -167,7 +167,10 @@ def train_and_evaluate(
         checkpoints = Checkpoints(workdir / rundir.CHECKPOINTS, every_steps=max(len(batches), 1), keep=1)
         best = Checkpoints(workdir / rundir.BEST, every_steps=1, keep=1, asynchronous=False)
         restored = session.restore(checkpoints, host_state)
-        if restored is not None and (restored[2] == total_steps or restored[1].get("early_stopped")):
+        finished = restored is not None and (restored[2] == total_steps or restored[1].get("early_stopped"))
+        # a run stopped after its training, before its test evaluation (or given data.test since): done now
+        untested = finished and encoded["test"] is not None and not _tested(workdir, restored[2])
+        if finished and not untested:
             for manager in (checkpoints, best):
                 manager.close()
             return session.finished(restored[2])
@@ -187,7 +190,9 @@ def train_and_evaluate(
             best_value = saved_best[1]["value"]  # the best model's own score: a replayed evaluation must beat it
         start = int(host_state["train"].step)
         activity = "pretraining" if stage == "pretraining" else "fine-tuning"  # what the log lines say
-        if jax.process_index() == 0:
+        if jax.process_index() == 0 and untested:
+            print(f"{workdir}: this run finished at step {start}; evaluating the best model on data.test", flush=True)
+        elif jax.process_index() == 0:
             where = f"resuming at step {start} of {total_steps}" if start else f"starting at step 0 of {total_steps}"
             train = encoded["train"]
             if task.kind == "question_answering":
@@ -253,24 +258,27 @@ def train_and_evaluate(
             checkpoints.save(step, saved, meta, force=True)
 
         multiple = runner.batch_multiple() * config.accum_steps
-        stream = (step_inputs(batch) for batch in batches.stream(start))
-        device_batches = prefetch(((n, runner.put_global_batch(fill_rows(b, multiple))) for n, b in stream), ahead=2)
         try:
-            state = train_loop(
-                state,
-                device_batches,
-                step=runner.compile(functools.partial(finetune_step, setup=setup)),
-                rng=rng,
-                runner=runner,
-                start=start,
-                total_steps=total_steps,
-                log_every=config.log_every,
-                log=log,
-                evaluate=evaluate,
-                eval_every=config.eval_every or len(batches),
-                save=save,
-                save_every=len(batches),
-            )
+            if not untested:
+                stream = (step_inputs(batch) for batch in batches.stream(start))
+                device_batches = prefetch(
+                    ((n, runner.put_global_batch(fill_rows(b, multiple))) for n, b in stream), ahead=2
+                )
+                state = train_loop(
+                    state,
+                    device_batches,
+                    step=runner.compile(functools.partial(finetune_step, setup=setup)),
+                    rng=rng,
+                    runner=runner,
+                    start=start,
+                    total_steps=total_steps,
+                    log_every=config.log_every,
+                    log=log,
+                    evaluate=evaluate,
+                    eval_every=config.eval_every or len(batches),
+                    save=save,
+                    save_every=len(batches),
+                )
             if encoded["test"] is not None:
                 best.wait()
                 params = best.restore()[0]["params"]
@@ -278,7 +286,7 @@ def train_and_evaluate(
                     params["cls"] = runner.get(state.params)["cls"]
                 test = runner.put_replicated(params)
                 log.write(
-                    log.last["step"],
+                    start if untested else log.last["step"],
                     "test",
                     evaluate_data(runner, predict, test, encoded["test"], task, eval_batch_size),
                 )
@@ -287,7 +295,12 @@ def train_and_evaluate(
                 manager.wait()
                 manager.close()
             log.close()
-        return log.last
+        return last_metrics(workdir) if untested else log.last
+
+
+def _tested(workdir: Path, step: int) -> bool:
+    """Whether the run's metrics.jsonl holds a test evaluation at `step` (its last)."""
+    return any(row["split"] == "test" and row["step"] == step for row in read_metrics(workdir))
 
 
 def _length_change(config: ConfigDict, session: RunSession, steps_an_epoch: int) -> str:

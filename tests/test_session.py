@@ -139,6 +139,28 @@ def test_more_epochs_resume_a_fine_tuning_run_and_fewer_than_it_has_done_are_ref
     assert _snapshot(run) == before
 
 
+def test_a_finished_run_without_its_test_evaluation_does_it_on_the_same_command(task, tmp_path, capsys):
+    """A stop after the training loop, before the test evaluation (or data.test given to a finished
+    run): the command again evaluates the best model on data.test, without training; then again,
+    nothing to do."""
+    run = tmp_path / "run"
+    assert cli.main(_finetune(task, run)) == 0
+    checkpoints = _snapshot(run / "checkpoints")
+    capsys.readouterr()
+    assert cli.main(_finetune(task, run, **{"data.test": task / "dev.csv"})) == 0
+    out = capsys.readouterr().out
+    assert "this run finished at step 5; evaluating the best model on data.test" in out, out
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["split"] == "test" and records[-1]["step"] == 5
+    last_eval = next(r for r in reversed(records) if r["split"] == "eval")
+    assert records[-1]["accuracy"] == last_eval["accuracy"]  # the same data and the same (best) weights
+    assert _snapshot(run / "checkpoints") == checkpoints
+    before = _snapshot(run)
+    assert cli.main(_finetune(task, run, **{"data.test": task / "dev.csv"})) == 0
+    assert "this run finished at step 5; nothing to do" in capsys.readouterr().out
+    assert _snapshot(run) == before
+
+
 # θ_ref of an L2-SP run.
 
 
@@ -163,6 +185,31 @@ def test_an_l2sp_run_without_its_reference_is_refused_and_a_changed_one_too(task
     assert "is not the θ_ref this run saved" in capsys.readouterr().err
     (run / "reference.safetensors").write_bytes(reference)
     assert cli.main(_finetune(task, run, **l2sp, epochs=2)) == 0
+
+
+def test_a_resume_with_another_init_from_is_refused_and_one_moved_with_the_same_weights_is_not(task, tmp_path, capsys):
+    """init_from is compared by its weights, not its path: another model is refused before anything
+    is written (it would resume, or say "nothing to do", keeping the first model's θ_ref), the same
+    model moved elsewhere resumes."""
+    first, other = tmp_path / "first", tmp_path / "other"
+    assert cli.main(_finetune(task, first)) == 0
+    assert cli.main(_finetune(task, other, seed=1)) == 0
+    run = tmp_path / "run"
+    assert cli.main(_finetune(task, run, init_from=first, **{"l2.reference": "init"})) == 0
+    capsys.readouterr()
+    before = _snapshot(run)
+    for again in ({}, {"epochs": 2}):
+        assert cli.main(_finetune(task, run, init_from=other, **{"l2.reference": "init"}, **again)) == 2
+        err = capsys.readouterr().err
+        assert f"init_from: the run started from finetuning run {first} (step 5), now finetuning run {other}" in err
+        assert _snapshot(run) == before
+    moved = tmp_path / "moved"
+    shutil.move(first, moved)
+    assert cli.main(_finetune(task, run, init_from=moved / "best", **{"l2.reference": "init"}, epochs=2)) == 0
+    assert "resuming at step 5 of 10" in capsys.readouterr().out
+    # a run from scratch resumed with an init_from
+    assert cli.main(_finetune(task, other, init_from=moved, epochs=2)) == 2
+    assert f"init_from: the run started from scratch, now {moved}" in capsys.readouterr().err
 
 
 # Batches that do not depend on the devices.

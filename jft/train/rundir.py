@@ -22,6 +22,7 @@ with them.
 
 import dataclasses
 import datetime
+import hashlib
 import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,7 +37,7 @@ from jft.errors import JftError
 from jft.files import read_json_object, write_json
 from jft.models import Family, family_of, get, hf
 from jft.params import check_finite
-from jft.train.checkpoint import restore_latest
+from jft.train.checkpoint import restore_latest, sha256_checksums
 
 FORMAT = "jft-run/1"
 RUN_FILE = outputs.RUN_FILE
@@ -210,17 +211,26 @@ class InitSource:
         where = f" (step {self.step})" if self.step is not None else ""
         return f"{self.kind} {'directory' if self.kind == 'huggingface' else 'run'} {self.path}{where}"
 
+    def weights_sha256(self) -> str:
+        """One SHA-256 of its weights (every array's, by path): the same model wherever it lies."""
+        lines = (f"{path} {digest}\n" for path, digest in sorted(sha256_checksums(self.params).items()))
+        return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def init_path(path: str | Path) -> Path:
+    """Where init_from's model lies: a shipped model's directory, a run for its best/, else the path."""
+    path = shipped_model(str(path)) or Path(path).absolute()
+    return path.parent if path.name == BEST and (path.parent / RUN_FILE).is_file() else path
+
 
 def open_init(path: str | Path, role: str = "init_from") -> InitSource:
     """A pretraining workdir (its newest good checkpoint), a fine-tuning workdir or its best/ (the
     best model), or a Hugging Face directory (config.json and weights). Read only: another run's
     files are never changed. Weights that are not finite are refused, naming the tensor. role:
     what the path is to the caller, for messages."""
-    path, role = shipped_model(str(path)) or Path(path).absolute(), f"{role} " if role else ""
+    path, role = init_path(path), f"{role} " if role else ""
     if not path.exists():
         raise JftError(f"{role}{path} does not exist; give a jft workdir or a Hugging Face model directory.")
-    if path.name == BEST and (path.parent / RUN_FILE).is_file():
-        path = path.parent
     run = read_run(path) if path.is_dir() else None
     if run is None:
         if not (path / hf.CONFIG).is_file() and not (path.is_file() and (path.parent / hf.CONFIG).is_file()):

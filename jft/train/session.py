@@ -97,6 +97,8 @@ class RunSession:
                 if init_from and not saved_steps(session.workdir / rundir.CHECKPOINTS):
                     session.init = rundir.open_init(init_from)
                     check_init_family(session.init, family)
+                if init_from and session.run is not None:
+                    session._compare_init(init_from)
                 yield session
         except BaseException as error:
             if session.checking and not getattr(error, "agreed", False):  # the others learn of it in `verified`
@@ -146,6 +148,19 @@ class RunSession:
                     recorded[path] = value_at(defaults, key)
             self.differ(*config_differences(unflatten(recorded), config, self.may_change))
 
+    def _compare_init(self, init_from: str) -> None:
+        """A resumed run's init_from must name the model it started from: the same path (a pretraining
+        there may have gone on since the run's first checkpoint), the same weights (runs move), or
+        nothing there any more (a run with checkpoints does not read it). A run of a jft from before
+        the path and weights were recorded is not compared."""
+        recorded, path = self.run.get("init"), rundir.init_path(init_from)
+        if recorded is None:
+            self.differ(f"init_from: the run started from scratch, now {init_from}")
+        elif "weights_sha256" in recorded and (self.init or (str(path) != recorded["path"] and path.exists())):
+            source = self.init or rundir.open_init(init_from)  # opened when the run has no checkpoint yet
+            if source.weights_sha256() != recorded["weights_sha256"]:
+                self.differ(f"init_from: the run started from {recorded['from']}, now {source.describe()}")
+
     def differ(self, *differences: str) -> None:
         """Records what a resumed run would change (refused by `verified`)."""
         self.differences += differences
@@ -168,7 +183,10 @@ class RunSession:
     ) -> None:
         """Writes run.json and the tokenizer of a new run (process 0; a resumed run has them)."""
         if self.run is None:
-            origin = {"from": self.init.describe()} if self.init is not None else None
+            origin = None
+            if self.init is not None:
+                origin = {"from": self.init.describe(), "path": str(self.init.path)}
+                origin["weights_sha256"] = self.init.weights_sha256()
             self.run = rundir.new_run(self.stage, config, family, model, data, init=origin, **extra)
             if jax.process_index() == 0:
                 rundir.write_run(self.workdir, self.run, tokenizer)
