@@ -50,7 +50,7 @@ from jft.tasks.finetuning import (
     with_warmup,
 )
 from jft.tasks.images import JointImageBatches, joint_images, read_image_task
-from jft.tasks.metrics import ONE_CLASS, one_class
+from jft.tasks.metrics import one_class, one_class_advice
 from jft.train import rundir
 from jft.train.checkpoint import Checkpoints, saved_steps
 from jft.train.log import TrainingLog, last_metrics, read_metrics
@@ -241,7 +241,7 @@ def train_and_evaluate(
             log.write(step, "eval", scores, best=f"best {best_metric} {best_value:.4f} at step {best.latest_step()}")
             if one_class(scores) and (not progress.get("one_class") or step == total_steps):
                 progress["one_class"] = True
-                log.note(f"warning: step {step}: {ONE_CLASS}", always=True)
+                log.note(f"warning: step {step}: {one_class_advice(config.l2.reference)}", always=True)
             if patience and progress["without_gain"] >= patience and step < total_steps:
                 progress["early"] = True
                 log.note(

@@ -50,7 +50,7 @@ from jft.tasks.finetuning import (
     task_tokenizer,
 )
 from jft.tasks.images import joint_images, read_image_task
-from jft.tasks.metrics import ONE_CLASS, one_class
+from jft.tasks.metrics import one_class, one_class_advice
 from jft.tasks.records import Windows
 from jft.train.lock import hold
 from jft.train.parallel import Runner
@@ -206,7 +206,7 @@ def run_sweep(config: ConfigDict, workdir: str | Path) -> dict:
         if jax.process_index() == 0:
             write_text(workdir / "sweep.jsonl", "".join(json.dumps(row) + "\n" for row in table))
             print(format_table(table, metric, {"l2.reference": config.l2.reference}), flush=True)
-            for line in table_notes(table, [done[m.index] for m in members]):
+            for line in table_notes(table, [done[m.index] for m in members], config.l2.reference):
                 print(line, file=sys.stderr if line.startswith("warning") else sys.stdout, flush=True)
             plots.sweep(table, metric, workdir / "sweep.png")
     best = table[0]
@@ -286,16 +286,17 @@ def results_table(results: list[dict], metric: str) -> list[dict]:
     return [rows[i] for i in order]
 
 
-def table_notes(table: list[dict], results: list[dict]) -> list[str]:
+def table_notes(table: list[dict], results: list[dict], l2_reference: str) -> list[str]:
     """What a reader of the table should know: grid points whose every member predicts one class
-    (a warning), and best grid points that tie exactly or within the best's standard error, with
-    the rule that chose among them."""
+    (a warning, its advice for the sweep's l2.reference), and best grid points that tie exactly or
+    within the best's standard error, with the rule that chose among them."""
     scores = {result["member"]: result["scores"] for result in results}
     notes = []
     collapsed = [row for row in table if all(one_class(scores[member]) for member in row["members"])]
     if collapsed:
         settings = "; ".join(str(row["setting"]) for row in collapsed)
-        notes.append(f"warning: sweep: {len(collapsed)} of {len(table)} grid points: {ONE_CLASS} ({settings})")
+        advice = one_class_advice(l2_reference)
+        notes.append(f"warning: sweep: {len(collapsed)} of {len(table)} grid points: {advice} ({settings})")
     best, metric = table[0], table[0]["metric"]
     error = best["std"] / math.sqrt(best["n"])
     tied = [row for row in table[1:] if row["mean"] == best["mean"]]

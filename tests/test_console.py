@@ -13,7 +13,7 @@ from conftest import tiny_hf_bert, write_topic_task
 from jft import cli, sweep
 from jft.defaults import GUARD, build
 from jft.errors import JftError
-from jft.tasks.metrics import ONE_CLASS
+from jft.tasks.metrics import one_class_advice
 from jft.train import log as log_module
 from jft.train import rundir
 from jft.train.checkpoint import Checkpoints
@@ -58,7 +58,8 @@ def test_each_evaluation_is_a_line_with_the_best_so_far_and_losses_are_apart(tas
         if record["accuracy"] > best:
             best, at = record["accuracy"], record["step"]
         assert float(best_value) == pytest.approx(best, abs=6e-5) and int(best_step) == at
-    assert (ONE_CLASS in err) == any(r["mcc"] == 0 for r in evaluations)  # warned when, and only when, it is so
+    warned = one_class_advice("init")[:60] in err
+    assert warned == any(r["mcc"] == 0 for r in evaluations)  # warned when, and only when, it is so
     train_lines = re.findall(r"^fine-tuning step \d+/12: task loss ([0-9.]+), l2 penalty ([0-9.]+)", err, re.M)
     assert train_lines and all(float(penalty) >= 0 for _, penalty in train_lines)
 
@@ -87,8 +88,9 @@ def test_a_classifier_that_predicts_one_class_is_warned_about(task, tmp_path, ca
     # λ = 10 toward 0 flattens every weight; the head's bias alone is left, so one class wins
     assert cli.main(_finetune(task, tmp_path / "run", **{"l2.weight": 10.0, "l2.reference": "zero"})) == 0
     err = capsys.readouterr().err
-    warnings = re.findall(rf"^warning: step (\d+): {re.escape(ONE_CLASS)}$", err, re.M)
+    warnings = re.findall(rf"^warning: step (\d+): {re.escape(one_class_advice('zero'))}$", err, re.M)
     assert warnings and warnings[-1] == "12"  # the first time, and again at the end
+    assert "(or l2.reference=init" in one_class_advice("zero") and "l2.reference" not in one_class_advice("init")
 
 
 def test_the_sweep_says_ties_and_collapsed_grid_points():
@@ -103,14 +105,14 @@ def test_the_sweep_says_ties_and_collapsed_grid_points():
     ]
     scores = [0.4] * 6 + [0.0, 0.0]
     results = [{"member": i, "scores": {"mcc": mcc}} for i, mcc in enumerate(scores)]
-    notes = sweep.table_notes(table, results)
+    notes = sweep.table_notes(table, results, "zero")
     assert notes == [
-        f"warning: sweep: 1 of 4 grid points: {ONE_CLASS} ({{'l2.weight': 1.0}})",
+        f"warning: sweep: 1 of 4 grid points: {one_class_advice('zero')} ({{'l2.weight': 1.0}})",
         "sweep: 2 grid points tie at the best accuracy 0.9000; the first in grid order is taken: {'l2.weight': 0.0}",
         "sweep: 1 more grid points are within one standard error (0.0707) of the best accuracy: {'l2.weight': 0.1}; "
         "more folds or seeds would tell them apart",
     ]
-    assert sweep.table_notes(table[:1], results) == []
+    assert sweep.table_notes(table[:1], results, "zero") == []
 
 
 def test_the_shipped_minilm_has_a_name(monkeypatch, tmp_path):

@@ -114,11 +114,14 @@ CLASSIFICATION_METRICS = {"accuracy": accuracy, "f1": f1, "macro_f1": macro_f1, 
 REGRESSION_METRICS = {"pearson": pearson, "spearman": spearman}
 
 
-ONE_CLASS = (
-    "the model predicts one class for every evaluation example (MCC 0): it has learned how often each "
-    "label occurs, not the task. A lower l2.weight (or l2.reference=init from a pretrained model), "
-    "another optim.lr or more epochs may help."
-)
+def one_class_advice(l2_reference: str) -> str:
+    """What to say of a classifier that predicts one class for every evaluation example; a run that
+    pulls toward the pretrained weights (l2.reference=init) is not told to."""
+    toward = "" if l2_reference == "init" else " (or l2.reference=init from a pretrained model)"
+    return (
+        "the model predicts one class for every evaluation example (MCC 0): it has learned how often each "
+        f"label occurs, not the task. A lower l2.weight{toward}, another optim.lr or more epochs may help."
+    )
 
 
 def one_class(scores: dict[str, float]) -> bool:
