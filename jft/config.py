@@ -5,6 +5,7 @@ error that names the closest valid key. Configs are locked after loading, so a t
 """
 
 import ast
+import difflib
 import importlib.resources
 import importlib.util
 from collections.abc import Mapping, Sequence
@@ -237,8 +238,11 @@ SYNONYMS = {
 
 
 def synonym(key: str, valid: list[str]) -> str:
-    """' jft calls it X (--config.X=...).' when key is another trainer's name for a key of valid."""
-    target = SYNONYMS.get(key.rsplit(".", 1)[-1])
+    """' jft calls it X (--config.X=...).' when key is another trainer's name for a key of valid,
+    also misspelt (max_lenght)."""
+    name = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(name, list(SYNONYMS), n=1, cutoff=0.85)
+    target = SYNONYMS.get(name) or (SYNONYMS[close[0]] if close else None)
     if target == "total_steps" and target not in valid and "max_steps" in valid:
         target = "max_steps"
     if target and target.startswith("--"):

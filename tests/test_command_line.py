@@ -76,6 +76,8 @@ def test_configs_are_found_by_name_from_any_directory(tmp_path):
         ("output_dir", "jft takes it as the command-line option --workdir"),
         ("per_device_eval_batch_size", "jft calls it 'eval_batch_size'"),
         ("gradient_accumulation_steps", "jft calls it 'accum_steps'"),
+        ("data.max_lenght", "jft calls it 'data.seq_len'"),  # misspelt too
+        ("learning_rte", "jft calls it 'optim.lr'"),
     ],
 )
 def test_other_trainers_names_are_answered(key, answer, capsys):
