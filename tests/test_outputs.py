@@ -20,6 +20,8 @@ from pathlib import Path
 
 import jax
 import pytest
+from tensorboardX import SummaryWriter
+from tensorboardX.proto import event_pb2
 
 from conftest import REPO, TINY_MODEL, corpus_vocab, write_corpus, write_topic_task
 from conftest import FaultCase as Case
@@ -533,6 +535,23 @@ def test_a_torn_or_damaged_metrics_line_is_left_out_and_the_run_goes_on(files, t
     assert f"warning: {metrics}:2 is not a record of this file (b'garbage'...); it is left out." in captured.err
 
 
+def _tensorboard_scalars(directory: Path) -> dict[str, dict[int, float]]:
+    """The scalars TensorBoard shows of a run's event files: read in the order they were written,
+    a SessionLog START at step s hiding the events at s and after (TensorBoard's purge)."""
+    shown: dict[str, dict[int, float]] = {}
+    for file in sorted(directory.iterdir(), key=lambda f: (int(f.name.split(".")[3]), f.stat().st_mtime_ns)):
+        data, at = file.read_bytes(), 0
+        while at < len(data):
+            length = int.from_bytes(data[at : at + 8], "little")
+            event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4  # length, its CRC, the event, its CRC
+            if event.session_log.status == event_pb2.SessionLog.START:
+                shown = {tag: {s: v for s, v in steps.items() if s < event.step} for tag, steps in shown.items()}
+            for value in event.summary.value:
+                shown.setdefault(value.tag, {})[event.step] = value.simple_value
+    return shown
+
+
 def test_a_resumed_run_drops_the_metrics_of_the_steps_it_does_again(files, tmp_path):
     workdir = _copy(files / "run", tmp_path / "run")
     metrics = workdir / "metrics.jsonl"
@@ -542,11 +561,18 @@ def test_a_resumed_run_drops_the_metrics_of_the_steps_it_does_again(files, tmp_p
     metrics.write_text(
         saved + "".join(json.dumps({"step": last + k, "split": "train", "loss": 9.0}) + "\n" for k in (1, 2))
     )
+    stopped = SummaryWriter(str(workdir / "tensorboard"))
+    for k in (1, 2):
+        stopped.add_scalar("train/loss", 9.0, last + k)
+    stopped.close()
     assert cli.main(_finetune_command(workdir, files, epochs=2)) == 0
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert metrics.read_text().startswith(saved) and {"loss": 9.0} not in [{"loss": r.get("loss")} for r in records]
     keys = [(r["step"], r["split"]) for r in records]
     assert len(keys) == len(set(keys)) and max(keys)[0] > last  # each step's record once, the run went on
+    # TensorBoard shows the same: the stopped run's steps after `last` hidden, the resumed run's shown
+    shown = _tensorboard_scalars(workdir / "tensorboard")["train/loss"]
+    assert shown == pytest.approx({r["step"]: r["loss"] for r in records if r["split"] == "train"})
 
 
 def test_a_signal_outside_the_training_loop_lets_go_of_the_workdir(tmp_path):

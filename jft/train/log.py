@@ -95,16 +95,15 @@ def _warn(text: str) -> None:
 class MetricWriter:
     """Writes from process 0 only; other processes' writers do nothing. A run that resumes at
     `start` drops the records of the steps after it (a stopped run's, which it does again) when
-    it first writes, so that a run refused before then leaves the file as it was."""
+    it first writes, so that a run refused before then leaves the file as it was; TensorBoard is
+    told the same (its purge_step: it hides the stopped run's events after `start`)."""
 
     def __init__(self, workdir: str | Path, start: int = 0):
         self.enabled = jax.process_index() == 0
-        self.file, self.start, self.jsonl = Path(workdir) / METRICS, start, None
+        self.workdir, self.file, self.start, self.jsonl = Path(workdir), Path(workdir) / METRICS, start, None
         if self.enabled:
-            workdir = Path(workdir)
-            workdir.mkdir(parents=True, exist_ok=True)
+            self.workdir.mkdir(parents=True, exist_ok=True)
             cut_torn_line(self.file)
-            self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
 
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -112,6 +111,8 @@ class MetricWriter:
         if self.jsonl is None:
             _drop_records_after(self.file, self.start)
             self.jsonl = self.file.open("a", encoding="utf-8")
+            purge = self.start + 1 if self.start else None
+            self.tensorboard = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=purge)
         self.jsonl.write(json.dumps(finite_or_null({"step": step, "split": split, **metrics}), allow_nan=False) + "\n")
         self.jsonl.flush()
         for name, value in metrics.items():
@@ -119,9 +120,8 @@ class MetricWriter:
                 self.tensorboard.add_scalar(f"{split}/{name}", value, step)
 
     def close(self) -> None:
-        if self.enabled:
-            if self.jsonl is not None:
-                self.jsonl.close()
+        if self.jsonl is not None:
+            self.jsonl.close()
             self.tensorboard.close()
 
 
