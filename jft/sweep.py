@@ -187,6 +187,8 @@ def run_sweep(config: ConfigDict, workdir: str | Path) -> dict:
         identity = {split: data_identity(config, shared, split) for split in ("train", "eval") if config.data[split]}
         if shared.joint is not None:
             identity["joint"] = shared.joint.identity()
+        if shared.init is not None:  # init_from by its weights: a sweep may move with its model
+            identity["init"] = shared.init.weights_sha256()
         _hold_settings(workdir, config, identity)
         metric = shared.metric
         done = _read_members(workdir)
@@ -227,12 +229,16 @@ def _hold_settings(workdir: Path, config: ConfigDict, identity: dict) -> None:
     current = {"config": config.to_dict(), "data": identity}
     if path.is_file():
         saved = read_json_object(path, "the sweep's settings")
-        differences = config_differences(saved["config"], current["config"], MAY_CHANGE_ON_RESUME)
+        by_weights = ("init_from",) if "init" in saved["data"] else ()  # a sweep of a jft before: by its path
+        differences = config_differences(saved["config"], current["config"], MAY_CHANGE_ON_RESUME + by_weights)
         differences += [
             f"data.{split}: not the data the sweep was started with (by content)"
             for split in identity
-            if saved["data"].get(split) != identity[split]
+            if split != "init" and saved["data"].get(split) != identity[split]
         ]
+        if by_weights and saved["data"]["init"] != identity.get("init"):
+            now = config.init_from or "none"
+            differences.append(f"init_from: not the model the sweep started from (by its weights), now {now}")
         if differences:
             raise JftError(
                 f"{workdir} holds a sweep with other settings ({'; '.join(differences)}). Resume it with the "

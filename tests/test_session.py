@@ -91,6 +91,25 @@ def test_a_sweep_with_a_tuple_grid_resumes(task, tmp_path, capsys):
     assert "finished at step" in capsys.readouterr().out
 
 
+def test_a_sweep_resumes_with_its_model_moved_and_refuses_another(task, tmp_path, capsys):
+    source, other = tmp_path / "source", tmp_path / "other"
+    assert cli.main(_finetune(task, source)) == 0
+    assert cli.main(_finetune(task, other, seed=1)) == 0
+
+    def sweep(init_from: Path) -> list[str]:
+        command = _finetune(task, tmp_path / "sweep", init_from=init_from, **{"sweep.grid": "{'optim.lr': [1e-3]}"})
+        return ["sweep", *command[1:]]
+
+    assert cli.main(sweep(source)) == 0
+    shutil.move(source, tmp_path / "moved")
+    capsys.readouterr()
+    assert cli.main(sweep(tmp_path / "moved")) == 0  # the same weights elsewhere: finished, nothing trained
+    assert "population 1 of" not in capsys.readouterr().out
+    assert cli.main(sweep(other)) == 2
+    err = capsys.readouterr().err
+    assert f"init_from: not the model the sweep started from (by its weights), now {other}" in err, err
+
+
 # A run made longer in place.
 
 
