@@ -401,7 +401,9 @@ def _finetuned(args, config):
 
     columns = {"text": config.data.text_column, "text_pair": config.data.text_pair_column}
     columns["label"] = config.data.label_column
-    return FinetunedModel(args.workdir, step=config.step or None, columns=columns)
+    return FinetunedModel(
+        args.workdir, step=config.step or None, columns=columns, skip_bad_images=config.data.skip_bad_images
+    )
 
 
 def _eval_arguments(parser):
@@ -455,8 +457,9 @@ def _predict_arguments(parser):
 
 
 def _run_predict(args, config):
-    from jft.files import finite_or_null, write_text
-    from jft.tasks.predictor import answers_text, is_answers, is_predictions
+    from jft.files import finite_or_null
+    from jft.outputs import owns_file, write_owned_file
+    from jft.tasks.predictor import answers_text
     from jft.train import rundir
 
     workdir = Path(args.workdir)
@@ -466,9 +469,15 @@ def _run_predict(args, config):
         raise JftError(
             f"--nbest writes each question's candidate answers; {args.workdir} is no question answering run."
         )
-    inputs = [args.workdir, args.input]
-    ours = is_answers if answers else is_predictions  # what an earlier `jft predict` of this run wrote
-    output = output_file(args.output, inputs=inputs, overwrite=args.overwrite, ours=ours, example="predictions.jsonl")
+    inputs, source = [args.workdir, args.input], str(Path(args.workdir).resolve())
+    kind = "answers" if answers else "predictions"
+
+    def ours(kind):  # what an earlier `jft predict` of this model wrote, unchanged since
+        return lambda file: owns_file(file, kind, source)
+
+    output = output_file(
+        args.output, inputs=inputs, overwrite=args.overwrite, ours=ours(kind), example="predictions.jsonl"
+    )
     if Path(args.output).suffix.lower() in (".csv", ".tsv"):
         written = "JSON ({id: answer}, SQuAD's)" if answers else "JSON Lines (a JSON object a line)"
         raise JftError(f"--output {output}: jft predict writes {written}, not CSV; name it .json or .jsonl.")
@@ -478,7 +487,7 @@ def _run_predict(args, config):
             args.nbest,
             inputs=[*inputs, output],
             overwrite=args.overwrite,
-            ours=is_answers,
+            ours=ours("n-best answers"),
             example="nbest.json",
             flag="--nbest",
         )
@@ -500,12 +509,15 @@ def _run_predict(args, config):
             raise JftError(
                 f"{args.input}: the id {repeated[0]!r} names several questions; {{id: answer}} needs each once."
             )
-        write_text(output, answers_text({str(p[key]): p["answer"] for p in predictions}))
+        write_owned_file(output, answers_text({str(p[key]): p["answer"] for p in predictions}), kind, source)
         if nbest is not None:
-            write_text(nbest, answers_text({str(p[key]): finite_or_null(p["nbest"]) for p in predictions}))
+            nbests = answers_text({str(p[key]): finite_or_null(p["nbest"]) for p in predictions})
+            write_owned_file(nbest, nbests, "n-best answers", source)
     else:
-        write_text(output, "".join(json.dumps(finite_or_null(p), allow_nan=False) + "\n" for p in predictions))
-    print(f"wrote {len(predictions)} predictions of {model.source} to {args.output}")
+        lines = "".join(json.dumps(finite_or_null(p), allow_nan=False) + "\n" for p in predictions)
+        write_owned_file(output, lines, kind, source)
+    count = f"{len(predictions)} prediction{'s' if len(predictions) != 1 else ''}"
+    print(f"wrote {count} of {model.source} to {args.output}")
 
 
 def _generate_arguments(parser):

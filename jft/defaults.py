@@ -255,6 +255,7 @@ INFERENCE: Table = {
     "data.text_pair_column": ("", "the second text column (empty: the run's)"),
     "data.label_column": ("", "the label column (empty: the run's)"),
     "data.id_column": ("", "predict: the column whose value names each prediction (empty: its row)"),
+    "data.skip_bad_images": (False, "images: leave out files PIL cannot read (else each is an error naming it)"),
     "batch_size": (32, "examples a batch"),
     "step": (0, "the model of this step, in best/ or checkpoints/ (0: the best model)"),
     "with_text": (False, "predict: write each record's text beside its prediction"),

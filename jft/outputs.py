@@ -6,7 +6,8 @@ It refuses, before any work:
 - a path inside a run directory (one with run.json): a run's files are its training's own;
 - an existing directory with other content, unless it is the command's own earlier output of the
   same kind (the marker file it wrote there says so) or --overwrite is given; an existing file
-  that is not its own earlier output, unless --overwrite is given.
+  that is not its own earlier output (predict's: its marker beside it, .NAME.jft-output.json,
+  names the same run and the file's SHA-256), unless --overwrite is given.
 
 A directory is written aside (a hidden sibling) and swapped in once it is whole: on Linux one
 atomic exchange, so a reader that opens the path finds the old directory or the new, never a mix
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from jft import __version__
 from jft.errors import JftError
-from jft.files import fsync, read_json_object, write_json
+from jft.files import file_sha256, fsync, read_json_object, write_json, write_text
 
 RUN_FILE = "run.json"  # what makes a directory a run directory (jft.train.rundir)
 MARKER = ".jft-output.json"  # in a directory a command wrote: its kind and the jft that wrote it
@@ -77,12 +78,34 @@ def output_file(
     if path.is_dir():
         raise JftError(f"{flag} {path} is a directory; give a file path, e.g. {path / example}.")
     if path.exists() and not overwrite and not ours(path):
-        raise JftError(f"{flag} {path} is a file this command did not write; give a new path, or {OVERWRITE}.")
+        raise JftError(
+            f"{flag} {path} is a file this command did not write from these inputs (or one changed since); give a new "
+            f"path, or {OVERWRITE}."
+        )
     blocking = next((folder for folder in path.parents if folder.exists() and not folder.is_dir()), None)
     if blocking is not None:
         raise JftError(f"cannot write {flag} {path}: {blocking} is a file, not a folder.")
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def file_marker(path: Path) -> Path:
+    """The marker beside a file a command wrote (.NAME.jft-output.json): its kind, source and SHA-256."""
+    return path.with_name(f".{path.name}{MARKER}")
+
+
+def owns_file(path: Path, kind: str, source: str) -> bool:
+    """Whether file `path` is `kind` from `source` as a command wrote it: its marker says so, and
+    the file is as it was written (its SHA-256)."""
+    found = _marker_file(file_marker(path))
+    return (found.get("kind"), found.get("source")) == (kind, source) and found.get("sha256") == file_sha256(path)
+
+
+def write_owned_file(path: Path, text: str, kind: str, source: str) -> None:
+    """Writes text to path (whole) and its marker, by which `owns_file` knows it again."""
+    write_text(path, text)
+    marker = {"kind": kind, "source": source, "sha256": file_sha256(path), "jft": __version__, "written": _now()}
+    write_json(file_marker(path), marker)
 
 
 @contextlib.contextmanager
@@ -122,8 +145,12 @@ def output_directory(
 
 def _marker(directory: Path) -> dict:
     """What a jft command wrote in directory (its marker: kind and source), or {}."""
+    return _marker_file(directory / MARKER)
+
+
+def _marker_file(file: Path) -> dict:
     try:
-        return read_json_object(directory / MARKER)
+        return read_json_object(file)
     except JftError:
         return {}
 

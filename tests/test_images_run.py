@@ -7,6 +7,7 @@ and the damaged images a tired person gives."""
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,6 +128,21 @@ def test_pretrain_finetune_eval_predict_export_reload_in_pytorch(digits, pretrai
     run(jft_command("predict", "--workdir", "moved", "--input", digits / "dev" / "7", "--output", "p.jsonl"), elsewhere)
     predictions = [json.loads(line) for line in (elsewhere / "p.jsonl").read_text().splitlines()]
     assert predictions and set(predictions[0]["probabilities"]) == {"5", "6", "7", "8", "9"}
+    # a file PIL cannot read among the new images: the error's advice works for eval and predict
+    new = elsewhere / "new" / "7"
+    new.parent.mkdir()
+    shutil.copytree(digits / "dev" / "7", new)
+    (new / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    for command in (["predict", "--input", new, "--output", "q.jsonl"], ["eval", "--data", new.parent]):
+        refused = subprocess.run(
+            jft_command(*command, "--workdir", "moved"), cwd=elsewhere, capture_output=True, text=True, env=ONE_DEVICE
+        )
+        assert refused.returncode == 2 and "add --config.data.skip_bad_images=true" in refused.stderr
+        done = run(jft_command(*command, "--workdir", "moved", "--config.data.skip_bad_images=true"), elsewhere)
+        assert f"{new if command[0] == 'predict' else new.parent}: left out 1 files PIL cannot read" in done.stderr
+    assert (elsewhere / "q.jsonl").read_text() == (elsewhere / "p.jsonl").read_text().replace(
+        str(digits / "dev"), str(new.parent)
+    )
     exported = run(jft_command("export", "--workdir", "moved", "--out", "hf"), elsewhere).stdout
     assert ("torchvision" if family == "vgg" else "transformers loads it") in exported
     probabilities, labels = _reloaded_probabilities(elsewhere / "hf", [p["path"] for p in predictions])

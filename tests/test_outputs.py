@@ -136,7 +136,8 @@ CASES = [
     Case(
         "predict over a file of the user's",
         lambda t, f: _predict(f, f / "notes.txt"),
-        "jft predict: error: --output {files}/notes.txt is a file this command did not write; give a new path, or "
+        "jft predict: error: --output {files}/notes.txt is a file this command did not write from these inputs (or "
+        "one changed since); give a new path, or "
         "add --overwrite to replace it whole.",
     ),
     Case(
@@ -457,6 +458,20 @@ def test_own_earlier_output_is_replaced_whole_and_overwrite_replaces_any(files, 
     before = predictions.read_bytes()
     assert cli.main(_predict(files, predictions)) == 0  # its own earlier predictions: replaced
     assert predictions.read_bytes() == before
+    # predictions of another model, a look-alike written by hand, its own changed since: refused, kept
+    mine = tmp_path / "mine.jsonl"
+    assert cli.main(_predict(files, mine)) == 0
+    other = ["predict", "--workdir", str(files / "export"), "--input", str(files / "train.csv"), "--output"]
+    look_alike = _mkfile(tmp_path / "look-alike.jsonl")
+    look_alike.write_bytes(before)
+    changed = tmp_path / "changed.jsonl"
+    assert cli.main(_predict(files, changed)) == 0
+    changed.write_text(changed.read_text() + '{"row": 99, "label": "mine"}\n')
+    for command in ([*other, str(mine)], _predict(files, look_alike), _predict(files, changed)):
+        kept = Path(command[-1]).read_bytes()
+        assert cli.main(command) == 2
+        assert "is a file this command did not write from these inputs" in capsys.readouterr().err
+        assert Path(command[-1]).read_bytes() == kept
     notes = _mkfile(tmp_path / "notes.txt")
     assert cli.main([*_predict(files, notes), "--overwrite"]) == 0
     assert json.loads(notes.read_text().splitlines()[0])["row"] == 0

@@ -8,6 +8,7 @@ during training do (jft.tasks.evaluate).
 import dataclasses
 import functools
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +30,18 @@ from jft.train.steps import FinetuneSetup, predict_step
 
 class FinetunedModel:
     """A fine-tuned workdir, ready to evaluate and predict: its best model, or the checkpoint of a
-    chosen step (best/<step> or checkpoints/<step>). columns: other column names for new data."""
+    chosen step (best/<step> or checkpoints/<step>). columns: other column names for new data;
+    skip_bad_images: leave out the files of new image data that PIL cannot read (else an error)."""
 
-    def __init__(self, workdir: str | Path, backend: str = "jit", step: int | None = None, columns: dict | None = None):
+    def __init__(
+        self,
+        workdir: str | Path,
+        backend: str = "jit",
+        step: int | None = None,
+        columns: dict | None = None,
+        skip_bad_images: bool = False,
+    ):
+        self.skip_bad_images = skip_bad_images
         workdir = Path(workdir).absolute()
         run = rundir.read_run(workdir) if workdir.is_dir() else None
         rundir.require_stage(workdir, run, "finetuning", "give the --workdir of a `jft finetune` run")
@@ -50,7 +60,10 @@ class FinetunedModel:
 
     def _image_logits(self, source: str, batch_size: int, labeled: bool) -> tuple[np.ndarray, np.ndarray, ImageSet]:
         """Logits and label ids of the images of source (folder, .npz or tfds:), and the images."""
-        images = read_images(source, self.model_config.image_size)
+        images = read_images(source, self.model_config.image_size, skip_bad=self.skip_bad_images)
+        if images.skipped:
+            shown = ", ".join(images.skipped[:3]) + (", ..." if len(images.skipped) > 3 else "")
+            print(f"{source}: left out {len(images.skipped)} files PIL cannot read: {shown}", file=sys.stderr)
         if labeled and images.labels is None:
             raise JftError(f"{source} has no labels (no class folders: DIR/<class>/<image>); it cannot be scored.")
         data = image_data(images if labeled else dataclasses.replace(images, labels=None), self.task.labels, source)
@@ -162,41 +175,9 @@ class FinetunedModel:
         return [{"tags": record_tags} for record_tags in tags]
 
 
-def is_predictions(file: Path) -> bool:
-    """Whether file holds predictions `FinetunedModel.predict` made, as `jft predict` writes them
-    (JSONL; its first line an object with a record's row or id and its prediction)."""
-    try:
-        with file.open(encoding="utf-8") as text:
-            first = json.loads(text.readline())
-    except (OSError, ValueError):
-        return False
-    return isinstance(first, dict) and bool({"row", "id", "path"} & set(first)) and bool(PREDICTIONS & set(first))
-
-
-PREDICTIONS = {"label", "score", "tags"}  # what a record's prediction is called, by task kind
-
-
 def answers_text(values: dict) -> str:
     """Question answering's predictions as `jft predict` writes them: one JSON object, an entry a line."""
     return json.dumps(values, ensure_ascii=False, allow_nan=False, indent=0) + "\n"
-
-
-def is_answers(file: Path) -> bool:
-    """Whether file holds question answering's predictions as `jft predict` writes them
-    (answers_text): answers by id (SQuAD's format), or n-best lists ({text, score, probability})."""
-    try:
-        text = file.read_text(encoding="utf-8")
-        values = json.loads(text)
-    except (OSError, ValueError):
-        return False
-    if not isinstance(values, dict) or not values or text != answers_text(values):
-        return False
-    answers = all(isinstance(v, str) for v in values.values())
-    candidates = {"text", "score", "probability"}
-    nbest = all(
-        isinstance(v, list) and all(isinstance(c, dict) and candidates <= set(c) for c in v) for v in values.values()
-    )
-    return answers or nbest
 
 
 def _model_params(workdir: Path, step: int | None, family) -> tuple[dict, str, dict]:
