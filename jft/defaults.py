@@ -196,6 +196,7 @@ FINETUNE: Table = {
     "batch_size": (32, "global batch: examples a step, over all devices"),
     "eval_batch_size": (0, "examples a batch when evaluating and predicting (0: batch_size)"),
     "eval_every": (0, "steps between evaluations (0: at each epoch's end)"),
+    "keep_checkpoints": (2, "checkpoints kept, one an epoch (at least 1; a damaged newest: the one before)"),
     "best_metric": ("", "the score that picks best/ (empty: accuracy, pearson or entity_f1)"),
     "early_stopping.patience": (0, "stop after this many evaluations without a better best_metric (0: never)"),
     **SWEEP,

@@ -76,6 +76,7 @@ MAY_CHANGE_ON_RESUME = (
     "log_every",
     "eval_every",
     "eval_batch_size",
+    "keep_checkpoints",
     "progress",
     "parallel",
     "guard",
@@ -164,7 +165,9 @@ def train_and_evaluate(
                 "train": jax.tree.map(np.asarray, create_finetune_state(params, tx)),
                 "rng": np.asarray(jax.random.PRNGKey(config.seed)),
             }
-        checkpoints = Checkpoints(workdir / rundir.CHECKPOINTS, every_steps=max(len(batches), 1), keep=1)
+        checkpoints = Checkpoints(
+            workdir / rundir.CHECKPOINTS, every_steps=max(len(batches), 1), keep=config.keep_checkpoints
+        )
         best = Checkpoints(workdir / rundir.BEST, every_steps=1, keep=1, asynchronous=False)
         restored = session.restore(checkpoints, host_state)
         finished = restored is not None and (restored[2] == total_steps or restored[1].get("early_stopped"))

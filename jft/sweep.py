@@ -60,9 +60,27 @@ from jft.train.session import check_init_family, config_differences, new_model
 # Settings a member of a population may have of its own: arrays of one value a member.
 ARRAY_KEYS = ("optim.lr", "l2.weight", "joint_mlm.weight", "seed")
 # Keys that are not settings of a model, so not for a grid.
-NOT_SWEPT = ("sweep", "parallel", "progress", "log_every", "guard", "data.train", "data.eval", "data.test")
+NOT_SWEPT = (
+    "sweep",
+    "parallel",
+    "progress",
+    "log_every",
+    "keep_checkpoints",
+    "guard",
+    "data.train",
+    "data.eval",
+    "data.test",
+)
 # Settings a resumed sweep may change.
-MAY_CHANGE_ON_RESUME = ("sweep.population", "parallel", "progress", "log_every", "eval_batch_size", "guard")
+MAY_CHANGE_ON_RESUME = (
+    "sweep.population",
+    "parallel",
+    "progress",
+    "log_every",
+    "eval_batch_size",
+    "keep_checkpoints",
+    "guard",
+)
 BEST_RUN = "best_run"
 MEMBERS = "members.jsonl"  # each member's scores, a line a member, appended as populations finish
 

@@ -150,7 +150,7 @@ def test_more_epochs_resume_a_fine_tuning_run_and_fewer_than_it_has_done_are_ref
     assert cli.main(_finetune(task, run, epochs=2)) == 0
     out = capsys.readouterr().out
     assert re.search(r"epochs 1 -> 2, max_steps 0 -> 0: 5 -> 10 steps\. From step 5 on", out), out
-    assert "resuming at step 5 of 10" in out and saved_steps(run / "checkpoints") == [10]
+    assert "resuming at step 5 of 10" in out and saved_steps(run / "checkpoints") == [5, 10]
     before = _snapshot(run)
     assert cli.main(_finetune(task, run, epochs=2, max_steps=6)) == 2
     err = capsys.readouterr().err
@@ -178,6 +178,33 @@ def test_a_finished_run_without_its_test_evaluation_does_it_on_the_same_command(
     assert cli.main(_finetune(task, run, **{"data.test": task / "dev.csv"})) == 0
     assert "this run finished at step 5; nothing to do" in capsys.readouterr().out
     assert _snapshot(run) == before
+
+
+def test_a_damaged_newest_fine_tuning_checkpoint_falls_back_to_the_epoch_before(task, tmp_path, capsys):
+    """keep_checkpoints (2: one an epoch's end) leaves a fine-tuning run the epoch before to resume
+    from, which ends where the run that was never damaged ended."""
+    finished = tmp_path / "finished"
+    assert cli.main(_finetune(task, finished, epochs=2)) == 0
+    assert saved_steps(finished / "checkpoints") == [5, 10]
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    largest = max((p for p in (run / "checkpoints" / "10").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 8] = bytes(b ^ 0x5A for b in data[len(data) // 2 : len(data) // 2 + 8])
+    largest.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert cli.main(_finetune(task, run, epochs=2)) == 0
+    captured = capsys.readouterr()
+    assert f"set aside as {run}/damaged/checkpoints-10; trying an earlier one" in captured.err
+    assert "resuming at step 5 of 10" in captured.out
+    for a, b in zip(
+        jax.tree.leaves(_params(finished / "checkpoints", 10)),
+        jax.tree.leaves(_params(run / "checkpoints", 10)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    assert cli.main(_finetune(task, tmp_path / "one", keep_checkpoints=1)) == 0
+    assert saved_steps(tmp_path / "one" / "checkpoints") == [5]
 
 
 # θ_ref of an L2-SP run.
@@ -306,7 +333,7 @@ def test_an_earlier_versions_l2sp_fine_tuning_run_evaluates_predicts_exports_and
     command = [sys.executable, "-m", "jft.cli", *FINETUNE, "--workdir", "finetune", *flags]
     done = subprocess.run(command, cwd=legacy, env=ONE_DEVICE, capture_output=True, text=True)
     assert done.returncode == 0 and "resuming at step 4 of 6" in done.stdout, done.stdout + done.stderr
-    assert saved_steps(run / "checkpoints") == [6]
+    assert saved_steps(run / "checkpoints") == [4, 6]  # its own checkpoint and the new one (keep_checkpoints: 2)
 
 
 def test_rows_for_an_objective_the_family_does_not_train_with_are_refused(pretrained, tmp_path, monkeypatch, capsys):

@@ -56,6 +56,7 @@ def check_settings(config: ConfigDict) -> None:
         "data.seq_len",
         "data.buckets",
         "data.max_segments",
+        "keep_checkpoints",
     ):
         if config[key] < 1:
             raise JftError(f"{key} must be at least 1, got {config[key]}.")
