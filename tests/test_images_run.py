@@ -150,6 +150,19 @@ def test_pretrain_finetune_eval_predict_export_reload_in_pytorch(digits, pretrai
     np.testing.assert_allclose(probabilities, ours, atol=1e-5)
 
 
+def test_init_from_an_image_pretraining_s_best_is_its_best_model_not_its_newest_checkpoint(pretrained):
+    from jft.train.rundir import open_init
+
+    newest, best = open_init(pretrained), open_init(pretrained / "best")
+    saved = Checkpoints(pretrained / "best")
+    state, meta = saved.restore()
+    saved.close()
+    assert best.step == meta["step"] and f"(best model, step {meta['step']})" in best.describe()
+    assert newest.step == max(int(p.name) for p in (pretrained / "checkpoints").iterdir() if p.name.isdigit())
+    for a, b in zip(jax.tree.leaves(best.params), jax.tree.leaves(state["params"]), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_resumed_after_sigterm_ends_as_the_run_that_was_not_stopped(digits, tmp_path, family):
     # 25 steps an epoch: stopped after the first epoch's checkpoint, with 125 steps to go (a ResNet's

@@ -206,9 +206,10 @@ class InitSource:
     tokenizer: tokenizers.Tokenizer | None  # None: a Hugging Face directory without tokenizer files
     task: dict | None = None  # a fine-tuning run's task
     step: int | None = None
+    best: bool = False  # a pretraining run's best model (RUN/best), not its newest checkpoint
 
     def describe(self) -> str:
-        where = f" (step {self.step})" if self.step is not None else ""
+        where = f" ({'best model, ' if self.best else ''}step {self.step})" if self.step is not None else ""
         return f"{self.kind} {'directory' if self.kind == 'huggingface' else 'run'} {self.path}{where}"
 
     def weights_sha256(self) -> str:
@@ -224,11 +225,14 @@ def init_path(path: str | Path) -> Path:
 
 
 def open_init(path: str | Path, role: str = "init_from") -> InitSource:
-    """A pretraining workdir (its newest good checkpoint), a fine-tuning workdir or its best/ (the
-    best model), or a Hugging Face directory (config.json and weights). Read only: another run's
-    files are never changed. Weights that are not finite are refused, naming the tensor. role:
-    what the path is to the caller, for messages."""
+    """A pretraining workdir (its newest good checkpoint; RUN/best: its best model, which an image
+    pretraining keeps), a fine-tuning workdir or its best/ (the best model), or a Hugging Face
+    directory (config.json and weights). Read only: another run's files are never changed. Weights
+    that are not finite are refused, naming the tensor. role: what the path is to the caller, for
+    messages."""
+    best = Path(path).name == BEST
     path, role = init_path(path), f"{role} " if role else ""
+    best = best and path.name != BEST  # RUN/best, of a run
     if not path.exists():
         raise JftError(f"{role}{path} does not exist; give a jft workdir or a Hugging Face model directory.")
     run = read_run(path) if path.is_dir() else None
@@ -254,6 +258,16 @@ def open_init(path: str | Path, role: str = "init_from") -> InitSource:
             )
         return InitSource("huggingface", path, family, model, params, tokenizer)
     family, model = run_model(run)
+    if run["stage"] == "pretraining" and best:
+        if not (path / BEST).is_dir():
+            raise JftError(
+                f"{role}{path / BEST}: this pretraining run keeps no best model; give {path} for its newest."
+            )
+        state, meta = restore_latest(path / BEST, f"{role}{path} has no best model yet (best/ is empty).")
+        check_finite(state["params"], f"the best model (step {meta['step']}) in {path / BEST}")
+        task = run.get("task")
+        tokenizer = _own_tokenizer(path)
+        return InitSource("pretraining", path, family, model, state["params"], tokenizer, task, meta["step"], best=True)
     if run["stage"] == "pretraining":
         state, _ = restore_latest(path / CHECKPOINTS, f"{role}{path} has no complete checkpoint yet.")
         params, step = state["train"]["params"], int(state["train"]["step"])
