@@ -116,7 +116,8 @@ def _gpt2_config(tokenizer: tokenizers.Tokenizer) -> tuple[dict, dict]:
     """The special tokens and the tokenizer_config.json settings of GPT-2's byte-level BPE tokenizer.
     transformers 5 builds a GPT2Tokenizer from the vocabulary and merges of tokenizer.json, with no
     normalizer, a ByteLevel pre-tokenizer (GPT-2's regex, add_prefix_space of the config) and
-    <|endoftext|> as its bos, eos and unk: the tokenizer must be that one."""
+    <|endoftext|> as its bos, eos and unk: the tokenizer must be that one. It pads with
+    <|endoftext|> too, as config.json's pad_token_id says (batches for the sequence classifier)."""
     end_of_text_id(tokenizer)
     pre = tokenizer.pre_tokenizer
     if tokenizer.normalizer is not None or not pre.use_regex:
@@ -124,7 +125,7 @@ def _gpt2_config(tokenizer: tokenizers.Tokenizer) -> tuple[dict, dict]:
             "the run's tokenizer is not GPT-2's byte-level BPE (it has a normalizer, or a ByteLevel pre-tokenizer "
             "without GPT-2's word splitting); transformers' GPT2Tokenizer would give other token ids."
         )
-    names = {"bos_token": END_OF_TEXT, "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT}
+    names = {"bos_token": END_OF_TEXT, "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT, "pad_token": END_OF_TEXT}
     return names, {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": pre.add_prefix_space}
 
 

@@ -106,7 +106,7 @@ def test_auto_tokenizer_gives_jft_ids_and_decodes_back(trained, tmp_path):
     assert {path.name for path in tmp_path.iterdir()} == names
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
     assert config["tokenizer_class"] == "GPT2Tokenizer" and config["add_prefix_space"] is False
-    assert config["eos_token"] == config["bos_token"] == config["unk_token"] == END_OF_TEXT
+    assert config["eos_token"] == config["bos_token"] == config["unk_token"] == config["pad_token"] == END_OF_TEXT
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
     assert type(hf).__name__ == "GPT2TokenizerFast" and hf.model_max_length == 64
     assert hf.eos_token_id == end_of_text_id(tokenizer)

@@ -221,13 +221,13 @@ def test_l2_sp_fine_tuning_with_the_joint_next_word_term_exports_a_classifier(pr
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert type(model).__name__ == "GPT2ForSequenceClassification"
     texts = [line.split(",")[0] for line in (tmp_path / "dev.csv").read_text().splitlines()[1:]]
-    with torch.no_grad():
-        for text, prediction in zip(texts, predictions):
-            logits = model(**tokenizer(text, return_tensors="pt")).logits[0]
-            probabilities = torch.softmax(logits, -1).numpy()
-            labels = [model.config.id2label[i] for i in range(len(probabilities))]
-            ours = np.array([prediction["probabilities"][label] for label in labels])
-            np.testing.assert_allclose(probabilities, ours, atol=1e-5)
+    with torch.no_grad():  # one padded batch: the exported tokenizer pads with config.json's pad_token_id
+        batch = tokenizer(texts, padding=True, return_tensors="pt")
+        assert tokenizer.pad_token_id == model.config.pad_token_id and (batch["attention_mask"] == 0).any()
+        probabilities = torch.softmax(model(**batch).logits, -1).numpy()
+    labels = [model.config.id2label[i] for i in range(probabilities.shape[1])]
+    ours = np.array([[prediction["probabilities"][label] for label in labels] for prediction in predictions])
+    np.testing.assert_allclose(probabilities, ours, atol=1e-5)
 
 
 def test_a_gpt2_where_a_bert_is_needed_and_the_reverse(pretrained, tmp_path):
