@@ -444,7 +444,11 @@ def _run_eval(args, config):
 
 def _predict_arguments(parser):
     _workdir_argument(parser)
-    parser.add_argument("--input", required=True, help="CSV/TSV/JSONL file with the text column(s); SQuAD's .json")
+    parser.add_argument(
+        "--input",
+        required=True,
+        help="CSV/TSV/JSONL file with the text column(s), SQuAD's .json; an image model's: a folder of images, an .npz",
+    )
     parser.add_argument(
         "--output",
         required=True,

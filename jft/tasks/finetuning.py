@@ -232,7 +232,7 @@ def initial_params(params: dict, config: ConfigDict, init, task: Task, quiet: bo
         dropped = [f"classifier/{path}" for path in flatten(loaded.pop("classifier"))]
     params, report = merge(params, loaded)
     if jax.process_index() == 0 and not quiet:
-        head = f"\nnot used, a head of another task or of labels not known ({len(dropped)}): " + ", ".join(dropped)
+        head = f"\nnot used: init_from's head ({', '.join(dropped)}), of another task or other labels; replaced"
         print(f"init from {init.describe()}: {report.summary()}{head if dropped else ''}", flush=True)
     if config.l2.reference != "init":
         return params, None

@@ -24,6 +24,7 @@ import dataclasses
 import datetime
 import hashlib
 import importlib.util
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -220,7 +221,7 @@ class InitSource:
 
 def init_path(path: str | Path) -> Path:
     """Where init_from's model lies: a shipped model's directory, a run for its best/, else the path."""
-    path = shipped_model(str(path)) or Path(path).absolute()
+    path = shipped_model(str(path)) or Path(os.path.abspath(path))  # runs/../pre as runs' sibling pre
     return path.parent if path.name == BEST and (path.parent / RUN_FILE).is_file() else path
 
 
