@@ -71,7 +71,8 @@ def load_config(spec: str | Path, overrides: Sequence[str] = (), stage: str = ""
     try:
         module_spec.loader.exec_module(module)
     except SyntaxError as error:
-        raise JftError(f"{path}:{error.lineno} is not valid Python ({error.msg}).") from None
+        where = error.filename or path  # the config, or a module it imports
+        raise JftError(f"{where}:{error.lineno} is not valid Python ({error.msg}).") from None
     except Exception as error:  # the file's own code failed: an import, a name, anything
         raise JftError(f"{path} could not be run ({type(error).__name__}: {error}).") from None
     if not hasattr(module, "get_config"):

@@ -222,6 +222,25 @@ CASES = [
         "jft finetune: error: {tmp}/bad.py:1 is not valid Python (invalid syntax).",
     ),
     Case(
+        "a config that imports a module with a syntax error",
+        lambda t, f: [
+            "finetune",
+            "--config",
+            (
+                _write(t / "helper_broken.py", "X = 1\ndef f(:\n"),
+                str(
+                    _write(
+                        t / "uses_helper.py",
+                        "import os, sys\nsys.path.insert(0, os.path.dirname(__file__))\nimport helper_broken\n",
+                    )
+                ),
+            )[1],
+            "--workdir",
+            "x",
+        ],
+        "jft finetune: error: {tmp}/helper_broken.py:2 is not valid Python (invalid syntax).",
+    ),
+    Case(
         "a config argument the file does not know",
         lambda t, f: ["finetune", "--config", str(REPO / "configs/finetune/glue.py:mprc"), "--workdir", "x"],
         f"jft finetune: error: {REPO}/configs/finetune/glue.py: get_config('mprc') failed: unknown GLUE task 'mprc'; "
