@@ -64,6 +64,17 @@ def test_each_evaluation_is_a_line_with_the_best_so_far_and_losses_are_apart(tas
     assert train_lines and all(float(penalty) >= 0 for _, penalty in train_lines)
 
 
+def test_the_joint_objective_s_loss_is_shown_beside_the_task_loss(task, tmp_path, capsys):
+    """train_loss = task loss + λ·penalty + μ·L_pre: with μ > 0 the progress line shows L_pre too."""
+    assert cli.main(_finetune(task, tmp_path / "run", **{"joint_mlm.weight": 0.5, "epochs": 1})) == 0
+    err = capsys.readouterr().err
+    line = r"^fine-tuning step (\d+)/4: task loss [0-9.]+, l2 penalty [0-9.]+, mlm loss ([0-9.]+)"
+    shown = re.findall(line, err, re.M)
+    records = [json.loads(text) for text in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = {r["step"]: r for r in records if r["split"] == "train"}
+    assert shown and all(float(loss) == pytest.approx(train[int(step)]["mlm_loss"], abs=6e-4) for step, loss in shown)
+
+
 def test_the_time_left_leaves_compiling_out(tmp_path, monkeypatch, capsys):
     """A first step of 30 s and a new bucket's compile of 20 s at step 3, then steps of 1 s: the
     first estimate is about the 1 s steps left, not the compiles."""

@@ -254,10 +254,13 @@ class TrainingLog:
 
 
 def _losses(metrics: dict[str, float]) -> dict[str, float]:
-    """The losses a progress line shows: the task loss and the L2 penalty apart where a step
-    reports them (fine-tuning), else the loss."""
+    """The losses a progress line shows: the task loss, the L2 penalty and the joint objective's
+    loss (mlm, lm or pre: μ·L_pre's L_pre) apart where a step reports them (fine-tuning), else the loss."""
     if "task_loss" in metrics:
-        return {"task loss": metrics["task_loss"], "l2 penalty": metrics.get("l2_penalty", 0.0)}
+        shown = {"task loss": metrics["task_loss"], "l2 penalty": metrics.get("l2_penalty", 0.0)}
+        return shown | {
+            f"{name} loss": metrics[f"{name}_loss"] for name in ("mlm", "lm", "pre") if f"{name}_loss" in metrics
+        }
     return {"loss": metrics["loss"]}
 
 
