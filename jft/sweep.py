@@ -205,9 +205,8 @@ def run_sweep(config: ConfigDict, workdir: str | Path) -> dict:
         identity = {split: data_identity(config, shared, split) for split in ("train", "eval") if config.data[split]}
         if shared.joint is not None:
             identity["joint"] = shared.joint.identity()
-        if shared.init is not None:  # init_from by its weights: a sweep may move with its model
-            identity["init"] = shared.init.weights_sha256()
-        _hold_settings(workdir, config, identity)
+        weights = shared.init.weights_sha256() if shared.init is not None else None  # init_from by its weights
+        _hold_settings(workdir, config, identity, weights)
         metric = shared.metric
         done = _read_members(workdir)
         chunks = _populations(members, shared, config.sweep.population)
@@ -241,20 +240,21 @@ def run_sweep(config: ConfigDict, workdir: str | Path) -> dict:
     return {**best, "run": train_and_evaluate(best_config, where, runner)}
 
 
-def _hold_settings(workdir: Path, config: ConfigDict, identity: dict) -> None:
-    """Writes sweep.json for a new sweep; a resumed one must have the same settings and data."""
+def _hold_settings(workdir: Path, config: ConfigDict, identity: dict, weights: str | None) -> None:
+    """Writes sweep.json for a new sweep; a resumed one must have the same settings and data, and
+    init_from the same model by its weights (`weights`: their SHA-256; a sweep may move with it)."""
     path = workdir / "sweep.json"
-    current = {"config": config.to_dict(), "data": identity}
+    current = {"config": config.to_dict(), "data": identity, "init_weights": weights}
     if path.is_file():
         saved = read_json_object(path, "the sweep's settings")
-        by_weights = ("init_from",) if "init" in saved["data"] else ()  # a sweep of a jft before: by its path
+        by_weights = ("init_from",) if "init_weights" in saved else ()  # a sweep of a jft before: by its path
         differences = config_differences(saved["config"], current["config"], MAY_CHANGE_ON_RESUME + by_weights)
         differences += [
             f"data.{split}: not the data the sweep was started with (by content)"
             for split in identity
-            if split != "init" and saved["data"].get(split) != identity[split]
+            if saved["data"].get(split) != identity[split]
         ]
-        if by_weights and saved["data"]["init"] != identity.get("init"):
+        if by_weights and saved["init_weights"] != weights:
             now = config.init_from or "none"
             differences.append(f"init_from: not the model the sweep started from (by its weights), now {now}")
         if differences:

@@ -258,9 +258,8 @@ def _losses(metrics: dict[str, float]) -> dict[str, float]:
     loss (mlm, lm or pre: μ·L_pre's L_pre) apart where a step reports them (fine-tuning), else the loss."""
     if "task_loss" in metrics:
         shown = {"task loss": metrics["task_loss"], "l2 penalty": metrics.get("l2_penalty", 0.0)}
-        return shown | {
-            f"{name} loss": metrics[f"{name}_loss"] for name in ("mlm", "lm", "pre") if f"{name}_loss" in metrics
-        }
+        joint = [name for name in metrics if name.endswith("_loss") and name != "task_loss"]  # mlm, lm or pre
+        return shown | {name.replace("_", " "): metrics[name] for name in joint}
     return {"loss": metrics["loss"]}
 
 

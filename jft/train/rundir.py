@@ -231,9 +231,9 @@ def open_init(path: str | Path, role: str = "init_from") -> InitSource:
     directory (config.json and weights). Read only: another run's files are never changed. Weights
     that are not finite are refused, naming the tensor. role: what the path is to the caller, for
     messages."""
-    best = Path(path).name == BEST
-    path, role = init_path(path), f"{role} " if role else ""
-    best = best and path.name != BEST  # RUN/best, of a run
+    given = shipped_model(str(path)) or Path(os.path.abspath(path))
+    path, role = init_path(given), f"{role} " if role else ""
+    best = path != given  # RUN/best, of a run
     if not path.exists():
         raise JftError(f"{role}{path} does not exist; give a jft workdir or a Hugging Face model directory.")
     run = read_run(path) if path.is_dir() else None
@@ -259,26 +259,27 @@ def open_init(path: str | Path, role: str = "init_from") -> InitSource:
             )
         return InitSource("huggingface", path, family, model, params, tokenizer)
     family, model = run_model(run)
-    if run["stage"] == "pretraining" and best:
-        if not (path / BEST).is_dir():
-            raise JftError(
-                f"{role}{path / BEST}: this pretraining run keeps no best model; give {path} for its newest."
-            )
-        state, meta = restore_latest(path / BEST, f"{role}{path} has no best model yet (best/ is empty).")
-        check_finite(state["params"], f"the best model (step {meta['step']}) in {path / BEST}")
-        task = run.get("task")
-        tokenizer = _own_tokenizer(path)
-        return InitSource("pretraining", path, family, model, state["params"], tokenizer, task, meta["step"], best=True)
-    if run["stage"] == "pretraining":
+    stage = run["stage"]
+    if stage == "pretraining" and not best:
         state, _ = restore_latest(path / CHECKPOINTS, f"{role}{path} has no complete checkpoint yet.")
         params, step = state["train"]["params"], int(state["train"]["step"])
         check_finite(params, f"the checkpoint of step {step} in {path / CHECKPOINTS}")
         task = run.get("task")  # an image model's pretraining classes
         return InitSource("pretraining", path, family, model, params, _own_tokenizer(path), task, step)
+    if stage == "pretraining" and not (path / BEST).is_dir():
+        raise JftError(f"{role}{path / BEST}: this pretraining run keeps no best model; give {path} for its newest.")
     state, meta = restore_latest(path / BEST, f"{role}{path} has no best model yet (best/ is empty).")
     check_finite(state["params"], f"the best model (step {meta['step']}) in {path / BEST}")
-    return InitSource(
-        "finetuning", path, family, model, state["params"], _own_tokenizer(path), run["task"], meta["step"]
+    return InitSource(  # a fine-tuning run's best model, or an (image) pretraining's: RUN/best
+        stage,
+        path,
+        family,
+        model,
+        state["params"],
+        _own_tokenizer(path),
+        run.get("task"),
+        meta["step"],
+        best=stage == "pretraining",
     )
 
 
