@@ -1,12 +1,14 @@
 """Masking statistics: rates, the 80/10/10 split, special tokens, the cap, whole words, fresh masks."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jft.errors import JftError
-from jft.train.masking import MaskingConfig, mask_batch
+from jft.train.masking import MaskingConfig, mask_batch, mask_row, row_draws, threefry_draws
 
 PAD, CLS, SEP, MASK, VOCAB = 0, 2, 3, 4, 1000
 CONFIG = MaskingConfig(mask_id=MASK, vocab_size=VOCAB, special_ids=(PAD, CLS, SEP, MASK), max_predictions=40)
@@ -78,6 +80,53 @@ def test_new_masks_each_step_same_mask_for_same_key():
     a, b, c = _mask(CONFIG, ids, mask, key=5), _mask(CONFIG, ids, mask, key=5), _mask(CONFIG, ids, mask, key=6)
     assert np.array_equal(a["masked_positions"], b["masked_positions"])
     assert not np.array_equal(a["masked_positions"], c["masked_positions"])
+
+
+def _jax_random_draws(config, key, row_ids, seq_len):
+    """Each row's draws by jax.random from fold_in(key, row id): what masking drew before its hashes were joined."""
+    return jax.vmap(lambda i: row_draws(config, jax.random.fold_in(key, i), seq_len, jnp.int32))(row_ids)
+
+
+@pytest.mark.parametrize("partitionable", [False, True])
+@pytest.mark.parametrize(
+    ("seq", "predictions", "vocab"), [(128, 20, 30522), (127, 19, 250002), (9, 3, 5)], ids=["bert", "odd", "tiny"]
+)
+def test_joined_threefry_hashes_draw_jax_randoms_bits(partitionable, seq, predictions, vocab):
+    """Bit for bit, in both of jax's threefry counter layouts, for odd sizes and XLM-R's vocabulary
+    (its randint multiplies past 32 bits and wraps), with raw and typed keys."""
+    config = MaskingConfig(mask_id=MASK, vocab_size=vocab, special_ids=(PAD,), max_predictions=predictions)
+    rows = jnp.arange(3, 19)
+    with jax.threefry_partitionable(partitionable):
+        for key in (jax.random.PRNGKey(3), jax.random.key(7)):
+            joined = jax.jit(lambda k: threefry_draws(config, k, rows, seq, jnp.int32))(key)
+            alone = jax.jit(lambda k: _jax_random_draws(config, k, rows, seq))(key)
+            for name, a, b in zip(joined._fields, joined, alone):
+                assert a.dtype == b.dtype and np.array_equal(a, b), name
+
+
+@pytest.mark.parametrize("whole_word", [False, True])
+def test_masks_are_those_of_each_rows_jax_random_draws(whole_word):
+    ids, mask = _rows(batch=32, seed=6)
+    word_start = np.random.default_rng(1).random(ids.shape) < 0.6
+    config = dataclasses.replace(CONFIG, whole_word=whole_word)
+    rows = jnp.arange(100, 132)
+    with jax.threefry_partitionable(False):  # as the steps draw (jft.train.steps.classic_threefry)
+        out = jax.jit(lambda k: mask_batch(config, k, ids, mask, word_start, rows))(jax.random.key(2))
+        draws = _jax_random_draws(config, jax.random.key(2), rows, ids.shape[1])
+    expected = jax.vmap(lambda d, i, a, w: mask_row(config, d, i, a, w))(draws, ids, mask, word_start)
+    for name in expected:
+        assert np.array_equal(out[name], expected[name]), name
+
+
+def test_other_random_generators_mask_by_jax_random():
+    ids, mask = _rows(batch=16, seed=7)
+    out = _mask(CONFIG, ids, mask)
+    rbg = jax.tree.map(
+        np.asarray,
+        mask_batch(CONFIG, jax.random.key(0, impl="rbg"), ids, mask, np.ones_like(ids, bool), jnp.arange(16)),
+    )
+    assert np.array_equal(rbg["masked_weights"].sum(1), out["masked_weights"].sum(1))  # the same budgets
+    assert not np.array_equal(rbg["masked_positions"], out["masked_positions"])  # other bits
 
 
 def test_masks_do_not_depend_on_batch_split():
