@@ -7,6 +7,7 @@ pass takes more to compile with dropout on (its random draws) than without.
     python benchmarks/compile_parts.py                       # 4 layers × 256, seq 128, batch 16, float32
     python benchmarks/compile_parts.py --families bert --rounds 3
     python benchmarks/compile_parts.py --code    # what XLA:CPU generates: jft's small BERT against HF Flax's
+    python benchmarks/compile_parts.py --masking-draws --rounds 7   # the masking's joined hashes against row by row
 
 Each figure is the median of --rounds fresh compiles (jax's in-memory caches cleared between
 them; the persistent cache off). The parts do not add up to the whole: XLA compiles one program,
@@ -18,10 +19,16 @@ in a child process with XLA's dumps on, and reads them: the seconds of XLA's HLO
 code generation (XLA:CPU's own log), and the kernels it generated with their lines of optimized
 LLVM IR, by the part of the step each comes from (its op_name). Identical kernels are generated
 once, so HF's unrolled layers cost one layer's kernels.
+
+--masking-draws compiles the pretraining step, and its masking alone, with the masking's random
+numbers by the batch's joined threefry hashes (jft.train.masking.threefry_draws) and by each row's
+jax.random draws (the same bits), the two alternated round by round, and the compiled steps' times
+(windows of 3 steps, alternated); medians.
 """
 
 import argparse
 import collections
+import contextlib
 import functools
 import glob
 import os
@@ -40,6 +47,7 @@ import optax
 
 from jft.config import load_config
 from jft.perf import bench
+from jft.train import masking as masking_module
 from jft.train.masking import mask_batch
 
 SIZE = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024}
@@ -77,23 +85,37 @@ def _config(family: str, workload: str):
     return config
 
 
-def parts(family_name: str, workload: str, rounds: int) -> dict:
-    """The phases of the whole step and the compile seconds of its parts."""
+def _step(family_name: str, workload: str):
+    """(config, family, work, state, first batch, key, the step on one device) of a small model's workload."""
     config = _config(family_name, workload)
     _, family, cfg = bench.checked_workloads(config)
     work = bench.workload(workload, config, family, cfg)
-    state = work.init_state()
     batch = {k: jnp.asarray(v) for k, v in work.batches[0].items()}
-    key = jax.random.key(0)
     step = functools.partial(work.step, axis_name=None)  # one device, as Runner("jit") runs it
+    return config, family, work, work.init_state(), batch, jax.random.key(0), step
+
+
+def _masking_alone(work, batch, key):
+    """(function, args) compiling the step's masking alone, drawing as the step does (classic threefry)."""
+    masking = work.step.keywords["setup"].masking
+
+    def masked(*args):
+        with jax.threefry_partitionable(False):
+            return mask_batch(masking, *args)
+
+    return masked, (key, batch["input_ids"], batch["attention_mask"], batch["word_start"], batch["row_ids"])
+
+
+def parts(family_name: str, workload: str, rounds: int) -> dict:
+    """The phases of the whole step and the compile seconds of its parts."""
+    config, family, work, state, batch, key, step = _step(family_name, workload)
     row = {"family": family_name, "workload": workload, "whole": _median(step, (state, batch, key), rounds)}
     setup = work.step.keywords["setup"]
     model = setup.model
     inputs = {name: batch[name] for name in family.inputs if name in batch}
     masking = getattr(setup, "masking", None)
     if workload == "pretrain" and masking is not None:
-        args = (key, batch["input_ids"], batch["attention_mask"], batch["word_start"], batch["row_ids"])
-        row["masking"] = _median(lambda *a: mask_batch(masking, *a), args, rounds)["compile"]
+        row["masking"] = _median(*_masking_alone(work, batch, key), rounds)["compile"]
 
     def loss(params, dropout_key):
         """The step's loss alone (dropout_key None: no dropout)."""
@@ -138,6 +160,67 @@ def table(rows: list[dict]) -> str:
             f"| {r['family']} | {r['workload']} | {whole['trace']:.2f} | {whole['lower']:.2f} | {whole['compile']:.2f} "
             f"| {masking} | {r['forward_backward']:.2f} | {r['dropout']:.2f} | {r['optimizer']:.2f} "
             f"| {whole['compile'] - known:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def each_rows_own_draws():
+    """The masking's random numbers by jax.random row by row (each row's key, then its three keys
+    and each draw: seven threefry hashes a row), the same bits as the batch's joined hashes."""
+    joined = masking_module.threefry_draws
+
+    def row_by_row(config, key, row_ids, seq_len, dtype):
+        return jax.vmap(lambda i: masking_module.row_draws(config, jax.random.fold_in(key, i), seq_len, dtype))(row_ids)
+
+    masking_module.threefry_draws = row_by_row
+    try:
+        yield
+    finally:
+        masking_module.threefry_draws = joined
+
+
+def masking_draws(family_name: str, rounds: int) -> dict:
+    """XLA compile seconds of the pretraining step and of its masking alone, joined hashes (jft)
+    against row by row, alternated (the order swapping each round), medians."""
+    _, _, work, state, batch, key, step = _step(family_name, "pretrain")
+    masked, args = _masking_alone(work, batch, key)
+    seconds = collections.defaultdict(list)
+    for round_ in range(rounds):
+        for variant in ("joined", "row by row")[:: 1 if round_ % 2 == 0 else -1]:
+            with each_rows_own_draws() if variant == "row by row" else contextlib.nullcontext():
+                seconds["step", variant].append(_seconds(step, state, batch, key)["compile"])
+                seconds["masking", variant].append(_seconds(masked, *args)["compile"])
+    compiled = {}
+    for variant in ("joined", "row by row"):
+        with each_rows_own_draws() if variant == "row by row" else contextlib.nullcontext():
+            compiled[variant] = jax.jit(step).lower(state, batch, key).compile()
+        jax.block_until_ready(compiled[variant](state, batch, key))
+    for round_ in range(9):  # the step's time: windows of 3 steps, alternated
+        for variant in ("joined", "row by row")[:: 1 if round_ % 2 == 0 else -1]:
+            start = time.perf_counter()
+            jax.block_until_ready([compiled[variant](state, batch, key) for _ in range(3)])
+            seconds["run", variant].append((time.perf_counter() - start) / 3)
+    return {part: statistics.median(values) for part, values in seconds.items()}
+
+
+def masking_draws_table(families: list[str], rounds: int) -> str:
+    lines = [
+        f"| family | pretraining step, s (medians of {rounds}): joined (jft), row by row, ratio "
+        "| masking alone, s: joined, row by row | step ms (medians of 9 windows): joined, row by row |",
+        "|---|---|---|---|",
+    ]
+    for family in families:
+        m = masking_draws(family, rounds)
+        print(family, m, flush=True)
+        step, alone = (
+            [m["step", v] for v in ("joined", "row by row")],
+            [m["masking", v] for v in ("joined", "row by row")],
+        )
+        run = [1e3 * m["run", v] for v in ("joined", "row by row")]
+        lines.append(
+            f"| {family} | {step[0]:.2f}, {step[1]:.2f}, {step[0] / step[1]:.2f} | {alone[0]:.2f}, {alone[1]:.2f} "
+            f"| {run[0]:.0f}, {run[1]:.0f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -222,6 +305,7 @@ def main():
     parser.add_argument("--workloads", default="pretrain,finetune")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--code", action="store_true", help="XLA's phases and generated kernels, jft and HF Flax")
+    parser.add_argument("--masking-draws", action="store_true", help="the masking's joined hashes against row by row")
     parser.add_argument("--code-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     jax.config.update("jax_enable_compilation_cache", False)
@@ -229,6 +313,8 @@ def main():
         return code_child(args.code_child, args.workloads)
     if args.code:
         return print(code_table(args.workloads.split(",")))
+    if args.masking_draws:
+        return print(masking_draws_table([f for f in args.families.split(",") if f != "gpt2"], args.rounds))
     rows = []
     for family in args.families.split(","):
         for workload in args.workloads.split(","):
