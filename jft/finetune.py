@@ -17,6 +17,7 @@ Data -> model -> state -> loop -> outputs, in the order of jft.train.session (st
    split with the best model.
 """
 
+import dataclasses
 import functools
 import sys
 from pathlib import Path
@@ -127,7 +128,9 @@ def train_and_evaluate(
                     if data.get(split) != run["data"].get(split)
                 )
             )
-            if task.labels != run["task"]["labels"]:
+            if sorted(task.labels) == sorted(run["task"]["labels"]):  # a run of a jft that ordered them otherwise
+                task = dataclasses.replace(task, labels=run["task"]["labels"])
+            else:
                 session.differ(f"labels: run {run['task']['labels']}, now {task.labels}")
             if session.uses_reference() and saved_steps(workdir / rundir.CHECKPOINTS):
                 session.check_reference()

@@ -158,6 +158,32 @@ def test_more_epochs_resume_a_fine_tuning_run_and_fewer_than_it_has_done_are_ref
     assert _snapshot(run) == before
 
 
+def test_integer_labels_take_the_ids_of_their_numbers_and_a_run_ordered_as_text_resumes_in_its_order(
+    task, tmp_path, capsys
+):
+    """Labels 0..11 in a CSV: class id n is label n (an export's logit n, as HF's datasets count), not
+    the text order 0, 1, 10, 11, 2, ...; a run written by a jft that ordered them as text keeps its
+    order on resume (its checkpoints' head) instead of being refused."""
+    rows = ["text,label"] + [f"this is example {i} of the set,{i % 12}" for i in range(48)]
+    (tmp_path / "twelve.csv").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    settings = {"data.train": tmp_path / "twelve.csv", "data.eval": ""}
+    assert cli.main(_finetune(task, run, **settings)) == 0
+    numbers = [str(n) for n in range(12)]
+    assert json.loads((run / "run.json").read_text())["task"]["labels"] == numbers
+    assert cli.main(["export", "--workdir", str(run), "--out", str(tmp_path / "hf")]) == 0
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["id2label"] == {n: n for n in numbers}
+
+    as_text = sorted(numbers)  # what an earlier jft recorded
+    record = json.loads((run / "run.json").read_text())
+    record["task"]["labels"] = as_text
+    (run / "run.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    assert cli.main(_finetune(task, run, epochs=2, **settings)) == 0
+    assert "resuming at step" in capsys.readouterr().out
+    assert json.loads((run / "run.json").read_text())["task"]["labels"] == as_text
+
+
 def test_a_finished_run_without_its_test_evaluation_does_it_on_the_same_command(task, tmp_path, capsys):
     """A stop after the training loop, before the test evaluation (or data.test given to a finished
     run): the command again evaluates the best model on data.test, without training; then again,

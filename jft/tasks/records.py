@@ -400,7 +400,8 @@ def label_vocabulary(
     """The label names of a classification task (tags, for token classification; the candidates'
     numbers, 0 to choices - 1, for multiple choice): a TFDS
     dataset's own class names in its order (so class 1 stays the positive class of F1), else
-    the sorted names found in the records."""
+    the names found in the records, sorted (as numbers when every one is an integer, so that
+    class ids 0..9, 10 stay in order: logit n of an export is label n)."""
     if kind in ("regression", "question_answering"):
         return []
     if kind == "multiple_choice":
@@ -414,6 +415,8 @@ def label_vocabulary(
         names = {str(tag) for r in records for tag in r[label_column]}
     else:
         names = {str(r[label_column]) for r in records}
+    if names and all(re.fullmatch(r"[+-]?\d+", name) for name in names):
+        return sorted(names, key=lambda name: (int(name), name))
     return sorted(names)
 
 
