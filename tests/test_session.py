@@ -184,6 +184,23 @@ def test_integer_labels_take_the_ids_of_their_numbers_and_a_run_ordered_as_text_
     assert json.loads((run / "run.json").read_text())["task"]["labels"] == as_text
 
 
+def test_a_run_stopped_before_it_saved_anything_starts_anew_with_other_settings(task, tmp_path, capsys):
+    """A run stopped (Ctrl-C) before its first checkpoint holds run.json, its tokenizer and the lines it
+    logged, and nothing to resume: the command with another learning rate starts it anew rather than
+    refusing it for its settings (which no saved step keeps)."""
+    run = tmp_path / "run"
+    assert cli.main(_finetune(task, run, **{"optim.lr": 1e-3})) == 0
+    shutil.rmtree(run / "checkpoints")
+    shutil.rmtree(run / "best")  # what a stop before the first epoch's end leaves
+    capsys.readouterr()
+    assert cli.main(_finetune(task, run, **{"optim.lr": 3e-4})) == 0
+    out = capsys.readouterr().out
+    assert "its run stopped before it saved a step; starting it anew" in out, out
+    assert json.loads((run / "run.json").read_text())["config"]["optim"]["lr"] == 3e-4
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and saved_steps(run / "checkpoints") == [5]  # the old lines dropped
+
+
 def test_a_finished_run_without_its_test_evaluation_does_it_on_the_same_command(task, tmp_path, capsys):
     """A stop after the training loop, before the test evaluation (or data.test given to a finished
     run): the command again evaluates the best model on data.test, without training; then again,

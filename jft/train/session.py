@@ -94,6 +94,7 @@ class RunSession:
                 session.run = rundir.read_run(session.workdir)
                 if session.run is not None:
                     rundir.require_stage(session.workdir, session.run, stage, f"give {stage} another --workdir")
+                    session._forget_a_run_that_saved_nothing()
                 if init_from and not saved_steps(session.workdir / rundir.CHECKPOINTS):
                     session.init = rundir.open_init(init_from)
                     check_init_family(session.init, family)
@@ -105,6 +106,15 @@ class RunSession:
                 session.checking = False
                 agree(error)
             raise
+
+    def _forget_a_run_that_saved_nothing(self) -> None:
+        """A run stopped before it saved a step or a best model holds nothing to resume: it starts
+        anew, with the settings given now (its run.json and tokenizer are written again)."""
+        if saved_steps(self.workdir / rundir.CHECKPOINTS) or saved_steps(self.workdir / rundir.BEST):
+            return
+        if jax.process_index() == 0:
+            print(f"{self.workdir}: its run stopped before it saved a step; starting it anew.", flush=True)
+        self.run = None
 
     @property
     def resuming(self) -> bool:
