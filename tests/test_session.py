@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import safetensors.numpy
 
 from conftest import REPO, SMALL_PRETRAIN, TINY_MODEL, write_corpus, write_topic_task, write_vocab
 from jft import cli
@@ -199,6 +200,27 @@ def test_a_run_stopped_before_it_saved_anything_starts_anew_with_other_settings(
     assert json.loads((run / "run.json").read_text())["config"]["optim"]["lr"] == 3e-4
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and saved_steps(run / "checkpoints") == [5]  # the old lines dropped
+
+
+def test_a_hugging_face_export_of_a_classifier_keeps_its_head_for_the_same_labels(task, tmp_path, capsys):
+    """init_from the export of a jft classifier (config.json's id2label and architecture): the same
+    labels keep its trained head (in θ_ref too, for L2-SP), as from the run itself; other labels
+    replace it, and the message says so."""
+    assert cli.main(_finetune(task, tmp_path / "first")) == 0
+    assert cli.main(["export", "--workdir", str(tmp_path / "first"), "--out", str(tmp_path / "hf")]) == 0
+    exported = safetensors.numpy.load_file(tmp_path / "hf" / "model.safetensors")
+    capsys.readouterr()
+    assert cli.main(_finetune(task, tmp_path / "again", init_from=tmp_path / "hf")) == 0
+    out = capsys.readouterr().out
+    assert "not used: init_from's head" not in out, out
+    reference = safetensors.numpy.load_file(tmp_path / "again" / "reference.safetensors")
+    np.testing.assert_array_equal(reference["classifier/bias"], exported["classifier.bias"])
+
+    rows = (task / "train.csv").read_text().splitlines()
+    (tmp_path / "renamed.csv").write_text("\n".join([rows[0]] + [r + "_b" for r in rows[1:]]) + "\n")
+    other = {"init_from": tmp_path / "hf", "data.train": tmp_path / "renamed.csv", "data.eval": ""}
+    assert cli.main(_finetune(task, tmp_path / "other", **other)) == 0
+    assert "not used: init_from's head (classifier/" in capsys.readouterr().out
 
 
 def test_a_finished_run_without_its_test_evaluation_does_it_on_the_same_command(task, tmp_path, capsys):

@@ -205,7 +205,7 @@ class InitSource:
     model: Any  # the family's config
     params: dict
     tokenizer: tokenizers.Tokenizer | None  # None: a Hugging Face directory without tokenizer files
-    task: dict | None = None  # a fine-tuning run's task
+    task: dict | None = None  # a fine-tuning run's task, or a Hugging Face head's (hf.read_task)
     step: int | None = None
     best: bool = False  # a pretraining run's best model (RUN/best), not its newest checkpoint
 
@@ -248,7 +248,7 @@ def open_init(path: str | Path, role: str = "init_from") -> InitSource:
         directory = path if path.is_dir() else path.parent
         if family.modality == "image":  # its side, mean and std are its processor's
             model = hf.read_image_processor(directory, model)
-            return InitSource("huggingface", path, family, model, params, None)
+            return InitSource("huggingface", path, family, model, params, None, hf.read_task(directory))
         has_tokenizer = any(all((directory / name).is_file() for name in names) for names in TOKENIZER_FILES)
         tokenizer = load_tokenizer(directory) if has_tokenizer else None
         if tokenizer is not None and tokenizer.get_vocab_size() > model.vocab_size:
@@ -257,7 +257,7 @@ def open_init(path: str | Path, role: str = "init_from") -> InitSource:
                 f"{model.vocab_size:,} (vocab_size in {hf.CONFIG}); they come from different models. Export or "
                 "convert the model into a new directory."
             )
-        return InitSource("huggingface", path, family, model, params, tokenizer)
+        return InitSource("huggingface", path, family, model, params, tokenizer, hf.read_task(directory))
     family, model = run_model(run)
     stage = run["stage"]
     if stage == "pretraining" and not best:
