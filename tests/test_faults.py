@@ -442,6 +442,13 @@ CASES = [
         "jft finetune: error: cannot read {tmp}/a.xlsx: use .csv, .tsv or .jsonl (or tfds:NAME[:SPLIT]).",
     ),
     Case(
+        "SQuAD's .json given to a classification run",
+        lambda t, f: _finetune(t, f, **{"data.train": _write(t / "qa.json", '{"data": []}')}),
+        "jft finetune: error: cannot read {tmp}/qa.json: use .csv, .tsv or .jsonl (or tfds:NAME[:SPLIT]). A .json "
+        "file is read as SQuAD's form by a question-answering run (task=question_answering, as --config "
+        "finetune/squad); this is a classification run.",
+    ),
+    Case(
         "a data file that is not there",
         lambda t, f: _finetune(t, f, **{"data.train": t / "train.csv"}),
         "jft finetune: error: data file not found: {tmp}/train.csv",

@@ -137,7 +137,13 @@ def read_records(source: str, columns: Columns, kind: str, *, tfds_data_dir: str
             records = _csv_records(path, "\t" if path.suffix == ".tsv" else ",")
         else:
             squad = ", SQuAD's .json" if kind == "question_answering" else ""
-            raise JftError(f"cannot read {path}: use .csv, .tsv or .jsonl{squad} (or tfds:NAME[:SPLIT]).")
+            hint = ""
+            if path.suffix == ".json":
+                hint = (
+                    " A .json file is read as SQuAD's form by a question-answering run (task=question_answering, "
+                    f"as --config finetune/squad); this is a {kind} run."
+                )
+            raise JftError(f"cannot read {path}: use .csv, .tsv or .jsonl{squad} (or tfds:NAME[:SPLIT]).{hint}")
     if not records:
         raise JftError(f"{source} holds no records.")
     wanted = [c for c in (columns.text, columns.text_pair, *columns.choices, columns.label) if c]
