@@ -17,7 +17,6 @@ Data -> model -> state -> loop -> outputs, in the order of jft.train.session (st
    split with the best model.
 """
 
-import dataclasses
 import functools
 import sys
 from pathlib import Path
@@ -114,7 +113,7 @@ def train_and_evaluate(
                 data["joint"] = pretraining_images.identity()
         else:
             joint_classes, pretraining_images = [], None
-            task, best_metric, records = read_task(config)
+            task, best_metric, records = read_task(config, run["task"] if run else session.init and session.init.task)
             data = {"train": source_identity(config.data.train)}
             data["eval"] = source_identity(config.data.eval) if config.data.eval else None
             tokenizer = task_tokenizer(config, workdir if session.resuming else None, session.init)
@@ -128,9 +127,7 @@ def train_and_evaluate(
                     if data.get(split) != run["data"].get(split)
                 )
             )
-            if sorted(task.labels) == sorted(run["task"]["labels"]):  # a run of a jft that ordered them otherwise
-                task = dataclasses.replace(task, labels=run["task"]["labels"])
-            else:
+            if task.labels != run["task"]["labels"]:
                 session.differ(f"labels: run {run['task']['labels']}, now {task.labels}")
             if session.uses_reference() and saved_steps(workdir / rundir.CHECKPOINTS):
                 session.check_reference()

@@ -163,7 +163,7 @@ def sweep_data(config: ConfigDict) -> SweepData:
         joint_classes = image_joint_classes(most, init)
         joint = joint_images(config, joint_classes, model.image_size)
     else:
-        task, metric, records = read_task(config)
+        task, metric, records = read_task(config, init and init.task)
         tokenizer = task_tokenizer(config, None, init)
         family, model = new_model(config.model, tokenizer, init)
         data = encode_splits(task, tokenizer, family, model, records)

@@ -160,3 +160,32 @@ def test_saving_in_one_format_replaces_the_other(tmp_path):
     assert not (tmp_path / "model.safetensors").exists()
     _, loaded = hf.load(tmp_path)
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), newer, loaded))
+
+
+@pytest.mark.parametrize(
+    ("config", "task"),
+    [
+        (
+            {"architectures": ["BertForSequenceClassification"], "id2label": {"1": "b", "0": "a", "10": "k"}},
+            {"kind": "classification", "labels": ["a", "b", "k"]},
+        ),
+        (
+            {
+                "architectures": ["RobertaForSequenceClassification"],
+                "problem_type": "regression",
+                "id2label": {"0": "x"},
+            },
+            {"kind": "regression", "labels": []},
+        ),
+        ({"architectures": ["ResNetForImageClassification"], "id2label": {"0": "crane", "1": "crane"}}, None),
+        ({"architectures": ["BertForTokenClassification"], "id2label": {"0": "O", "1": "B-PER"}}, None),
+        ({"architectures": ["BertForMaskedLM"]}, None),
+        ({}, None),
+    ],
+    ids=["classifier", "regression", "repeated-names", "token-tagger", "pretraining", "no-architecture"],
+)
+def test_the_task_of_a_hugging_face_head_is_read_from_its_architecture_and_id2label(tmp_path, config, task):
+    """What init_from compares with the task to keep a classifier's head: its labels in id order;
+    nothing for the heads jft's `classifier` does not read, or names that repeat (ImageNet's 'crane')."""
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert hf.read_task(tmp_path) == task

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 
@@ -206,6 +207,20 @@ def test_workdir_with_another_models_checkpoint(corpus, tmp_path):
     with pytest.raises(
         JftError,
         match="other settings \\(model.hidden_size: run 32, now 48; batch_size: run 16, now 8\\)",
+    ):
+        train_and_evaluate(config, tmp_path)
+
+
+def test_a_pretraining_that_saved_no_step_keeps_its_settings_and_the_advice_says_a_new_workdir(corpus, tmp_path):
+    """Its rows and tokenizer in the workdir are its settings' (unlike a fine-tuning, it is not started
+    anew); the refusal does not advise init_from, which a run without a checkpoint cannot give."""
+    config = small_config(total_steps=2, log_every=1, checkpoint_every=2)
+    config.data.prepared = str(corpus[1])
+    train_and_evaluate(config, tmp_path)
+    shutil.rmtree(tmp_path / "checkpoints")
+    config.batch_size = 8
+    with pytest.raises(
+        JftError, match=r"batch_size: run 16, now 8\).*start a new --workdir \(it has saved no step yet\)\.$"
     ):
         train_and_evaluate(config, tmp_path)
 

@@ -164,7 +164,7 @@ def test_integer_labels_take_the_ids_of_their_numbers_and_a_run_ordered_as_text_
 ):
     """Labels 0..11 in a CSV: class id n is label n (an export's logit n, as HF's datasets count), not
     the text order 0, 1, 10, 11, 2, ...; a run written by a jft that ordered them as text keeps its
-    order on resume (its checkpoints' head) instead of being refused."""
+    order on resume (its checkpoints' head) instead of being refused, and as init_from (its head kept)."""
     rows = ["text,label"] + [f"this is example {i} of the set,{i % 12}" for i in range(48)]
     (tmp_path / "twelve.csv").write_text("\n".join(rows) + "\n")
     run = tmp_path / "run"
@@ -183,6 +183,9 @@ def test_integer_labels_take_the_ids_of_their_numbers_and_a_run_ordered_as_text_
     assert cli.main(_finetune(task, run, epochs=2, **settings)) == 0
     assert "resuming at step" in capsys.readouterr().out
     assert json.loads((run / "run.json").read_text())["task"]["labels"] == as_text
+    assert cli.main(_finetune(task, tmp_path / "next", init_from=run, **settings)) == 0  # its head, in its order
+    assert "not used: init_from's head" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "next" / "run.json").read_text())["task"]["labels"] == as_text
 
 
 def test_a_run_stopped_before_it_saved_anything_starts_anew_with_other_settings(task, tmp_path, capsys):
@@ -196,7 +199,7 @@ def test_a_run_stopped_before_it_saved_anything_starts_anew_with_other_settings(
     capsys.readouterr()
     assert cli.main(_finetune(task, run, **{"optim.lr": 3e-4})) == 0
     out = capsys.readouterr().out
-    assert "its run stopped before it saved a step; starting it anew" in out, out
+    assert "its run holds no saved step or best model; starting it anew" in out, out
     assert json.loads((run / "run.json").read_text())["config"]["optim"]["lr"] == 3e-4
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and saved_steps(run / "checkpoints") == [5]  # the old lines dropped

@@ -144,29 +144,23 @@ def save_image_processor(config, out: Path) -> None:
     )
 
 
-# transformers' head classes (the architecture's suffix) and the jft task each is a head of
-HEAD_TASKS = {
-    "ForSequenceClassification": "classification",
-    "ForImageClassification": "classification",
-    "ForTokenClassification": "token_classification",
-    "ForQuestionAnswering": "question_answering",
-}
+# transformers' classifier heads (the architecture's suffix) that jft's `classifier` reads
+CLASSIFIERS = ("ForSequenceClassification", "ForImageClassification")
 
 
 def read_task(directory: Path) -> dict | None:
-    """The task of a Hugging Face directory's head, as a jft run records it ({"kind", "labels"}:
-    id2label's names in id order), from config.json's architecture; None for a model without one
-    jft reads (a pretraining head, multiple choice)."""
+    """The task of a Hugging Face directory's classifier head, as a jft run records it ({"kind",
+    "labels"}: id2label's names in id order), from config.json's architecture; None for a model
+    without one, or whose names repeat (no order to keep)."""
     config = read_json_object(directory / CONFIG)
     architecture = str((config.get("architectures") or [""])[0])
-    kind = next((task for suffix, task in HEAD_TASKS.items() if architecture.endswith(suffix)), None)
-    if kind == "classification" and config.get("problem_type") == "regression":
+    if not architecture.endswith(CLASSIFIERS):
+        return None
+    if config.get("problem_type") == "regression":
         return {"kind": "regression", "labels": []}
-    if kind in ("classification", "token_classification"):
-        names = config.get("id2label") or {}
-        ids = sorted(names, key=lambda key: int(key) if str(key).isdigit() else len(names))
-        return {"kind": kind, "labels": [str(names[key]) for key in ids]}
-    return {"kind": kind, "labels": []} if kind else None
+    names = config.get("id2label") or {}
+    labels = [str(names[key]) for key in sorted(names, key=lambda key: int(key) if str(key).isdigit() else len(names))]
+    return {"kind": "classification", "labels": labels} if len(set(labels)) == len(labels) else None
 
 
 def read_image_processor(directory: Path, config):

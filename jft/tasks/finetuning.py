@@ -125,9 +125,11 @@ def spans_of(config: ConfigDict) -> Spans:
     return Spans(config.data.doc_stride, qa.max_answer_length, qa.n_best, qa.unanswerable, qa.null_threshold)
 
 
-def read_task(config: ConfigDict) -> tuple[Task, str, dict[str, list]]:
+def read_task(config: ConfigDict, recorded: dict | None = None) -> tuple[Task, str, dict[str, list]]:
     """The task (its labels from the training data; TFDS: its class names), the score that picks
-    the best model, and the records of the train, eval and test splits (empty when not set)."""
+    the best model, and the records of the train, eval and test splits (empty when not set).
+    recorded: the task a resumed run or init_from's head recorded, whose label order is kept for
+    the same labels (an earlier jft sorted integer labels as text)."""
     data = config.data
     choices = choice_columns(config) if config.task == "multiple_choice" else ()
     columns = Columns(data.text_column, data.text_pair_column or None, data.label_column, choices)
@@ -141,6 +143,8 @@ def read_task(config: ConfigDict) -> tuple[Task, str, dict[str, list]]:
     )
     if config.task in ("classification", "token_classification") and data.train:
         _check_classes(labels, f"data.train {data.train}", columns.label)
+    if recorded and recorded["kind"] == config.task and sorted(recorded["labels"]) == sorted(labels):
+        labels = list(recorded["labels"])
     spans = spans_of(config) if config.task == "question_answering" else None
     task = Task(config.task, labels, columns, data.seq_len, spans)
     if spans and not spans.unanswerable:

@@ -192,7 +192,8 @@ def mask_batch(
             f"masking.max_predictions {config.max_predictions} is larger than the rows ({seq_len} tokens); "
             f"use at most {seq_len} (BERT uses 20 for 128 tokens, 80 for 512)."
         )
-    if str(jax.random.key_impl(key)) == "threefry2x32":
+    one_threefry_key = str(jax.random.key_impl(key)) == "threefry2x32" and jnp.shape(key) in ((), (2,))
+    if one_threefry_key and not jax.config.jax_enable_x64:  # (64-bit draws are jax.random's alone)
         draws = threefry_draws(config, key, row_ids, seq_len, input_ids.dtype)
     else:
         draws = jax.vmap(lambda i: row_draws(config, jax.random.fold_in(key, i), seq_len, input_ids.dtype))(row_ids)

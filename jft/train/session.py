@@ -107,13 +107,18 @@ class RunSession:
                 agree(error)
             raise
 
+    def _saved_nothing(self) -> bool:
+        return not saved_steps(self.workdir / rundir.CHECKPOINTS) and not saved_steps(self.workdir / rundir.BEST)
+
     def _forget_a_run_that_saved_nothing(self) -> None:
-        """A run stopped before it saved a step or a best model holds nothing to resume: it starts
-        anew, with the settings given now (its run.json and tokenizer are written again)."""
-        if saved_steps(self.workdir / rundir.CHECKPOINTS) or saved_steps(self.workdir / rundir.BEST):
+        """A fine-tuning run that holds no checkpoint and no best model (stopped before its first,
+        or every one set aside as damaged) has nothing to resume: it starts anew, with the settings
+        given now (its run.json and tokenizer are written again). A pretraining run's rows and
+        tokenizer, prepared in its workdir, are its settings' still: it is compared as a resume."""
+        if self.stage != "finetuning" or not self._saved_nothing():
             return
         if jax.process_index() == 0:
-            print(f"{self.workdir}: its run stopped before it saved a step; starting it anew.", flush=True)
+            print(f"{self.workdir}: its run holds no saved step or best model; starting it anew.", flush=True)
         self.run = None
 
     @property
@@ -184,7 +189,11 @@ class RunSession:
             error = JftError(
                 f"{self.workdir} holds a {self.stage} run with other settings ({'; '.join(self.differences)}). "
                 f"Resume it with the settings it was started with (`jft config {self.workdir}` prints them), or "
-                f"start a new --workdir; --config.init_from={self.workdir} starts from its weights."
+                + (
+                    "start a new --workdir (it has saved no step yet)."
+                    if self._saved_nothing()
+                    else f"start a new --workdir; --config.init_from={self.workdir} starts from its weights."
+                )
             )
         agree(error)
 
