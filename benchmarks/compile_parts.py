@@ -169,11 +169,7 @@ def each_rows_own_draws():
     """The masking's random numbers by jax.random row by row (each row's key, then its three keys
     and each draw: seven threefry hashes a row), the same bits as the batch's joined hashes."""
     joined = masking_module.threefry_draws
-
-    def row_by_row(config, key, row_ids, seq_len, dtype):
-        return jax.vmap(lambda i: masking_module.row_draws(config, jax.random.fold_in(key, i), seq_len, dtype))(row_ids)
-
-    masking_module.threefry_draws = row_by_row
+    masking_module.threefry_draws = masking_module.fold_in_draws
     try:
         yield
     finally:

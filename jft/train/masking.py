@@ -58,6 +58,12 @@ def row_draws(config: MaskingConfig, key: jax.Array, seq_len: int, dtype) -> Dra
     )
 
 
+def fold_in_draws(config: MaskingConfig, key: jax.Array, row_ids: jax.Array, seq_len: int, dtype) -> Draws:
+    """Each row's draws by jax.random from fold_in(key, row id) ([batch, ...]): the definition that
+    `threefry_draws` computes faster, and the draws of other random generators."""
+    return jax.vmap(lambda i: row_draws(config, jax.random.fold_in(key, i), seq_len, dtype))(row_ids)
+
+
 def _threefry(requests: list[tuple[jax.Array, str, int]]) -> list[jax.Array]:
     """One threefry2x32 hash over the counters of several requests (key [batch, 2] uint32, kind, n):
     "bits" gives what jax.random.bits(key, (n,), uint32) gives for each row's key ([batch, n]),
@@ -70,7 +76,7 @@ def _threefry(requests: list[tuple[jax.Array, str, int]]) -> list[jax.Array]:
             counters.append((np.zeros(n, np.uint32), np.arange(n, dtype=np.uint32)))
         else:  # counters 0..m-1 (m = 2n for keys), a zero appended to an odd count, in two halves
             m = 2 * n if kind == "split" else n
-            counters.append(tuple(np.split(np.arange(m + m % 2, dtype=np.uint32) * (np.arange(m + m % 2) < m), 2)))
+            counters.append(tuple(np.split(np.append(np.arange(m), [0] * (m % 2)).astype(np.uint32), 2)))
         widths.append(len(counters[-1][0]))
     batch = requests[0][0].shape[0]
     k1, k2 = (
@@ -196,5 +202,5 @@ def mask_batch(
     if one_threefry_key and not jax.config.jax_enable_x64:  # (64-bit draws are jax.random's alone)
         draws = threefry_draws(config, key, row_ids, seq_len, input_ids.dtype)
     else:
-        draws = jax.vmap(lambda i: row_draws(config, jax.random.fold_in(key, i), seq_len, input_ids.dtype))(row_ids)
+        draws = fold_in_draws(config, key, row_ids, seq_len, input_ids.dtype)
     return jax.vmap(lambda d, i, a, w: mask_row(config, d, i, a, w))(draws, input_ids, attention_mask, word_start)
