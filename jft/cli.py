@@ -13,6 +13,7 @@ import glob
 import importlib.util
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -798,6 +799,15 @@ def _leave_out_an_absent_tpu() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `jft` console script; returns the exit status."""
+    try:
+        return _dispatch(argv)
+    except KeyboardInterrupt:  # Ctrl-C outside a training run's loop (which saves, then stops as RunStopped)
+        print("jft: stopped by SIGINT", file=sys.stderr)
+        return 128 + int(signal.SIGINT)
+
+
+def _dispatch(argv: Sequence[str] | None) -> int:
+    """Parses argv and runs its command; a refusal or a failure is one line on stderr and an exit status."""
     _leave_out_an_absent_tpu()
     from jft.config import load_config, split_overrides, with_overrides
     from jft.xla_cache import enable_compilation_cache

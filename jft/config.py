@@ -8,6 +8,7 @@ import ast
 import difflib
 import importlib.resources
 import importlib.util
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,22 @@ def split_overrides(args: Sequence[str]) -> list[str]:
             body, i = f"{body}={args[i + 1]}", i + 1
         overrides.append(body)
         i += 1
+    _warn_of_repeated_keys(overrides)
     return overrides
+
+
+def _warn_of_repeated_keys(overrides: Sequence[str]) -> None:
+    """Says on stderr which keys are set more than once, to different values: the last one is used."""
+    values: dict[str, list[str]] = {}
+    for override in overrides:
+        key, _, text = override.partition("=")
+        values.setdefault(key, []).append(text)
+    for key, texts in values.items():
+        if len(set(texts)) > 1:
+            print(
+                f"warning: {OVERRIDE_PREFIX}{key} is given {len(texts)} times ({', '.join(texts)}); the last is used.",
+                file=sys.stderr,
+            )
 
 
 def apply_overrides(config: ConfigDict, overrides: Sequence[str]) -> None:

@@ -185,7 +185,8 @@ FINETUNE: Table = {
     ),
     "joint_mlm.data": (
         "",
-        "images: the pretraining images L_pre is computed on (a folder a class; init_from's classes)",
+        "image models only: the pretraining images L_pre is computed on (a folder a class; init_from's classes); "
+        "a text model's is the task's text",
     ),
     "joint_mlm.rate": (0.15, "joint objective: fraction of tokens masked"),
     "joint_mlm.max_predictions": (20, "joint objective: at most this many masked tokens a row"),

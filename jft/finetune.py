@@ -34,6 +34,7 @@ from jft.tasks.batches import fill_rows, step_inputs
 from jft.tasks.evaluate import evaluate_data
 from jft.tasks.finetuning import (
     check_settings,
+    check_text_joint_data,
     describe_penalty,
     encode_splits,
     finetune_setup,
@@ -112,6 +113,7 @@ def train_and_evaluate(
             if pretraining_images is not None:
                 data["joint"] = pretraining_images.identity()
         else:
+            check_text_joint_data(config)
             joint_classes, pretraining_images = [], None
             task, best_metric, records = read_task(config, run["task"] if run else session.init and session.init.task)
             data = {"train": source_identity(config.data.train)}

@@ -41,6 +41,7 @@ from jft.models import get as get_family
 from jft.population import Member, SweepData, train_population
 from jft.tasks.finetuning import (
     check_settings,
+    check_text_joint_data,
     encode_splits,
     image_joint_classes,
     planned_steps,
@@ -163,6 +164,7 @@ def sweep_data(config: ConfigDict) -> SweepData:
         joint_classes = image_joint_classes(most, init)
         joint = joint_images(config, joint_classes, model.image_size)
     else:
+        check_text_joint_data(config)
         task, metric, records = read_task(config, init and init.task)
         tokenizer = task_tokenizer(config, None, init)
         family, model = new_model(config.model, tokenizer, init)

@@ -338,3 +338,16 @@ def test_a_signal_stops_the_whole_quickstart(tmp_path):
     out, err = process.communicate(timeout=120)
     assert process.returncode == 143, err
     assert "jft quickstart: stopped by SIGTERM at step" in err and "2/2 fine-tuning" not in out
+
+
+def test_ctrl_c_outside_a_training_loop_is_one_line_and_exit_130():
+    command = [*JFT, "bench", "--config", "bench:tiny", "--topology", "v5e:2x2", "--largest-batch"]
+    process = subprocess.Popen(command, env=ONE_DEVICE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    while not any(line.startswith("bench: ") for line in lines):
+        lines.append(process.stderr.readline())  # the search's first compile is done: the next is under way
+        assert lines[-1] or process.poll() is None, "".join(lines)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert err.endswith("jft: stopped by SIGINT\n") and "Traceback" not in err, err

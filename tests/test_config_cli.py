@@ -38,10 +38,14 @@ def test_overrides_are_parsed_to_each_key_type():
     assert config_of(config.model)[1].remat == "none"
 
 
-def test_split_overrides_accepts_both_spellings():
+def test_split_overrides_accepts_both_spellings_and_warns_of_a_key_given_twice(capsys):
     assert split_overrides(["--config.a.b=1", "--config.c", "x y"]) == ["a.b=1", "c=x y"]
     with pytest.raises(JftError, match="unrecognized argument '--lr=1'"):
         split_overrides(["--lr=1"])
+    assert capsys.readouterr().err == ""
+    twice = ["--config.optim.lr=1e-4", "--config.seed=1", "--config.optim.lr", "3e-4", "--config.seed=1"]
+    assert split_overrides(twice) == ["optim.lr=1e-4", "seed=1", "optim.lr=3e-4", "seed=1"]
+    assert capsys.readouterr().err == "warning: --config.optim.lr is given 2 times (1e-4, 3e-4); the last is used.\n"
 
 
 @pytest.mark.parametrize(

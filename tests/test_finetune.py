@@ -365,11 +365,15 @@ def test_bad_input_is_reported_and_nothing_is_written(tmp_path, tiny_hf_dir):
         (_config(train, init_from=str(tmp_path / "nowhere")), "init_from .*nowhere does not exist"),
         (_config(train), "no vocabulary"),
         (_config(train, init_from=str(tiny_hf_dir), **{"data.layout": "packd"}), "data.layout 'packd' is not one of"),
+        (
+            _config(train, init_from=str(tiny_hf_dir), **{"joint_mlm.weight": 0.5, "joint_mlm.data": str(train)}),
+            "is an image model's pretraining images; a text model's joint objective .* the task's own text",
+        ),
     ]
     for index, (config, message) in enumerate(cases):
-        with pytest.raises(JftError, match=message):
-            train_and_evaluate(config, tmp_path / f"run{index}")
-        assert not (tmp_path / f"run{index}").exists()
+        with pytest.raises(JftError, match=message):  # a workdir two folders down: none of them is left
+            train_and_evaluate(config, tmp_path / f"new{index}" / "deeper" / "run")
+        assert not (tmp_path / f"new{index}").exists()
 
 
 def _long_texts(path, examples: int, seed: int):

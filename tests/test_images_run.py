@@ -120,6 +120,16 @@ def test_pretrain_finetune_eval_predict_export_reload_in_pytorch(digits, pretrai
     assert "created new (2): classifier/" in done.stdout  # 5 new classes, a new head
     metrics = [json.loads(line) for line in (elsewhere / "task" / "metrics.jsonl").read_text().splitlines()]
     assert all(0 <= row["pre_accuracy"] <= 1 and row["pre_loss"] > 0 for row in metrics if row["split"] == "train")
+    wrong = {**settings, "joint_mlm.data": digits / "train"}  # the task's images (5-9) given for L_pre's (0-4)
+    refused = subprocess.run(
+        jft_command("finetune", "--config", f"finetune/{family}_tiny", "--workdir", "w") + settings_args(wrong),
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        env=ONE_DEVICE,
+    )
+    assert refused.returncode == 2 and "classes the pretraining classifier does not know: ['5'" in refused.stderr
+    assert "give the images init_from was pretrained on" in refused.stderr and not (elsewhere / "w").exists()
     (elsewhere / "task").rename(elsewhere / "moved")  # a run directory moves whole
     report = json.loads(
         run(jft_command("eval", "--workdir", "moved", "--data", digits / "dev", "--json"), elsewhere).stdout

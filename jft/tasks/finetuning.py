@@ -260,7 +260,9 @@ def describe_penalty(config: ConfigDict) -> str:
     l2 = config.l2
     if not l2.weight:
         return f"l2: λ = 0, no penalty (l2.reference={l2.reference})"
-    toward = "the weights it starts from (L2-SP)" if l2.reference == "init" and config.init_from else "0"
+    if l2.reference == "init" and not config.init_from:
+        return f"l2: λ = {l2.weight:g}, pulling toward 0 (l2.reference=init, and no init_from: the weights start new)"
+    toward = "the weights it starts from (L2-SP)" if l2.reference == "init" else "0"
     return f"l2: λ = {l2.weight:g}, pulling toward {toward} (l2.reference={l2.reference})"
 
 
@@ -304,6 +306,16 @@ def image_joint_classes(config: ConfigDict, init, recorded: list[str] | None = N
             + (f", and {init.path} is not one." if init is not None else ", and none is given.")
         )
     return list(init.task["labels"])
+
+
+def check_text_joint_data(config: ConfigDict) -> None:
+    """A text model's joint objective is computed on the task's own text: joint_mlm.data (an image
+    model's pretraining images) would go unread, so it is refused."""
+    if config.joint_mlm.data:
+        raise JftError(
+            f"joint_mlm.data={config.joint_mlm.data} is an image model's pretraining images; a text model's joint "
+            "objective (joint_mlm.weight) is computed on the task's own text: leave joint_mlm.data empty."
+        )
 
 
 def joint_objective(config: ConfigDict, family, tokenizer, model) -> tuple[str | None, MaskingConfig | None]:

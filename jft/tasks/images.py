@@ -145,6 +145,12 @@ def joint_images(config: ConfigDict, classes: list[str], side: int) -> ImageData
     )
     if images.labels is None:
         raise JftError(f"joint_mlm.data {data} has no labels (no class folders); L_pre needs the pretraining classes.")
+    unknown = sorted(set(images.labels) - set(classes))
+    if unknown:
+        raise JftError(
+            f"joint_mlm.data {data} has classes the pretraining classifier does not know: {unknown[:5]} (its classes: "
+            f"{classes[:10]}{' ...' if len(classes) > 10 else ''}); give the images init_from was pretrained on."
+        )
     return image_data(images, classes, f"joint_mlm.data {data}")
 
 

@@ -100,7 +100,7 @@ def hold(workdir: Path, check: Callable[[Path], None] | None = None) -> Iterator
     process learns at once whether it could): check(workdir) may refuse it first, then it is
     created if needed and run.lock taken; at the end the run lets go and removes the directory
     again if it created it and left nothing in it."""
-    lock, created, refusal = None, False, None
+    lock, created, refusal = None, None, None
     if jax.process_index() == 0:
         try:
             if check is not None:
@@ -115,8 +115,7 @@ def hold(workdir: Path, check: Callable[[Path], None] | None = None) -> Iterator
     finally:
         if lock is not None:
             lock.release()
-            if created and not any(workdir.iterdir()):
-                workdir.rmdir()
+            _remove_if_empty(workdir, created)
 
 
 @contextlib.contextmanager
@@ -139,11 +138,11 @@ def _stop_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _take(workdir: Path) -> tuple[bool, Lock]:
-    """(whether workdir was created, its lock, held)."""
+def _take(workdir: Path) -> tuple[Path | None, Lock]:
+    """(the first folder made for workdir: workdir or a parent of it, None if it existed; its lock, held)."""
     if workdir.exists() and not workdir.is_dir():
         raise JftError(f"--workdir {workdir} is a file; give a directory.")
-    created = not workdir.exists()
+    created = _first_missing(workdir)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -152,11 +151,32 @@ def _take(workdir: Path) -> tuple[bool, Lock]:
     try:
         lock.acquire()
     except OSError as error:
-        if created and not any(workdir.iterdir()):
-            workdir.rmdir()
+        _remove_if_empty(workdir, created)
         raise JftError(f"cannot write in --workdir {workdir}: {error.strerror}.") from None
     except JftError:
-        if created and not any(workdir.iterdir()):
-            workdir.rmdir()
+        _remove_if_empty(workdir, created)
         raise
     return created, lock
+
+
+def _first_missing(workdir: Path) -> Path | None:
+    """The outermost of workdir and its parents that does not exist yet (None: workdir exists)."""
+    missing = None
+    for folder in (workdir, *workdir.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def _remove_if_empty(workdir: Path, created: Path | None) -> None:
+    """Removes workdir and its parents up to created (the first folder made for it), while empty:
+    a run that wrote nothing leaves no folders behind."""
+    if created is None:
+        return
+    for folder in (workdir, *workdir.parents):
+        if any(folder.iterdir()):
+            return
+        folder.rmdir()
+        if folder == created:
+            return
