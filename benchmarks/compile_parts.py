@@ -8,6 +8,7 @@ pass takes more to compile with dropout on (its random draws) than without.
     python benchmarks/compile_parts.py --families bert --rounds 3
     python benchmarks/compile_parts.py --code    # what XLA:CPU generates: jft's small BERT against HF Flax's
     python benchmarks/compile_parts.py --masking-draws --rounds 7   # the masking's joined hashes against row by row
+    python benchmarks/compile_parts.py --dropout-draws --families bert,roberta,gpt2   # dropout's row hashes
 
 Each figure is the median of --rounds fresh compiles (jax's in-memory caches cleared between
 them; the persistent cache off). The parts do not add up to the whole: XLA compiles one program,
@@ -23,7 +24,9 @@ once, so HF's unrolled layers cost one layer's kernels.
 --masking-draws compiles the pretraining step, and its masking alone, with the masking's random
 numbers by the batch's joined threefry hashes (jft.train.masking.threefry_draws) and by each row's
 jax.random draws (the same bits), the two alternated round by round, and the compiled steps' times
-(windows of 3 steps, alternated); medians.
+(windows of 3 steps, alternated); medians. --dropout-draws does the same for dropout's masks: by
+each row's hashes (jft.models.layers.kept) against jax.random.bits over the whole array (jft's until
+2026-12-06).
 """
 
 import argparse
@@ -46,6 +49,7 @@ import numpy as np
 import optax
 
 from jft.config import load_config
+from jft.models import layers
 from jft.perf import bench
 from jft.train import masking as masking_module
 from jft.train.masking import mask_batch
@@ -176,28 +180,75 @@ def each_rows_own_draws():
         masking_module.threefry_draws = joined
 
 
-def masking_draws(family_name: str, rounds: int) -> dict:
-    """XLA compile seconds of the pretraining step and of its masking alone, joined hashes (jft)
-    against row by row, alternated (the order swapping each round), medians."""
-    _, _, work, state, batch, key, step = _step(family_name, "pretrain")
-    masked, args = _masking_alone(work, batch, key)
+def _alternated(variants: dict, rounds: int, step, state, batch, key, parts=()) -> dict:
+    """XLA compile seconds of the step (and of each (name, function, args) of parts) under each
+    variant (a context manager's factory), alternated round by round (the order swapping), and the
+    compiled steps' time (9 windows of 3 steps, alternated); medians by (part or "step" or "run", variant)."""
+    names = list(variants)
     seconds = collections.defaultdict(list)
     for round_ in range(rounds):
-        for variant in ("joined", "row by row")[:: 1 if round_ % 2 == 0 else -1]:
-            with each_rows_own_draws() if variant == "row by row" else contextlib.nullcontext():
+        for variant in names[:: 1 if round_ % 2 == 0 else -1]:
+            with variants[variant]():
                 seconds["step", variant].append(_seconds(step, state, batch, key)["compile"])
-                seconds["masking", variant].append(_seconds(masked, *args)["compile"])
+                for part, function, args in parts:
+                    seconds[part, variant].append(_seconds(function, *args)["compile"])
     compiled = {}
-    for variant in ("joined", "row by row"):
-        with each_rows_own_draws() if variant == "row by row" else contextlib.nullcontext():
+    for variant in names:
+        with variants[variant]():
             compiled[variant] = jax.jit(step).lower(state, batch, key).compile()
         jax.block_until_ready(compiled[variant](state, batch, key))
-    for round_ in range(9):  # the step's time: windows of 3 steps, alternated
-        for variant in ("joined", "row by row")[:: 1 if round_ % 2 == 0 else -1]:
+    for round_ in range(9):
+        for variant in names[:: 1 if round_ % 2 == 0 else -1]:
             start = time.perf_counter()
             jax.block_until_ready([compiled[variant](state, batch, key) for _ in range(3)])
             seconds["run", variant].append((time.perf_counter() - start) / 3)
     return {part: statistics.median(values) for part, values in seconds.items()}
+
+
+def masking_draws(family_name: str, rounds: int) -> dict:
+    """XLA compile seconds of the pretraining step and of its masking alone, joined hashes (jft)
+    against row by row, and the steps' times (_alternated)."""
+    _, _, work, state, batch, key, step = _step(family_name, "pretrain")
+    variants = {"joined": contextlib.nullcontext, "row by row": each_rows_own_draws}
+    return _alternated(variants, rounds, step, state, batch, key, [("masking", *_masking_alone(work, batch, key))])
+
+
+@contextlib.contextmanager
+def whole_array_dropout_draws():
+    """Dropout's masks by jax.random.bits, 16 bits a value, over the whole array by its key: jft's
+    draw until 2026-12-06 (each device its own rows by a key folded with its index)."""
+    by_row = layers.kept
+
+    def random_bits(key, rate, shape):
+        return jax.random.bits(key, shape, jnp.uint16) < round((1.0 - rate) * 2**16)
+
+    layers.kept = random_bits  # the models look kept up when they trace
+    try:
+        yield
+    finally:
+        layers.kept = by_row
+
+
+def dropout_draws_table(families: list[str], workloads: list[str], rounds: int) -> str:
+    """The step's compile seconds and time with dropout's masks by row hashes (jft) and by
+    jax.random.bits over the whole array, for each family and workload (_alternated)."""
+    variants = {"row hashes": contextlib.nullcontext, "whole array": whole_array_dropout_draws}
+    lines = [
+        f"| family | workload | step compile s (medians of {rounds}): row hashes (jft), jax.random.bits, ratio "
+        "| step ms (medians of 9 windows): row hashes, jax.random.bits |",
+        "|---|---|---|---|",
+    ]
+    for family in families:
+        for workload in workloads:
+            _, _, _, state, batch, key, step = _step(family, workload)
+            m = _alternated(variants, rounds, step, state, batch, key)
+            print(family, workload, m, flush=True)
+            compile_s, run = [m["step", v] for v in variants], [1e3 * m["run", v] for v in variants]
+            lines.append(
+                f"| {family} | {workload} | {compile_s[0]:.2f}, {compile_s[1]:.2f}, {compile_s[0] / compile_s[1]:.2f} "
+                f"| {run[0]:.0f}, {run[1]:.0f} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def masking_draws_table(families: list[str], rounds: int) -> str:
@@ -302,6 +353,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--code", action="store_true", help="XLA's phases and generated kernels, jft and HF Flax")
     parser.add_argument("--masking-draws", action="store_true", help="the masking's joined hashes against row by row")
+    parser.add_argument("--dropout-draws", action="store_true", help="dropout's row hashes against jax.random.bits")
     parser.add_argument("--code-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     jax.config.update("jax_enable_compilation_cache", False)
@@ -311,6 +363,8 @@ def main():
         return print(code_table(args.workloads.split(",")))
     if args.masking_draws:
         return print(masking_draws_table([f for f in args.families.split(",") if f != "gpt2"], args.rounds))
+    if args.dropout_draws:
+        return print(dropout_draws_table(args.families.split(","), args.workloads.split(","), args.rounds))
     rows = []
     for family in args.families.split(","):
         for workload in args.workloads.split(","):

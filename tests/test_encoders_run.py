@@ -118,10 +118,12 @@ def test_packed_rows_frame_each_piece_with_s_and_end_of_text(corpus):
     assert not all(starts)
 
 
+# with dropout: its masks must not depend on the devices or micro-batches a row falls in
 SETUP_MODELS = {
-    "roberta": dict(intermediate_size=64, max_position_embeddings=34, hidden_dropout_prob=0.0)
-    | dict(attention_probs_dropout_prob=0.0),
-    "modernbert": dict(intermediate_size=48, local_attention=8, global_attn_every_n_layers=2),
+    "roberta": dict(intermediate_size=64, max_position_embeddings=34, hidden_dropout_prob=0.1)
+    | dict(attention_probs_dropout_prob=0.1),
+    "modernbert": dict(intermediate_size=48, local_attention=8, global_attn_every_n_layers=2)
+    | dict(embedding_dropout=0.1, attention_dropout=0.1, mlp_dropout=0.1),
 }
 
 

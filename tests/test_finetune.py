@@ -1,6 +1,7 @@
 """The fine-tuning stage: the L2 objective by hand, its pull, devices, the loop, eval/predict/export, errors."""
 
 import collections
+import dataclasses
 import functools
 import json
 import logging
@@ -15,7 +16,7 @@ import safetensors.numpy
 import torch
 import transformers
 
-from conftest import TINY_MODEL, set_keys, tiny_hf_bert, write_topic_task
+from conftest import TINY_MODEL, largest_difference, set_keys, tiny_hf_bert, write_topic_task
 from jft import cli
 from jft.data.synthetic import sentence_lengths, write_vocab
 from jft.errors import JftError
@@ -164,10 +165,12 @@ def test_joint_objective_adds_mu_times_the_masked_lm_loss_of_the_batch():
     assert float(metrics["loss"]) == pytest.approx(float(loss), rel=1e-5)
 
 
-def test_eight_devices_give_the_one_device_update():
-    """With the joint objective on, so the masks are checked too (they must not depend on devices)."""
+def test_eight_devices_and_accumulation_give_the_one_device_update_dropout_included():
+    """With the joint objective on, so the masks are checked too, and dropout (hidden and attention):
+    neither may depend on the devices or the micro-batches a row falls in."""
     mlm_weight = 0.5
-    model = BertForSequenceClassification(BertConfig(vocab_size=120, **TINY_MODEL), 3, mlm=True)
+    dropout = {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
+    model = BertForSequenceClassification(BertConfig(vocab_size=120, **{**TINY_MODEL, **dropout}), 3, mlm=True)
     batch = _batch(rows=16)
     params = init_params(model, jax.random.PRNGKey(0))
     batch["weights"][3] = 0.0  # a padding row: counts are global, not per device
@@ -182,18 +185,21 @@ def test_eight_devices_give_the_one_device_update():
         _masking(),
     )
     results = {}
-    for backend in ("jit", "shard_map", "pmap"):
+    for backend, accum_steps in (("jit", 1), ("shard_map", 1), ("pmap", 1), ("jit", 4)):
         runner = Runner(backend)
-        step = runner.compile(functools.partial(finetune_step, setup=setup))
+        own = dataclasses.replace(setup, accum_steps=accum_steps)
+        step = runner.compile(functools.partial(finetune_step, setup=own))
         state = runner.put_replicated(create_finetune_state(params, setup.tx, params))
         state, _ = step(state, runner.put_batch(batch), runner.put_replicated(jax.random.PRNGKey(0)))
-        results[backend] = runner.get(state.params)
-    for backend in ("shard_map", "pmap"):
-        diff = max(
-            float(np.max(np.abs(a - b)))
-            for a, b in zip(jax.tree.leaves(results["jit"]), jax.tree.leaves(results[backend]))
-        )
-        assert diff < 5e-6, backend  # Adam's first step is about ±lr·sign(g) = 1e-3: 0.5% of it
+        results[backend if accum_steps == 1 else "accumulated"] = runner.get(state.params)
+    without = dataclasses.replace(setup, model=model.clone(config=BertConfig(vocab_size=120, **TINY_MODEL)))
+    state = create_finetune_state(params, setup.tx, params)
+    state, _ = jax.jit(functools.partial(finetune_step, setup=without, axis_name=None))(
+        state, batch, jax.random.PRNGKey(0)
+    )
+    assert largest_difference(results["jit"], state.params) > 1e-4  # dropout did drop
+    for backend in ("shard_map", "pmap", "accumulated"):  # Adam's first step is about ±lr·sign(g) = 1e-3
+        assert largest_difference(results["jit"], results[backend]) < 5e-6, backend
 
 
 @pytest.fixture(scope="module")

@@ -114,7 +114,7 @@ def _next_word_setup(rows, accum_steps=1):
     family = get_family("gpt2")
     config = family.config(
         dict(vocab_size=rows.metadata["vocab_size"], n_embd=32, n_layer=2, n_head=2, n_positions=64)
-        | dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        | dict(resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)  # dropout's masks do not depend on the devices
     )
     model = family.module(config, Head("pretraining"))
     tx, schedule = make_optimizer(pretrain_defaults().optim, 10)

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import make_batch, masked_positions, tiny_hf_config
 from jft.models.bert import BertConfig, BertForPreTraining, BertModel, init_params
-from jft.models.layers import Dropout, attention, attention_mask_4d, fused_attention, kept
+from jft.models.layers import Dropout, attention, attention_mask_4d, batch_rows, fused_attention, kept
 
 
 def _config(**overrides):
@@ -63,6 +63,24 @@ def test_dropout_keeps_one_minus_rate_and_scales_what_it_keeps(rate):
     assert np.array_equal(Dropout(rate).apply({}, x, deterministic=True), x)
     assert np.array_equal(Dropout(0.0).apply({}, x, deterministic=False), x)
     assert bool(kept(jax.random.key(0), 1e-9, (8,)).all())
+
+
+def test_a_rows_dropout_mask_is_its_place_in_the_batchs_not_its_devices():
+    """kept draws each row's mask by the row's place in the whole batch (batch_rows): a device's or
+    a micro-batch's rows get the whole batch's masks for them, whatever the key's kind; rows and
+    values within a row draw independently (the 2 x 2 cross-table of adjacent values is 1 - rate's)."""
+    shape, rate = (12, 3, 7, 5), 0.3  # 105 values a row: not a multiple of a hash's 4
+    for key in (jax.random.key(5), jax.random.PRNGKey(5), jax.random.key(5, impl="rbg")):
+        whole = np.asarray(kept(key, rate, shape))
+        for rows in (np.arange(4, 8), np.array([11, 0, 6])):
+            with batch_rows(jnp.asarray(rows)):
+                np.testing.assert_array_equal(np.asarray(kept(key, rate, (len(rows), *shape[1:]))), whole[rows])
+        assert len({row.tobytes() for row in whole}) == len(whole)
+    many = np.asarray(kept(jax.random.key(1), rate, (64, 4096))).reshape(-1, 2)
+    both = np.mean(many[:, 0] & many[:, 1])
+    assert abs(both - (1 - rate) ** 2) < 4 * np.sqrt(0.49 * 0.51 / len(many))
+    with pytest.raises(ValueError, match="not the batch's 3"), batch_rows(jnp.arange(3)):
+        kept(jax.random.key(0), rate, (4, 2))
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded rows", "packed rows"])

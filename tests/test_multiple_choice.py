@@ -111,7 +111,8 @@ def test_eight_devices_give_the_one_device_update_with_the_joint_term(tmp_path):
     (batch,) = [step_inputs(b)[1] for b in TaskBatches(data, "multiple_choice", 16, shuffle=False, max_len=32).epoch(0)]
     assert batch["input_ids"].shape[:2] == (16, 4) and batch["labels"].shape == (16,)
     batch["weights"][3] = 0.0  # an example that only fills the batch: counts are global
-    config = BertConfig(vocab_size=tokenizer.get_vocab_size(), **TINY_MODEL)
+    dropout = {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}  # each candidate row's own masks
+    config = BertConfig(vocab_size=tokenizer.get_vocab_size(), **{**TINY_MODEL, **dropout})
     model = get_family("bert").module(config, Head("multiple_choice", 1, mlm=True))
     params = get_family("bert").init_params(model, jax.random.PRNGKey(0))
     special = {"pad": 0, "cls": 2, "sep": 3, "mask": 4, "unk": 1}

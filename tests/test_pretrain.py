@@ -54,6 +54,9 @@ def corpus(tmp_path_factory):
     return text, root / "rows"
 
 
+DROPOUT = {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
+
+
 def _setup(rows: PretrainRows, accum_steps=1, **model_overrides):
     meta = rows.metadata
     fields = dict(vocab_size=meta["vocab_size"], **TINY_MODEL)
@@ -67,19 +70,19 @@ def _setup(rows: PretrainRows, accum_steps=1, **model_overrides):
 @pytest.mark.parametrize("backend", ["shard_map", "pmap"])
 def test_eight_devices_give_the_one_device_update(corpus, backend):
     rows = PretrainRows(corpus[1])
-    setup = _setup(rows)
+    setup = _setup(rows, **DROPOUT)
     one, one_metrics = pretrain_steps(setup, rows, "jit")
     eight, eight_metrics = pretrain_steps(setup, rows, backend)
     assert Runner(backend).num_devices == 8
-    # Same rows, same masks (keyed by row), dropout off: only the order of float sums differs.
+    # Same rows, same masks and dropout (keyed by the row's place in the batch): only the order of float sums differs.
     assert largest_difference(one.params, eight.params) < 1e-6
     assert abs(one_metrics["loss"] - eight_metrics["loss"]) < 1e-5
 
 
 def test_gradient_accumulation_equals_one_big_batch(corpus):
     rows = PretrainRows(corpus[1])
-    whole, _ = pretrain_steps(_setup(rows, accum_steps=1), rows, "jit")
-    accumulated, _ = pretrain_steps(_setup(rows, accum_steps=4), rows, "jit")
+    whole, _ = pretrain_steps(_setup(rows, accum_steps=1, **DROPOUT), rows, "jit")
+    accumulated, _ = pretrain_steps(_setup(rows, accum_steps=4, **DROPOUT), rows, "jit")
     assert largest_difference(whole.params, accumulated.params) < 1e-6
 
 

@@ -282,7 +282,9 @@ def test_question_answering_folds_keep_a_questions_windows_together_and_a_member
     own_params, own_scores = _standalone(
         config, tmp_path / "fold1", members[1].setting, train=tmp_path / "part.json", eval=tmp_path / "held_out.json"
     )
-    assert _largest_difference(_member(params, 1), own_params) < 1e-5
+    # float rounding of the vmapped step, which Adam's near-zero gradients grow (1.2e-5 seen); another
+    # member's data or masks would differ by about the learning rate, 1e-3
+    assert _largest_difference(_member(params, 1), own_params) < 2e-5
     assert results[1]["scores"] == pytest.approx(own_scores, abs=1e-6)
 
 

@@ -13,6 +13,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.extend.random import threefry2x32_p
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -181,15 +182,49 @@ def fused_attention(
     return jax.nn.dot_product_attention(query, key, value, mask=mask, **options)
 
 
+_BATCH_ROWS: contextvars.ContextVar = contextvars.ContextVar("batch_rows", default=None)
+
+
+@contextlib.contextmanager
+def batch_rows(row_ids: jax.Array):
+    """While tracing a model on some rows of a batch: row_ids [rows] are their places in the whole
+    batch (a device's rows, a micro-batch's), by which dropout draws each row's mask (kept)."""
+    token = _BATCH_ROWS.set(row_ids)
+    try:
+        yield
+    finally:
+        _BATCH_ROWS.reset(token)
+
+
 def kept(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
-    """Which values dropout keeps: each with probability 1 - rate, to within 2^-17, drawn from 16
-    random bits a value where jax.random.bernoulli draws 32 (a float). jax packs two to a word, so
-    the mask takes about a quarter of the time on this CPU (5.5 against 21.7 ms for 4.7 million
-    values, classic threefry: benchmarks/dropout_bits.py)."""
+    """Which values of a [rows, ...] array dropout keeps: each with probability 1 - rate, to within
+    2^-17, from 16 random bits a value. The bits of four values are one threefry2x32 hash under key
+    of (the row's place in the whole batch, batch_rows; else its index, the hash's index in the row),
+    so a row's mask is the same whichever device or micro-batch holds it: n devices and gradient
+    accumulation draw one device's masks for the whole batch (benchmarks/dropout_bits.py: its time
+    and memory against jax.random's)."""
     threshold = round((1.0 - rate) * 2**16)
     if threshold >= 2**16:
         return jnp.ones(shape, bool)
-    return jax.random.bits(key, shape, jnp.uint16) < threshold
+    rows = _BATCH_ROWS.get()
+    rows = jnp.arange(shape[0]) if rows is None else rows
+    if rows.shape != shape[:1]:
+        raise ValueError(f"dropout over {shape}: its rows are not the batch's {rows.shape[0]} (batch_rows)")
+    per_row = math.prod(shape[1:])
+    hashes = (shape[0], -(-per_row // 4))
+    words = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    if words.shape != (2,):  # another generator's key: two words of its bits as the hash's key
+        words = jax.random.bits(key, (2,), jnp.uint32)
+    y0, y1 = threefry2x32_p.bind(  # the key as two scalars: broadcast arrays would make its schedule a value's work
+        words[0],
+        words[1],
+        jnp.broadcast_to(rows.astype(jnp.uint32)[:, None], hashes),
+        jax.lax.broadcasted_iota(jnp.uint32, hashes, 1),
+    )
+    # a row's values in four runs (each hash's four halves apart): no [..., 4] array, whose minor
+    # dimension of 4 a TPU would pad (BERT-base, seq 512, v6e: 31.5 GiB a device against 35.4)
+    halves = (y0 & 0xFFFF, y0 >> 16, y1 & 0xFFFF, y1 >> 16)
+    return jnp.concatenate([half < threshold for half in halves], 1)[:, :per_row].reshape(shape)
 
 
 class Dropout(nn.Module):

@@ -8,6 +8,7 @@ any family's module (jft.models): it takes the batch's arrays named in the setup
 returns a dict of outputs ("logits", "mlm_logits", "nsp_logits").
 """
 
+import contextlib
 import dataclasses
 import functools
 from typing import Any
@@ -19,7 +20,7 @@ import optax
 
 from jft.models.batch_norm import STATS, variables
 from jft.models.family import TEXT_INPUTS
-from jft.models.layers import in_global_view, rows_split
+from jft.models.layers import batch_rows, in_global_view, rows_split
 from jft.train.augment import ImageInputs, image_inputs
 from jft.train.masking import MaskingConfig, mask_batch
 from jft.train.next_word import causal_inputs, task_next_tokens
@@ -28,13 +29,14 @@ from jft.train.parallel import AXIS
 
 
 def classic_threefry(step):
-    """The step's random bits (dropout, masking) by JAX's classic threefry
+    """The step's jax.random draws (the masking's, the crops') by JAX's classic threefry
     (jax_threefry_partitionable=False), for this step only. Each device draws its own bits here
     (pmap, shard_map), so the partitionable variant, JAX's default, has nothing to partition and
-    takes longer: on a CPU, a small BERT's dropout masks for one fine-tuning step take 70 ms by
-    it, 26 ms classic (benchmarks/cpu_finetune_gap.py). In the global view (shard_state) the
-    partitionable one: each device draws the bits of its own rows, the same whatever the devices,
-    where the classic one would draw every row's on every device."""
+    takes longer: on a CPU, a small BERT's dropout masks for one fine-tuning step took 70 ms by
+    it, 26 ms classic (benchmarks/cpu_finetune_gap.py, when dropout drew by jax.random). In the
+    global view (shard_state) the partitionable one: each device draws the bits of its own rows,
+    the same whatever the devices, where the classic one would draw every row's on every device.
+    (Dropout's masks are drawn by jft.models.layers.kept, the same in either mode.)"""
 
     @functools.wraps(step)
     def wrapped(*args, **kwargs):
@@ -107,13 +109,20 @@ def _masked_inputs(masking: MaskingConfig, batch: dict, key: jax.Array) -> dict:
 
 def _candidate_rows(batch: dict) -> dict:
     """A multiple-choice batch's candidates as rows: token arrays [rows, candidates, seq] as
-    [rows · candidates, seq] (each example's candidates in a run)."""
-    return {name: v.reshape(-1, v.shape[-1]) if name in TEXT_INPUTS and v.ndim == 3 else v for name, v in batch.items()}
+    [rows · candidates, seq] (each example's candidates in a run), row_ids each candidate's row."""
+    if batch["input_ids"].ndim != 3:
+        return batch
+    candidates = batch["input_ids"].shape[1]
+    rows = {name: v.reshape(-1, v.shape[-1]) if name in TEXT_INPUTS and v.ndim == 3 else v for name, v in batch.items()}
+    if "row_ids" in batch:
+        rows["row_ids"] = (batch["row_ids"][:, None] * candidates + jnp.arange(candidates)).reshape(-1)
+    return rows
 
 
 def _apply(setup, params, batch: dict, dropout_key, axis_name=None, **kwargs) -> dict:
     """setup.model on the batch arrays it takes (setup.inputs, those the batch has: packed
-    batches add segment and position ids); dropout only with a key. A model with BatchNorm
+    batches add segment and position ids); dropout only with a key, its masks by the rows' places
+    in the whole batch (batch["row_ids"], else their indices here). A model with BatchNorm
     statistics (params[STATS]) trains with the batch's, over the devices of axis_name, and returns
     the updated ones as out[STATS]; without a key it uses them. A multiple-choice batch's
     candidates are scored as rows, their scores side by side as logits [rows, candidates]."""
@@ -124,13 +133,14 @@ def _apply(setup, params, batch: dict, dropout_key, axis_name=None, **kwargs) ->
     kwargs.update({name: batch[name] for name in setup.inputs if name in batch})
     training_statistics = STATS in params and dropout_key is not None
     model = setup.model.clone(axis_name=axis_name) if training_statistics else setup.model
-    result = model.apply(
-        variables(params),
-        deterministic=dropout_key is None,
-        rngs={} if dropout_key is None else {"dropout": dropout_key},
-        mutable=[STATS] if training_statistics else False,
-        **kwargs,
-    )
+    with contextlib.nullcontext() if "row_ids" not in batch else batch_rows(batch["row_ids"]):
+        result = model.apply(
+            variables(params),
+            deterministic=dropout_key is None,
+            rngs={} if dropout_key is None else {"dropout": dropout_key},
+            mutable=[STATS] if training_statistics else False,
+            **kwargs,
+        )
     if training_statistics:
         out, updates = result
         return {**rows_split(out), STATS: updates[STATS]}
@@ -182,9 +192,9 @@ def pretrain_step(
     """One optimizer step of pretraining on this device's rows: masked-LM (+ NSP) or next-word.
 
     batch: input_ids, token_type_ids, attention_mask, word_start [rows, seq] (next-word: where
-    documents start); nsp_labels, row_ids [rows]. rng: the run's key; the step folds in state.step
-    (masking) and the device index (dropout). Gradient accumulation splits the rows into
-    setup.accum_steps micro-batches.
+    documents start); nsp_labels, row_ids [rows] (the rows' places in the global batch, by which
+    masks and dropout are drawn). rng: the run's key; the step folds in state.step. Gradient
+    accumulation splits the rows into setup.accum_steps micro-batches.
     """
     step_key = jax.random.fold_in(rng, state.step)
     mask_key, dropout_key = jax.random.split(step_key)
@@ -193,10 +203,9 @@ def pretrain_step(
     # Mean counts per device: each device divides its sums by these, and pmean of the gradients
     # then equals the gradient of the loss over the global batch.
     norms = {name: _psum(count, axis_name) / num_devices for name, count in _prediction_counts(setup, inputs).items()}
-    dropout_key = jax.random.fold_in(dropout_key, _device_index(axis_name))
 
     def loss_fn(params, micro, index):
-        stats = _pretraining_stats(setup, params, micro, jax.random.fold_in(dropout_key, index))
+        stats = _pretraining_stats(setup, params, micro, dropout_key)
         loss = sum(stats[name]["loss_sum"] / jnp.maximum(norms[name], 1e-9) for name in stats)
         return loss, stats
 
@@ -316,9 +325,10 @@ def without_reference(state: TrainState) -> TrainState:
 
 
 # The joint objective's name in the metrics (pre_loss: an image model's pretraining classifier's),
-# and the key the pretraining images' crops fold in.
+# the key the pretraining images' crops fold in, and where their row_ids start (dropout's draws).
 JOINT_METRICS = {"next_word": "lm", "classify": "pre", "mlm": "mlm"}
 JOINT_IMAGES = 2**31 - 2
+JOINT_ROWS = 2**30
 # The logit of a padding token as a span's start or end: none (a finite value keeps the loss finite).
 NO_POSITION = -1e9
 
@@ -371,14 +381,13 @@ def task_stats(kind: str, logits: jax.Array, batch: dict, smoothing: float = 0.0
     return weighted_cross_entropy(logits, jnp.maximum(batch["labels"], 0), batch["weights"], smoothing, mixed)
 
 
-def _task_masked(setup: FinetuneSetup, batch: dict, key: jax.Array, axis_name) -> dict:
+def _task_masked(setup: FinetuneSetup, batch: dict, key: jax.Array) -> dict:
     """The joint objective's masked copy of this device's rows of a task batch (masked_positions,
-    masked_labels, masked_weights added); masks depend on global rows, not on devices."""
-    rows, width = batch["input_ids"].shape
+    masked_labels, masked_weights added); masks depend on global rows (row_ids), not on devices."""
+    width = batch["input_ids"].shape[1]
     masking = dataclasses.replace(setup.masking, max_predictions=min(setup.masking.max_predictions, width))
-    row_ids = _device_index(axis_name) * rows + jnp.arange(rows)
     word_start = jnp.ones_like(batch["input_ids"], bool)
-    return _masked_inputs(masking, {**batch, "word_start": word_start, "row_ids": row_ids}, key)
+    return _masked_inputs(masking, {**batch, "word_start": word_start}, key)
 
 
 @classic_threefry
@@ -398,15 +407,16 @@ def finetune_step(
     mask_key, dropout_key, mlm_dropout_key = jax.random.split(step_key, 3)
     pretraining_images = {name.removeprefix("joint_"): v for name, v in batch.items() if name.startswith("joint_")}
     batch = {name: value for name, value in batch.items() if not name.startswith("joint_")}
-    if setup.images is not None:  # the crops depend on the global row, not on the device
-        first = _device_index(axis_name) * batch["weights"].shape[0]
+    # crops, masks and dropout depend on the rows' places in the global batch, not on the devices
+    rows = batch["weights"].shape[0]
+    first = _device_index(axis_name) * rows
+    if setup.images is not None:
         batch = image_inputs(setup.images, batch, mask_key, first)
         if pretraining_images:  # the joint objective's: crops of their own
             key = jax.random.fold_in(mask_key, JOINT_IMAGES)
             pretraining_images = image_inputs(setup.images, pretraining_images, key, first)
-    dropout_key, mlm_dropout_key = (
-        jax.random.fold_in(k, _device_index(axis_name)) for k in (dropout_key, mlm_dropout_key)
-    )
+            pretraining_images["row_ids"] = JOINT_ROWS + first + jnp.arange(rows)
+    batch = {**batch, "row_ids": first + jnp.arange(rows)}
     num_devices = _psum(1, axis_name)
     count = _psum(batch["weights"].sum(), axis_name) / num_devices
     inputs = {"task": batch}
@@ -419,22 +429,21 @@ def finetune_step(
         inputs["pre"] = pretraining_images
         joint_count = _psum(pretraining_images["weights"].sum(), axis_name) / num_devices
     elif _weighted(setup.mlm_weight):
-        inputs["mlm"] = _task_masked(setup, _candidate_rows(batch), mask_key, axis_name)
+        inputs["mlm"] = _task_masked(setup, _candidate_rows(batch), mask_key)
         joint_count = _psum(inputs["mlm"]["masked_weights"].sum(), axis_name) / num_devices
 
-    def loss_fn(params, micro, index):
-        # one micro-batch keeps the keys of a whole batch, so accum_steps=1 is the step as it was
-        task_key, mlm_key = (
-            k if setup.accum_steps == 1 else jax.random.fold_in(k, index) for k in (dropout_key, mlm_dropout_key)
-        )
+    def loss_fn(params, micro, index):  # a micro-batch's rows keep their row_ids: the whole batch's masks
         task = micro["task"]
         if "pre" in micro:  # one forward over the task's and the pretraining images: BatchNorm sees both
-            images = {name: jnp.concatenate([task[name], micro["pre"][name]]) for name in ("pixel_values", "row_mask")}
-            out = _apply(setup, params, images, task_key, axis_name)
+            images = {
+                name: jnp.concatenate([task[name], micro["pre"][name]])
+                for name in ("pixel_values", "row_mask", "row_ids")
+            }
+            out = _apply(setup, params, images, dropout_key, axis_name)
             rows = task["weights"].shape[0]
             pre_logits, out["logits"] = out["joint_logits"][rows:], out["logits"][:rows]
         else:
-            out = _apply(setup, params, task, task_key, axis_name)
+            out = _apply(setup, params, task, dropout_key, axis_name)
         stats = {"task": task_stats(setup.kind, out["logits"], task, setup.label_smoothing)}
         if "pre" in micro:
             stats["pre"] = task_stats("classification", pre_logits, micro["pre"], setup.label_smoothing)
@@ -445,7 +454,7 @@ def finetune_step(
             stats["lm"] = weighted_cross_entropy(out["lm_logits"], task["next_labels"], task["next_weights"])
         elif "mlm" in micro:
             masked = micro["mlm"]
-            mlm_logits = _apply(setup, params, masked, mlm_key, masked_positions=masked["masked_positions"])[
+            mlm_logits = _apply(setup, params, masked, mlm_dropout_key, masked_positions=masked["masked_positions"])[
                 "mlm_logits"
             ]
             stats["mlm"] = weighted_cross_entropy(mlm_logits, masked["masked_labels"], masked["masked_weights"])

@@ -16,6 +16,7 @@ from jft.errors import JftError
 from jft.models.batch_norm import BatchNorm
 from jft.models.family import Head
 from jft.models.image_model import ImageModel
+from jft.models.layers import Dropout
 from jft.models.vgg.config import VGGConfig
 
 # torchvision's init: convolutions He normal over the outputs, linear layers N(0, 0.01), biases 0.
@@ -71,7 +72,7 @@ class VGGModel(nn.Module):
         x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)  # torch.flatten's order: channels, rows, columns
         for index in (0, 3):
             x = nn.Dense(cfg.hidden_size, kernel_init=DENSE_INIT, name=f"classifier_{index}", **dtypes)(x)
-            x = nn.Dropout(cfg.dropout)(nn.relu(x), deterministic=deterministic)
+            x = Dropout(cfg.dropout)(nn.relu(x), deterministic=deterministic)
         return {"hidden": hidden, "pooled": x.astype(jnp.float32)}
 
 
