@@ -36,7 +36,7 @@ from jft.train.parallel import Runner  # noqa: E402
 from jft.train.steps import create_state, pretrain_step  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-# A model small enough for seconds of CPU training, without dropout (so device counts compare exactly).
+# A model small enough for seconds of CPU training, without dropout (tests that need dropout set it).
 TINY_MODEL = dict(
     hidden_size=32,
     num_hidden_layers=2,

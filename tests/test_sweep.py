@@ -51,7 +51,7 @@ def _standalone(config, workdir, setting, **data):
         config.data[split] = str(path)
     evaluation = config.data.eval
     config.data.eval = ""  # no evaluation during training: best/ holds the last weights
-    config.parallel.backend = "jit"  # one device, as the population's (dropout streams are a device's)
+    config.parallel.backend = "jit"  # one device, as the population's
     train_and_evaluate(config, workdir)
     model = FinetunedModel(workdir)
     return model.params, model.evaluate(evaluation)

@@ -15,8 +15,9 @@ Each such leaf is split along its largest dimension that divides by the device c
 layers' array along a layer's own dimension, so the scanned layer loop gathers one layer at a
 time). The step is then jitted in the global view: written as for one device (axis_name=None),
 over global arrays, XLA's partitioner inserting the all-gathers and reduce-scatters; its
-mathematics is one device's, and its dropout masks (partitionable threefry, each device drawing
-its own rows') are the same whatever the number of devices.
+mathematics is one device's, and its random draws (the masking's and crops' by partitionable
+threefry, each device drawing its own rows'; dropout's by each row's place) are the same whatever
+the number of devices.
 """
 
 import contextlib

@@ -204,7 +204,7 @@ def pretrain_step(
     # then equals the gradient of the loss over the global batch.
     norms = {name: _psum(count, axis_name) / num_devices for name, count in _prediction_counts(setup, inputs).items()}
 
-    def loss_fn(params, micro, index):
+    def loss_fn(params, micro):
         stats = _pretraining_stats(setup, params, micro, dropout_key)
         loss = sum(stats[name]["loss_sum"] / jnp.maximum(norms[name], 1e-9) for name in stats)
         return loss, stats
@@ -240,25 +240,25 @@ def _penalised(l2, mask, state, grads) -> tuple[Any, jax.Array | float]:
 
 
 def _gradients(loss_fn, params, inputs: dict, accum_steps: int):
-    """Gradients and summed stats of loss_fn(params, micro_batch, index) -> (loss, stats) over the
-    rows of inputs, split into accum_steps micro-batches (a loop over them) whose gradients add up.
+    """Gradients and summed stats of loss_fn(params, micro_batch) -> (loss, stats) over the rows of
+    inputs, split into accum_steps micro-batches (a loop over them) whose gradients add up; a row's
+    dropout masks are drawn by its row_ids, so they are the whole batch's.
 
     One micro-batch is no loop: XLA's CPU compiler leaves the kernel-gradient convolutions inside
     a while loop (even of one trip) uncanonicalised, as naive loops, and a ResNet-18 step took 25×
     as long (benchmarks/image_peers.py)."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if accum_steps == 1:
-        (_, stats), grads = grad_fn(params, inputs, jnp.zeros((), jnp.int32))
+        (_, stats), grads = grad_fn(params, inputs)
         return grads, stats
 
-    def micro_step(grads, micro_and_index):
-        micro, index = micro_and_index
-        (_, stats), micro_grads = grad_fn(params, micro, index)
+    def micro_step(grads, micro):
+        (_, stats), micro_grads = grad_fn(params, micro)
         return jax.tree.map(jnp.add, grads, micro_grads), stats
 
     micro_batches = jax.tree.map(lambda x: x.reshape(accum_steps, -1, *x.shape[1:]), inputs)
     zeros = jax.tree.map(jnp.zeros_like, params)
-    grads, stats = jax.lax.scan(micro_step, zeros, (micro_batches, jnp.arange(accum_steps)))
+    grads, stats = jax.lax.scan(micro_step, zeros, micro_batches)
     return grads, jax.tree.map(lambda x: x.sum(0), stats)
 
 
@@ -432,7 +432,7 @@ def finetune_step(
         inputs["mlm"] = _task_masked(setup, _candidate_rows(batch), mask_key)
         joint_count = _psum(inputs["mlm"]["masked_weights"].sum(), axis_name) / num_devices
 
-    def loss_fn(params, micro, index):  # a micro-batch's rows keep their row_ids: the whole batch's masks
+    def loss_fn(params, micro):  # a micro-batch's rows keep their row_ids: the whole batch's masks
         task = micro["task"]
         if "pre" in micro:  # one forward over the task's and the pretraining images: BatchNorm sees both
             images = {
