@@ -48,14 +48,21 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.pixels)
 
-    def label_ids(self, classes: Sequence[str], source: str) -> np.ndarray:
-        """Each image's index in `classes` (the task's label set); a label not in it is an error."""
+    def label_ids(
+        self,
+        classes: Sequence[str],
+        source: str,
+        owner: str = "the task",
+        advice: str = "remove those images, or fine-tune again with these classes in the training data",
+    ) -> np.ndarray:
+        """Each image's index in `classes` (owner's label set: the task's by default); a label not in
+        it is an error that names the owner and gives the advice."""
         index = {name: i for i, name in enumerate(classes)}
         unknown = sorted({label for label in self.labels if label not in index})
         if unknown:
+            shown = f"{list(classes[:10])}{' ...' if len(classes) > 10 else ''}"
             raise JftError(
-                f"{source} has classes the task does not know: {unknown[:5]} (the task's: {list(classes)}); "
-                "remove those images, or fine-tune again with these classes in the training data."
+                f"{source} has classes {owner} does not know: {unknown[:5]} (its classes: {shown}); {advice}."
             )
         return np.array([index[label] for label in self.labels], np.int32)
 

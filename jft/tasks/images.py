@@ -48,9 +48,12 @@ class ImageData:
         return ImageData(self.pixels[indices], self.labels[indices], [self.names[i] for i in indices])
 
 
-def image_data(images: ImageSet, classes: list[str], source: str) -> ImageData:
-    """An ImageSet with its labels as ids of `classes` (the task's)."""
-    labels = np.full(len(images), -1, np.int32) if images.labels is None else images.label_ids(classes, source)
+def image_data(images: ImageSet, classes: list[str], source: str, **naming) -> ImageData:
+    """An ImageSet with its labels as ids of `classes` (the task's; naming: ImageSet.label_ids's owner
+    and advice for labels outside them)."""
+    labels = (
+        np.full(len(images), -1, np.int32) if images.labels is None else images.label_ids(classes, source, **naming)
+    )
     return ImageData(images.pixels, labels, images.names, images.pixels_sha256)
 
 
@@ -145,13 +148,8 @@ def joint_images(config: ConfigDict, classes: list[str], side: int) -> ImageData
     )
     if images.labels is None:
         raise JftError(f"joint_mlm.data {data} has no labels (no class folders); L_pre needs the pretraining classes.")
-    unknown = sorted(set(images.labels) - set(classes))
-    if unknown:
-        raise JftError(
-            f"joint_mlm.data {data} has classes the pretraining classifier does not know: {unknown[:5]} (its classes: "
-            f"{classes[:10]}{' ...' if len(classes) > 10 else ''}); give the images init_from was pretrained on."
-        )
-    return image_data(images, classes, f"joint_mlm.data {data}")
+    advice = "give the images init_from was pretrained on"
+    return image_data(images, classes, f"joint_mlm.data {data}", owner="the pretraining classifier", advice=advice)
 
 
 @dataclasses.dataclass

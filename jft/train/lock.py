@@ -98,8 +98,8 @@ def _describe_holder(content: bytes) -> str:
 def hold(workdir: Path, check: Callable[[Path], None] | None = None) -> Iterator[None]:
     """Holds workdir for a run (process 0 of a multi-process run holds it for all, and every
     process learns at once whether it could): check(workdir) may refuse it first, then it is
-    created if needed and run.lock taken; at the end the run lets go and removes the directory
-    again if it created it and left nothing in it."""
+    created if needed and run.lock taken; at the end the run lets go and removes the directory,
+    and the parents made for it, again if it created them and left nothing in them."""
     lock, created, refusal = None, None, None
     if jax.process_index() == 0:
         try:
