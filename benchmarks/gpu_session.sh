@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Every GPU measurement jft reports, run in the background on the device machine (one H100/H200;
-# 10 minutes a call, 15 minutes of device time a session, start included), in order of need: a
-# kernel-level profile of the step (bf16 against float32 and against the unrolled layers: why the
-# bf16 step is slower than the float32 one, RESULTS.md 2026-12-05), the peers' cases not yet
-# measured, BERT-large, GPT-2, ModernBERT, the images, the save hiccup, the padded vocabulary, the
-# sweep's populations, then again the cuDNN check and the ablations (measured 2026-12-05). A child
-# process of peers.py takes about 45 s on an H200 (start, compile, 53 steps), so all of it takes
-# more than one session: what finished comes back, the rest is for the next one.
+# 10 minutes a call, 15 minutes of device time a session, start included), in order of need: the
+# float32 embedding lookups' effect (the third run, 2026-12-06, found two bfloat16 scatters were
+# two thirds of the step): the step's profile again, the peers at BERT-base, the ablations; then
+# what is not yet measured: BERT-large, GPT-2, ModernBERT, the images, the save hiccup, the padded
+# vocabulary, the sweep's populations, the cuDNN check. A child process of peers.py takes about
+# 45 s (start, compile, 53 steps), so all of it takes more than one session: what finished comes
+# back, the rest is for the next one.
 #
 #   here, once:  bash benchmarks/gpu_session.sh wheels       # what that machine lacks, into .whl/
 #   there:       bash benchmarks/gpu_session.sh start 150   # carry .whl; installs, starts the jobs,
@@ -15,7 +15,7 @@
 #                                                            # back after 30 s idle), until "all done"
 #
 # Results land in $OUT as results.tgz (the device tool brings back at most 8 files) holding
-# profile-*.md and profile-*.hlo.txt, peers.md, large.md, gpt2.md, modernbert.md, images.md,
+# profile-*.md and profile-*.hlo.txt, peers.md, peers-345.md, large.md, gpt2.md, modernbert.md, images.md,
 # checkpoint_vocab.md, sweep_population.md, gpu_checks.json, ablations.md and log.txt, with
 # log.txt beside it, to be copied into benchmarks/RESULTS.md by hand.
 # SMOKE=1 runs tiny shapes, to check this script on any machine.
@@ -32,29 +32,24 @@ fi
 
 jobs() {
     export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-    # where the bf16 step's time goes, kernel by kernel (name|XLA_FLAGS|arguments): jft's default;
-    # float32 with XLA's attention (1.29x faster on 2026-12-05); the layer loop unrolled (1.19x);
-    # the loop and the finite check's conditional inside CUDA graphs (if the host's reads of their
-    # predicates stall the device, this one is busier); every matmul by cuBLAS, none by Triton (bf16
-    # matmuls fused with their converts); fine-tuning at 64 rows (fixed costs)
+    # where the bf16 step's time goes, kernel by kernel (name|XLA_FLAGS|arguments), with the
+    # embeddings' gradients in float32: pretraining at 256 rows and fine-tuning at 64, the shapes
+    # of the third run's profile (RESULTS.md: 223.9 and 68.4 ms before)
     while IFS='|' read -r name flags arguments; do
         XLA_FLAGS="$flags" python3 benchmarks/gpu_profile.py --size $base --batch $((256 / shrink / shrink)) \
             $arguments --out $work/profile-$name.md --hlo $work/profile-$name.hlo.txt ||
             echo "profile $name failed" >> $work/profile-$name.md
     done << 'VARIANTS'
 bf16||
-f32||--model dtype=float32 --model attention_impl=xla
-unrolled||--model scan_layers=false
-graphs|--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL|
-cublas|--xla_gpu_enable_triton_gemm=false|
 finetune64||--workload finetune --batch 64
 VARIANTS
-    # the last layer kept to the rows the heads read, against every row: its FLOPs saved against
-    # its compile time (issue #37 asks which to keep)
-    python3 benchmarks/ablations.py --size $base --batch $((256 / shrink / shrink)) --groups "last layer" \
-        --out $work/ablations-last-layer.md
-    # peers.py's cases not yet measured on a GPU (1 and 2: RESULTS.md, 2026-12-04)
-    python3 benchmarks/peers.py --cases 3,4,5 --out $work/peers.md $smoke
+    # the peers at BERT-base (seq 128, 256 rows: the first run's cases, on an H200 then), the
+    # ablations (precision, layer loop, remat, dropout: each measured with the bf16 scatters
+    # before), then the peers' other cases (measured before the fix on 2026-12-06)
+    python3 benchmarks/peers.py --cases 1,2 --out $work/peers.md $smoke
+    python3 benchmarks/ablations.py --size $base --batch $((256 / shrink / shrink)) \
+        --groups "layer loop,precision,remat,short texts" --out $work/ablations.md
+    python3 benchmarks/peers.py --cases 3,4,5 --out $work/peers-345.md $smoke
     # BERT-large: the largest batch of these that fits, at each length.
     for seq_batches in "128 512 256 128" "512 128 64 32"; do
         set -- $seq_batches
@@ -101,7 +96,6 @@ VARIANTS
         --out $work/sweep_population.md
     # measured on 2026-12-05: again, for the changes since
     [ -z "$smoke" ] && python3 benchmarks/gpu_checks.py --out $work/gpu_checks.json
-    python3 benchmarks/ablations.py --size $base --batch $((256 / shrink / shrink)) --out $work/ablations.md
     touch $work/done
 }
 

@@ -3,13 +3,16 @@
 import dataclasses
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import make_batch, masked_positions, tiny_hf_config
 from jft.models.bert import BertConfig, BertForPreTraining, BertModel, init_params
+from jft.models.family import Head
 from jft.models.layers import Dropout, attention, attention_mask_4d, batch_rows, fused_attention, kept
+from jft.models.registry import get
 
 
 def _config(**overrides):
@@ -299,3 +302,34 @@ def test_half_precision_compute_keeps_float32_params_and_logits(dtype):
 def test_auto_dtype_is_float32_on_cpu():
     expected = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
     assert dataclasses.replace(_config(), dtype="auto").compute_dtype == expected
+
+
+def _scatters(jaxpr) -> list:
+    """Every scatter-add of a jaxpr and the jaxprs inside it (loops, remat, custom rules)."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scatter-add":
+            found.append(eqn.outvars[0].aval)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            found += _scatters(sub)
+    return found
+
+
+@pytest.mark.parametrize("family_name", ["bert", "roberta", "gpt2", "modernbert"])
+def test_bfloat16_embedding_gradients_are_float32_scatters(family_name):
+    """A bfloat16 table's scatter-add serialised an H100's BERT-base step (149 of 224 ms):
+    every embedding's gradient is a float32 scatter, the lookups' values unchanged."""
+    family = get(family_name)
+    config = family.preset("tiny", vocab_size=101, dtype="bfloat16")
+    module = family.module(config, Head("classification", num_labels=3))
+    params = family.init(config, Head("classification", num_labels=3), jax.random.key(0))
+    ids = jax.random.randint(jax.random.key(1), (4, 16), 0, 101)
+    inputs = {"input_ids": ids, "attention_mask": jnp.ones_like(ids)}
+
+    def loss(params):
+        return module.apply({"params": params}, **inputs)["logits"].sum()
+
+    scatters = _scatters(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
+    tables = {leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(params) if "embed" in str(path)}
+    into_tables = [aval for aval in scatters if aval.shape in tables]
+    assert into_tables and all(aval.dtype == jnp.float32 for aval in into_tables), scatters

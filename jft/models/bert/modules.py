@@ -18,6 +18,7 @@ from jft.models.bert.config import BertConfig
 from jft.models.family import Head
 from jft.models.layers import (
     Dropout,
+    Embed,
     attention,
     attention_mask_4d,
     gather_positions,
@@ -61,7 +62,7 @@ class BertEmbeddings(nn.Module):
         cfg = self.config
 
         def embed(num, name):
-            return nn.Embed(
+            return Embed(
                 num,
                 cfg.hidden_size,
                 embedding_init=nn.initializers.normal(cfg.initializer_range),

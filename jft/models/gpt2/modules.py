@@ -20,7 +20,7 @@ from jft.errors import JftError
 from jft.models.bert.modules import ACTIVATION_FNS, init_params
 from jft.models.family import Head
 from jft.models.gpt2.config import Gpt2Config
-from jft.models.layers import Dropout, attention, attention_mask_4d, gather_positions, rematerialised
+from jft.models.layers import Dropout, Embed, attention, attention_mask_4d, gather_positions, rematerialised
 
 # transformers' GPT2ForTokenClassification drops this before its classifier when config.json sets
 # no classifier_dropout (it does not read resid_pdrop).
@@ -165,7 +165,7 @@ class Gpt2Model(nn.Module):
             position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
 
         def embed(num, name):
-            return nn.Embed(
+            return Embed(
                 num,
                 cfg.n_embd,
                 embedding_init=nn.initializers.normal(cfg.initializer_range),

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jft.errors import JftError
 from jft.models.bert.modules import ACTIVATION_FNS, init_params
 from jft.models.family import Head
-from jft.models.layers import Dropout, attention, attention_mask_4d, band_mask, gather_positions, rematerialised
+from jft.models.layers import Dropout, Embed, attention, attention_mask_4d, band_mask, gather_positions, rematerialised
 from jft.models.modernbert.config import ModernBertConfig
 
 __all__ = [
@@ -165,7 +165,7 @@ class ModernBertEmbeddings(nn.Module):
     @nn.compact
     def __call__(self, input_ids, deterministic: bool):
         cfg = self.config
-        x = nn.Embed(
+        x = Embed(
             cfg.vocab_size,
             cfg.hidden_size,
             embedding_init=_init(cfg),
