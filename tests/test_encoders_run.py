@@ -32,7 +32,7 @@ from jft.data.loader import PretrainRows
 from jft.data.prepare import prepare
 from jft.data.tokenizer import load_tokenizer, train_vocab
 from jft.defaults import pretrain as pretrain_defaults
-from jft.models import Head
+from jft.models import Head, family_of, hf
 from jft.models import get as get_family
 from jft.pretrain import train_and_evaluate
 from jft.train.masking import MaskingConfig
@@ -278,6 +278,8 @@ def test_question_answering_from_the_export_with_l2_sp_and_the_joint_term(pretra
     run(jft_command("export", "--workdir", "qa", "--out", "hf"), tmp_path)
     model = transformers.AutoModelForQuestionAnswering.from_pretrained(tmp_path / "hf")
     assert type(model).__name__ == f"{EXPORTED[pretrained[2]]}ForQuestionAnswering"
+    config, params = hf.load(tmp_path / "hf")  # ModernBERT's span head is 'classifier' there, 'qa_outputs' in jft
+    assert family_of(config).head_of(params).kind == "question_answering"
     pipe = transformers.pipeline("question-answering", model=model, tokenizer=str(tmp_path / "hf"))
     columns = Columns("question", "context", "answers")
     records = read_records(str(tmp_path / "qa.json"), columns, "question_answering")

@@ -165,6 +165,20 @@ def test_a_finetuning_run_exports_for_its_auto_class(runs, kind, auto, problem_t
     _no_missing_weights(transformers_log)
 
 
+def test_fine_tuning_from_an_exported_token_tagger_keeps_its_head_for_the_same_tags(runs, tmp_path, capsys):
+    """A Hugging Face token tagger's task is read from its architecture and id2label, so fine-tuning
+    it again on the same tags starts from its head (another task's or other tags' is replaced)."""
+    out = _export(runs / "token_classification", tmp_path / "hf")
+    tags = FinetunedModel(runs / "token_classification").task.labels
+    assert rundir.open_init(out).task == {"kind": "token_classification", "labels": tags}
+    settings = {"data.seq_len": 32, "epochs": 1, "progress": False, "parallel.backend": "jit", "init_from": out}
+    settings |= {"data.train": runs / "ner.jsonl", "task": "token_classification"}
+    capsys.readouterr()
+    assert cli.main(["finetune", "--config", FINETUNE, "--workdir", str(tmp_path / "again"), *_flags(settings)]) == 0
+    printed = capsys.readouterr().out
+    assert "init from" in printed and "created new" not in printed and "not used" not in printed, printed
+
+
 def _jft_and_hf_tokenizers(runs, which, tmp_path):
     if which == "minilm":
         return rundir.run_tokenizer(runs / "minilm"), _export(runs / "minilm", tmp_path / "hf")

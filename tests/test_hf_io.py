@@ -178,7 +178,10 @@ def test_saving_in_one_format_replaces_the_other(tmp_path):
             {"kind": "regression", "labels": []},
         ),
         ({"architectures": ["ResNetForImageClassification"], "id2label": {"0": "crane", "1": "crane"}}, None),
-        ({"architectures": ["BertForTokenClassification"], "id2label": {"0": "O", "1": "B-PER"}}, None),
+        (
+            {"architectures": ["BertForTokenClassification"], "id2label": {"0": "O", "1": "B-PER"}},
+            {"kind": "token_classification", "labels": ["O", "B-PER"]},
+        ),
         ({"architectures": ["BertForMaskedLM"]}, None),
         ({}, None),
     ],
@@ -186,6 +189,6 @@ def test_saving_in_one_format_replaces_the_other(tmp_path):
 )
 def test_the_task_of_a_hugging_face_head_is_read_from_its_architecture_and_id2label(tmp_path, config, task):
     """What init_from compares with the task to keep a classifier's head: its labels in id order;
-    nothing for the heads jft's `classifier` does not read, or names that repeat (ImageNet's 'crane')."""
+    nothing for the heads whose outputs are no labels, or names that repeat (ImageNet's 'crane')."""
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert hf.read_task(tmp_path) == task

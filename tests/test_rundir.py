@@ -13,17 +13,23 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 import safetensors.numpy
+from ml_collections import ConfigDict
 
 from conftest import REPO, SMALL_PRETRAIN, corpus_vocab, pretrain_command, write_corpus, write_topic_task
 from jft import cli
 from jft.data.prepare import prepare
 from jft.data.tokenizer import train_vocab
+from jft.models import Head
+from jft.models import get as get_family
+from jft.tasks.finetuning import initial_params
+from jft.tasks.records import Columns, Task
 from jft.train.checkpoint import Checkpoints
 
 pytestmark = pytest.mark.xdist_group("rundir")  # one worker: the tests share the pretrained run
@@ -148,6 +154,28 @@ def test_architecture_from_the_checkpoint_and_every_contradiction_in_one_message
     other = corpus_vocab(write_corpus(tmp_path / "other.txt", documents=10, seed=5), tmp_path / "vocab", 150)
     assert cli.main(_finetune(tmp_path / "run", **settings, **{"data.vocab": str(other / "vocab.txt")})) == 2
     assert "the vocabularies differ" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "family_name,kind,scope",
+    [("bert", "classification", "classifier"), ("gpt2", "classification", "score")]
+    + [("modernbert", "token_classification", "token_classifier")],
+)
+def test_init_froms_label_head_is_kept_for_the_same_labels_and_replaced_for_others(family_name, kind, scope):
+    """Whatever a family calls its head (GPT-2's `score`, ModernBERT's `token_classifier`), init_from's
+    head is the start only for the same task and labels; the backbone is init_from's either way."""
+    family = get_family(family_name)
+    config = family.preset("tiny", vocab_size=50)
+    loaded = family.init(config, Head(kind, num_labels=2), jax.random.key(0))
+    fresh = family.init(config, Head(kind, num_labels=2), jax.random.key(1))
+    init = types.SimpleNamespace(family=family, params=loaded, task={"kind": kind, "labels": ["a", "b"]})
+    init.describe = lambda: "a run"
+    settings = ConfigDict({"l2": {"reference": "zero"}})
+    for labels, start in ((["a", "b"], loaded), (["a", "c"], fresh)):
+        params, _ = initial_params(fresh, settings, init, Task(kind, labels, Columns(), 16), quiet=True)
+        jax.tree.map(np.testing.assert_array_equal, params[scope], start[scope])
+        backbone = next(name for name in loaded if name != scope)
+        jax.tree.map(np.testing.assert_array_equal, params[backbone], loaded[backbone])
 
 
 def test_init_from_a_finetuning_run_or_its_best_keeps_the_head_for_the_same_labels(pretrained, tmp_path, capsys):

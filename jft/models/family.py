@@ -93,6 +93,12 @@ class Family:
     # The top-level scope of the masked-LM head a task model carries for the joint objective (BERT's
     # "cls"), which the fine-tuned model leaves out; None where that head has no weights (GPT-2's).
     joint_head: str | None = "cls"
+    # The top-level scopes of the heads whose outputs are a task's labels: init_from keeps them only
+    # for the same task and labels.
+    label_heads: tuple[str, ...] = ("classifier",)
+    # Where a Hugging Face head's `classifier` weights go in jft's tree where jft names that head
+    # otherwise: {the architecture's suffix: scope} (ModernBERT's token classifier and span head).
+    hf_classifier_scopes: Mapping[str, str] = dataclasses.field(default_factory=dict)
     # What the family reads: "text" (tokens) or "image" (pixels: no vocabulary, image data, the
     # step's augmentation; jft.data.images).
     modality: str = "text"

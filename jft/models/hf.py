@@ -61,6 +61,10 @@ def load(path: str | Path, *, format: str | None = None) -> tuple[Any, dict[str,
         params = family.weights_from_hf(_read_safetensors(weights_file), "torch", config, str(weights_file))
     else:
         params = family.weights_from_hf(_read_msgpack(weights_file), "flax", config, str(weights_file))
+    architecture = _architecture(hf_config)
+    for suffix, scope in family.hf_classifier_scopes.items():
+        if architecture.endswith(suffix) and "classifier" in params:
+            params[scope] = params.pop("classifier")
     ptree.check_shapes(family.shapes(config, family.head_of(params)), params, what=f"the weights in {weights_file}")
     ptree.check_finite(params, f"{weights_file}")
     dtype = config.params_dtype
@@ -144,8 +148,16 @@ def save_image_processor(config, out: Path) -> None:
     )
 
 
-# transformers' classifier heads (the architecture's suffix) that jft's `classifier` reads
-CLASSIFIERS = ("ForSequenceClassification", "ForImageClassification")
+# transformers' heads whose outputs are a task's labels (the architecture's suffix), and their task
+LABEL_HEADS = {
+    "ForSequenceClassification": "classification",
+    "ForImageClassification": "classification",
+    "ForTokenClassification": "token_classification",
+}
+
+
+def _architecture(config: Mapping[str, Any]) -> str:
+    return str((config.get("architectures") or [""])[0])
 
 
 def read_task(directory: Path) -> dict | None:
@@ -153,14 +165,15 @@ def read_task(directory: Path) -> dict | None:
     "labels"}: id2label's names in id order), from config.json's architecture; None for a model
     without one, or whose names repeat (no order to keep)."""
     config = read_json_object(directory / CONFIG)
-    architecture = str((config.get("architectures") or [""])[0])
-    if not architecture.endswith(CLASSIFIERS):
+    architecture = _architecture(config)
+    kind = next((kind for suffix, kind in LABEL_HEADS.items() if architecture.endswith(suffix)), None)
+    if kind is None:
         return None
-    if config.get("problem_type") == "regression":
+    if kind == "classification" and config.get("problem_type") == "regression":
         return {"kind": "regression", "labels": []}
     names = config.get("id2label") or {}
     labels = [str(names[key]) for key in sorted(names, key=lambda key: int(key) if str(key).isdigit() else len(names))]
-    return {"kind": "classification", "labels": labels} if len(set(labels)) == len(labels) else None
+    return {"kind": kind, "labels": labels} if len(set(labels)) == len(labels) else None
 
 
 def read_image_processor(directory: Path, config):

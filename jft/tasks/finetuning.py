@@ -232,8 +232,8 @@ def initial_params(params: dict, config: ConfigDict, init, task: Task, quiet: bo
         loaded["joint_classifier"] = loaded["classifier"]
     same_task = init.task is not None and (init.task["kind"], init.task["labels"]) == (task.kind, task.labels)
     dropped = []
-    if "classifier" in loaded and not same_task:  # another task's head: this task's is created new
-        dropped = [f"classifier/{path}" for path in flatten(loaded.pop("classifier"))]
+    for scope in [] if same_task else [scope for scope in init.family.label_heads if scope in loaded]:
+        dropped += [f"{scope}/{path}" for path in flatten(loaded.pop(scope))]  # another task's head: replaced
     params, report = merge(params, loaded)
     if jax.process_index() == 0 and not quiet:
         head = f"\nnot used: init_from's head ({', '.join(dropped)}), of another task or other labels; replaced"

@@ -78,6 +78,7 @@ FAMILY = Family(
     init_cache=init_cache,
     token_fields=token_fields,
     joint_head=None,
+    label_heads=("score", "classifier"),
 )
 
 __all__ = [

@@ -77,6 +77,8 @@ FAMILY = Family(
     vocabulary="roberta",
     token_fields=token_fields,
     joint_head="decoder",
+    label_heads=("classifier", "token_classifier"),
+    hf_classifier_scopes={"ForTokenClassification": "token_classifier", "ForQuestionAnswering": "qa_outputs"},
     task_heads=("classification", "token_classification", "question_answering", "multiple_choice"),
 )
 
