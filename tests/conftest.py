@@ -28,6 +28,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import transformers  # noqa: E402
+from tensorboardX.proto import event_pb2  # noqa: E402
 
 from jft.data.loader import Loader  # noqa: E402
 from jft.data.synthetic import write_corpus, write_topic_task, write_vocab  # noqa: E402, F401
@@ -220,3 +221,20 @@ def padded_ids(seed: int, vocab: int, pad: int, first: int, batch: int = 3, seq:
     lengths = np.concatenate([[seq], rng.integers(2, seq, batch - 1)])
     mask = (np.arange(seq)[None] < lengths[:, None]).astype(np.int32)
     return np.where(mask == 1, rng.integers(first, vocab, (batch, seq)), pad).astype(np.int32), mask
+
+
+def tensorboard_scalars(directory: Path) -> dict[str, dict[int, float]]:
+    """The scalars TensorBoard shows of a run's event files: read in the order they were written,
+    a SessionLog START at step s hiding the events at s and after (TensorBoard's purge)."""
+    shown: dict[str, dict[int, float]] = {}
+    for file in sorted(directory.iterdir(), key=lambda f: (int(f.name.split(".")[3]), f.stat().st_mtime_ns)):
+        data, at = file.read_bytes(), 0
+        while at < len(data):
+            length = int.from_bytes(data[at : at + 8], "little")
+            event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4  # length, its CRC, the event, its CRC
+            if event.session_log.status == event_pb2.SessionLog.START:
+                shown = {tag: {s: v for s, v in steps.items() if s < event.step} for tag, steps in shown.items()}
+            for value in event.summary.value:
+                shown.setdefault(value.tag, {})[event.step] = value.simple_value
+    return shown

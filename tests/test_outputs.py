@@ -21,9 +21,8 @@ from pathlib import Path
 import jax
 import pytest
 from tensorboardX import SummaryWriter
-from tensorboardX.proto import event_pb2
 
-from conftest import REPO, TINY_MODEL, corpus_vocab, write_corpus, write_topic_task
+from conftest import REPO, TINY_MODEL, corpus_vocab, tensorboard_scalars, write_corpus, write_topic_task
 from conftest import FaultCase as Case
 from jft import cli, outputs
 from jft.errors import RunStopped
@@ -550,23 +549,6 @@ def test_a_torn_or_damaged_metrics_line_is_left_out_and_the_run_goes_on(files, t
     assert f"warning: {metrics}:2 is not a record of this file (b'garbage'...); it is left out." in captured.err
 
 
-def _tensorboard_scalars(directory: Path) -> dict[str, dict[int, float]]:
-    """The scalars TensorBoard shows of a run's event files: read in the order they were written,
-    a SessionLog START at step s hiding the events at s and after (TensorBoard's purge)."""
-    shown: dict[str, dict[int, float]] = {}
-    for file in sorted(directory.iterdir(), key=lambda f: (int(f.name.split(".")[3]), f.stat().st_mtime_ns)):
-        data, at = file.read_bytes(), 0
-        while at < len(data):
-            length = int.from_bytes(data[at : at + 8], "little")
-            event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
-            at += 12 + length + 4  # length, its CRC, the event, its CRC
-            if event.session_log.status == event_pb2.SessionLog.START:
-                shown = {tag: {s: v for s, v in steps.items() if s < event.step} for tag, steps in shown.items()}
-            for value in event.summary.value:
-                shown.setdefault(value.tag, {})[event.step] = value.simple_value
-    return shown
-
-
 def test_a_resumed_run_drops_the_metrics_of_the_steps_it_does_again(files, tmp_path):
     workdir = _copy(files / "run", tmp_path / "run")
     metrics = workdir / "metrics.jsonl"
@@ -586,7 +568,7 @@ def test_a_resumed_run_drops_the_metrics_of_the_steps_it_does_again(files, tmp_p
     keys = [(r["step"], r["split"]) for r in records]
     assert len(keys) == len(set(keys)) and max(keys)[0] > last  # each step's record once, the run went on
     # TensorBoard shows the same: the stopped run's steps after `last` hidden, the resumed run's shown
-    shown = _tensorboard_scalars(workdir / "tensorboard")["train/loss"]
+    shown = tensorboard_scalars(workdir / "tensorboard")["train/loss"]
     assert shown == pytest.approx({r["step"]: r["loss"] for r in records if r["split"] == "train"})
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from conftest import REPO, SMALL_PRETRAIN, TINY_MODEL, write_corpus, write_topic_task, write_vocab
+from conftest import REPO, SMALL_PRETRAIN, TINY_MODEL, tensorboard_scalars, write_corpus, write_topic_task, write_vocab
 from jft import cli
 from jft.errors import JftError
 from jft.models import Head
@@ -193,7 +193,7 @@ def test_a_run_stopped_before_it_saved_anything_starts_anew_with_other_settings(
     logged, and nothing to resume: the command with another learning rate starts it anew rather than
     refusing it for its settings (which no saved step keeps)."""
     run = tmp_path / "run"
-    assert cli.main(_finetune(task, run, **{"optim.lr": 1e-3})) == 0
+    assert cli.main(_finetune(task, run, epochs=2, **{"optim.lr": 1e-3})) == 0  # steps past the new run's too
     shutil.rmtree(run / "checkpoints")
     shutil.rmtree(run / "best")  # what a stop before the first epoch's end leaves
     capsys.readouterr()
@@ -201,8 +201,12 @@ def test_a_run_stopped_before_it_saved_anything_starts_anew_with_other_settings(
     out = capsys.readouterr().out
     assert "its run holds no saved step or best model; starting it anew" in out, out
     assert json.loads((run / "run.json").read_text())["config"]["optim"]["lr"] == 3e-4
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [record["step"] for record in records]
     assert steps == sorted(steps) and saved_steps(run / "checkpoints") == [5]  # the old lines dropped
+    # and TensorBoard shows only the new attempt's curve (the old events hidden, not mixed in)
+    shown = tensorboard_scalars(run / "tensorboard")["train/loss"]
+    assert shown == pytest.approx({r["step"]: r["loss"] for r in records if r["split"] == "train"})
 
 
 def test_a_hugging_face_export_of_a_classifier_keeps_its_head_for_the_same_labels(task, tmp_path, capsys):

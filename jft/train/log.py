@@ -95,8 +95,9 @@ def _warn(text: str) -> None:
 class MetricWriter:
     """Writes from process 0 only; other processes' writers do nothing. A run that resumes at
     `start` drops the records of the steps after it (a stopped run's, which it does again) when
-    it first writes, so that a run refused before then leaves the file as it was; TensorBoard is
-    told the same (its purge_step: it hides the stopped run's events after `start`)."""
+    it first writes, so that a run refused before then leaves the file as it was; one that starts
+    at step 0 (anew, over an attempt that saved nothing) drops them all. TensorBoard is told the
+    same (its purge_step: it hides the earlier events from there on)."""
 
     def __init__(self, workdir: str | Path, start: int = 0):
         self.enabled = jax.process_index() == 0
@@ -109,10 +110,10 @@ class MetricWriter:
         if not self.enabled:
             return
         if self.jsonl is None:
-            _drop_records_after(self.file, self.start)
+            kept_through = self.start or -1
+            _drop_records_after(self.file, kept_through)
             self.jsonl = self.file.open("a", encoding="utf-8")
-            purge = self.start + 1 if self.start else None
-            self.tensorboard = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=purge)
+            self.tensorboard = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=kept_through + 1)
         self.jsonl.write(json.dumps(finite_or_null({"step": step, "split": split, **metrics}), allow_nan=False) + "\n")
         self.jsonl.flush()
         for name, value in metrics.items():
