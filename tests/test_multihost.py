@@ -1,7 +1,8 @@
 """Two processes × four CPU devices, started with jax.distributed on 127.0.0.1 (gloo), give the
 updates (and, fine-tuning, the evaluations) of one process with one device on the same global
-batches: pretraining and fine-tuning; and pretraining where each process has only its own shards,
-started the way SLURM starts it (jax.distributed finds the processes from SLURM's variables)."""
+batches, dropout on (each row's masks drawn by its place in the global batch): pretraining and
+fine-tuning; and pretraining where each process has only its own shards, started the way SLURM
+starts it (jax.distributed finds the processes from SLURM's variables)."""
 
 import json
 import os
@@ -25,7 +26,6 @@ from jft.train.checkpoint import Checkpoints
 
 STEPS = 6
 STREAMS = 2  # every batch takes half its rows from each of two streams of whole shards
-NO_DROPOUT = {"model.hidden_dropout_prob": 0.0, "model.attention_probs_dropout_prob": 0.0}
 RUN = {
     "total_steps": STEPS,
     "checkpoint_every": STEPS,
@@ -36,9 +36,7 @@ RUN = {
 
 
 def _command(workdir, rows, **settings):
-    return pretrain_command(
-        workdir, **{**NO_DROPOUT, **RUN, "data.prepared": rows, "data.streams": STREAMS, **settings}
-    )
+    return pretrain_command(workdir, **{**RUN, "data.prepared": rows, "data.streams": STREAMS, **settings})
 
 
 def _free_port() -> int:
@@ -167,14 +165,13 @@ FINETUNE_STEPS = 4  # 2 epochs of 32 examples, 16 a batch
 
 
 def _finetune_command(workdir, data, **settings):
-    """`jft finetune` of configs/finetune/tiny.py from scratch on data's topic task, without dropout."""
+    """`jft finetune` of configs/finetune/tiny.py from scratch on data's topic task (its dropout on)."""
     settings = {
         "data.train": data / "train.csv",
         "data.eval": data / "dev.csv",
         "data.vocab": data / "vocab.txt",
         "data.seq_len": 32,
         "model.max_position_embeddings": 32,
-        **NO_DROPOUT,
         "epochs": 2,
         "log_every": 2,
         "progress": False,
