@@ -124,7 +124,7 @@ def _generate(module, init_cache, params, ids, mask, key, temperature, *, end, m
         if greedy:
             return jnp.argmax(logits, axis=-1).astype(jnp.int32)
         logits = logits / temperature
-        if top_k:
+        if 0 < top_k < logits.shape[-1]:  # top_k at or above the vocabulary's size: every token
             kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
             logits = jnp.where(logits < kth, -jnp.inf, logits)
         return jax.random.categorical(jax.random.fold_in(key, step), logits).astype(jnp.int32)

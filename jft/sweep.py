@@ -104,6 +104,10 @@ def plan(config: ConfigDict) -> list[Member]:
     for key, values in grid.items():
         if key.startswith(tuple(f"{k}." for k in NOT_SWEPT)) or key in NOT_SWEPT:
             raise JftError(f"sweep.grid: '{key}' is not a setting of a model's training; sweep others.")
+        if key == "task":
+            raise JftError(
+                "sweep.grid: 'task' cannot be swept: a sweep compares the scores of one task; run one sweep a task."
+            )
         if key not in valid:  # apply_overrides names the nearest key
             apply_overrides(config.copy_and_resolve_references(), [f"{key}=0"])
         if not isinstance(values, (list, tuple)) or not values:
@@ -148,9 +152,33 @@ def _group_key(member: Member, steps: int) -> str:
     return json.dumps({"config": config.to_dict(), "steps": steps}, sort_keys=True, default=str)
 
 
-def sweep_data(config: ConfigDict) -> SweepData:
-    """The task, its data (with each training example's fold), tokenizer, model and init_from
-    that every member of config's sweep shares; an image model's data are its images at its side."""
+def _data_key(config: ConfigDict) -> str:
+    """What sweep_data reads of a member's config (init_from, the model, the data's settings, the
+    joint objective's data): members equal in it share their SweepData."""
+    parts = {"init_from": config.init_from, "model": config.model, "data": config.data, "joint": config.joint_mlm.data}
+    return json.dumps({name: part.to_dict() if hasattr(part, "to_dict") else part for name, part in parts.items()})
+
+
+def group_data(members: list[Member], config: ConfigDict) -> dict[str, SweepData]:
+    """Each group's shared data (sweep_data), by _data_key: members whose grid point sets the
+    data's settings, the model or init_from (data.seq_len, model.hidden_dropout_prob, init_from,
+    ...) read, encode and load their own; all of them before any training, so that a grid point
+    that cannot be read stops the sweep before it starts. Folds are dealt by config's seed."""
+    shared: dict[str, SweepData] = {}
+    for member in members:
+        key = _data_key(member.config)
+        if key not in shared:
+            try:
+                shared[key] = sweep_data(member.config, config.seed)
+            except JftError as error:
+                raise JftError(f"sweep.grid point {member.setting}: {error}") from None
+    return shared
+
+
+def sweep_data(config: ConfigDict, fold_seed: int | None = None) -> SweepData:
+    """The task, its data (with each training example's fold, dealt by fold_seed, else config's
+    seed), tokenizer, model and init_from that the members of config's group share; an image
+    model's data are its images at its side."""
     init = open_init(config.init_from) if config.init_from else None
     if init is not None:
         check_init_family(init, config.model.get("family", ""))
@@ -181,7 +209,8 @@ def sweep_data(config: ConfigDict) -> SweepData:
             f"sweep.folds={config.sweep.folds} holds out each training example once, in one of {config.sweep.folds} "
             f"folds, and data.train has {examples} examples; use at most that many folds, or more data."
         )
-    folds = fold_ids(examples, config.sweep.folds, config.seed) if config.sweep.folds else None
+    fold_seed = config.seed if fold_seed is None else fold_seed
+    folds = fold_ids(examples, config.sweep.folds, fold_seed) if config.sweep.folds else None
     if folds is not None and grouped is not None:
         folds = folds[grouped]
     return SweepData(task, metric, tokenizer, family, model, data, init, folds, joint, joint_classes)
@@ -203,21 +232,23 @@ def run_sweep(config: ConfigDict, workdir: str | Path) -> dict:
     for member in members:
         runner.check_batch(member.config.batch_size, member.config.accum_steps)
     with hold(workdir):
-        shared = sweep_data(config)
+        groups = group_data(members, config)
+        shared = groups[_data_key(members[0].config)]  # data.train and data.eval: every group's
         identity = {split: data_identity(config, shared, split) for split in ("train", "eval") if config.data[split]}
         if shared.joint is not None:
             identity["joint"] = shared.joint.identity()
-        weights = shared.init.weights_sha256() if shared.init is not None else None  # init_from by its weights
+        inits = sorted({group.init.weights_sha256() for group in groups.values() if group.init is not None})
+        weights = "+".join(inits) or None  # init_from by its weights (each init_from's, where the grid sets it)
         _hold_settings(workdir, config, identity, weights)
         metric = shared.metric
         done = _read_members(workdir)
-        chunks = _populations(members, shared, config.sweep.population)
+        chunks = _populations(members, groups, config.sweep.population)
         for number, chunk in enumerate(chunks, 1):
             if all(m.index in done for m in chunk):
                 continue
             print(f"sweep: population {number} of {len(chunks)}, {len(chunk)} members", flush=True)
             log = functools.partial(print, f"sweep: population {number}:", flush=True)
-            results, _ = train_population(chunk, shared, runner, log)
+            results, _ = train_population(chunk, groups[_data_key(chunk[0].config)], runner, log)
             done.update((result["member"], result) for result in results)
             if jax.process_index() == 0:
                 cut_torn_line(workdir / MEMBERS)
@@ -282,11 +313,12 @@ def _read_members(workdir: Path) -> dict[int, dict]:
     return {result["member"]: result for result in results}
 
 
-def _populations(members: list[Member], shared: SweepData, most: int) -> list[list[Member]]:
+def _populations(members: list[Member], data: dict[str, SweepData], most: int) -> list[list[Member]]:
     """The members in groups of the same static settings and steps, each cut into parts of at
-    most `most` members (0: no limit), in grid order."""
+    most `most` members (0: no limit), in grid order; data: each group's (group_data)."""
     groups: dict[str, list[Member]] = {}
     for m in members:
+        shared = data[_data_key(m.config)]
         batches = task_batches(m.config, shared.training(m.fold), shared.task, m.config.seed)
         groups.setdefault(_group_key(m, planned_steps(m.config, len(batches))), []).append(m)
     size = most or len(members)

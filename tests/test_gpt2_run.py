@@ -187,13 +187,14 @@ def test_generate_and_the_export_agree_with_transformers(pretrained, tmp_path):
     sampled = [
         run(
             jft_command(
-                "generate", "--workdir", workdir, "the cat", "--temperature", 1.0, "--top-k", 20, "--seed", seed
+                "generate", "--workdir", workdir, "the cat", "--temperature", 1.0, "--top-k", k, "--seed", seed
             ),
             tmp_path,
         ).stdout
-        for seed in (0, 0, 1)
+        for k, seed in ((20, 0), (20, 0), (20, 1), (0, 0), (10**6, 0))
     ]
     assert sampled[0] == sampled[1] != sampled[2]
+    assert sampled[3] == sampled[4]  # a top-k beyond the vocabulary draws from every token, as 0 does
 
 
 def test_l2_sp_fine_tuning_with_the_joint_next_word_term_exports_a_classifier(pretrained, tmp_path):

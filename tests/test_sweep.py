@@ -144,6 +144,22 @@ def test_a_population_over_eight_devices_is_the_population_on_one(task_files, sh
     assert [r["scores"] for r in one] == pytest.approx([r["scores"] for r in eight], abs=1e-6)
 
 
+def test_grid_points_that_set_the_data_or_the_model_train_on_their_own(task_files, tmp_path):
+    """data.seq_len and a model field in the grid (the base config: 32 tokens, dropout 0.1): each
+    grid point's members read, encode and build their own, and end where their own runs end."""
+    grid = {"data.seq_len": [8, 32], "model.hidden_dropout_prob": [0.0, 0.1]}
+    config = _config(task_files, grid, epochs=1, **{"l2.reference": "zero"})
+    members = sweep.plan(config)
+    groups = sweep.group_data(members, config)
+    assert len(groups) == 4
+    for k in (0, 2):  # 8 tokens without dropout, 32 without
+        data = groups[sweep._data_key(members[k].config)]
+        results, params = population.train_population([members[k]], data, Runner("jit"))
+        own_params, own_scores = _standalone(config, tmp_path / f"member{k}", members[k].setting)
+        assert _largest_difference(_member(params, 0), own_params) < 1e-5
+        assert results[0]["scores"] == pytest.approx(own_scores, abs=1e-6)
+
+
 def test_jft_sweep_tables_plots_keeps_the_best_as_a_run_and_resumes(task_files, tmp_path, capsys):
     workdir = tmp_path / "sweep"
     args = [
@@ -200,6 +216,8 @@ def test_jft_sweep_tables_plots_keeps_the_best_as_a_run_and_resumes(task_files, 
         ({"optim.lr": 1e-3}, "sweep.grid['optim.lr'] must be a non-empty list of values"),
         ({"optim.lr": [-1.0]}, "optim.lr must be a positive number"),
         ({"parallel.backend": ["jit"]}, "'parallel.backend' is not a setting of a model's training"),
+        ({"task": ["classification", "regression"]}, "'task' cannot be swept"),
+        ({"init_from": ["no-such-run"]}, "sweep.grid point {'init_from': 'no-such-run'}: "),
     ],
 )
 def test_bad_grids_are_one_line_before_any_training(task_files, tmp_path, grid, expected):
