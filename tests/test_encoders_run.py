@@ -178,6 +178,7 @@ def test_the_export_loads_in_pytorch_with_jfts_tokens_and_logits(pretrained, exp
     ours = load_tokenizer(pretrained[0])
     for sentence in SENTENCES:
         assert tokenizer(sentence)["input_ids"] == ours.encode(sentence).ids, sentence
+    assert set(tokenizer("a text")) == {"input_ids", "attention_mask"}  # no token_type_ids, which ModernBERT refuses
     pair = tokenizer("the first", "the second")["input_ids"]
     assert pair == ours.encode("the first", "the second").ids and pair.count(ours.token_to_id("</s>")) == 3
     config, params = hf.load(exported)
