@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, FieldReference
 
 from jft.errors import JftError, did_you_mean
 
@@ -151,11 +151,14 @@ def apply_overrides(config: ConfigDict, overrides: Sequence[str]) -> None:
             continue
         if isinstance(current, ConfigDict):
             raise JftError(f"'{key}' is a group of keys ({', '.join(current)}); set one of them, e.g. {key}.KEY=VALUE.")
+        # a key that may be unset: a placeholder (ml_collections keeps it as a FieldReference) or None
+        nullable = current is None or isinstance(node._fields.get(leaf), FieldReference)
         if current is None and node.get_type(leaf) in (bool, int, float, str):  # an unset placeholder
             current = node.get_type(leaf)()
         try:
-            # 'none' unsets a key, except where it is a word the key takes (model.remat=none)
-            unset = text.lower() == "none" and not isinstance(current, str)
+            # 'none' unsets a key that may be unset, except where it is a word the key takes
+            # (model.remat=none); for a number, 'none' is no number (_parse says so)
+            unset = text.lower() == "none" and not isinstance(current, str) and nullable
             setattr(node, leaf, None if unset else _parse(text, current, key))
         except TypeError as error:
             raise JftError(f"cannot set '{key}' to {text!r}: {error}") from error

@@ -63,6 +63,22 @@ def test_bad_overrides(override, message):
         load_config(INIT_CONFIG, [override])
 
 
+def test_none_unsets_only_a_key_without_a_default_and_is_a_word_where_the_key_takes_words():
+    """A fine-tuning config's model fields are unset (the checkpoint's); optim.lr and epochs have
+    defaults: 'none' is no number for them (a grid's None too), not a crash later."""
+    config = load_config(
+        "finetune/tiny", ["model.hidden_dropout_prob=0.2", "model.hidden_dropout_prob=None"], "finetune"
+    )
+    assert config.model.hidden_dropout_prob is None
+    assert load_config("finetune/tiny", ["model.remat=none"], "finetune").model.remat == "none"
+    for override, message in (
+        ("optim.lr=None", "'optim.lr' takes a number; 'None' is not one"),
+        ("epochs=none", "'epochs' takes an integer; 'none' is not one"),
+    ):
+        with pytest.raises(JftError, match=message):
+            load_config("finetune/tiny", [override], "finetune")
+
+
 def test_config_file_problems(tmp_path):
     with pytest.raises(JftError, match="config file not found"):
         load_config(tmp_path / "missing.py")
