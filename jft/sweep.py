@@ -112,6 +112,12 @@ def plan(config: ConfigDict) -> list[Member]:
             apply_overrides(config.copy_and_resolve_references(), [f"{key}=0"])
         if not isinstance(values, (list, tuple)) or not values:
             raise JftError(f"sweep.grid['{key}'] must be a non-empty list of values, got {values!r}.")
+        repeated = sorted({repr(v) for v in values if values.count(v) > 1})
+        if repeated:  # two identical runs would count as two measurements of the point
+            raise JftError(
+                f"sweep.grid['{key}'] repeats {', '.join(repeated)}: give each value once (to repeat a point, "
+                "sweep seed, e.g. 'seed': [0, 1, 2])."
+            )
     members = []
     for combination in itertools.product(*grid.values()):
         setting = dict(zip(grid, combination))

@@ -177,6 +177,7 @@ def test_fine_tuning_from_an_exported_token_tagger_keeps_its_head_for_the_same_t
     assert cli.main(["finetune", "--config", FINETUNE, "--workdir", str(tmp_path / "again"), *_flags(settings)]) == 0
     printed = capsys.readouterr().out
     assert "init from" in printed and "created new" not in printed and "not used" not in printed, printed
+    assert "its head kept: the same task and labels" in printed
 
 
 def _jft_and_hf_tokenizers(runs, which, tmp_path):

@@ -218,6 +218,7 @@ def test_jft_sweep_tables_plots_keeps_the_best_as_a_run_and_resumes(task_files, 
         ({"parallel.backend": ["jit"]}, "'parallel.backend' is not a setting of a model's training"),
         ({"task": ["classification", "regression"]}, "'task' cannot be swept"),
         ({"optim.lr": [None, 1e-3]}, "sweep.grid['optim.lr'] value None: 'optim.lr' takes a number"),
+        ({"optim.lr": [1e-3, 3e-3, 1e-3]}, "sweep.grid['optim.lr'] repeats 0.001: give each value once"),
         ({"init_from": ["no-such-run"]}, "sweep.grid point {'init_from': 'no-such-run'}: "),
     ],
 )

@@ -236,8 +236,10 @@ def initial_params(params: dict, config: ConfigDict, init, task: Task, quiet: bo
         dropped += [f"{scope}/{path}" for path in flatten(loaded.pop(scope))]  # another task's head: replaced
     params, report = merge(params, loaded)
     if jax.process_index() == 0 and not quiet:
+        kept = same_task and any(scope in loaded for scope in init.family.label_heads)
         head = f"\nnot used: init_from's head ({', '.join(dropped)}), of another task or other labels; replaced"
-        print(f"init from {init.describe()}: {report.summary()}{head if dropped else ''}", flush=True)
+        head = head if dropped else "\nits head kept: the same task and labels" if kept else ""
+        print(f"init from {init.describe()}: {report.summary()}{head}", flush=True)
     if config.l2.reference != "init":
         return params, None
     return params, subtree(params, report.loaded)
