@@ -151,8 +151,9 @@ def apply_overrides(config: ConfigDict, overrides: Sequence[str]) -> None:
             continue
         if isinstance(current, ConfigDict):
             raise JftError(f"'{key}' is a group of keys ({', '.join(current)}); set one of them, e.g. {key}.KEY=VALUE.")
-        # a key that may be unset: a placeholder (ml_collections keeps it as a FieldReference) or None
-        nullable = current is None or isinstance(node._fields.get(leaf), FieldReference)
+        # a key that may be unset: a model field (None: the preset's or the checkpoint's value), a
+        # placeholder (ml_collections keeps it as a FieldReference) or one that is None
+        nullable = key.startswith("model.") or current is None or isinstance(node._fields.get(leaf), FieldReference)
         if current is None and node.get_type(leaf) in (bool, int, float, str):  # an unset placeholder
             current = node.get_type(leaf)()
         try:

@@ -86,7 +86,7 @@ def save_hf_tokenizer(
     WordPiece, a GPT2Tokenizer for GPT-2's byte-level BPE, and for RoBERTa's, XLM-R's (or any other
     encoder's) a PreTrainedTokenizerFast, which is tokenizer.json as it is. It returns
     token_type_ids only where the model takes them (model_inputs: the family's inputs): ModernBERT's
-    and GPT-2's forward refuse them."""
+    forward refuses them, and GPT-2's would add their token embeddings to the input's."""
     kind = tokenizer_kind(tokenizer)
     if kind == "wordpiece":
         names, config = _bert_config(tokenizer)

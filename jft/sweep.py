@@ -55,7 +55,7 @@ from jft.tasks.metrics import one_class, one_class_advice
 from jft.tasks.records import Windows
 from jft.train.lock import hold
 from jft.train.parallel import Runner
-from jft.train.rundir import open_init
+from jft.train.rundir import InitSource, open_init
 from jft.train.session import check_init_family, config_differences, new_model
 
 # Settings a member of a population may have of its own: arrays of one value a member.
@@ -158,11 +158,17 @@ def _group_key(member: Member, steps: int) -> str:
     return json.dumps({"config": config.to_dict(), "steps": steps}, sort_keys=True, default=str)
 
 
+# data settings each member's batches read for themselves (task_batches), not sweep_data
+BATCHING_KEYS = ("layout", "buckets", "max_segments")
+
+
 def _data_key(config: ConfigDict) -> str:
-    """What sweep_data reads of a member's config (init_from, the model, the data's settings, the
-    joint objective's data): members equal in it share their SweepData."""
-    parts = {"init_from": config.init_from, "model": config.model, "data": config.data, "joint": config.joint_mlm.data}
-    return json.dumps({name: part.to_dict() if hasattr(part, "to_dict") else part for name, part in parts.items()})
+    """What sweep_data reads of a member's config (init_from, the model, the data's settings but
+    its batching, question answering's spans, the joint objective's data): members equal in it
+    share their SweepData."""
+    data = {name: value for name, value in config.data.to_dict().items() if name not in BATCHING_KEYS}
+    parts = {"init_from": config.init_from, "model": config.model.to_dict(), "data": data, "qa": config.qa.to_dict()}
+    return json.dumps({**parts, "joint": config.joint_mlm.data}, sort_keys=True, default=str)
 
 
 def group_data(members: list[Member], config: ConfigDict) -> dict[str, SweepData]:
@@ -171,21 +177,27 @@ def group_data(members: list[Member], config: ConfigDict) -> dict[str, SweepData
     ...) read, encode and load their own; all of them before any training, so that a grid point
     that cannot be read stops the sweep before it starts. Folds are dealt by config's seed."""
     shared: dict[str, SweepData] = {}
+    inits: dict[str, InitSource] = {}  # each init_from opened once
     for member in members:
         key = _data_key(member.config)
         if key not in shared:
             try:
-                shared[key] = sweep_data(member.config, config.seed)
+                shared[key] = sweep_data(member.config, config.seed, inits)
             except JftError as error:
+                if key == _data_key(config):  # the base config's own data: no grid point to name
+                    raise
                 raise JftError(f"sweep.grid point {member.setting}: {error}") from None
     return shared
 
 
-def sweep_data(config: ConfigDict, fold_seed: int | None = None) -> SweepData:
+def sweep_data(config: ConfigDict, fold_seed: int | None = None, inits: dict | None = None) -> SweepData:
     """The task, its data (with each training example's fold, dealt by fold_seed, else config's
     seed), tokenizer, model and init_from that the members of config's group share; an image
-    model's data are its images at its side."""
-    init = open_init(config.init_from) if config.init_from else None
+    model's data are its images at its side. inits: init_from's opened so far, by path (reused)."""
+    inits = {} if inits is None else inits
+    if config.init_from and config.init_from not in inits:
+        inits[config.init_from] = open_init(config.init_from)
+    init = inits[config.init_from] if config.init_from else None
     if init is not None:
         check_init_family(init, config.model.get("family", ""))
     joint, joint_classes = None, []
@@ -232,7 +244,7 @@ def run_sweep(config: ConfigDict, workdir: str | Path) -> dict:
     """Runs (or resumes) the sweep of config in workdir; returns the best grid point's row of the
     table with the final metrics of its run directory (best_run/)."""
     workdir = Path(workdir).absolute()
-    config = resolve_reference(config, _recorded_reference(workdir))
+    config = _with_reference(config, workdir)
     members = plan(config)
     runner = Runner.start(config.parallel)
     for member in members:
@@ -243,7 +255,8 @@ def run_sweep(config: ConfigDict, workdir: str | Path) -> dict:
         identity = {split: data_identity(config, shared, split) for split in ("train", "eval") if config.data[split]}
         if shared.joint is not None:
             identity["joint"] = shared.joint.identity()
-        inits = sorted({group.init.weights_sha256() for group in groups.values() if group.init is not None})
+        opened = {id(group.init): group.init for group in groups.values() if group.init is not None}
+        inits = sorted({init.weights_sha256() for init in opened.values()})
         weights = "+".join(inits) or None  # init_from by its weights (each init_from's, where the grid sets it)
         _hold_settings(workdir, config, identity, weights)
         metric = shared.metric
@@ -277,6 +290,16 @@ def run_sweep(config: ConfigDict, workdir: str | Path) -> dict:
     where = workdir / BEST_RUN
     print(f"sweep: best {metric} {best['mean']:.4f} at {best['setting']}; training it on all of data.train in {where}")
     return {**best, "run": train_and_evaluate(best_config, where, runner)}
+
+
+def _with_reference(config: ConfigDict, workdir: Path) -> ConfigDict:
+    """config with l2.reference=auto resolved as the sweep in workdir recorded it, or as a run of
+    config would (resolve_reference); where the grid sets init_from, auto is left for each member
+    (plan): L2-SP for a member that starts from weights, as its own run."""
+    recorded = _recorded_reference(workdir)
+    if recorded or "init_from" not in config.sweep.grid:
+        return resolve_reference(config, recorded)
+    return config
 
 
 def _hold_settings(workdir: Path, config: ConfigDict, identity: dict, weights: str | None) -> None:

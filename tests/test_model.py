@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.extend
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ import pytest
 from conftest import make_batch, masked_positions, tiny_hf_config
 from jft.models.bert import BertConfig, BertForPreTraining, BertModel, init_params
 from jft.models.family import Head
-from jft.models.layers import Dropout, attention, attention_mask_4d, batch_rows, fused_attention, kept
+from jft.models.layers import Dropout, Embed, attention, attention_mask_4d, batch_rows, fused_attention, kept
 from jft.models.registry import get
 
 
@@ -333,3 +334,15 @@ def test_bfloat16_embedding_gradients_are_float32_scatters(family_name):
     tables = {leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(params) if "embed" in str(path)}
     into_tables = [aval for aval in scatters if aval.shape in tables]
     assert into_tables and all(aval.dtype == jnp.float32 for aval in into_tables), scatters
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_embed_gives_flax_embeds_values_for_any_table(rows):
+    """jft's Embed (rows taken in float32, then cast) against flax's nn.Embed: the same parameter and
+    values; a one-row table (RoBERTa's token types) broadcasts its row whatever the ids."""
+    ids = jnp.array([[0, 1, 2], [4, 3, 0]]) % rows
+    ours, flax_embed = (cls(rows, 8, dtype=jnp.bfloat16) for cls in (Embed, nn.Embed))
+    params = flax_embed.init(jax.random.key(0), ids)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), ids)) == jax.tree.map(jnp.shape, params)
+    np.testing.assert_array_equal(ours.apply(params, ids), flax_embed.apply(params, ids))
+    np.testing.assert_array_equal(ours.apply(params, ids + 1 if rows == 1 else ids), flax_embed.apply(params, ids))

@@ -251,7 +251,10 @@ class Embed(nn.Embed):
     def __call__(self, inputs: jax.Array) -> jax.Array:
         if not jnp.issubdtype(inputs.dtype, jnp.integer):
             raise ValueError(f"embedding lookups take integer ids, not {inputs.dtype}")
-        rows = jnp.take(self.embedding, inputs, axis=0)
+        if self.num_embeddings == 1:  # as nn.Embed: the one row whatever the ids (RoBERTa's token types)
+            rows = jnp.broadcast_to(self.embedding, (*inputs.shape, self.features))
+        else:
+            rows = jnp.take(self.embedding, inputs, axis=0)
         return rows if self.dtype is None else rows.astype(self.dtype)
 
 

@@ -56,8 +56,9 @@ def architecture(config, head: Head) -> str:
 
 def weights_from_hf(tensors: Mapping[str, np.ndarray], layout: str, config, source: str) -> dict[str, Any]:
     """jft's tree from a checkpoint's tensors: layout "torch" (PyTorch names, kernels [out, in]) or
-    "flax" (jft's tree, '/'-joined, layers numbered). A classifier read from a checkpoint is a
-    sequence classifier's (its weights do not say which)."""
+    "flax" (jft's tree, '/'-joined, layers numbered). A classifier read here is a sequence
+    classifier's (its weights do not say which); jft.models.hf.load renames a token classifier's and
+    a span head's by config.json's architectures (FAMILY.hf_classifier_scopes)."""
     separator = "." if layout == "torch" else "/"
     tops = {name.split(separator)[0] for name in tensors}
     other = sorted(tops & (OTHER_SCOPES - {"model"}))
