@@ -341,8 +341,16 @@ def test_a_sweep_member_with_the_joint_objective_ends_where_its_own_run_ends(dig
     ours = {k: v for k, v in flatten(jax.tree.map(lambda x: x[1], params)).items() if k in theirs}
     assert ours.keys() == theirs.keys() and any(k.startswith("joint_classifier/") for k in flatten(params))
     # 1e-4: a vmapped convolution rounds otherwise than a plain one (ResNet's first kernel: 2e-5 on
-    # an AVX-512 CPU, the same after one epoch and two); the member with the other μ ends 1e-2 away
-    assert max(float(np.max(np.abs(np.asarray(ours[k]) - np.asarray(theirs[k])))) for k in ours) < 1e-4
+    # an AVX-512 CPU, the same after one epoch and two); VGG's, amplified as above, ends 1.04e-3
+    # away on an AMD EPYC (the same before 2026-12-06's changes): 2e-3, while the member with the
+    # other μ ends further than 3 times that away
+    tolerance = 2e-3 if family == "vgg" else 1e-4
+    other = {k: v for k, v in flatten(jax.tree.map(lambda x: x[0], params)).items() if k in theirs}
+
+    def farthest(tree):
+        return max(float(np.max(np.abs(np.asarray(tree[k]) - np.asarray(theirs[k])))) for k in tree)
+
+    assert farthest(ours) < tolerance < farthest(other) / 3
     final = [json.loads(line) for line in (tmp_path / "own" / "metrics.jsonl").read_text().splitlines()]
     accuracy = [r for r in final if r["split"] == "eval"][-1]["accuracy"]
     assert results[1]["scores"]["accuracy"] == pytest.approx(accuracy, abs=1e-6)
