@@ -67,6 +67,8 @@ def load_config(spec: str | Path, overrides: Sequence[str] = (), stage: str = ""
     if not path_text:  # no ':' at all
         path_text, arg = spec, ""
     path = find_config(path_text, stage)
+    if path.suffix != ".py":
+        raise JftError(f"{path} is not a config file: a config is a Python file (.py) that defines get_config().")
     module_spec = importlib.util.spec_from_file_location(f"jft_config_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     try:

@@ -531,6 +531,43 @@ CASES = [
         "jft prepare: error: --out {tmp}/out is a file; give a directory for the prepared rows.",
     ),
     Case(
+        "a negative vocabulary size",
+        lambda t, f: ["vocab", str(f / "corpus.txt"), "--out", str(t / "v"), "--vocab-size", "-5"],
+        "jft vocab: error: the vocabulary's size must be 1 or more and its min_frequency 0 or more, got -5 and 2 "
+        "(BERT's size: 30522).",
+    ),
+    Case(
+        "an eval fraction above 1",
+        lambda t, f: [
+            "prepare",
+            str(f / "corpus.txt"),
+            "--vocab",
+            str(f / "vocab"),
+            "--out",
+            str(t / "r"),
+            "--eval-fraction",
+            "1.5",
+        ],
+        "jft prepare: error: eval_fraction is the share of documents held out, in [0, 1): got 1.5.",
+    ),
+    Case(
+        "a data file as the config",
+        lambda t, f: ["finetune", "--config", str(_write(t / "train.csv", "text,label\na,b\n")), "--workdir", "x"],
+        "jft finetune: error: {tmp}/train.csv is not a config file: a config is a Python file (.py) that defines "
+        "get_config().",
+    ),
+    Case(
+        "a run's config for jft bench",
+        lambda t, f: ["bench", "--config", "pretrain/tiny", "--out", str(t / "b.json")],
+        "jft bench: error: jft bench takes a bench config (bench:tiny, bench:base, ... or configs/bench.py:SIZE), not "
+        "a run's.",
+    ),
+    Case(
+        "a NaN L2 weight",
+        lambda t, f: _finetune(t, f, **{"l2.weight": "nan"}),
+        "jft finetune: error: l2.weight and joint_mlm.weight must be 0 or more, got nan, 0.0.",
+    ),
+    Case(
         "a corpus that is not there",
         lambda t, f: ["prepare", str(t / "missing.txt"), "--vocab", str(f / "vocab"), "--out", str(t / "rows")],
         "jft prepare: error: data file not found: {tmp}/missing.txt",

@@ -160,6 +160,11 @@ def train_vocab(
     """
     if kind not in KINDS:
         raise JftError(f"unknown vocabulary kind {kind!r}; choose one of {', '.join(KINDS)}.")
+    if vocab_size < 1 or min_frequency < 0:
+        raise JftError(
+            f"the vocabulary's size must be 1 or more and its min_frequency 0 or more, got {vocab_size} and "
+            f"{min_frequency} (BERT's size: 30522)."
+        )
     if kind in ("bytelevel", "roberta"):
         specials = ROBERTA_ORDER if kind == "roberta" else [END_OF_TEXT]
         trained = _train_bytelevel(texts, vocab_size, min_frequency, specials)

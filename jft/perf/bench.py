@@ -82,6 +82,10 @@ def run(config: ConfigDict) -> dict:
 
 def checked_workloads(config: ConfigDict) -> tuple[list[str], Family, Any]:
     """The workloads a bench config names, its family and model, after the checks that need no device."""
+    if "workloads" not in config:
+        raise JftError(
+            "jft bench takes a bench config (bench:tiny, bench:base, ... or configs/bench.py:SIZE), not a run's."
+        )
     workloads = [w.strip() for w in config.workloads.split(",") if w.strip()]
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown or not workloads:

@@ -72,7 +72,7 @@ def check_settings(config: ConfigDict) -> None:
             f"eval_every must be 0 (each epoch's end) or more and warmup_fraction in [0, 1), got "
             f"{config.eval_every} and {config.warmup_fraction}."
         )
-    if config.l2.weight < 0 or config.joint_mlm.weight < 0:
+    if not (config.l2.weight >= 0 and config.joint_mlm.weight >= 0):  # nan too
         raise JftError(
             f"l2.weight and joint_mlm.weight must be 0 or more, got {config.l2.weight}, {config.joint_mlm.weight}."
         )
