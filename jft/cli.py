@@ -239,7 +239,7 @@ def _prepare_arguments(parser):
 
 def _run_prepare(args, _):
     from jft.data.images import is_image_source
-    from jft.data.prepare import is_prepared, none_held_out, prepare
+    from jft.data.prepare import is_prepared, none_held_out, prepare, tokens_left_out
     from jft.outputs import check, check_inputs
 
     if args.side is not None or is_image_source(args.corpus[0]):
@@ -274,7 +274,7 @@ def _run_prepare(args, _):
         f"wrote {args.out}: {meta['documents']:,} documents, {meta['tokens']:,} tokens, rows: {rows}; "
         f"{meta['tokens'] / meta['seconds']:,.0f} tokens/s"
     )
-    if warning := none_held_out(meta):
+    for warning in filter(None, (none_held_out(meta), tokens_left_out(meta))):
         print(f"warning: {warning}", file=sys.stderr, flush=True)
 
 

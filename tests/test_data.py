@@ -314,6 +314,11 @@ def test_vocab_and_prepare_commands(tmp_path, capsys):
         "held-out loss. Documents are separated by blank lines (a line is a sentence): a text without blank lines "
         "is one document.\n"
     )
+    # the same text on one line: one sentence, cut to one row, and a warning says how much is lost
+    (tmp_path / "line.txt").write_text(" ".join(lines) + "\n")
+    argv = ["prepare", str(tmp_path / "line.txt"), "--vocab", str(tmp_path / "vocab"), "--out", str(tmp_path / "line")]
+    assert cli.main([*argv, "--seq-len", "64"]) == 0
+    assert "warning: the rows hold at most 64 of the corpus's " in capsys.readouterr().err
     assert cli.main(["prepare", str(tmp_path / "nothing.txt"), "--vocab", "x", "--out", str(tmp_path / "o")]) == 2
     assert "vocabulary not found" in capsys.readouterr().err
 

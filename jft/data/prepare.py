@@ -223,6 +223,19 @@ def none_held_out(metadata: dict) -> str | None:
     )
 
 
+def tokens_left_out(metadata: dict) -> str | None:
+    """The warning for rows that hold less than half the corpus's tokens (in mode pairs a line, a
+    sentence, longer than a row is cut to fit one, the rest of it unused); None otherwise."""
+    capacity = sum(split["rows"] for split in metadata["splits"].values()) * metadata["seq_len"]
+    if capacity >= metadata["tokens"] / 2:
+        return None
+    return (
+        f"the rows hold at most {capacity:,} of the corpus's {metadata['tokens']:,} tokens: in mode "
+        f"{metadata['mode']} a line (a sentence) longer than seq_len {metadata['seq_len']} is cut to fit one row, and "
+        "the rest of it is not used. Put one sentence on a line, or prepare with --mode packed."
+    )
+
+
 def mode_special_ids(tokenizer: tokenizers.Tokenizer, mode: str) -> dict[str, int]:
     """The special tokens the rows of `mode` are made with: BERT's [PAD], [UNK], [CLS], [SEP],
     [MASK]; for "causal", <|endoftext|> ("eot"). A vocabulary without them is an error."""
