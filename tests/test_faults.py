@@ -60,6 +60,11 @@ def _finetune(tmp: Path, files: Path, **settings) -> list[str]:
     ]
 
 
+def _prepare(files: Path, out: Path, *options: str) -> list[str]:
+    """`jft prepare` of the shared corpus with its vocabulary into out."""
+    return ["prepare", str(files / "corpus.txt"), "--vocab", str(files / "vocab"), "--out", str(out), *options]
+
+
 def _pretrain(tmp: Path, files: Path, **settings) -> list[str]:
     values = {**SMALL_PRETRAIN, "data.prepared": files / "rows", **settings}
     return ["pretrain", "--config", PRETRAIN, "--workdir", str(tmp / "run")] + [
@@ -506,28 +511,14 @@ CASES = [
     ),
     Case(
         "prepare into a directory of other files",
-        lambda t, f: [
-            "prepare",
-            str(f / "corpus.txt"),
-            "--vocab",
-            str(f / "vocab"),
-            "--out",
-            str(_write(t / "mine" / "notes.txt", "keep").parent),
-        ],
+        lambda t, f: _prepare(f, _write(t / "mine" / "notes.txt", "keep").parent),
         "jft prepare: error: --out {tmp}/mine is a directory that holds other files; prepare writes only into a new "
         "or empty directory (or over its own earlier output), so nothing of yours is replaced; add --overwrite to "
         "replace it whole.",
     ),
     Case(
         "prepare into a file",
-        lambda t, f: [
-            "prepare",
-            str(f / "corpus.txt"),
-            "--vocab",
-            str(f / "vocab"),
-            "--out",
-            str(_write(t / "out", "x")),
-        ],
+        lambda t, f: _prepare(f, _write(t / "out", "x")),
         "jft prepare: error: --out {tmp}/out is a file; give a directory for the prepared rows.",
     ),
     Case(
@@ -538,16 +529,7 @@ CASES = [
     ),
     Case(
         "an eval fraction above 1",
-        lambda t, f: [
-            "prepare",
-            str(f / "corpus.txt"),
-            "--vocab",
-            str(f / "vocab"),
-            "--out",
-            str(t / "r"),
-            "--eval-fraction",
-            "1.5",
-        ],
+        lambda t, f: _prepare(f, t / "r", "--eval-fraction", "1.5"),
         "jft prepare: error: eval_fraction is the share of documents held out, in [0, 1): got 1.5.",
     ),
     Case(
