@@ -73,19 +73,17 @@ def export(
         hf.save_image_processor(source.model, out)
         beside = "with its image processor"
     else:
-        save_hf_tokenizer(source.tokenizer, out, source.model.max_length, source.family.inputs)
+        save_hf_tokenizer(source.tokenizer, out, source.model.max_length, "token_type_ids" in source.family.inputs)
         beside = "with the tokenizer"
     return f"{beside}; {source.family.how_to_load(source.model, head)}"
 
 
-def save_hf_tokenizer(
-    tokenizer: tokenizers.Tokenizer, out: Path, max_length: int, model_inputs: tuple[str, ...] = ("token_type_ids",)
-) -> None:
+def save_hf_tokenizer(tokenizer: tokenizers.Tokenizer, out: Path, max_length: int, token_types: bool = True) -> None:
     """The tokenizer's files (save_tokenizer), tokenizer_config.json and special_tokens_map.json, so
     that transformers' AutoTokenizer (4.57 and 5) gives the token ids jft gives: a BertTokenizer for
     WordPiece, a GPT2Tokenizer for GPT-2's byte-level BPE, and for RoBERTa's, XLM-R's (or any other
     encoder's) a PreTrainedTokenizerFast, which is tokenizer.json as it is. It returns
-    token_type_ids only where the model takes them (model_inputs: the family's inputs): ModernBERT's
+    token_type_ids only where the model takes them (token_types: BERT's): ModernBERT's
     forward refuses them, and GPT-2's would add their token embeddings to the input's."""
     kind = tokenizer_kind(tokenizer)
     if kind == "wordpiece":
@@ -96,11 +94,7 @@ def save_hf_tokenizer(
         names, config = _encoder_config(tokenizer)
     save_tokenizer(tokenizer, out)
     write_json(out / "special_tokens_map.json", names)
-    inputs = [
-        name
-        for name in ("input_ids", "token_type_ids", "attention_mask")
-        if name != "token_type_ids" or name in model_inputs
-    ]
+    inputs = ["input_ids", "token_type_ids", "attention_mask"] if token_types else ["input_ids", "attention_mask"]
     config.update(clean_up_tokenization_spaces=False, model_max_length=max_length, model_input_names=inputs, **names)
     write_json(out / "tokenizer_config.json", config)
 

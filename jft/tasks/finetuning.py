@@ -231,14 +231,13 @@ def initial_params(params: dict, config: ConfigDict, init, task: Task, quiet: bo
     if "joint_classifier" in params and "classifier" in loaded:  # the joint objective's pretraining head
         loaded["joint_classifier"] = loaded["classifier"]
     same_task = init.task is not None and (init.task["kind"], init.task["labels"]) == (task.kind, task.labels)
-    dropped = []
-    for scope in [] if same_task else [scope for scope in init.family.label_heads if scope in loaded]:
-        dropped += [f"{scope}/{path}" for path in flatten(loaded.pop(scope))]  # another task's head: replaced
+    heads = [scope for scope in init.family.label_heads if scope in loaded]
+    # another task's head, or other labels': this task's is created new
+    dropped = [] if same_task else [f"{scope}/{path}" for scope in heads for path in flatten(loaded.pop(scope))]
     params, report = merge(params, loaded)
     if jax.process_index() == 0 and not quiet:
-        kept = same_task and any(scope in loaded for scope in init.family.label_heads)
         head = f"\nnot used: init_from's head ({', '.join(dropped)}), of another task or other labels; replaced"
-        head = head if dropped else "\nits head kept: the same task and labels" if kept else ""
+        head = head if dropped else "\nits head kept: the same task and labels" if heads else ""
         print(f"init from {init.describe()}: {report.summary()}{head}", flush=True)
     if config.l2.reference != "init":
         return params, None
