@@ -12,12 +12,19 @@ from typing import Any
 
 from jft.errors import JftError
 
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+
 
 def decode_utf8(data: bytes, source: str, first_line: int = 1) -> str:
     """data as text (a UTF-8 byte-order mark dropped); a JftError naming the line of a bad byte."""
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
+        compression = next((name for magic, name in _COMPRESSED.items() if data.startswith(magic)), None)
+        if first_line == 1 and compression:
+            raise JftError(
+                f"{source} is {compression}-compressed; decompress it first (e.g. `{compression} -dk {source}`)."
+            ) from None
         line = first_line + data.count(b"\n", 0, error.start)
         raise JftError(
             f"{source}:{line} is not UTF-8 text (byte 0x{data[error.start]:02x}); save the file as UTF-8 "

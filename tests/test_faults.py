@@ -8,6 +8,7 @@ the shared inputs, {*}: any text).
 """
 
 import errno
+import gzip
 import json
 import os
 import re
@@ -552,7 +553,35 @@ CASES = [
     Case(
         "a corpus that is not there",
         lambda t, f: ["prepare", str(t / "missing.txt"), "--vocab", str(f / "vocab"), "--out", str(t / "rows")],
-        "jft prepare: error: data file not found: {tmp}/missing.txt",
+        "jft prepare: error: corpus file not found: {tmp}/missing.txt",
+    ),
+    Case(
+        "a folder of text files as the corpus",
+        lambda t, f: [
+            "prepare",
+            str(_write(t / "texts" / "a.txt", "One.\n").parent),
+            "--vocab",
+            str(f / "vocab"),
+            "--out",
+            str(t / "rows"),
+        ],
+        "jft prepare: error: {tmp}/texts is a folder; name the text files in it with a quoted glob, e.g. "
+        "'{tmp}/texts/*.txt' ('{tmp}/texts/**/*.txt' for its subfolders too).",
+    ),
+    Case(
+        "a folder of text files to train a vocabulary on",
+        lambda t, f: ["vocab", str(_write(t / "texts" / "a.txt", "One.\n").parent), "--out", str(t / "v")],
+        "jft vocab: error: {tmp}/texts is a folder; name the text files in it with a quoted glob, e.g. "
+        "'{tmp}/texts/*.txt' ('{tmp}/texts/**/*.txt' for its subfolders too).",
+    ),
+    Case(
+        "a gzip-compressed corpus",
+        lambda t, f: (
+            _prepare(f, t / "rows")[:1]
+            + [str(_write(t / "c.txt.gz", gzip.compress(b"One.\nTwo.\n")))]
+            + _prepare(f, t / "rows")[2:]
+        ),
+        "jft prepare: error: {tmp}/c.txt.gz is gzip-compressed; decompress it first (e.g. `gzip -dk {tmp}/c.txt.gz`).",
     ),
     Case(
         "streams that do not divide the batch",

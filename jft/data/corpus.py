@@ -34,9 +34,7 @@ def read_documents(
         if source.startswith("tfds:"):
             yield from _tfds_documents(source.removeprefix("tfds:"), text_field, tfds_data_dir)
             continue
-        path = Path(source)
-        if not path.is_file():
-            raise JftError(f"corpus file not found: {path}")
+        path = _corpus_file(source)
         if path.suffix == ".jsonl":
             yield from _jsonl_documents(path, text_field)
         else:
@@ -64,10 +62,21 @@ def source_identity(source: str) -> dict:
     SHA-256; a TFDS dataset's name and split (TFDS names a dataset by content and version)."""
     if source.startswith("tfds:"):
         return {"tfds": source.removeprefix("tfds:")}
-    path = Path(source)
-    if not path.is_file():
-        raise JftError(f"data file not found: {path}")
+    path = _corpus_file(source)
     return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def _corpus_file(source: str) -> Path:
+    """The file a source names; a JftError when it is a folder or is not there."""
+    path = Path(source)
+    if path.is_dir():
+        raise JftError(
+            f"{path} is a folder; name the text files in it with a quoted glob, e.g. '{path}/*.txt' "
+            f"('{path}/**/*.txt' for its subfolders too)."
+        )
+    if not path.is_file():
+        raise JftError(f"corpus file not found: {path}")
+    return path
 
 
 def split_sentences(text: str) -> Document:

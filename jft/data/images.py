@@ -81,9 +81,11 @@ class Listing:
 
 
 def is_image_source(source: str) -> bool:
-    """Whether a data source names images (a folder, an .npz, or tfds:) rather than a text file."""
+    """Whether a data source names images (a folder holding an image file, an .npz) rather than text."""
     path = Path(source)
-    return path.is_dir() or path.suffix == ".npz"
+    if path.is_dir():
+        return any(p.suffix.lower() in EXTENSIONS for p in path.rglob("*"))
+    return path.suffix == ".npz"
 
 
 def read_images(source: str, side: int, *, skip_bad: bool = False, tfds_data_dir: str | None = None) -> ImageSet:
