@@ -102,18 +102,11 @@ def _inspect_arguments(parser):
 def _run_inspect(args, _):
     import dataclasses as dc
 
-    from jft import export
-    from jft.models import family_of, hf
     from jft.params import flatten
     from jft.train import rundir
 
-    if export.is_run(args.path):
-        source = rundir.open_init(args.path, role="")
-        config, params, what = source.model, source.params, source.describe()
-    else:
-        config, params = hf.load(args.path)
-        what = args.path
-    family = family_of(config)
+    source = rundir.open_init(args.path, role="")
+    config, params, family, what = source.model, source.params, source.family, source.describe()
     architecture = family.architecture(config, family.head_of(params))
     print(f"{what}: {architecture} ({family.name}), {_count(params):,} parameters")
     for name, value in dc.asdict(config).items():
@@ -381,8 +374,7 @@ def _run_config(args, overrides):
         if overrides:
             raise JftError(f"{path} is a run directory; its config is fixed, so --config.KEY=VALUE does not apply.")
         run = rundir.read_run(path.absolute())
-        if run is None:
-            raise JftError(f"{path} holds no jft run (no run.json); give a run directory or a config file.")
+        rundir.require_stage(path, run, None, "give a run directory or a config file")
         shown = {"stage": run["stage"], "config": run["config"], "family": run.get("family", "bert")}
         print(json.dumps({**shown, "model": run["model"]}, indent=2))
         return

@@ -127,7 +127,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert not (tmp_path / "qs").exists()
     err = capsys.readouterr().err
     assert "Did you mean 'finetune.seeds'?" in err
-    assert "jft inspect: error: no such file or directory" in err
+    assert f"jft inspect: error: {tmp_path / 'nothing'} does not exist; give a jft workdir or a Hugging Face" in err
     assert "Did you mean 'model." in err
     assert "unrecognized arguments: --config.x=1" in err
     assert "Traceback" not in err

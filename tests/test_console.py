@@ -126,9 +126,11 @@ def test_the_sweep_says_ties_and_collapsed_grid_points():
     assert sweep.table_notes(table[:1], results, "zero") == []
 
 
-def test_the_shipped_minilm_has_a_name(monkeypatch, tmp_path):
+def test_the_shipped_minilm_has_a_name(monkeypatch, tmp_path, capsys):
     source = rundir.open_init("minilm")
     assert source.kind == "huggingface" and source.model.hidden_size == 384 and source.tokenizer is not None
+    assert cli.main(["inspect", "minilm"]) == 0  # jft inspect reads what init_from reads
+    assert "BertModel (bert), 22,713,216 parameters" in capsys.readouterr().out
     monkeypatch.chdir(tmp_path)
     (tmp_path / "minilm").mkdir()  # a directory of that name is what it names
     assert rundir.shipped_model("minilm") is None

@@ -614,6 +614,18 @@ CASES = [
         "jft pretrain: error: --workdir {tmp}/run is a file; give a directory.",
     ),
     Case(
+        "a sweep's directory to inspect",
+        lambda t, f: ["inspect", str(_write(t / "sweep" / "best_run" / "run.json", "{}").parent.parent)],
+        "jft inspect: error: {tmp}/sweep is neither a jft workdir (run.json) nor a Hugging Face model directory "
+        "(config.json and weights). There is one inside it: {tmp}/sweep/best_run.",
+    ),
+    Case(
+        "a sweep's directory for its config",
+        lambda t, f: ["config", str(_write(t / "sweep" / "best_run" / "run.json", "{}").parent.parent)],
+        "jft config: error: {tmp}/sweep holds no jft run (run.json is missing); give a run directory or a config "
+        "file. There is one inside it: {tmp}/sweep/best_run.",
+    ),
+    Case(
         "a run.json that is not JSON",
         lambda t, f: [
             "eval",
