@@ -554,6 +554,9 @@ def _export_arguments(parser):
     parser.add_argument("--workdir", required=True, help="a jft run directory: pretraining or fine-tuning")
     parser.add_argument("--out", required=True, help="directory for config.json, the weights and the tokenizer")
     parser.add_argument("--format", choices=FORMATS, default="safetensors")
+    parser.add_argument(
+        "--step", type=int, help="the model of this step (best/ or checkpoints/); default: the newest, or the best"
+    )
     _overwrite_argument(parser)
 
 
@@ -562,7 +565,7 @@ def _run_export(args, _):
 
     source = os.path.realpath(args.workdir)
     with output_directory(args.out, HF_MODEL, source, inputs=[args.workdir], overwrite=args.overwrite) as staging:
-        what = export(args.workdir, staging, format=args.format)
+        what = export(args.workdir, staging, format=args.format, step=args.step)
     print(f"wrote {args.out} ({args.format}, {what})")
 
 

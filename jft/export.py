@@ -48,14 +48,21 @@ def is_run(path: str | Path) -> bool:
 
 
 def export(
-    workdir: str | Path, out: str | Path, format: str = "safetensors", max_shard_size: int | str | None = None
+    workdir: str | Path,
+    out: str | Path,
+    format: str = "safetensors",
+    max_shard_size: int | str | None = None,
+    step: int | None = None,
 ) -> str:
     """Writes the model of a jft run directory, and its tokenizer (or image processor), as a Hugging
-    Face directory. Returns what it wrote beside the weights and what loads it, in words."""
+    Face directory. Returns what it wrote beside the weights and what loads it, in words.
+    step: the model of that step (in best/ or checkpoints/) instead of the newest or best one."""
     workdir = Path(workdir).absolute()
     run = rundir.read_run(workdir) if workdir.is_dir() else None
     rundir.require_stage(workdir, run, None, "give the directory of a jft run")
-    source = rundir.open_init(workdir, role="")  # the newest good checkpoint, or the best model; finite weights
+    source = rundir.open_init(
+        workdir, role="", step=step
+    )  # the newest good checkpoint, or the best model; finite weights
     task = source.task or run.get("task") or {}  # an image pretraining run's classes are its run's task
     choices = task.get("kind") == "multiple_choice"  # one score a candidate: its labels are the candidates'
     head = Head("multiple_choice", 1) if choices else source.family.head_of(source.params)

@@ -21,9 +21,12 @@ import transformers
 
 from conftest import REPO, SMALL_PRETRAIN, write_corpus, write_topic_task
 from jft import cli
+from jft.models import hf
 from jft.models.bert import BertForPreTraining
+from jft.params import flatten
 from jft.tasks.predictor import FinetunedModel
 from jft.train import rundir
+from jft.train.checkpoint import Checkpoints
 
 pytestmark = pytest.mark.xdist_group("export")  # one worker: the runs are shared
 
@@ -63,7 +66,8 @@ def runs(tmp_path_factory) -> Path:
     steps = {"total_steps": 4, "checkpoint_every": 4, "log_every": 2, "eval_every": 4, "parallel.backend": "jit"}
     corpus = {"data.corpus": root / "corpus.txt"}
     pretrain = ["pretrain", "--config", PRETRAIN, "--workdir"]
-    assert cli.main([*pretrain, str(root / "pairs"), *_flags({**SMALL_PRETRAIN, **steps, **corpus})]) == 0
+    pairs = {**SMALL_PRETRAIN, **steps, **corpus, "checkpoint_every": 2}  # steps 2 and 4, for export --step
+    assert cli.main([*pretrain, str(root / "pairs"), *_flags(pairs)]) == 0
     packed = {**SMALL_PRETRAIN, **steps, **corpus, "data.mode": "packed", "data.vocab_size": 300}
     assert cli.main([*pretrain, str(root / "packed"), *_flags(packed)]) == 0
     minilm = {**steps, **corpus, "init_from": MINILM, "data.seq_len": 32, "batch_size": 8, "progress": False}
@@ -240,6 +244,22 @@ def test_inspect_and_convert_take_a_run_directory(runs, tmp_path, capsys):
         "vocab.txt",
     ]
     assert isinstance(tokenizers.Tokenizer.from_file(str(tmp_path / "hf" / "tokenizer.json")), tokenizers.Tokenizer)
+
+
+def test_export_takes_the_model_of_a_chosen_step(runs, tmp_path, capsys):
+    checkpoints = Checkpoints(runs / "pairs" / "checkpoints", asynchronous=False, read_only=True)
+    saved = {step: flatten(checkpoints.restore(step=step)[0]["train"]["params"]) for step in (2, 4)}
+    checkpoints.close()
+    for step in (2, 4):
+        exported = hf.load(_export(runs / "pairs", tmp_path / str(step), "--step", str(step)))[1]
+        for path, value in flatten(exported).items():
+            np.testing.assert_array_equal(value, saved[step][path], err_msg=path)
+    assert any(not np.array_equal(saved[2][path], saved[4][path]) for path in saved[2])
+    default = hf.load(_export(runs / "pairs", tmp_path / "newest"))[1]
+    assert all(np.array_equal(value, saved[4][path]) for path, value in flatten(default).items())
+    assert cli.main(["export", "--workdir", str(runs / "pairs"), "--out", str(tmp_path / "x"), "--step", "3"]) == 2
+    assert f"{runs / 'pairs'} has no model of step 3; it has steps [2, 4]" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_exports_of_a_moved_run_are_the_same(runs, tmp_path):

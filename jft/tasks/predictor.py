@@ -15,7 +15,6 @@ import numpy as np
 
 from jft.data.images import ImageSet, read_images
 from jft.errors import JftError
-from jft.params import check_finite
 from jft.tasks import metrics
 from jft.tasks.answers import best_answers
 from jft.tasks.evaluate import predict_all, task_scores
@@ -23,7 +22,6 @@ from jft.tasks.images import image_data
 from jft.tasks.records import Task, encode, read_records
 from jft.train import rundir
 from jft.train.augment import ImageInputs
-from jft.train.checkpoint import Checkpoints, DamagedCheckpoint, restore_latest, saved_steps
 from jft.train.parallel import Runner
 from jft.train.steps import FinetuneSetup, predict_step
 
@@ -49,7 +47,7 @@ class FinetunedModel:
         if columns:
             self.task.columns = dataclasses.replace(self.task.columns, **{k: v for k, v in columns.items() if v})
         self.family, self.model_config = rundir.run_model(run)
-        self.params, self.source, self.meta = _model_params(workdir, step, self.family)
+        self.params, self.source, self.meta = rundir.saved_model(workdir, step, self.family)
         self.images = self.family.modality == "image"
         self.tokenizer = None if self.images else rundir.run_tokenizer(workdir)
         self.runner = Runner(backend)
@@ -178,39 +176,6 @@ class FinetunedModel:
 def answers_text(values: dict) -> str:
     """Question answering's predictions as `jft predict` writes them: one JSON object, an entry a line."""
     return json.dumps(values, ensure_ascii=False, allow_nan=False, indent=0) + "\n"
-
-
-def _model_params(workdir: Path, step: int | None, family) -> tuple[dict, str, dict]:
-    """The parameters to use, what they are, and their checkpoint's meta: the best model (its
-    metric, score and step), or the checkpoint of `step`."""
-    best, checkpoints = workdir / rundir.BEST, workdir / rundir.CHECKPOINTS
-    if step is None:
-        state, meta = restore_latest(
-            best, f"{workdir} has no saved model yet (best/ is empty); let `jft finetune` finish."
-        )
-        params, what = state["params"], f"the best model (step {meta['step']}) in {best}"
-    elif step in saved_steps(best):
-        state, meta = _restore_step(best, step)
-        params, what = state["params"], f"the best model (step {step}) in {best}"
-    elif step in saved_steps(checkpoints):
-        state, meta = _restore_step(checkpoints, step)
-        params = family.task_params(state["train"]["params"])
-        what = f"the checkpoint of step {step} in {checkpoints}"
-    else:
-        have = sorted(set(saved_steps(best)) | set(saved_steps(checkpoints)))
-        raise JftError(f"{workdir} has no model of step {step}; it has steps {have} (best/ and checkpoints/).")
-    check_finite(params, what)
-    return params, what, meta
-
-
-def _restore_step(directory: Path, step: int) -> tuple[dict, dict]:
-    checkpoints = Checkpoints(directory, asynchronous=False, read_only=True)
-    try:
-        return checkpoints.restore(step=step)
-    except DamagedCheckpoint as damage:
-        raise JftError(f"the checkpoint {directory / str(step)} {damage}.") from None
-    finally:
-        checkpoints.close()
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ from jft.errors import JftError
 from jft.files import read_json_object, write_json
 from jft.models import Family, family_of, get, hf
 from jft.params import check_finite
-from jft.train.checkpoint import restore_latest, sha256_checksums
+from jft.train.checkpoint import Checkpoints, DamagedCheckpoint, restore_latest, saved_steps, sha256_checksums
 
 FORMAT = "jft-run/1"
 RUN_FILE = outputs.RUN_FILE
@@ -225,18 +225,20 @@ def init_path(path: str | Path) -> Path:
     return path.parent if path.name == BEST and (path.parent / RUN_FILE).is_file() else path
 
 
-def open_init(path: str | Path, role: str = "init_from") -> InitSource:
+def open_init(path: str | Path, role: str = "init_from", step: int | None = None) -> InitSource:
     """A pretraining workdir (its newest good checkpoint; RUN/best: its best model, which an image
     pretraining keeps), a fine-tuning workdir or its best/ (the best model), or a Hugging Face
     directory (config.json and weights). Read only: another run's files are never changed. Weights
     that are not finite are refused, naming the tensor. role: what the path is to the caller, for
-    messages."""
+    messages; step: a run's model of that step instead (best/ or checkpoints/)."""
     given = shipped_model(str(path)) or Path(os.path.abspath(path))
     path, role = init_path(given), f"{role} " if role else ""
     best = path != given  # RUN/best, of a run
     if not path.exists():
         raise JftError(f"{role}{path} does not exist; give a jft workdir or a Hugging Face model directory.")
     run = read_run(path) if path.is_dir() else None
+    if run is None and step is not None:
+        raise JftError(f"{role}{path} is not a jft run; a step can only be chosen among a run's checkpoints.")
     if run is None:
         if not (path / hf.CONFIG).is_file() and not (path.is_file() and (path.parent / hf.CONFIG).is_file()):
             raise JftError(
@@ -260,6 +262,9 @@ def open_init(path: str | Path, role: str = "init_from") -> InitSource:
         return InitSource("huggingface", path, family, model, params, tokenizer, hf.read_task(directory))
     family, model = run_model(run)
     stage = run["stage"]
+    if step is not None:
+        params, _, _ = saved_model(path, step, family, heads=stage == "pretraining")
+        return InitSource(stage, path, family, model, params, _own_tokenizer(path), run.get("task"), step)
     if stage == "pretraining" and not best:
         state, _ = restore_latest(path / CHECKPOINTS, f"{role}{path} has no complete checkpoint yet.")
         params, step = state["train"]["params"], int(state["train"]["step"])
@@ -281,6 +286,40 @@ def open_init(path: str | Path, role: str = "init_from") -> InitSource:
         meta["step"],
         best=stage == "pretraining",
     )
+
+
+def saved_model(workdir: Path, step: int | None, family: Family, heads: bool = False) -> tuple[dict, str, dict]:
+    """The parameters of a run's model, what they are, and their checkpoint's meta: its best model
+    (best/, its metric, score and step), or the model of `step` (in best/ or checkpoints/). heads: a
+    training checkpoint's parameters whole, pretraining heads included (else the task's)."""
+    best, checkpoints = workdir / BEST, workdir / CHECKPOINTS
+    if step is None:
+        state, meta = restore_latest(
+            best, f"{workdir} has no saved model yet (best/ is empty); let `jft finetune` finish."
+        )
+        params, what = state["params"], f"the best model (step {meta['step']}) in {best}"
+    elif step in saved_steps(best):
+        state, meta = _restore_step(best, step)
+        params, what = state["params"], f"the best model (step {step}) in {best}"
+    elif step in saved_steps(checkpoints):
+        state, meta = _restore_step(checkpoints, step)
+        params = state["train"]["params"] if heads else family.task_params(state["train"]["params"])
+        what = f"the checkpoint of step {step} in {checkpoints}"
+    else:
+        have = sorted(set(saved_steps(best)) | set(saved_steps(checkpoints)))
+        raise JftError(f"{workdir} has no model of step {step}; it has steps {have} (best/ and checkpoints/).")
+    check_finite(params, what)
+    return params, what, meta
+
+
+def _restore_step(directory: Path, step: int) -> tuple[dict, dict]:
+    checkpoints = Checkpoints(directory, asynchronous=False, read_only=True)
+    try:
+        return checkpoints.restore(step=step)
+    except DamagedCheckpoint as damage:
+        raise JftError(f"the checkpoint {directory / str(step)} {damage}.") from None
+    finally:
+        checkpoints.close()
 
 
 def _own_tokenizer(workdir: Path) -> tokenizers.Tokenizer | None:
