@@ -546,6 +546,15 @@ CASES = [
         "a run's.",
     ),
     Case(
+        "an unknown bench size",
+        lambda t, f: ["bench", "--config", "bench:gpt2_smal", "--out", str(t / "b.json")],
+        "jft bench: error: {*}/configs/bench.py: get_config('gpt2_smal') failed: unknown bench size 'gpt2_smal'; "
+        "choose one of tiny, mini, base, large, gpt2_tiny, gpt2_small, gpt2_medium, gpt2_large, roberta_tiny, "
+        "roberta_base, roberta_large, modernbert_tiny, modernbert_base, modernbert_large, resnet_tiny, resnet18, "
+        "resnet34, resnet50, resnet101, vgg_tiny, vgg11, vgg13, vgg16, vgg19, vgg11_bn, vgg13_bn, vgg16_bn, "
+        "vgg19_bn, xlm_roberta_base.",
+    ),
+    Case(
         "a NaN L2 weight",
         lambda t, f: _finetune(t, f, **{"l2.weight": "nan"}),
         "jft finetune: error: l2.weight and joint_mlm.weight must be 0 or more, got nan, 0.0.",
