@@ -85,7 +85,7 @@ RUN: Table = {
     "accum_steps": (1, "split each batch into this many micro-batches (gradient accumulation; same update)"),
     "seed": (0, "initialisation, data order, masking and dropout"),
     "log_every": (50, "steps between training metrics (metrics.jsonl, TensorBoard, the progress line)"),
-    "progress": (True, "a progress bar on a terminal, a line every log step otherwise"),
+    "progress": (True, "a progress bar on a terminal, a line every log step otherwise (off: only evaluations)"),
     **PARALLEL,
     **GUARD,
 }

@@ -246,13 +246,12 @@ def train_and_evaluate(
             log.write(step, "eval", scores, best=f"best {best_metric} {best_value:.4f} at step {best.latest_step()}")
             if one_class(scores) and (not progress.get("one_class") or step == total_steps):
                 progress["one_class"] = True
-                log.note(f"warning: step {step}: {one_class_advice(config.l2.reference)}", always=True)
+                log.note(f"warning: step {step}: {one_class_advice(config.l2.reference)}")
             if patience and progress["without_gain"] >= patience and step < total_steps:
                 progress["early"] = True
                 log.note(
                     f"stopped early at step {step}: {best_metric} has not improved in {patience} evaluations "
                     f"(best {best_value:.4f} at step {best.latest_step()})",
-                    always=True,
                 )
                 return True
             return False

@@ -95,6 +95,19 @@ def test_the_time_left_leaves_compiling_out(tmp_path, monkeypatch, capsys):
     log.close()
 
 
+def test_progress_off_leaves_the_compile_and_evaluation_lines(tmp_path, capsys):
+    log = TrainingLog(tmp_path, 10, 0, "fine-tuning", "examples", False, build(GUARD).guard)
+    for step in range(1, 11):
+        log.step(step, 8)
+        if step % 5 == 0:
+            log.train(step, {"loss": 1.0})
+    log.write(10, "eval", {"accuracy": 0.5, "loss": 0.7}, best="best accuracy 0.5000 at step 10")
+    log.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and re.fullmatch(r"fine-tuning: compiled and ran the first step in [0-9.]+ s", lines[0])
+    assert lines[1] == "fine-tuning step 10/10: eval accuracy 0.5000, loss 0.7000 (best accuracy 0.5000 at step 10)"
+
+
 def test_a_classifier_that_predicts_one_class_is_warned_about(task, tmp_path, capsys):
     # λ = 10 toward 0 flattens every weight; the head's bias alone is left, so one class wins
     assert cli.main(_finetune(task, tmp_path / "run", **{"l2.weight": 10.0, "l2.reference": "zero"})) == 0

@@ -156,7 +156,8 @@ class TrainingLog:
     The first step compiles the program: its time is reported on its own and left out of rates.
     The time left is the steady time per step so far, compiling left out (CompileClock), times the
     steps left. Progress is a bar on a terminal and a line every log step otherwise (a log file
-    gets no carriage returns), the task loss and the L2 penalty apart; with progress off, neither."""
+    gets no carriage returns), the task loss and the L2 penalty apart; with progress off, neither (the
+    compile time and the evaluations are said either way)."""
 
     RATES = {"sequences": "seq/s", "examples": "ex/s"}
 
@@ -239,9 +240,9 @@ class TrainingLog:
         said = ", ".join(f"{name} {metrics[name]:.4f}" for name in scores)
         self.note(f"{self.desc} step {step}/{self.total}: {split} {said}" + (f" ({best})" if best else ""))
 
-    def note(self, text: str, always: bool = False) -> None:
-        """A line for the user, between progress updates (process 0; with progress on, or always)."""
-        if jax.process_index() != 0 or not (self.show or always):
+    def note(self, text: str) -> None:
+        """A line for the user (process 0), between progress updates, with progress on or off."""
+        if jax.process_index() != 0:
             return
         if self.bar is not None:
             self.bar.write(text, file=sys.stderr)
