@@ -30,7 +30,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from jft import plots
-from jft.config import apply_overrides, leaf_keys
+from jft.config import apply_overrides, leaf_keys, value_at
 from jft.data.corpus import source_identity
 from jft.defaults import SWEEP as SWEEP_KEYS
 from jft.defaults import build
@@ -112,6 +112,7 @@ def plan(config: ConfigDict) -> list[Member]:
             apply_overrides(config.copy_and_resolve_references(), [f"{key}=0"])
         if not isinstance(values, (list, tuple)) or not values:
             raise JftError(f"sweep.grid['{key}'] must be a non-empty list of values, got {values!r}.")
+        grid[key] = values = [_parsed(config, key, value) for value in values]
         repeated = sorted({repr(v) for v in values if values.count(v) > 1})
         if repeated:  # two identical runs would count as two measurements of the point
             raise JftError(
@@ -122,11 +123,7 @@ def plan(config: ConfigDict) -> list[Member]:
     for combination in itertools.product(*grid.values()):
         setting = dict(zip(grid, combination))
         member_config = config.copy_and_resolve_references()
-        for key, value in setting.items():
-            try:
-                apply_overrides(member_config, [f"{key}={value}"])
-            except JftError as error:
-                raise JftError(f"sweep.grid['{key}'] value {value!r}: {error}") from None
+        apply_overrides(member_config, [f"{key}={value}" for key, value in setting.items()])
         try:
             check_settings(member_config)
         except JftError as error:
@@ -135,6 +132,17 @@ def plan(config: ConfigDict) -> list[Member]:
         for fold in range(folds) if folds else [None]:
             members.append(Member(len(members), setting, fold, member_config))
     return members
+
+
+def _parsed(config: ConfigDict, key: str, value):
+    """A grid value as the config takes it (the text '16' for an integer key is 16): so it is
+    recorded, shown and compared; an error names the grid key."""
+    trial = config.copy_and_resolve_references()
+    try:
+        apply_overrides(trial, [f"{key}={value}"])
+    except JftError as error:
+        raise JftError(f"sweep.grid['{key}'] value {value!r}: {error}") from None
+    return value_at(trial, key)
 
 
 def fold_ids(examples: int, folds: int, seed: int) -> np.ndarray:

@@ -222,6 +222,12 @@ def test_jft_sweep_tables_plots_keeps_the_best_as_a_run_and_resumes(task_files, 
     assert "sweep.folds: run 2, now 3" in capsys.readouterr().err
 
 
+def test_grid_values_are_recorded_as_the_config_takes_them(task_files):
+    members = sweep.plan(_config(task_files, {"batch_size": ["16"], "optim.lr": ["1e-4", 3e-4]}))
+    assert [m.setting for m in members] == [{"batch_size": 16, "optim.lr": 1e-4}, {"batch_size": 16, "optim.lr": 3e-4}]
+    assert [m.config.batch_size for m in members] == [16, 16]
+
+
 @pytest.mark.parametrize(
     "grid, expected",
     [
@@ -234,6 +240,7 @@ def test_jft_sweep_tables_plots_keeps_the_best_as_a_run_and_resumes(task_files, 
         ({"task": ["classification", "regression"]}, "'task' cannot be swept"),
         ({"optim.lr": [None, 1e-3]}, "sweep.grid['optim.lr'] value None: 'optim.lr' takes a number"),
         ({"optim.lr": [1e-3, 3e-3, 1e-3]}, "sweep.grid['optim.lr'] repeats 0.001: give each value once"),
+        ({"batch_size": ["8", 8]}, "sweep.grid['batch_size'] repeats 8: give each value once"),
         ({"init_from": ["no-such-run"]}, "sweep.grid point {'init_from': 'no-such-run'}: "),
     ],
 )
