@@ -13,6 +13,7 @@ top_k > 0, with keys from the seed.
 
 import dataclasses
 import functools
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,6 +62,12 @@ class Generator:
             )
         if found.tokenizer is None:
             raise JftError(f"--workdir {found.path} has no tokenizer (tokenizer.json, or vocab.json and merges.txt).")
+        if found.task:  # a fine-tuned classifier's (a jft run's, or a Hugging Face head's)
+            print(
+                f"warning: {found.path} was fine-tuned for {found.task.get('kind', 'a task')}; its next words are what "
+                "fine-tuning left of its pretraining (the next-word head is its word embeddings).",
+                file=sys.stderr,
+            )
         self.source, self.config, self.tokenizer = found.describe(), found.model, found.tokenizer
         self.end = end_of_text_id(self.tokenizer)
         self.family = found.family

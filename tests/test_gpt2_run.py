@@ -217,6 +217,10 @@ def test_l2_sp_fine_tuning_with_the_joint_next_word_term_exports_a_classifier(pr
     assert report["metrics"]["accuracy"] > 0.5
     run(jft_command("predict", "--workdir", "task", "--input", "dev.csv", "--output", "preds.jsonl"), tmp_path)
     predictions = [json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()]
+    generated = run(jft_command("generate", "--workdir", "task", "the cat", "--max-new-tokens", 4), tmp_path)
+    assert generated.stdout.startswith("the cat")
+    warning = f"warning: {tmp_path / 'task'} was fine-tuned for classification; its next words are what fine-tuning"
+    assert warning in generated.stderr
     run(jft_command("export", "--workdir", "task", "--out", "hf"), tmp_path)
     model = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
