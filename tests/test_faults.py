@@ -61,6 +61,12 @@ def _finetune(tmp: Path, files: Path, **settings) -> list[str]:
     ]
 
 
+def _with_workdir(command: list[str], workdir: Path) -> list[str]:
+    """command (jft pretrain or finetune) with another --workdir."""
+    at = command.index("--workdir") + 1
+    return [*command[:at], str(workdir), *command[at + 1 :]]
+
+
 def _prepare(files: Path, out: Path, *options: str) -> list[str]:
     """`jft prepare` of the shared corpus with its vocabulary into out."""
     return ["prepare", str(files / "corpus.txt"), "--vocab", str(files / "vocab"), "--out", str(out), *options]
@@ -460,6 +466,11 @@ CASES = [
         "jft finetune: error: data file not found: {tmp}/train.csv",
     ),
     Case(
+        "a data file that is not there, for a workdir through a folder not there either",
+        lambda t, f: _with_workdir(_finetune(t, f, **{"data.train": t / "train.csv"}), t / "a" / ".." / "run"),
+        "jft finetune: error: data file not found: {tmp}/train.csv",
+    ),
+    Case(
         "a folder given as the data file",
         lambda t, f: _finetune(t, f, **{"data.train": _write(t / "data" / "train.csv", "text,label\n").parent}),
         "jft finetune: error: {tmp}/data is a directory; give a data file in it (.csv, .tsv or .jsonl).",
@@ -619,7 +630,7 @@ CASES = [
     # Workdirs and readers.
     Case(
         "a workdir that is a file",
-        lambda t, f: _pretrain(t, f)[:4] + [str(_write(t / "run", "x"))] + _pretrain(t, f)[5:],
+        lambda t, f: _with_workdir(_pretrain(t, f), _write(t / "run", "x")),
         "jft pretrain: error: --workdir {tmp}/run is a file; give a directory.",
     ),
     Case(

@@ -100,7 +100,7 @@ def hold(workdir: Path, check: Callable[[Path], None] | None = None) -> Iterator
     process learns at once whether it could): check(workdir) may refuse it first, then it is
     created if needed and run.lock taken; at the end the run lets go and removes the directory,
     and the parents made for it, again if it created them and left nothing in them."""
-    lock, created, refusal = None, None, None
+    lock, created, refusal = None, [], None
     if jax.process_index() == 0:
         try:
             if check is not None:
@@ -115,7 +115,7 @@ def hold(workdir: Path, check: Callable[[Path], None] | None = None) -> Iterator
     finally:
         if lock is not None:
             lock.release()
-            _remove_if_empty(workdir, created)
+            _remove_if_empty(created)
 
 
 @contextlib.contextmanager
@@ -138,11 +138,11 @@ def _stop_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _take(workdir: Path) -> tuple[Path | None, Lock]:
-    """(the first folder made for workdir: workdir or a parent of it, None if it existed; its lock, held)."""
+def _take(workdir: Path) -> tuple[list[Path], Lock]:
+    """(the folders made for workdir: it and its parents that were not there; its lock, held)."""
     if workdir.exists() and not workdir.is_dir():
         raise JftError(f"--workdir {workdir} is a file; give a directory.")
-    created = _first_missing(workdir)
+    created = _missing_folders(workdir)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -151,32 +151,24 @@ def _take(workdir: Path) -> tuple[Path | None, Lock]:
     try:
         lock.acquire()
     except OSError as error:
-        _remove_if_empty(workdir, created)
+        _remove_if_empty(created)
         raise JftError(f"cannot write in --workdir {workdir}: {error.strerror}.") from None
     except JftError:
-        _remove_if_empty(workdir, created)
+        _remove_if_empty(created)
         raise
     return created, lock
 
 
-def _first_missing(workdir: Path) -> Path | None:
-    """The outermost of workdir and its parents that does not exist yet (None: workdir exists)."""
-    missing = None
-    for folder in (workdir, *workdir.parents):
-        if folder.exists():
-            break
-        missing = folder
-    return missing
+def _missing_folders(workdir: Path) -> list[Path]:
+    """The folders that making workdir creates, outermost first: each of its paths' prefixes not
+    there yet ('..' names no new folder: a/../b makes a and b)."""
+    prefixes = (Path(*workdir.parts[:i]) for i in range(1, len(workdir.parts) + 1))
+    return [folder for folder in prefixes if folder.name != ".." and not folder.exists()]
 
 
-def _remove_if_empty(workdir: Path, created: Path | None) -> None:
-    """Removes workdir and its parents up to created (the first folder made for it), while empty:
-    a run that wrote nothing leaves no folders behind."""
-    if created is None:
-        return
-    for folder in (workdir, *workdir.parents):
-        if any(folder.iterdir()):
-            return
-        folder.rmdir()
-        if folder == created:
-            return
+def _remove_if_empty(created: list[Path]) -> None:
+    """Removes the folders made for a workdir, innermost first, each while empty: a run that wrote
+    nothing leaves no folders behind."""
+    for folder in reversed(created):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
