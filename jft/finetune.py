@@ -206,7 +206,7 @@ def train_and_evaluate(
                 outputs = "candidates" if task.kind == "multiple_choice" else "labels"
                 what = f"({len(task.labels) or 'a score'} {outputs}) on {len(train):,} examples"
             print(f"{activity} for {task.kind} {what}, {len(batches)} steps an epoch; {where}", flush=True)
-            print(describe_penalty(config), flush=True)
+            print(describe_penalty(config, reference is not None), flush=True)
             if config.data.layout == "packed":
                 print(
                     f"packed {len(encoded['train'])} examples into {len(batches.packed_rows)} rows of "

@@ -235,7 +235,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
                 flush=True,
             )
             if config.l2.weight:
-                print(describe_penalty(config), flush=True)
+                print(describe_penalty(config, reference is not None), flush=True)
 
         # The loop.
         state = host_state["train"] if reference is None else with_reference(host_state["train"], reference)

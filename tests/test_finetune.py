@@ -308,6 +308,10 @@ def test_l2_reference_is_l2_sp_from_a_pretrained_model_and_zero_from_scratch(tmp
     # resumed without l2.reference (as a run made when zero was the default): it keeps zero
     reference, out = finetune("explicit", f"--config.init_from={tiny_hf_dir}", "--config.epochs=2")
     assert reference == "zero" and "resuming at step 1 of 2" in out and "(l2.reference=zero)" in out
+    # resumed without init_from: it pulls toward the θ_ref it saved, and says so
+    reference, out = finetune("pretrained", "--config.init_from=", "--config.epochs=2")
+    assert reference == "init" and "resuming at step 1 of 2" in out
+    assert "l2: λ = 0.01, pulling toward the weights it starts from (L2-SP)" in out
 
 
 PACKED = {"data.layout": "packed"}

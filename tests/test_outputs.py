@@ -634,11 +634,11 @@ def test_small_rules_of_the_console_and_the_side_files(tmp_path, capsys):
     assert one_class({"mcc": 0.0, "accuracy": 0.7}) and not one_class({"mcc": 0.0, "accuracy": 1.0})
     config = finetune()
     config.l2.reference, config.l2.weight = "init", 0.1
-    assert describe_penalty(config).endswith(
+    assert describe_penalty(config, False).endswith(
         "pulling toward 0 (l2.reference=init, and no init_from: the weights start new)"
     )
     config.init_from = "runs/pretrained"
-    assert "the weights it starts from (L2-SP)" in describe_penalty(config)
+    assert "the weights it starts from (L2-SP)" in describe_penalty(config, True)
     _mkfile(tmp_path / "metrics.jsonl", "\n")
     cut_torn_line(tmp_path / "metrics.jsonl")
     assert capsys.readouterr().err == "" and (tmp_path / "metrics.jsonl").read_text() == "\n"

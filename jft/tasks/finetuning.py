@@ -256,12 +256,13 @@ def resolve_reference(config: ConfigDict, recorded: str | None = None) -> Config
     return config
 
 
-def describe_penalty(config: ConfigDict) -> str:
-    """The L2 term of a resolved config, in words, for the start of a run."""
+def describe_penalty(config: ConfigDict, toward_weights: bool) -> str:
+    """The L2 term of a resolved config, in words, for the start of a run; toward_weights: whether
+    the run holds θ_ref (init_from's weights, or those a resumed run saved, whatever init_from is now)."""
     l2 = config.l2
     if not l2.weight:
         return f"l2: λ = 0, no penalty (l2.reference={l2.reference})"
-    if l2.reference == "init" and not config.init_from:
+    if l2.reference == "init" and not toward_weights:
         return f"l2: λ = {l2.weight:g}, pulling toward 0 (l2.reference=init, and no init_from: the weights start new)"
     toward = "the weights it starts from (L2-SP)" if l2.reference == "init" else "0"
     return f"l2: λ = {l2.weight:g}, pulling toward {toward} (l2.reference={l2.reference})"
