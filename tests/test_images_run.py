@@ -24,6 +24,7 @@ from jft.errors import JftError
 from jft.finetune import train_and_evaluate
 from jft.train.augment import ImageInputs, image_inputs
 from jft.train.checkpoint import Checkpoints
+from jft.train.rundir import open_init
 
 ONE_DEVICE = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 SMALL = {"progress": False, "log_every": 5, "model.preset": "tiny"}
@@ -158,11 +159,11 @@ def test_pretrain_finetune_eval_predict_export_reload_in_pytorch(digits, pretrai
     probabilities, labels = _reloaded_probabilities(elsewhere / "hf", [p["path"] for p in predictions])
     ours = np.array([[p["probabilities"][label] for label in labels] for p in predictions])
     np.testing.assert_allclose(probabilities, ours, atol=1e-5)
+    # init_from the export: its head's task and labels, which keep the head for the same labels
+    assert open_init(elsewhere / "hf").task == {"kind": "classification", "labels": ["5", "6", "7", "8", "9"]}
 
 
 def test_init_from_an_image_pretraining_s_best_is_its_best_model_not_its_newest_checkpoint(pretrained):
-    from jft.train.rundir import open_init
-
     newest, best = open_init(pretrained), open_init(pretrained / "best")
     saved = Checkpoints(pretrained / "best")
     state, meta = saved.restore()

@@ -160,13 +160,16 @@ def _architecture(config: Mapping[str, Any]) -> str:
     return str((config.get("architectures") or [""])[0])
 
 
-def read_task(directory: Path) -> dict | None:
+def read_task(directory: Path, head: str = "") -> dict | None:
     """The task of a Hugging Face directory's classifier head, as a jft run records it ({"kind",
-    "labels"}: id2label's names in id order), from config.json's architecture; None for a model
-    without one, or whose names repeat (no order to keep)."""
+    "labels"}: id2label's names in id order), from config.json's architecture, or where that does
+    not name a head (torchvision's VGG) from `head`, the kind of head its weights hold; None for a
+    model without one, or whose names repeat (no order to keep)."""
     config = read_json_object(directory / CONFIG)
     architecture = _architecture(config)
     kind = next((kind for suffix, kind in LABEL_HEADS.items() if architecture.endswith(suffix)), None)
+    if kind is None and head in LABEL_HEADS.values():
+        kind = head
     if kind is None:
         return None
     if kind == "classification" and config.get("problem_type") == "regression":

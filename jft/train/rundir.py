@@ -250,7 +250,8 @@ def open_init(path: str | Path, role: str = "init_from", step: int | None = None
         directory = path if path.is_dir() else path.parent
         if family.modality == "image":  # its side, mean and std are its processor's
             model = hf.read_image_processor(directory, model)
-            return InitSource("huggingface", path, family, model, params, None, hf.read_task(directory))
+            task = hf.read_task(directory, family.head_of(params).kind)
+            return InitSource("huggingface", path, family, model, params, None, task)
         has_tokenizer = any(all((directory / name).is_file() for name in names) for names in TOKENIZER_FILES)
         tokenizer = load_tokenizer(directory) if has_tokenizer else None
         if tokenizer is not None and tokenizer.get_vocab_size() > model.vocab_size:
