@@ -277,6 +277,10 @@ def test_images_of_every_kind_become_rgb_at_the_model_side(tmp_path):
     (data / "empty").mkdir()
     with pytest.raises(JftError, match=r"class folder .*empty holds no images"):
         read_images(str(data), 6, skip_bad=True)
+    (data / "empty").rmdir()
+    shutil.copy(data / "gray" / "a.png", data / "stray.png")
+    with pytest.raises(JftError, match=r"holds 1 image\(s\) beside its class folders \(stray\.png\)"):
+        read_images(str(data), 6, skip_bad=True)
 
     np.savez(tmp_path / "d.npz", images=np.zeros((3, 8, 8), np.uint8), labels=np.array([10, 2, 2]))
     npz = read_images(str(tmp_path / "d.npz"), 4)

@@ -117,6 +117,13 @@ def list_images(source: str, tfds_data_dir: str | None = None) -> Listing:
     if not path.is_dir():
         raise JftError(f"cannot read images from {path}: give a folder (one folder a class), an .npz or tfds:NAME.")
     folders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    loose = sorted(p.name for p in path.iterdir() if p.suffix.lower() in EXTENSIONS and p.is_file())
+    if folders and loose:
+        raise JftError(
+            f"{path} holds {len(loose)} image(s) beside its class folders ({', '.join(loose[:3])}"
+            f"{', ...' if len(loose) > 3 else ''}): each image of a folder a class is in its class's folder; move "
+            "them into one, or out of the data."
+        )
     files, labels = [], []
     for folder in folders:
         found = _image_files(folder)
