@@ -438,6 +438,17 @@ CASES = [
         "jft finetune: error: {tmp}/a.jsonl:1: column 'text' must be a list of words (strings), got 'the ship'.",
     ),
     Case(
+        "an empty word to tag",
+        lambda t, f: _finetune(
+            t,
+            f,
+            task="token_classification",
+            **{"data.train": _write(t / "a.jsonl", '{"text": ["the", "", "ship"], "label": ["O", "O", "O"]}\n')},
+        ),
+        "jft finetune: error: {tmp}/a.jsonl:1: word 2 of column 'text' is empty or only spaces (''); it has no token "
+        "to tag: remove it (and its tag).",
+    ),
+    Case(
         "an evaluation label the training data never had",
         lambda t, f: _finetune(t, f, **{"data.eval": _write(t / "dev.csv", "text,label\nthe ship,ocean\n")}),
         "jft finetune: error: {tmp}/dev.csv:2: label 'ocean' is not in the task's label set ['city', 'farm', 'sea', "

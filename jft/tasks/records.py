@@ -333,6 +333,12 @@ def _check_text(record: Record, column: str, words: bool) -> None:
         if not (isinstance(value, list) and all(isinstance(w, str) for w in value)):
             raise JftError(f"{record.where}: column {column!r} must be a list of words (strings), got {value!r:.80}.")
         texts = value  # an empty sentence (a document break in CoNLL data) has no words to tag
+        blank = next((i for i, word in enumerate(value) if not word.strip()), None)
+        if blank is not None:
+            raise JftError(
+                f"{record.where}: word {blank + 1} of column {column!r} is empty or only spaces "
+                f"({value[blank]!r}); it has no token to tag: remove it (and its tag)."
+            )
     elif not isinstance(value, str):
         if not record.json:
             return  # a TFDS feature: encode() takes its str()
