@@ -381,6 +381,9 @@ def test_unanswerable_questions_need_squad_v2_and_it_trains_on_them(qa_run, tmp_
     refused = _jft("finetune", "--config", "finetune/squad", "--workdir", "v1", *common, *TINY, cwd=tmp_path)
     assert refused.returncode == 2 and not (tmp_path / "v1" / "run.json").exists()
     assert "has no answer" in refused.stderr and "finetune/squad_v2" in refused.stderr
+    refused = _jft("eval", "--workdir", str(qa_run / "run"), "--data", "v2.json", cwd=tmp_path)  # a v1.1 run
+    assert refused.returncode == 2 and "has no answer" in refused.stderr
+    assert "this run answers every question (SQuAD v1.1), so it cannot score those" in refused.stderr
     done = _jft(
         "finetune",
         "--config",

@@ -15,7 +15,17 @@ from jft.models import FAMILIES
 from jft.models import get as get_family
 from jft.params import flatten, merge, subtree
 from jft.tasks.batches import LAYOUTS, TaskBatches
-from jft.tasks.records import KINDS, Columns, Encoded, Spans, Task, encode, label_vocabulary, read_records
+from jft.tasks.records import (
+    KINDS,
+    Columns,
+    Encoded,
+    Spans,
+    Task,
+    check_answered,
+    encode,
+    label_vocabulary,
+    read_records,
+)
 from jft.train import rundir
 from jft.train.augment import ImageInputs
 from jft.train.log import check_guard
@@ -108,17 +118,6 @@ def choice_columns(config: ConfigDict) -> tuple[str, ...]:
     return tuple(name.strip() for name in config.data.choice_columns.split(",") if name.strip())
 
 
-def check_answered(records: dict[str, list], columns: Columns) -> None:
-    """Every question of records has an answer (SQuAD v1.1), else a JftError naming the first that has none."""
-    for split_records in records.values():
-        unanswered = [r for r in split_records if not r[columns.label]["text"]]
-        if unanswered:
-            raise JftError(
-                f"{unanswered[0].where} has no answer ({len(unanswered)} of {len(split_records)} questions there have "
-                "none), as in SQuAD v2.0: fine-tune with --config finetune/squad_v2 (qa.unanswerable=true)."
-            )
-
-
 def spans_of(config: ConfigDict) -> Spans:
     """Question answering's settings of config (jft.tasks.records.Spans)."""
     qa = config.qa
@@ -148,7 +147,8 @@ def read_task(config: ConfigDict, recorded: dict | None = None) -> tuple[Task, s
     spans = spans_of(config) if config.task == "question_answering" else None
     task = Task(config.task, labels, columns, data.seq_len, spans)
     if spans and not spans.unanswerable:
-        check_answered(records, columns)
+        for split_records in records.values():
+            check_answered(split_records, columns, "fine-tune with --config finetune/squad_v2 (qa.unanswerable=true)")
     best_metric = config.best_metric or DEFAULT_METRIC[task.kind]
     if best_metric not in task.metrics() or best_metric == "mse":
         choices = [name for name in task.metrics() if name != "mse"]

@@ -19,7 +19,7 @@ from jft.tasks import metrics
 from jft.tasks.answers import best_answers
 from jft.tasks.evaluate import predict_all, task_scores
 from jft.tasks.images import image_data
-from jft.tasks.records import Task, encode, read_records
+from jft.tasks.records import Task, check_answered, encode, read_records
 from jft.train import rundir
 from jft.train.augment import ImageInputs
 from jft.train.parallel import Runner
@@ -86,7 +86,11 @@ class FinetunedModel:
         return *predict_all(self.runner, self.predict_fn, params, data, self.task, batch_size), data
 
     def _labeled(self, source: str) -> list:
-        return read_records(source, self.task.columns, self.task.kind)
+        records = read_records(source, self.task.columns, self.task.kind)
+        if self.task.kind == "question_answering" and not self.task.spans.unanswerable:
+            advice = "this run answers every question (SQuAD v1.1), so it cannot score those; leave them out"
+            check_answered(records, self.task.columns, advice)
+        return records
 
     def _labeled_logits(self, source: str, batch_size: int) -> tuple[np.ndarray, np.ndarray, int, object]:
         """Logits and labels of the labeled examples of source, how many there are, and the

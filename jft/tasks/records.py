@@ -321,6 +321,17 @@ def _check_answers(record: Record, columns: Columns) -> None:
             )
 
 
+def check_answered(records: list[Record], columns: Columns, advice: str) -> None:
+    """Every question of records has an answer (SQuAD v1.1), else a JftError naming the first that
+    has none, with advice."""
+    unanswered = [r for r in records if not r[columns.label]["text"]]
+    if unanswered:
+        raise JftError(
+            f"{unanswered[0].where} has no answer ({len(unanswered)} of {len(records)} questions there have none), "
+            f"as in SQuAD v2.0: {advice}."
+        )
+
+
 def _check_text(record: Record, column: str, words: bool) -> None:
     """A JftError naming the record when column is not a text (words: a list of words): none, not a
     string, empty or blank, or holding an unpaired surrogate (a JSON escape like \\ud800 alone)."""
