@@ -461,7 +461,8 @@ def _run_predict(args, config):
 
     workdir = Path(args.workdir)
     run = rundir.read_run(workdir) if workdir.is_dir() else None
-    answers = ((run or {}).get("task") or {}).get("kind") == "question_answering"
+    rundir.require_stage(workdir, run, "finetuning", "give the --workdir of a `jft finetune` run")
+    answers = run["task"]["kind"] == "question_answering"
     if args.nbest and not answers:
         raise JftError(
             f"--nbest writes each question's candidate answers; {args.workdir} is no question answering run."
@@ -472,13 +473,14 @@ def _run_predict(args, config):
     def ours(kind):  # what an earlier `jft predict` of this model wrote, unchanged since
         return lambda file: owns_file(file, kind, source)
 
-    output = output_file(
-        args.output, inputs=inputs, overwrite=args.overwrite, ours=ours(kind), example="predictions.jsonl"
-    )
+    example = "predictions.json" if answers else "predictions.jsonl"
+    output = output_file(args.output, inputs=inputs, overwrite=args.overwrite, ours=ours(kind), example=example)
     if Path(args.output).suffix.lower() in (".csv", ".tsv"):
         written = "JSON ({id: answer}, SQuAD's)" if answers else "JSON Lines (a JSON object a line)"
         raise JftError(f"--output {output}: jft predict writes {written}, not CSV; name it .json or .jsonl.")
     nbest = None
+    if args.nbest and Path(os.path.realpath(args.nbest)) == output:
+        raise JftError(f"--nbest {args.nbest} is the --output too; give the n-best answers a file of their own.")
     if args.nbest:
         nbest = output_file(
             args.nbest,

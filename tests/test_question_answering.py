@@ -354,7 +354,11 @@ def test_a_tiny_model_learns_its_questions_and_eval_predict_say_so(qa_run):
         assert refused.returncode == 2 and "a file this command did not write" in refused.stderr
     assert (qa_run / "out" / "notes.jsonl").read_text() == '{"text": "a note", "label": "kept"}\n'
     same = _jft(*again, "--nbest", "out/preds.json", cwd=qa_run)
-    assert same.returncode == 2, same.stderr
+    assert same.returncode == 2 and "--nbest out/preds.json is the --output too" in same.stderr
+    missing = _jft(*again[:2], "nowhere", *again[3:], "--nbest", "out/n.json", cwd=qa_run)
+    assert missing.returncode == 2 and "nowhere does not exist; give the --workdir of a `jft finetune` run" in (
+        missing.stderr
+    )
 
 
 def test_the_export_answers_as_jft_in_transformers_pipeline(qa_run, tmp_path):
