@@ -24,6 +24,12 @@ def did_you_mean(name: str, valid: Iterable[str]) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
+def first_few(items: list, separator: str = ", ", most: int = 5) -> str:
+    """The first `most` items joined, and how many more there are: 'a, b, c, d, e and 3 more'."""
+    more = f" and {len(items) - most} more" if len(items) > most else ""
+    return separator.join(map(str, items[:most])) + more
+
+
 class RunStopped(Exception):
     """A run stopped by a signal after saving a checkpoint; the CLI exits with 128 + the signal
     (130 for SIGINT, 143 for SIGTERM), as shells expect, so that `a && b` does not go on."""

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from jft.errors import JftError
+from jft.errors import JftError, first_few
 
 Params = Mapping[str, Any]
 
@@ -102,8 +102,7 @@ def check_finite(tree: Params, what: str, counts: dict[str, tuple[int, int]] | N
                 counts[key_path(keys)] = (int(value.size - np.isfinite(value).sum()), int(value.size))
     bad = [f"{path} ({count:,} of {size:,} values)" for path, (count, size) in counts.items() if count]
     if bad:
-        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise JftError(
-            f"{what} holds weights that are not finite (NaN or infinity): {', '.join(bad[:5])}{more}; "
+            f"{what} holds weights that are not finite (NaN or infinity): {first_few(bad)}; "
             "such a model computes nothing useful. Use an earlier checkpoint or other weights."
         )

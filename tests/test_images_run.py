@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from conftest import final_state, set_keys, start_and_signal
-from jft.data.images import read_images, write_folder
+from jft.data.images import ImageSet, read_images, write_folder
 from jft.errors import JftError
 from jft.finetune import train_and_evaluate
 from jft.train.augment import ImageInputs, image_inputs
@@ -129,7 +129,10 @@ def test_pretrain_finetune_eval_predict_export_reload_in_pytorch(digits, pretrai
         text=True,
         env=ONE_DEVICE,
     )
-    assert refused.returncode == 2 and "classes the pretraining classifier does not know: ['5'" in refused.stderr
+    assert (
+        refused.returncode == 2
+        and "classes the pretraining classifier does not know: 5, 6, 7, 8, 9 (" in refused.stderr
+    )
     assert "give the images init_from was pretrained on" in refused.stderr and not (elsewhere / "w").exists()
     (elsewhere / "task").rename(elsewhere / "moved")  # a run directory moves whole
     report = json.loads(
@@ -277,6 +280,9 @@ def test_images_of_every_kind_become_rgb_at_the_model_side(tmp_path):
     (data / "empty").mkdir()
     with pytest.raises(JftError, match=r"class folder .*empty holds no images"):
         read_images(str(data), 6, skip_bad=True)
+    many = ImageSet(np.zeros((8, 2, 2, 3), np.uint8), [str(i) for i in range(8)], [""] * 8, [], [])
+    with pytest.raises(JftError, match=r"does not know: 1, 2, 3, 4, 5 and 2 more \(its classes: \['0'\]\)"):
+        many.label_ids(["0"], "new")
     (data / "empty").rmdir()
     shutil.copy(data / "gray" / "a.png", data / "stray.png")
     with pytest.raises(JftError, match=r"holds 1 image\(s\) beside its class folders \(stray\.png\)"):
@@ -388,7 +394,7 @@ def test_wrong_settings_for_an_image_model_are_refused(digits, tmp_path):
         text=True,
         env=ONE_DEVICE,
     )
-    assert unknown.returncode != 0 and "has classes the task does not know: ['0', '1', '2', '3', '4']" in unknown.stderr
+    assert unknown.returncode != 0 and "has classes the task does not know: 0, 1, 2, 3, 4 (" in unknown.stderr
     text = subprocess.run(
         jft_command("pretrain", "--config", "pretrain/tiny", "--workdir", "w3", "--config.model.family=resnet"),
         cwd=tmp_path,

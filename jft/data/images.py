@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from jft.data.corpus import tfds_records
-from jft.errors import JftError
+from jft.errors import JftError, first_few
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 FORMAT = "jft-images/1"  # metadata.json "format" of a prepared directory
@@ -62,7 +62,7 @@ class ImageSet:
         if unknown:
             shown = f"{list(classes[:10])}{' ...' if len(classes) > 10 else ''}"
             raise JftError(
-                f"{source} has classes {owner} does not know: {unknown[:5]} (its classes: {shown}); {advice}."
+                f"{source} has classes {owner} does not know: {first_few(unknown)} (its classes: {shown}); {advice}."
             )
         return np.array([index[label] for label in self.labels], np.int32)
 

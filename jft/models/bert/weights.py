@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from jft import params as ptree
-from jft.errors import JftError
+from jft.errors import JftError, first_few
 from jft.models.bert.modules import build, init_params
 from jft.models.family import Head
 
@@ -216,8 +216,7 @@ def stack_layers(flat: Mapping[str, np.ndarray], source: str, prefix: str, what:
         raise JftError(f"{source} has {what} {found}; they must be numbered 0, 1, 2, ... without gaps.")
     missing = [f"layer {i} has no {suffix}" for suffix, layers in per_layer.items() for i in found if i not in layers]
     if missing:
-        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise JftError(f"{source} is incomplete: {'; '.join(missing[:5])}{more}.")
+        raise JftError(f"{source} is incomplete: {first_few(missing, '; ')}.")
     for suffix, layers in per_layer.items():
         if len({np.shape(v) for v in layers.values()}) > 1:
             shapes = {i: np.shape(v) for i, v in sorted(layers.items())}

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from jft.errors import JftError
+from jft.errors import JftError, first_few
 from jft.models.batch_norm import STATS
 from jft.models.family import Head
 from jft.params import flatten, unflatten
@@ -115,7 +115,7 @@ def weights_from_hf(tensors: Mapping[str, np.ndarray], layout: str, config, sour
                 continue
         flat[(f"{STATS}/" if statistic else "") + path + leaf] = value
     if unknown:
-        raise JftError(f"{source} holds weights a ResNet does not have: {', '.join(unknown[:5])}.")
+        raise JftError(f"{source} holds weights a ResNet does not have: {first_few(unknown)}.")
     return unflatten(flat)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from jft.errors import JftError
+from jft.errors import JftError, first_few
 from jft.models.batch_norm import STATS
 from jft.models.family import Head
 from jft.params import flatten, unflatten
@@ -77,7 +77,7 @@ def weights_from_hf(tensors: Mapping[str, np.ndarray], layout: str, config, sour
             leaf = _LEAVES[leaf]
         flat[(f"{STATS}/" if leaf in ("mean", "var") else "") + f"{module}/{leaf}"] = value
     if unknown:
-        raise JftError(f"{source} holds weights a VGG does not have: {', '.join(unknown[:5])}.")
+        raise JftError(f"{source} holds weights a VGG does not have: {first_few(unknown)}.")
     return unflatten(flat)
 
 
