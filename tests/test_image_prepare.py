@@ -132,7 +132,7 @@ def test_a_damaged_prepared_directory_says_how_to_make_it_again(digits, tmp_path
         read_images(str(tmp_path / "p"), 8)
 
 
-def test_the_command_refuses_what_would_go_wrong(digits, tmp_path, capsys):
+def test_the_command_refuses_what_would_go_wrong(digits, tmp_path, capsys, monkeypatch):
     def error(*args) -> str:
         assert cli.main(["prepare", *map(str, args)]) == 2
         return capsys.readouterr().err
@@ -145,7 +145,13 @@ def test_the_command_refuses_what_would_go_wrong(digits, tmp_path, capsys):
     assert "holds other files" in error(digits, "--side", 8, "--out", tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     assert "give --vocab" in error(tmp_path / "mine" / "notes.txt", "--out", tmp_path / "o")
-    assert not (tmp_path / "o").exists()
+    # a mistyped side: refused before any memory or disk is taken (301 images at 10⁶ pixels a side: 2.5 PiB)
+    assert "301 images at 1000000×1000000 take" in error(digits, "--side", 10**6, "--out", tmp_path / "o")
+    monkeypatch.setattr(image_prepare, "_available_memory", lambda: 1 / 1024)  # 1 MiB free
+    said = error(digits, "--side", 64, "--window-images", 1000, "--out", tmp_path / "o")
+    assert "a window of 301 images at 64×64 takes 3.5 MiB of memory, and 1.0 MiB are free" in said
+    assert "or a smaller --window-images" in said
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.tmp").exists()
 
 
 def test_training_from_a_prepared_directory_is_training_from_its_source(digits, tmp_path):

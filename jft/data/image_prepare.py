@@ -47,6 +47,41 @@ from jft.outputs import put_in_place
 WINDOW_IMAGES = 1024  # images a window: what prepare holds at once
 
 
+def _check_room(count: int, side: int, window: int, tmp_dir: Path) -> None:
+    """A JftError before anything is written when the images at side × side cannot fit on the
+    disk of tmp_dir, or a window of them in the memory free now (a side mistyped, most often)."""
+    gib = 3 * side * side / 2**30  # one image's GiB
+    folder = next(p for p in (tmp_dir, *tmp_dir.parents) if p.exists())
+    free = shutil.disk_usage(folder).free / 2**30
+    if count * gib > free:
+        raise JftError(
+            f"{count:,} images at {side}×{side} take {_size(count * gib)}, and {folder} has {_size(free)} free; "
+            "give --side the model's image_size (e.g. 224 for ResNet-50), or write --out on a larger disk."
+        )
+    memory = _available_memory()
+    if memory is not None and window * gib > memory:
+        what = "one image" if window == 1 else f"a window of {window:,} images"
+        smaller = ", or a smaller --window-images" if window > 1 else ""
+        raise JftError(
+            f"{what} at {side}×{side} takes {_size(window * gib)} of memory, and {_size(memory)} are free; give "
+            f"--side the model's image_size (e.g. 224 for ResNet-50){smaller}."
+        )
+
+
+def _size(gib: float) -> str:
+    return f"{gib:,.1f} GiB" if gib >= 0.1 else f"{gib * 1024:,.1f} MiB"
+
+
+def _available_memory() -> float | None:
+    """The GiB of memory free for a new process now (Linux's MemAvailable); None where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            kib = next(int(line.split()[1]) for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    return kib / 2**20
+
+
 def prepare_images(
     source: str,
     out_dir: str | Path,
@@ -82,6 +117,12 @@ def prepare_images(
     if done and progress:
         print(f"resuming the prepare in {tmp_dir}: {len(done)} windows done", flush=True)
     shape = (count, side, side, 3)
+    if not done:  # a new start: tmp_dir holds nothing yet
+        try:
+            _check_room(count, side, min(window_images, count), tmp_dir)
+        except JftError:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise
     try:
         mode = "r+" if done else "w+"
         pixels = np.lib.format.open_memmap(tmp_dir / PIXELS, mode=mode, dtype=np.uint8, shape=None if done else shape)
