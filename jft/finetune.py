@@ -326,9 +326,11 @@ def _length_change(config: ConfigDict, session: RunSession, steps_an_epoch: int)
     old, new = (
         float(learning_rate_schedule(with_warmup(c, n).optim, n)(reached)) for c, n in ((before, was), (config, now))
     )
+    changed = ", ".join(
+        f"{key} {before[key]} -> {config[key]}" for key in ("epochs", "max_steps") if before[key] != config[key]
+    )
     return (
-        f"epochs {before.epochs} -> {config.epochs}, max_steps {before.max_steps} -> {config.max_steps}: {was} -> "
-        f"{now} steps. From step {reached} on, the learning rate follows the schedule of a {now}-step run "
+        f"{changed}: {was} -> {now} steps. From step {reached} on, the learning rate follows the schedule of a {now}-step run "
         f"({config.optim.decay} decay to 0 at its end): {new:.3g} at step {reached}, where the {was}-step schedule "
         f"had {old:.3g}; the optimizer's moments go on as they are."
     )
