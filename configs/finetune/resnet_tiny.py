@@ -7,8 +7,8 @@ train/ holds a folder a class (train/cat/1.png, train/dog/7.jpg, ...); any size,
 colour: images are resized to model.image_size (32 here) once, and cropped and flipped at random
 on the device each step (data.augment). init_from may be a `jft pretrain` or `jft finetune` run of
 an image model or a Hugging Face ResNet directory: its architecture and image size are used
-(--config.model.image_size=N fine-tunes it at another size). Without
-it the model starts from scratch (the tiny preset).
+(--config.model.image_size=N fine-tunes it at another size). Without it the model starts from
+scratch (the tiny preset).
 """
 
 from jft.defaults import finetune as default_config
