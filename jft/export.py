@@ -60,9 +60,8 @@ def export(
     workdir = Path(workdir).absolute()
     run = rundir.read_run(workdir) if workdir.is_dir() else None
     rundir.require_stage(workdir, run, None, "give the directory of a jft run")
-    source = rundir.open_init(
-        workdir, role="", step=step
-    )  # the newest good checkpoint, or the best model; finite weights
+    # the newest good checkpoint, or the best model (or the model of step); finite weights
+    source = rundir.open_init(workdir, role="", step=step)
     task = source.task or run.get("task") or {}  # an image pretraining run's classes are its run's task
     choices = task.get("kind") == "multiple_choice"  # one score a candidate: its labels are the candidates'
     head = Head("multiple_choice", 1) if choices else source.family.head_of(source.params)

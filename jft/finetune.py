@@ -330,9 +330,9 @@ def _length_change(config: ConfigDict, session: RunSession, steps_an_epoch: int)
         f"{key} {before[key]} -> {config[key]}" for key in ("epochs", "max_steps") if before[key] != config[key]
     )
     return (
-        f"{changed}: {was} -> {now} steps. From step {reached} on, the learning rate follows the schedule of a {now}-step run "
-        f"({config.optim.decay} decay to 0 at its end): {new:.3g} at step {reached}, where the {was}-step schedule "
-        f"had {old:.3g}; the optimizer's moments go on as they are."
+        f"{changed}: {was} -> {now} steps. From step {reached} on, the learning rate follows the schedule of a "
+        f"{now}-step run ({config.optim.decay} decay to 0 at its end): {new:.3g} at step {reached}, where the "
+        f"{was}-step schedule had {old:.3g}; the optimizer's moments go on as they are."
     )
 
 

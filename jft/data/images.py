@@ -120,9 +120,8 @@ def list_images(source: str, tfds_data_dir: str | None = None) -> Listing:
     loose = sorted(p.name for p in path.iterdir() if p.suffix.lower() in EXTENSIONS and p.is_file())
     if folders and loose:
         raise JftError(
-            f"{path} holds {len(loose)} image(s) beside its class folders ({', '.join(loose[:3])}"
-            f"{', ...' if len(loose) > 3 else ''}): each image of a folder a class is in its class's folder; move "
-            "them into one, or out of the data."
+            f"{path} holds {len(loose)} image(s) beside its class folders ({first_few(loose, most=3)}): each image "
+            "of a folder a class is in its class's folder; move them into one, or out of the data."
         )
     files, labels = [], []
     for folder in folders:
