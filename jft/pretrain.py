@@ -41,7 +41,7 @@ from jft.train import rundir
 from jft.train.checkpoint import Checkpoints, saved_steps
 from jft.train.log import TrainingLog, check_guard, read_metrics
 from jft.train.loop import train_loop
-from jft.train.masking import MaskingConfig
+from jft.train.masking import MaskingConfig, check_max_predictions
 from jft.train.objectives import means
 from jft.train.optim import check_optim, learning_rate_schedule, make_optimizer, penalty_mask
 from jft.train.parallel import Runner, agree
@@ -135,6 +135,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | Path) -> dict[str, flo
                 f"(max_position_embeddings={model.max_position_embeddings}); use data.seq_len <= "
                 f"{model.max_length}, or a model with a larger table."
             )
+        if objective != "next_word":  # before anything is written: the rows are prepared next
+            check_max_predictions(config.masking.max_predictions, seq_len)
         if rows is not None:
             _compare_rows(config, session, rows)
         longer = _length_change(config, session)

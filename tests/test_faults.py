@@ -621,6 +621,12 @@ CASES = [
         "one stream over every shard; the number of processes: each reads its own shards).",
     ),
     Case(
+        "more masked positions than a row has tokens",
+        lambda t, f: _pretrain(t, f, **{"masking.max_predictions": 999}),
+        "jft pretrain: error: masking.max_predictions 999 is larger than the rows ({*} tokens); use at most {*} (BERT "
+        "uses 20 for 128 tokens, 80 for 512).",
+    ),
+    Case(
         "more streams than shards",
         lambda t, f: _pretrain(t, f, **{"data.streams": 16}),
         "jft pretrain: error: data.streams=16 needs at least 16 shards with rows, and the 'train' split of "

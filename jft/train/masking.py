@@ -183,6 +183,15 @@ def mask_row(
     }
 
 
+def check_max_predictions(max_predictions: int, seq_len: int) -> None:
+    """A JftError when rows of seq_len tokens cannot hold max_predictions masked positions."""
+    if max_predictions > seq_len:
+        raise JftError(
+            f"masking.max_predictions {max_predictions} is larger than the rows ({seq_len} tokens); "
+            f"use at most {seq_len} (BERT uses 20 for 128 tokens, 80 for 512)."
+        )
+
+
 def mask_batch(
     config: MaskingConfig,
     key: jax.Array,
@@ -193,11 +202,7 @@ def mask_batch(
 ) -> dict[str, jax.Array]:
     """mask_row over a batch; row_ids: [batch] global indices that pick each row's key (fold_in)."""
     seq_len = input_ids.shape[1]
-    if config.max_predictions > seq_len:
-        raise JftError(
-            f"masking.max_predictions {config.max_predictions} is larger than the rows ({seq_len} tokens); "
-            f"use at most {seq_len} (BERT uses 20 for 128 tokens, 80 for 512)."
-        )
+    check_max_predictions(config.max_predictions, seq_len)
     one_threefry_key = str(jax.random.key_impl(key)) == "threefry2x32" and jnp.shape(key) in ((), (2,))
     if one_threefry_key and not jax.config.jax_enable_x64:  # (64-bit draws are jax.random's alone)
         draws = threefry_draws(config, key, row_ids, seq_len, input_ids.dtype)
