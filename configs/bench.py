@@ -1,7 +1,7 @@
 """`jft bench` at a real size: BERT, GPT-2 or RoBERTa / XLM-R, in bf16 with cuDNN attention, for a GPU.
 
-    jft bench --config configs/bench.py:base --config.batch_size=256 --config.seq_len=128
-    jft bench --config configs/bench.py:large --config.workloads=pretrain --config.seq_len=512
+    jft bench --config bench:base --config.batch_size=256 --config.seq_len=128
+    jft bench --config bench:large --config.workloads=pretrain --config.seq_len=512
     jft bench --config bench:gpt2_small --config.workloads=pretrain --config.seq_len=1024
     jft bench --config bench:roberta_base --config.seq_len=512
 

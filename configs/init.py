@@ -1,6 +1,6 @@
 """A randomly initialised BERT, GPT-2, RoBERTa / XLM-R or ModernBERT in Hugging Face format (a fresh start).
 
-    jft init --config configs/init.py:base --out DIR --config.format=msgpack
+    jft init --config init:base --out DIR --config.format=msgpack
     jft init --config init:gpt2_small --out DIR
     jft init --config init:xlm_roberta_base --out DIR
 

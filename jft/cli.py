@@ -580,7 +580,8 @@ def _run_quickstart(args, config):
 
     summary = quickstart.run(config, args.workdir)
     print("\n" + quickstart.table(summary))
-    print(f"\npicture: {summary['figure']}\nsummary: {Path(args.workdir) / 'summary.json'}")
+    workdir = Path(args.workdir)
+    print(f"\npicture: {workdir / Path(summary['figure']).name}\nsummary: {workdir / 'summary.json'}")
 
 
 def _quickstart_config() -> ConfigDict:

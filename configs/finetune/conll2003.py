@@ -1,7 +1,7 @@
 """CoNLL-2003 named entities (TFDS conll2003, prepared beforehand): a tag on the first word-piece
 of each word, entity-level F1 picks the best checkpoint.
 
-    jft finetune --config configs/finetune/conll2003.py --workdir runs/ner --config.init_from=runs/base
+    jft finetune --config finetune/conll2003 --workdir runs/ner --config.init_from=runs/base
 """
 
 from jft.defaults import finetune as default_config

@@ -1,6 +1,6 @@
 """GLUE tasks from TFDS (prepared beforehand: `tfds build glue/TASK --file_format=array_record`).
 
-    jft finetune --config configs/finetune/glue.py:sst2 --workdir runs/sst2 --config.init_from=runs/base
+    jft finetune --config finetune/glue:sst2 --workdir runs/sst2 --config.init_from=runs/base
 
 The text after ':' is the task: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte or wnli. Defaults
 follow BERT's fine-tuning recipe: Adam, lr 2e-5 with 10% warmup and linear decay, batch 32,

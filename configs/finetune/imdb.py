@@ -1,6 +1,6 @@
 """IMDb sentiment (TFDS imdb_reviews, prepared beforehand), long reviews truncated to 512 tokens.
 
-jft finetune --config configs/finetune/imdb.py --workdir runs/imdb --config.init_from=runs/base
+jft finetune --config finetune/imdb --workdir runs/imdb --config.init_from=runs/base
 """
 
 from jft.defaults import finetune as default_config

@@ -1,6 +1,6 @@
 """A tiny task from scratch or from a tiny pretraining run: fine-tune on your own CSV.
 
-    jft finetune --config configs/finetune/tiny.py --workdir runs/tiny-task \\
+    jft finetune --config finetune/tiny --workdir runs/tiny-task \\
         --config.init_from=runs/tiny --config.data.train=train.csv --config.data.eval=dev.csv
 
 The CSV has a `text` and a `label` column (map others with --config.data.text_column=...,

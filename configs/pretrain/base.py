@@ -1,6 +1,6 @@
 """BERT-base (12 layers, hidden 768) with the original recipe: batch 256, seq 128, AdamW 1e-4.
 
-    jft pretrain --config configs/pretrain/base.py --workdir runs/base --config.data.corpus=corpus.txt \
+    jft pretrain --config pretrain/base --workdir runs/base --config.data.corpus=corpus.txt \
         --config.data.vocab=vocab.txt
 
 bf16 compute on GPU/TPU (dtype 'auto'), float32 master weights. For the original's second

@@ -1,6 +1,6 @@
-"""BERT-large (24 layers, hidden 1024) with BERT-base's recipe (configs/pretrain/base.py).
+"""BERT-large (24 layers, hidden 1024) with BERT-base's recipe (pretrain/base).
 
-    jft pretrain --config configs/pretrain/large.py --workdir runs/large --config.data.corpus=corpus.txt \
+    jft pretrain --config pretrain/large --workdir runs/large --config.data.corpus=corpus.txt \
         --config.data.vocab=vocab.txt
 
 For LAMB at batch 4096 (You et al., 2019): --config.optim.name=lamb --config.optim.lr=1.76e-3

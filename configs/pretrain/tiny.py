@@ -1,6 +1,6 @@
 """A tiny BERT (2 layers, hidden 64) for a CPU: pretrain on your own text file in one command.
 
-    jft pretrain --config configs/pretrain/tiny.py --workdir runs/tiny --config.data.corpus=my_text.txt
+    jft pretrain --config pretrain/tiny --workdir runs/tiny --config.data.corpus=my_text.txt
 
 The text file holds one sentence per line and a blank line between documents. A WordPiece
 vocabulary is trained on it, the rows are prepared into runs/tiny/data, and checkpoints go to
