@@ -7,6 +7,7 @@ import json
 import logging
 import re
 
+import numpy as np
 import pytest
 
 from conftest import tiny_hf_bert, write_topic_task
@@ -161,3 +162,20 @@ def test_a_reader_is_not_warned_that_it_reads(tmp_path, caplog):
         Checkpoints(tmp_path / "best", read_only=True).close()
     said = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
     assert not [message for message in said if "read only" in message or "read_only" in message], said
+
+
+def test_a_step_folder_without_orbax_s_metadata_is_not_a_library_warning(tmp_path, caplog):
+    """A kill can cut a save or a removal short and leave a step folder without Orbax's metadata
+    file: jft reads the checkpoint (or sets it aside, saying so itself); Orbax's WARNING:absl line
+    about the file is left out."""
+    saved = Checkpoints(tmp_path, asynchronous=False)
+    saved.save(2, {"a": np.ones(3)}, {"step": 2})
+    saved.close()
+    (tmp_path / "2" / "_CHECKPOINT_METADATA").unlink()
+    with caplog.at_level(logging.INFO):
+        again = Checkpoints(tmp_path, asynchronous=False)
+        state, _, step = again.restore_newest_good({"a": np.ones(3)})
+        again.close()
+    assert step == 2 and (state["a"] == 1).all()
+    said = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert not [message for message in said if "Metadata file" in message], said

@@ -112,15 +112,19 @@ def _in_host_memory(tree: Any) -> bool:
     )
 
 
-class _ReaderNotice(logging.Filter):
-    """Leaves out Orbax's warning that a reader opened a directory read-only: what jft asked for,
-    and no news to a user of `jft eval`, `predict` or `export`."""
+class _OrbaxNotices(logging.Filter):
+    """Leaves out Orbax's warnings that are no news to a user: that a reader opened a directory
+    read-only (what jft asked for: `jft eval`, `predict`, `export`), and that a step folder has no
+    metadata file (a save or a removal a kill cut short: jft checks each checkpoint it reads, and
+    says itself what it sets aside)."""
+
+    NOTICES = ("Given directory is read only", "Metadata file does not exist")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Given directory is read only")
+        return not record.getMessage().startswith(self.NOTICES)
 
 
-logging.getLogger("absl").addFilter(_ReaderNotice())
+logging.getLogger("absl").addFilter(_OrbaxNotices())
 
 
 class Checkpoints:
