@@ -81,7 +81,8 @@ def export(
     else:
         save_hf_tokenizer(source.tokenizer, out, source.model.max_length, "token_type_ids" in source.family.inputs)
         beside = "with the tokenizer"
-    return f"{beside}; {source.family.how_to_load(source.model, head)}"
+    step = f"the model of step {source.step}, " if source.step is not None else ""
+    return f"{step}{beside}; {source.family.how_to_load(source.model, head)}"
 
 
 def save_hf_tokenizer(tokenizer: tokenizers.Tokenizer, out: Path, max_length: int, token_types: bool = True) -> None:

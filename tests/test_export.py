@@ -260,6 +260,8 @@ def test_export_takes_the_model_of_a_chosen_step(runs, tmp_path, capsys):
     assert cli.main(["export", "--workdir", str(runs / "pairs"), "--out", str(tmp_path / "x"), "--step", "3"]) == 2
     assert f"{runs / 'pairs'} has no model of step 3; it has steps [2, 4]" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    assert cli.main(["export", "--workdir", str(runs / "pairs"), "--out", str(tmp_path / "y"), "--step", "2"]) == 0
+    assert "(safetensors, the model of step 2, with the tokenizer; " in capsys.readouterr().out
 
 
 def test_exports_of_a_moved_run_are_the_same(runs, tmp_path):
