@@ -205,7 +205,8 @@ def train_and_evaluate(
             else:
                 outputs = "candidates" if task.kind == "multiple_choice" else "labels"
                 what = f"({len(task.labels) or 'a score'} {outputs}) on {len(train):,} examples"
-            print(f"{activity} for {task.kind} {what}, {len(batches)} steps an epoch; {where}", flush=True)
+            steps = f"{len(batches)} step{'s' if len(batches) != 1 else ''} an epoch"
+            print(f"{activity} for {task.kind} {what}, {steps}; {where}", flush=True)
             print(describe_penalty(config, reference is not None), flush=True)
             if config.data.layout == "packed":
                 print(
