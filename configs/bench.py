@@ -8,7 +8,7 @@
 The text after ':' picks the size: BERT's tiny, mini, base, large; GPT-2's gpt2_tiny,
 gpt2_small (124M), gpt2_medium, gpt2_large (next-word pretraining over every token; its
 fine-tuning workload is sequence classification from the last token); RoBERTa's roberta_tiny,
-roberta_base, roberta_large and xlm_roberta_base (masked-LM alone; 250,002 tokens); ModernBERT's
+roberta_base, roberta_large and xlm_roberta_tiny, _base, _large (masked-LM alone; 250,002 tokens); ModernBERT's
 modernbert_tiny, modernbert_base, modernbert_large (masked-LM at 30%: 154 predictions a row of
 512; --config.seq_len=8192 for long rows); images: resnet_tiny, resnet18, resnet50, resnet101,
 vgg_tiny, vgg16, vgg16_bn (at 224 pixels; pretrain is supervised on 1,000 classes, finetune on
@@ -34,7 +34,7 @@ def sizes() -> list[str]:
         for family, prefix in PREFIXES.items()
         for preset in get_family(family).presets
     ]
-    return [*names, "xlm_roberta_base"]
+    return [*names, *(f"xlm_roberta_{preset}" for preset in get_family("roberta").presets)]
 
 
 def get_config(size: str = "base") -> ConfigDict:

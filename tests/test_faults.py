@@ -574,7 +574,7 @@ CASES = [
         "choose one of tiny, mini, base, large, gpt2_tiny, gpt2_small, gpt2_medium, gpt2_large, roberta_tiny, "
         "roberta_base, roberta_large, modernbert_tiny, modernbert_base, modernbert_large, resnet_tiny, resnet18, "
         "resnet34, resnet50, resnet101, vgg_tiny, vgg11, vgg13, vgg16, vgg19, vgg11_bn, vgg13_bn, vgg16_bn, "
-        "vgg19_bn, xlm_roberta_base.",
+        "vgg19_bn, xlm_roberta_tiny, xlm_roberta_base, xlm_roberta_large.",
     ),
     Case(
         "a NaN L2 weight",

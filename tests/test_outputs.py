@@ -460,7 +460,8 @@ def test_own_earlier_output_is_replaced_whole_and_overwrite_replaces_any(files, 
     # predictions of another model, a look-alike written by hand, its own changed since: refused, kept
     mine = tmp_path / "mine.jsonl"
     assert cli.main(_predict(files, mine)) == 0
-    other = ["predict", "--workdir", str(files / "export"), "--input", str(files / "train.csv"), "--output"]
+    shutil.copytree(files / "run", tmp_path / "copy")  # another model, by where it lies
+    other = ["predict", "--workdir", str(tmp_path / "copy"), "--input", str(files / "train.csv"), "--output"]
     look_alike = _mkfile(tmp_path / "look-alike.jsonl")
     look_alike.write_bytes(before)
     changed = tmp_path / "changed.jsonl"
