@@ -29,7 +29,6 @@ TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", 
 # What an image model takes: normalised pixels [batch, height, width, channels] and which rows are
 # real (BatchNorm's statistics leave out the rows that only fill a batch).
 IMAGE_INPUTS = ("pixel_values", "row_mask")
-MODALITIES = ("text", "image")
 
 
 @dataclasses.dataclass(frozen=True)

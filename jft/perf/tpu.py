@@ -39,7 +39,7 @@ REMATS = ("none", "dots", "full")  # the model's remat choices, compared by --la
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
-    """A TPU generation as libtpu compiles for it, and the public figures of one chip."""
+    """A TPU generation: its name, HBM a chip, and how libtpu compiles for it."""
 
     kind: str
     hbm_gib: float
@@ -47,15 +47,14 @@ class Chip:
     # libtpu's chip configuration: "megacore" makes a chip's two TensorCores one device, as jax
     # runs v4 and v5p; "default" is one device a TensorCore.
     chip_config: str
-    peak_bf16_tflops: float
     accelerator_type: str  # TPU_ACCELERATOR_TYPE of a slice, from its chips ({chips}) or cores ({cores})
 
 
 CHIPS = {
-    "v4": Chip("TPU v4", 32, 3, "megacore", 275, "v4-{cores}"),
-    "v5e": Chip("TPU v5e", 16, 2, "default", 197, "v5litepod-{chips}"),
-    "v5p": Chip("TPU v5p", 95, 3, "megacore", 459, "v5p-{cores}"),
-    "v6e": Chip("TPU v6e", 32, 2, "default", 918, "v6e-{chips}"),
+    "v4": Chip("TPU v4", 32, 3, "megacore", "v4-{cores}"),
+    "v5e": Chip("TPU v5e", 16, 2, "default", "v5litepod-{chips}"),
+    "v5p": Chip("TPU v5p", 95, 3, "megacore", "v5p-{cores}"),
+    "v6e": Chip("TPU v6e", 32, 2, "default", "v6e-{chips}"),
 }
 
 

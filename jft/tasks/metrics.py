@@ -110,10 +110,6 @@ def entity_f1(label_sequences: list[list[str]], predicted_sequences: list[list[s
     return {"entity_precision": precision, "entity_recall": recall, "entity_f1": f1_score}
 
 
-CLASSIFICATION_METRICS = {"accuracy": accuracy, "f1": f1, "macro_f1": macro_f1, "mcc": matthews_corrcoef}
-REGRESSION_METRICS = {"pearson": pearson, "spearman": spearman}
-
-
 def one_class_advice(l2_reference: str) -> str:
     """What to say of a classifier that predicts one class for every evaluation example; a run that
     pulls toward the pretrained weights (l2.reference=init) is not told to."""
