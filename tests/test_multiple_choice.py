@@ -43,16 +43,6 @@ def _scores(family_name: str, config, params, ids, mask) -> np.ndarray:
     return np.asarray(predict_step(params, {"input_ids": ids, "attention_mask": mask}, None, setup=setup))
 
 
-def _random_head(params: dict, shapes: dict, seed: int) -> dict:
-    """params with the leaves shapes has and params lacks drawn at random (0.1 · normal)."""
-    flat_shapes, flat = jax.tree_util.tree_flatten_with_path(shapes)[0], {}
-    keys = jax.random.split(jax.random.key(seed), len(flat_shapes))
-    for key, (path, leaf) in zip(keys, flat_shapes):
-        flat[path] = 0.1 * jax.random.normal(key, leaf.shape)
-    random = jax.tree_util.tree_unflatten(jax.tree.structure(shapes), list(flat.values()))
-    return {name: params.get(name, random[name]) for name in shapes}
-
-
 def test_bert_scores_equal_hf_flax_and_pytorch_multiple_choice(tmp_path, max_abs_diff):
     ref = transformers.FlaxBertForMultipleChoice(tiny_hf_config(), seed=3)
     ref.save_pretrained(tmp_path / "flax")
