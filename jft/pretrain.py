@@ -26,6 +26,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
+from jft.config import value_at
 from jft.data.corpus import read_documents, source_identity, sources_of
 from jft.data.loader import Loader, PretrainRows, check_streams
 from jft.data.prepare import MODES, is_prepared, none_held_out, prepare
@@ -410,8 +411,12 @@ def _compare_rows(config: ConfigDict, session: RunSession, rows: PretrainRows) -
         return
     changed = []
     if not session.resuming:  # a resumed run compares its whole config instead
-        wanted = {"seq_len": config.data.seq_len, "mode": config.data.mode, "seed": config.seed}
-        changed = [f"{k}: prepared {meta.get(k)!r}, config {v!r}" for k, v in wanted.items() if meta.get(k) != v]
+        wanted = {key: value_at(config, key) for key in ("data.seq_len", "data.mode", "data.eval_fraction", "seed")}
+        changed = [
+            f"{key}: prepared {meta.get(key.split('.')[-1])!r}, config {value!r}"
+            for key, value in wanted.items()
+            if meta.get(key.split(".")[-1]) != value
+        ]
     try:
         sources = sources_of(config.data.corpus)
     except JftError:  # a glob that matches nothing (any more): the text is not at hand
@@ -422,8 +427,8 @@ def _compare_rows(config: ConfigDict, session: RunSession, rows: PretrainRows) -
             changed.append(f"data.corpus: {config.data.corpus} is not the text the rows were prepared from")
     if changed and not session.resuming:
         raise JftError(
-            f"{rows.directory} was prepared with other data settings ({'; '.join(changed)}). Use a new --workdir "
-            "(with --config.init_from=<this workdir> to continue from its weights, e.g. for a 512-token phase)."
+            f"{rows.directory} was prepared with other data settings ({'; '.join(changed)}). Set them back, "
+            f"delete {rows.directory} to prepare the rows again, or use a new --workdir."
         )
     session.differ(*changed)
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -214,18 +215,35 @@ def test_workdir_with_another_models_checkpoint(corpus, tmp_path):
         train_and_evaluate(config, tmp_path)
 
 
-def test_a_pretraining_that_saved_no_step_keeps_its_settings_and_the_advice_says_a_new_workdir(corpus, tmp_path):
-    """Its rows and tokenizer in the workdir are its settings' (unlike a fine-tuning, it is not started
-    anew); the refusal does not advise init_from, which a run without a checkpoint cannot give."""
+def test_a_pretraining_that_saved_no_step_starts_anew_on_the_rows_it_prepared(corpus, tmp_path, capsys):
+    """A run stopped before its first checkpoint has nothing to resume: another batch size starts it
+    anew on the rows it prepared in its workdir (not prepared again); a data setting the rows were not
+    prepared with is refused before anything is written, with the ways out."""
+    text, rows = corpus
     config = small_config(total_steps=2, log_every=1, checkpoint_every=2)
-    config.data.prepared = str(corpus[1])
+    config.data.corpus, config.data.vocab = str(text), str(rows / "tokenizer.json")
     train_and_evaluate(config, tmp_path)
+    metadata = tmp_path / "data" / "metadata.json"
+    prepared = metadata.stat().st_mtime_ns
     shutil.rmtree(tmp_path / "checkpoints")
     config.batch_size = 8
+    capsys.readouterr()
+    assert train_and_evaluate(config, tmp_path)["step"] == 2
+    assert "its run holds no saved step; starting it anew." in capsys.readouterr().out
+    assert json.loads((tmp_path / "run.json").read_text())["config"]["batch_size"] == 8
+    assert metadata.stat().st_mtime_ns == prepared
+
+    shutil.rmtree(tmp_path / "checkpoints")
+    run = (tmp_path / "run.json").read_text()
+    was = json.loads(metadata.read_text())["eval_fraction"]
+    config.data.eval_fraction = 0.3
     with pytest.raises(
-        JftError, match=r"batch_size: run 16, now 8\).*start a new --workdir \(it has saved no step yet\)\.$"
+        JftError,
+        match=rf"prepared with other data settings \(data.eval_fraction: prepared {was}, config 0.3\)\. "
+        rf"Set them back, delete {re.escape(str(tmp_path / 'data'))} to prepare the rows again, or use a new",
     ):
         train_and_evaluate(config, tmp_path)
+    assert (tmp_path / "run.json").read_text() == run and metadata.stat().st_mtime_ns == prepared
 
 
 def test_prepared_data_in_a_workdir_must_match_the_config(corpus, tmp_path):

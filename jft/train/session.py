@@ -111,14 +111,15 @@ class RunSession:
         return not saved_steps(self.workdir / rundir.CHECKPOINTS) and not saved_steps(self.workdir / rundir.BEST)
 
     def _forget_a_run_that_saved_nothing(self) -> None:
-        """A fine-tuning run that holds no checkpoint and no best model (stopped before its first,
-        or every one set aside as damaged) has nothing to resume: it starts anew, with the settings
-        given now (its run.json and tokenizer are written again). A pretraining run's rows and
-        tokenizer, prepared in its workdir, are its settings' still: it is compared as a resume."""
-        if self.stage != "finetuning" or not self._saved_nothing():
+        """A run that holds no checkpoint and no best model (stopped before its first, or every one
+        set aside as damaged) has nothing to resume: it starts anew, with the settings given now (its
+        run.json and tokenizer are written again). A pretraining run's rows, prepared in its workdir,
+        are used again where they match the data settings (the stage checks them as a new run's)."""
+        if not self._saved_nothing():
             return
         if jax.process_index() == 0:
-            print(f"{self.workdir}: its run holds no saved step or best model; starting it anew.", flush=True)
+            saved = "saved step or best model" if self.stage == "finetuning" else "saved step"
+            print(f"{self.workdir}: its run holds no {saved}; starting it anew.", flush=True)
         self.run = None
 
     @property
@@ -189,11 +190,7 @@ class RunSession:
             error = JftError(
                 f"{self.workdir} holds a {self.stage} run with other settings ({'; '.join(self.differences)}). "
                 f"Resume it with the settings it was started with (`jft config {self.workdir}` prints them), or "
-                + (
-                    "start a new --workdir (it has saved no step yet)."
-                    if self._saved_nothing()
-                    else f"start a new --workdir; --config.init_from={self.workdir} starts from its weights."
-                )
+                f"start a new --workdir; --config.init_from={self.workdir} starts from its weights."
             )
         agree(error)
 
