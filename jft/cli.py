@@ -71,7 +71,7 @@ FORMATS = ("safetensors", "msgpack", "both")
 
 
 def _convert_arguments(parser):
-    parser.add_argument("src", help="a jft run directory, or a Hugging Face BERT directory (or weights file)")
+    parser.add_argument("src", help="a jft run directory, or a Hugging Face model directory (or weights file)")
     parser.add_argument("dst", help="directory to write")
     parser.add_argument("--format", choices=FORMATS, default="safetensors")
     parser.add_argument("--max-shard-size", default=None, help="split the weights into shards, e.g. 2GB")
@@ -96,7 +96,7 @@ def _run_convert(args, _):
 
 
 def _inspect_arguments(parser):
-    parser.add_argument("path", help="a jft run directory, or a Hugging Face BERT directory (or weights file)")
+    parser.add_argument("path", help="a jft run directory, or a Hugging Face model directory (or weights file)")
 
 
 def _run_inspect(args, _):
@@ -671,7 +671,13 @@ COMMANDS = (
         _shards_arguments,
         _run_shards,
     ),
-    Command("pretrain", "pretrain BERT with masked-LM (+ next-sentence)", _pretrain_arguments, _run_pretrain, True),
+    Command(
+        "pretrain",
+        "pretrain a model: masked-LM (+ next-sentence), next-word prediction, or an image classifier on labeled images",
+        _pretrain_arguments,
+        _run_pretrain,
+        True,
+    ),
     Command(
         "finetune",
         "fine-tune on a labeled task with the L2-regularized objective",
@@ -723,16 +729,22 @@ COMMANDS = (
         _run_generate,
     ),
     Command("export", "write a run's model and tokenizer in Hugging Face format", _export_arguments, _run_export),
-    Command("init", "write a randomly initialised BERT in Hugging Face format", _init_arguments, _run_init, True),
+    Command(
+        "init",
+        "write a randomly initialised BERT, GPT-2, RoBERTa / XLM-R or ModernBERT in Hugging Face format",
+        _init_arguments,
+        _run_init,
+        True,
+    ),
     Command(
         "convert",
-        "convert a Hugging Face BERT between safetensors and msgpack, or a jft run to Hugging Face format",
+        "convert a Hugging Face model between safetensors and msgpack, or a jft run to Hugging Face format",
         _convert_arguments,
         _run_convert,
     ),
     Command(
         "inspect",
-        "show the config and parameter counts of a Hugging Face BERT or a jft run",
+        "show the config and parameter counts of a Hugging Face model or a jft run",
         _inspect_arguments,
         _run_inspect,
     ),
@@ -757,7 +769,9 @@ CONFIG_EPILOG = (
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one sub-parser per command."""
     parser = argparse.ArgumentParser(
-        prog="jft", description="Pretrain BERT encoders and fine-tune them with an L2-regularized objective."
+        prog="jft",
+        description="Pretrain text and image models (BERT, RoBERTa / XLM-R, ModernBERT, GPT-2, ResNet, VGG) and "
+        "fine-tune them with an L2-regularized objective.",
     )
     parser.add_argument("--version", action="version", version=f"jft {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
