@@ -1,9 +1,10 @@
 """The model interface: what every family of models gives the rest of jft.
 
-A family (BERT today) names its config (to and from a Hugging Face config.json), builds its Flax
-module with a head, says which pretraining objectives it trains with, maps its weights to and
-from Hugging Face's names, and counts its FLOPs. Stages, steps, the run directory, export, bench
-and the TPU compile speak only to this interface, never to a family's own classes.
+A family (bert, gpt2, roberta, modernbert, resnet, vgg) names its config (to and from a Hugging
+Face config.json), builds its Flax module with a head, says which pretraining objectives it trains
+with, maps its weights to and from Hugging Face's names, and counts its FLOPs. Stages, steps, the
+run directory, export, bench and the TPU compile speak only to this interface, never to a
+family's own classes.
 """
 
 import dataclasses
