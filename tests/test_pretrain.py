@@ -237,6 +237,7 @@ def test_a_pretraining_that_saved_no_step_starts_anew_on_the_rows_it_prepared(co
     run = (tmp_path / "run.json").read_text()
     was = json.loads(metadata.read_text())["eval_fraction"]
     config.data.eval_fraction = 0.3
+    capsys.readouterr()
     with pytest.raises(
         JftError,
         match=rf"prepared with other data settings \(data.eval_fraction: prepared {was}, config 0.3\)\. "
@@ -244,6 +245,7 @@ def test_a_pretraining_that_saved_no_step_starts_anew_on_the_rows_it_prepared(co
     ):
         train_and_evaluate(config, tmp_path)
     assert (tmp_path / "run.json").read_text() == run and metadata.stat().st_mtime_ns == prepared
+    assert "starting it anew" not in capsys.readouterr().out  # said only of a run that starts
 
 
 def test_prepared_data_in_a_workdir_must_match_the_config(corpus, tmp_path):

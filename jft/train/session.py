@@ -79,6 +79,7 @@ class RunSession:
     init: rundir.InitSource | None = None
     differences: list[str] = dataclasses.field(default_factory=list)
     checking: bool = True
+    started_anew: str = ""  # why a run in the workdir starts over (said when it does, in `start`)
 
     @classmethod
     @contextlib.contextmanager
@@ -117,9 +118,8 @@ class RunSession:
         are used again where they match the data settings (the stage checks them as a new run's)."""
         if not self._saved_nothing():
             return
-        if jax.process_index() == 0:
-            saved = "saved step or best model" if self.stage == "finetuning" else "saved step"
-            print(f"{self.workdir}: its run holds no {saved}; starting it anew.", flush=True)
+        saved = "saved step or best model" if self.stage == "finetuning" else "saved step"
+        self.started_anew = f"{self.workdir}: its run holds no {saved}; starting it anew."
         self.run = None
 
     @property
@@ -199,6 +199,8 @@ class RunSession:
     ) -> None:
         """Writes run.json and the tokenizer of a new run (process 0; a resumed run has them)."""
         if self.run is None:
+            if self.started_anew and jax.process_index() == 0:
+                print(self.started_anew, flush=True)
             origin = None
             if self.init is not None:
                 origin = {"from": self.init.describe(), "path": str(self.init.path)}
