@@ -232,6 +232,8 @@ def test_a_pretraining_that_saved_no_step_starts_anew_on_the_rows_it_prepared(co
     assert "its run holds no saved step; starting it anew." in capsys.readouterr().out
     assert json.loads((tmp_path / "run.json").read_text())["config"]["batch_size"] == 8
     assert metadata.stat().st_mtime_ns == prepared
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if r["split"] == "train"] == [1, 2]  # the first attempt's lines dropped
 
     shutil.rmtree(tmp_path / "checkpoints")
     run = (tmp_path / "run.json").read_text()
