@@ -20,26 +20,13 @@ finetune.num_labels; the seq/s column counts images). On a CPU, use `jft bench` 
 
 from ml_collections import ConfigDict
 
-from jft.defaults import bench, model_fields, roberta_vocabulary
+from jft.defaults import SIZE_PREFIXES, bench, model_fields, named_sizes, roberta_vocabulary
 from jft.errors import JftError
-from jft.models import get as get_family
-
-PREFIXES = {"bert": "", "gpt2": "gpt2_", "roberta": "roberta_", "modernbert": "modernbert_", "resnet": "", "vgg": ""}
-
-
-def sizes() -> list[str]:
-    """Every size get_config takes: each family's presets, named as above."""
-    names = [
-        f"{family}_tiny" if family in ("resnet", "vgg") and preset == "tiny" else prefix + preset
-        for family, prefix in PREFIXES.items()
-        for preset in get_family(family).presets
-    ]
-    return [*names, *(f"xlm_roberta_{preset}" for preset in get_family("roberta").presets)]
 
 
 def get_config(size: str = "base") -> ConfigDict:
-    if size not in sizes():
-        raise JftError(f"unknown bench size '{size}'; choose one of {', '.join(sizes())}.")
+    if size not in (sizes := named_sizes(SIZE_PREFIXES)):
+        raise JftError(f"unknown bench size '{size}'; choose one of {', '.join(sizes)}.")
     if size.startswith(("resnet", "vgg")):
         family = "vgg" if size.startswith("vgg") else "resnet"
         preset = "tiny" if size.endswith("_tiny") else size

@@ -13,10 +13,13 @@ can be overridden, e.g. --config.model.num_hidden_layers=6.
 
 from ml_collections import ConfigDict
 
-from jft.defaults import init, roberta_vocabulary
+from jft.defaults import init, named_sizes, roberta_vocabulary
+from jft.errors import JftError
 
 
 def get_config(size: str = "tiny") -> ConfigDict:
+    if size not in (sizes := named_sizes(("bert", "gpt2", "roberta", "modernbert"))):
+        raise JftError(f"unknown init size '{size}'; choose one of {', '.join(sizes)}.")
     if size.startswith("gpt2_"):
         return init(size.removeprefix("gpt2_"), "gpt2")
     if size.startswith("modernbert_"):

@@ -9,7 +9,7 @@ and the family's own fields, whose meanings the family gives (jft.models).
 
 import dataclasses
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ml_collections import ConfigDict, config_dict
@@ -306,6 +306,30 @@ def model_fields(size: str, family: str = "bert", **overrides: Any) -> ConfigDic
     when the model is built, so a placeholder may stand for what the run fills in."""
     values = dataclasses.asdict(get_family(family).preset(size))
     return ConfigDict({"family": family, **values, **overrides})
+
+
+# How the packaged configs' argument names a family's preset (bench:gpt2_small, init:roberta_base):
+# BERT's, ResNet's and VGG's bare (their tiny ones as resnet_tiny and vgg_tiny).
+SIZE_PREFIXES = {
+    "bert": "",
+    "gpt2": "gpt2_",
+    "roberta": "roberta_",
+    "modernbert": "modernbert_",
+    "resnet": "",
+    "vgg": "",
+}
+
+
+def named_sizes(families: Sequence[str]) -> list[str]:
+    """Every preset of families as a packaged config's argument names it (RoBERTa's also as xlm_roberta_)."""
+    names = [
+        f"{family}_tiny" if family in ("resnet", "vgg") and preset == "tiny" else SIZE_PREFIXES[family] + preset
+        for family in families
+        for preset in get_family(family).presets
+    ]
+    if "roberta" in families:
+        names += [f"xlm_roberta_{preset}" for preset in get_family("roberta").presets]
+    return names
 
 
 def roberta_vocabulary(size: str) -> dict[str, Any]:

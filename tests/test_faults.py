@@ -577,6 +577,14 @@ CASES = [
         "vgg19_bn, xlm_roberta_tiny, xlm_roberta_base, xlm_roberta_large.",
     ),
     Case(
+        "an init size without its family's prefix",
+        lambda t, f: ["init", "--config", "init:gpt2_huge", "--out", str(t / "m")],
+        "jft init: error: {*}/configs/init.py: get_config('gpt2_huge') failed: unknown init size 'gpt2_huge'; "
+        "choose one of tiny, mini, base, large, gpt2_tiny, gpt2_small, gpt2_medium, gpt2_large, roberta_tiny, "
+        "roberta_base, roberta_large, modernbert_tiny, modernbert_base, modernbert_large, xlm_roberta_tiny, "
+        "xlm_roberta_base, xlm_roberta_large.",
+    ),
+    Case(
         "a NaN L2 weight",
         lambda t, f: _finetune(t, f, **{"l2.weight": "nan"}),
         "jft finetune: error: l2.weight and joint_mlm.weight must be 0 or more, got nan, 0.0.",
