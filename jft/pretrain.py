@@ -455,15 +455,12 @@ def _tokenizer(config: ConfigDict, session: RunSession, rows_dir: Path | None):
     """The run's tokenizer (step 3 of the module docstring); any other one given must agree."""
     init = session.init
     given = load_tokenizer(config.data.vocab, lowercase=config.data.lowercase) if config.data.vocab else None
-    others = [(given, f"data.vocab {config.data.vocab}")]
-    if init is not None:
-        others.append((init.tokenizer, f"init_from {init.path}"))
     if session.resuming:
-        tokenizer = rundir.run_tokenizer(session.workdir)
+        tokenizer, source = rundir.run_tokenizer(session.workdir), "the run's own"
     elif rows_dir is not None:
-        tokenizer = load_tokenizer(rows_dir / "tokenizer.json")
+        tokenizer, source = load_tokenizer(rows_dir / "tokenizer.json"), f"the one the rows in {rows_dir} hold"
     elif given is not None or (init is not None and init.tokenizer is not None):
-        tokenizer = given or init.tokenizer
+        tokenizer, source = given or init.tokenizer, "init_from's"
     elif init is not None:
         raise JftError(f"init_from {init.path} has no tokenizer.json or vocab.txt; set data.vocab to its vocabulary.")
     else:
@@ -480,10 +477,18 @@ def _tokenizer(config: ConfigDict, session: RunSession, rows_dir: Path | None):
             return (line for document in documents for line in document)
 
         kind = data.vocab_kind or get_family(config.model.family or "bert").vocabulary
-        tokenizer = train_vocab(lines, vocab_size=data.vocab_size, lowercase=data.lowercase, kind=kind)
-    for other, what in others:
-        if other is not None and other is not tokenizer:
-            rundir.check_same_vocabulary(tokenizer, other, what)
+        tokenizer, source = train_vocab(lines, vocab_size=data.vocab_size, lowercase=data.lowercase, kind=kind), ""
+    if given is not None and given is not tokenizer:
+        advice = f"Leave data.vocab empty to use {source}."
+        rundir.check_same_vocabulary(tokenizer, given, f"data.vocab {config.data.vocab}", advice)
+    if init is not None and init.tokenizer is not None and init.tokenizer is not tokenizer:
+        advice = (
+            "Leave data.vocab empty to use init_from's."
+            if tokenizer is given
+            else "Prepare the rows with init_from's vocabulary (`jft prepare --vocab` with its tokenizer.json or "
+            "vocab.txt), or leave init_from empty."
+        )
+        rundir.check_same_vocabulary(tokenizer, init.tokenizer, f"init_from {init.path}", advice)
     return tokenizer
 
 

@@ -61,6 +61,14 @@ def _finetune(tmp: Path, files: Path, **settings) -> list[str]:
     ]
 
 
+def _model_with_vocab(files: Path, out: Path, vocab: str) -> Path:
+    """A copy of the shared Hugging Face BERT with vocab as its vocabulary."""
+    shutil.copytree(files / "hf", out)
+    (out / "tokenizer.json").unlink(missing_ok=True)
+    _write(out / "vocab.txt", vocab)
+    return out
+
+
 def _with_workdir(command: list[str], workdir: Path) -> list[str]:
     """command (jft pretrain or finetune) with another --workdir."""
     at = command.index("--workdir") + 1
@@ -505,13 +513,21 @@ CASES = [
             t, f, **{"data.vocab": _write(t / "vocab.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\na\n")}
         ),
         "jft finetune: error: data.vocab {tmp}/vocab.txt: the vocabularies differ (200 and 6 tokens); a model works "
-        "only with the vocabulary it was trained with. Leave data.vocab empty to use the run's own.",
+        "only with the vocabulary it was trained with. Leave data.vocab empty to use init_from's.",
     ),
     Case(
         "prepared rows with another vocabulary",
         lambda t, f: _pretrain(t, f, **{"data.vocab": _write(t / "vocab.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")}),
         "jft pretrain: error: data.vocab {tmp}/vocab.txt: the vocabularies differ (200 and 5 tokens); a model works "
-        "only with the vocabulary it was trained with. Leave data.vocab empty to use the run's own.",
+        "only with the vocabulary it was trained with. Leave data.vocab empty to use the one the rows in "
+        "{files}/rows hold.",
+    ),
+    Case(
+        "prepared rows with another vocabulary than init_from's",
+        lambda t, f: _pretrain(t, f, init_from=_model_with_vocab(f, t / "hf", "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")),
+        "jft pretrain: error: init_from {tmp}/hf: the vocabularies differ (200 and 5 tokens); a model works only with "
+        "the vocabulary it was trained with. Prepare the rows with init_from's vocabulary (`jft prepare --vocab` "
+        "with its tokenizer.json or vocab.txt), or leave init_from empty.",
     ),
     # Corpora and prepared rows.
     Case(

@@ -139,5 +139,5 @@ def tfds_records(spec: str, data_dir: str | None) -> tuple[Iterable[dict], objec
         raise JftError(
             f"cannot open TFDS dataset '{name}' split '{split}' ({error}). Build it first, in array_record "
             f"format, where the network is reachable (`tfds build {name} --file_format=array_record`), and "
-            "give its data_dir; or install TensorFlow to read tfrecord datasets."
+            "give its folder as data.tfds_data_dir (--tfds-data-dir); or install TensorFlow to read tfrecord datasets."
         ) from error

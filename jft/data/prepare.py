@@ -115,7 +115,7 @@ def prepare(
     if mode not in MODES:
         raise JftError(f"mode '{mode}' is not one of {MODES}.")
     if seq_len < 8:
-        raise JftError(f"seq_len {seq_len} is too short for pretraining rows; use 128 or more.")
+        raise JftError(f"seq_len {seq_len} is too short for pretraining rows; use at least 8 (128 is usual).")
     if not 0 <= eval_fraction < 1:
         raise JftError(f"eval_fraction is the share of documents held out, in [0, 1): got {eval_fraction}.")
     if window_documents < 1 or workers < 0:

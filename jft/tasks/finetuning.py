@@ -193,7 +193,10 @@ def task_tokenizer(config: ConfigDict, workdir: Path | None, init: rundir.InitSo
     else:
         raise JftError("no vocabulary: set data.vocab (vocab.txt or tokenizer.json), or init_from a checkpoint.")
     if given is not None:
-        rundir.check_same_vocabulary(tokenizer, given, f"data.vocab {config.data.vocab}")
+        source = "the run's own" if workdir is not None else "init_from's"
+        rundir.check_same_vocabulary(
+            tokenizer, given, f"data.vocab {config.data.vocab}", f"Leave data.vocab empty to use {source}."
+        )
     return tokenizer
 
 

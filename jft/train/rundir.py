@@ -169,13 +169,12 @@ def run_tokenizer(workdir: Path) -> tokenizers.Tokenizer:
     return load_tokenizer(workdir / TOKENIZER)
 
 
-def check_same_vocabulary(ours: tokenizers.Tokenizer, theirs: tokenizers.Tokenizer, what: str) -> None:
-    """A clear error when two tokenizers map tokens to different ids."""
+def check_same_vocabulary(ours: tokenizers.Tokenizer, theirs: tokenizers.Tokenizer, what: str, advice: str) -> None:
+    """A clear error when two tokenizers map tokens to different ids: what gave theirs, and what to do."""
     if vocabulary_fingerprint(ours) != vocabulary_fingerprint(theirs):
         raise JftError(
             f"{what}: the vocabularies differ ({ours.get_vocab_size()} and {theirs.get_vocab_size()} tokens); "
-            "a model works only with the vocabulary it was trained with. Leave data.vocab empty to use the "
-            "run's own."
+            f"a model works only with the vocabulary it was trained with. {advice}"
         )
 
 
