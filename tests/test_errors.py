@@ -1,12 +1,15 @@
 """Bad input gets one clear error that says what was wrong and how to fix it."""
 
 import json
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import safetensors.numpy
+import transformers
 
 from conftest import tiny_hf_config
 from jft import params as ptree
@@ -85,6 +88,20 @@ def test_pickle_is_refused_with_a_conversion_hint(tmp_path, saved):
     for where in (path, path / "pytorch_model.bin"):
         with pytest.raises(JftError, match="pickle file; jft never unpickles.*safe_serialization=True"):
             hf.load(where)
+
+
+def test_the_pickle_hint_converts_a_classifier_with_its_head(tmp_path):
+    """The command the refusal gives, run as given, writes safetensors that jft loads, head and all."""
+    torch_config = transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, num_labels=3
+    )
+    transformers.BertForSequenceClassification(torch_config).save_pretrained(tmp_path, safe_serialization=False)
+    with pytest.raises(JftError, match="pickle file") as refused:
+        hf.load(tmp_path)
+    command = str(refused.value).split("`")[1].replace("python -c", "", 1).strip().strip('"')
+    subprocess.run([sys.executable, "-c", command], check=True, capture_output=True)
+    _, params = hf.load(tmp_path)
+    assert params["classifier"]["kernel"].shape == (32, 3)
 
 
 def test_unknown_tensor_names_are_reported(saved):

@@ -229,8 +229,10 @@ def _format_of(weights_file: Path) -> str:
 def _pickle_error(file: Path) -> JftError:
     return JftError(
         f"{file} is a pickle file; jft never unpickles (loading a pickle can run arbitrary code). "
-        'Convert it to safetensors once, where you trust the file: `python -c "import transformers as t; '
-        f"t.AutoModel.from_pretrained('{file.parent}').save_pretrained('{file.parent}', safe_serialization=True)\"`."
+        "Convert it to safetensors once, where you trust the file, with the class config.json's architectures "
+        'names (its heads kept): `python -c "import json, transformers as t; '
+        f"d = '{file.parent}'; a = json.load(open(d + '/config.json'))['architectures'][0]; "
+        'getattr(t, a).from_pretrained(d).save_pretrained(d, safe_serialization=True)"`.'
     )
 
 

@@ -178,7 +178,8 @@ def _check_tied_decoder(decoder, flat: Mapping[str, np.ndarray], names: Names) -
     if decoder is not None and embedding is not None and not np.array_equal(decoder, embedding):
         raise JftError(
             "this checkpoint's MLM decoder differs from its word embeddings; jft ties the two, as BERT does. "
-            f"Load it without the MLM head (drop the {names.decoder.split('.')[0]}.* tensors) to use its encoder."
+            f"To use its encoder, remove the {names.decoder.split('.')[0]}.* tensors from its weights file (e.g. "
+            "safetensors' load_file, drop those keys, save_file)."
         )
 
 

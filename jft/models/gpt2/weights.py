@@ -110,5 +110,6 @@ def _check_tied_lm_head(flat: dict[str, np.ndarray], source: str) -> None:
     if lm_head is not None and wte is not None and not np.array_equal(lm_head, np.transpose(wte)):
         raise JftError(
             f"{source} has an LM head (lm_head) that differs from its token embeddings (wte); jft ties the two, "
-            "as GPT-2 does. Load it without lm_head to use its decoder."
+            "as GPT-2 does. To use its decoder, remove the lm_head.* tensors from its weights file (e.g. safetensors' "
+            "load_file, drop those keys, save_file)."
         )

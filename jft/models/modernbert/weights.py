@@ -115,6 +115,7 @@ def _from_torch_names(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray
     if decoder is not None and embedding is not None and not np.array_equal(decoder, embedding):
         raise JftError(
             "this checkpoint's MLM decoder differs from its token embeddings; jft ties the two, as ModernBERT "
-            "does. Load it without the decoder (drop decoder.*) to use its encoder."
+            "does. To use its encoder, remove the decoder.* tensors from its weights file (e.g. safetensors' "
+            "load_file, drop those keys, save_file)."
         )
     return flat
