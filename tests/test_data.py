@@ -31,7 +31,7 @@ def test_text_and_jsonl_readers(tmp_path):
     assert list(read_documents(str(tmp_path / "a.txt"))) == [["First one.", "Second one."], ["Other doc."]]
     assert list(read_documents(str(tmp_path / "b.jsonl"))) == [["One.", "Two!", "Three?"], ["line a", "line b"]]
     (tmp_path / "c.jsonl").write_text('{"body": "x"}\n')
-    with pytest.raises(JftError, match="c.jsonl:1 has no field 'text' \\(fields: \\['body'\\]\\)"):
+    with pytest.raises(JftError, match="c.jsonl:1 has no field 'text' \\(fields: body\\); set data.text_field"):
         list(read_documents(str(tmp_path / "c.jsonl")))
     with pytest.raises(JftError, match="corpus file not found"):
         list(read_documents(str(tmp_path / "missing.txt")))

@@ -400,12 +400,13 @@ CASES = [
     Case(
         "a row with more fields than the header",
         lambda t, f: _finetune(t, f, **{"data.train": _write(t / "a.csv", "text,label\nthe ship,sea,extra\n")}),
-        "jft finetune: error: {tmp}/a.csv:2 has more fields than the header (2).",
+        "jft finetune: error: {tmp}/a.csv:2 has more fields than the header (2); put a field that holds the "
+        "separator (',') in double quotes.",
     ),
     Case(
         "a column that is not there",
         lambda t, f: _finetune(t, f, **{"data.train": _write(t / "a.csv", "sentence,label\nthe ship,sea\n")}),
-        "jft finetune: error: {tmp}/a.csv has no column 'text' (columns: ['label', 'sentence']); map yours with "
+        "jft finetune: error: {tmp}/a.csv has no column 'text' (columns: label, sentence); map yours with "
         "--config.data.text_column, text_pair_column and label_column.",
     ),
     Case(

@@ -252,7 +252,7 @@ CASES = [
         "csv more fields than the header",
         "a.csv",
         f'text,label\n"{LONG}",sea\nthe ship,sea,extra\n',
-        "{file}:3 has more fields than the header (2).",
+        "{file}:3 has more fields than the header (2); put a field that holds the separator (',') in double quotes.",
     ),
     # Labels keep their rules.
     Case(

@@ -102,7 +102,10 @@ def _text_documents(path: Path) -> Iterator[Document]:
 def _jsonl_documents(path: Path, text_field: str) -> Iterator[Document]:
     for number, record in jsonl_objects(path):
         if text_field not in record:
-            raise JftError(f"{path}:{number} has no field '{text_field}' (fields: {sorted(record)}).")
+            raise JftError(
+                f"{path}:{number} has no field '{text_field}' (fields: {', '.join(sorted(record))}); set "
+                "data.text_field (jft prepare --text-field) to the field that holds the text."
+            )
         document = split_sentences(str(record[text_field]))
         if document:
             yield document
@@ -112,7 +115,10 @@ def _tfds_documents(spec: str, text_field: str, data_dir: str | None) -> Iterato
     records, _ = tfds_records(spec, data_dir)
     for record in records:
         if text_field not in record:
-            raise JftError(f"TFDS dataset '{spec}' has no field '{text_field}' (fields: {sorted(record)}).")
+            raise JftError(
+                f"TFDS dataset '{spec}' has no field '{text_field}' (fields: {', '.join(sorted(record))}); set "
+                "data.text_field (jft prepare --text-field) to the field that holds the text."
+            )
         text = record[text_field]
         document = split_sentences(text.decode("utf-8") if isinstance(text, bytes) else str(text))
         if document:

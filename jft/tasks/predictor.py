@@ -133,7 +133,10 @@ class FinetunedModel:
         if self.task.kind == "question_answering" and not id_column and "id" in records[0]:
             id_column = "id"
         if id_column and id_column not in records[0]:
-            raise JftError(f"{source} has no column {id_column!r} for the ids (columns: {sorted(records[0])}).")
+            raise JftError(
+                f"{source} has no column {id_column!r} for the ids (columns: {', '.join(sorted(records[0]))}); set "
+                "--config.data.id_column to one of them, or to '' to name each prediction by its row."
+            )
         if self.task.kind == "token_classification":
             outputs = self._predict_tags(records, batch_size)
         elif self.task.kind == "question_answering":

@@ -150,8 +150,9 @@ def read_records(source: str, columns: Columns, kind: str, *, tfds_data_dir: str
     missing = [c for c in wanted if c not in records[0]]
     if missing:
         raise JftError(
-            f"{source} has no column {missing[0]!r} (columns: {sorted(records[0])}); map yours with "
-            "--config.data.text_column, text_pair_column and label_column."
+            f"{source} has no column {missing[0]!r} (columns: {', '.join(sorted(records[0]))}); map yours with "
+            f"--config.data.text_column, text_pair_column{', choice_columns' if columns.choices else ''} and "
+            "label_column."
         )
     for record in records:
         _check_record(record, kind, columns)
@@ -222,7 +223,10 @@ def _csv_records(path: Path, delimiter: str) -> list[Record]:
                 _check_separator(path, header, delimiter)
             elif row:  # blank lines are skipped
                 if len(row) > len(header):
-                    raise JftError(f"{where} has more fields than the header ({len(header)}).")
+                    raise JftError(
+                        f"{where} has more fields than the header ({len(header)}); put a field that holds the "
+                        f"separator ({delimiter!r}) in double quotes."
+                    )
                 records.append(_record(dict(zip(header, row + [None] * (len(header) - len(row)))), where))
     except csv.Error as error:
         if str(error) == "unexpected end of data":
