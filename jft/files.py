@@ -62,8 +62,17 @@ def jsonl_objects(path: Path) -> Iterator[tuple[int, dict]]:
         except json.JSONDecodeError as error:
             raise JftError(f"{path}:{number} is not valid JSON ({error.msg}, column {error.colno}).") from None
         if not isinstance(value, dict):
-            raise JftError(f"{path}:{number} is a JSON {type(value).__name__}, not an object {{...}}.")
+            raise JftError(f"{path}:{number} is a JSON {json_type(value)}, not an object {{...}}.")
         yield number, value
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a value json.loads made (null, boolean, number, string, array, object)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return {list: "array", dict: "object", str: "string", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 def read_json(file: Path, what: str = "") -> Any:
@@ -90,7 +99,7 @@ def read_json_object(file: Path, what: str = "") -> dict:
     value = read_json(file, what)
     if not isinstance(value, dict):
         label = f"{what} {file}" if what else str(file)
-        raise JftError(f"{label} holds a JSON {type(value).__name__}, not an object {{...}}.")
+        raise JftError(f"{label} holds a JSON {json_type(value)}, not an object {{...}}.")
     return value
 
 

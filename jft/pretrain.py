@@ -290,10 +290,14 @@ def is_supervised(config: ConfigDict) -> bool:
     labeled = "epochs" in config
     family = get_family(config.model.family or "bert")
     if labeled != (family.modality == "image"):
+        what = (
+            f"this config pretrains on labeled images (epochs, data.train), and names a {family.name} model, a text one"
+            if labeled
+            else f"model.family={family.name} is an image model, and this config pretrains on text (data.corpus)"
+        )
         raise JftError(
-            f"supervised pretraining (a config with epochs and data.train) is for image models, and this config "
-            f"{'is a text pretraining one' if not labeled else f'names a {family.name} model'}: "
-            "use --config pretrain/resnet_tiny (model.family=resnet) for images, pretrain/tiny for text."
+            f"{what}: use --config pretrain/resnet_tiny or pretrain/vgg_tiny for images, pretrain/tiny (or "
+            "pretrain/gpt2_tiny, roberta_tiny, modernbert_tiny) for text."
         )
     return labeled
 

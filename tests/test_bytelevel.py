@@ -179,7 +179,7 @@ def test_vocab_json_and_merges_txt_load_as_their_tokenizer_json(trained, tmp_pat
     "file, content, message",
     [
         ("vocab.json", '{"a": 0, "b', "the vocabulary {dir}/vocab.json is not valid JSON: {*}"),
-        ("vocab.json", '["a", "b"]', "the vocabulary {dir}/vocab.json holds a JSON list, not an object {...}."),
+        ("vocab.json", '["a", "b"]', "the vocabulary {dir}/vocab.json holds a JSON array, not an object {...}."),
         (
             "vocab.json",
             '{"a": "0"}',

@@ -282,7 +282,7 @@ CASES = [
     Case(
         "config.json that is a list",
         lambda t, f: ["inspect", str(_hf_copy(t, f, lambda d: _write(d / "config.json", "[1, 2]")))],
-        "jft inspect: error: {tmp}/bert/config.json holds a JSON list, not an object {...}.",
+        "jft inspect: error: {tmp}/bert/config.json holds a JSON array, not an object {...}.",
     ),
     Case(
         "sizes written as strings",
@@ -368,7 +368,7 @@ CASES = [
     Case(
         "a JSONL line that is not an object",
         lambda t, f: _finetune(t, f, **{"data.train": _write(t / "a.jsonl", '{"text": "a", "label": "x"}\n[1]\n')}),
-        "jft finetune: error: {tmp}/a.jsonl:2 is a JSON list, not an object {...}.",
+        "jft finetune: error: {tmp}/a.jsonl:2 is a JSON array, not an object {...}.",
     ),
     Case(
         "a tab-separated file named .csv",
@@ -602,6 +602,23 @@ CASES = [
         "xlm_roberta_base, xlm_roberta_large.",
     ),
     Case(
+        "an image family in a text pretraining config",
+        lambda t, f: _pretrain(t, f, **{"model.family": "resnet"}),
+        "jft pretrain: error: model.family=resnet is an image model, and this config pretrains on text "
+        "(data.corpus): use --config pretrain/resnet_tiny or pretrain/vgg_tiny for images, pretrain/tiny (or "
+        "pretrain/gpt2_tiny, roberta_tiny, modernbert_tiny) for text.",
+    ),
+    Case(
+        "a text family in an image pretraining config",
+        lambda t, f: (
+            ["pretrain", "--config", "pretrain/resnet_tiny", "--workdir", str(t / "run")]
+            + ["--config.model.family=bert"]
+        ),
+        "jft pretrain: error: this config pretrains on labeled images (epochs, data.train), and names a bert model, "
+        "a text one: use --config pretrain/resnet_tiny or pretrain/vgg_tiny for images, pretrain/tiny (or "
+        "pretrain/gpt2_tiny, roberta_tiny, modernbert_tiny) for text.",
+    ),
+    Case(
         "a NaN L2 weight",
         lambda t, f: _finetune(t, f, **{"l2.weight": "nan"}),
         "jft finetune: error: l2.weight and joint_mlm.weight must be 0 or more, got nan, 0.0.",
@@ -699,6 +716,16 @@ CASES = [
         "jft eval: error: the run description {tmp}/w/run.json is not valid JSON: Expecting property name enclosed in "
         "double quotes at line 1, column 2. It says what the run is, and nothing of the run can be read without it: "
         "copy run.json back from where the directory came from, or start a new --workdir.",
+    ),
+    Case(
+        "a run.json of another format",
+        lambda t, f: [
+            "config",
+            str(_write(t / "w" / "run.json", '{"format": "jft-run/2", "stage": "pretraining"}').parent),
+        ],
+        "jft config: error: {tmp}/w/run.json is not a run description this jft reads (format 'jft-run/2' and stage "
+        "'pretraining'; this jft's are 'jft-run/1' and one of pretraining, finetuning): a file of another program or "
+        "another jft version. Use the jft that wrote it, or start a new --workdir.",
     ),
     Case(
         "a workdir from before run.json",
@@ -908,7 +935,7 @@ def test_a_damaged_best_model_is_reported_not_used(files, tmp_path, capsys):
     )
     assert (
         err[1] == f"jft eval: error: every checkpoint in {tmp_path}/run/best is damaged (see the warnings above); "
-        "nothing can be read."
+        "nothing can be read. Copy the run again from where it came from."
     )
 
 

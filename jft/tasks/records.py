@@ -26,7 +26,7 @@ import tokenizers
 
 from jft.data.corpus import tfds_records
 from jft.errors import JftError
-from jft.files import jsonl_objects, read_text
+from jft.files import json_type, jsonl_objects, read_text
 from jft.models import Head
 
 KINDS = ("classification", "regression", "token_classification", "question_answering", "multiple_choice")
@@ -358,7 +358,7 @@ def _check_text(record: Record, column: str, words: bool) -> None:
         if not record.json:
             return  # a TFDS feature: encode() takes its str()
         raise JftError(
-            f"{record.where}: column {column!r} is a JSON {_json_type(value)}, not a string; write each text as a "
+            f"{record.where}: column {column!r} is a JSON {json_type(value)}, not a string; write each text as a "
             'string ("...").'
         )
     elif not value.strip():
@@ -375,15 +375,6 @@ def _check_text(record: Record, column: str, words: bool) -> None:
                 f"(U+{ord(bad.group()):04X}), an invalid character; fix the program that wrote the file "
                 "(a \\uD800-\\uDFFF escape is one half of a pair)."
             )
-
-
-def _json_type(value) -> str:
-    """The JSON name of a value json.loads made."""
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    return {list: "array", dict: "object", str: "string", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 def _class_names(features, column: str | None) -> list[str] | None:

@@ -335,7 +335,10 @@ def restore_latest(directory: str | Path, missing: str) -> tuple[Any, dict]:
     finally:
         checkpoints.close()
     if restored is None:
-        raise JftError(f"every checkpoint in {directory} is damaged (see the warnings above); nothing can be read.")
+        raise JftError(
+            f"every checkpoint in {directory} is damaged (see the warnings above); nothing can be read. Copy the run "
+            "again from where it came from."
+        )
     return restored[:2]
 
 

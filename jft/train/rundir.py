@@ -75,7 +75,11 @@ def read_run(workdir: Path) -> dict | None:
             "back from where the directory came from, or start a new --workdir."
         ) from None
     if run.get("format") != FORMAT or run.get("stage") not in STAGES:
-        raise JftError(f"{file} is not a jft run description (format {FORMAT}).")
+        raise JftError(
+            f"{file} is not a run description this jft reads (format {run.get('format')!r} and stage "
+            f"{run.get('stage')!r}; this jft's are {FORMAT!r} and one of {', '.join(STAGES)}): a file of another "
+            "program or another jft version. Use the jft that wrote it, or start a new --workdir."
+        )
     return run
 
 
