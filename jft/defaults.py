@@ -16,7 +16,7 @@ from ml_collections import ConfigDict, config_dict
 
 from jft.config import leaf_keys, value_at
 from jft.data.prepare import EVAL_FRACTION
-from jft.errors import JftError
+from jft.errors import JftError, choices
 from jft.models import FAMILIES
 from jft.models import get as get_family
 
@@ -296,7 +296,7 @@ def model_group(preset: str = "", family: str = "", **fields: Any) -> ConfigDict
         kind = field.type if isinstance(field.type, type) else typing.get_args(field.type)[0]  # float | None: float
         group[field.name] = fields.pop(field.name) if field.name in fields else config_dict.placeholder(kind)
     if fields:
-        raise JftError(f"unknown model fields {sorted(fields)}.")
+        raise JftError(f"unknown model fields {choices(sorted(fields))}.")
     return group
 
 

@@ -30,6 +30,11 @@ def first_few(items: list, separator: str = ", ", most: int = 5) -> str:
     return separator.join(map(str, items[:most])) + more
 
 
+def choices(values) -> str:
+    """Values as a message lists them: 'a, b, c' (not a Python tuple or list)."""
+    return ", ".join(map(str, values))
+
+
 class RunStopped(Exception):
     """A run stopped by a signal after saving a checkpoint; the CLI exits with 128 + the signal
     (130 for SIGINT, 143 for SIGTERM), as shells expect, so that `a && b` does not go on."""

@@ -33,7 +33,7 @@ from jft.data.prepare import MODES, is_prepared, none_held_out, prepare
 from jft.data.tokenizer import load_tokenizer, train_vocab
 from jft.defaults import GUARD
 from jft.defaults import pretrain as default_config
-from jft.errors import JftError
+from jft.errors import JftError, choices
 from jft.models import Head
 from jft.models import get as get_family
 from jft.params import merge, subtree
@@ -370,7 +370,7 @@ def check_settings(config: ConfigDict) -> None:
     check_guard(config.guard)
     if not config.l2.weight >= 0 or config.l2.reference not in REFERENCES:
         raise JftError(
-            f"l2.weight must be 0 or more and l2.reference one of {REFERENCES}, got {config.l2.weight} and "
+            f"l2.weight must be 0 or more and l2.reference one of {choices(REFERENCES)}, got {config.l2.weight} and "
             f"'{config.l2.reference}'."
         )
     if not config.guard.min_context_gain >= 0:
@@ -382,7 +382,7 @@ def check_settings(config: ConfigDict) -> None:
         )
     check_streams(config.data.streams, config.batch_size)
     if config.data.mode not in MODES:
-        raise JftError(f"data.mode '{config.data.mode}' is not one of {MODES}.")
+        raise JftError(f"data.mode '{config.data.mode}' is not one of {choices(MODES)}.")
     if config.eval_batches < 0:
         raise JftError(f"eval_batches must be 0 (no evaluation) or more, got {config.eval_batches}.")
     if config.keep_checkpoints < 1:

@@ -34,7 +34,7 @@ from jft.config import apply_overrides, leaf_keys, value_at
 from jft.data.corpus import source_identity
 from jft.defaults import SWEEP as SWEEP_KEYS
 from jft.defaults import build
-from jft.errors import JftError
+from jft.errors import JftError, choices
 from jft.files import appended_records, cut_torn_line, read_json_object, write_text
 from jft.finetune import train_and_evaluate
 from jft.models import get as get_family
@@ -225,8 +225,8 @@ def sweep_data(config: ConfigDict, fold_seed: int | None = None, inits: dict | N
         data = encode_splits(task, tokenizer, family, model, records)
     metric = config.sweep.metric or metric
     if metric not in task.metrics() or metric == "mse":
-        choices = [name for name in task.metrics() if name != "mse"]
-        raise JftError(f"sweep.metric '{metric}' is not a score of this task; choose one of {choices}.")
+        scores = [name for name in task.metrics() if name != "mse"]
+        raise JftError(f"sweep.metric '{metric}' is not a score of this task; choose one of {choices(scores)}.")
     # a question's windows stay in one fold (question answering), else each example is its own
     grouped = np.array(data["train"].questions) if isinstance(data["train"], Windows) else None
     examples = len(data["train"].ids) if grouped is not None else len(data["train"])

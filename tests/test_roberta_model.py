@@ -230,8 +230,8 @@ def test_a_bert_directory_for_a_roberta_and_the_reverse_are_one_line(reference, 
 
     _, _, path, config, _ = reference
     bert_json = {**transformers.BertConfig(hidden_size=48, num_attention_heads=3).to_dict()}
-    with pytest.raises(JftError, match=r"describes a 'bert' model, not one of \('roberta', 'xlm-roberta'\)"):
+    with pytest.raises(JftError, match=r"describes a 'bert' model, not one of roberta, xlm-roberta\."):
         RobertaConfig.from_hf(bert_json)
-    with pytest.raises(JftError, match=r"describes a '(xlm-)?roberta' model, not one of \('bert',\)"):
+    with pytest.raises(JftError, match=r"describes a '(xlm-)?roberta' model, not one of bert\."):
         BertConfig.from_hf(json.loads((path / "config.json").read_text()))
     assert dataclasses.replace(config, model_type="roberta").model_type == "roberta"

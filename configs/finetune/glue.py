@@ -26,7 +26,7 @@ TASKS = {
 
 def get_config(task: str = "sst2"):
     if task not in TASKS:
-        raise ValueError(f"unknown GLUE task '{task}'; choose one of {sorted(TASKS)}")
+        raise ValueError(f"unknown GLUE task '{task}'; choose one of {', '.join(sorted(TASKS))}")
     text, pair, kind, metric, eval_split = TASKS[task]
     config = default_config()
     config.l2.reference = "auto"  # θ_ref: the weights init_from gives (L2-SP), 0 from scratch

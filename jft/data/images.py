@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from jft.data.corpus import tfds_records
-from jft.errors import JftError, first_few
+from jft.errors import JftError, choices, first_few
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 FORMAT = "jft-images/1"  # metadata.json "format" of a prepared directory
@@ -247,7 +247,7 @@ def _npz_listing(path: Path) -> Listing:
         raise JftError(f"cannot read {path} as an .npz ({error}).") from None
     if "images" not in arrays:
         raise JftError(
-            f"{path} has no array 'images' (it has {sorted(arrays)}); save images=[n, h, w(, c)], labels=[n]."
+            f"{path} has no array 'images' (it has {choices(sorted(arrays))}); save images=[n, h, w(, c)], labels=[n]."
         )
     images, labels = arrays["images"], arrays.get("labels")
     if labels is not None and len(labels) != len(images):
@@ -267,7 +267,7 @@ def _tfds_listing(source: str, data_dir: str | None) -> Listing:
     records, features = tfds_records(source.removeprefix("tfds:"), data_dir)
     image_key = next((key for key in ("image", "img") if key in features), None)
     if image_key is None:
-        raise JftError(f"{source} has no image feature (its features: {sorted(features)}).")
+        raise JftError(f"{source} has no image feature (its features: {choices(sorted(features))}).")
     if not hasattr(records, "__getitem__"):  # tfds.load's (TensorFlow): read through once
         records = list(records)
     label = features["label"] if "label" in features else None

@@ -65,7 +65,7 @@ from jft.data.tokenizer import (
     tokenizer_kind,
     vocabulary_fingerprint,
 )
-from jft.errors import JftError, RunFailed
+from jft.errors import JftError, RunFailed, choices
 from jft.files import atomic_write, write_text
 from jft.outputs import put_in_place
 
@@ -113,7 +113,7 @@ def prepare(
     done (in out_dir + '.tmp'). The output is the same for a seed whatever the workers.
     """
     if mode not in MODES:
-        raise JftError(f"mode '{mode}' is not one of {MODES}.")
+        raise JftError(f"mode '{mode}' is not one of {choices(MODES)}.")
     if seq_len < 8:
         raise JftError(f"seq_len {seq_len} is too short for pretraining rows; use at least 8 (128 is usual).")
     if not 0 <= eval_fraction < 1:

@@ -14,7 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from jft.errors import JftError
+from jft.errors import JftError, choices
 
 HEADS = (
     "encoder",
@@ -49,7 +49,7 @@ class Head:
 
     def __post_init__(self):
         if self.kind not in HEADS:
-            raise JftError(f"head '{self.kind}' is not one of {HEADS}.")
+            raise JftError(f"head '{self.kind}' is not one of {choices(HEADS)}.")
 
 
 @dataclasses.dataclass(frozen=True, repr=False)

@@ -27,7 +27,7 @@ import safetensors.numpy
 from flax import serialization
 
 from jft import params as ptree
-from jft.errors import JftError
+from jft.errors import JftError, choices
 from jft.files import atomic_write, read_json_object, usual_permissions, write_json, write_text
 from jft.models.family import Head
 from jft.models.registry import family_of, family_of_hf
@@ -92,7 +92,7 @@ def save(
     regression head's); by default the family's reading of them.
     """
     if format not in (*FORMATS, "both"):
-        raise JftError(f"unknown format '{format}'; choose one of {(*FORMATS, 'both')}.")
+        raise JftError(f"unknown format '{format}'; choose one of {choices((*FORMATS, 'both'))}.")
     family = family_of(config)
     head = head or family.head_of(params)
     path = Path(path)
@@ -203,7 +203,7 @@ def model_for(config, params: Mapping[str, Any]) -> tuple[nn.Module, Head]:
 
 def _find_weights(directory: Path, format: str | None) -> Path:
     if format not in (None, *FORMATS):
-        raise JftError(f"unknown format '{format}'; choose one of {FORMATS}.")
+        raise JftError(f"unknown format '{format}'; choose one of {choices(FORMATS)}.")
     candidates = {"safetensors": (SAFETENSORS, SAFETENSORS_INDEX), "msgpack": (MSGPACK, MSGPACK_INDEX)}
     for fmt in [format] if format else FORMATS:
         for name in candidates[fmt]:

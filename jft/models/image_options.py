@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from jft.errors import JftError
+from jft.errors import JftError, choices
 from jft.models.batch_norm import init_image_model
 from jft.models.family import IMAGE_INPUTS, Family
 from jft.models.options import DTYPES, ConfigOptions, type_problems
@@ -71,9 +71,9 @@ class ImageOptions(ConfigOptions):
             if is_count(getattr(self, name)) is False:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)!r}")
         if self.dtype not in (*DTYPES, "auto"):
-            problems.append(f"dtype '{self.dtype}' is not one of {(*DTYPES, 'auto')}")
+            problems.append(f"dtype '{self.dtype}' is not one of {choices((*DTYPES, 'auto'))}")
         if self.param_dtype not in DTYPES:
-            problems.append(f"param_dtype '{self.param_dtype}' is not one of {tuple(DTYPES)}")
+            problems.append(f"param_dtype '{self.param_dtype}' is not one of {choices(tuple(DTYPES))}")
         return problems
 
     @property
@@ -97,7 +97,7 @@ class ImageOptions(ConfigOptions):
         """Reads the fields jft uses from a config.json mapping; the sizes must be there."""
         model_type = hf_config.get("model_type")
         if model_type != cls.model_type:
-            raise JftError(f"{source} describes a '{model_type}' model, not one of ('{cls.model_type}',).")
+            raise JftError(f"{source} describes a '{model_type}' model, not one of {cls.model_type}.")
         missing = [name for name in cls.size_fields if name not in hf_config]
         if missing:
             raise JftError(

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-from jft.errors import JftError, did_you_mean
+from jft.errors import JftError, choices, did_you_mean
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -42,13 +42,13 @@ class ConfigOptions:
         attention dropout field, which the fused kernels cannot apply."""
         problems = []
         if self.dtype not in (*DTYPES, "auto"):
-            problems.append(f"dtype '{self.dtype}' is not one of {(*DTYPES, 'auto')}")
+            problems.append(f"dtype '{self.dtype}' is not one of {choices((*DTYPES, 'auto'))}")
         if self.param_dtype not in DTYPES:
-            problems.append(f"param_dtype '{self.param_dtype}' is not one of {tuple(DTYPES)}")
+            problems.append(f"param_dtype '{self.param_dtype}' is not one of {choices(tuple(DTYPES))}")
         if self.attention_impl not in ATTENTION_IMPLS:
-            problems.append(f"attention_impl '{self.attention_impl}' is not one of {ATTENTION_IMPLS}")
+            problems.append(f"attention_impl '{self.attention_impl}' is not one of {choices(ATTENTION_IMPLS)}")
         if self.remat not in REMAT:
-            problems.append(f"remat '{self.remat}' is not one of {REMAT}")
+            problems.append(f"remat '{self.remat}' is not one of {choices(REMAT)}")
         if self.attention_impl in KERNEL_PLATFORMS and getattr(self, attention_dropout) != 0:  # fused: no dropout
             problems.append(
                 f"attention_impl '{self.attention_impl}' has no attention dropout: set {attention_dropout}=0 "
@@ -97,7 +97,7 @@ class ConfigOptions:
     def preset(cls, name: str, **overrides: Any):
         """A named size (one of `presets`) with optional field overrides."""
         if name not in cls.presets:
-            raise JftError(f"unknown model size '{name}'; choose one of {sorted(cls.presets)}.")
+            raise JftError(f"unknown model size '{name}'; choose one of {choices(sorted(cls.presets))}.")
         return cls.from_dict({**cls.presets[name], **overrides})
 
     def hf_fields(self) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from ml_collections import ConfigDict
 
 from jft import defaults
 from jft.data.synthetic import sentence_lengths
-from jft.errors import JftError
+from jft.errors import JftError, choices
 from jft.files import write_json
 from jft.models import Family, Head, config_of
 from jft.perf import tpu
@@ -91,7 +91,7 @@ def checked_workloads(config: ConfigDict) -> tuple[list[str], Family, Any]:
     if unknown or not workloads:
         raise JftError(f"workloads '{config.workloads}': choose from {WORKLOADS}, comma-separated.")
     if config.finetune.layout not in LAYOUTS:
-        raise JftError(f"finetune.layout '{config.finetune.layout}' is not one of {LAYOUTS}.")
+        raise JftError(f"finetune.layout '{config.finetune.layout}' is not one of {choices(LAYOUTS)}.")
     family, cfg = config_of(config.model)
     if family.modality == "text" and config.seq_len > cfg.max_length:
         raise JftError(

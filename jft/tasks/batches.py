@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from jft.errors import JftError
+from jft.errors import JftError, choices
 from jft.tasks.records import IGNORE, Encoded
 
 LAYOUTS = ("padded", "bucketed", "packed")
@@ -49,7 +49,7 @@ class TaskBatches:
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
-            raise JftError(f"data layout '{self.layout}' is not one of {LAYOUTS}.")
+            raise JftError(f"data layout '{self.layout}' is not one of {choices(LAYOUTS)}.")
         if self.layout == "packed" and self.kind in ("question_answering", "multiple_choice"):
             raise JftError(
                 f"{self.kind}'s rows are not packed (question answering's windows fill theirs; a multiple-choice "

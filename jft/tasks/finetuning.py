@@ -10,7 +10,7 @@ import jax
 from ml_collections import ConfigDict
 
 from jft.data.tokenizer import load_tokenizer, special_ids
-from jft.errors import JftError
+from jft.errors import JftError, choices
 from jft.models import FAMILIES
 from jft.models import get as get_family
 from jft.params import flatten, merge, subtree
@@ -53,11 +53,11 @@ DEFAULT_METRIC = {
 def check_settings(config: ConfigDict) -> None:
     """Settings that are wrong whatever the data and the workdir hold."""
     if config.task not in KINDS:
-        raise JftError(f"task '{config.task}' is not one of {KINDS}.")
+        raise JftError(f"task '{config.task}' is not one of {choices(KINDS)}.")
     if config.l2.reference not in REFERENCES:
-        raise JftError(f"l2.reference '{config.l2.reference}' is not one of {REFERENCES}.")
+        raise JftError(f"l2.reference '{config.l2.reference}' is not one of {choices(REFERENCES)}.")
     if config.data.layout not in LAYOUTS:
-        raise JftError(f"data.layout '{config.data.layout}' is not one of {LAYOUTS}.")
+        raise JftError(f"data.layout '{config.data.layout}' is not one of {choices(LAYOUTS)}.")
     for key in (
         "epochs",
         "batch_size",
@@ -130,15 +130,15 @@ def read_task(config: ConfigDict, recorded: dict | None = None) -> tuple[Task, s
     recorded: the task a resumed run or init_from's head recorded, whose label order is kept for
     the same labels (an earlier jft sorted integer labels as text)."""
     data = config.data
-    choices = choice_columns(config) if config.task == "multiple_choice" else ()
-    columns = Columns(data.text_column, data.text_pair_column or None, data.label_column, choices)
+    candidates = choice_columns(config) if config.task == "multiple_choice" else ()
+    columns = Columns(data.text_column, data.text_pair_column or None, data.label_column, candidates)
     tfds_dir = data.tfds_data_dir or None
     records = {
         split: read_records(data[split], columns, config.task, tfds_data_dir=tfds_dir) if data[split] else []
         for split in ("train", "eval", "test")
     }
     labels = label_vocabulary(
-        records["train"], config.task, columns.label, source=data.train, tfds_data_dir=tfds_dir, choices=len(choices)
+        records["train"], config.task, columns.label, source=data.train, tfds_data_dir=tfds_dir, choices=len(candidates)
     )
     if config.task in ("classification", "token_classification") and data.train:
         _check_classes(labels, f"data.train {data.train}", columns.label)
@@ -151,8 +151,8 @@ def read_task(config: ConfigDict, recorded: dict | None = None) -> tuple[Task, s
             check_answered(split_records, columns, "fine-tune with --config finetune/squad_v2 (qa.unanswerable=true)")
     best_metric = config.best_metric or DEFAULT_METRIC[task.kind]
     if best_metric not in task.metrics() or best_metric == "mse":
-        choices = [name for name in task.metrics() if name != "mse"]
-        raise JftError(f"best_metric '{best_metric}' is not a score of this task; choose one of {choices}.")
+        scores = [name for name in task.metrics() if name != "mse"]
+        raise JftError(f"best_metric '{best_metric}' is not a score of this task; choose one of {choices(scores)}.")
     return task, best_metric, records
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from jft.data.images import ImageSet, pixels_sha256, read_images
-from jft.errors import JftError
+from jft.errors import JftError, choices
 from jft.tasks.batches import stream
 from jft.tasks.finetuning import DEFAULT_METRIC
 from jft.tasks.records import Columns, Task
@@ -85,7 +85,7 @@ def read_image_task(config: ConfigDict, side: int) -> tuple[Task, str, dict[str,
     best_metric = config.best_metric or DEFAULT_METRIC[task.kind]
     if best_metric not in task.metrics():
         raise JftError(
-            f"best_metric '{best_metric}' is not a score of this task; choose one of {list(task.metrics())}."
+            f"best_metric '{best_metric}' is not a score of this task; choose one of {choices(list(task.metrics()))}."
         )
     splits = {split: None for split in ("train", "eval", "test")}
     for split, images in read.items():

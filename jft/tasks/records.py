@@ -25,7 +25,7 @@ import numpy as np
 import tokenizers
 
 from jft.data.corpus import tfds_records
-from jft.errors import JftError
+from jft.errors import JftError, choices
 from jft.files import json_type, jsonl_objects, read_text
 from jft.models import Head
 
@@ -496,7 +496,7 @@ def encode(
     """Tokenizes records, truncated to seq_len tokens; labels mapped to ids (checked against `labels`).
     Question answering (spans: its settings): the windows of encode_windows."""
     if kind not in KINDS:
-        raise JftError(f"task kind '{kind}' is not one of {KINDS}.")
+        raise JftError(f"task kind '{kind}' is not one of {choices(KINDS)}.")
     if kind == "question_answering":
         return encode_windows(records, tokenizer, columns, seq_len, spans or Spans(), with_labels=with_labels)
     if kind == "multiple_choice":

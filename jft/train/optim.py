@@ -6,7 +6,7 @@ import jax
 import optax
 from ml_collections import ConfigDict
 
-from jft.errors import JftError
+from jft.errors import JftError, choices
 from jft.models.batch_norm import is_statistic
 from jft.params import flatten, unflatten
 
@@ -18,9 +18,9 @@ def check_optim(config: ConfigDict) -> None:
     """One error listing every setting of an `optim` group that cannot train."""
     problems = []
     if config.name not in OPTIMIZERS:
-        problems.append(f"optim.name '{config.name}' is not one of {OPTIMIZERS}")
+        problems.append(f"optim.name '{config.name}' is not one of {choices(OPTIMIZERS)}")
     if config.decay not in DECAYS:
-        problems.append(f"optim.decay '{config.decay}' is not one of {DECAYS}")
+        problems.append(f"optim.decay '{config.decay}' is not one of {choices(DECAYS)}")
     if not (math.isfinite(config.lr) and config.lr > 0):
         problems.append(f"optim.lr must be a positive number, got {config.lr}")
     for key in ("b1", "b2"):
@@ -40,7 +40,7 @@ def learning_rate_schedule(config: ConfigDict, total_steps: int, lr=None) -> opt
     config.decay down to 0 at total_steps."""
     lr = config.lr if lr is None else lr
     if config.decay not in DECAYS:
-        raise JftError(f"optim.decay '{config.decay}' is not one of {DECAYS}.")
+        raise JftError(f"optim.decay '{config.decay}' is not one of {choices(DECAYS)}.")
     warmup = min(config.warmup_steps, total_steps)
     rest = max(total_steps - warmup, 1)
     decay = {
@@ -94,7 +94,7 @@ def make_optimizer(
     recipe's, as torch.optim.SGD). Its update takes the gradients' norm as `grad_norm=` (computed
     once by the step). `lr` (may be traced: a population member's) replaces config.lr."""
     if config.name not in OPTIMIZERS:
-        raise JftError(f"optim.name '{config.name}' is not one of {OPTIMIZERS}.")
+        raise JftError(f"optim.name '{config.name}' is not one of {choices(OPTIMIZERS)}.")
     schedule = learning_rate_schedule(config, total_steps, lr)
     if config.name == "sgd":
         decay = [optax.add_decayed_weights(config.weight_decay, weight_decay_mask)] if config.weight_decay else []

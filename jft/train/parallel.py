@@ -34,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
-from jft.errors import JftError
+from jft.errors import JftError, choices
 from jft.models.layers import global_view
 
 AXIS = "batch"  # the devices' axis: steps average over it (jax.lax.pmean(..., AXIS))
@@ -86,9 +86,9 @@ class Runner:
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
-            raise JftError(f"parallel backend '{self.backend}' is not one of {BACKENDS}.")
+            raise JftError(f"parallel backend '{self.backend}' is not one of {choices(BACKENDS)}.")
         if self.shard_state not in SHARD_STATE:
-            raise JftError(f"parallel.shard_state '{self.shard_state}' is not one of {SHARD_STATE}.")
+            raise JftError(f"parallel.shard_state '{self.shard_state}' is not one of {choices(SHARD_STATE)}.")
         if self.shard_state != "none" and self.backend == "pmap":
             raise JftError(
                 f"parallel.shard_state={self.shard_state} splits the state over a mesh of the devices, which pmap "

@@ -29,7 +29,7 @@ import tokenizers
 
 from jft.config import leaf_keys, value_at
 from jft.defaults import defaults_of, stage_of
-from jft.errors import JftError
+from jft.errors import JftError, choices
 from jft.files import atomic_write, file_sha256, finite_or_null
 from jft.models import Family, get
 from jft.params import flatten, unflatten
@@ -352,7 +352,7 @@ def _new_model(group: Mapping, values: dict, tokenizer: tokenizers.Tokenizer) ->
     token_fields, then the fields the config sets."""
     family = get(group.get("family") or "bert")
     if group["preset"] and group["preset"] not in family.presets:
-        raise JftError(f"unknown model.preset '{group['preset']}'; choose one of {sorted(family.presets)}.")
+        raise JftError(f"unknown model.preset '{group['preset']}'; choose one of {choices(sorted(family.presets))}.")
     from_tokenizer = {} if tokenizer is None else {"vocab_size": tokenizer.get_vocab_size()}
     if family.token_fields is not None and tokenizer is not None:
         from_tokenizer |= family.token_fields(tokenizer)

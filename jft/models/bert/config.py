@@ -4,7 +4,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from jft.errors import JftError
+from jft.errors import JftError, choices
 from jft.models.options import (
     ACTIVATIONS,
     JFT_FIELD_MEANINGS,
@@ -111,7 +111,7 @@ class BertConfig(ConfigOptions):
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
             )
         if self.hidden_act not in ACTIVATIONS:
-            problems.append(f"hidden_act '{self.hidden_act}' is not one of {ACTIVATIONS}")
+            problems.append(f"hidden_act '{self.hidden_act}' is not one of {choices(ACTIVATIONS)}")
         problems += self.option_problems("attention_probs_dropout_prob")
         for field in (
             "vocab_size",
@@ -153,7 +153,7 @@ class BertConfig(ConfigOptions):
             )
         model_type = hf_config.get("model_type", cls.model_types[0])
         if model_type not in cls.model_types:
-            raise JftError(f"{source} describes a '{model_type}' model, not one of {cls.model_types}.")
+            raise JftError(f"{source} describes a '{model_type}' model, not one of {choices(cls.model_types)}.")
         position_type = hf_config.get("position_embedding_type", "absolute")
         if position_type != "absolute":
             raise JftError(

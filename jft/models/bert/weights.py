@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from jft import params as ptree
-from jft.errors import JftError, first_few
+from jft.errors import JftError, choices, first_few
 from jft.models.bert.modules import build, init_params
 from jft.models.family import Head
 
@@ -44,7 +44,7 @@ _BUFFERS = re.compile(r"^(\w+\.)?embeddings\.(position_ids|token_type_ids)$")
 def head_of(params: Mapping[str, Any]) -> Head:
     """The head a BERT tree carries."""
     if "bert" not in params:
-        raise JftError(f"a BERT tree holds the encoder under 'bert' (found {sorted(params)}).")
+        raise JftError(f"a BERT tree holds the encoder under 'bert' (found {choices(sorted(params))}).")
     if "classifier" in params:
         num_labels = int(np.shape(params["classifier"]["bias"])[0])
         kind = "classification" if "pooler" in params["bert"] else "token_classification"

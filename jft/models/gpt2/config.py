@@ -9,7 +9,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from jft.errors import JftError
+from jft.errors import JftError, choices
 from jft.models.options import (
     ACTIVATIONS,
     JFT_FIELD_MEANINGS,
@@ -123,7 +123,7 @@ class Gpt2Config(ConfigOptions):
         if self.n_embd % self.n_head:
             problems.append(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
         if self.activation_function not in ACTIVATIONS:
-            problems.append(f"activation_function '{self.activation_function}' is not one of {ACTIVATIONS}")
+            problems.append(f"activation_function '{self.activation_function}' is not one of {choices(ACTIVATIONS)}")
         problems += self.option_problems("attn_pdrop")
         if problems:
             raise JftError("invalid model config: " + "; ".join(problems) + ".")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from jft.errors import JftError
+from jft.errors import JftError, choices
 from jft.models.bert.weights import check_layer_count, stack_layers, unstack_layers
 from jft.models.family import Head
 from jft.models.gpt2.modules import build
@@ -32,7 +32,7 @@ def head_of(params: Mapping[str, Any]) -> Head:
     """The head a GPT-2 tree carries; the decoder alone is the LM model (its head has no weights).
     A task head's joint LM head is tied and weightless too, so the tree does not say `mlm`."""
     if "transformer" not in params:
-        raise JftError(f"a GPT-2 tree holds the decoder under 'transformer' (found {sorted(params)}).")
+        raise JftError(f"a GPT-2 tree holds the decoder under 'transformer' (found {choices(sorted(params))}).")
     if "score" in params:
         return Head("classification", int(np.shape(params["score"]["kernel"])[1]))
     if "classifier" in params:

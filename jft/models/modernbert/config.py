@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from jft.errors import JftError
+from jft.errors import JftError, choices
 from jft.models.options import ACTIVATIONS, JFT_FIELD_MEANINGS, JFT_FIELDS, ConfigOptions, type_problems
 
 # What a run may set differently from the checkpoint it starts from (as BERT's: regularisation,
@@ -138,9 +138,9 @@ class ModernBertConfig(ConfigOptions):
             )
         for field in ("hidden_activation", "classifier_activation"):
             if getattr(self, field) not in ACTIVATIONS:
-                problems.append(f"{field} '{getattr(self, field)}' is not one of {ACTIVATIONS}")
+                problems.append(f"{field} '{getattr(self, field)}' is not one of {choices(ACTIVATIONS)}")
         if self.classifier_pooling not in POOLINGS:
-            problems.append(f"classifier_pooling '{self.classifier_pooling}' is not one of {POOLINGS}")
+            problems.append(f"classifier_pooling '{self.classifier_pooling}' is not one of {choices(POOLINGS)}")
         problems += self.option_problems("attention_dropout")
         if problems:
             raise JftError("invalid model config: " + "; ".join(problems) + ".")
@@ -168,7 +168,7 @@ class ModernBertConfig(ConfigOptions):
         """Reads the fields jft uses from a Hugging Face config.json mapping; the sizes must be there."""
         model_type = hf_config.get("model_type")
         if model_type != "modernbert":
-            raise JftError(f"{source} describes a '{model_type}' model, not one of ('modernbert',).")
+            raise JftError(f"{source} describes a '{model_type}' model, not one of modernbert.")
         missing = [name for name in SIZE_FIELDS if name not in hf_config]
         if missing:
             raise JftError(

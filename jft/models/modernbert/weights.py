@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from jft.errors import JftError
+from jft.errors import JftError, choices
 from jft.models.bert.weights import OTHER_SCOPES, check_layer_count, stack_layers, to_torch_names, unstack_layers
 from jft.models.family import Head
 from jft.models.modernbert.modules import build
@@ -30,7 +30,7 @@ _DECODER = "decoder.weight"  # tied to model.embeddings.tok_embeddings.weight
 def head_of(params: Mapping[str, Any]) -> Head:
     """The head a ModernBERT tree carries."""
     if "model" not in params:
-        raise JftError(f"a ModernBERT tree holds the encoder under 'model' (found {sorted(params)}).")
+        raise JftError(f"a ModernBERT tree holds the encoder under 'model' (found {choices(sorted(params))}).")
     mlm = "decoder" in params
     if "classifier" in params:
         return Head("classification", int(np.shape(params["classifier"]["kernel"])[-1]), mlm=mlm)

@@ -11,7 +11,7 @@ normalisation its pixels get (ImageNet's by default, as Hugging Face's processor
 import dataclasses
 from typing import Any
 
-from jft.errors import JftError
+from jft.errors import JftError, choices
 from jft.models.image_options import (
     IMAGE_FIELD_MEANINGS,
     IMAGENET_MEAN,
@@ -77,7 +77,7 @@ class ResNetConfig(ImageOptions):
         if is_count(self.embedding_size) is False:
             problems.append(f"embedding_size must be at least 1, got {self.embedding_size!r}")
         if self.layer_type not in LAYER_TYPES:
-            problems.append(f"layer_type '{self.layer_type}' is not one of {LAYER_TYPES}")
+            problems.append(f"layer_type '{self.layer_type}' is not one of {choices(LAYER_TYPES)}")
         if self.hidden_act != "relu":
             problems.append(f"hidden_act '{self.hidden_act}' is not relu, the one jft's ResNet has")
         if self.layer_type == "bottleneck" and any(isinstance(h, int) and h % 4 for h in self.hidden_sizes or ()):

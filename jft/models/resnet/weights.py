@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from jft.errors import JftError, first_few
+from jft.errors import JftError, choices, first_few
 from jft.models.batch_norm import STATS
 from jft.models.family import Head
 from jft.params import flatten, unflatten
@@ -31,7 +31,7 @@ _TORCH_LEAVES = {"weight": "kernel or scale", "bias": "bias", "running_mean": "m
 def head_of(params: Mapping[str, Any]) -> Head:
     """The head a ResNet tree carries: a classifier, or the backbone alone."""
     if "resnet" not in params:
-        raise JftError(f"a ResNet tree holds the backbone under 'resnet' (found {sorted(params)}).")
+        raise JftError(f"a ResNet tree holds the backbone under 'resnet' (found {choices(sorted(params))}).")
     if "classifier" in params:
         joint = int(np.shape(params["joint_classifier"]["kernel"])[1]) if "joint_classifier" in params else 0
         return Head("classification", int(np.shape(params["classifier"]["kernel"])[1]), joint_labels=joint)

@@ -7,7 +7,7 @@ XLM-R is RoBERTa with a SentencePiece vocabulary of 250,002 tokens ("xlm-roberta
 
 import dataclasses
 
-from jft.errors import JftError
+from jft.errors import JftError, choices
 from jft.models.bert.config import CHANGEABLE_FIELDS, SIZE_FIELDS, BertConfig
 from jft.models.bert.config import FIELD_MEANINGS as BERT_MEANINGS
 
@@ -50,7 +50,7 @@ class RobertaConfig(BertConfig):
         super().__post_init__()
         problems = []
         if self.model_type not in self.model_types:
-            problems.append(f"model_type '{self.model_type}' is not one of {self.model_types}")
+            problems.append(f"model_type '{self.model_type}' is not one of {choices(self.model_types)}")
         if self.max_position_embeddings <= self.position_offset:
             problems.append(
                 f"max_position_embeddings {self.max_position_embeddings} leaves no position for a token after "

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from jft.errors import JftError
+from jft.errors import JftError, choices
 from jft.models.bert.weights import Names, encoder_weights_from_hf, encoder_weights_to_hf
 from jft.models.family import Head
 from jft.models.roberta.modules import build
@@ -21,7 +21,7 @@ NAMES = Names("roberta", ("lm_head", "classifier", "qa_outputs"), "lm_head.decod
 def head_of(params: Mapping[str, Any]) -> Head:
     """The head a RoBERTa tree carries."""
     if "roberta" not in params:
-        raise JftError(f"a RoBERTa tree holds the encoder under 'roberta' (found {sorted(params)}).")
+        raise JftError(f"a RoBERTa tree holds the encoder under 'roberta' (found {choices(sorted(params))}).")
     classifier = params.get("classifier")
     if classifier is not None and "out_proj" in classifier:
         return Head("classification", int(np.shape(classifier["out_proj"]["bias"])[0]), mlm="lm_head" in params)

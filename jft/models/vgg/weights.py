@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from jft.errors import JftError, first_few
+from jft.errors import JftError, choices, first_few
 from jft.models.batch_norm import STATS
 from jft.models.family import Head
 from jft.params import flatten, unflatten
@@ -28,7 +28,7 @@ HEAD_INDEX = 6  # torchvision's classifier.6
 def head_of(params: Mapping[str, Any]) -> Head:
     """The head a VGG tree carries: a classifier, or the backbone alone."""
     if "vgg" not in params:
-        raise JftError(f"a VGG tree holds the backbone under 'vgg' (found {sorted(params)}).")
+        raise JftError(f"a VGG tree holds the backbone under 'vgg' (found {choices(sorted(params))}).")
     if "classifier" in params:
         joint = int(np.shape(params["joint_classifier"]["kernel"])[1]) if "joint_classifier" in params else 0
         return Head("classification", int(np.shape(params["classifier"]["kernel"])[1]), joint_labels=joint)
