@@ -325,6 +325,14 @@ def test_a_long_csv_field_reads(tmp_path):
     assert tsv == [{"text": LONG, "label": "sea"}]
 
 
+def test_upper_case_suffixes_read_as_their_formats(tmp_path):
+    assert _read(tmp_path / "A.CSV", "text,label\nthe ship,sea\n") == [{"text": "the ship", "label": "sea"}]
+    assert _read(tmp_path / "A.TSV", "text\tlabel\nthe, ship\tsea\n") == [{"text": "the, ship", "label": "sea"}]
+    assert _read(tmp_path / "A.JSONL", '{"text": "the ship", "label": "sea"}\n') == [
+        {"text": "the ship", "label": "sea"}
+    ]
+
+
 def test_a_tsv_reads_quotes_as_text(tmp_path):
     content = 'text\tlabel\n"You" (or "Your") shall mean you\tlicense\nshe said "ahoy\tsea\n"the ship"\tsea\n'
     records = _read(tmp_path / "a.tsv", content)

@@ -35,7 +35,7 @@ def read_documents(
             yield from _tfds_documents(source.removeprefix("tfds:"), text_field, tfds_data_dir)
             continue
         path = _corpus_file(source)
-        if path.suffix == ".jsonl":
+        if path.suffix.lower() == ".jsonl":
             yield from _jsonl_documents(path, text_field)
         else:
             yield from _text_documents(path)

@@ -129,16 +129,17 @@ def read_records(source: str, columns: Columns, kind: str, *, tfds_data_dir: str
             raise JftError(f"{path} is a directory; give a data file in it (.csv, .tsv or .jsonl).")
         if not path.is_file():
             raise JftError(f"data file not found: {path}")
-        if path.suffix == ".jsonl":
+        suffix = path.suffix.lower()  # data.CSV is a CSV file too
+        if suffix == ".jsonl":
             records = _jsonl_records(path)
-        elif path.suffix == ".json" and kind == "question_answering":
+        elif suffix == ".json" and kind == "question_answering":
             records = _squad_records(path)
-        elif path.suffix in (".csv", ".tsv"):
-            records = _csv_records(path, "\t" if path.suffix == ".tsv" else ",")
+        elif suffix in (".csv", ".tsv"):
+            records = _csv_records(path, "\t" if suffix == ".tsv" else ",")
         else:
             squad = ", SQuAD's .json" if kind == "question_answering" else ""
             hint = ""
-            if path.suffix == ".json":
+            if suffix == ".json":
                 hint = (
                     " A .json file is read as SQuAD's form by a question-answering run (task=question_answering, "
                     f"as --config finetune/squad); this is a {kind} run."
