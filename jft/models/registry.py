@@ -49,7 +49,8 @@ def config_of(fields: Mapping[str, Any]) -> tuple[Family, Any]:
     if foreign and fields.get("family"):
         raise JftError(
             f"model.family is {family.name}, but the model group holds another family's fields "
-            f"({', '.join(foreign[:3])}); start from a config made for {family.name} (`jft config` lists them: "
-            "init:gpt2_tiny, bench:gpt2_small, ...) instead of changing model.family."
+            f"({', '.join(foreign[:3])}); start from a config made for {family.name} instead of changing "
+            "model.family (`jft config` lists the configs; init and bench take the family in their argument, as "
+            "init:gpt2_tiny or bench:roberta_base)."
         )
     return family, family.config(values)

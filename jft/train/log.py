@@ -25,7 +25,10 @@ def check_guard(guard: ConfigDict) -> None:
     if guard.max_skipped_in_a_row < 1:
         raise JftError(f"guard.max_skipped_in_a_row must be at least 1, got {guard.max_skipped_in_a_row}.")
     if guard.warn_rising_evals < 0 or not guard.warn_loss_above > 0:
-        raise JftError("guard.warn_rising_evals must be at least 0 and guard.warn_loss_above above 0.")
+        raise JftError(
+            "guard.warn_rising_evals must be at least 0 and guard.warn_loss_above above 0, got "
+            f"{guard.warn_rising_evals} and {guard.warn_loss_above}."
+        )
 
 
 class DivergenceGuard:
