@@ -14,7 +14,8 @@ topology's chips on this machine, XLA's memory analysis gives the per-device pea
 over compiles finds the largest batch a device holds without remat and with remat 'dots'. A
 compile takes one to three minutes on 2 cores (BERT-base or -large alike: the layers are one
 loop), so a case is 10-30 minutes: the records file (benchmarks/tpu_compile.jsonl, kept in the
-repository) keeps each finished case, and a rerun skips them.
+repository) keeps each finished case, and a rerun skips them. --shard-states optimizer,all compiles
+the cases with the state split over the devices; --tables prints the tables of the records alone.
 """
 
 import argparse
@@ -112,6 +113,27 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def split_table(records: list[dict]) -> str:
+    """The largest batch a device holds with each shard_state, a row a case (—: not compiled)."""
+    found = {recorded_case(r): r["largest"] for r in records}
+    cases = sorted(
+        {key[:3] for key in found},
+        key=lambda c: ([t.split(":")[0] for t in TOPOLOGIES].index(c[0].split(":")[0]), c[1], c[2]),
+    )
+    hbm = {r["topology"]: r["hbm_gib"] for r in records}
+    lines = [
+        f"| TPU (HBM a device) | model | seq | no remat: {' → '.join(SPLITS)} | remat dots: {' → '.join(SPLITS)} |",
+        "|---|---|---|---|---|",
+    ]
+    for topology, size, seq in cases:
+        cells = [
+            " → ".join(str(found.get((topology, size, seq, split), {}).get(remat, "—")) for split in SPLITS)
+            for remat in ("none", "dots")
+        ]
+        lines.append(f"| {topology} ({hbm[topology]:.0f} GiB) | {size} | {seq} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", default=str(Path(__file__).with_name("tpu_compile.jsonl")), help="finished cases")
@@ -121,11 +143,12 @@ def main():
     parser.add_argument("--seqs", default="128,512")
     parser.add_argument("--shard-states", default="none", help="parallel.shard_state values: none, optimizer, all")
     parser.add_argument("--remats", default="none,dots", help="the remat choices each case searches")
+    parser.add_argument("--tables", action="store_true", help="print the tables of the records, compiling nothing")
     args = parser.parse_args()
     records_path = Path(args.records)
     records = [json.loads(line) for line in records_path.read_text().splitlines()] if records_path.exists() else []
     remats = tuple(args.remats.split(","))
-    for shard_state in args.shard_states.split(","):
+    for shard_state in [] if args.tables else args.shard_states.split(","):
         for topology in args.topologies.split(","):
             for size in args.sizes.split(","):
                 for seq in map(int, args.seqs.split(",")):
@@ -142,7 +165,7 @@ def main():
                         done["minutes"] += record["minutes"]
                     records_path.write_text("".join(json.dumps(r) + "\n" for r in records))
                     print(f"tpu_compile: {topology} {size} seq {seq} {shard_state}: {record}", flush=True)
-    text = table(records)
+    text = table(records) + "\n" + split_table(records)
     print(text)
     if args.out:
         Path(args.out).write_text(text)
