@@ -79,8 +79,8 @@ def output_file(
         raise JftError(f"{flag} {path} is a directory; give a file path, e.g. {path / example}.")
     if path.exists() and not overwrite and not ours(path):
         raise JftError(
-            f"{flag} {path} is a file this command did not write from these inputs (or one changed since); give a new "
-            f"path, or {OVERWRITE}."
+            f"{flag} {path} is a file this command did not write from these inputs, or one changed since it did; give "
+            f"a new path, or {OVERWRITE}."
         )
     blocking = next((folder for folder in path.parents if folder.exists() and not folder.is_dir()), None)
     if blocking is not None:

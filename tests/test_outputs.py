@@ -135,8 +135,8 @@ CASES = [
     Case(
         "predict over a file of the user's",
         lambda t, f: _predict(f, f / "notes.txt"),
-        "jft predict: error: --output {files}/notes.txt is a file this command did not write from these inputs (or "
-        "one changed since); give a new path, or "
+        "jft predict: error: --output {files}/notes.txt is a file this command did not write from these inputs, or "
+        "one changed since it did; give a new path, or "
         "add --overwrite to replace it whole.",
     ),
     Case(
