@@ -618,6 +618,17 @@ CASES = [
         "pretrain/gpt2_tiny, roberta_tiny, modernbert_tiny) for text.",
     ),
     Case(
+        "a GPT-2 config given BERT's model.family",
+        lambda t, f: (
+            ["pretrain", "--config", "pretrain/gpt2_tiny", "--workdir", str(t / "run")]
+            + ["--config.model.family=bert", f"--config.data.prepared={f / 'rows'}"]
+        ),
+        "jft pretrain: error: model.family is bert, but the model group holds another family's fields "
+        "(activation_function, attn_pdrop, bos_token_id); start from a config made for bert instead of changing "
+        "model.family (`jft config` lists the configs; init and bench take the family in their argument, as "
+        "init:gpt2_tiny or bench:roberta_base).",
+    ),
+    Case(
         "a NaN L2 weight",
         lambda t, f: _finetune(t, f, **{"l2.weight": "nan"}),
         "jft finetune: error: l2.weight and joint_mlm.weight must be 0 or more, got nan, 0.0.",

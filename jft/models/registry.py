@@ -1,10 +1,10 @@
 """The families of models jft trains, by name and by Hugging Face model_type."""
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from jft.errors import JftError, did_you_mean
+from jft.errors import JftError, choices, did_you_mean
 from jft.models import bert, gpt2, modernbert, resnet, roberta, vgg
 from jft.models.family import Family
 
@@ -17,7 +17,7 @@ FAMILIES: dict[str, Family] = {
 def get(name: str) -> Family:
     """The family called `name` ('bert', 'gpt2', 'roberta', 'modernbert', 'resnet', 'vgg')."""
     if name not in FAMILIES:
-        raise JftError(f"unknown model family '{name}'; jft has {sorted(FAMILIES)}.{did_you_mean(name, FAMILIES)}")
+        raise JftError(f"unknown model family '{name}'; jft has {choices(FAMILIES)}.{did_you_mean(name, FAMILIES)}")
     return FAMILIES[name]
 
 
@@ -27,7 +27,7 @@ def family_of(config: Any) -> Family:
     for family in FAMILIES.values():
         if type(config) is family.config_type:
             return family
-    raise JftError(f"{type(config).__name__} is not the config of a model family jft has ({sorted(FAMILIES)}).")
+    raise JftError(f"{type(config).__name__} is not the config of a model family jft has ({choices(FAMILIES)}).")
 
 
 def family_of_hf(hf_config: Mapping[str, Any], source: str = "config.json") -> Family:
@@ -45,12 +45,19 @@ def config_of(fields: Mapping[str, Any]) -> tuple[Family, Any]:
     `model` group, jft.defaults.model_fields)."""
     family = get(fields.get("family") or "bert")
     values = {name: value for name, value in fields.items() if name != "family"}
-    foreign = [name for name in values if name not in {f.name for f in dataclasses.fields(family.config_type)}]
-    if foreign and fields.get("family"):
+    if fields.get("family"):
+        check_own_fields(family, values)
+    return family, family.config(values)
+
+
+def check_own_fields(family: Family, names: Iterable[str]) -> None:
+    """Refuses a model group that holds another family's fields: a config made for one family
+    given another's model.family."""
+    foreign = [name for name in names if name not in {f.name for f in dataclasses.fields(family.config_type)}]
+    if foreign:
         raise JftError(
             f"model.family is {family.name}, but the model group holds another family's fields "
             f"({', '.join(foreign[:3])}); start from a config made for {family.name} instead of changing "
             "model.family (`jft config` lists the configs; init and bench take the family in their argument, as "
             "init:gpt2_tiny or bench:roberta_base)."
         )
-    return family, family.config(values)

@@ -31,7 +31,7 @@ from jft.config import leaf_keys, value_at
 from jft.defaults import defaults_of, stage_of
 from jft.errors import JftError, choices
 from jft.files import atomic_write, file_sha256, finite_or_null
-from jft.models import Family, get
+from jft.models import Family, check_own_fields, get
 from jft.params import flatten, unflatten
 from jft.train import rundir
 from jft.train.checkpoint import Checkpoints, saved_steps
@@ -351,6 +351,8 @@ def _new_model(group: Mapping, values: dict, tokenizer: tokenizers.Tokenizer) ->
     """A model from scratch: the preset's sizes, the vocabulary's size and the family's
     token_fields, then the fields the config sets."""
     family = get(group.get("family") or "bert")
+    if group.get("family"):
+        check_own_fields(family, [name for name in group if name not in ("family", "preset")])
     if group["preset"] and group["preset"] not in family.presets:
         raise JftError(f"unknown model.preset '{group['preset']}'; choose one of {choices(sorted(family.presets))}.")
     from_tokenizer = {} if tokenizer is None else {"vocab_size": tokenizer.get_vocab_size()}
