@@ -20,6 +20,7 @@ from jft.config import leaf_keys, load_config
 from jft.errors import JftError
 from jft.models.bert import BertConfig, BertForSequenceClassification, init_params
 from jft.tasks.predictor import FinetunedModel
+from jft.train.checkpoint import saved_steps
 from jft.train.masking import MaskingConfig
 from jft.train.optim import weight_decay_mask
 from jft.train.steps import FinetuneSetup, create_finetune_state, finetune_step
@@ -205,9 +206,15 @@ def test_predictions_carry_an_id_or_the_row_and_the_text(task_files, tmp_path, c
     assert cli.main([*base, str(tmp_path / "a.jsonl"), "--config.with_text=true"]) == 0
     first = json.loads((tmp_path / "a.jsonl").read_text().splitlines()[0])
     assert first["row"] == 0 and first["text"] == rows[1].rsplit(",", 1)[0] and first["label"] in first["probabilities"]
-    assert cli.main([*base, str(tmp_path / "b.jsonl"), "--config.data.id_column=key", "--config.step=4"]) == 0
-    assert [json.loads(line)["id"] for line in (tmp_path / "b.jsonl").read_text().splitlines()][:2] == ["k0", "k1"]
-    assert "(step 4)" in capsys.readouterr().out or "checkpoint of step 4" in capsys.readouterr().out
+    best = saved_steps(tmp_path / "run" / "best")
+    step = next(s for s in saved_steps(tmp_path / "run" / "checkpoints") if s not in best)  # not the best model's
+    capsys.readouterr()
+    assert cli.main([*base, str(tmp_path / "b.jsonl"), "--config.data.id_column=key", f"--config.step={step}"]) == 0
+    assert f"the checkpoint of step {step} in" in capsys.readouterr().out
+    by_step = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in by_step][:2] == ["k0", "k1"]
+    by_best = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert [p["probabilities"] for p in by_step] != [p["probabilities"] for p in by_best]  # another model's
 
 
 def test_a_binary_f1_names_its_positive_label(tmp_path):

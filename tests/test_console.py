@@ -61,15 +61,20 @@ def test_each_evaluation_is_a_line_with_the_best_so_far_and_losses_are_apart(tas
         assert float(best_value) == pytest.approx(best, abs=6e-5) and int(best_step) == at
     warned = one_class_advice("init")[:60] in err
     assert warned == any(r["mcc"] == 0 for r in evaluations)  # warned when, and only when, it is so
-    train_lines = re.findall(r"^fine-tuning step \d+/12: task loss ([0-9.]+), l2 penalty ([0-9.]+)", err, re.M)
-    assert train_lines and all(float(penalty) >= 0 for _, penalty in train_lines)
+    train_lines = re.findall(r"^fine-tuning step (\d+)/12: task loss ([^,]+), l2 penalty ([^,]+),", err, re.M)
+    train = {r["step"]: r for r in records if r["split"] == "train"}
+    assert [int(step) for step, _, _ in train_lines] == list(train)
+    for step, loss, penalty in train_lines:  # the small L2-SP penalty of the first steps shown, not as 0.0000
+        record = train[int(step)]
+        assert float(loss) == pytest.approx(record["task_loss"], abs=6e-5)
+        assert 0 < float(penalty) == pytest.approx(record["l2_penalty"], rel=0.06, abs=6e-5)
 
 
 def test_the_joint_objective_s_loss_is_shown_beside_the_task_loss(task, tmp_path, capsys):
     """train_loss = task loss + λ·penalty + μ·L_pre: with μ > 0 the progress line shows L_pre too."""
     assert cli.main(_finetune(task, tmp_path / "run", **{"joint_mlm.weight": 0.5, "epochs": 1})) == 0
     err = capsys.readouterr().err
-    line = r"^fine-tuning step (\d+)/4: task loss [0-9.]+, l2 penalty [0-9.]+, mlm loss ([0-9.]+)"
+    line = r"^fine-tuning step (\d+)/4: task loss [0-9.]+, l2 penalty [0-9.e-]+, mlm loss ([0-9.]+)"
     shown = re.findall(line, err, re.M)
     records = [json.loads(text) for text in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = {r["step"]: r for r in records if r["split"] == "train"}

@@ -342,7 +342,7 @@ def test_prompts_of_other_lengths_share_a_compiled_program_and_their_padding_cha
     assert [result["token_ids"] for result in alone] == [result["token_ids"] for result in together]
 
 
-def test_continued_pretraining_without_the_pull_resumes_without_a_reference_file(pretrained, corpus, tmp_path):
+def test_continued_pretraining_without_the_pull_resumes_without_a_reference_file(pretrained, corpus, tmp_path, capsys):
     """λ = 0 from init_from (l2.reference auto: init) keeps no θ_ref, and a resume asks for none."""
     from jft.configs.pretrain.gpt2_tiny import get_config
 
@@ -352,4 +352,5 @@ def test_continued_pretraining_without_the_pull_resumes_without_a_reference_file
     train_and_evaluate(config, tmp_path / "run")
     assert not (tmp_path / "run" / "reference.safetensors").exists()
     set_keys(config, {"total_steps": 6})
-    assert train_and_evaluate(config, tmp_path / "run")  # resumed at step 4, extended to 6
+    assert train_and_evaluate(config, tmp_path / "run")["step"] == 6
+    assert "resuming at step 4 of 6" in capsys.readouterr().out

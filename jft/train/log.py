@@ -210,13 +210,13 @@ class TrainingLog:
         rate = metrics.get(self.rate_name)
         losses = _losses(metrics)
         if self.bar is not None:
-            shown = {name: f"{value:.3f}" for name, value in losses.items()}
+            shown = {name: _figure(value, 3) for name, value in losses.items()}
             if rate is not None:
                 shown[self.rate_label] = f"{rate:,.0f}"
             self.bar.set_postfix(shown)
         elif self.show:
             per = f", {rate:,.1f} {self.rate_label}" if rate is not None else ""
-            said = ", ".join(f"{name} {value:.4f}" for name, value in losses.items())
+            said = ", ".join(f"{name} {_figure(value, 4)}" for name, value in losses.items())
             line = f"{self.desc} step {step}/{self.total}: {said}{per}{self._eta(now, step)}"
             print(line, file=sys.stderr, flush=True)
         self.write(step, "train", metrics)
@@ -266,6 +266,12 @@ def _losses(metrics: dict[str, float]) -> dict[str, float]:
         joint = [name for name in metrics if name.endswith("_loss") and name != "task_loss"]  # mlm, lm or pre
         return shown | {name.replace("_", " "): metrics[name] for name in joint}
     return {"loss": metrics["loss"]}
+
+
+def _figure(value: float, decimals: int) -> str:
+    """value with `decimals` decimals, or as 3.2e-06 where those would show a small value as 0 (an L2-SP
+    penalty early in a run)."""
+    return f"{value:.{decimals}f}" if value == 0 or abs(value) >= 10 ** (1 - decimals) else f"{value:.1e}"
 
 
 def last_metrics(workdir: str | Path) -> dict[str, float]:
