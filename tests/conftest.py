@@ -121,7 +121,7 @@ def pretrain_steps(setup, rows, backend: str, steps: int = 3, params=None):
 
 def largest_difference(a, b) -> float:
     """The largest absolute difference between the leaves of two trees of the same shapes."""
-    return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
 def corpus_vocab(text, out_dir, vocab_size: int = 200):

@@ -266,10 +266,19 @@ def test_accumulated_micro_batches_give_the_large_batch_update():
         assert float(updates[0][1][name]) == pytest.approx(float(updates[1][1][name]), abs=1e-6)
 
 
-def test_accumulation_runs_through_the_command(task_files, tmp_path):
-    settings = {"epochs": 1, "batch_size": 16, "accum_steps": 4, "eval_every": 0}
-    assert cli.main(_finetune(task_files, tmp_path / "run", **settings)) == 0
+def test_accumulation_runs_through_the_command(task_files, tmp_path, capsys):
+    """4 micro-batches of 4 rows train as one batch of 16 (dropout's masks by each row's place)."""
+    settings = {"epochs": 1, "batch_size": 16, "eval_every": 0, "log_every": 1}
+    losses = {}
+    for accum_steps in (4, 1):
+        workdir = tmp_path / f"accum{accum_steps}"
+        assert cli.main(_finetune(task_files, workdir, **settings, accum_steps=accum_steps)) == 0
+        records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+        losses[accum_steps] = [r["loss"] for r in records if r["split"] == "train"]
+    assert len(losses[4]) > 1 and losses[4] == pytest.approx(losses[1], rel=1e-5)
+    capsys.readouterr()
     assert cli.main(_finetune(task_files, tmp_path / "odd", batch_size=6, accum_steps=4)) == 2
+    assert "the global batch of 6 rows does not divide over" in capsys.readouterr().err
 
 
 # Progress.

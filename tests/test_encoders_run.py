@@ -219,7 +219,7 @@ def test_continued_pretraining_from_the_export_pulls_toward_it_and_resumes_bit_e
     run(command(stopped), tmp_path, env=env)
     straight, _ = final_state(tmp_path / "straight", 40)
     resumed, _ = final_state(stopped, 40)
-    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -160,7 +160,7 @@ def test_sigterm_and_resume_end_like_an_uninterrupted_run(corpus, tmp_path):
     run(command(tmp_path / "stopped"), tmp_path, env=env)
     straight, _ = final_state(tmp_path / "straight", 60)
     resumed, _ = final_state(tmp_path / "stopped", 60)
-    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -300,7 +300,7 @@ def test_continued_pretraining_pulls_toward_its_start_and_resumes_bit_exact(pret
     run(command(stopped), tmp_path, env=env)
     straight, _ = final_state(tmp_path / "straight", 40)
     resumed, _ = final_state(stopped, 40)
-    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

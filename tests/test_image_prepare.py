@@ -180,6 +180,6 @@ def test_training_from_a_prepared_directory_is_training_from_its_source(digits, 
         records.append(json.loads((tmp_path / f"run_{name}" / "run.json").read_text())["data"])
     import jax
 
-    for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
+    for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1]), strict=True):
         np.testing.assert_array_equal(a, b)
     assert records[0] == records[1]

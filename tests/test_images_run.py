@@ -195,7 +195,7 @@ def test_resumed_after_sigterm_ends_as_the_run_that_was_not_stopped(digits, tmp_
     straight, _ = final_state(tmp_path / "straight", 150)
     resumed, _ = final_state(stopped, 150)
     assert "batch_stats" in straight["train"]["params"]
-    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -228,7 +228,7 @@ def test_eight_devices_give_the_one_device_update_with_batch_norm(digits, tmp_pa
     for shard_state in ("none", "all"):
         one = _finetuned_state(digits, tmp_path / f"one-{shard_state}", family, "jit", shard_state)
         eight = _finetuned_state(digits, tmp_path / f"eight-{shard_state}", family, "shard_map", shard_state)
-        for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)):
+        for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight), strict=True):
             np.testing.assert_allclose(a, b, atol=2e-5)
     moved = [not np.allclose(a, 1.0) for a in jax.tree.leaves(one["batch_stats"])]
     assert any(moved)
@@ -450,7 +450,7 @@ def test_the_joint_objective_adds_mu_times_the_pretraining_classifiers_loss():
     assert float(metrics["task_loss"]) == pytest.approx(float(task_loss), rel=1e-5)
     assert float(metrics["pre_loss"]) == pytest.approx(float(pre_loss), rel=1e-5)
     assert float(metrics["loss"]) == pytest.approx(float(task_loss + 0.5 * pre_loss), rel=1e-5)
-    for a, b in zip(jax.tree.leaves(new.params[STATS]), jax.tree.leaves(updates[STATS])):
+    for a, b in zip(jax.tree.leaves(new.params[STATS]), jax.tree.leaves(updates[STATS]), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 

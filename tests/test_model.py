@@ -242,7 +242,7 @@ def test_remat_keeps_the_gradients_and_lowers_the_memory():
         matmuls[remat, scan] = compiled.as_text().count(" dot(")
         gradients[remat, scan] = grad(params)
     for choice in (("dots", True), ("full", True), ("none", False), ("dots", False)):
-        for a, b in zip(jax.tree.leaves(gradients["none", True]), jax.tree.leaves(gradients[choice])):
+        for a, b in zip(jax.tree.leaves(gradients["none", True]), jax.tree.leaves(gradients[choice]), strict=True):
             # float32 sums in another order: seen 1.1e-5 of the largest gradient on this CPU
             np.testing.assert_allclose(b, a, atol=3e-5 * float(np.max(np.abs(a))) + 1e-7)
     assert memory["full", True] < memory["dots", True] < memory["none", True] < 0.8 * memory["none", False]
@@ -280,7 +280,7 @@ def test_unrolled_layers_give_the_scanned_outputs_and_gradients_from_the_same_pa
     (value, hidden), grads = results["scan"][0]
     (value2, hidden2), grads2 = results["unrolled"][0]
     np.testing.assert_allclose(hidden2, hidden, atol=1e-5)
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads2)):
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads2), strict=True):
         np.testing.assert_allclose(b, a, atol=3e-5 * float(np.max(np.abs(a))) + 1e-7)
     assert (results["scan"][1], results["unrolled"][1]) == (1, 0)  # a loop over the layers, or none
 

@@ -114,7 +114,9 @@ def one_device_run(tmp_path_factory):
 
 
 def _max_difference(single, multi) -> float:
-    return max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(multi)))
+    return max(
+        float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(multi), strict=True)
+    )
 
 
 @pytest.mark.xdist_group("multihost")  # one worker, so both share one_device_run

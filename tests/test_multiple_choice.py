@@ -124,7 +124,7 @@ def test_eight_devices_give_the_one_device_update_with_the_joint_term(tmp_path):
     assert "mlm_loss" in metrics["jit"] and float(metrics["jit"]["task_loss"]) > 0
     diff = max(
         float(np.max(np.abs(a - b)))
-        for a, b in zip(jax.tree.leaves(results["jit"]), jax.tree.leaves(results["shard_map"]))
+        for a, b in zip(jax.tree.leaves(results["jit"]), jax.tree.leaves(results["shard_map"]), strict=True)
     )
     assert diff < 1e-6
 

@@ -1,6 +1,7 @@
 """The pretraining stage: step, backends, accumulation, skipping, the loop, resume, bad input."""
 
 import json
+import math
 import os
 import re
 import shutil
@@ -29,6 +30,7 @@ from jft.errors import JftError
 from jft.models.bert import BertConfig, BertForPreTraining, init_params
 from jft.params import flatten
 from jft.pretrain import default_config, train_and_evaluate
+from jft.train.log import read_metrics
 from jft.train.masking import MaskingConfig
 from jft.train.optim import clip_by_global_norm, make_optimizer, weight_decay_mask
 from jft.train.parallel import Runner
@@ -174,12 +176,17 @@ def test_training_learns_and_writes_metrics(corpus, tmp_path):
 
 def test_lamb_cosine_packed_whole_word(corpus, tmp_path):
     text, _ = corpus
-    config = small_config(total_steps=4, log_every=2, eval_every=4, checkpoint_every=4)
+    config = small_config(total_steps=4, log_every=1, eval_every=4, checkpoint_every=4)
     config.data.corpus, config.data.vocab, config.data.mode = str(text), str(corpus[1] / "tokenizer.json"), "packed"
     config.optim.name, config.optim.decay, config.masking.whole_word = "lamb", "cosine", True
+    config.optim.warmup_steps = 1
     final = train_and_evaluate(config, tmp_path)
     assert np.isfinite(final["train_loss"]) and "train_nsp_loss" not in final  # packed rows: MLM only
-    assert (tmp_path / "data" / "metadata.json").is_file()
+    assert json.loads((tmp_path / "data" / "metadata.json").read_text())["mode"] == "packed"
+    # warmup over step 0, then cosine from optim.lr to 0 over the 3 steps left: lr·(1 + cos(π·t/3))/2
+    logged = [r["learning_rate"] for r in read_metrics(tmp_path) if r["split"] == "train"]
+    lr = config.optim.lr
+    assert logged == pytest.approx([0.0] + [lr * (1 + math.cos(math.pi * t / 3)) / 2 for t in (0, 1, 2)], abs=1e-9)
 
 
 def test_bad_setups_fail_clearly(corpus, tmp_path):
@@ -309,5 +316,5 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(corpus, tmp_path)
     straight, _ = final_state(tmp_path / "straight")
     state, meta = final_state(interrupted)
     assert meta["loader_position"] == 150 * 16
-    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(state)):
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(state), strict=True):
         np.testing.assert_array_equal(a, b)  # bitwise: same device count, CPU

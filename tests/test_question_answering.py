@@ -445,7 +445,7 @@ def test_eight_devices_give_the_one_device_update(tmp_path):
         state, metrics = step(state, runner.put_batch(batch), runner.put_replicated(jax.random.PRNGKey(0)))
         results[backend] = (runner.get(state.params), float(metrics["task_loss"]))
     assert results["jit"][1] == pytest.approx(results["shard_map"][1], abs=1e-6) and results["jit"][1] > 1.0
-    pairs = zip(jax.tree.leaves(results["jit"][0]), jax.tree.leaves(results["shard_map"][0]))
+    pairs = zip(jax.tree.leaves(results["jit"][0]), jax.tree.leaves(results["shard_map"][0]), strict=True)
     assert max(float(np.max(np.abs(a - b))) for a, b in pairs) < 1e-6
 
 

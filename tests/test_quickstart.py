@@ -36,6 +36,8 @@ def test_shortened_quickstart_shows_pretraining_helps(tmp_path, capsys):
 
     # the same command again finds its runs finished: the same table, the stages' times still the whole runs'
     assert cli.main(["quickstart", "--workdir", str(tmp_path), *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "this run finished at step" in out and "starting at step 0" not in out  # nothing trained again
     again = json.loads((tmp_path / "summary.json").read_text())
     assert again["finetune"]["pretrained_accuracy"] == f["pretrained_accuracy"]
     for stage in ("pretrain", "finetune"):

@@ -122,7 +122,7 @@ def test_rows_left_out_by_the_mask_change_nothing():
     out, stats = _apply(config, params, pixels, True)
     out_masked, stats_masked = _apply(config, params, filler, True, jnp.array([1, 1, 1, 0, 0]))
     np.testing.assert_allclose(np.asarray(out_masked["logits"])[:3], np.asarray(out["logits"]), atol=TOL)
-    for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(stats_masked)):
+    for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(stats_masked), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=TOL)
 
 
@@ -146,7 +146,7 @@ def test_statistics_over_devices_are_the_whole_batch():
     sharded = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P("batch"), P("batch")), out_specs=(P("batch"), P())))
     out, stats = sharded(jnp.asarray(pixels), mask)
     np.testing.assert_allclose(np.asarray(out["logits"]), np.asarray(single[0]["logits"]), atol=TOL)
-    for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(single[1])):
+    for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(single[1]), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=TOL)
 
 

@@ -177,7 +177,7 @@ def test_a_split_run_restores_onto_other_devices_and_settings(rows, tmp_path):
         return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
 
     again = _steps_after(tmp_path / "run", 4, devices(8), settings, resumed)
-    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(again)):
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(again), strict=True):
         np.testing.assert_array_equal(a, b)
     one = _steps_after(tmp_path / "run", 4, devices(1), settings, resumed)
     assert largest_difference(straight["params"], one["params"]) < 1e-6
