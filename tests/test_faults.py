@@ -624,7 +624,7 @@ CASES = [
             + ["--config.model.family=bert", f"--config.data.prepared={f / 'rows'}"]
         ),
         "jft pretrain: error: model.family is bert, but the model group holds another family's fields "
-        "(activation_function, attn_pdrop, bos_token_id); start from a config made for bert instead of changing "
+        "(n_positions); start from a config made for bert instead of changing "
         "model.family (`jft config` lists the configs; init and bench take the family in their argument, as "
         "init:gpt2_tiny or bench:roberta_base).",
     ),

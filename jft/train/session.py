@@ -352,7 +352,7 @@ def _new_model(group: Mapping, values: dict, tokenizer: tokenizers.Tokenizer) ->
     token_fields, then the fields the config sets."""
     family = get(group.get("family") or "bert")
     if group.get("family"):
-        check_own_fields(family, [name for name in group if name not in ("family", "preset")])
+        check_own_fields(family, values)  # the fields the config sets (another family's unset ones are no matter)
     if group["preset"] and group["preset"] not in family.presets:
         raise JftError(f"unknown model.preset '{group['preset']}'; choose one of {choices(sorted(family.presets))}.")
     from_tokenizer = {} if tokenizer is None else {"vocab_size": tokenizer.get_vocab_size()}
