@@ -27,12 +27,12 @@ def did_you_mean(name: str, valid: Iterable[str]) -> str:
 def first_few(items: list, separator: str = ", ", most: int = 5) -> str:
     """The first `most` items joined, and how many more there are: 'a, b, c, d, e and 3 more'."""
     more = f" and {len(items) - most} more" if len(items) > most else ""
-    return separator.join(map(str, items[:most])) + more
+    return choices(items[:most], separator) + more
 
 
-def choices(values) -> str:
+def choices(values, separator: str = ", ") -> str:
     """Values as a message lists them: 'a, b, c' (not a Python tuple or list)."""
-    return ", ".join(map(str, values))
+    return separator.join(map(str, values))
 
 
 class RunStopped(Exception):

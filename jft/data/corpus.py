@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from jft.errors import JftError
+from jft.errors import JftError, choices
 from jft.files import file_sha256, jsonl_objects, text_lines
 
 Document = list[str]
@@ -103,7 +103,7 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[Document]:
     for number, record in jsonl_objects(path):
         if text_field not in record:
             raise JftError(
-                f"{path}:{number} has no field '{text_field}' (fields: {', '.join(sorted(record))}); set "
+                f"{path}:{number} has no field '{text_field}' (fields: {choices(sorted(record))}); set "
                 "data.text_field (jft prepare --text-field) to the field that holds the text."
             )
         document = split_sentences(str(record[text_field]))
@@ -116,7 +116,7 @@ def _tfds_documents(spec: str, text_field: str, data_dir: str | None) -> Iterato
     for record in records:
         if text_field not in record:
             raise JftError(
-                f"TFDS dataset '{spec}' has no field '{text_field}' (fields: {', '.join(sorted(record))}); set "
+                f"TFDS dataset '{spec}' has no field '{text_field}' (fields: {choices(sorted(record))}); set "
                 "data.text_field (jft prepare --text-field) to the field that holds the text."
             )
         text = record[text_field]

@@ -73,7 +73,7 @@ class ImageOptions(ConfigOptions):
         if self.dtype not in (*DTYPES, "auto"):
             problems.append(f"dtype '{self.dtype}' is not one of {choices((*DTYPES, 'auto'))}")
         if self.param_dtype not in DTYPES:
-            problems.append(f"param_dtype '{self.param_dtype}' is not one of {choices(tuple(DTYPES))}")
+            problems.append(f"param_dtype '{self.param_dtype}' is not one of {choices(DTYPES)}")
         return problems
 
     @property

@@ -44,7 +44,7 @@ class ConfigOptions:
         if self.dtype not in (*DTYPES, "auto"):
             problems.append(f"dtype '{self.dtype}' is not one of {choices((*DTYPES, 'auto'))}")
         if self.param_dtype not in DTYPES:
-            problems.append(f"param_dtype '{self.param_dtype}' is not one of {choices(tuple(DTYPES))}")
+            problems.append(f"param_dtype '{self.param_dtype}' is not one of {choices(DTYPES)}")
         if self.attention_impl not in ATTENTION_IMPLS:
             problems.append(f"attention_impl '{self.attention_impl}' is not one of {choices(ATTENTION_IMPLS)}")
         if self.remat not in REMAT:

@@ -53,7 +53,8 @@ def config_of(fields: Mapping[str, Any]) -> tuple[Family, Any]:
 def check_own_fields(family: Family, names: Iterable[str]) -> None:
     """Refuses a model group that holds another family's fields: a config made for one family
     given another's model.family."""
-    foreign = [name for name in names if name not in {f.name for f in dataclasses.fields(family.config_type)}]
+    own = {field.name for field in dataclasses.fields(family.config_type)}
+    foreign = [name for name in names if name not in own]
     if foreign:
         raise JftError(
             f"model.family is {family.name}, but the model group holds another family's fields "

@@ -85,7 +85,7 @@ def read_image_task(config: ConfigDict, side: int) -> tuple[Task, str, dict[str,
     best_metric = config.best_metric or DEFAULT_METRIC[task.kind]
     if best_metric not in task.metrics():
         raise JftError(
-            f"best_metric '{best_metric}' is not a score of this task; choose one of {choices(list(task.metrics()))}."
+            f"best_metric '{best_metric}' is not a score of this task; choose one of {choices(task.metrics())}."
         )
     splits = {split: None for split in ("train", "eval", "test")}
     for split, images in read.items():

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from jft.data.images import ImageSet, read_images
-from jft.errors import JftError
+from jft.errors import JftError, choices
 from jft.tasks import metrics
 from jft.tasks.answers import best_answers
 from jft.tasks.evaluate import predict_all, task_scores
@@ -134,7 +134,7 @@ class FinetunedModel:
             id_column = "id"
         if id_column and id_column not in records[0]:
             raise JftError(
-                f"{source} has no column {id_column!r} for the ids (columns: {', '.join(sorted(records[0]))}); set "
+                f"{source} has no column {id_column!r} for the ids (columns: {choices(sorted(records[0]))}); set "
                 "--config.data.id_column to one of them, or to '' to name each prediction by its row."
             )
         if self.task.kind == "token_classification":

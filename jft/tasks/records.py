@@ -151,7 +151,7 @@ def read_records(source: str, columns: Columns, kind: str, *, tfds_data_dir: str
     missing = [c for c in wanted if c not in records[0]]
     if missing:
         raise JftError(
-            f"{source} has no column {missing[0]!r} (columns: {', '.join(sorted(records[0]))}); map yours with "
+            f"{source} has no column {missing[0]!r} (columns: {choices(sorted(records[0]))}); map yours with "
             f"--config.data.text_column, text_pair_column{', choice_columns' if columns.choices else ''} and "
             "label_column."
         )

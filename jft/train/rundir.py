@@ -34,7 +34,7 @@ import tokenizers
 from jft import __version__, outputs
 from jft.data.prepare import is_prepared
 from jft.data.tokenizer import TOKENIZER_FILES, load_tokenizer, save_tokenizer, vocabulary_fingerprint
-from jft.errors import JftError
+from jft.errors import JftError, choices
 from jft.files import read_json_object, write_json
 from jft.models import Family, family_of, get, hf
 from jft.params import check_finite
@@ -77,7 +77,7 @@ def read_run(workdir: Path) -> dict | None:
     if run.get("format") != FORMAT or run.get("stage") not in STAGES:
         raise JftError(
             f"{file} is not a run description this jft reads (format {run.get('format')!r} and stage "
-            f"{run.get('stage')!r}; this jft's are {FORMAT!r} and one of {', '.join(STAGES)}): a file of another "
+            f"{run.get('stage')!r}; this jft's are {FORMAT!r} and one of {choices(STAGES)}): a file of another "
             "program or another jft version. Use the jft that wrote it, or start a new --workdir."
         )
     return run
