@@ -1,5 +1,6 @@
 """Shared test helpers: tiny random BERT configs and batches with padding."""
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -32,6 +33,7 @@ from tensorboardX.proto import event_pb2  # noqa: E402
 
 from jft.data.loader import Loader  # noqa: E402
 from jft.data.synthetic import write_corpus, write_topic_task, write_vocab  # noqa: E402, F401
+from jft.errors import JftError  # noqa: E402
 from jft.models.bert import init_params  # noqa: E402
 from jft.train.parallel import Runner  # noqa: E402
 from jft.train.steps import create_state, pretrain_step  # noqa: E402
@@ -177,6 +179,14 @@ def masked_positions(seed: int, batch: int, seq: int, count: int) -> np.ndarray:
     """[batch, count] distinct positions per row."""
     rng = np.random.default_rng(seed)
     return np.stack([rng.choice(seq, count, replace=False) for _ in range(batch)]).astype(np.int32)
+
+
+@contextlib.contextmanager
+def raises_one_line(match: str):
+    """pytest.raises(JftError, match=match) that also checks the message is a single line."""
+    with pytest.raises(JftError, match=match) as caught:
+        yield caught
+    assert "\n" not in str(caught.value), str(caught.value)
 
 
 @pytest.fixture

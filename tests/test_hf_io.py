@@ -56,6 +56,9 @@ def test_msgpack_from_jft_loads_in_hf_flax(tmp_path, max_abs_diff, shard):
     out = BertForPreTraining(config).apply({"params": params}, **batch)
     assert max_abs_diff(out["mlm_logits"], ref_out.prediction_logits) <= TOL
     assert max_abs_diff(out["nsp_logits"], ref_out.seq_relationship_logits) <= TOL
+    config2, params2 = hf.load(tmp_path)
+    assert config2 == config
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params, params2))
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "msgpack"])
@@ -116,6 +119,9 @@ def test_classifier_round_trip_with_labels(tmp_path, max_abs_diff):
     with torch.no_grad():
         ref_logits = ref(**_torch_batch(batch)).logits.numpy()
     assert max_abs_diff(module.apply({"params": params}, **batch)["logits"], ref_logits) <= TOL
+    config2, params2 = hf.load(tmp_path)  # the classifier comes back into jft whole, head included
+    assert config2 == config
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params, params2))
 
 
 def test_bfloat16_params_round_trip(tmp_path):

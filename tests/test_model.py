@@ -202,8 +202,9 @@ def test_dropout_is_on_only_when_not_deterministic():
         )["nsp_logits"]
 
     assert np.array_equal(run(0, True), run(1, True))
-    assert np.array_equal(run(0, False), run(0, False))
+    assert np.array_equal(run(0, False), run(0, False))  # a key draws the same masks each time
     assert not np.allclose(run(0, False), run(1, False))
+    assert not np.allclose(run(0, True), run(0, False))
 
 
 def test_sparse_mlm_logits_equal_dense_logits_gathered():

@@ -12,7 +12,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import padded_ids, perturbed
+from conftest import padded_ids, perturbed, raises_one_line
 from jft import params as ptree
 from jft.errors import JftError
 from jft.models import Head, hf
@@ -249,10 +249,10 @@ def test_other_families_configs_and_weights_are_one_line(reference, tmp_path):
 
     model, path, _, _, _ = reference
     bert_json = transformers.BertConfig(hidden_size=48, num_attention_heads=3).to_dict()
-    with pytest.raises(JftError, match=r"describes a 'bert' model, not one of modernbert\."):
+    with raises_one_line(r"describes a 'bert' model, not one of modernbert\."):
         ModernBertConfig.from_hf(bert_json)
     hf_config = json.loads((path / "config.json").read_text())
-    with pytest.raises(JftError, match="heads of an even width"):
+    with raises_one_line("heads of an even width"):
         ModernBertConfig.from_hf({**hf_config, "hidden_size": 45})
-    with pytest.raises(JftError, match="scales its rotary positions"):
+    with raises_one_line("scales its rotary positions"):
         ModernBertConfig.from_hf({**hf_config, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import jft.data.prepare
-from conftest import REPO, SMALL_PRETRAIN, corpus_vocab, write_corpus
+from conftest import REPO, SMALL_PRETRAIN, corpus_vocab, raises_one_line, write_corpus
 from jft import cli
 from jft.data.loader import Loader, PretrainRows
 from jft.data.prepare import prepare, prepare_command
@@ -163,7 +163,7 @@ def test_metadata_that_is_not_json_is_one_line_naming_it(inputs, tmp_path):
     rows = tmp_path / "rows"
     prepare(str(inputs / "corpus.txt"), inputs / "vocab", rows, seq_len=32, progress=False)
     (rows / "metadata.json").write_text("{")
-    with pytest.raises(JftError, match=f"^{rows}/metadata.json is not valid JSON: .* at line 1, column 2.$"):
+    with raises_one_line(f"^{rows}/metadata.json is not valid JSON: .* at line 1, column 2.$"):
         PretrainRows(rows)
 
 

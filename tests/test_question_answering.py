@@ -19,7 +19,7 @@ import optax
 import pytest
 import transformers
 
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, raises_one_line
 from jft.config import load_config
 from jft.data.synthetic import write_qa_task, write_vocab
 from jft.data.tokenizer import load_tokenizer, train_vocab
@@ -265,7 +265,7 @@ def test_squad_files_and_answer_records_are_read_and_checked(tmp_path):
 def test_a_question_longer_than_the_row_allows_is_one_line(tmp_path):
     record = {"question": "what " * 30, "context": "the wave", "answers": {"text": [], "answer_start": []}}
     tokenizer = _minilm_tokenizer()
-    with pytest.raises(JftError, match="the question has 30 tokens, which leaves 0 of data.seq_len=32 .* Raise"):
+    with raises_one_line("the question has 30 tokens, which leaves 0 of data.seq_len=32 .* Raise"):
         encode([record], tokenizer, "question_answering", COLUMNS, [], 32, spans=Spans(doc_stride=8))
 
 
@@ -451,5 +451,5 @@ def test_eight_devices_give_the_one_device_update(tmp_path):
 
 def test_question_answering_without_a_context_column_is_one_line():
     config = load_config("finetune/squad", ["data.train=train.json", "data.text_pair_column="])
-    with pytest.raises(JftError, match="its context \\(data.text_pair_column\\): set both"):
+    with raises_one_line("its context \\(data.text_pair_column\\): set both"):
         check_settings(config)
