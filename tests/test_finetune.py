@@ -370,7 +370,8 @@ def test_bad_input_is_reported_and_nothing_is_written(tmp_path, tiny_hf_dir):
         (_config(tmp_path / "nocol.csv", init_from=str(tiny_hf_dir)), "has no column 'text'"),
         (
             _config(train, init_from=str(tiny_hf_dir), **{"model.hidden_size": 48}),
-            "contradicts the architecture of init_from .*: model.hidden_size=48 \\(it has 32\\)",
+            "contradicts the architecture of init_from .*: model.hidden_size=48 \\(it has 32\\).*give init_from's "
+            "values \\(--config.model.hidden_size=32\\) or remove",
         ),
         (_config(train, init_from=str(tmp_path / "nowhere")), "init_from .*nowhere does not exist"),
         (_config(train), "no vocabulary"),

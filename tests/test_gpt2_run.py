@@ -268,6 +268,29 @@ def test_a_gpt2_where_a_bert_is_needed_and_the_reverse(pretrained, tmp_path):
         assert expected in lines[0], (name, lines[0])
 
 
+def test_a_hugging_face_gpt2_under_gpt2_tiny_is_refused_with_the_flag_that_makes_it_run(pretrained, corpus, tmp_path):
+    """gpt2_tiny sets 128 positions for a new model; a GPT-2 directory with another table is refused,
+    and the refusal gives the flag that starts it (the table of the directory's)."""
+    workdir, _ = pretrained
+    run(jft_command("export", "--workdir", workdir, "--out", tmp_path / "hf"), tmp_path)
+    command = jft_command("pretrain", "--config", "pretrain/gpt2_tiny", "--workdir", "continued") + [
+        f"--config.init_from={tmp_path / 'hf'}",
+        f"--config.data.prepared={corpus / 'rows'}",
+        "--config.data.seq_len=32",
+        "--config.total_steps=2",
+        "--config.batch_size=16",
+        "--config.eval_every=1000",
+        "--config.progress=false",
+    ]
+    refused = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr
+    assert "model.n_positions=128 (it has 64)" in lines[0] and "(--config.model.n_positions=64)" in lines[0]
+    assert not (tmp_path / "continued").exists()
+    run(command + ["--config.model.n_positions=64"], tmp_path)
+    assert json.loads((tmp_path / "continued" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2
+
+
 def test_continued_pretraining_pulls_toward_its_start_and_resumes_bit_exact(pretrained, corpus, tmp_path):
     """Next-word training on a new corpus from the pretrained run with λ‖θ − θ_pre‖² (L2-SP): θ_ref
     is the run's own file, checked on resume; stopped by SIGTERM and resumed, it ends as a run that

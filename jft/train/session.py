@@ -330,7 +330,7 @@ def _checkpoint_model(init: rundir.InitSource, group: Mapping, values: dict) -> 
     check_init_family(init, group.get("family", ""))
     family, source = init.family, f"init_from {init.path}"
     theirs = dataclasses.asdict(init.model)
-    clashes = []
+    clashes, overrides = [], []
     for name, value in values.items():
         if name in family.changeable_fields:
             continue
@@ -338,11 +338,16 @@ def _checkpoint_model(init: rundir.InitSource, group: Mapping, values: dict) -> 
             clashes.append(f"model.{name}={value!r} (a {family.name} model has no such field)")
         elif value != theirs[name]:
             clashes.append(f"model.{name}={value!r} (it has {theirs[name]!r})")
+            overrides.append(f"--config.model.{name}={theirs[name]}")
     if clashes:
+        fix = (
+            f"give init_from's values ({' '.join(overrides)}) or remove these settings"
+            if overrides
+            else "remove these settings"
+        )
         raise JftError(
             f"the config contradicts the architecture of {source}: {'; '.join(clashes)}. A run keeps its "
-            f"checkpoint's architecture; remove these settings (only {', '.join(family.changeable_fields)} "
-            "may differ)."
+            f"checkpoint's architecture; {fix} (only {choices(family.changeable_fields)} may differ)."
         )
     return family, family.config({**theirs, **values})
 
