@@ -218,3 +218,37 @@ def test_a_small_vgg_with_batch_norm_compiles_for_a_v5e_topology(tmp_path):
     )
     family, cfg = config_of(model_fields("tiny", "vgg"))
     assert row["tflop_per_device_step"] == pytest.approx(family.flops(cfg, 4, 32, num_labels=1000) / 1e12)
+
+
+def test_a_small_modernbert_compiles_for_a_v5e_topology_with_the_sliding_window_splash_kernel(tmp_path):
+    """ModernBERT's masked-LM pretraining and its classifier compiled for v5e:2x2 by libtpu: a
+    global layer and a local one (a window of 64 of 256 tokens), cuDNN's attention becoming the
+    splash kernel with a band mask under the layer loop's cond; the FLOPs are ModernBERT's formula."""
+    command = [sys.executable, "-m", "jft.cli", "bench", "--topology", "v5e:2x2", "--config", "bench:modernbert_tiny"]
+    command += ["--config.batch_size=8", "--config.seq_len=256", "--config.max_predictions=77"]
+    command += ["--config.model.vocab_size=1000", "--config.model.num_hidden_layers=2"]
+    command += ["--config.model.local_attention=64", "--out", str(tmp_path / "tpu.json")]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "attention_impl 'cudnn' is a GPU kernel: Pallas's splash kernel on a TPU" in done.stdout + done.stderr
+    rows = {row["workload"]: row for row in json.loads((tmp_path / "tpu.json").read_text())["results"]}
+    assert set(rows) == {"pretrain", "finetune"} and all(row["fits"] for row in rows.values())
+    family, cfg = config_of(
+        model_fields("tiny", "modernbert", vocab_size=1000, num_hidden_layers=2, local_attention=64)
+    )
+    assert not cfg.is_global(1)  # the second layer attends in its window
+    assert rows["pretrain"]["tflop_per_device_step"] == pytest.approx(family.flops(cfg, 2, 256, predictions=77) / 1e12)
+
+
+def test_a_small_resnet_compiles_for_a_v5e_topology(tmp_path):
+    """A ResNet's supervised pretraining step (augmentation, BatchNorm summed over the devices,
+    1,000 classes) compiled for v5e:2x2 by libtpu in libtpu's larger compiler stack."""
+    command = [sys.executable, "-m", "jft.cli", "bench", "--topology", "v5e:2x2", "--config", "bench:resnet_tiny"]
+    command += ["--config.batch_size=16", "--config.workloads=pretrain", "--out", str(tmp_path / "tpu.json")]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads((tmp_path / "tpu.json").read_text())["results"]
+    family, cfg = config_of(model_fields("tiny", "resnet"))
+    assert (row["batch_per_device"], row["remat"], row["fits"]) == (4, "none", True)
+    assert row["shape"] == f"{cfg.image_size}×{cfg.image_size} images, 1000 classes"
+    assert row["tflop_per_device_step"] == pytest.approx(family.flops(cfg, 4, cfg.image_size, num_labels=1000) / 1e12)
