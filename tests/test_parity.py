@@ -1,12 +1,16 @@
 """jft's BERT against Hugging Face's own implementations, float32, max |difference| <= 1e-5."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 import transformers
 
 from conftest import make_batch, masked_positions, tiny_hf_config
-from jft.models import hf
+from jft import params as ptree
+from jft.models import get, hf
 from jft.models.bert import BertForPreTraining, BertForSequenceClassification, BertForTokenClassification, BertModel
 
 TOL = 1e-5
@@ -97,3 +101,34 @@ def test_the_question_answering_head_matches_hf_flax_and_pytorch(tmp_path, max_a
         torch_out = torch_model(**{k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()})
     assert max_abs_diff(logits[..., 0][real], torch_out.start_logits.numpy()[real]) <= TOL
     assert max_abs_diff(logits[..., 1][real], torch_out.end_logits.numpy()[real]) <= TOL
+
+
+def test_pretraining_loss_and_gradients_match_hf_flax(tmp_path, max_abs_diff):
+    """Masked-LM (at masked positions, jft's sparse logits against Flax's dense ones gathered) plus
+    next-sentence: the loss and its gradient with respect to every Flax weight, tied decoder included."""
+    ref, config, params = _hf_flax_pretraining(tmp_path, 5, hidden_act="gelu")
+    batch = make_batch(5)
+    positions = masked_positions(5, 3, 12, 4)
+    labels = np.take_along_axis(batch["input_ids"], positions, axis=1)
+    next_sentence = np.array([0, 1, 1])
+
+    def loss_of(mlm_logits, nsp_logits):
+        mlm = optax.softmax_cross_entropy_with_integer_labels(mlm_logits, labels).mean()
+        return mlm + optax.softmax_cross_entropy_with_integer_labels(nsp_logits, next_sentence).mean()
+
+    def jft_loss(p):
+        out = BertForPreTraining(config).apply({"params": p}, **batch, masked_positions=positions)
+        return loss_of(out["mlm_logits"], out["nsp_logits"])
+
+    def flax_loss(p):
+        out = ref(**batch, params=p)
+        gathered = jnp.take_along_axis(out.prediction_logits, positions[..., None], axis=1)
+        return loss_of(gathered, out.seq_relationship_logits)
+
+    loss, grads = jax.jit(jax.value_and_grad(jft_loss))(params)
+    flax_loss_value, flax_grads = jax.jit(jax.value_and_grad(flax_loss))(ref.params)
+    assert abs(float(loss) - float(flax_loss_value)) <= TOL
+    grads, flax_grads = get("bert").weights_to_hf(grads, "flax"), ptree.flatten(flax_grads)
+    assert set(grads) == set(flax_grads)
+    for name, expected in flax_grads.items():
+        assert max_abs_diff(grads[name], expected) <= TOL * max(float(np.max(np.abs(expected))), 1e-3), name
