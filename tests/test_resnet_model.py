@@ -83,6 +83,36 @@ def test_logits_and_statistics_match_pytorch_in_both_modes(shape):
     assert not np.allclose(ptree.flatten(updated[STATS])[path], ptree.flatten(params[STATS])[path])
 
 
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_the_training_loss_and_its_gradients_match_pytorch(shape):
+    """In training mode (each BatchNorm normalises by the batch's own statistics, whose gradient
+    flows back through them): the cross-entropy and its gradient for every weight, as PyTorch's."""
+    _, model = _torch_model(shape, seed=3)
+    config, params = _ours(model)
+    pixels, labels = _pixels(2), np.array([2, 0, 1, 2])
+    model.train()
+    loss = torch.nn.functional.cross_entropy(
+        model(torch.from_numpy(pixels.transpose(0, 3, 1, 2))).logits, torch.from_numpy(labels)
+    )
+    loss.backward()
+
+    def our_loss(weights):
+        out, _ = _apply(config, {**weights, STATS: params[STATS]}, pixels, True)
+        return -jnp.mean(jax.nn.log_softmax(out["logits"])[jnp.arange(4), labels])
+
+    weights = {name: tree for name, tree in params.items() if name != STATS}
+    value, grads = jax.value_and_grad(our_loss)(weights)
+    np.testing.assert_allclose(float(value), loss.item(), atol=TOL)
+    tensors = {name: value.detach().numpy().copy() for name, value in model.state_dict().items()}
+    tensors |= {name: p.grad.numpy() for name, p in model.named_parameters()}  # the gradients where the weights were
+    expected = ptree.flatten(FAMILY.weights_from_hf(tensors, "torch", config, "gradients"))
+    flat = ptree.flatten(grads)
+    assert flat and set(flat) <= set(expected)
+    scale = max(float(np.max(np.abs(expected[path]))) for path in flat)  # float32 sums: seen 1.2e-6 of it
+    for path, grad in flat.items():
+        np.testing.assert_allclose(np.asarray(grad), expected[path], atol=TOL * scale, err_msg=path)
+
+
 def test_logits_match_flax_resnet_and_its_statistics_but_the_variance_convention():
     """Hugging Face's Flax ResNet (flax's BatchNorm) gives the same logits in both modes and the same
     running means; its running variance takes the biased batch variance, where PyTorch (and jft,
