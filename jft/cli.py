@@ -378,7 +378,7 @@ def _run_config(args, overrides):
         shown = {"stage": run["stage"], "config": run["config"], "family": run.get("family", "bert")}
         print(json.dumps({**shown, "model": run["model"]}, indent=2))
         return
-    config = load_config(args.source, overrides)
+    config = defaults.overridden(load_config(args.source), overrides)
     stage = defaults.stage_of(config)
     family = config.model.get("family") or "bert" if "model" in config else "bert"
     described = describe(config, defaults.defaults_of(stage), defaults.meanings(stage, family))
@@ -821,7 +821,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(argv: Sequence[str] | None) -> int:
     """Parses argv and runs its command; a refusal or a failure is one line on stderr and an exit status."""
     _leave_out_an_absent_tpu()
-    from jft.config import load_config, split_overrides, with_overrides
+    from jft.config import load_config, split_overrides
     from jft.xla_cache import enable_compilation_cache
 
     parser = build_parser()
@@ -835,12 +835,15 @@ def _dispatch(argv: Sequence[str] | None) -> int:
             raise JftError(f"unrecognized arguments: {' '.join(extra)}")
         config = None
         if command.takes_config:
+            from jft import defaults
+
             overrides = split_overrides(extra)
             if args.config:
                 stage = "finetune" if command.name == "sweep" else command.name  # a sweep's config is a fine-tuning one
-                config = load_config(args.config, overrides, stage=stage)
+                config = load_config(args.config, stage=stage)
             else:
-                config = with_overrides(command.default_config(), overrides)
+                config = command.default_config()
+            config = defaults.overridden(config, overrides)
         if command.name != "bench":  # bench times compiling itself
             enable_compilation_cache()
         command.run(args, config)

@@ -14,7 +14,7 @@ from typing import Any
 
 from ml_collections import ConfigDict, config_dict
 
-from jft.config import leaf_keys, value_at
+from jft.config import leaf_keys, value_at, with_overrides
 from jft.data.prepare import EVAL_FRACTION
 from jft.errors import JftError, choices
 from jft.models import FAMILIES
@@ -298,6 +298,43 @@ def model_group(preset: str = "", family: str = "", **fields: Any) -> ConfigDict
     if fields:
         raise JftError(f"unknown model fields {choices(sorted(fields))}.")
     return group
+
+
+def overridden(config: ConfigDict, overrides: Sequence[str]) -> ConfigDict:
+    """config locked, with its 'a.b=value' overrides applied (jft.config.with_overrides), its model
+    group first made for the family an override names ('model.family=modernbert'): a group holds
+    one family's fields (BERT's where a config names none), so the family's own (model.mlp_dropout)
+    can then be set. Where the config or the overrides set fields the family lacks, the group is
+    left as it is (the run refuses the mix); another family's field given without model.family is
+    refused, naming that override."""
+    if "model" in config and "family" in config.model:
+        _for_the_family(config, overrides)
+    return with_overrides(config, overrides)
+
+
+def _for_the_family(config: ConfigDict, overrides: Sequence[str]) -> None:
+    group = config.model
+    family = next((o.partition("=")[2] for o in reversed(overrides) if o.startswith("model.family=")), "")
+    if family in FAMILIES and family != (group.family or "bert"):
+        chosen = {key: value for key, value in group.items() if key not in ("family", "preset") and value is not None}
+        given = {o.partition("=")[0].removeprefix("model.") for o in overrides if o.startswith("model.")}
+        if chosen.keys() | (given - {"family", "preset"}) <= _field_names(family):
+            config.model = model_group(group.preset, family, **chosen)
+            return
+    for override in overrides:
+        key = override.partition("=")[0]
+        name = key.removeprefix("model.")
+        if key.startswith("model.") and "." not in name and name not in group:
+            theirs = [other for other in FAMILIES if name in _field_names(other)]
+            if theirs:
+                raise JftError(
+                    f"model.{name} is a field of {choices(theirs)} models, and this config's model group is "
+                    f"{group.family or 'bert'}'s: give --config.model.family={theirs[0]} with it (init_from's family)."
+                )
+
+
+def _field_names(family: str) -> set[str]:
+    return {field.name for field in dataclasses.fields(get_family(family).config_type)}
 
 
 def model_fields(size: str, family: str = "bert", **overrides: Any) -> ConfigDict:

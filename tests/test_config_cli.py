@@ -178,3 +178,28 @@ def test_every_image_preset_names_every_size_a_model_from_scratch_needs(name):
     family = get_family(name)
     for preset in family.presets:
         assert new_model({"family": name, "preset": preset}, None)[1] == family.preset(preset)
+
+
+def test_model_family_gives_the_model_group_that_familys_fields(capsys):
+    """finetune/tiny's model group holds BERT's fields; --config.model.family=modernbert (in any place
+    on the line) makes it ModernBERT's, so its own fields can be set; without it, the field is one line
+    naming the flag."""
+    from jft.defaults import overridden
+
+    for overrides in (
+        ["model.family=modernbert", "model.mlp_dropout=0.1"],
+        ["model.mlp_dropout=0.1", "model.family=modernbert"],
+    ):
+        config = overridden(load_config("finetune/tiny"), overrides)
+        assert config.model.family == "modernbert" and config.model.mlp_dropout == 0.1
+        assert "hidden_dropout_prob" not in config.model and config.model.classifier_pooling is None
+    config = overridden(load_config("finetune/tiny"), ["model.family=gpt2", "model.resid_pdrop=0.2"])
+    assert config.model.resid_pdrop == 0.2 and "n_positions" in config.model
+    assert cli.main(["config", "finetune/tiny", "--config.model.mlp_dropout=0.1"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        "jft config: error: model.mlp_dropout is a field of modernbert models, and this config's model group is "
+        "bert's: give --config.model.family=modernbert with it (init_from's family)."
+    )
+    with pytest.raises(JftError, match="unknown config key 'model.mlp_dropoot'"):  # no family's field: as before
+        overridden(load_config("finetune/tiny"), ["model.mlp_dropoot=0.1"])

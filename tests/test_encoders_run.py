@@ -31,6 +31,7 @@ from jft.data.corpus import read_documents
 from jft.data.loader import PretrainRows
 from jft.data.prepare import prepare
 from jft.data.tokenizer import load_tokenizer, train_vocab
+from jft.defaults import overridden
 from jft.defaults import pretrain as pretrain_defaults
 from jft.models import Head, family_of, hf
 from jft.models import get as get_family
@@ -255,6 +256,36 @@ def test_l2_sp_fine_tuning_from_the_export_gives_pytorch_its_predictions(pretrai
     labels = [model.config.id2label[i] for i in range(probabilities.shape[1])]
     ours = np.array([[prediction["probabilities"][label] for label in labels] for prediction in predictions])
     np.testing.assert_allclose(probabilities, ours, atol=1e-5)
+
+
+# Fine-tuning's dropout, by each family's names (the pretrained models had none).
+FINETUNE_DROPOUT = {
+    "roberta": {"model.hidden_dropout_prob": 0.1, "model.attention_probs_dropout_prob": 0.1},
+    "modernbert": {"model.embedding_dropout": 0.1, "model.attention_dropout": 0.1, "model.mlp_dropout": 0.1},
+}
+
+
+def test_fine_tuning_on_eight_devices_ends_where_one_device_ends(pretrained, exported, tmp_path):
+    """`jft finetune`'s run in-process, three steps from the export: packed rows (ModernBERT's
+    unpadded computation), L2-SP, the joint masked-LM term and dropout on; 8 devices (and 8 with
+    the state split) end where 1 device ends."""
+    from jft.finetune import train_and_evaluate as finetune
+
+    write_topic_task(tmp_path / "train.csv", examples=64, seed=1)
+    settings = {"init_from": str(exported), "data.train": str(tmp_path / "train.csv"), "data.seq_len": 32}
+    settings |= {"data.layout": "packed", "l2.weight": 0.01, "joint_mlm.weight": 0.5, "batch_size": 16}
+    settings |= {"epochs": 1, "max_steps": 3, "progress": False, "model.family": pretrained[2]}
+    settings |= FINETUNE_DROPOUT[pretrained[2]]  # the family's own fields, once model.family names it
+
+    def finetuned(backend, shard_state="none"):
+        changes = {**settings, "parallel.backend": backend, "parallel.shard_state": shard_state}
+        config = overridden(load_config("finetune/tiny"), [f"{key}={value}" for key, value in changes.items()])
+        finetune(config, tmp_path / f"{backend}-{shard_state}")
+        return final_state(tmp_path / f"{backend}-{shard_state}", 3)[0]["train"]["params"]
+
+    for shard_state in ("none", "all"):  # the global view draws the masks its own way: each against its own
+        one, eight = finetuned("jit", shard_state), finetuned("shard_map", shard_state)
+        assert largest_difference(one, eight) < 1e-5, shard_state
 
 
 def test_question_answering_from_the_export_with_l2_sp_and_the_joint_term(pretrained, exported, tmp_path):

@@ -7,8 +7,9 @@ SGD with Nesterov momentum 0.9, learning rate 0.1 a batch of 256 with 5% warmup 
 label smoothing 0.1, and the method's L_pre + λ‖θ‖² with λ = 5e-5 (a weight decay of 1e-4 is
 that penalty's gradient, 2λθ), BatchNorm statistics and biases as much as the kernels. The images
 are decoded once by `jft prepare imagenet/train --side 224 --out prepared/train` (a memory-mapped
-array, docs/images.md) or read from a TFDS dataset on disk (tfds:imagenet2012:train). `jft bench --config bench:resnet50` times
-its step; `jft bench --topology v5e:2x2 --config bench:resnet50 --largest-batch` sizes it for a TPU.
+array, docs/images.md) or read from a TFDS dataset on disk (tfds:imagenet2012:train).
+`jft bench --config bench:resnet50` times its step; `jft bench --topology v5e:2x2 --config
+bench:resnet50 --largest-batch` sizes it for a TPU.
 """
 
 from jft.defaults import finetune as default_config
