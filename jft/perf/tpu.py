@@ -188,7 +188,7 @@ def with_large_stack(function: Callable[[], Any]) -> Any:
 
     previous = threading.stack_size(COMPILER_STACK_BYTES)
     try:
-        thread = threading.Thread(target=target, name="tpu-compile")
+        thread = threading.Thread(target=target, name="tpu-compile", daemon=True)  # Ctrl-C need not wait for it
         thread.start()
     finally:
         threading.stack_size(previous)
