@@ -235,6 +235,26 @@ def test_l2_sp_fine_tuning_with_the_joint_next_word_term_exports_a_classifier(pr
     np.testing.assert_allclose(probabilities, ours, atol=1e-5)
 
 
+def test_fine_tuning_on_eight_devices_ends_where_one_device_ends(pretrained, tmp_path):
+    """Three steps of `jft finetune`'s run in-process from the pretrained GPT-2: the last token's
+    classifier, L2-SP, the joint next-word term and GPT-2's own dropout (set once model.family
+    names the family); 8 devices end where 1 device ends."""
+    from jft.config import load_config
+    from jft.defaults import overridden
+    from jft.finetune import train_and_evaluate as finetune
+
+    write_topic_task(tmp_path / "train.csv", examples=64, seed=1)
+    settings = {"init_from": pretrained[0], "data.train": tmp_path / "train.csv", "data.seq_len": 32}
+    settings |= {"l2.weight": 0.01, "joint_mlm.weight": 0.5, "batch_size": 16, "epochs": 1, "max_steps": 3}
+    settings |= {"model.family": "gpt2", "model.resid_pdrop": 0.1, "model.attn_pdrop": 0.1, "progress": False}
+    params = {}
+    for backend in ("jit", "shard_map"):
+        changes = [f"{key}={value}" for key, value in {**settings, "parallel.backend": backend}.items()]
+        finetune(overridden(load_config("finetune/tiny"), changes), tmp_path / backend)
+        params[backend] = final_state(tmp_path / backend, 3)[0]["train"]["params"]
+    assert largest_difference(params["jit"], params["shard_map"]) < 1e-5
+
+
 def test_a_gpt2_where_a_bert_is_needed_and_the_reverse(pretrained, tmp_path):
     workdir, _ = pretrained
     bert = tiny_hf_bert(tmp_path)
