@@ -288,6 +288,38 @@ def test_fine_tuning_on_eight_devices_ends_where_one_device_ends(pretrained, exp
         assert largest_difference(one, eight) < 1e-5, shard_state
 
 
+def test_token_tagging_reads_words_as_running_text_and_the_export_tags_as_jft(pretrained, exported, tmp_path):
+    """A byte-level BPE keeps a word's space in its first token (Ġ): tagged words, given apart, are
+    read with their spaces (the ids of the sentence), so the model sees its pretraining's tokens, and
+    transformers' ...ForTokenClassification on the sentence tags each word as `jft predict` does."""
+    from jft.finetune import train_and_evaluate as finetune
+
+    words = [["the", "harbor", "sailor", "sees", "the", "moon"], ["a", "sailor", "sees", "the", "harbor"]]
+    tags = [["O", "LOC", "PER", "O", "O", "LOC"], ["O", "PER", "O", "O", "LOC"]]
+    tagged = [{"tokens": w, "tags": t} for w, t in zip(words, tags)] * 16
+    (tmp_path / "ner.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tagged))
+    settings = {"init_from": str(exported), "task": "token_classification", "data.train": str(tmp_path / "ner.jsonl")}
+    settings |= {"data.text_column": "tokens", "data.label_column": "tags", "data.seq_len": 32, "epochs": 8}
+    settings |= {"optim.lr": 3e-3, "batch_size": 8, "progress": False}
+    finetune(overridden(load_config("finetune/tiny"), [f"{k}={v}" for k, v in settings.items()]), tmp_path / "ner")
+    predicted = run(
+        jft_command("predict", "--workdir", "ner", "--input", "ner.jsonl", "--output", "tags.jsonl"), tmp_path
+    )
+    assert predicted.returncode == 0
+    ours = [json.loads(line)["tags"] for line in (tmp_path / "tags.jsonl").read_text().splitlines()][:2]
+    assert ours == tags  # learnt, on tokens the model knows
+    run(jft_command("export", "--workdir", "ner", "--out", "hf"), tmp_path)
+    model = transformers.AutoModelForTokenClassification.from_pretrained(tmp_path / "hf").eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    for sentence_words, expected in zip(words, ours):
+        encoded = tokenizer(" ".join(sentence_words), return_tensors="pt")
+        assert tokenizer.convert_ids_to_tokens(encoded["input_ids"][0])[2].startswith("Ġ")  # the words' spaces
+        with torch.no_grad():
+            labels = model(**encoded).logits[0].argmax(-1).tolist()
+        firsts = [encoded.word_to_tokens(0, i).start for i in range(len(sentence_words))]
+        assert [model.config.id2label[labels[p]] for p in firsts] == expected
+
+
 def test_question_answering_from_the_export_with_l2_sp_and_the_joint_term(pretrained, exported, tmp_path):
     """finetune/squad from the Hugging Face directory (L2-SP, μ·MLM on the windows' text), eval,
     predict, export as ...ForQuestionAnswering: transformers' question-answering pipeline gives

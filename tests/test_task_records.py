@@ -20,7 +20,7 @@ from jft.data.synthetic import write_vocab
 from jft.data.tokenizer import load_tokenizer
 from jft.errors import JftError
 from jft.tasks.finetuning import read_task
-from jft.tasks.records import Columns, encode, label_vocabulary, read_records
+from jft.tasks.records import IGNORE, Columns, encode, label_vocabulary, read_records
 
 FINETUNE = str(REPO / "configs" / "finetune" / "tiny.py")
 LABELED = Columns()
@@ -414,3 +414,29 @@ def test_a_label_outside_the_training_labels_names_its_file_and_line(file, train
         f"{tmp_path / file}:{line}: label {wrong!r} is not in the task's label set {labels}; fix the data, or "
         "fine-tune again with this label in the training data."
     )
+
+
+@pytest.mark.parametrize("kind", ["roberta", "bytelevel", "unigram", "wordpiece"])
+def test_tagged_words_are_read_as_the_sentence_reads(kind, tmp_path):
+    """Words given apart get the ids of the sentence they make (a byte-level BPE's Ġ included), and
+    each word's tag sits on its first token."""
+    from jft.data.corpus import read_documents
+    from jft.data.synthetic import write_corpus
+    from jft.data.tokenizer import train_vocab
+
+    text = write_corpus(tmp_path / "corpus.txt", documents=40)
+    lines = lambda: (line for document in read_documents(str(text)) for line in document)  # noqa: E731
+    train_vocab(lines, tmp_path / "vocab", vocab_size=400, kind=kind)
+    tokenizer = load_tokenizer(tmp_path / "vocab")
+    words, tags, labels = (
+        ["the", "harbor", "sailor", "sees", "the", "moon"],
+        ["O", "LOC", "PER", "O", "O", "LOC"],
+        ["LOC", "O", "PER"],
+    )
+    columns = Columns("tokens", None, "tags")
+    encoded = encode([{"tokens": words, "tags": tags}], tokenizer, "token_classification", columns, labels, 64)
+    sentence = tokenizer.encode(" ".join(words))
+    assert encoded.input_ids[0].tolist() == sentence.ids
+    firsts = [sentence.word_ids.index(i) for i in range(len(words))]
+    assert [labels[encoded.labels[0][i]] for i in firsts] == tags
+    assert (encoded.labels[0] != IGNORE).sum() == len(words)

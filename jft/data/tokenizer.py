@@ -107,6 +107,22 @@ def _has_byte_level(tokenizer: tokenizers.Tokenizer) -> bool:
     return any(step.get("type") == "ByteLevel" for step in [pre, *pre.get("pretokenizers", [])])
 
 
+def reads_spaces(tokenizer: tokenizers.Tokenizer) -> bool:
+    """Whether the tokenizer keeps a word's leading space in the word's first token (byte-level
+    BPE's Ġ: GPT-2's, RoBERTa's, ModernBERT's), which words given apart lack (as_running_text)."""
+    return isinstance(tokenizer.model, models.BPE) and _has_byte_level(tokenizer)
+
+
+def as_running_text(words: list[str], spaced: bool) -> list[str]:
+    """Pre-split words (a tagging task's) for encode(..., is_pretokenized=True) as the tokenizer
+    reads them in running text: where it keeps spaces (reads_spaces), each word but the first with
+    its space back, so the ids are those of the words joined by spaces; else as they are. A word
+    that has its space already keeps it (a window of a text from its middle, jft.tasks.predictor)."""
+    if not spaced:
+        return words
+    return [word if index == 0 or word[:1].isspace() else " " + word for index, word in enumerate(words)]
+
+
 def end_of_text_id(tokenizer: tokenizers.Tokenizer) -> int:
     """The id of <|endoftext|>, which separates the documents of a next-word model."""
     i = tokenizer.token_to_id(END_OF_TEXT)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from jft.data.images import ImageSet, read_images
+from jft.data.tokenizer import as_running_text, reads_spaces
 from jft.errors import JftError, choices
 from jft.tasks import metrics
 from jft.tasks.answers import best_answers
@@ -165,13 +166,14 @@ class FinetunedModel:
         return out
 
     def _predict_tags(self, records: list, batch_size: int) -> list[dict]:
-        text = self.task.columns.text
+        text, spaced = self.task.columns.text, reads_spaces(self.tokenizer)
+        words = [as_running_text(record[text], spaced) for record in records]  # a window keeps its words' spaces
         windows = [
             (index, start, end)
-            for index, record in enumerate(records)
-            for start, end in _word_windows(self.tokenizer, record[text], self.task.seq_len)
+            for index, record_words in enumerate(words)
+            for start, end in _word_windows(self.tokenizer, record_words, self.task.seq_len)
         ]
-        pieces = [{text: records[index][text][start:end]} for index, start, end in windows]
+        pieces = [{text: words[index][start:end]} for index, start, end in windows]
         logits, _, _ = self._logits(pieces, batch_size, with_labels=False)
         tags: list[list] = [[] for _ in records]
         for (index, _, _), piece, encoding_logits in zip(windows, pieces, logits):

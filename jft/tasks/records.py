@@ -25,6 +25,7 @@ import numpy as np
 import tokenizers
 
 from jft.data.corpus import tfds_records
+from jft.data.tokenizer import as_running_text, reads_spaces
 from jft.errors import JftError, choices
 from jft.files import json_type, jsonl_objects, read_text
 from jft.models import Head
@@ -507,7 +508,9 @@ def encode(
     tokenizer.no_padding()
 
     if kind == "token_classification":
-        encodings = tokenizer.encode_batch([r[columns.text] for r in records], is_pretokenized=True)
+        spaced = reads_spaces(tokenizer)
+        words = [as_running_text(r[columns.text], spaced) for r in records]
+        encodings = tokenizer.encode_batch(words, is_pretokenized=True)
     elif columns.text_pair:
         encodings = tokenizer.encode_batch([(str(r[columns.text]), str(r[columns.text_pair])) for r in records])
     else:
