@@ -13,6 +13,8 @@ import numpy as np
 import optax
 import pytest
 import safetensors.numpy
+import scipy.stats
+import sklearn.metrics
 import torch
 import transformers
 
@@ -331,6 +333,14 @@ def test_regression_and_token_classification(tmp_path, tiny_hf_dir):
     config.data.text_column, config.data.text_pair_column, config.data.label_column = "a", "b", "score"
     final = train_and_evaluate(config, tmp_path / "sts")
     assert {"eval_pearson", "eval_spearman", "eval_mse"} <= set(final)
+    # eval's figures are scipy's and scikit-learn's of predict's scores against the labels
+    model = FinetunedModel(tmp_path / "sts")
+    scores = [row["score"] for row in model.predict(str(tmp_path / "sts.jsonl"))]
+    labels = [row["score"] for row in rows]
+    metrics = model.evaluate(str(tmp_path / "sts.jsonl"))
+    assert metrics["pearson"] == pytest.approx(scipy.stats.pearsonr(scores, labels)[0], abs=1e-5)
+    assert metrics["spearman"] == pytest.approx(scipy.stats.spearmanr(scores, labels)[0], abs=1e-5)
+    assert metrics["mse"] == pytest.approx(sklearn.metrics.mean_squared_error(labels, scores), rel=1e-5)
 
     tagged = [
         {
