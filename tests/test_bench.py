@@ -100,8 +100,8 @@ def test_flop_formula_agrees_with_xla_cost_analysis(workload):
     ids = jnp.ones((batch, seq), jnp.int32)
     if workload == "pretrain":
         model = BertForPreTraining(cfg)
-        positions = jnp.zeros((batch, predictions), jnp.int32)
-        forward = lambda p: model.apply({"params": p}, ids, masked_positions=positions)  # noqa: E731
+        positions = {} if name == "gpt2" else {"masked_positions": jnp.zeros((batch, predictions), jnp.int32)}
+        forward = lambda p: model.apply({"params": p}, ids, **positions)  # noqa: E731
         formula = bert.flops(cfg, batch, seq, predictions=predictions)
     else:
         model = BertForSequenceClassification(cfg, 2)
@@ -130,21 +130,27 @@ def test_bench_bad_input(override, message):
 
 
 @pytest.mark.parametrize("workload", ["pretrain", "finetune"])
-@pytest.mark.parametrize("name", ["roberta", "modernbert"])
-def test_the_encoder_families_flop_formulas_agree_with_xla(name, workload):
-    """RoBERTa's (BERT's without the next-sentence head) and ModernBERT's (GeGLU, windowed layers)
-    forward FLOPs against XLA's count, unrolled; ModernBERT's window covers the row here, as XLA's
-    attention computes it all, and a window shorter than the row counts fewer."""
+@pytest.mark.parametrize("name", ["roberta", "modernbert", "gpt2"])
+def test_the_text_families_flop_formulas_agree_with_xla(name, workload):
+    """RoBERTa's (BERT's without the next-sentence head), ModernBERT's (GeGLU, windowed layers) and
+    GPT-2's (every token predicts the next: the whole row's logits) forward FLOPs against XLA's
+    count, unrolled; ModernBERT's window covers the row here, as XLA's attention computes it all,
+    and a window shorter than the row counts fewer."""
     family = get_family(name)
     sizes = dict(vocab_size=2000, hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256)
-    extra = {"roberta": dict(max_position_embeddings=130), "modernbert": dict(local_attention=256)}[name]
-    cfg = family.config({**sizes, **extra, "scan_layers": False})
-    batch, seq, predictions = 4, 128, 20
+    extra = {
+        "roberta": dict(max_position_embeddings=130),
+        "modernbert": dict(local_attention=256),
+        "gpt2": dict(vocab_size=2000, n_embd=128, n_layer=3, n_head=4, n_positions=128),
+    }[name]
+    cfg = family.config({**(sizes if name != "gpt2" else {}), **extra, "scan_layers": False})
+    batch, seq = 4, 128
+    predictions = seq if name == "gpt2" else 20
     ids = jnp.ones((batch, seq), jnp.int32)
     if workload == "pretrain":
         model = family.module(cfg, Head("pretraining"))
-        positions = jnp.zeros((batch, predictions), jnp.int32)
-        forward = lambda p: model.apply({"params": p}, ids, masked_positions=positions)  # noqa: E731
+        positions = {} if name == "gpt2" else {"masked_positions": jnp.zeros((batch, predictions), jnp.int32)}
+        forward = lambda p: model.apply({"params": p}, ids, **positions)  # noqa: E731
         formula = family.flops(cfg, batch, seq, predictions=predictions)
     else:
         model = family.module(cfg, Head("classification", 2))
