@@ -302,35 +302,47 @@ def model_group(preset: str = "", family: str = "", **fields: Any) -> ConfigDict
 
 def overridden(config: ConfigDict, overrides: Sequence[str]) -> ConfigDict:
     """config locked, with its 'a.b=value' overrides applied (jft.config.with_overrides), its model
-    group first made for the family an override names ('model.family=modernbert'): a group holds
-    one family's fields (BERT's where a config names none), so the family's own (model.mlp_dropout)
-    can then be set. Where the config or the overrides set fields the family lacks, the group is
-    left as it is (the run refuses the mix); another family's field given without model.family is
-    refused, naming that override."""
-    if "model" in config and "family" in config.model:
+    group first made for the family an override names ('model.family=modernbert'): a training
+    config's group holds one family's fields (BERT's where it names none), so the family's own
+    (model.mlp_dropout) can then be set. Where the config or the overrides set fields the family
+    lacks, the group is left as it is (the run refuses the mix); a field of another family given
+    without model.family is refused in one line naming that override. A group of every field (bench,
+    init: jft.defaults.model_fields) takes its family from the config's argument instead."""
+    if "model" in config and "preset" in config.model and "family" in config.model:
         _for_the_family(config, overrides)
     return with_overrides(config, overrides)
 
 
 def _for_the_family(config: ConfigDict, overrides: Sequence[str]) -> None:
     group = config.model
-    family = next((o.partition("=")[2] for o in reversed(overrides) if o.startswith("model.family=")), "")
-    if family in FAMILIES and family != (group.family or "bert"):
+    current = get_family(group.family or "bert")
+    named = next((o.partition("=")[2] for o in reversed(overrides) if o.startswith("model.family=")), "")
+    given = {o.partition("=")[0].removeprefix("model.") for o in overrides if o.startswith("model.")}
+    wanted = {name for name in given if "." not in name and name not in group}  # fields the group lacks
+    if named and named != current.name:
+        get_family(named)  # an unknown name: its own error
         chosen = {key: value for key, value in group.items() if key not in ("family", "preset") and value is not None}
-        given = {o.partition("=")[0].removeprefix("model.") for o in overrides if o.startswith("model.")}
-        if chosen.keys() | (given - {"family", "preset"}) <= _field_names(family):
-            config.model = model_group(group.preset, family, **chosen)
-            return
-    for override in overrides:
-        key = override.partition("=")[0]
-        name = key.removeprefix("model.")
-        if key.startswith("model.") and "." not in name and name not in group:
-            theirs = [other for other in FAMILIES if name in _field_names(other)]
-            if theirs:
-                raise JftError(
-                    f"model.{name} is a field of {choices(theirs)} models, and this config's model group is "
-                    f"{group.family or 'bert'}'s: give --config.model.family={theirs[0]} with it (init_from's family)."
-                )
+        lacking = sorted((chosen.keys() | (given - {"family", "preset"})) - _field_names(named))
+        if not lacking:
+            locked = config.is_locked
+            config.model = model_group(group.preset, named, **chosen)
+            if locked:
+                config.model.lock()
+        elif wanted and wanted <= _field_names(named):  # the family's own fields, which a mixed group cannot take
+            raise JftError(
+                f"model.family={named}, but the config sets fields {named} models lack ({choices(lacking)}); "
+                f"start from a config made for {named} (`jft config` lists them), or leave those out."
+            )
+        return
+    for name in sorted(wanted):
+        theirs = [other for other in FAMILIES if name in _field_names(other)]
+        theirs = [other for other in theirs if get_family(other).modality == current.modality]
+        if theirs:
+            which = theirs[0] if len(theirs) == 1 else "NAME, one of them (init_from's)"
+            raise JftError(
+                f"model.{name} is a field of {choices(theirs)} models, and this config's model group is "
+                f"{current.name}'s: give --config.model.family={which} with it."
+            )
 
 
 def _field_names(family: str) -> set[str]:

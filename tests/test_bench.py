@@ -100,8 +100,8 @@ def test_flop_formula_agrees_with_xla_cost_analysis(workload):
     ids = jnp.ones((batch, seq), jnp.int32)
     if workload == "pretrain":
         model = BertForPreTraining(cfg)
-        positions = {} if name == "gpt2" else {"masked_positions": jnp.zeros((batch, predictions), jnp.int32)}
-        forward = lambda p: model.apply({"params": p}, ids, **positions)  # noqa: E731
+        positions = jnp.zeros((batch, predictions), jnp.int32)
+        forward = lambda p: model.apply({"params": p}, ids, masked_positions=positions)  # noqa: E731
         formula = bert.flops(cfg, batch, seq, predictions=predictions)
     else:
         model = BertForSequenceClassification(cfg, 2)

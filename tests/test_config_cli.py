@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jft import cli
+from jft import cli, defaults
 from jft.config import load_config, split_overrides
 from jft.errors import JftError
 from jft.models import config_of
@@ -199,7 +199,28 @@ def test_model_family_gives_the_model_group_that_familys_fields(capsys):
     (line,) = capsys.readouterr().err.splitlines()
     assert line == (
         "jft config: error: model.mlp_dropout is a field of modernbert models, and this config's model group is "
-        "bert's: give --config.model.family=modernbert with it (init_from's family)."
+        "bert's: give --config.model.family=modernbert with it."
     )
     with pytest.raises(JftError, match="unknown config key 'model.mlp_dropoot'"):  # no family's field: as before
         overridden(load_config("finetune/tiny"), ["model.mlp_dropoot=0.1"])
+    config = overridden(load_config("finetune/tiny"), ["model.family=modernbert"])
+    with pytest.raises(AttributeError):  # the new group is locked as the config is: a typo in code fails
+        config.model.mlp_dropot = 0.3
+    # a config that sets another family's fields (gpt2_tiny: n_positions) keeps its group, and says why
+    with pytest.raises(
+        JftError, match=r"model.family=modernbert, but the config sets fields modernbert models lack \(n_positions\)"
+    ):
+        overridden(load_config("pretrain/gpt2_tiny"), ["model.family=modernbert", "model.mlp_dropout=0.1"])
+    with pytest.raises(JftError, match="unknown model family 'ModernBert'"):
+        overridden(load_config("finetune/tiny"), ["model.family=ModernBert", "model.mlp_dropout=0.1"])
+    # a group of every field (bench, init) takes its family from the argument: left as it is
+    bench = overridden(defaults.bench(), ["model.family=roberta"])
+    assert bench.model.family == "roberta" and "preset" not in bench.model
+    with pytest.raises(
+        JftError, match=r"of gpt2, roberta, modernbert models.*family=NAME, one of them \(init_from's\) with it"
+    ):
+        overridden(load_config("finetune/tiny"), ["model.bos_token_id=0"])  # two families have it
+    with pytest.raises(
+        JftError, match="unknown config key 'model.hidden_dropout_prob'"
+    ):  # a text field, an image group
+        overridden(load_config("finetune/resnet_tiny"), ["model.hidden_dropout_prob=0.1"])

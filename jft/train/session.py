@@ -19,6 +19,7 @@ workdir as it was, and on several processes every one of them raises the same er
 import contextlib
 import dataclasses
 import json
+import shlex
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -338,7 +339,7 @@ def _checkpoint_model(init: rundir.InitSource, group: Mapping, values: dict) -> 
             clashes.append(f"model.{name}={value!r} (a {family.name} model has no such field)")
         elif value != theirs[name]:
             clashes.append(f"model.{name}={value!r} (it has {theirs[name]!r})")
-            overrides.append(f"--config.model.{name}={theirs[name]}")
+            overrides.append(shlex.quote(f"--config.model.{name}={theirs[name]}"))
     if clashes:
         fix = (
             f"give init_from's values ({' '.join(overrides)}) or remove these settings"
