@@ -17,7 +17,7 @@ from ml_collections import ConfigDict, config_dict
 from jft.config import leaf_keys, value_at, with_overrides
 from jft.data.prepare import EVAL_FRACTION
 from jft.errors import JftError, choices
-from jft.models import FAMILIES
+from jft.models import FAMILIES, field_names
 from jft.models import get as get_family
 
 # A table: dotted key -> (default, meaning). Groups are the keys' prefixes.
@@ -320,33 +320,28 @@ def _for_the_family(config: ConfigDict, overrides: Sequence[str]) -> None:
     given = {o.partition("=")[0].removeprefix("model.") for o in overrides if o.startswith("model.")}
     wanted = {name for name in given if "." not in name and name not in group}  # fields the group lacks
     if named and named != current.name:
-        get_family(named)  # an unknown name: its own error
+        own = field_names(get_family(named))  # an unknown name: its own error
         chosen = {key: value for key, value in group.items() if key not in ("family", "preset") and value is not None}
-        lacking = sorted((chosen.keys() | (given - {"family", "preset"})) - _field_names(named))
+        lacking = sorted((chosen.keys() | (given - {"family", "preset"})) - own)
         if not lacking:
             locked = config.is_locked
             config.model = model_group(group.preset, named, **chosen)
             if locked:
                 config.model.lock()
-        elif wanted and wanted <= _field_names(named):  # the family's own fields, which a mixed group cannot take
+        elif wanted and wanted <= own:  # the family's own fields, which a mixed group cannot take
             raise JftError(
                 f"model.family={named}, but the config sets fields {named} models lack ({choices(lacking)}); "
                 f"start from a config made for {named} (`jft config` lists them), or leave those out."
             )
         return
     for name in sorted(wanted):
-        theirs = [other for other in FAMILIES if name in _field_names(other)]
-        theirs = [other for other in theirs if get_family(other).modality == current.modality]
+        theirs = [n for n, f in FAMILIES.items() if name in field_names(f) and f.modality == current.modality]
         if theirs:
             which = theirs[0] if len(theirs) == 1 else "NAME, one of them (init_from's)"
             raise JftError(
                 f"model.{name} is a field of {choices(theirs)} models, and this config's model group is "
                 f"{current.name}'s: give --config.model.family={which} with it."
             )
-
-
-def _field_names(family: str) -> set[str]:
-    return {field.name for field in dataclasses.fields(get_family(family).config_type)}
 
 
 def model_fields(size: str, family: str = "bert", **overrides: Any) -> ConfigDict:

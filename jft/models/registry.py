@@ -50,10 +50,15 @@ def config_of(fields: Mapping[str, Any]) -> tuple[Family, Any]:
     return family, family.config(values)
 
 
+def field_names(family: Family) -> set[str]:
+    """The names of the fields of a family's config."""
+    return {field.name for field in dataclasses.fields(family.config_type)}
+
+
 def check_own_fields(family: Family, names: Iterable[str]) -> None:
     """Refuses a model group that holds another family's fields: a config made for one family
     given another's model.family."""
-    own = {field.name for field in dataclasses.fields(family.config_type)}
+    own = field_names(family)
     foreign = [name for name in names if name not in own]
     if foreign:
         raise JftError(
